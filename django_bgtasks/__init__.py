@@ -1,0 +1,25 @@
+"""django-bgtasks: background jobs for Django with the database as the broker.
+
+A complete backend for Django's tasks framework (``django.tasks``, or the
+``django-tasks`` backport on Django 5.2): jobs are rows, ``runworker`` runs
+them, results and every attempt's error are stored, failed attempts are
+retried with backoff.
+"""
+
+__version__ = "0.1.0.dev0"
+
+__all__ = ["Backoff", "DatabaseTask", "DatabaseTaskResult", "task"]
+
+
+def __getattr__(name):
+    # Importing the public names lazily keeps ``import django_bgtasks`` free of
+    # Django model imports, so it is safe in settings files and AppConfig.
+    if name in {"DatabaseTask", "DatabaseTaskResult", "task"}:
+        from . import base
+
+        return getattr(base, name)
+    if name == "Backoff":
+        from .backoff import Backoff
+
+        return Backoff
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

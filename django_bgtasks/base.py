@@ -1,0 +1,178 @@
+"""The task and result classes of the database backend, and ``@task``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import connections, router
+from django.utils import timezone
+
+from .backoff import Backoff
+from .compat import (
+    DEFAULT_TASK_BACKEND_ALIAS,
+    DEFAULT_TASK_PRIORITY,
+    DEFAULT_TASK_QUEUE_NAME,
+    InvalidTask,
+    Task,
+    TaskResult,
+    task_backends,
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DatabaseTask(Task):
+    """A ``django.tasks`` Task with the database backend's options.
+
+    ``max_attempts``: attempts before the job ends FAILED (1 = no retries);
+    ``backoff``: the delay before each retry, a :class:`Backoff`. ``None``
+    takes the ``BGTASKS`` setting when the job is enqueued.
+    """
+
+    max_attempts: int | None = None
+    backoff: Backoff | None = None
+
+    def using(
+        self,
+        *,
+        priority: int | None = None,
+        queue_name: str | None = None,
+        run_after: datetime | timedelta | None = None,
+        backend: str | None = None,
+        max_attempts: int | None = None,
+        backoff: Backoff | dict | float | None = None,
+    ) -> DatabaseTask:
+        """Return a copy with other options; ``run_after`` may be a timedelta,
+        counted from now."""
+        if isinstance(run_after, timedelta):
+            run_after = timezone.now() + run_after
+        changes: dict[str, Any] = {}
+        if max_attempts is not None:
+            changes["max_attempts"] = max_attempts
+        if backoff is not None:
+            changes["backoff"] = Backoff.coerce(backoff)
+        task = Task.using(
+            self,
+            priority=priority,
+            queue_name=queue_name,
+            run_after=run_after,
+            backend=backend,
+        )
+        return replace(task, **changes) if changes else task
+
+
+def task(
+    function=None,
+    *,
+    priority: int = DEFAULT_TASK_PRIORITY,
+    queue_name: str = DEFAULT_TASK_QUEUE_NAME,
+    backend: str = DEFAULT_TASK_BACKEND_ALIAS,
+    takes_context: bool = False,
+    max_attempts: int | None = None,
+    backoff: Backoff | dict | float | None = None,
+):
+    """Make a function a task, like ``django.tasks.task``, with our options.
+
+    Works on every supported Django; Django 6.1's own ``@task`` forwards
+    ``max_attempts`` and ``backoff`` the same way, Django 6.0's does not.
+    """
+
+    def wrapper(func):
+        task_class = task_backends[backend].task_class
+        options: dict[str, Any] = {}
+        if max_attempts is not None:
+            options["max_attempts"] = max_attempts
+        if backoff is not None:
+            options["backoff"] = Backoff.coerce(backoff)
+        if options and not issubclass(task_class, DatabaseTask):
+            raise InvalidTask(
+                f"Task backend {backend!r} does not take max_attempts or backoff: "
+                f"they belong to django_bgtasks.backend.DatabaseBackend."
+            )
+        return task_class(
+            func=func,
+            priority=priority,
+            queue_name=queue_name,
+            backend=backend,
+            takes_context=takes_context,
+            run_after=None,
+            **options,
+        )
+
+    if function is not None:
+        return wrapper(function)
+    return wrapper
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DatabaseTaskResult(TaskResult):
+    """A ``django.tasks`` TaskResult that can wait for its job to finish."""
+
+    def wait(self, timeout: float | None = None, *, poll_interval: float = 0.05):
+        """Refresh until the job has finished, for at most ``timeout`` seconds.
+
+        Return the result (refreshed in place); raise ``TimeoutError`` if the
+        job is still unfinished when the time is up. Polls the database,
+        starting every ``poll_interval`` seconds and slowing down to one
+        second. Waiting inside a transaction is refused: the worker cannot
+        see a job the transaction has not committed, and on MySQL the
+        transaction would not see the worker's result either.
+        """
+        self._check_not_in_transaction()
+        for pause in _pauses(timeout, poll_interval):
+            self.refresh()
+            if self.is_finished:
+                return self
+            time.sleep(pause)
+        self.refresh()
+        if self.is_finished:
+            return self
+        raise self._timeout_error()
+
+    async def async_wait(
+        self, timeout: float | None = None, *, poll_interval: float = 0.05
+    ):
+        """``wait()`` for async code: ``await result.async_wait(timeout=5)``."""
+        for pause in _pauses(timeout, poll_interval):
+            await self.arefresh()
+            if self.is_finished:
+                return self
+            await asyncio.sleep(pause)
+        await self.arefresh()
+        if self.is_finished:
+            return self
+        raise self._timeout_error()
+
+    def _timeout_error(self) -> TimeoutError:
+        return TimeoutError(
+            f"Job {self.id} ({self.task.module_path}) has not finished: "
+            f"its status is {self.status}."
+        )
+
+    def _check_not_in_transaction(self) -> None:
+        from .models import Job
+
+        if connections[router.db_for_read(Job)].in_atomic_block:
+            raise RuntimeError(
+                "DatabaseTaskResult.wait() cannot run inside a transaction: the "
+                "worker does not see jobs the transaction has not committed. "
+                "Wait after the transaction (e.g. in transaction.on_commit)."
+            )
+
+
+def _pauses(timeout: float | None, first: float):
+    """Yield pauses between polls: growing from ``first`` to one second, and
+    ending when ``timeout`` seconds have passed (never, for None)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pause = first
+    while True:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            pause = min(pause, left)
+        yield pause
+        pause = min(pause * 1.5, 1.0)

@@ -1,0 +1,138 @@
+"""System checks for the BGTASKS setting and the database."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core import checks
+from django.db import connections, router
+
+from .backoff import Backoff
+from .compat import InvalidTask
+from .conf import DEFAULTS
+
+
+@checks.register()
+def check_settings(app_configs=None, **kwargs):
+    """bgtasks.E001-E003: the BGTASKS setting."""
+    value = getattr(settings, "BGTASKS", {})
+    if not isinstance(value, dict):
+        return [checks.Error("BGTASKS must be a dict.", id="bgtasks.E001")]
+    errors = []
+    for name in sorted(set(value) - set(DEFAULTS)):
+        errors.append(
+            checks.Error(
+                f"BGTASKS has an unknown key {name!r}.",
+                hint=f"Known keys: {', '.join(sorted(DEFAULTS))}.",
+                id="bgtasks.E002",
+            )
+        )
+    for name, valid, expected in _RULES:
+        if name in value and not valid(value[name]):
+            errors.append(
+                checks.Error(
+                    f"BGTASKS[{name!r}] is {value[name]!r}; it must be {expected}.",
+                    id="bgtasks.E003",
+                )
+            )
+    return errors
+
+
+def _number(minimum, *, above=False):
+    def valid(value):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        return value > minimum if above else value >= minimum
+
+    return valid
+
+
+def _backoff(value):
+    try:
+        Backoff.coerce(value)
+    except InvalidTask:
+        return False
+    return True
+
+
+_RULES = [
+    (
+        "MAX_ATTEMPTS",
+        lambda v: type(v) is int and 1 <= v <= 1000,
+        "a whole number from 1 to 1000",
+    ),
+    ("BACKOFF", _backoff, "a dict of Backoff fields or a number of seconds"),
+    (
+        "MAX_PAYLOAD_BYTES",
+        lambda v: type(v) is int and v > 0,
+        "a positive whole number",
+    ),
+    ("NOTIFY", lambda v: isinstance(v, bool), "True or False"),
+    ("POLL_INTERVAL", _number(0, above=True), "a number of seconds above 0"),
+    ("HEARTBEAT_INTERVAL", _number(0, above=True), "a number of seconds above 0"),
+    ("WORKER_TIMEOUT", _number(0, above=True), "a number of seconds above 0"),
+    (
+        "TASK_MODULES",
+        lambda v: isinstance(v, list | tuple) and all(isinstance(m, str) for m in v),
+        "a list of module names",
+    ),
+]
+
+
+def _job_connection():
+    from .models import Job
+
+    return connections[router.db_for_write(Job)]
+
+
+@checks.register()
+def check_database_vendor(app_configs=None, **kwargs):
+    """bgtasks.E004: a database django_bgtasks can claim jobs on."""
+    from .claim import SUPPORTED_VENDORS
+
+    connection = _job_connection()
+    if connection.vendor in SUPPORTED_VENDORS:
+        return []
+    return [
+        checks.Error(
+            f"django_bgtasks does not support {connection.display_name}.",
+            hint="Use PostgreSQL, MySQL 8, MariaDB 10.6+ or SQLite.",
+            id="bgtasks.E004",
+        )
+    ]
+
+
+@checks.register(checks.Tags.database)
+def check_skip_locked(app_configs=None, databases=None, **kwargs):
+    """bgtasks.E005: MySQL/MariaDB recent enough for SKIP LOCKED."""
+    connection = _job_connection()
+    if connection.vendor != "mysql" or (
+        databases is not None and connection.alias not in databases
+    ):
+        return []
+    if connection.features.has_select_for_update_skip_locked:
+        return []
+    version = ".".join(map(str, connection.mysql_version))
+    return [
+        checks.Error(
+            f"{connection.display_name} {version} cannot SELECT ... FOR UPDATE "
+            f"SKIP LOCKED.",
+            hint="Use MySQL 8 or MariaDB 10.6 or later.",
+            id="bgtasks.E005",
+        )
+    ]
+
+
+@checks.register(deploy=True)
+def check_sqlite_in_production(app_configs=None, **kwargs):
+    """bgtasks.W001: SQLite is for one host."""
+    if _job_connection().vendor != "sqlite":
+        return []
+    return [
+        checks.Warning(
+            "django_bgtasks is using SQLite.",
+            hint="SQLite serves any number of worker processes on one host "
+            "(in WAL mode, which runworker sets), but not workers on several "
+            "hosts. Use PostgreSQL or MySQL/MariaDB for that.",
+            id="bgtasks.W001",
+        )
+    ]

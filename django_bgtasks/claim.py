@@ -1,0 +1,147 @@
+"""Claiming due jobs: one atomic step per database vendor.
+
+Each function moves up to ``limit`` due READY jobs to RUNNING for one worker
+(attempts + 1, the worker recorded) and returns them, so no job is ever
+claimed twice:
+
+- PostgreSQL: a single ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED)
+  RETURNING``; the CTE keeps the planner from re-running the LIMIT subquery.
+- MySQL 8 / MariaDB 10.6+: ``SELECT ... FOR UPDATE SKIP LOCKED`` and an
+  ``UPDATE`` in one short transaction (there is no ``UPDATE ... RETURNING``).
+- SQLite: a single ``UPDATE ... RETURNING``. SQLite runs one writer at a time
+  and a statement is atomic, so no row locks are needed; this holds for any
+  number of processes on one host.
+
+Only as many jobs as the worker has free slots are claimed, so nothing is
+reserved that will not start now, and priorities hold across workers.
+"""
+
+from __future__ import annotations
+
+from django.db import NotSupportedError, connections, transaction
+from django.utils import timezone
+
+from .models import Job, JobStatus
+
+SUPPORTED_VENDORS = ("postgresql", "mysql", "sqlite")
+
+# Columns every claim sets; {append} is the vendor's "append to JSON array".
+_CLAIM_SET = """
+    status = %s,
+    attempts = {job}.attempts + 1,
+    started_at = COALESCE({job}.started_at, %s),
+    last_attempted_at = %s,
+    worker_id = %s,
+    worker_ids = {append}
+"""
+
+
+def claim_jobs(
+    using: str, *, worker_id: str, queues: list[str] | None, limit: int
+) -> list[Job]:
+    connection = connections[using]
+    claim = _CLAIMS.get(connection.vendor)
+    if claim is None:
+        raise NotSupportedError(
+            f"django_bgtasks cannot claim jobs on {connection.display_name}; "
+            f"it supports PostgreSQL, MySQL/MariaDB and SQLite."
+        )
+    now = timezone.now()
+    jobs = claim(connection, worker_id=worker_id, queues=queues, limit=limit, now=now)
+    # RETURNING gives rows in no particular order; start them in claim order.
+    jobs.sort(key=lambda job: (-job.priority, job.run_after, job.id))
+    return jobs
+
+
+def _set_params(connection, worker_id, now):
+    stamp = connection.ops.adapt_datetimefield_value(now)
+    return [JobStatus.RUNNING.value, stamp, stamp, worker_id, worker_id]
+
+
+def _claim_postgresql(connection, *, worker_id, queues, limit, now):
+    table = connection.ops.quote_name(Job._meta.db_table)
+    queue_filter = "" if queues is None else "AND queue_name = ANY(%s)"
+    sql = f"""
+        WITH claimable AS (
+            SELECT id FROM {table}
+            WHERE status = %s AND run_after <= %s {queue_filter}
+            ORDER BY priority DESC, run_after, id
+            LIMIT %s
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE {table} AS job SET {
+        _CLAIM_SET.format(
+            job="job", append="job.worker_ids || jsonb_build_array(%s::text)"
+        )
+    }
+        FROM claimable WHERE job.id = claimable.id
+        RETURNING job.*
+    """
+    params = [JobStatus.READY.value, now]
+    if queues is not None:
+        params.append(list(queues))
+    params.append(limit)
+    params += _set_params(connection, worker_id, now)
+    return list(Job.objects.raw(sql, params).using(connection.alias))
+
+
+def _claim_sqlite(connection, *, worker_id, queues, limit, now):
+    table = connection.ops.quote_name(Job._meta.db_table)
+    queue_filter = ""
+    queue_params = []
+    if queues is not None:
+        queue_filter = f"AND queue_name IN ({', '.join(['%s'] * len(queues))})"
+        queue_params = list(queues)
+    sql = f"""
+        UPDATE {table} SET {
+        _CLAIM_SET.format(job=table, append="json_insert(worker_ids, '$[#]', %s)")
+    }
+        WHERE id IN (
+            SELECT id FROM {table}
+            WHERE status = %s AND run_after <= %s {queue_filter}
+            ORDER BY priority DESC, run_after, id
+            LIMIT %s
+        )
+        RETURNING *
+    """
+    params = [
+        *_set_params(connection, worker_id, now),
+        JobStatus.READY.value,
+        connection.ops.adapt_datetimefield_value(now),
+        *queue_params,
+        limit,
+    ]
+    return list(Job.objects.raw(sql, params).using(connection.alias))
+
+
+def _claim_mysql(connection, *, worker_id, queues, limit, now):
+    table = connection.ops.quote_name(Job._meta.db_table)
+    with transaction.atomic(using=connection.alias):
+        ids = list(
+            Job.objects.using(connection.alias)
+            .due(now)
+            .in_queues(queues)
+            .order_by("-priority", "run_after", "id")
+            .select_for_update(skip_locked=True)
+            .values_list("id", flat=True)[:limit]
+        )
+        if not ids:
+            return []
+        sql = f"""
+            UPDATE {table} SET {
+            _CLAIM_SET.format(
+                job=table, append="JSON_ARRAY_APPEND(worker_ids, '$', %s)"
+            )
+        }
+            WHERE id IN ({", ".join(["%s"] * len(ids))})
+        """
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [*_set_params(connection, worker_id, now), *ids])
+        return list(Job.objects.using(connection.alias).filter(id__in=ids))
+
+
+_CLAIMS = {
+    "postgresql": _claim_postgresql,
+    "mysql": _claim_mysql,
+    "sqlite": _claim_sqlite,
+}

@@ -1,0 +1,44 @@
+"""django_bgtasks settings: one ``BGTASKS`` dict, defaults in one place.
+
+Values are read from ``settings.BGTASKS`` on every access, so
+``override_settings(BGTASKS=...)`` works in tests. ``checks.py`` validates them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+DEFAULTS: dict[str, Any] = {
+    # Attempts a job gets before it ends FAILED (1 = never retried).
+    "MAX_ATTEMPTS": 3,
+    # Delay before a retry: Backoff(**BACKOFF); see django_bgtasks.backoff.
+    "BACKOFF": {"initial": 10.0, "factor": 2.0, "maximum": 3600.0, "jitter": 0.1},
+    # Largest JSON-encoded args + kwargs accepted at enqueue, in bytes.
+    "MAX_PAYLOAD_BYTES": 1024 * 1024,
+    # PostgreSQL: enqueue sends NOTIFY and idle workers LISTEN, so they start
+    # new jobs at once. Turn off behind PgBouncer in transaction mode.
+    "NOTIFY": True,
+    # Seconds an idle worker waits before looking for due jobs again.
+    "POLL_INTERVAL": 1.0,
+    # Seconds between a worker's heartbeats.
+    "HEARTBEAT_INTERVAL": 5.0,
+    # A worker silent for this many seconds is considered dead.
+    "WORKER_TIMEOUT": 30.0,
+    # Modules the worker imports at start, besides each installed app's
+    # ``tasks`` module, so the tasks they define are registered.
+    "TASK_MODULES": [],
+}
+
+
+class BgTasksSettings:
+    """Attribute access to ``settings.BGTASKS`` with defaults filled in."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in DEFAULTS:
+            raise AttributeError(f"Unknown django_bgtasks setting: {name!r}")
+        return getattr(settings, "BGTASKS", {}).get(name, DEFAULTS[name])
+
+
+bgtasks_settings = BgTasksSettings()

@@ -1,0 +1,40 @@
+"""Exceptions raised by django_bgtasks.
+
+Errors at enqueue derive from the framework's ``InvalidTask`` so code written
+for ``django.tasks`` catches them; the rest are recorded on jobs as the error
+of an attempt, by their class path.
+"""
+
+from .compat import InvalidTask
+
+
+class InvalidTaskArguments(InvalidTask, ValueError):
+    """Arguments that do not survive a JSON round trip, or are too large."""
+
+
+class TaskNotRegistered(InvalidTask):
+    """A job's ``task_path`` does not name a registered task."""
+
+
+class InvalidReturnValue(Exception):
+    """A task returned a value that cannot be stored as JSON."""
+
+
+class TaskExited(Exception):
+    """A task called ``sys.exit()`` (or raised ``SystemExit``)."""
+
+
+class JobInterrupted(Exception):
+    """The worker stopped before the job finished; the job was put back."""
+
+
+class WorkerLost(Exception):
+    """The worker running the job stopped heartbeating; the job was put back."""
+
+
+class JobCancelled(Exception):
+    """The job was cancelled; ``django.tasks`` reads it as FAILED with this error."""
+
+
+class WorkerIdInUse(Exception):
+    """Another live worker already registered under this worker id."""

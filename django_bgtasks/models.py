@@ -1,0 +1,407 @@
+"""Jobs and worker processes.
+
+A job's state changes are methods here (``Job.objects.claim``,
+``job.mark_succeeded`` ...); the worker and the admin call these verbs and
+never write job rows themselves. A finish is conditional on the caller still
+holding the job (same status, worker and attempt), so a job taken away from a
+worker (put back at shutdown, rescued from a dead worker) is never finished by
+it twice.
+"""
+
+from __future__ import annotations
+
+import traceback as traceback_module
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import IntegrityError, models, transaction
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
+
+from .compat import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY, TaskError, TaskResultStatus
+from .conf import bgtasks_settings
+from .exceptions import JobCancelled, WorkerIdInUse, WorkerLost
+
+
+class JobStatus(models.TextChoices):
+    """The framework's four statuses, plus CANCELLED (read as FAILED by it)."""
+
+    READY = TaskResultStatus.READY.value, TaskResultStatus.READY.label
+    RUNNING = TaskResultStatus.RUNNING.value, TaskResultStatus.RUNNING.label
+    SUCCESSFUL = TaskResultStatus.SUCCESSFUL.value, TaskResultStatus.SUCCESSFUL.label
+    FAILED = TaskResultStatus.FAILED.value, TaskResultStatus.FAILED.label
+    CANCELLED = "CANCELLED", pgettext_lazy("Task", "Cancelled")
+
+
+FINISHED_STATUSES = (JobStatus.SUCCESSFUL, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+def class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def error_entry(
+    exc: BaseException, *, attempt: int, worker_id: str | None, at: datetime
+) -> dict[str, Any]:
+    """One attempt's error, as stored in ``Job.errors``."""
+    return {
+        "exception_class_path": class_path(type(exc)),
+        "traceback": "".join(traceback_module.format_exception(exc)),
+        "attempt": attempt,
+        "worker_id": worker_id,
+        "at": at.isoformat(),
+    }
+
+
+class ReadyJobIndex(models.Index):
+    """The index every claim walks: due jobs in claim order.
+
+    PostgreSQL and SQLite get a partial index over READY rows only, so it
+    stays small however many finished rows the table holds. MySQL and MariaDB
+    have no partial indexes (Django would drop the condition with a warning),
+    so there the index leads with ``status`` instead.
+    """
+
+    def create_sql(self, model, schema_editor, using="", **kwargs):
+        features = schema_editor.connection.features
+        if features.supports_partial_indexes:
+            index = models.Index(
+                fields=self.fields,
+                name=self.name,
+                condition=Q(status=JobStatus.READY),
+            )
+        else:
+            index = models.Index(fields=["status", *self.fields], name=self.name)
+        return index.create_sql(model, schema_editor, using=using, **kwargs)
+
+
+class JobQuerySet(models.QuerySet):
+    def ready(self):
+        return self.filter(status=JobStatus.READY)
+
+    def running(self):
+        return self.filter(status=JobStatus.RUNNING)
+
+    def finished(self):
+        return self.filter(status__in=FINISHED_STATUSES)
+
+    def due(self, now: datetime | None = None):
+        """READY jobs whose ``run_after`` has come."""
+        return self.ready().filter(run_after__lte=now or timezone.now())
+
+    def in_queues(self, queues: list[str] | None):
+        """Jobs in these queues; ``None`` means every queue."""
+        return self if queues is None else self.filter(queue_name__in=queues)
+
+    def claim(
+        self, *, worker_id: str, queues: list[str] | None, limit: int
+    ) -> list[Job]:
+        """Atomically move up to ``limit`` due jobs to RUNNING for this worker.
+
+        Jobs come in claim order: priority (highest first), then ``run_after``,
+        then id. No job is claimed by two workers; see ``claim.py``.
+        """
+        from .claim import claim_jobs
+
+        if limit <= 0:
+            return []
+        return claim_jobs(self.db, worker_id=worker_id, queues=queues, limit=limit)
+
+
+class Job(models.Model):
+    """One enqueued run of a task, with its outcome and every attempt's error."""
+
+    id = models.BigAutoField(primary_key=True)
+    task_path = models.CharField(_("task"), max_length=255)
+    backend = models.CharField(_("backend"), max_length=64, default="default")
+    queue_name = models.CharField(_("queue"), max_length=64, default="default")
+    priority = models.SmallIntegerField(_("priority"), default=0)
+    status = models.CharField(
+        _("status"), max_length=10, choices=JobStatus, default=JobStatus.READY
+    )
+    args = models.JSONField(_("positional arguments"), default=list)
+    kwargs = models.JSONField(_("keyword arguments"), default=dict)
+
+    run_after = models.DateTimeField(_("run after"))
+    enqueued_at = models.DateTimeField(_("enqueued at"))
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    last_attempted_at = models.DateTimeField(
+        _("last attempted at"), null=True, blank=True
+    )
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    max_attempts = models.PositiveIntegerField(_("max attempts"), default=1)
+    backoff = models.JSONField(
+        _("backoff"), default=dict, help_text=_("Delay before each retry.")
+    )
+    # The worker holding the job while it is RUNNING; cleared when it ends.
+    # No database constraint: a claim should not take locks on worker rows.
+    worker = models.ForeignKey(
+        "WorkerProcess",
+        verbose_name=_("worker"),
+        related_name="jobs",
+        on_delete=models.SET_NULL,
+        db_constraint=False,
+        null=True,
+        blank=True,
+    )
+    worker_ids = models.JSONField(
+        _("worker ids"), default=list, help_text=_("The worker of each attempt.")
+    )
+    return_value = models.JSONField(_("return value"), null=True, blank=True)
+    errors = models.JSONField(
+        _("errors"), default=list, help_text=_("The error of each failed attempt.")
+    )
+
+    objects = JobQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("job")
+        verbose_name_plural = _("jobs")
+        indexes = [
+            ReadyJobIndex(
+                fields=["queue_name", "-priority", "run_after", "id"],
+                name="bgtasks_job_ready_idx",
+            ),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(priority__gte=TASK_MIN_PRIORITY)
+                & Q(priority__lte=TASK_MAX_PRIORITY),
+                name="bgtasks_job_priority_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=JobStatus.values),
+                name="bgtasks_job_status_valid",
+            ),
+        ]
+
+    def __str__(self):
+        return f"Job {self.pk} ({self.task_path}, {self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+    @property
+    def duration(self) -> timedelta | None:
+        """Time from the last attempt's start to the finish."""
+        if self.finished_at and self.last_attempted_at:
+            return self.finished_at - self.last_attempted_at
+        return None
+
+    # State changes of a job held by a worker ------------------------------
+
+    def _update_if_held(self, **changes: Any) -> bool:
+        """Apply ``changes`` only if this worker still holds the job."""
+        updated = Job.objects.filter(
+            pk=self.pk,
+            status=JobStatus.RUNNING,
+            worker_id=self.worker_id,
+            attempts=self.attempts,
+        ).update(**changes)
+        if updated:
+            for name, value in changes.items():
+                setattr(self, name, value)
+        return bool(updated)
+
+    def mark_succeeded(self, return_value: Any, *, now: datetime | None = None) -> bool:
+        """Record success. False if the job was taken away from this worker."""
+        return self._update_if_held(
+            status=JobStatus.SUCCESSFUL,
+            return_value=return_value,
+            finished_at=now or timezone.now(),
+            worker=None,
+        )
+
+    def mark_failed(self, error: dict, *, now: datetime | None = None) -> bool:
+        """Record a final failure. False if the job was taken away."""
+        return self._update_if_held(
+            status=JobStatus.FAILED,
+            errors=[*self.errors, error],
+            finished_at=now or timezone.now(),
+            worker=None,
+        )
+
+    def mark_for_retry(self, error: dict | None, *, run_after: datetime) -> bool:
+        """Put the job back to READY, due at ``run_after``, recording ``error``.
+
+        Used after a failed attempt with attempts left, and for a job the
+        worker gives back unfinished. False if the job was taken away.
+        """
+        return self._update_if_held(
+            status=JobStatus.READY,
+            run_after=run_after,
+            errors=[*self.errors, error] if error else self.errors,
+            worker=None,
+        )
+
+    # Reading ----------------------------------------------------------------
+
+    def to_task_result(self, task):
+        """This job as a ``django.tasks`` TaskResult of ``task``.
+
+        CANCELLED reads as FAILED, with a JobCancelled error, since the
+        framework has four statuses.
+        """
+        from .base import DatabaseTaskResult
+
+        errors = [
+            TaskError(
+                exception_class_path=error["exception_class_path"],
+                traceback=error["traceback"],
+            )
+            for error in self.errors
+        ]
+        status = self.status
+        if status == JobStatus.CANCELLED:
+            status = JobStatus.FAILED
+            errors.append(
+                TaskError(
+                    exception_class_path=class_path(JobCancelled),
+                    traceback="The job was cancelled before it ran.",
+                )
+            )
+        result = DatabaseTaskResult(
+            task=task,
+            id=str(self.pk),
+            status=TaskResultStatus(status),
+            enqueued_at=self.enqueued_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            last_attempted_at=self.last_attempted_at,
+            args=self.args,
+            kwargs=self.kwargs,
+            backend=self.backend,
+            errors=errors,
+            worker_ids=list(self.worker_ids),
+        )
+        object.__setattr__(result, "_return_value", self.return_value)
+        return result
+
+
+class WorkerState(models.TextChoices):
+    RUNNING = "RUNNING", _("Running")
+    STOPPING = "STOPPING", _("Stopping")
+
+
+class WorkerProcessQuerySet(models.QuerySet):
+    def alive(self, now: datetime | None = None):
+        return self.filter(last_heartbeat_at__gte=_alive_cutoff(now))
+
+    def dead(self, now: datetime | None = None):
+        return self.filter(last_heartbeat_at__lt=_alive_cutoff(now))
+
+    def register(
+        self,
+        *,
+        worker_id: str,
+        hostname: str,
+        pid: int,
+        queues: list[str] | None,
+        concurrency: int,
+        version: str,
+    ) -> WorkerProcess:
+        """Add the row of a starting worker process.
+
+        A row left under the same id by a worker that is no longer alive is
+        taken over, its RUNNING jobs put back to READY. A live one raises
+        WorkerIdInUse.
+        """
+        now = timezone.now()
+        fields = {
+            "hostname": hostname,
+            "pid": pid,
+            "queues": queues or [],
+            "concurrency": concurrency,
+            "version": version,
+            "started_at": now,
+            "last_heartbeat_at": now,
+            "state": WorkerState.RUNNING,
+        }
+        try:
+            with transaction.atomic(using=self.db):
+                return self.create(id=worker_id, **fields)
+        except IntegrityError:
+            pass
+        with transaction.atomic(using=self.db):
+            previous = self.select_for_update().filter(pk=worker_id).first()
+            if previous is None:
+                return self.create(id=worker_id, **fields)
+            if previous.is_alive(now):
+                raise WorkerIdInUse(
+                    f"Worker id {worker_id!r} is in use by a live worker (pid "
+                    f"{previous.pid} on {previous.hostname}, last heartbeat "
+                    f"{previous.last_heartbeat_at:%Y-%m-%d %H:%M:%S})."
+                )
+            previous.release_jobs(
+                WorkerLost(
+                    f"Worker {worker_id} stopped heartbeating "
+                    f"(last {previous.last_heartbeat_at:%Y-%m-%d %H:%M:%S}) "
+                    f"while running the job."
+                )
+            )
+            for name, value in fields.items():
+                setattr(previous, name, value)
+            previous.save()
+            return previous
+
+
+def _alive_cutoff(now: datetime | None) -> datetime:
+    return (now or timezone.now()) - timedelta(seconds=bgtasks_settings.WORKER_TIMEOUT)
+
+
+class WorkerProcess(models.Model):
+    """A running ``runworker`` process, kept fresh by its heartbeat."""
+
+    id = models.CharField(_("worker id"), max_length=100, primary_key=True)
+    hostname = models.CharField(_("host"), max_length=255)
+    pid = models.PositiveIntegerField(_("process id"))
+    queues = models.JSONField(
+        _("queues"), default=list, help_text=_("Empty: every queue.")
+    )
+    concurrency = models.PositiveIntegerField(_("concurrency"))
+    version = models.CharField(_("django-bgtasks version"), max_length=32)
+    state = models.CharField(
+        _("state"), max_length=10, choices=WorkerState, default=WorkerState.RUNNING
+    )
+    started_at = models.DateTimeField(_("started at"))
+    last_heartbeat_at = models.DateTimeField(_("last heartbeat"), db_index=True)
+
+    objects = WorkerProcessQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("worker process")
+        verbose_name_plural = _("worker processes")
+
+    def __str__(self):
+        return self.id
+
+    def is_alive(self, now: datetime | None = None) -> bool:
+        return self.last_heartbeat_at >= _alive_cutoff(now)
+
+    def beat(self) -> bool:
+        """Refresh the heartbeat. False if the row is gone."""
+        return bool(
+            WorkerProcess.objects.filter(pk=self.pk).update(
+                last_heartbeat_at=timezone.now(), state=self.state
+            )
+        )
+
+    def release_jobs(self, reason: BaseException | None = None) -> int:
+        """Put the RUNNING jobs this worker holds back to READY, due now.
+
+        The attempt stays counted; ``reason`` (if given) is recorded as the
+        attempt's error. Returns how many jobs were put back.
+        """
+        now = timezone.now()
+        released = 0
+        for job in Job.objects.running().filter(worker=self):
+            error = reason and error_entry(
+                reason, attempt=job.attempts, worker_id=self.pk, at=now
+            )
+            released += job.mark_for_retry(error, run_after=now)
+        return released

@@ -1,0 +1,100 @@
+"""Wake-ups on PostgreSQL: enqueue sends NOTIFY, idle workers LISTEN.
+
+NOTIFY is transactional, so a worker is woken when the job's transaction
+commits, never before. Workers also poll, so a missed notification (or
+``BGTASKS["NOTIFY"] = False``, needed behind PgBouncer in transaction mode)
+only costs latency.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+import threading
+
+from django.db import connections
+
+from .conf import bgtasks_settings
+
+CHANNEL = "django_bgtasks"
+
+logger = logging.getLogger(__name__)
+
+
+def notify_enabled(connection) -> bool:
+    return connection.vendor == "postgresql" and bool(bgtasks_settings.NOTIFY)
+
+
+def send(connection, queue_name: str) -> None:
+    """Notify listeners that ``queue_name`` has a new job (at commit)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, queue_name])
+
+
+class Listener(threading.Thread):
+    """LISTEN on a dedicated connection; call ``on_notify`` for our queues.
+
+    Reconnects with a growing pause when the connection drops, and calls
+    ``on_notify`` after reconnecting, since notifications may have been
+    missed meanwhile.
+    """
+
+    def __init__(self, using: str, queues: list[str] | None, on_notify):
+        super().__init__(name="bgtasks-listener", daemon=True)
+        self.using = using
+        self.queues = None if queues is None else set(queues)
+        self.on_notify = on_notify
+        self._stop_event = threading.Event()
+        self._connection = None
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def run(self) -> None:
+        pause = 0.5
+        while not self._stop_event.is_set():
+            try:
+                self._connect()
+                pause = 0.5
+                self.on_notify()
+                while not self._stop_event.is_set():
+                    self._wait(timeout=1.0)
+            except Exception as exc:
+                if self._stop_event.is_set():
+                    break
+                logger.warning("LISTEN connection lost (%s); reconnecting", exc)
+                self._stop_event.wait(pause)
+                pause = min(pause * 2, 10.0)
+            finally:
+                self._close()
+
+    def _connect(self) -> None:
+        wrapper = connections[self.using]
+        conn = wrapper.get_new_connection(wrapper.get_connection_params())
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute(f'LISTEN "{CHANNEL}"')
+        self._connection = conn
+
+    def _wait(self, timeout: float) -> None:
+        conn = self._connection
+        if callable(getattr(conn, "notifies", None)):  # psycopg 3
+            payloads = [n.payload for n in conn.notifies(timeout=timeout, stop_after=1)]
+        else:  # psycopg2
+            readable, _, _ = select.select([conn], [], [], timeout)
+            if not readable:
+                return
+            conn.poll()
+            payloads = [n.payload for n in conn.notifies]
+            conn.notifies.clear()
+        if payloads and (
+            self.queues is None or any(p in self.queues for p in payloads)
+        ):
+            self.on_notify()
+
+    def _close(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                self._connection.close()
+            self._connection = None

@@ -1,0 +1,78 @@
+"""What may be stored as a job's arguments or return value: JSON that comes
+back unchanged from every supported database.
+
+Values are first normalised the way ``django.tasks`` does (tuples become
+lists, bytes UTF-8 text), then checked for what JSON or a database would
+silently change or refuse: non-string dictionary keys, NaN and infinities,
+integers beyond 64 bits (MySQL stores them as doubles), NUL characters
+(PostgreSQL refuses them), lone surrogates, and nesting deeper than MySQL's
+limit of 100 levels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .compat import normalize_json
+
+MAX_DEPTH = 100
+MAX_INT = 2**63 - 1
+
+
+class NotJSON(ValueError):
+    """A value that would not come back unchanged from the database."""
+
+
+def to_json(value: Any, where: str) -> Any:
+    """Return ``value`` normalised for storage, or raise NotJSON saying where
+    (``where`` names the value in messages, e.g. ``"args"``)."""
+    try:
+        value = normalize_json(value)
+    except (TypeError, ValueError) as exc:
+        raise NotJSON(f"{where}: {exc}") from None
+    except RecursionError:
+        raise NotJSON(f"{where}: nested deeper than {MAX_DEPTH} levels.") from None
+    _check(value, where, 0)
+    return value
+
+
+def _check(value: Any, where: str, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise NotJSON(f"{where}: nested deeper than {MAX_DEPTH} levels.")
+    if isinstance(value, str):
+        _check_string(value, where)
+    elif isinstance(value, bool) or value is None:
+        pass
+    elif isinstance(value, int):
+        if abs(value) > MAX_INT:
+            raise NotJSON(f"{where}: the integer {value} does not fit in 64 bits.")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise NotJSON(f"{where}: {value} is not a JSON number.")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check(item, f"{where}[{index}]", depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise NotJSON(
+                    f"{where}: the dictionary key {key!r} is not a string "
+                    f"(JSON would turn it into one)."
+                )
+            _check_string(key, where)
+            _check(item, f"{where}[{key!r}]", depth + 1)
+    else:  # normalize_json lets nothing else through; say so if it ever does.
+        raise NotJSON(f"{where}: {type(value).__name__} is not a JSON type.")
+
+
+def _check_string(value: str, where: str) -> None:
+    if "\x00" in value:
+        raise NotJSON(
+            f"{where}: text cannot hold NUL characters (PostgreSQL refuses them "
+            f"in JSON)."
+        )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise NotJSON(f"{where}: {value!r} is not valid Unicode.") from None
