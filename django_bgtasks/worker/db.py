@@ -1,0 +1,45 @@
+"""Surviving a lost database connection in the worker's threads."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
+
+logger = logging.getLogger("django_bgtasks.worker")
+
+# Errors a reconnect may cure: a dropped connection, a restarted server,
+# SQLite's "database is locked".
+CONNECTION_ERRORS = (OperationalError, InterfaceError)
+
+
+def discard_connection(using: str) -> None:
+    """Close this thread's connection so the next query opens a new one."""
+    # Closing a dead connection can fail; it is gone either way.
+    with contextlib.suppress(DatabaseError):
+        connections[using].close()
+
+
+def retry_until_done(operation, *, using: str, what: str, give_up: threading.Event):
+    """Run ``operation()`` until it does not fail with a connection error.
+
+    Between tries the connection is discarded and the pause grows from 0.2 s
+    to 10 s. Returns the operation's result, or None once ``give_up`` is set.
+    Used where losing the work is not an option, such as recording a
+    finished job's result.
+    """
+    pause = 0.2
+    while True:
+        try:
+            return operation()
+        except CONNECTION_ERRORS as exc:
+            logger.warning(
+                "Database error while %s (%s); retrying in %.1f s", what, exc, pause
+            )
+            discard_connection(using)
+            if give_up.wait(pause):
+                logger.error("Gave up %s: the worker is exiting", what)
+                return None
+            pause = min(pause * 2, 10.0)

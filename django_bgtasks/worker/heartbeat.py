@@ -1,0 +1,51 @@
+"""The worker process's heartbeat: its row's ``last_heartbeat_at`` kept fresh."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from django.db import connections
+
+from .db import CONNECTION_ERRORS, discard_connection
+
+logger = logging.getLogger("django_bgtasks.worker")
+
+
+class Heartbeat(threading.Thread):
+    """Refresh the worker's row every ``interval`` seconds.
+
+    If the row has gone (another worker judged this one dead), ``on_lost``
+    is called to register again. Database errors are logged and retried at
+    the next beat.
+    """
+
+    def __init__(self, *, process, interval: float, using: str, on_lost):
+        super().__init__(name="bgtasks-heartbeat", daemon=True)
+        self.process = process
+        self.interval = interval
+        self.using = using
+        self.on_lost = on_lost
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def run(self) -> None:
+        try:
+            while not self._stop_event.wait(self.interval):
+                self.beat()
+        finally:
+            connections.close_all()
+
+    def beat(self) -> None:
+        try:
+            if not self.process.beat():
+                logger.error(
+                    "Worker %s: its row is gone (judged dead?); registering again",
+                    self.process.pk,
+                )
+                self.process = self.on_lost()
+        except CONNECTION_ERRORS as exc:
+            logger.warning("Heartbeat failed (%s); retrying at the next beat", exc)
+            discard_connection(self.using)

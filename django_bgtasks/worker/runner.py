@@ -1,0 +1,311 @@
+"""The worker: claim due jobs for free slots, run them, stop cleanly.
+
+One loop in the main thread claims as many due jobs as there are free slots
+and hands them to the executor's threads; it sleeps until a job finishes, a
+NOTIFY arrives (PostgreSQL), the poll interval passes or a stop is asked for.
+
+Stopping: the first SIGTERM/SIGINT (or ``stop()``) ends claiming; running
+jobs get ``shutdown_timeout`` seconds to finish; those still running are put
+back to READY. A second signal skips the wait. Either way the worker's row
+is removed and the process exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+
+from django.db import connections, router
+from django.utils.crypto import get_random_string
+
+from .. import __version__, notify, registry
+from ..conf import bgtasks_settings
+from ..exceptions import JobInterrupted
+from ..models import Job, WorkerProcess
+from .db import CONNECTION_ERRORS, discard_connection, retry_until_done
+from .executor import Executor
+from .heartbeat import Heartbeat
+
+logger = logging.getLogger("django_bgtasks.worker")
+
+
+class ForcedExit(Exception):
+    """A second stop signal: leave without waiting for running jobs."""
+
+
+def default_worker_id() -> str:
+    host = socket.gethostname().split(".")[0][:60]
+    return f"{host}.{os.getpid()}.{get_random_string(6).lower()}"
+
+
+class Worker:
+    """Run jobs from the database until stopped (or drained, with ``burst``).
+
+    ``queues``: the queues to take jobs from; None for all. ``concurrency``:
+    jobs run at once, each on its own thread. ``burst``: exit once no job is
+    due and none is running. ``max_jobs``: exit after claiming this many.
+    """
+
+    def __init__(
+        self,
+        *,
+        queues: list[str] | None = None,
+        concurrency: int = 1,
+        burst: bool = False,
+        max_jobs: int | None = None,
+        poll_interval: float | None = None,
+        worker_id: str | None = None,
+        shutdown_timeout: float = 30.0,
+    ):
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.queues = sorted(set(queues)) if queues is not None else None
+        self.concurrency = concurrency
+        self.burst = burst
+        self.max_jobs = max_jobs
+        self.poll_interval = (
+            bgtasks_settings.POLL_INTERVAL if poll_interval is None else poll_interval
+        )
+        self.worker_id = worker_id or default_worker_id()
+        self.shutdown_timeout = shutdown_timeout
+        self.using = router.db_for_write(Job)
+
+        self.jobs_claimed = 0
+        self.process: WorkerProcess | None = None
+        self._running: dict[int, Job] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        # Set when the worker must not wait for anything any more.
+        self._forced = threading.Event()
+        self._signals_seen = 0
+        self._executor: Executor | None = None
+        self._heartbeat: Heartbeat | None = None
+        self._listener: notify.Listener | None = None
+
+    # Control -----------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop claiming; let running jobs finish (within shutdown_timeout)."""
+        self._stopping.set()
+        self._wake.set()
+
+    @property
+    def uses_notify(self) -> bool:
+        return notify.notify_enabled(connections[self.using])
+
+    def install_signal_handlers(self) -> dict:
+        """Make SIGTERM/SIGINT stop the worker; return the previous handlers."""
+        return {
+            signum: signal.signal(signum, self._on_signal)
+            for signum in (signal.SIGTERM, signal.SIGINT)
+        }
+
+    def _on_signal(self, signum, frame) -> None:
+        self._signals_seen += 1
+        name = signal.Signals(signum).name
+        if self._signals_seen == 1:
+            logger.warning(
+                "%s received: finishing %d running job(s) within %.0f s, then "
+                "exiting (send it again to exit at once)",
+                name,
+                len(self._running),
+                self.shutdown_timeout,
+            )
+            self.stop()
+        elif self._signals_seen == 2:
+            logger.warning("%s received again: exiting at once", name)
+            self._forced.set()
+            self.stop()
+            raise ForcedExit(name)
+        else:
+            os._exit(1)
+
+    # Running -----------------------------------------------------------------
+
+    def run(self) -> bool:
+        """Work until stopped. Returns False if a second signal cut it short."""
+        registry.autodiscover()
+        self._prepare_database()
+        self.process = retry_until_done(
+            self._register,
+            using=self.using,
+            what="registering the worker",
+            give_up=self._stopping,
+        )
+        if self.process is None:
+            return True
+        self._executor = Executor(
+            concurrency=self.concurrency,
+            worker_id=self.worker_id,
+            using=self.using,
+            on_done=self._job_done,
+            give_up=self._forced,
+        )
+        self._executor.start()
+        self._heartbeat = Heartbeat(
+            process=self.process,
+            interval=bgtasks_settings.HEARTBEAT_INTERVAL,
+            using=self.using,
+            on_lost=self._register,
+        )
+        self._heartbeat.start()
+        if self.uses_notify:
+            self._listener = notify.Listener(self.using, self.queues, self._wake.set)
+            self._listener.start()
+        try:
+            self._loop()
+            self._wait_for_running_jobs()
+            return True
+        except ForcedExit:
+            return False
+        finally:
+            self._shut_down()
+
+    def _register(self) -> WorkerProcess:
+        return WorkerProcess.objects.db_manager(self.using).register(
+            worker_id=self.worker_id,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            queues=self.queues,
+            concurrency=self.concurrency,
+            version=__version__,
+        )
+
+    def _prepare_database(self) -> None:
+        connection = connections[self.using]
+        if connection.vendor != "sqlite" or connection.is_in_memory_db():
+            return
+        # WAL lets the web process read while a worker writes; it is a
+        # property of the database file, kept once set.
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA journal_mode")
+            if cursor.fetchone()[0].lower() != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+                logger.info("Switched the SQLite database to WAL journal mode")
+
+    def _loop(self) -> None:
+        db_pause = 0.2
+        while not self._stopping.is_set():
+            self._wake.clear()
+            free = self._free_slots()
+            claimed = []
+            if free:
+                try:
+                    claimed = Job.objects.db_manager(self.using).claim(
+                        worker_id=self.worker_id, queues=self.queues, limit=free
+                    )
+                    db_pause = 0.2
+                except CONNECTION_ERRORS as exc:
+                    logger.warning(
+                        "Database error while claiming jobs (%s); retrying in %.1f s",
+                        exc,
+                        db_pause,
+                    )
+                    discard_connection(self.using)
+                    self._stopping.wait(db_pause)
+                    db_pause = min(db_pause * 2, 10.0)
+                    continue
+                self._dispatch(claimed)
+            with self._lock:
+                idle = not self._running
+            if idle and ((self.burst and not claimed) or self._limit_reached()):
+                return
+            if claimed and len(claimed) == free:
+                continue  # a full batch: there may be more, claim again
+            self._wake.wait(self.poll_interval)
+
+    def _free_slots(self) -> int:
+        with self._lock:
+            free = self.concurrency - len(self._running)
+        if self.max_jobs is not None:
+            free = min(free, self.max_jobs - self.jobs_claimed)
+        return max(free, 0)
+
+    def _limit_reached(self) -> bool:
+        return self.max_jobs is not None and self.jobs_claimed >= self.max_jobs
+
+    def _dispatch(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            with self._lock:
+                self._running[job.pk] = job
+            self.jobs_claimed += 1
+            self._executor.submit(job)
+
+    def _job_done(self, job: Job) -> None:
+        with self._lock:
+            self._running.pop(job.pk, None)
+        self._wake.set()
+
+    def _wait_for_running_jobs(self) -> None:
+        deadline = time.monotonic() + self.shutdown_timeout
+        while True:
+            with self._lock:
+                if not self._running:
+                    return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._wake.clear()
+            self._wake.wait(min(left, 1.0))
+
+    def _shut_down(self) -> None:
+        if self._listener is not None:
+            self._listener.stop()
+        if self._executor is not None:
+            self._executor.stop()
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+        with self._lock:
+            unfinished = len(self._running)
+        if unfinished:
+            # From here on no job thread starts a job or records an outcome:
+            # the unfinished jobs are given back, perhaps to another worker.
+            self._forced.set()
+        give_up = threading.Event()
+        # Bounded: a database that stays down must not keep the worker alive.
+        timer = threading.Timer(10.0, give_up.set)
+        timer.daemon = True
+        timer.start()
+        if unfinished:
+            released = retry_until_done(
+                lambda: self.process.release_jobs(
+                    JobInterrupted("The worker stopped before the job finished.")
+                ),
+                using=self.using,
+                what="putting unfinished jobs back",
+                give_up=give_up,
+            )
+            if released is not None:
+                logger.warning("Put %d unfinished job(s) back to READY", released)
+        retry_until_done(
+            self._unregister,
+            using=self.using,
+            what="unregistering the worker",
+            give_up=give_up,
+        )
+        timer.cancel()
+        if not self._forced.is_set() and self._heartbeat is not None:
+            self._heartbeat.join(timeout=5)
+        connections.close_all()
+
+    def _unregister(self) -> None:
+        WorkerProcess.objects.db_manager(self.using).filter(pk=self.worker_id).delete()
+
+    def describe(self) -> dict[str, str]:
+        """What the startup banner shows."""
+        connection = connections[self.using]
+        wakeups = f"polling every {self.poll_interval:g} s"
+        if self.uses_notify:
+            wakeups = f"LISTEN/NOTIFY, {wakeups}"
+        return {
+            "worker": self.worker_id,
+            "database": f"{connection.display_name} ({self.using})",
+            "queues": ", ".join(self.queues) if self.queues else "* (all)",
+            "concurrency": f"{self.concurrency} thread(s)",
+            "wake-ups": wakeups,
+        }
