@@ -1,0 +1,154 @@
+"""Fixtures: real worker processes on the test database, and bounded waits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from django.db import connection
+
+from django_bgtasks.worker import Worker
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(predicate, *, timeout: float = 10.0, message: str = "condition"):
+    """Poll ``predicate`` until it returns something truthy; fail after
+    ``timeout`` seconds. Returns what the predicate returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"Timed out after {timeout} s waiting for {message}")
+        time.sleep(0.02)
+
+
+def database_url() -> str:
+    """A DATABASE_URL naming the test database, for worker subprocesses."""
+    settings = connection.settings_dict
+    vendor = connection.vendor
+    if vendor == "sqlite":
+        return f"sqlite:///{settings['NAME']}"
+    scheme = {"postgresql": "postgres", "mysql": "mysql"}[vendor]
+    user = quote(settings.get("USER") or "")
+    password = settings.get("PASSWORD")
+    credentials = f"{user}:{quote(password)}@" if password else f"{user}@"
+    host = settings.get("HOST") or "127.0.0.1"
+    port = f":{settings['PORT']}" if settings.get("PORT") else ""
+    return f"{scheme}://{credentials}{host}{port}/{settings['NAME']}"
+
+
+def run_in_process(**options) -> Worker:
+    """Run a Worker in this process until it drains (burst) and return it."""
+    options.setdefault("burst", True)
+    options.setdefault("concurrency", 1)
+    worker = Worker(**options)
+    worker.run()
+    return worker
+
+
+class WorkerProcesses:
+    """Start ``manage.py runworker`` processes on the test database."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmp_path = tmp_path
+        self.processes: list[tuple[subprocess.Popen, Path]] = []
+        self.env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "DATABASE_URL": database_url(),
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def start(self, *args: str, env: dict | None = None) -> subprocess.Popen:
+        log = self.tmp_path / f"worker-{len(self.processes) + 1}.log"
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                [sys.executable, str(ROOT / "manage.py"), "runworker", *args],
+                cwd=ROOT,
+                env={**self.env, **(env or {})},
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        self.processes.append((process, log))
+        return process
+
+    def output(self, process: subprocess.Popen) -> str:
+        for candidate, log in self.processes:
+            if candidate is process:
+                return log.read_text(errors="replace")
+        raise ValueError("not one of ours")
+
+    def wait(self, process: subprocess.Popen, timeout: float = 60.0) -> int:
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            pytest.fail(
+                f"runworker did not exit within {timeout} s:\n{self.output(process)}"
+            )
+
+    def run(self, *args: str, timeout: float = 60.0, env: dict | None = None):
+        """Run one worker to completion; return (exit code, output)."""
+        process = self.start(*args, env=env)
+        code = self.wait(process, timeout)
+        return code, self.output(process)
+
+    def stop_all(self) -> None:
+        for process, _ in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+
+
+@pytest.fixture
+def workers(transactional_db, tmp_path):
+    """Worker subprocesses; any still running are killed after the test."""
+    processes = WorkerProcesses(tmp_path)
+    yield processes
+    processes.stop_all()
+
+
+def kill_other_connections() -> int:
+    """Kill every other connection to the test database (as a server restart
+    or a network cut would). Returns how many were killed."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            return len(cursor.fetchall())
+        if connection.vendor == "mysql":
+            cursor.execute(
+                "SELECT id FROM information_schema.processlist "
+                "WHERE db = DATABASE() AND id <> CONNECTION_ID()"
+            )
+            ids = [row[0] for row in cursor.fetchall()]
+            for connection_id in ids:
+                cursor.execute(f"KILL {int(connection_id)}")
+            return len(ids)
+    raise NotImplementedError(connection.vendor)
+
+
+def vendor() -> str:
+    return connection.vendor
+
+
+requires_server_database = pytest.mark.skipif(
+    os.environ.get("DATABASE_URL", "sqlite").startswith("sqlite"),
+    reason="needs a database server (PostgreSQL or MariaDB/MySQL)",
+)
+requires_postgresql = pytest.mark.skipif(
+    not os.environ.get("DATABASE_URL", "").startswith(("postgres", "pgsql")),
+    reason="PostgreSQL only",
+)

@@ -1,0 +1,23 @@
+"""Test settings: the test project's, plus the tests app and quicker timings."""
+
+from testproject.settings import *  # noqa: F403
+from testproject.settings import BASE_DIR, DATABASES, INSTALLED_APPS, TASKS, env
+
+INSTALLED_APPS = [*INSTALLED_APPS, "tests"]
+
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # A file, not memory: worker subprocesses must open the same database.
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test_db.sqlite3")}
+
+TASKS = {
+    "default": {**TASKS["default"], "QUEUES": ["default", "images", "other"]},
+}
+
+BGTASKS = {
+    "NOTIFY": env.bool("BGTASKS_NOTIFY", default=True),
+    "POLL_INTERVAL": 0.2,
+    "HEARTBEAT_INTERVAL": 1.0,
+    "BACKOFF": {"initial": 0.0, "factor": 1.0, "maximum": 0.0, "jitter": 0.0},
+}
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -1,0 +1,108 @@
+"""Tasks the tests enqueue. Most use the framework's own ``@task`` (Django's
+``django.tasks``, or the backport on Django 5.2); the options of the database
+backend come through it or through ``django_bgtasks.task``."""
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from django_bgtasks import Backoff
+from django_bgtasks import task as bg_task
+from django_bgtasks.compat import BACKPORT
+
+if BACKPORT:
+    from django_tasks import task
+else:
+    from django.tasks import task
+
+from .models import Execution
+
+
+@task(max_attempts=7, backoff=Backoff(initial=5))
+def with_framework_options():
+    return "framework"
+
+
+@task
+def add(a, b):
+    return a + b
+
+
+@task
+def echo(*args, **kwargs):
+    return {"args": args, "kwargs": kwargs}
+
+
+@task(takes_context=True)
+def record(context, label=""):
+    """Log this execution; the unique (job, attempt) constraint catches a job
+    run twice at once."""
+    result = context.task_result
+    Execution.objects.create(
+        job_id=int(result.id),
+        label=label,
+        attempt=context.attempt,
+        worker_id=result.worker_ids[-1],
+        pid=os.getpid(),
+    )
+    return label
+
+
+@task(priority=5, queue_name="other")
+def in_other_queue():
+    return "other"
+
+
+@task
+async def async_add(a, b):
+    return a + b
+
+
+@bg_task(max_attempts=3)
+def always_fails(message="boom"):
+    raise ValueError(message)
+
+
+@bg_task(max_attempts=4, takes_context=True)
+def fails_until_attempt(context, succeed_at):
+    if context.attempt < succeed_at:
+        raise RuntimeError(f"attempt {context.attempt} fails")
+    return context.attempt
+
+
+@bg_task(max_attempts=2, backoff={"initial": 60, "factor": 2, "jitter": 0})
+def fails_with_slow_backoff():
+    raise ValueError("try again later")
+
+
+@task
+def returns_object():
+    return object()
+
+
+@bg_task(max_attempts=3)
+def calls_exit():
+    sys.exit(3)
+
+
+@task
+def wait_for_file(path, timeout=30.0):
+    """Run until ``path`` exists (a test creates it), at most ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not Path(path).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear")
+        time.sleep(0.02)
+    return "released"
+
+
+@task
+def sleep_for(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def plain_function():
+    """Not a task: the worker must refuse a job that names it."""
+    return "should never run"

@@ -1,0 +1,95 @@
+"""System checks and the installed schema."""
+
+import pytest
+from django.core import checks
+from django.core.management import call_command
+from django.db import connection
+from django.test import override_settings
+
+from django_bgtasks.models import Job
+
+
+def run_checks(**kwargs):
+    return [
+        message
+        for message in checks.run_checks(**kwargs)
+        if message.id.startswith("bgtasks.")
+    ]
+
+
+def test_default_settings_pass():
+    assert run_checks() == []
+
+
+@override_settings(BGTASKS={"MAX_ATEMPTS": 3, "POLL_INTERVAL": 0, "NOTIFY": "yes"})
+def test_bad_settings_are_reported():
+    messages = {(m.id, m.msg) for m in run_checks()}
+    assert ("bgtasks.E002", "BGTASKS has an unknown key 'MAX_ATEMPTS'.") in messages
+    assert (
+        "bgtasks.E003",
+        "BGTASKS['POLL_INTERVAL'] is 0; it must be a number of seconds above 0.",
+    ) in messages
+    assert (
+        "bgtasks.E003",
+        "BGTASKS['NOTIFY'] is 'yes'; it must be True or False.",
+    ) in messages
+
+
+@override_settings(BGTASKS={"BACKOFF": {"factor": 0}})
+def test_bad_backoff_setting_is_reported():
+    assert [m.id for m in run_checks()] == ["bgtasks.E003"]
+
+
+@override_settings(BGTASKS=["not", "a", "dict"])
+def test_settings_must_be_a_dict():
+    assert [m.id for m in run_checks()] == ["bgtasks.E001"]
+
+
+@override_settings(
+    TASKS={
+        "default": {
+            "BACKEND": "django_bgtasks.backend.DatabaseBackend",
+            "QUEUES": ["default", "x" * 65],
+        }
+    }
+)
+def test_backend_queue_names_are_checked():
+    assert "bgtasks.E011" in [m.id for m in run_checks()]
+
+
+def test_sqlite_deploy_warning():
+    ids = [m.id for m in run_checks(include_deployment_checks=True)]
+    assert ("bgtasks.W001" in ids) is (connection.vendor == "sqlite")
+
+
+@pytest.mark.django_db
+def test_database_checks_pass():
+    assert run_checks(databases=["default"], tags=["database"]) == []
+
+
+@pytest.mark.django_db
+def test_no_missing_migrations():
+    call_command(
+        "makemigrations", "django_bgtasks", "--check", "--dry-run", verbosity=0
+    )
+
+
+@pytest.mark.django_db
+def test_ready_index_matches_the_claim_order():
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(
+            cursor, Job._meta.db_table
+        )
+    index = constraints["bgtasks_job_ready_idx"]
+    if connection.features.supports_partial_indexes:
+        assert index["columns"] == ["queue_name", "priority", "run_after", "id"]
+    else:  # MySQL/MariaDB: no partial indexes, status leads instead
+        assert index["columns"] == [
+            "status",
+            "queue_name",
+            "priority",
+            "run_after",
+            "id",
+        ]
+    if connection.features.supports_index_column_ordering:
+        assert index["orders"][-3:] == ["DESC", "ASC", "ASC"]

@@ -1,0 +1,267 @@
+"""Enqueueing: the job row, its options, and what bad input gets."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import transaction
+from django.test import override_settings
+from django.utils import timezone
+
+from django_bgtasks import Backoff, DatabaseTask, DatabaseTaskResult
+from django_bgtasks import task as bg_task
+from django_bgtasks.compat import (
+    InvalidTask,
+    TaskResultDoesNotExist,
+    TaskResultMismatch,
+    TaskResultStatus,
+    task_enqueued,
+)
+from django_bgtasks.exceptions import InvalidTaskArguments
+from django_bgtasks.models import Job, JobStatus
+from tests import tasks
+
+pytestmark = pytest.mark.django_db
+
+
+def test_enqueue_writes_a_ready_job():
+    before = timezone.now()
+    result = tasks.add.enqueue(2, b=3)
+
+    job = Job.objects.get()
+    assert result.id == str(job.pk)
+    assert isinstance(result, DatabaseTaskResult)
+    assert result.status == TaskResultStatus.READY
+    assert job.task_path == "tests.tasks.add"
+    assert (job.args, job.kwargs) == ([2], {"b": 3})
+    assert job.status == JobStatus.READY
+    assert job.queue_name == "default" and job.priority == 0
+    assert before <= job.enqueued_at == job.run_after <= timezone.now()
+    assert job.attempts == 0 and job.worker_ids == [] and job.errors == []
+    assert job.max_attempts == 3  # BGTASKS default
+    assert job.backoff == {"initial": 0.0, "factor": 1.0, "maximum": 0.0, "jitter": 0.0}
+
+
+def test_django_task_decorator_gives_a_database_task():
+    assert isinstance(tasks.add, DatabaseTask)
+    assert tasks.add.max_attempts is None
+
+
+def test_task_options_and_per_call_overrides():
+    tasks.in_other_queue.enqueue()
+    tasks.in_other_queue.using(priority=-7, queue_name="default").enqueue()
+    tasks.always_fails.using(max_attempts=5, backoff=30).enqueue()
+
+    first, second, third = Job.objects.order_by("id")
+    assert (first.queue_name, first.priority) == ("other", 5)
+    assert (second.queue_name, second.priority) == ("default", -7)
+    assert third.max_attempts == 5
+    assert third.backoff == {"initial": 30, "factor": 1, "maximum": 30, "jitter": 0}
+
+
+def test_extra_options_pass_through_the_frameworks_own_decorator():
+    """Django 6.1 and the django-tasks 0.12 backport forward extra @task
+    keyword arguments to the backend's task_class."""
+    assert isinstance(tasks.with_framework_options, DatabaseTask)
+    assert tasks.with_framework_options.max_attempts == 7
+    assert tasks.with_framework_options.backoff == Backoff(initial=5)
+    tasks.with_framework_options.enqueue()
+    assert Job.objects.get().max_attempts == 7
+
+
+def test_run_after_datetime_and_timedelta():
+    when = timezone.now() + timedelta(hours=1)
+    tasks.add.using(run_after=when).enqueue(1, 1)
+    before = timezone.now()
+    tasks.add.using(run_after=timedelta(minutes=10)).enqueue(1, 1)
+
+    at_datetime, at_delta = Job.objects.order_by("id")
+    assert at_datetime.run_after == when
+    assert (
+        before + timedelta(minutes=10)
+        <= at_delta.run_after
+        <= timezone.now() + timedelta(minutes=10)
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"queue_name": "nope"}, "Queue 'nope' is not valid"),
+        ({"priority": 101}, "priority must be a whole number between -100 and 100"),
+        ({"priority": -101}, "priority must be a whole number between -100 and 100"),
+        ({"priority": 1.5}, "priority must be a whole number"),
+        ({"max_attempts": 0}, "max_attempts must be a whole number from 1 to 1000"),
+        ({"backoff": {"initial": -1}}, "Backoff initial must be 0 or more"),
+        ({"backoff": "fast"}, "backoff must be a Backoff"),
+    ],
+)
+def test_invalid_options_are_refused_without_a_row(options, message):
+    with pytest.raises(InvalidTask, match=message):
+        tasks.add.using(**options).enqueue(1, 2)
+    assert not Job.objects.exists()
+
+
+def test_naive_run_after_is_refused():
+    naive = timezone.now().replace(tzinfo=None)
+    with pytest.raises(InvalidTask, match="run_after must be an aware datetime"):
+        tasks.add.using(run_after=naive).enqueue(1, 2)
+    assert not Job.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        ((object(),), {}, r"args: Unsupported type"),
+        (({1, 2},), {}, r"args: Unsupported type"),
+        (({1: "one"},), {}, r"args\[0\]: the dictionary key 1 is not a string"),
+        ((float("nan"),), {}, r"args\[0\]: nan is not a JSON number"),
+        ((), {"big": 2**70}, r"kwargs\['big'\]: the integer .* does not fit"),
+        (("a\x00b",), {}, r"args\[0\]: text cannot hold NUL"),
+        (("\ud800",), {}, r"args\[0\]: .* is not valid Unicode"),
+        ((b"\xff",), {}, r"args: Unsupported value"),
+    ],
+)
+def test_arguments_that_do_not_round_trip_are_refused(args, kwargs, message):
+    with pytest.raises(InvalidTaskArguments, match=message):
+        tasks.echo.enqueue(*args, **kwargs)
+    assert not Job.objects.exists()
+
+
+def test_deeply_nested_arguments_are_refused():
+    value = []
+    for _ in range(150):
+        value = [value]
+    with pytest.raises(InvalidTaskArguments, match="nested deeper than 100"):
+        tasks.echo.enqueue(value)
+    assert not Job.objects.exists()
+
+
+def test_normalised_arguments_are_stored_as_json():
+    result = tasks.echo.enqueue((1, 2), "é", b"bytes", nested={"t": (True, None)})
+    job = Job.objects.get(pk=result.id)
+    assert job.args == [[1, 2], "é", "bytes"]
+    assert job.kwargs == {"nested": {"t": [True, None]}}
+    assert result.args == job.args and result.kwargs == job.kwargs
+
+
+@override_settings(BGTASKS={"MAX_PAYLOAD_BYTES": 100})
+def test_payload_over_the_limit_is_refused():
+    tasks.echo.enqueue("x" * 50)
+    with pytest.raises(InvalidTaskArguments, match="more than the 100 bytes"):
+        tasks.echo.enqueue("x" * 100)
+    assert Job.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_job_is_rolled_back_with_the_callers_transaction():
+    with pytest.raises(RuntimeError), transaction.atomic():
+        tasks.add.enqueue(1, 2)
+        assert Job.objects.count() == 1  # visible inside the transaction
+        raise RuntimeError("the view failed")
+    assert not Job.objects.exists()
+
+    with transaction.atomic():
+        tasks.add.enqueue(1, 2)
+    assert Job.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_enqueue_on_commit_defers_the_row():
+    with transaction.atomic():
+        transaction.on_commit(lambda: tasks.add.enqueue(1, 2))
+        assert not Job.objects.exists()
+    assert Job.objects.count() == 1
+
+
+def test_get_result_and_refresh():
+    result = tasks.add.enqueue(2, 3)
+    fetched = tasks.add.get_result(result.id)
+    assert fetched.id == result.id and fetched.status == TaskResultStatus.READY
+    assert fetched.task.func is tasks.add.func
+    with pytest.raises(ValueError, match="not finished"):
+        _ = fetched.return_value
+
+    Job.objects.filter(pk=result.id).update(
+        status=JobStatus.SUCCESSFUL, return_value=5, finished_at=timezone.now()
+    )
+    result.refresh()
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert result.return_value == 5 and result.is_finished
+
+
+def test_get_result_keeps_per_call_options():
+    result = tasks.add.using(queue_name="other", priority=9).enqueue(1, 1)
+    fetched = tasks.add.get_result(result.id)
+    assert (fetched.task.queue_name, fetched.task.priority) == ("other", 9)
+
+
+@pytest.mark.parametrize("bad_id", ["999999", "abc", "", "1e3", str(2**80)])
+def test_get_result_of_unknown_id(bad_id):
+    with pytest.raises(TaskResultDoesNotExist):
+        tasks.add.get_result(bad_id)
+
+
+def test_get_result_of_another_task_is_a_mismatch():
+    result = tasks.echo.enqueue()
+    with pytest.raises(TaskResultMismatch):
+        tasks.add.get_result(result.id)
+
+
+def test_cancelled_job_reads_as_failed_with_a_cancellation_error():
+    result = tasks.add.enqueue(1, 1)
+    Job.objects.filter(pk=result.id).update(status=JobStatus.CANCELLED)
+    result.refresh()
+    assert result.status == TaskResultStatus.FAILED
+    assert result.errors[-1].exception_class_path.endswith("JobCancelled")
+
+
+def test_task_enqueued_signal():
+    received = []
+
+    def receiver(sender, task_result, **kwargs):
+        received.append(task_result.id)
+
+    task_enqueued.connect(receiver)
+    try:
+        result = tasks.add.enqueue(1, 1)
+    finally:
+        task_enqueued.disconnect(receiver)
+    assert received == [result.id]
+
+
+def test_own_decorator_refuses_options_for_other_backends():
+    with (
+        override_settings(
+            TASKS={
+                "default": {"BACKEND": "django_bgtasks.backend.DatabaseBackend"},
+                "immediate": {
+                    "BACKEND": (
+                        "django.tasks.backends.immediate.ImmediateBackend"
+                        if not _backport()
+                        else "django_tasks.backends.immediate.ImmediateBackend"
+                    )
+                },
+            }
+        ),
+        pytest.raises(InvalidTask, match="does not take max_attempts"),
+    ):
+        bg_task(backend="immediate", max_attempts=2)(tasks.plain_function)
+
+
+def _backport():
+    from django_bgtasks.compat import BACKPORT
+
+    return BACKPORT
+
+
+@pytest.mark.django_db(transaction=True)
+def test_wait_times_out_when_no_worker_runs():
+    result = tasks.add.enqueue(1, 1)
+    with pytest.raises(TimeoutError, match="has not finished"):
+        result.wait(timeout=0.2)
+
+
+def test_wait_inside_a_transaction_is_refused():
+    result = tasks.add.enqueue(1, 1)
+    with pytest.raises(RuntimeError, match="inside a transaction"):
+        result.wait(timeout=0.1)

@@ -1,0 +1,248 @@
+"""``manage.py runworker`` as a real process: options, logs, signals, faults."""
+
+import signal
+import subprocess
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from django_bgtasks.compat import TaskResultStatus
+from django_bgtasks.models import Job, JobStatus, WorkerProcess
+from tests import tasks
+from tests.conftest import (
+    kill_other_connections,
+    requires_postgresql,
+    requires_server_database,
+    wait_until,
+)
+
+
+def test_burst_worker_prints_a_banner_and_logs_each_job(workers):
+    ok = tasks.add.enqueue(1, 2)
+    bad = tasks.always_fails.using(max_attempts=1).enqueue("nope")
+
+    code, output = workers.run("--burst", "--concurrency", "2", "--queues", "default")
+
+    assert code == 0, output
+    assert "django-bgtasks" in output and "worker" in output
+    assert "database:" in output and "queues:      default" in output
+    assert "concurrency: 2 thread(s)" in output
+    assert (
+        f"Job {ok.id} started: tests.tasks.add (queue default, attempt 1/3)" in output
+    )
+    assert f"Job {ok.id} succeeded in " in output
+    assert (
+        f"Job {bad.id} failed in " in output
+        and "tests.tasks.always_fails (queue default, attempt 1/1): ValueError: nope"
+        in output
+    )
+    ok.refresh()
+    assert ok.return_value == 3
+
+
+def test_verbosity_zero_prints_no_banner_or_job_lines(workers):
+    tasks.add.enqueue(1, 2)
+    code, output = workers.run("--burst", "-v", "0")
+    assert code == 0
+    assert "django-bgtasks" not in output and "Job " not in output
+    assert Job.objects.get().status == JobStatus.SUCCESSFUL
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--concurrency", "0"], "'0' is not 1 or more"),
+        (["--concurrency", "many"], "'many' is not a whole number"),
+        (["--poll-interval", "-1"], "'-1' is not 0 or more seconds"),
+        (["--queues", "*,default"], "'\\*' means every queue"),
+        (["--max-jobs", "0"], "'0' is not 1 or more"),
+    ],
+)
+def test_invalid_options_are_refused(args, message):
+    with pytest.raises(CommandError, match=message):
+        call_command("runworker", *args)
+
+
+@pytest.mark.django_db
+def test_unknown_queue_is_refused():
+    with pytest.raises(CommandError, match="Unknown queue\\(s\\): nope"):
+        call_command("runworker", "--queues", "default,nope", "--burst")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_worker_id_of_a_live_worker_is_refused():
+    from django.utils import timezone
+
+    WorkerProcess.objects.create(
+        id="taken",
+        hostname="elsewhere",
+        pid=1,
+        concurrency=1,
+        version="x",
+        started_at=timezone.now(),
+        last_heartbeat_at=timezone.now(),
+    )
+    with pytest.raises(CommandError, match="in use by a live worker"):
+        call_command("runworker", "--worker-id", "taken", "--burst", "-v", "0")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_worker_id_of_a_dead_worker_is_taken_over_and_its_jobs_put_back():
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    long_ago = timezone.now() - timedelta(hours=1)
+    WorkerProcess.objects.create(
+        id="reused",
+        hostname="gone",
+        pid=1,
+        concurrency=1,
+        version="x",
+        started_at=long_ago,
+        last_heartbeat_at=long_ago,
+    )
+    result = tasks.add.enqueue(1, 1)
+    Job.objects.filter(pk=result.id).update(
+        status=JobStatus.RUNNING,
+        worker_id="reused",
+        attempts=1,
+        worker_ids=["reused"],
+    )
+    call_command("runworker", "--worker-id", "reused", "--burst", "-v", "0")
+    result.refresh()
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert result.worker_ids == ["reused", "reused"]
+    assert result.errors[0].exception_class_path == (
+        "django_bgtasks.exceptions.WorkerLost"
+    )
+
+
+def test_sigterm_lets_the_running_job_finish(workers, tmp_path):
+    gate = tmp_path / "gate"
+    result = tasks.wait_for_file.enqueue(str(gate))
+    process = workers.start("--concurrency", "2")
+    wait_until(
+        lambda: Job.objects.running().exists(), timeout=30, message="a running job"
+    )
+    process.send_signal(signal.SIGTERM)
+    wait_until(
+        lambda: (
+            "SIGTERM received: finishing 1 running job(s)" in workers.output(process)
+        ),
+        message="the shutdown log line",
+    )
+    later = tasks.add.enqueue(1, 1)  # must not be claimed while stopping
+    gate.touch()
+
+    assert workers.wait(process, timeout=30) == 0, workers.output(process)
+    result.refresh()
+    later.refresh()
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert later.status == TaskResultStatus.READY
+    assert not WorkerProcess.objects.exists()
+
+
+def test_shutdown_timeout_puts_unfinished_jobs_back(workers, tmp_path):
+    result = tasks.wait_for_file.enqueue(str(tmp_path / "never"))
+    process = workers.start("--shutdown-timeout", "0.5")
+    wait_until(
+        lambda: Job.objects.running().exists(), timeout=30, message="a running job"
+    )
+    process.send_signal(signal.SIGINT)
+
+    assert workers.wait(process, timeout=30) == 0, workers.output(process)
+    job = Job.objects.get(pk=result.id)
+    assert job.status == JobStatus.READY and job.worker is None
+    assert job.attempts == 1
+    assert job.errors[0]["exception_class_path"] == (
+        "django_bgtasks.exceptions.JobInterrupted"
+    )
+    assert "Put 1 unfinished job(s) back to READY" in workers.output(process)
+    assert not WorkerProcess.objects.exists()
+
+
+def test_second_signal_exits_at_once(workers, tmp_path):
+    result = tasks.wait_for_file.enqueue(str(tmp_path / "never"))
+    process = workers.start("--shutdown-timeout", "600")
+    wait_until(
+        lambda: Job.objects.running().exists(), timeout=30, message="a running job"
+    )
+    process.send_signal(signal.SIGTERM)
+    wait_until(
+        lambda: "SIGTERM received" in workers.output(process),
+        message="the first signal handled",
+    )
+    process.send_signal(signal.SIGTERM)
+
+    assert workers.wait(process, timeout=15) == 1
+    job = Job.objects.get(pk=result.id)
+    assert job.status == JobStatus.READY
+    assert "SIGTERM received again: exiting at once" in workers.output(process)
+    assert not WorkerProcess.objects.exists()
+
+
+@requires_server_database
+def test_worker_survives_dropped_connections(workers, tmp_path):
+    process = workers.start("--concurrency", "2", "--poll-interval", "0.1")
+    first = tasks.add.enqueue(1, 1)
+    wait_until(lambda: _finished(first), timeout=30, message="the first job")
+
+    # Idle worker: its connections drop, the next job still runs.
+    assert kill_other_connections() >= 1
+    second = tasks.add.enqueue(2, 2)
+    wait_until(lambda: _finished(second), timeout=30, message="a job after the drop")
+
+    # A running job: its connection drops before it records its result.
+    gate = tmp_path / "gate"
+    third = tasks.wait_for_file.enqueue(str(gate))
+    wait_until(lambda: Job.objects.running().exists(), message="a running job")
+    assert kill_other_connections() >= 1
+    gate.touch()
+    wait_until(lambda: _finished(third), timeout=30, message="the running job")
+
+    for result in (first, second, third):
+        assert result.status == TaskResultStatus.SUCCESSFUL, workers.output(process)
+    assert third.return_value == "released"
+    assert process.poll() is None  # still working
+    process.send_signal(signal.SIGTERM)
+    assert workers.wait(process) == 0
+
+
+@requires_postgresql
+@pytest.mark.parametrize("notify", [True, False])
+def test_notify_wakes_an_idle_worker_at_once(workers, notify):
+    """With a 60 s poll interval only NOTIFY can start the job quickly."""
+    from django.db import connection
+
+    env = {"BGTASKS_NOTIFY": "1" if notify else "0"}
+    process = workers.start("--poll-interval", "60", env=env)
+    wait_until(lambda: WorkerProcess.objects.exists(), timeout=30, message="worker")
+    if notify:
+
+        def listening():
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'LISTEN%%'"
+                )
+                return cursor.fetchone()
+
+        wait_until(listening, message="the LISTEN connection")
+        result = tasks.add.enqueue(1, 1)
+        wait_until(lambda: _finished(result), timeout=10, message="the woken job")
+        assert result.status == TaskResultStatus.SUCCESSFUL
+    else:
+        result = tasks.add.enqueue(1, 1)
+        with pytest.raises(subprocess.TimeoutExpired):
+            process.wait(1.5)
+        result.refresh()
+        assert result.status == TaskResultStatus.READY  # waits for its poll
+    assert ("LISTEN/NOTIFY" in workers.output(process)) is notify
+    process.send_signal(signal.SIGTERM)
+    assert workers.wait(process) == 0
+
+
+def _finished(result):
+    result.refresh()
+    return result.is_finished

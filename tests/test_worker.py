@@ -1,0 +1,307 @@
+"""The worker, run in this process: results, order, retries, bad jobs."""
+
+import sys
+import threading
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from django_bgtasks.compat import TaskResultStatus, task_finished, task_started
+from django_bgtasks.models import Job, JobStatus, WorkerProcess
+from django_bgtasks.worker import Worker
+from tests import tasks
+from tests.conftest import run_in_process, wait_until
+from tests.models import Execution
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_worker_runs_a_job_and_stores_the_result():
+    result = tasks.add.enqueue(2, 3)
+    worker = run_in_process()
+
+    result.refresh()
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert result.return_value == 5
+    assert result.worker_ids == [worker.worker_id]
+    assert result.attempts == 1
+    assert result.errors == []
+    assert (
+        result.enqueued_at
+        <= result.started_at
+        <= result.last_attempted_at
+        <= result.finished_at
+    )
+    job = Job.objects.get(pk=result.id)
+    assert job.worker is None and job.attempts == 1
+    assert not WorkerProcess.objects.exists()  # unregistered on exit
+
+
+def test_async_task():
+    result = tasks.async_add.enqueue(20, 22)
+    run_in_process()
+    result.refresh()
+    assert result.return_value == 42
+
+
+def test_context_reports_the_attempt_and_worker():
+    result = tasks.record.enqueue(label="ctx")
+    worker = run_in_process()
+    execution = Execution.objects.get()
+    assert (execution.job_id, execution.attempt) == (int(result.id), 1)
+    assert execution.worker_id == worker.worker_id
+
+
+def test_jobs_run_in_priority_then_run_after_then_id_order():
+    now = timezone.now()
+    earlier = now - timedelta(minutes=5)
+    tasks.record.using(priority=0).enqueue(label="p0-first")
+    tasks.record.using(priority=10).enqueue(label="p10")
+    tasks.record.using(priority=0, run_after=earlier).enqueue(label="p0-earlier")
+    tasks.record.using(priority=-5).enqueue(label="p-5")
+    tasks.record.using(priority=100).enqueue(label="p100")
+    tasks.record.using(priority=0).enqueue(label="p0-second")
+
+    run_in_process(concurrency=1)
+
+    labels = list(Execution.objects.order_by("id").values_list("label", flat=True))
+    assert labels == ["p100", "p10", "p0-earlier", "p0-first", "p0-second", "p-5"]
+
+
+def test_queues_limit_what_a_worker_takes():
+    default = tasks.add.enqueue(1, 1)
+    other = tasks.in_other_queue.enqueue()
+    run_in_process(queues=["other"])
+    default.refresh()
+    other.refresh()
+    assert other.status == TaskResultStatus.SUCCESSFUL
+    assert default.status == TaskResultStatus.READY
+
+
+def test_run_after_is_respected():
+    run_after = timezone.now() + timedelta(seconds=0.5)
+    later = tasks.add.using(run_after=run_after).enqueue(1, 1)
+    now = tasks.add.enqueue(2, 2)
+
+    run_in_process()  # burst: only what is due
+    later.refresh()
+    now.refresh()
+    assert now.status == TaskResultStatus.SUCCESSFUL
+    assert later.status == TaskResultStatus.READY
+
+    run_in_process(burst=False, max_jobs=1, poll_interval=0.05)
+    later.refresh()
+    assert later.status == TaskResultStatus.SUCCESSFUL
+    assert later.started_at >= run_after
+
+
+def test_failed_attempts_are_retried_then_the_job_fails_with_every_error():
+    result = tasks.always_fails.enqueue("kaboom")
+    run_in_process()
+
+    result.refresh()
+    assert result.status == TaskResultStatus.FAILED
+    assert result.attempts == 3 and len(result.worker_ids) == 3
+    assert len(result.errors) == 3
+    for error in result.errors:
+        assert error.exception_class_path == "builtins.ValueError"
+        assert error.exception_class is ValueError
+        assert "ValueError: kaboom" in error.traceback
+        assert "in always_fails\n    raise ValueError(message)" in error.traceback
+    job = Job.objects.get(pk=result.id)
+    assert [error["attempt"] for error in job.errors] == [1, 2, 3]
+    with pytest.raises(ValueError, match="Task failed"):
+        _ = result.return_value
+
+
+def test_a_retry_can_succeed():
+    result = tasks.fails_until_attempt.enqueue(3)
+    run_in_process()
+    result.refresh()
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert result.return_value == 3
+    assert len(result.errors) == 2
+
+
+def test_retry_waits_for_the_backoff():
+    before = timezone.now()
+    result = tasks.fails_with_slow_backoff.enqueue()
+    run_in_process()
+
+    job = Job.objects.get(pk=result.id)
+    assert job.status == JobStatus.READY and job.attempts == 1
+    assert len(job.errors) == 1
+    # backoff: 60 s after the first attempt, no jitter
+    assert before + timedelta(seconds=60) <= job.run_after
+    assert job.run_after <= timezone.now() + timedelta(seconds=60)
+
+
+def test_non_json_return_value_fails_without_retry():
+    result = tasks.returns_object.enqueue()
+    run_in_process()
+    result.refresh()
+    assert result.status == TaskResultStatus.FAILED
+    assert result.attempts == 1
+    assert result.errors[0].exception_class_path == (
+        "django_bgtasks.exceptions.InvalidReturnValue"
+    )
+    assert "return value: Unsupported type" in result.errors[0].traceback
+
+
+def test_sys_exit_in_a_task_fails_the_job_not_the_worker():
+    exiting = tasks.calls_exit.enqueue()
+    after = tasks.add.enqueue(1, 2)
+    run_in_process()
+
+    exiting.refresh()
+    after.refresh()
+    assert exiting.status == TaskResultStatus.FAILED
+    assert exiting.errors[0].exception_class_path == (
+        "django_bgtasks.exceptions.TaskExited"
+    )
+    assert "sys.exit(3)" in exiting.errors[0].traceback
+    assert after.return_value == 3
+
+
+@pytest.mark.parametrize(
+    ("task_path", "message"),
+    [
+        ("os.system", "'os.system' is not a registered task"),
+        ("antigravity.fly", "'antigravity.fly' is not a registered task"),
+        ("tests.tasks.plain_function", "tests.tasks defines no task 'plain_function'"),
+        ("tests.no_such_module.run", "its module cannot be imported"),
+        ("nodots", "'nodots' is not a registered task"),
+    ],
+)
+def test_only_registered_tasks_run(task_path, message):
+    now = timezone.now()
+    bad = Job.objects.create(
+        task_path=task_path,
+        args=["echo hacked"],
+        run_after=now,
+        enqueued_at=now,
+        max_attempts=3,
+    )
+    good = tasks.add.enqueue(1, 1)
+    run_in_process()
+
+    bad.refresh_from_db()
+    assert bad.status == JobStatus.FAILED
+    assert bad.attempts == 1  # not retried: a retry cannot register the task
+    assert bad.errors[0]["exception_class_path"] == (
+        "django_bgtasks.exceptions.TaskNotRegistered"
+    )
+    assert message in bad.errors[0]["traceback"]
+    assert "antigravity" not in sys.modules  # never imported from a row
+    good.refresh()
+    assert good.status == TaskResultStatus.SUCCESSFUL
+
+
+def test_corrupt_stored_arguments_fail_the_job():
+    now = timezone.now()
+    job = Job.objects.create(
+        task_path="tests.tasks.add",
+        args={"not": "a list"},
+        run_after=now,
+        enqueued_at=now,
+    )
+    run_in_process()
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED
+    assert "stored arguments are corrupt" in job.errors[0]["traceback"]
+
+
+def test_framework_signals_are_sent():
+    seen = []
+
+    def on_started(sender, task_result, **kwargs):
+        seen.append(("started", task_result.id, task_result.status))
+
+    def on_finished(sender, task_result, **kwargs):
+        seen.append(("finished", task_result.id, task_result.status))
+
+    task_started.connect(on_started)
+    task_finished.connect(on_finished)
+    try:
+        ok = tasks.add.enqueue(1, 1)
+        bad = tasks.returns_object.enqueue()
+        run_in_process()
+    finally:
+        task_started.disconnect(on_started)
+        task_finished.disconnect(on_finished)
+    assert ("started", ok.id, TaskResultStatus.RUNNING) in seen
+    assert ("finished", ok.id, TaskResultStatus.SUCCESSFUL) in seen
+    assert ("finished", bad.id, TaskResultStatus.FAILED) in seen
+
+
+def test_concurrency_runs_jobs_at_once(tmp_path):
+    """Two blocking jobs both start on a worker with two threads."""
+    gate = tmp_path / "gate"
+    first = tasks.wait_for_file.enqueue(str(gate))
+    second = tasks.wait_for_file.enqueue(str(gate))
+    worker = Worker(concurrency=2, burst=True, poll_interval=0.05)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        wait_until(
+            lambda: Job.objects.running().count() == 2, message="both jobs running"
+        )
+    finally:
+        gate.touch()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    for result in (first, second):
+        result.refresh()
+        assert result.return_value == "released"
+
+
+def test_max_jobs_stops_the_worker():
+    for _ in range(5):
+        tasks.add.enqueue(1, 1)
+    worker = run_in_process(burst=False, max_jobs=3, concurrency=2)
+    assert worker.jobs_claimed == 3
+    assert Job.objects.filter(status=JobStatus.SUCCESSFUL).count() == 3
+    assert Job.objects.ready().count() == 2
+
+
+def test_wait_returns_once_a_worker_finishes_the_job():
+    result = tasks.add.enqueue(40, 2)
+    worker = Worker(concurrency=1, poll_interval=0.05)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        assert result.wait(timeout=20) is result
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert result.return_value == 42
+
+
+def test_heartbeat_refreshes_the_worker_row(tmp_path):
+    gate = tmp_path / "gate"
+    tasks.wait_for_file.enqueue(str(gate))
+    worker = Worker(concurrency=1, burst=True, worker_id="beating")
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        row = wait_until(
+            lambda: WorkerProcess.objects.filter(pk="beating").first(),
+            message="the worker row",
+        )
+        assert row.is_alive()
+        wait_until(
+            lambda: (
+                WorkerProcess.objects.get(pk="beating").last_heartbeat_at
+                > row.last_heartbeat_at
+            ),
+            timeout=5,  # HEARTBEAT_INTERVAL is 1 s in the test settings
+            message="a heartbeat",
+        )
+        running = Job.objects.running().get()
+        assert running.worker_id == "beating"
+    finally:
+        gate.touch()
+        thread.join(timeout=30)
+    assert not WorkerProcess.objects.exists()
