@@ -52,6 +52,11 @@ class Listener(threading.Thread):
         self._stop_event.set()
 
     def run(self) -> None:
+        version = _psycopg_version()
+        if (3,) <= version < (3, 2):
+            # Waiting for notifications with a timeout needs psycopg 3.2.
+            logger.warning("psycopg %s.%s cannot LISTEN here; polling only", *version)
+            return
         pause = 0.5
         while not self._stop_event.is_set():
             try:
@@ -79,8 +84,9 @@ class Listener(threading.Thread):
 
     def _wait(self, timeout: float) -> None:
         conn = self._connection
-        if callable(getattr(conn, "notifies", None)):  # psycopg 3
-            payloads = [n.payload for n in conn.notifies(timeout=timeout, stop_after=1)]
+        if callable(getattr(conn, "notifies", None)):  # psycopg 3.2+
+            notifies = conn.notifies(timeout=timeout, stop_after=1)
+            payloads = [n.payload for n in notifies]
         else:  # psycopg2
             readable, _, _ = select.select([conn], [], [], timeout)
             if not readable:
@@ -98,3 +104,12 @@ class Listener(threading.Thread):
             with contextlib.suppress(Exception):
                 self._connection.close()
             self._connection = None
+
+
+def _psycopg_version() -> tuple[int, ...]:
+    """The version of psycopg 3, or (2,) when Django uses psycopg2."""
+    try:
+        import psycopg
+    except ImportError:
+        return (2,)
+    return tuple(int(part) for part in psycopg.__version__.split(".")[:2])
