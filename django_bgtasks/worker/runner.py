@@ -83,6 +83,7 @@ class Worker:
         # Set when the worker must not wait for anything any more.
         self._forced = threading.Event()
         self._signals_seen = 0
+        self._shutting_down = False
         self._executor: Executor | None = None
         self._heartbeat: Heartbeat | None = None
         self._listener: notify.Listener | None = None
@@ -121,7 +122,9 @@ class Worker:
             logger.warning("%s received again: exiting at once", name)
             self._forced.set()
             self.stop()
-            raise ForcedExit(name)
+            if not self._shutting_down:
+                raise ForcedExit(name)
+            # Shutdown is under way (and bounded): let it finish its cleanup.
         else:
             os._exit(1)
 
@@ -129,6 +132,12 @@ class Worker:
 
     def run(self) -> bool:
         """Work until stopped. Returns False if a second signal cut it short."""
+        try:
+            return self._run()
+        except ForcedExit:
+            return False
+
+    def _run(self) -> bool:
         registry.autodiscover()
         self._prepare_database()
         self.process = retry_until_done(
@@ -160,11 +169,9 @@ class Worker:
         try:
             self._loop()
             self._wait_for_running_jobs()
-            return True
-        except ForcedExit:
-            return False
         finally:
             self._shut_down()
+        return self._signals_seen < 2
 
     def _register(self) -> WorkerProcess:
         return WorkerProcess.objects.db_manager(self.using).register(
@@ -254,6 +261,7 @@ class Worker:
             self._wake.wait(min(left, 1.0))
 
     def _shut_down(self) -> None:
+        self._shutting_down = True
         if self._listener is not None:
             self._listener.stop()
         if self._executor is not None:
