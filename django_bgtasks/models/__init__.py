@@ -1,0 +1,18 @@
+"""The models: jobs, worker processes and schedules.
+
+Each model's state changes are its own methods (verbs); the worker, the
+scheduler and the admin call them and never write rows themselves.
+"""
+
+from .jobs import FINISHED_STATUSES, Job, JobStatus, ReadyJobIndex, error_entry
+from .workers import WorkerProcess, WorkerState
+
+__all__ = [
+    "FINISHED_STATUSES",
+    "Job",
+    "JobStatus",
+    "ReadyJobIndex",
+    "WorkerProcess",
+    "WorkerState",
+    "error_entry",
+]

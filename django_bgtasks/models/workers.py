@@ -1,0 +1,138 @@
+"""Worker processes: one row per running ``runworker`` process, kept fresh by
+its heartbeat."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.db import IntegrityError, models, transaction
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from ..conf import bgtasks_settings
+from ..exceptions import WorkerIdInUse, WorkerLost
+from .jobs import Job, error_entry
+
+
+class WorkerState(models.TextChoices):
+    RUNNING = "RUNNING", _("Running")
+    STOPPING = "STOPPING", _("Stopping")
+
+
+class WorkerProcessQuerySet(models.QuerySet):
+    def alive(self, now: datetime | None = None):
+        return self.filter(last_heartbeat_at__gte=_alive_cutoff(now))
+
+    def dead(self, now: datetime | None = None):
+        return self.filter(last_heartbeat_at__lt=_alive_cutoff(now))
+
+    def register(
+        self,
+        *,
+        worker_id: str,
+        hostname: str,
+        pid: int,
+        queues: list[str] | None,
+        concurrency: int,
+        version: str,
+    ) -> WorkerProcess:
+        """Add the row of a starting worker process.
+
+        A row left under the same id by a worker that is no longer alive is
+        taken over, its RUNNING jobs put back to READY. A live one raises
+        WorkerIdInUse.
+        """
+        now = timezone.now()
+        fields = {
+            "hostname": hostname,
+            "pid": pid,
+            "queues": queues or [],
+            "concurrency": concurrency,
+            "version": version,
+            "started_at": now,
+            "last_heartbeat_at": now,
+            "state": WorkerState.RUNNING,
+        }
+        try:
+            with transaction.atomic(using=self.db):
+                return self.create(id=worker_id, **fields)
+        except IntegrityError:
+            pass
+        with transaction.atomic(using=self.db):
+            previous = self.select_for_update().filter(pk=worker_id).first()
+            if previous is None:
+                return self.create(id=worker_id, **fields)
+            if previous.is_alive(now):
+                raise WorkerIdInUse(
+                    f"Worker id {worker_id!r} is in use by a live worker (pid "
+                    f"{previous.pid} on {previous.hostname}, last heartbeat "
+                    f"{previous.last_heartbeat_at:%Y-%m-%d %H:%M:%S})."
+                )
+            previous.release_jobs(
+                WorkerLost(
+                    f"Worker {worker_id} stopped heartbeating "
+                    f"(last {previous.last_heartbeat_at:%Y-%m-%d %H:%M:%S}) "
+                    f"while running the job."
+                )
+            )
+            for name, value in fields.items():
+                setattr(previous, name, value)
+            previous.save()
+            return previous
+
+
+def _alive_cutoff(now: datetime | None) -> datetime:
+    return (now or timezone.now()) - timedelta(seconds=bgtasks_settings.WORKER_TIMEOUT)
+
+
+class WorkerProcess(models.Model):
+    """A running ``runworker`` process, kept fresh by its heartbeat."""
+
+    id = models.CharField(_("worker id"), max_length=100, primary_key=True)
+    hostname = models.CharField(_("host"), max_length=255)
+    pid = models.PositiveIntegerField(_("process id"))
+    queues = models.JSONField(
+        _("queues"), default=list, help_text=_("Empty: every queue.")
+    )
+    concurrency = models.PositiveIntegerField(_("concurrency"))
+    version = models.CharField(_("django-bgtasks version"), max_length=32)
+    state = models.CharField(
+        _("state"), max_length=10, choices=WorkerState, default=WorkerState.RUNNING
+    )
+    started_at = models.DateTimeField(_("started at"))
+    last_heartbeat_at = models.DateTimeField(_("last heartbeat"), db_index=True)
+
+    objects = WorkerProcessQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("worker process")
+        verbose_name_plural = _("worker processes")
+
+    def __str__(self):
+        return self.id
+
+    def is_alive(self, now: datetime | None = None) -> bool:
+        return self.last_heartbeat_at >= _alive_cutoff(now)
+
+    def beat(self) -> bool:
+        """Refresh the heartbeat. False if the row is gone."""
+        return bool(
+            WorkerProcess.objects.filter(pk=self.pk).update(
+                last_heartbeat_at=timezone.now(), state=self.state
+            )
+        )
+
+    def release_jobs(self, reason: BaseException | None = None) -> int:
+        """Put the RUNNING jobs this worker holds back to READY, due now.
+
+        The attempt stays counted; ``reason`` (if given) is recorded as the
+        attempt's error. Returns how many jobs were put back.
+        """
+        now = timezone.now()
+        released = 0
+        for job in Job.objects.running().filter(worker=self):
+            error = reason and error_entry(
+                reason, attempt=job.attempts, worker_id=self.pk, at=now
+            )
+            released += job.mark_for_retry(error, run_after=now)
+        return released
