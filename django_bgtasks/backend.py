@@ -77,6 +77,11 @@ class DatabaseBackend(BaseTaskBackend):
         invalid.
         """
         self.validate_task(task)
+        return self.enqueue_job(task, args, kwargs)
+
+    def enqueue_job(self, task, args, kwargs, **job_fields) -> DatabaseTaskResult:
+        """Enqueue a validated ``task``; ``job_fields`` set other Job fields
+        (the scheduler's ``schedule`` and ``scheduled_for``)."""
         args, kwargs = _json_arguments(args, kwargs)
         max_attempts = getattr(task, "max_attempts", None)
         if max_attempts is None:
@@ -96,6 +101,7 @@ class DatabaseBackend(BaseTaskBackend):
             enqueued_at=now,
             max_attempts=max_attempts,
             backoff=backoff.as_dict(),
+            **job_fields,
         )
         using = router.db_for_write(Job)
         connection = connections[using]

@@ -70,12 +70,40 @@ _RULES = [
     ("POLL_INTERVAL", _number(0, above=True), "a number of seconds above 0"),
     ("HEARTBEAT_INTERVAL", _number(0, above=True), "a number of seconds above 0"),
     ("WORKER_TIMEOUT", _number(0, above=True), "a number of seconds above 0"),
+    ("SCHEDULES", lambda v: isinstance(v, dict), "a dict of schedules by name"),
+    ("SCHEDULER_INTERVAL", _number(0, above=True), "a number of seconds above 0"),
+    ("MISFIRE_GRACE_TIME", _number(0), "a number of seconds, 0 or more"),
     (
         "TASK_MODULES",
         lambda v: isinstance(v, list | tuple) and all(isinstance(m, str) for m in v),
         "a list of module names",
     ),
 ]
+
+
+@checks.register()
+def check_declared_schedules(app_configs=None, **kwargs):
+    """bgtasks.E006: the schedules of BGTASKS["SCHEDULES"]."""
+    from . import registry
+    from .schedule_sync import InvalidSchedule, build_schedule
+
+    value = getattr(settings, "BGTASKS", {})
+    if not isinstance(value, dict):
+        return []  # bgtasks.E001 says so
+    declared = value.get("SCHEDULES", {})
+    if not isinstance(declared, dict):
+        return [checks.Error("BGTASKS['SCHEDULES'] must be a dict.", id="bgtasks.E006")]
+    registry.autodiscover()
+    errors = []
+    for name, spec in declared.items():
+        try:
+            build_schedule(name, spec)
+        except InvalidSchedule as exc:
+            errors.extend(
+                checks.Error(f"Schedule {exc.name!r}: {message}", id="bgtasks.E006")
+                for message in exc.messages
+            )
+    return errors
 
 
 def _job_connection():

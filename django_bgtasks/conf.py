@@ -26,6 +26,15 @@ DEFAULTS: dict[str, Any] = {
     "HEARTBEAT_INTERVAL": 5.0,
     # A worker silent for this many seconds is considered dead.
     "WORKER_TIMEOUT": 30.0,
+    # Periodic schedules declared in code: {name: {"task": "app.tasks.f",
+    # "cron": "0 2 * * *" or "interval": seconds or timedelta, ...}}; synced
+    # to Schedule rows by sync_schedules and at worker start.
+    "SCHEDULES": {},
+    # Seconds between a worker's scheduler passes.
+    "SCHEDULER_INTERVAL": 1.0,
+    # A planned time more than this many seconds past counts as missed (it
+    # fell in an outage) and follows the schedule's misfire policy.
+    "MISFIRE_GRACE_TIME": 60.0,
     # Modules the worker imports at start, besides each installed app's
     # ``tasks`` module, so the tasks they define are registered.
     "TASK_MODULES": [],

@@ -5,13 +5,16 @@ scheduler and the admin call them and never write rows themselves.
 """
 
 from .jobs import FINISHED_STATUSES, Job, JobStatus, ReadyJobIndex, error_entry
+from .schedules import MisfirePolicy, Schedule
 from .workers import WorkerProcess, WorkerState
 
 __all__ = [
     "FINISHED_STATUSES",
     "Job",
     "JobStatus",
+    "MisfirePolicy",
     "ReadyJobIndex",
+    "Schedule",
     "WorkerProcess",
     "WorkerState",
     "error_entry",

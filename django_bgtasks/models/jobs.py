@@ -150,6 +150,17 @@ class Job(models.Model):
     worker_ids = models.JSONField(
         _("worker ids"), default=list, help_text=_("The worker of each attempt.")
     )
+    # The schedule that made the job, and for which planned time; unique
+    # together, so a schedule fires once per planned time.
+    schedule = models.ForeignKey(
+        "Schedule",
+        verbose_name=_("schedule"),
+        related_name="jobs",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+    )
+    scheduled_for = models.DateTimeField(_("scheduled for"), null=True, blank=True)
     return_value = models.JSONField(_("return value"), null=True, blank=True)
     errors = models.JSONField(
         _("errors"), default=list, help_text=_("The error of each failed attempt.")
@@ -175,6 +186,10 @@ class Job(models.Model):
             models.CheckConstraint(
                 condition=Q(status__in=JobStatus.values),
                 name="bgtasks_job_status_valid",
+            ),
+            models.UniqueConstraint(
+                fields=["schedule", "scheduled_for"],
+                name="bgtasks_job_schedule_once",
             ),
         ]
 

@@ -26,6 +26,8 @@ from .. import __version__, notify, registry
 from ..conf import bgtasks_settings
 from ..exceptions import JobInterrupted
 from ..models import Job, WorkerProcess
+from ..schedule_sync import sync_schedules
+from ..scheduler import SchedulerThread
 from .db import CONNECTION_ERRORS, discard_connection, retry_until_done
 from .executor import Executor
 from .heartbeat import Heartbeat
@@ -60,6 +62,7 @@ class Worker:
         poll_interval: float | None = None,
         worker_id: str | None = None,
         shutdown_timeout: float = 30.0,
+        scheduler: bool = True,
     ):
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -72,6 +75,7 @@ class Worker:
         )
         self.worker_id = worker_id or default_worker_id()
         self.shutdown_timeout = shutdown_timeout
+        self.runs_scheduler = scheduler
         self.using = router.db_for_write(Job)
 
         self.jobs_claimed = 0
@@ -87,6 +91,7 @@ class Worker:
         self._executor: Executor | None = None
         self._heartbeat: Heartbeat | None = None
         self._listener: notify.Listener | None = None
+        self._scheduler: SchedulerThread | None = None
 
     # Control -----------------------------------------------------------------
 
@@ -148,6 +153,19 @@ class Worker:
         )
         if self.process is None:
             return True
+        synced = retry_until_done(
+            sync_schedules,
+            using=self.using,
+            what="syncing declared schedules",
+            give_up=self._stopping,
+        )
+        if synced is not None and (synced.created or synced.updated or synced.disabled):
+            logger.info(
+                "Declared schedules synced: %d created, %d updated, %d disabled",
+                len(synced.created),
+                len(synced.updated),
+                len(synced.disabled),
+            )
         self._executor = Executor(
             concurrency=self.concurrency,
             worker_id=self.worker_id,
@@ -166,6 +184,11 @@ class Worker:
         if self.uses_notify:
             self._listener = notify.Listener(self.using, self.queues, self._wake.set)
             self._listener.start()
+        if self.runs_scheduler:
+            self._scheduler = SchedulerThread(
+                using=self.using, interval=bgtasks_settings.SCHEDULER_INTERVAL
+            )
+            self._scheduler.start()
         try:
             self._loop()
             self._wait_for_running_jobs()
@@ -264,6 +287,8 @@ class Worker:
         self._shutting_down = True
         if self._listener is not None:
             self._listener.stop()
+        if self._scheduler is not None:
+            self._scheduler.stop()
         if self._executor is not None:
             self._executor.stop()
         if self._heartbeat is not None:
@@ -316,4 +341,9 @@ class Worker:
             "queues": ", ".join(self.queues) if self.queues else "* (all)",
             "concurrency": f"{self.concurrency} thread(s)",
             "wake-ups": wakeups,
+            "scheduler": (
+                f"every {bgtasks_settings.SCHEDULER_INTERVAL:g} s"
+                if self.runs_scheduler
+                else "off"
+            ),
         }

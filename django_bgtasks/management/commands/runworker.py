@@ -14,6 +14,7 @@ from django_bgtasks import __version__
 from django_bgtasks.backend import DatabaseBackend
 from django_bgtasks.compat import task_backends
 from django_bgtasks.exceptions import WorkerIdInUse
+from django_bgtasks.schedule_sync import InvalidSchedule
 from django_bgtasks.worker import Worker
 
 LOG_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
@@ -93,6 +94,12 @@ class Command(BaseCommand):
             "among live workers.",
         )
         parser.add_argument(
+            "--no-scheduler",
+            action="store_false",
+            dest="scheduler",
+            help="Do not fire due schedules from this worker.",
+        )
+        parser.add_argument(
             "--shutdown-timeout",
             type=seconds,
             default=30.0,
@@ -115,13 +122,14 @@ class Command(BaseCommand):
             poll_interval=options["poll_interval"],
             worker_id=worker_id,
             shutdown_timeout=options["shutdown_timeout"],
+            scheduler=options["scheduler"],
         )
         if options["verbosity"]:
             self._print_banner(worker)
         previous_handlers = worker.install_signal_handlers()
         try:
             finished_cleanly = worker.run()
-        except WorkerIdInUse as exc:
+        except (WorkerIdInUse, InvalidSchedule) as exc:
             raise CommandError(str(exc)) from None
         finally:
             for signum, handler in previous_handlers.items():

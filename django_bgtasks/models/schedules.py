@@ -1,0 +1,248 @@
+"""Schedules: periodic jobs as rows, by cron expression or fixed interval.
+
+A schedule fires once per planned time: each job it creates carries the
+planned time in ``scheduled_for``, and ``(schedule, scheduled_for)`` is unique
+among jobs, so however many schedulers run, a second job for the same time
+cannot be written. See ``scheduler.py`` for the firing and ``cron.py`` for the
+times.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from ..compat import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY, InvalidTask
+from ..cron import CronTimes, IntervalTimes, PlannedTimes, normalize_cron, zone
+
+
+class MisfirePolicy(models.TextChoices):
+    """What a schedule does about planned times missed while no scheduler ran."""
+
+    RUN_ONCE = "run_once", _("Run once for all missed times")
+    SKIP = "skip", _("Skip missed times")
+
+
+def default_timezone() -> str:
+    return settings.TIME_ZONE or "UTC"
+
+
+class ScheduleQuerySet(models.QuerySet):
+    def enabled(self):
+        return self.filter(enabled=True)
+
+    def due(self, now: datetime | None = None):
+        return self.enabled().filter(next_run_at__lte=now or timezone.now())
+
+    def fire_due(self, now: datetime | None = None) -> int:
+        """Create the jobs of every due schedule; return how many were made."""
+        from ..scheduler import fire_due_schedules
+
+        return fire_due_schedules(using=self.db, now=now)
+
+
+class Schedule(models.Model):
+    """Run a task periodically: at the times of a cron expression in a time
+    zone, or every ``interval``."""
+
+    name = models.CharField(_("name"), max_length=200, unique=True)
+    task_path = models.CharField(_("task"), max_length=255)
+    cron = models.CharField(
+        _("cron expression"),
+        max_length=200,
+        blank=True,
+        help_text=_(
+            "Minute hour day month weekday, e.g. '30 2 * * *'; a sixth field "
+            "is seconds; or @hourly, @daily, @weekly, @monthly, @yearly."
+        ),
+    )
+    interval = models.DurationField(
+        _("interval"),
+        null=True,
+        blank=True,
+        help_text=_("Instead of a cron expression: run every so often."),
+    )
+    timezone = models.CharField(
+        _("time zone"),
+        max_length=64,
+        default=default_timezone,
+        help_text=_("The IANA zone the cron expression is read in."),
+    )
+    args = models.JSONField(_("positional arguments"), default=list, blank=True)
+    kwargs = models.JSONField(_("keyword arguments"), default=dict, blank=True)
+    queue_name = models.CharField(_("queue"), max_length=64, default="default")
+    priority = models.SmallIntegerField(_("priority"), default=0)
+    enabled = models.BooleanField(_("enabled"), default=True)
+    start_at = models.DateTimeField(
+        _("start at"), null=True, blank=True, help_text=_("No run before this.")
+    )
+    end_at = models.DateTimeField(
+        _("end at"), null=True, blank=True, help_text=_("No run after this.")
+    )
+    misfire_policy = models.CharField(
+        _("missed runs"),
+        max_length=10,
+        choices=MisfirePolicy,
+        default=MisfirePolicy.RUN_ONCE,
+        help_text=_("What to do about times missed while no worker ran."),
+    )
+    next_run_at = models.DateTimeField(_("next run"), null=True, blank=True)
+    last_run_at = models.DateTimeField(_("last run"), null=True, blank=True)
+    total_run_count = models.PositiveIntegerField(_("runs"), default=0)
+    declared_in_code = models.BooleanField(
+        _("declared in code"),
+        default=False,
+        editable=False,
+        help_text=_("Kept in step with BGTASKS['SCHEDULES'] by sync_schedules."),
+    )
+    last_error = models.TextField(_("last error"), blank=True, editable=False)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    objects = ScheduleQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("schedule")
+        verbose_name_plural = _("schedules")
+        indexes = [
+            models.Index(
+                fields=["enabled", "next_run_at"], name="bgtasks_schedule_due_idx"
+            )
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(cron="") & Q(interval__isnull=False))
+                | (~Q(cron="") & Q(interval__isnull=True)),
+                name="bgtasks_schedule_cron_xor_interval",
+            ),
+            models.CheckConstraint(
+                condition=Q(priority__gte=TASK_MIN_PRIORITY)
+                & Q(priority__lte=TASK_MAX_PRIORITY),
+                name="bgtasks_schedule_priority_range",
+            ),
+        ]
+
+    def __str__(self):
+        return self.name
+
+    # Validation --------------------------------------------------------------
+
+    def clean(self):
+        """Check the definition: timing, zone, task, queue, priority, arguments.
+
+        Used by model forms (the admin), and by the system check and
+        ``sync_schedules`` for schedules declared in code.
+        """
+        errors: dict[str, list[str]] = {}
+
+        def refuse(field: str, message: str) -> None:
+            errors.setdefault(field, []).append(message)
+
+        if bool(self.cron) == (self.interval is not None):
+            refuse("cron", _("Give either a cron expression or an interval."))
+        elif self.cron:
+            try:
+                self.cron = normalize_cron(self.cron)
+            except ValueError as exc:
+                refuse("cron", str(exc))
+        elif self.interval <= timedelta(0):
+            refuse("interval", _("The interval must be longer than zero."))
+        try:
+            zone(self.timezone)
+        except ValueError as exc:
+            refuse("timezone", str(exc))
+        if self.start_at and self.end_at and self.end_at <= self.start_at:
+            refuse("end_at", _("The end must come after the start."))
+        self._clean_task(refuse)
+        if errors:
+            raise ValidationError(errors)
+
+    def _clean_task(self, refuse) -> None:
+        from .. import registry
+        from ..exceptions import TaskNotRegistered
+        from ..serialization import NotJSON, to_json
+
+        try:
+            task = registry.resolve(self.task_path)
+        except TaskNotRegistered as exc:
+            refuse("task_path", str(exc))
+            task = None
+        if task is not None:
+            try:
+                task.using(queue_name=self.queue_name, priority=self.priority)
+            except InvalidTask as exc:
+                field = "priority" if "priority" in str(exc) else "queue_name"
+                refuse(field, str(exc))
+        if not isinstance(self.args, list):
+            refuse("args", _("Positional arguments must be a JSON list."))
+        if not isinstance(self.kwargs, dict):
+            refuse("kwargs", _("Keyword arguments must be a JSON object."))
+        for field in ("args", "kwargs"):
+            try:
+                to_json(getattr(self, field), field)
+            except NotJSON as exc:
+                refuse(field, str(exc))
+
+    # Times -------------------------------------------------------------------
+
+    @property
+    def zone(self):
+        return zone(self.timezone)
+
+    def planned_times(self, *, now: datetime | None = None) -> PlannedTimes:
+        """The schedule's planned times. Intervals count from ``start_at``, or
+        from the current ``next_run_at``, or else from ``now``."""
+        if self.cron:
+            times = CronTimes(self.cron, self.zone)
+        else:
+            anchor = self.start_at or self.next_run_at
+            if anchor is None:
+                anchor = (now or timezone.now()) + self.interval
+            times = IntervalTimes(self.interval, anchor)
+        return PlannedTimes(times, self.start_at, self.end_at)
+
+    def upcoming(self, count: int = 5, *, now: datetime | None = None) -> list:
+        """The next ``count`` planned times after now."""
+        now = now or timezone.now()
+        return self.planned_times(now=now).upcoming(now - timedelta.resolution, count)
+
+    # State changes -----------------------------------------------------------
+
+    def reschedule(self, *, now: datetime | None = None) -> None:
+        """Set ``next_run_at`` to the first planned time from now (None when
+        disabled or past its end). Call after changing the timing; save after.
+        """
+        now = now or timezone.now()
+        if not self.enabled:
+            self.next_run_at = None
+            return
+        if self.interval is not None and not self.start_at:
+            self.next_run_at = None  # count the interval from now
+        self.next_run_at = self.planned_times(now=now).next_after(
+            now - timedelta.resolution
+        )
+
+    def enable(self) -> None:
+        self.enabled = True
+        self.reschedule()
+        self.save(update_fields=["enabled", "next_run_at", "updated_at"])
+
+    def disable(self) -> None:
+        self.enabled = False
+        self.next_run_at = None
+        self.save(update_fields=["enabled", "next_run_at", "updated_at"])
+
+    def run_now(self):
+        """Enqueue one job of this schedule now, without moving its next run.
+
+        Returns the job's result; raises InvalidTask if the task is gone.
+        """
+        from ..scheduler import enqueue_for_schedule
+
+        return enqueue_for_schedule(self, scheduled_for=None)

@@ -1,0 +1,180 @@
+"""Due schedules become jobs: once per planned time, however many workers run.
+
+Every worker (unless ``runworker --no-scheduler``) runs ``fire_due_schedules``
+every ``BGTASKS["SCHEDULER_INTERVAL"]`` seconds. In one transaction it locks
+the due schedules (``FOR UPDATE SKIP LOCKED``; on SQLite by writing them
+first, which takes SQLite's single write lock), writes a job per planned time
+that has come, and moves ``next_run_at`` on from the planned time. The unique
+``(schedule, scheduled_for)`` of jobs makes a second job for the same planned
+time impossible, even if a schedule row was edited meanwhile.
+
+Missed times: a planned time more than ``BGTASKS["MISFIRE_GRACE_TIME"]``
+seconds past counts as missed (no scheduler ran then). Policy ``run_once``
+(the default) runs the schedule once for all its missed times, unless a
+planned time within the grace time runs anyway; ``skip`` drops them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timedelta
+
+from django.db import IntegrityError, connections, router, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from . import registry
+from .backend import DatabaseBackend
+from .conf import bgtasks_settings
+from .cron import MICROSECOND
+from .models import MisfirePolicy, Schedule
+
+logger = logging.getLogger("django_bgtasks.scheduler")
+
+# Due schedules handled per transaction, and jobs one schedule may fire in
+# one pass: bounds on the work a pass does while holding its locks.
+SCHEDULES_PER_PASS = 100
+JOBS_PER_SCHEDULE = 1000
+
+
+def fire_due_schedules(*, using: str | None = None, now: datetime | None = None) -> int:
+    """Write the jobs of every due schedule; return how many were written."""
+    using = using or router.db_for_write(Schedule)
+    now = now or timezone.now()
+    with transaction.atomic(using=using):
+        schedules = _lock_due(using, now)
+        return sum(fire_schedule(schedule, now=now) for schedule in schedules)
+
+
+def _lock_due(using: str, now: datetime) -> list[Schedule]:
+    due = Schedule.objects.using(using).due(now).order_by("next_run_at", "id")
+    if connections[using].vendor == "sqlite":
+        # No row locks: writing the due rows first takes the database's write
+        # lock for this transaction, so a second scheduler waits, then sees
+        # their next_run_at moved on.
+        ids = list(due.values_list("id", flat=True)[:SCHEDULES_PER_PASS])
+        if ids:
+            Schedule.objects.using(using).filter(id__in=ids).update(
+                updated_at=F("updated_at")
+            )
+        return list(Schedule.objects.using(using).due(now).filter(id__in=ids))
+    return list(due.select_for_update(skip_locked=True)[:SCHEDULES_PER_PASS])
+
+
+def fire_schedule(schedule: Schedule, *, now: datetime) -> int:
+    """Fire a locked, due schedule: write its jobs, move ``next_run_at`` on.
+    Returns how many jobs were written."""
+    times = schedule.planned_times(now=now)
+    planned = schedule.next_run_at
+    cutoff = now - timedelta(seconds=bgtasks_settings.MISFIRE_GRACE_TIME)
+
+    on_time = []
+    moment = planned if planned >= cutoff else times.next_after(cutoff - MICROSECOND)
+    while moment is not None and moment <= now and len(on_time) < JOBS_PER_SCHEDULE:
+        on_time.append(moment)
+        moment = times.next_after(moment)
+    next_run_at = moment if moment is None or moment > now else times.next_after(now)
+
+    to_fire = on_time
+    if planned < cutoff and not on_time:
+        missed = times.latest_at_or_before(cutoff)
+        logger.warning(
+            "Schedule %r missed its runs from %s to %s: %s",
+            schedule.name,
+            planned.isoformat(),
+            missed.isoformat(),
+            "running once"
+            if schedule.misfire_policy == MisfirePolicy.RUN_ONCE
+            else "skipping them",
+        )
+        if schedule.misfire_policy == MisfirePolicy.RUN_ONCE:
+            to_fire = [missed]
+
+    fired = 0
+    error = ""
+    for scheduled_for in to_fire:
+        try:
+            with transaction.atomic(using=schedule._state.db):
+                enqueue_for_schedule(schedule, scheduled_for=scheduled_for)
+        except IntegrityError:
+            # That planned time already has its job (the row was edited or
+            # fired meanwhile): never a second one.
+            continue
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            logger.error(
+                "Schedule %r could not enqueue its job: %s", schedule.name, error
+            )
+            break
+        fired += 1
+
+    schedule.next_run_at = next_run_at
+    schedule.total_run_count += fired
+    if fired:
+        schedule.last_run_at = now
+    schedule.last_error = error
+    schedule.save(
+        update_fields=[
+            "next_run_at",
+            "total_run_count",
+            "last_run_at",
+            "last_error",
+            "updated_at",
+        ]
+    )
+    return fired
+
+
+def enqueue_for_schedule(schedule: Schedule, *, scheduled_for: datetime | None):
+    """Enqueue the schedule's task with its arguments and options, linked to
+    it (``scheduled_for``: the planned time, or None for a "run now")."""
+    task = registry.resolve(schedule.task_path).using(
+        queue_name=schedule.queue_name,
+        priority=schedule.priority,
+        run_after=scheduled_for,
+    )
+    backend = task.get_backend()
+    if not isinstance(backend, DatabaseBackend):
+        raise TypeError(
+            f"Task {schedule.task_path} uses backend {task.backend!r}, not a "
+            f"django_bgtasks DatabaseBackend."
+        )
+    return backend.enqueue_job(
+        task,
+        schedule.args,
+        schedule.kwargs,
+        schedule=schedule,
+        scheduled_for=scheduled_for,
+    )
+
+
+class SchedulerThread(threading.Thread):
+    """Run ``fire_due_schedules`` every ``interval`` seconds until stopped."""
+
+    def __init__(self, *, using: str, interval: float):
+        super().__init__(name="bgtasks-scheduler", daemon=True)
+        self.using = using
+        self.interval = interval
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def run(self) -> None:
+        from .worker.db import CONNECTION_ERRORS, discard_connection
+
+        try:
+            while not self._stop_event.is_set():
+                try:
+                    fired = fire_due_schedules(using=self.using)
+                    if fired:
+                        logger.info("Scheduler enqueued %d job(s)", fired)
+                except CONNECTION_ERRORS as exc:
+                    logger.warning("Scheduler pass failed (%s); retrying", exc)
+                    discard_connection(self.using)
+                except Exception:
+                    logger.exception("Scheduler pass failed")
+                self._stop_event.wait(self.interval)
+        finally:
+            connections.close_all()
