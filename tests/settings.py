@@ -15,6 +15,8 @@ TASKS = {
 
 BGTASKS = {
     "NOTIFY": env.bool("BGTASKS_NOTIFY", default=True),
+    # Worker subprocesses of the schedule tests get their schedules this way.
+    "SCHEDULES": env.json("BGTASKS_TEST_SCHEDULES", default={}),
     "POLL_INTERVAL": 0.2,
     "HEARTBEAT_INTERVAL": 1.0,
     "BACKOFF": {"initial": 0.0, "factor": 1.0, "maximum": 0.0, "jitter": 0.0},
