@@ -110,6 +110,7 @@ class Schedule(models.Model):
     class Meta:
         verbose_name = _("schedule")
         verbose_name_plural = _("schedules")
+        permissions = [("run_schedule", _("Can run a schedule now"))]
         indexes = [
             models.Index(
                 fields=["enabled", "next_run_at"], name="bgtasks_schedule_due_idx"
@@ -139,10 +140,22 @@ class Schedule(models.Model):
         Used by model forms (the admin), and by the system check and
         ``sync_schedules`` for schedules declared in code.
         """
-        errors: dict[str, list[str]] = {}
+        errors = self.timing_errors()
 
         def refuse(field: str, message: str) -> None:
             errors.setdefault(field, []).append(message)
+
+        self._clean_task(refuse)
+        if errors:
+            raise ValidationError(errors)
+
+    def timing_errors(self) -> dict[str, list[str]]:
+        """What is wrong with the timing (cron or interval, zone, start and
+        end), by field; normalises the cron expression."""
+        errors: dict[str, list[str]] = {}
+
+        def refuse(field: str, message: str) -> None:
+            errors.setdefault(field, []).append(str(message))
 
         if bool(self.cron) == (self.interval is not None):
             refuse("cron", _("Give either a cron expression or an interval."))
@@ -159,9 +172,7 @@ class Schedule(models.Model):
             refuse("timezone", str(exc))
         if self.start_at and self.end_at and self.end_at <= self.start_at:
             refuse("end_at", _("The end must come after the start."))
-        self._clean_task(refuse)
-        if errors:
-            raise ValidationError(errors)
+        return errors
 
     def _clean_task(self, refuse) -> None:
         from .. import registry
