@@ -17,7 +17,6 @@ before any row is written.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from typing import Any
 
@@ -38,7 +37,7 @@ from .compat import (
 from .conf import bgtasks_settings
 from .exceptions import InvalidTaskArguments
 from .models import Job
-from .serialization import NotJSON, to_json
+from .serialization import NotJSON, check_size, to_json
 
 MAX_ATTEMPTS_LIMIT = 1000
 QUEUE_NAME_MAX_LENGTH = Job._meta.get_field("queue_name").max_length
@@ -180,12 +179,8 @@ def _json_arguments(args, kwargs) -> tuple[list, dict]:
         kwargs = to_json(kwargs, "kwargs")
     except NotJSON as exc:
         raise InvalidTaskArguments(f"Task arguments must be JSON: {exc}") from None
-    size = len(json.dumps([args, kwargs], separators=(",", ":")).encode())
-    limit = bgtasks_settings.MAX_PAYLOAD_BYTES
-    if size > limit:
-        raise InvalidTaskArguments(
-            f"Task arguments take {size} bytes as JSON, more than the "
-            f"{limit} bytes of BGTASKS['MAX_PAYLOAD_BYTES']. Store large data "
-            f"elsewhere and pass its key."
-        )
+    try:
+        check_size([args, kwargs], "Task arguments", bgtasks_settings.MAX_PAYLOAD_BYTES)
+    except NotJSON as exc:
+        raise InvalidTaskArguments(str(exc)) from None
     return args, kwargs

@@ -20,6 +20,10 @@ class InvalidReturnValue(Exception):
     """A task returned a value that cannot be stored as JSON."""
 
 
+class OutcomeNotStored(Exception):
+    """The database refused a job's outcome (its error text, say)."""
+
+
 class TaskExited(Exception):
     """A task called ``sys.exit()`` (or raised ``SystemExit``)."""
 

@@ -26,8 +26,9 @@ _import_lock = threading.Lock()
 
 
 def register(task: Task) -> None:
-    """Record ``task`` as runnable under its ``module_path``."""
-    _tasks[task.module_path] = task
+    """Record ``task`` as runnable under its ``module_path``. The first Task
+    of a path is kept: later ones are ``using()`` variants of it."""
+    _tasks.setdefault(task.module_path, task)
 
 
 def registered_tasks() -> dict[str, Task]:

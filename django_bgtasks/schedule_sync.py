@@ -33,6 +33,7 @@ from django.utils.dateparse import parse_datetime
 
 from . import registry
 from .conf import bgtasks_settings
+from .locking import lock_for_writing
 from .models import Schedule
 
 KEYS = {
@@ -141,6 +142,7 @@ def sync_schedules(*, using: str | None = None) -> SyncResult:
     now = timezone.now()
     rows = Schedule.objects.using(using)
     with transaction.atomic(using=using):
+        lock_for_writing(Schedule, using)
         existing = {
             schedule.name: schedule
             for schedule in rows.select_for_update().filter(name__in=list(declared))

@@ -2,8 +2,8 @@
 
 Every worker (unless ``runworker --no-scheduler``) runs ``fire_due_schedules``
 every ``BGTASKS["SCHEDULER_INTERVAL"]`` seconds. In one transaction it locks
-the due schedules (``FOR UPDATE SKIP LOCKED``; on SQLite by writing them
-first, which takes SQLite's single write lock), writes a job per planned time
+the due schedules (``FOR UPDATE SKIP LOCKED``; on SQLite, the database's
+write lock), writes a job per planned time
 that has come, and moves ``next_run_at`` on from the planned time. The unique
 ``(schedule, scheduled_for)`` of jobs makes a second job for the same planned
 time impossible, even if a schedule row was edited meanwhile.
@@ -21,13 +21,13 @@ import threading
 from datetime import datetime, timedelta
 
 from django.db import IntegrityError, connections, router, transaction
-from django.db.models import F
 from django.utils import timezone
 
 from . import registry
 from .backend import DatabaseBackend
 from .conf import bgtasks_settings
 from .cron import MICROSECOND
+from .locking import lock_for_writing
 from .models import MisfirePolicy, Schedule
 
 logger = logging.getLogger("django_bgtasks.scheduler")
@@ -48,17 +48,8 @@ def fire_due_schedules(*, using: str | None = None, now: datetime | None = None)
 
 
 def _lock_due(using: str, now: datetime) -> list[Schedule]:
+    lock_for_writing(Schedule, using)
     due = Schedule.objects.using(using).due(now).order_by("next_run_at", "id")
-    if connections[using].vendor == "sqlite":
-        # No row locks: writing the due rows first takes the database's write
-        # lock for this transaction, so a second scheduler waits, then sees
-        # their next_run_at moved on.
-        ids = list(due.values_list("id", flat=True)[:SCHEDULES_PER_PASS])
-        if ids:
-            Schedule.objects.using(using).filter(id__in=ids).update(
-                updated_at=F("updated_at")
-            )
-        return list(Schedule.objects.using(using).due(now).filter(id__in=ids))
     return list(due.select_for_update(skip_locked=True)[:SCHEDULES_PER_PASS])
 
 

@@ -11,6 +11,7 @@ limit of 100 levels.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -35,6 +36,17 @@ def to_json(value: Any, where: str) -> Any:
         raise NotJSON(f"{where}: nested deeper than {MAX_DEPTH} levels.") from None
     _check(value, where, 0)
     return value
+
+
+def check_size(value: Any, where: str, limit: int) -> None:
+    """Raise NotJSON if ``value`` takes more than ``limit`` bytes as JSON."""
+    size = len(json.dumps(value, separators=(",", ":")).encode())
+    if size > limit:
+        raise NotJSON(
+            f"{where} take {size} bytes as JSON, more than the {limit} bytes of "
+            f"BGTASKS['MAX_PAYLOAD_BYTES']. Store large data elsewhere and pass "
+            f"its key."
+        )
 
 
 def _check(value: Any, where: str, depth: int) -> None:

@@ -106,3 +106,14 @@ def sleep_for(seconds):
 def plain_function():
     """Not a task: the worker must refuse a job that names it."""
     return "should never run"
+
+
+@bg_task(max_attempts=2)
+def fails_with_odd_text():
+    """Raise with text a database refuses as-is in JSON."""
+    raise ValueError("nul " + chr(0) + " and " + chr(0xDCFF))
+
+
+@task
+def returns_text(size):
+    return "x" * size

@@ -124,7 +124,9 @@ def test_sigterm_lets_the_running_job_finish(workers, tmp_path):
     result = tasks.wait_for_file.enqueue(str(gate))
     process = workers.start("--concurrency", "2")
     wait_until(
-        lambda: Job.objects.running().exists(), timeout=30, message="a running job"
+        lambda: f"Job {result.id} started" in workers.output(process),
+        timeout=30,
+        message="the job started",
     )
     process.send_signal(signal.SIGTERM)
     wait_until(

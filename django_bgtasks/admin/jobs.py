@@ -19,7 +19,7 @@ class JobAdmin(ReadOnlyAdmin):
         "enqueued_at",
         "started_at",
         "finished_at",
-        "worker",
+        "worker_id",
     ]
     list_filter = ["status", "queue_name"]
     search_fields = ["=id", "task_path"]

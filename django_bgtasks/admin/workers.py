@@ -19,3 +19,10 @@ class WorkerProcessAdmin(ReadOnlyAdmin):
         "last_heartbeat_at",
     ]
     ordering = ["-started_at"]
+
+    def has_delete_permission(self, request, obj=None):
+        # A live worker's row goes when it stops; deleting it would only make
+        # its heartbeat register it again.
+        if obj is not None and obj.is_alive():
+            return False
+        return super().has_delete_permission(request, obj)

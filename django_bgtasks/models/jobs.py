@@ -41,13 +41,20 @@ def class_path(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def storable_text(text: str) -> str:
+    """``text`` as every supported database stores it in JSON: NUL characters
+    and lone surrogates (which an exception message may hold) escaped."""
+    text = text.replace("\x00", "\\x00")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_entry(
     exc: BaseException, *, attempt: int, worker_id: str | None, at: datetime
 ) -> dict[str, Any]:
     """One attempt's error, as stored in ``Job.errors``."""
     return {
-        "exception_class_path": class_path(type(exc)),
-        "traceback": "".join(traceback_module.format_exception(exc)),
+        "exception_class_path": storable_text(class_path(type(exc))),
+        "traceback": storable_text("".join(traceback_module.format_exception(exc))),
         "attempt": attempt,
         "worker_id": worker_id,
         "at": at.isoformat(),
@@ -138,11 +145,13 @@ class Job(models.Model):
     )
     # The worker holding the job while it is RUNNING; cleared when it ends.
     # No database constraint: a claim should not take locks on worker rows.
+    # Deleting a worker row leaves this as it is: the id still says who
+    # holds the job, for the worker to finish it or for a rescue.
     worker = models.ForeignKey(
         "WorkerProcess",
         verbose_name=_("worker"),
         related_name="jobs",
-        on_delete=models.SET_NULL,
+        on_delete=models.DO_NOTHING,
         db_constraint=False,
         null=True,
         blank=True,
@@ -172,9 +181,15 @@ class Job(models.Model):
         verbose_name = _("job")
         verbose_name_plural = _("jobs")
         indexes = [
+            # Claims from some queues, and from every queue (runworker's
+            # default): each walks its index in claim order.
             ReadyJobIndex(
                 fields=["queue_name", "-priority", "run_after", "id"],
                 name="bgtasks_job_ready_idx",
+            ),
+            ReadyJobIndex(
+                fields=["-priority", "run_after", "id"],
+                name="bgtasks_job_ready_any_idx",
             ),
         ]
         constraints = [

@@ -22,23 +22,43 @@ def discard_connection(using: str) -> None:
         connections[using].close()
 
 
+def database_reachable(using: str) -> bool:
+    """Whether a fresh connection can run a query now."""
+    try:
+        with connections[using].cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return True
+    except DatabaseError:
+        discard_connection(using)
+        return False
+
+
 def retry_until_done(operation, *, using: str, what: str, give_up: threading.Event):
     """Run ``operation()`` until it does not fail with a connection error.
 
     Between tries the connection is discarded and the pause grows from 0.2 s
     to 10 s. Returns the operation's result, or None once ``give_up`` is set.
+    While the database is reachable the error is raised after three tries:
+    then it is the statement's, not the connection's.
     Used where losing the work is not an option, such as recording a
     finished job's result.
     """
     pause = 0.2
+    failures_while_reachable = 0
     while True:
         try:
             return operation()
         except CONNECTION_ERRORS as exc:
+            discard_connection(using)
+            if database_reachable(using):
+                # The server answers: the error may be the statement's own
+                # (MySQL's max_allowed_packet is an OperationalError too).
+                failures_while_reachable += 1
+                if failures_while_reachable >= 3:
+                    raise
             logger.warning(
                 "Database error while %s (%s); retrying in %.1f s", what, exc, pause
             )
-            discard_connection(using)
             if give_up.wait(pause):
                 logger.error("Gave up %s: the worker is exiting", what)
                 return None

@@ -10,17 +10,26 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db import close_old_connections, connections, reset_queries
+from django.db import (
+    DatabaseError,
+    close_old_connections,
+    connections,
+    reset_queries,
+)
 from django.utils import timezone
 
-from .. import registry
-from ..backend import DatabaseBackend
+from ..backend import DatabaseBackend, task_for_job
 from ..backoff import Backoff
 from ..compat import TaskContext, task_finished, task_started
 from ..conf import bgtasks_settings
-from ..exceptions import InvalidReturnValue, InvalidTaskArguments, TaskExited
+from ..exceptions import (
+    InvalidReturnValue,
+    InvalidTaskArguments,
+    OutcomeNotStored,
+    TaskExited,
+)
 from ..models import Job, error_entry
-from ..serialization import NotJSON, to_json
+from ..serialization import NotJSON, check_size, to_json
 from .db import retry_until_done
 
 logger = logging.getLogger("django_bgtasks.worker")
@@ -41,7 +50,7 @@ def run_attempt(job: Job) -> tuple[Outcome, Any]:
     """Run the task of a claimed job once. Returns the outcome and the task
     (None if the job's task could not be found)."""
     try:
-        task = registry.resolve(job.task_path)
+        task = task_for_job(job)
     except Exception as exc:
         return Outcome(error=exc, retryable=False), None
     if not isinstance(job.args, list) or not isinstance(job.kwargs, dict):
@@ -53,8 +62,9 @@ def run_attempt(job: Job) -> tuple[Outcome, Any]:
         return Outcome(error=error, retryable=False), task
 
     task_result = job.to_task_result(task)
-    task_started.send(sender=DatabaseBackend, task_result=task_result)
     try:
+        # A receiver that raises fails the attempt like the task would.
+        task_started.send(sender=DatabaseBackend, task_result=task_result)
         if task.takes_context:
             value = task.call(
                 TaskContext(task_result=task_result), *job.args, **job.kwargs
@@ -75,6 +85,7 @@ def run_attempt(job: Job) -> tuple[Outcome, Any]:
         return Outcome(error=exc), task
     try:
         value = to_json(value, "return value")
+        check_size(value, "Return values", bgtasks_settings.MAX_PAYLOAD_BYTES)
     except NotJSON as exc:
         error = InvalidReturnValue(f"The task's {exc} It must be JSON.")
         return Outcome(error=error, retryable=False), task
@@ -173,6 +184,14 @@ class Executor:
         finally:
             connections.close_all()
 
+    def _record(self, job: Job, outcome: Outcome) -> str | None:
+        return retry_until_done(
+            lambda: record_outcome(job, outcome, worker_id=self.worker_id),
+            using=self.using,
+            what=f"recording the outcome of job {job.pk}",
+            give_up=self.give_up,
+        )
+
     def execute(self, job: Job) -> None:
         """Run one claimed job and record its outcome."""
         label = (
@@ -187,12 +206,23 @@ class Executor:
         close_old_connections()
         reset_queries()
 
-        verdict = retry_until_done(
-            lambda: record_outcome(job, outcome, worker_id=self.worker_id),
-            using=self.using,
-            what=f"recording the outcome of job {job.pk}",
-            give_up=self.give_up,
-        )
+        try:
+            verdict = self._record(job, outcome)
+        except DatabaseError as exc:
+            # The database is up but refuses the outcome: fail the job with
+            # an error it will take, rather than leave it RUNNING.
+            logger.exception("Job %s: its outcome could not be stored", job.pk)
+            outcome = Outcome(
+                error=_chained(
+                    OutcomeNotStored(
+                        f"The job's outcome could not be stored: "
+                        f"{type(exc).__name__}: {exc}"
+                    ),
+                    exc,
+                ),
+                retryable=False,
+            )
+            verdict = self._record(job, outcome)
         error = outcome.error
         if verdict == "succeeded":
             logger.info("Job %s succeeded in %.1f ms: %s", job.pk, elapsed_ms, label)

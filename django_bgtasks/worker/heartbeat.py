@@ -39,13 +39,18 @@ class Heartbeat(threading.Thread):
             connections.close_all()
 
     def beat(self) -> None:
+        """One beat. Never raises: a heartbeat thread that died would leave
+        a working worker looking dead."""
         try:
-            if not self.process.beat():
-                logger.error(
-                    "Worker %s: its row is gone (judged dead?); registering again",
-                    self.process.pk,
-                )
-                self.process = self.on_lost()
+            if self.process.beat() or self._stop_event.is_set():
+                return
+            logger.error(
+                "Worker %s: its row is gone (judged dead?); registering again",
+                self.process.pk,
+            )
+            self.process = self.on_lost()
         except CONNECTION_ERRORS as exc:
             logger.warning("Heartbeat failed (%s); retrying at the next beat", exc)
             discard_connection(self.using)
+        except Exception:
+            logger.exception("Heartbeat failed; retrying at the next beat")

@@ -104,34 +104,74 @@ class Worker:
     def uses_notify(self) -> bool:
         return notify.notify_enabled(connections[self.using])
 
-    def install_signal_handlers(self) -> dict:
-        """Make SIGTERM/SIGINT stop the worker; return the previous handlers."""
-        return {
+    def install_signal_handlers(self):
+        """Make SIGTERM/SIGINT stop the worker (a second one: at once).
+
+        Returns a function that puts the previous handlers back. Must be
+        called from the main thread.
+        """
+        # A Python signal handler runs between two bytecodes of the main
+        # thread, which may be holding a lock at that moment (an Event's, a
+        # stream's): ours only counts and, for a second signal, raises.
+        # Logging and stopping happen on a thread woken through the
+        # interpreter's wake-up fd.
+        read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+        previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        previous = {
             signum: signal.signal(signum, self._on_signal)
             for signum in (signal.SIGTERM, signal.SIGINT)
         }
+        watcher = threading.Thread(
+            target=self._watch_signals,
+            args=(read_end,),
+            name="bgtasks-signals",
+            daemon=True,
+        )
+        watcher.start()
+
+        def restore():
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            signal.set_wakeup_fd(previous_fd)
+            os.close(write_end)  # ends the watcher
+
+        return restore
 
     def _on_signal(self, signum, frame) -> None:
         self._signals_seen += 1
-        name = signal.Signals(signum).name
-        if self._signals_seen == 1:
+        if self._signals_seen == 2 and not self._shutting_down:
+            raise ForcedExit(signal.Signals(signum).name)
+        if self._signals_seen > 2:
+            os._exit(1)
+
+    def _watch_signals(self, read_end: int) -> None:
+        seen = 0
+        try:
+            while data := os.read(read_end, 64):
+                for signum in data:
+                    if signum not in (signal.SIGTERM, signal.SIGINT):
+                        continue
+                    seen += 1
+                    self._after_signal(signal.Signals(signum).name, seen)
+        finally:
+            os.close(read_end)
+
+    def _after_signal(self, name: str, seen: int) -> None:
+        if seen == 1:
+            with self._lock:
+                running = len(self._running)
             logger.warning(
                 "%s received: finishing %d running job(s) within %.0f s, then "
                 "exiting (send it again to exit at once)",
                 name,
-                len(self._running),
+                running,
                 self.shutdown_timeout,
             )
-            self.stop()
-        elif self._signals_seen == 2:
+        else:
             logger.warning("%s received again: exiting at once", name)
             self._forced.set()
-            self.stop()
-            if not self._shutting_down:
-                raise ForcedExit(name)
-            # Shutdown is under way (and bounded): let it finish its cleanup.
-        else:
-            os._exit(1)
+        self.stop()
 
     # Running -----------------------------------------------------------------
 
@@ -243,11 +283,22 @@ class Worker:
                 self._dispatch(claimed)
             with self._lock:
                 idle = not self._running
-            if idle and ((self.burst and not claimed) or self._limit_reached()):
+            if idle and self._limit_reached():
+                return
+            if idle and self.burst and not claimed and not self._due_jobs_left():
                 return
             if claimed and len(claimed) == free:
                 continue  # a full batch: there may be more, claim again
             self._wake.wait(self.poll_interval)
+
+    def _due_jobs_left(self) -> bool:
+        """Whether due jobs remain (a claim may come back empty while other
+        workers hold them locked, about to claim them)."""
+        try:
+            return Job.objects.using(self.using).due().in_queues(self.queues).exists()
+        except CONNECTION_ERRORS:
+            discard_connection(self.using)
+            return True
 
     def _free_slots(self) -> int:
         with self._lock:
@@ -293,38 +344,37 @@ class Worker:
             self._executor.stop()
         if self._heartbeat is not None:
             self._heartbeat.stop()
-        with self._lock:
-            unfinished = len(self._running)
-        if unfinished:
-            # From here on no job thread starts a job or records an outcome:
-            # the unfinished jobs are given back, perhaps to another worker.
-            self._forced.set()
+        # From here on no job thread starts a job or records an outcome: what
+        # is unfinished is given back, perhaps to another worker.
+        self._forced.set()
+        if self._heartbeat is not None:
+            # Before the row goes, or a last beat might register it again.
+            self._heartbeat.join(timeout=5)
         give_up = threading.Event()
         # Bounded: a database that stays down must not keep the worker alive.
         timer = threading.Timer(10.0, give_up.set)
         timer.daemon = True
         timer.start()
-        if unfinished:
-            released = retry_until_done(
-                lambda: self.process.release_jobs(
-                    JobInterrupted("The worker stopped before the job finished.")
-                ),
-                using=self.using,
-                what="putting unfinished jobs back",
-                give_up=give_up,
-            )
-            if released is not None:
-                logger.warning("Put %d unfinished job(s) back to READY", released)
-        retry_until_done(
-            self._unregister,
-            using=self.using,
-            what="unregistering the worker",
-            give_up=give_up,
-        )
+        # Always asked of the database, not of self._running: a stop can land
+        # between a claim and its dispatch.
+        steps = [
+            ("putting unfinished jobs back", self._release_unfinished),
+            ("unregistering the worker", self._unregister),
+        ]
+        for what, step in steps:
+            try:
+                retry_until_done(step, using=self.using, what=what, give_up=give_up)
+            except Exception:
+                logger.exception("Failed %s", what)
         timer.cancel()
-        if not self._forced.is_set() and self._heartbeat is not None:
-            self._heartbeat.join(timeout=5)
         connections.close_all()
+
+    def _release_unfinished(self) -> None:
+        released = self.process.release_jobs(
+            JobInterrupted("The worker stopped before the job finished.")
+        )
+        if released:
+            logger.warning("Put %d unfinished job(s) back to READY", released)
 
     def _unregister(self) -> None:
         WorkerProcess.objects.db_manager(self.using).filter(pk=self.worker_id).delete()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
@@ -126,14 +125,13 @@ class Command(BaseCommand):
         )
         if options["verbosity"]:
             self._print_banner(worker)
-        previous_handlers = worker.install_signal_handlers()
+        restore_signal_handlers = worker.install_signal_handlers()
         try:
             finished_cleanly = worker.run()
         except (WorkerIdInUse, InvalidSchedule) as exc:
             raise CommandError(str(exc)) from None
         finally:
-            for signum, handler in previous_handlers.items():
-                signal.signal(signum, handler)
+            restore_signal_handlers()
         if not finished_cleanly:
             sys.exit(1)
 

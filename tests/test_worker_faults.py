@@ -1,0 +1,169 @@
+"""The worker under faults: nothing it meets leaves a job RUNNING."""
+
+import signal
+import threading
+import time
+
+import pytest
+from django.db import connection, transaction
+from django.test import override_settings
+from django.utils import timezone
+
+from django_bgtasks.compat import TaskResultStatus, task_started
+from django_bgtasks.models import Job, JobStatus, WorkerProcess
+from django_bgtasks.worker import Worker
+from django_bgtasks.worker.heartbeat import Heartbeat
+from tests import tasks
+from tests.conftest import run_in_process, wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_error_text_the_database_refuses_is_escaped():
+    result = tasks.fails_with_odd_text.enqueue()
+    run_in_process()
+    result.refresh()
+    assert result.status == TaskResultStatus.FAILED
+    assert len(result.errors) == 2
+    assert "nul \\x00 and \\udcff" in result.errors[0].traceback
+
+
+def test_a_task_started_receiver_that_raises_fails_the_attempt():
+    def broken_receiver(sender, task_result, **kwargs):
+        raise RuntimeError("receiver broke")
+
+    task_started.connect(broken_receiver)
+    try:
+        result = tasks.add.using(max_attempts=2).enqueue(1, 2)
+        run_in_process()
+    finally:
+        task_started.disconnect(broken_receiver)
+    result.refresh()
+    assert result.status == TaskResultStatus.FAILED
+    assert [e.exception_class_path for e in result.errors] == [
+        "builtins.RuntimeError"
+    ] * 2
+
+
+@override_settings(BGTASKS={"MAX_PAYLOAD_BYTES": 1000})
+def test_a_return_value_over_the_limit_fails_without_retry():
+    result = tasks.returns_text.enqueue(1200)
+    run_in_process()
+    result.refresh()
+    assert result.status == TaskResultStatus.FAILED
+    assert result.attempts == 1
+    assert "Return values take" in result.errors[0].traceback
+
+
+def test_deleting_a_running_workers_row_loses_nothing(tmp_path):
+    gate = tmp_path / "gate"
+    result = tasks.wait_for_file.enqueue(str(gate))
+    worker = Worker(concurrency=1, burst=True, worker_id="deleted")
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        wait_until(lambda: Job.objects.running().exists(), message="a running job")
+        WorkerProcess.objects.filter(pk="deleted").delete()
+        assert Job.objects.running().get().worker_id == "deleted"  # kept
+        # The heartbeat (every second in the tests) registers it again.
+        wait_until(
+            lambda: WorkerProcess.objects.filter(pk="deleted").exists(),
+            message="the worker registered again",
+        )
+    finally:
+        gate.touch()
+        thread.join(timeout=30)
+    result.refresh()
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert not WorkerProcess.objects.exists()
+
+
+def test_shutdown_puts_back_every_job_the_database_says_it_holds():
+    """A stop can land between a claim and its dispatch: shutdown asks the
+    database what the worker holds, not its own list."""
+    worker = Worker(concurrency=1, worker_id="holder", poll_interval=0.05)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        wait_until(lambda: WorkerProcess.objects.exists(), message="the worker")
+        now = timezone.now()
+        held = Job.objects.create(
+            task_path="tests.tasks.add",
+            args=[1, 1],
+            status=JobStatus.RUNNING,
+            worker_id="holder",
+            attempts=1,
+            worker_ids=["holder"],
+            run_after=now,
+            enqueued_at=now,
+            started_at=now,
+            last_attempted_at=now,
+        )
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
+    held.refresh_from_db()
+    assert held.status == JobStatus.READY and held.worker_id is None
+    assert held.errors[0]["exception_class_path"].endswith("JobInterrupted")
+
+
+class FlakyProcess:
+    """A stand-in worker row whose refresh fails in ways the database may."""
+
+    def __init__(self):
+        self.pk = "flaky"
+        self.beats = 0
+
+    def beat(self):
+        self.beats += 1
+        if self.beats == 1:
+            raise RuntimeError("a read-only replica, say")
+        return False  # the row is gone
+
+
+def test_heartbeat_survives_any_error():
+    process = FlakyProcess()
+    lost = []
+
+    def on_lost():
+        lost.append(1)
+        raise RuntimeError("cannot register again")
+
+    heartbeat = Heartbeat(
+        process=process, interval=0.01, using="default", on_lost=on_lost
+    )
+    heartbeat.start()
+    try:
+        wait_until(lambda: process.beats >= 5, message="beats after the errors")
+        assert heartbeat.is_alive()
+        assert lost
+    finally:
+        heartbeat.stop()
+        heartbeat.join(timeout=5)
+
+
+@pytest.mark.slow
+def test_burst_workers_do_not_exit_while_jobs_are_due(workers):
+    with transaction.atomic():
+        for number in range(300):
+            tasks.record.enqueue(label=str(number))
+    processes = [workers.start("--burst", "--concurrency", "2") for _ in range(3)]
+    for process in processes:
+        assert workers.wait(process, timeout=120) == 0, workers.output(process)
+    assert Job.objects.filter(status=JobStatus.SUCCESSFUL).count() == 300
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    connection.vendor != "sqlite", reason="signal handling: one database is enough"
+)
+def test_sigterm_always_stops_a_busy_worker(workers):
+    """The signal handler touches no lock the main thread may hold: a worker
+    polling without pause stops on SIGTERM every time."""
+    for _ in range(5):
+        process = workers.start("--poll-interval", "0", "-v", "0")
+        wait_until(lambda: WorkerProcess.objects.exists(), timeout=30, message="worker")
+        time.sleep(0.05)  # land the signal mid-loop, not at start-up
+        process.send_signal(signal.SIGTERM)
+        assert workers.wait(process, timeout=20) == 0, workers.output(process)
+        assert not WorkerProcess.objects.exists()
