@@ -81,6 +81,16 @@ TASKS = {
     }
 }
 
+BGTASKS = {
+    # The demo's schedule: the worker fires it every 30 seconds.
+    "SCHEDULES": {
+        "demo-count-photos": {
+            "task": "testproject.demo.tasks.count_photos",
+            "interval": 30,
+        },
+    },
+}
+
 AUTH_PASSWORD_VALIDATORS = []
 
 LANGUAGE_CODE = "en-us"

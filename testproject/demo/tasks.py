@@ -26,3 +26,12 @@ def make_thumbnail(photo_id: int) -> dict:
     photo.thumbnail.save(name, ContentFile(buffer.getvalue()), save=False)
     photo.save(update_fields=["thumbnail"])
     return {"width": image.width, "height": image.height, "url": photo.thumbnail.url}
+
+
+@task
+def count_photos() -> dict:
+    """Run by the demo's schedule (see BGTASKS in settings): count photos."""
+    return {
+        "photos": Photo.objects.count(),
+        "thumbnails": Photo.objects.exclude(thumbnail="").count(),
+    }
