@@ -8,7 +8,7 @@ retried with backoff.
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["Backoff", "DatabaseTask", "DatabaseTaskResult", "task"]
+__all__ = ["Backoff", "DatabaseTask", "DatabaseTaskResult", "report_progress", "task"]
 
 
 def __getattr__(name):
@@ -18,6 +18,10 @@ def __getattr__(name):
         from . import base
 
         return getattr(base, name)
+    if name == "report_progress":
+        from .progress import report_progress
+
+        return report_progress
     if name == "Backoff":
         from .backoff import Backoff
 

@@ -26,6 +26,14 @@ def notify_enabled(connection) -> bool:
     return connection.vendor == "postgresql" and bool(bgtasks_settings.NOTIFY)
 
 
+def wake(using: str, queue_names) -> None:
+    """Wake the workers of these queues, if NOTIFY is on (at commit)."""
+    connection = connections[using]
+    if notify_enabled(connection):
+        for queue_name in sorted(queue_names):
+            send(connection, queue_name)
+
+
 def send(connection, queue_name: str) -> None:
     """Notify listeners that ``queue_name`` has a new job (at commit)."""
     with connection.cursor() as cursor:

@@ -26,6 +26,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_bgtasks",
     "testproject.demo",
+    "testproject.bench",
 ]
 
 MIDDLEWARE = [

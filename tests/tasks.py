@@ -117,3 +117,13 @@ def fails_with_odd_text():
 @task
 def returns_text(size):
     return "x" * size
+
+
+@task
+def reports_progress(steps):
+    from django_bgtasks import report_progress
+
+    reported = [
+        report_progress(step, steps, f"step {step}") for step in range(1, steps + 1)
+    ]
+    return all(reported)

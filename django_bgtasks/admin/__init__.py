@@ -1,3 +1,3 @@
 """The Django admin is the dashboard: jobs, schedules and worker processes."""
 
-from . import jobs, schedules, workers  # noqa: F401  (registers the ModelAdmins)
+from . import dashboard, jobs, schedules, workers  # noqa: F401  (registers them)

@@ -1,6 +1,7 @@
 """Admin for worker processes."""
 
 from django.contrib import admin
+from django.utils.translation import gettext_lazy as _
 
 from ..models import WorkerProcess
 from .base import ReadOnlyAdmin
@@ -9,6 +10,7 @@ from .base import ReadOnlyAdmin
 @admin.register(WorkerProcess)
 class WorkerProcessAdmin(ReadOnlyAdmin):
     list_display = [
+        "alive",
         "id",
         "hostname",
         "pid",
@@ -19,6 +21,10 @@ class WorkerProcessAdmin(ReadOnlyAdmin):
         "last_heartbeat_at",
     ]
     ordering = ["-started_at"]
+
+    @admin.display(description=_("alive"), boolean=True)
+    def alive(self, worker):
+        return worker.is_alive()
 
     def has_delete_permission(self, request, obj=None):
         # A live worker's row goes when it stops; deleting it would only make

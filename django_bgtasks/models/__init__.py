@@ -4,13 +4,21 @@ Each model's state changes are its own methods (verbs); the worker, the
 scheduler and the admin call them and never write rows themselves.
 """
 
-from .jobs import FINISHED_STATUSES, Job, JobStatus, ReadyJobIndex, error_entry
+from .jobs import (
+    FINISHED_STATUSES,
+    Job,
+    JobDashboard,
+    JobStatus,
+    ReadyJobIndex,
+    error_entry,
+)
 from .schedules import MisfirePolicy, Schedule
 from .workers import WorkerProcess, WorkerState
 
 __all__ = [
     "FINISHED_STATUSES",
     "Job",
+    "JobDashboard",
     "JobStatus",
     "MisfirePolicy",
     "ReadyJobIndex",

@@ -15,7 +15,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
+from django.db.models.functions import Greatest
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import pgettext_lazy
@@ -115,6 +116,49 @@ class JobQuerySet(models.QuerySet):
             return []
         return claim_jobs(self.db, worker_id=worker_id, queues=queues, limit=limit)
 
+    # Operator actions (the admin's). Each changes only the jobs in the
+    # statuses it applies to and returns how many it changed.
+
+    def retry(self) -> int:
+        """Put FAILED and CANCELLED jobs back to READY, due now.
+
+        Attempts are extended, not reset: a job that used all its attempts
+        gets one more (``max_attempts`` becomes ``attempts + 1``); its errors
+        and worker ids stay as history.
+        """
+        return self._wake_after(
+            self.filter(status__in=[JobStatus.FAILED, JobStatus.CANCELLED]),
+            status=JobStatus.READY,
+            run_after=timezone.now(),
+            finished_at=None,
+            return_value=None,
+            progress=None,
+            max_attempts=Greatest("max_attempts", F("attempts") + 1),
+        )
+
+    def cancel(self) -> int:
+        """Cancel READY jobs (a RUNNING job cannot be cancelled)."""
+        return self.filter(status=JobStatus.READY).update(
+            status=JobStatus.CANCELLED, finished_at=timezone.now()
+        )
+
+    def run_now(self) -> int:
+        """Make delayed READY jobs due now."""
+        now = timezone.now()
+        return self._wake_after(
+            self.filter(status=JobStatus.READY, run_after__gt=now), run_after=now
+        )
+
+    def _wake_after(self, jobs, **changes) -> int:
+        """Update ``jobs`` and wake the workers of their queues."""
+        from .. import notify
+
+        queues = set(jobs.values_list("queue_name", flat=True).distinct())
+        count = jobs.update(**changes)
+        if count:
+            notify.wake(self.db, queues)
+        return count
+
 
 class Job(models.Model):
     """One enqueued run of a task, with its outcome and every attempt's error."""
@@ -171,6 +215,8 @@ class Job(models.Model):
     )
     scheduled_for = models.DateTimeField(_("scheduled for"), null=True, blank=True)
     return_value = models.JSONField(_("return value"), null=True, blank=True)
+    # What a running task last reported: {"current", "total", "message", "at"}.
+    progress = models.JSONField(_("progress"), null=True, blank=True)
     errors = models.JSONField(
         _("errors"), default=list, help_text=_("The error of each failed attempt.")
     )
@@ -180,6 +226,11 @@ class Job(models.Model):
     class Meta:
         verbose_name = _("job")
         verbose_name_plural = _("jobs")
+        permissions = [
+            ("retry_job", _("Can retry a failed or cancelled job")),
+            ("cancel_job", _("Can cancel a ready job")),
+            ("run_job", _("Can run a delayed job now")),
+        ]
         indexes = [
             # Claims from some queues, and from every queue (runworker's
             # default): each walks its index in claim order.
@@ -190,6 +241,11 @@ class Job(models.Model):
             ReadyJobIndex(
                 fields=["-priority", "run_after", "id"],
                 name="bgtasks_job_ready_any_idx",
+            ),
+            # Counts by status, recently finished jobs (the dashboard), and
+            # pruning old ones.
+            models.Index(
+                fields=["status", "finished_at"], name="bgtasks_job_status_idx"
             ),
         ]
         constraints = [
@@ -268,6 +324,20 @@ class Job(models.Model):
             worker=None,
         )
 
+    def set_progress(
+        self, current: float, total: float | None = None, message: str = ""
+    ) -> bool:
+        """Record how far the running job has got. False if it was taken
+        from this worker."""
+        return self._update_if_held(
+            progress={
+                "current": current,
+                "total": total,
+                "message": message,
+                "at": timezone.now().isoformat(),
+            }
+        )
+
     # Reading ----------------------------------------------------------------
 
     def to_task_result(self, task):
@@ -310,3 +380,14 @@ class Job(models.Model):
         )
         object.__setattr__(result, "_return_value", self.return_value)
         return result
+
+
+class JobDashboard(Job):
+    """The admin's dashboard page (a proxy, so it appears in the admin index);
+    viewing it takes the permission to view jobs."""
+
+    class Meta:
+        proxy = True
+        default_permissions = ()
+        verbose_name = _("dashboard")
+        verbose_name_plural = _("dashboard")

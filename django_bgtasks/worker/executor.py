@@ -29,6 +29,7 @@ from ..exceptions import (
     TaskExited,
 )
 from ..models import Job, error_entry
+from ..progress import current_job
 from ..serialization import NotJSON, check_size, to_json
 from .db import retry_until_done
 
@@ -62,6 +63,7 @@ def run_attempt(job: Job) -> tuple[Outcome, Any]:
         return Outcome(error=error, retryable=False), task
 
     task_result = job.to_task_result(task)
+    progress_token = current_job.set(job)
     try:
         # A receiver that raises fails the attempt like the task would.
         task_started.send(sender=DatabaseBackend, task_result=task_result)
@@ -83,6 +85,8 @@ def run_attempt(job: Job) -> tuple[Outcome, Any]:
         ), task
     except BaseException as exc:
         return Outcome(error=exc), task
+    finally:
+        current_job.reset(progress_token)
     try:
         value = to_json(value, "return value")
         check_size(value, "Return values", bgtasks_settings.MAX_PAYLOAD_BYTES)

@@ -1,0 +1,127 @@
+"""The dashboard: jobs per status and queue, queue lag, throughput, the
+slowest and most failing tasks, and the workers with what they run."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.template.response import TemplateResponse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext as _
+
+from .. import stats
+from ..models import JobDashboard, JobStatus
+from .jobs import STATUS_COLOURS, format_duration, status_badge
+
+CHART_WIDTH, CHART_HEIGHT, CHART_MARGIN = 720, 160, 24
+
+
+def throughput_chart(minutes: list[stats.Minute]):
+    """A stacked bar chart (SVG) of jobs finished per minute: succeeded in
+    green under failed in red. Server-rendered; only numbers and escaped
+    text go in."""
+    peak = max((m.succeeded + m.failed for m in minutes), default=0) or 1
+    slot = (CHART_WIDTH - CHART_MARGIN) / max(len(minutes), 1)
+    plot = CHART_HEIGHT - CHART_MARGIN
+
+    def bar(index, minute):
+        x = CHART_MARGIN + index * slot
+        ok = plot * minute.succeeded / peak
+        bad = plot * minute.failed / peak
+        title = _("%(time)s: %(ok)d succeeded, %(bad)d failed") % {
+            "time": minute.at.strftime("%H:%M"),
+            "ok": minute.succeeded,
+            "bad": minute.failed,
+        }
+        return (
+            title,
+            f"{x:.1f}",
+            f"{plot - ok:.1f}",
+            f"{slot * 0.8:.1f}",
+            f"{ok:.1f}",
+            STATUS_COLOURS[JobStatus.SUCCESSFUL],
+            f"{x:.1f}",
+            f"{plot - ok - bad:.1f}",
+            f"{slot * 0.8:.1f}",
+            f"{bad:.1f}",
+            STATUS_COLOURS[JobStatus.FAILED],
+        )
+
+    bars = format_html_join(
+        "",
+        '<g><title>{}</title><rect x="{}" y="{}" width="{}" height="{}" fill="{}"/>'
+        '<rect x="{}" y="{}" width="{}" height="{}" fill="{}"/></g>',
+        (bar(index, minute) for index, minute in enumerate(minutes)),
+    )
+    first = minutes[0].at.strftime("%H:%M") if minutes else ""
+    last = minutes[-1].at.strftime("%H:%M UTC") if minutes else ""
+    return format_html(
+        '<svg class="bgtasks-chart" viewBox="0 0 {w} {h}" width="{w}" height="{h}" '
+        'role="img" aria-label="{label}">'
+        '<line x1="{m}" y1="{p}" x2="{w}" y2="{p}" stroke="#999"/>'
+        '<text x="0" y="12" font-size="11">{peak}</text>'
+        '<text x="0" y="{p}" font-size="11">0</text>'
+        "{bars}"
+        '<text x="{m}" y="{h}" font-size="11">{first}</text>'
+        '<text x="{w}" y="{h}" font-size="11" text-anchor="end">{last}</text>'
+        "</svg>",
+        w=CHART_WIDTH,
+        h=CHART_HEIGHT,
+        m=CHART_MARGIN,
+        p=plot,
+        peak=peak,
+        bars=bars,
+        first=first,
+        last=last,
+        label=_("Jobs finished per minute, last hour"),
+    )
+
+
+@admin.register(JobDashboard)
+class DashboardAdmin(admin.ModelAdmin):
+    """Shows the dashboard in place of a change list."""
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.has_perm("django_bgtasks.view_job")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def changelist_view(self, request, extra_context=None):
+        if not self.has_view_permission(request):
+            from django.core.exceptions import PermissionDenied
+
+            raise PermissionDenied
+        now = timezone.now()
+        minutes = stats.throughput(now)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Background tasks dashboard"),
+            "opts": self.opts,
+            "now": now,
+            "statuses": [
+                (status, status_badge(status), count)
+                for status, count in stats.status_counts().items()
+            ],
+            "queues": [
+                (queue, format_duration(queue.lag) if queue.lag else "-")
+                for queue in stats.queue_states(now)
+            ],
+            "chart": throughput_chart(minutes),
+            "finished_last_hour": sum(m.succeeded for m in minutes),
+            "failed_last_hour": sum(m.failed for m in minutes),
+            "slowest": [
+                (figure, format_duration(figure.value))
+                for figure in stats.slowest_tasks(now)
+            ],
+            "failing": stats.failing_tasks(now),
+            "workers": stats.worker_states(now),
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, "admin/django_bgtasks/dashboard.html", context)

@@ -1,0 +1,215 @@
+"""What the dashboard shows, as queries that stay fast on large job tables.
+
+No query here counts a whole table: counts are exact up to a cap and
+estimated above it (PostgreSQL and MySQL/MariaDB plan estimates); time-based
+figures read only a recent window through the ``finished_at`` index.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from django.db import connections
+from django.db.models import Avg, Count, DurationField, ExpressionWrapper, F, Min
+from django.db.models.functions import TruncMinute
+from django.utils import timezone
+
+from .compat import task_backends
+from .models import Job, JobStatus, WorkerProcess
+
+COUNT_CAP = 10_000
+
+
+@dataclass(frozen=True)
+class Tally:
+    """A count: exact up to the cap, else an estimate (``exact`` False)."""
+
+    value: int
+    exact: bool = True
+
+    def __str__(self):
+        if self.exact:
+            return f"{self.value:,}"
+        return f"≈ {self.value:,}"
+
+
+def tally(queryset, cap: int = COUNT_CAP) -> Tally:
+    """Count ``queryset``, reading at most ``cap + 1`` rows; above the cap,
+    ask the database's planner for an estimate."""
+    bounded = queryset.order_by()[: cap + 1].count()
+    if bounded <= cap:
+        return Tally(bounded)
+    estimate = estimate_count(queryset)
+    if estimate is None:
+        # SQLite keeps no statistics to estimate from; a development
+        # database is small enough to count.
+        return Tally(queryset.order_by().count())
+    return Tally(max(estimate, bounded), exact=False)
+
+
+def estimate_count(queryset) -> int | None:
+    """The planner's row estimate for ``queryset``; None where there is none."""
+    connection = connections[queryset.db]
+    if connection.vendor not in ("postgresql", "mysql"):
+        return None
+    sql, params = queryset.order_by().values("pk").query.sql_with_params()
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
+            plan = cursor.fetchone()[0]
+            plan = json.loads(plan) if isinstance(plan, str) else plan
+            return int(plan[0]["Plan"]["Plan Rows"])
+        cursor.execute(f"EXPLAIN {sql}", params)
+        columns = [column[0] for column in cursor.description]
+        rows = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+        return int(rows[0].get("rows") or 0) if rows else None
+
+
+def status_counts() -> dict[str, Tally]:
+    return {status: tally(Job.objects.filter(status=status)) for status in JobStatus}
+
+
+@dataclass
+class QueueState:
+    name: str
+    ready: Tally
+    due: Tally
+    running: int
+    lag: timedelta | None  # age of the oldest due READY job
+
+
+def queue_states(now: datetime | None = None) -> list[QueueState]:
+    """Per queue: jobs waiting, due, running, and how late the oldest due
+    job is. Every configured queue is listed, plus any queue with jobs."""
+    now = now or timezone.now()
+    names = set()
+    for backend in task_backends.all():
+        names |= set(getattr(backend, "queues", ()) or ())
+    running = dict(
+        Job.objects.running()
+        .values_list("queue_name")
+        .annotate(n=Count("id"))
+        .values_list("queue_name", "n")
+    )
+    names |= set(running)
+    names |= set(Job.objects.ready().values_list("queue_name", flat=True).distinct())
+    states = []
+    for name in sorted(names):
+        due = Job.objects.due(now).filter(queue_name=name)
+        oldest = due.aggregate(oldest=Min("run_after"))["oldest"]
+        states.append(
+            QueueState(
+                name=name,
+                ready=tally(Job.objects.ready().filter(queue_name=name)),
+                due=tally(due),
+                running=running.get(name, 0),
+                lag=(now - oldest) if oldest else None,
+            )
+        )
+    return states
+
+
+@dataclass
+class Minute:
+    at: datetime
+    succeeded: int = 0
+    failed: int = 0
+
+
+def throughput(now: datetime | None = None, minutes: int = 60) -> list[Minute]:
+    """Jobs finished per minute (succeeded, failed) over the last ``minutes``."""
+    now = (now or timezone.now()).replace(second=0, microsecond=0)
+    start = now - timedelta(minutes=minutes - 1)
+    buckets = {
+        start + timedelta(minutes=n): Minute(start + timedelta(minutes=n))
+        for n in range(minutes)
+    }
+    rows = (
+        Job.objects.filter(
+            finished_at__gte=start,
+            status__in=[JobStatus.SUCCESSFUL, JobStatus.FAILED],
+        )
+        .annotate(minute=TruncMinute("finished_at", tzinfo=UTC))
+        .values("minute", "status")
+        .annotate(n=Count("id"))
+        .values_list("minute", "status", "n")
+    )
+    for minute, status, n in rows:
+        bucket = buckets.get(minute.astimezone(UTC) if minute.tzinfo else minute)
+        if bucket is None:
+            continue
+        if status == JobStatus.SUCCESSFUL:
+            bucket.succeeded += n
+        else:
+            bucket.failed += n
+    return list(buckets.values())
+
+
+@dataclass
+class TaskFigure:
+    task_path: str
+    value: object
+    runs: int
+
+
+def slowest_tasks(
+    now: datetime | None = None, window: timedelta = timedelta(hours=1), limit: int = 5
+) -> list[TaskFigure]:
+    """Tasks by average run time of their successful jobs in the window."""
+    now = now or timezone.now()
+    duration = ExpressionWrapper(
+        F("finished_at") - F("last_attempted_at"), output_field=DurationField()
+    )
+    rows = (
+        Job.objects.filter(finished_at__gte=now - window, status=JobStatus.SUCCESSFUL)
+        .values("task_path")
+        .annotate(average=Avg(duration), runs=Count("id"))
+        .order_by("-average")[:limit]
+    )
+    return [TaskFigure(r["task_path"], r["average"], r["runs"]) for r in rows]
+
+
+def failing_tasks(
+    now: datetime | None = None, window: timedelta = timedelta(hours=1), limit: int = 5
+) -> list[TaskFigure]:
+    """Tasks by number of jobs that ended FAILED in the window."""
+    now = now or timezone.now()
+    rows = (
+        Job.objects.filter(finished_at__gte=now - window, status=JobStatus.FAILED)
+        .values("task_path")
+        .annotate(failures=Count("id"))
+        .order_by("-failures")[:limit]
+    )
+    return [TaskFigure(r["task_path"], r["failures"], r["failures"]) for r in rows]
+
+
+@dataclass
+class WorkerState:
+    worker: WorkerProcess
+    alive: bool
+    jobs: list[Job] = field(default_factory=list)
+
+
+def worker_states(now: datetime | None = None) -> list[WorkerState]:
+    """Every registered worker process, alive or not, with its running jobs."""
+    now = now or timezone.now()
+    workers = list(WorkerProcess.objects.order_by("hostname", "pid"))
+    running: dict[str, list[Job]] = {}
+    jobs = Job.objects.running().filter(worker_id__in=[w.pk for w in workers])
+    for job in jobs.only(
+        "id",
+        "task_path",
+        "queue_name",
+        "worker_id",
+        "last_attempted_at",
+        "progress",
+        "attempts",
+        "max_attempts",
+    ):
+        running.setdefault(job.worker_id, []).append(job)
+    return [
+        WorkerState(worker, worker.is_alive(now), running.get(worker.pk, []))
+        for worker in workers
+    ]

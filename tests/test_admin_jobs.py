@@ -1,0 +1,307 @@
+"""The job admin: list, filters, search, detail page, actions, permissions."""
+
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.urls import reverse
+from django.utils import timezone
+
+from django_bgtasks.models import Job, JobStatus, WorkerProcess
+from tests import tasks
+
+pytestmark = pytest.mark.django_db
+
+JOBS = "admin:django_bgtasks_job_changelist"
+
+
+def make_job(status=JobStatus.READY, **fields) -> Job:
+    now = timezone.now()
+    values = {
+        "task_path": "tests.tasks.add",
+        "args": [1, 2],
+        "run_after": now,
+        "enqueued_at": now,
+        "status": status,
+        "max_attempts": 3,
+    }
+    if status in (JobStatus.SUCCESSFUL, JobStatus.FAILED, JobStatus.CANCELLED):
+        values["finished_at"] = now
+    if status in (JobStatus.SUCCESSFUL, JobStatus.FAILED):
+        values.update(attempts=1, started_at=now, last_attempted_at=now)
+    return Job.objects.create(**{**values, **fields})
+
+
+def listed(client, **params) -> list[int]:
+    response = client.get(reverse(JOBS), params)
+    assert response.status_code == 200
+    return [job.pk for job in response.context["cl"].result_list]
+
+
+def act(client, action, jobs):
+    return client.post(
+        reverse(JOBS),
+        {"action": action, "_selected_action": [job.pk for job in jobs]},
+        follow=True,
+    )
+
+
+def user_with(client, *codenames):
+    user = User.objects.create_user("operator", password="pw", is_staff=True)
+    for codename in codenames:
+        user.user_permissions.add(Permission.objects.get(codename=codename))
+    client.force_login(user)
+    return client
+
+
+def test_list_is_newest_first_with_badges_and_attempts(admin_client):
+    first = make_job(JobStatus.SUCCESSFUL)
+    second = make_job(JobStatus.FAILED, attempts=3)
+    response = admin_client.get(reverse(JOBS))
+    page = response.content.decode()
+    assert [job.pk for job in response.context["cl"].result_list] == [
+        second.pk,
+        first.pk,
+    ]
+    assert 'class="bgtasks-badge"' in page and ">Failed<" in page
+    assert "3/3" in page and "1/3" in page
+
+
+def test_filters(admin_client):
+    ready = make_job()
+    failed = make_job(JobStatus.FAILED, queue_name="other")
+    echo = make_job(JobStatus.SUCCESSFUL, task_path="tests.tasks.echo")
+    old = make_job(
+        JobStatus.SUCCESSFUL, enqueued_at=timezone.now() - timedelta(days=30)
+    )
+    assert listed(admin_client, status="FAILED") == [failed.pk]
+    assert listed(admin_client, queue_name="other") == [failed.pk]
+    assert listed(admin_client, task_path="tests.tasks.echo") == [echo.pk]
+    recent = timezone.now() - timedelta(days=7)
+    assert old.pk not in listed(admin_client, enqueued_at__gte=recent.isoformat())
+    assert ready.pk in listed(admin_client, finished_at__isnull="True")
+    assert listed(admin_client, status="FAILED", queue_name="default") == []
+
+
+def test_filter_choices_come_from_configuration_not_the_table(admin_client):
+    page = admin_client.get(reverse(JOBS)).content.decode()
+    assert "?queue_name=images" in page  # from QUEUES, with no job in it
+    assert "?task_path=tests.tasks.record" in page  # a registered task
+
+
+def test_search_by_id_and_task(admin_client):
+    add = make_job()
+    echo = make_job(task_path="tests.tasks.echo")
+    assert listed(admin_client, q=str(add.pk)) == [add.pk]
+    assert listed(admin_client, q="echo") == [echo.pk]
+    assert listed(admin_client, q="no-such-task") == []
+    assert listed(admin_client, q="9" * 30) == []
+
+
+def test_detail_page_shows_everything_escaped(admin_client):
+    job = make_job(
+        JobStatus.FAILED,
+        args=["<script>alert('args')</script>"],
+        kwargs={"to": "a&b"},
+        attempts=2,
+        worker_ids=["w1", "w2"],
+        errors=[
+            {
+                "exception_class_path": "builtins.ValueError",
+                "traceback": "Traceback ...\nValueError: <img src=x onerror=alert(1)>",
+                "attempt": attempt,
+                "worker_id": f"w{attempt}",
+                "at": timezone.now().isoformat(),
+            }
+            for attempt in (1, 2)
+        ],
+        progress={"current": 5, "total": 20, "message": "<b>bold</b>", "at": "now"},
+    )
+    page = admin_client.get(
+        reverse("admin:django_bgtasks_job_change", args=[job.pk])
+    ).content.decode()
+    assert "&lt;script&gt;alert(&#x27;args&#x27;)&lt;/script&gt;" in page
+    assert "<script>alert" not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert page.count("builtins.ValueError") == 2
+    assert "&quot;to&quot;: &quot;a&amp;b&quot;" in page
+    assert 'value="25"' in page and "&lt;b&gt;bold&lt;/b&gt;" in page
+    assert "w1, w2" in page
+    assert 'name="task_path"' not in page  # nothing editable
+
+
+def test_detail_page_links_the_schedule_and_shows_the_return_value(admin_client):
+    from django_bgtasks.models import Schedule
+
+    schedule = Schedule.objects.create(
+        name="hourly", task_path="tests.tasks.add", cron="0 * * * *", timezone="UTC"
+    )
+    job = make_job(
+        JobStatus.SUCCESSFUL,
+        schedule=schedule,
+        scheduled_for=timezone.now(),
+        return_value={"total": 3},
+    )
+    page = admin_client.get(
+        reverse("admin:django_bgtasks_job_change", args=[job.pk])
+    ).content.decode()
+    assert reverse("admin:django_bgtasks_schedule_change", args=[schedule.pk]) in page
+    assert "&quot;total&quot;: 3" in page or '"total": 3' in page
+
+
+def test_jobs_cannot_be_edited_or_added(admin_client):
+    job = make_job()
+    response = admin_client.post(
+        reverse("admin:django_bgtasks_job_change", args=[job.pk]),
+        {"task_path": "os.system"},
+    )
+    assert response.status_code == 403
+    assert admin_client.get(reverse("admin:django_bgtasks_job_add")).status_code == 403
+
+
+def test_retry_extends_attempts_and_skips_what_it_does_not_apply_to(admin_client):
+    failed = make_job(JobStatus.FAILED, attempts=3, errors=[{"traceback": "x"}])
+    cancelled = make_job(JobStatus.CANCELLED)
+    succeeded = make_job(JobStatus.SUCCESSFUL)
+    before = timezone.now()
+    page = act(
+        admin_client, "retry_jobs", [failed, cancelled, succeeded]
+    ).content.decode()
+    assert "2 jobs will run again." in page
+    assert "1 skipped: only FAILED or CANCELLED jobs can be retried." in page
+    failed.refresh_from_db()
+    assert failed.status == JobStatus.READY and failed.finished_at is None
+    assert failed.run_after >= before
+    assert (failed.attempts, failed.max_attempts) == (3, 4)  # one more attempt
+    assert failed.errors == [{"traceback": "x"}]  # history kept
+    cancelled.refresh_from_db()
+    assert cancelled.status == JobStatus.READY and cancelled.max_attempts == 3
+    succeeded.refresh_from_db()
+    assert succeeded.status == JobStatus.SUCCESSFUL
+
+
+@pytest.mark.django_db(transaction=True)
+def test_retried_job_runs_again(admin_client):
+    result = tasks.always_fails.using(max_attempts=1).enqueue()
+    from tests.conftest import run_in_process
+
+    run_in_process()
+    act(admin_client, "retry_jobs", [Job.objects.get()])
+    run_in_process()
+    result.refresh()
+    assert result.status == "FAILED" and result.attempts == 2
+
+
+def test_cancel_applies_to_ready_jobs_only(admin_client):
+    ready = make_job()
+    running = make_job(JobStatus.RUNNING, worker_id="w", attempts=1)
+    page = act(admin_client, "cancel_jobs", [ready, running]).content.decode()
+    assert "1 job cancelled." in page and "1 skipped" in page
+    ready.refresh_from_db()
+    running.refresh_from_db()
+    assert ready.status == JobStatus.CANCELLED and ready.finished_at is not None
+    assert running.status == JobStatus.RUNNING
+
+
+def test_run_now_makes_delayed_jobs_due(admin_client):
+    later = make_job(run_after=timezone.now() + timedelta(hours=2))
+    due = make_job()
+    page = act(admin_client, "run_jobs_now", [later, due]).content.decode()
+    assert "1 job is due now." in page
+    later.refresh_from_db()
+    assert later.run_after <= timezone.now()
+    assert Job.objects.due().count() == 2
+
+
+def test_delete_spares_running_jobs(admin_client):
+    done = make_job(JobStatus.SUCCESSFUL)
+    running = make_job(JobStatus.RUNNING, worker_id="w", attempts=1)
+    response = admin_client.post(
+        reverse(JOBS),
+        {
+            "action": "delete_jobs",
+            "_selected_action": [done.pk, running.pk],
+            "post": "yes",
+        },
+        follow=True,
+    )
+    assert "1 running job is left alone." in response.content.decode()
+    assert list(Job.objects.values_list("pk", flat=True)) == [running.pk]
+    response = admin_client.get(
+        reverse("admin:django_bgtasks_job_delete", args=[running.pk])
+    )
+    assert response.status_code == 403
+
+
+def test_a_viewer_can_look_but_not_act(client):
+    viewer = user_with(client, "view_job")
+    failed = make_job(JobStatus.FAILED)
+    ready = make_job()
+    page = viewer.get(reverse(JOBS)).content.decode()
+    assert str(failed.pk) in page
+    for action in ("retry_jobs", "cancel_jobs", "run_jobs_now", "delete_jobs"):
+        assert f'value="{action}"' not in page
+        act(viewer, action, [failed, ready])
+    assert (
+        viewer.get(
+            reverse("admin:django_bgtasks_job_change", args=[failed.pk])
+        ).status_code
+        == 200
+    )
+    failed.refresh_from_db()
+    ready.refresh_from_db()
+    assert (failed.status, ready.status) == (JobStatus.FAILED, JobStatus.READY)
+    assert Job.objects.count() == 2
+
+
+@pytest.mark.parametrize(
+    ("codename", "allowed", "refused"),
+    [
+        ("retry_job", "retry_jobs", "cancel_jobs"),
+        ("cancel_job", "cancel_jobs", "run_jobs_now"),
+        ("run_job", "run_jobs_now", "retry_jobs"),
+    ],
+)
+def test_each_action_needs_its_own_permission(client, codename, allowed, refused):
+    operator = user_with(client, "view_job", codename)
+    page = operator.get(reverse(JOBS)).content.decode()
+    assert f'value="{allowed}"' in page
+    assert f'value="{refused}"' not in page
+
+
+def test_no_permission_no_page(client):
+    user_with(client)
+    assert client.get(reverse(JOBS)).status_code == 403
+
+
+def test_workers_list_and_delete_rules(admin_client):
+    now = timezone.now()
+    alive = WorkerProcess.objects.create(
+        id="alive",
+        hostname="h",
+        pid=1,
+        concurrency=1,
+        version="x",
+        started_at=now,
+        last_heartbeat_at=now,
+    )
+    dead = WorkerProcess.objects.create(
+        id="dead",
+        hostname="h",
+        pid=2,
+        concurrency=1,
+        version="x",
+        started_at=now,
+        last_heartbeat_at=now - timedelta(hours=1),
+    )
+    page = admin_client.get(
+        reverse("admin:django_bgtasks_workerprocess_changelist")
+    ).content.decode()
+    assert page.count("icon-yes.svg") == 1 and page.count("icon-no.svg") == 1
+    delete = "admin:django_bgtasks_workerprocess_delete"
+    assert admin_client.get(reverse(delete, args=[alive.pk])).status_code == 403
+    assert (
+        admin_client.post(reverse(delete, args=[dead.pk]), {"post": "yes"}).status_code
+        == 302
+    )
+    assert list(WorkerProcess.objects.values_list("pk", flat=True)) == ["alive"]
