@@ -144,6 +144,27 @@ def vendor() -> str:
     return connection.vendor
 
 
+SCREENSHOTS = Path(
+    os.environ.get("BGTASKS_SCREENSHOTS", ROOT / "test-artifacts" / "screenshots")
+)
+
+
+@pytest.fixture
+def screenshots(request) -> Path:
+    """Where browser tests save their screenshots (reported at the end)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    request.config.stash[screenshots_taken] = True
+    return SCREENSHOTS
+
+
+screenshots_taken = pytest.StashKey[bool]()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if config.stash.get(screenshots_taken, False):
+        terminalreporter.write_line(f"Browser screenshots: {SCREENSHOTS}")
+
+
 requires_server_database = pytest.mark.skipif(
     os.environ.get("DATABASE_URL", "sqlite").startswith("sqlite"),
     reason="needs a database server (PostgreSQL or MariaDB/MySQL)",

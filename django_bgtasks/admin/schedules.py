@@ -48,8 +48,8 @@ def format_moment(moment: datetime | None, tz) -> str:
 
 
 class ScheduleForm(forms.ModelForm):
-    task_path = forms.ChoiceField(label=_("task"))
-    timezone = forms.ChoiceField(label=_("time zone"))
+    task_path = forms.ChoiceField(label=_("Task"))
+    timezone = forms.ChoiceField(label=_("Time zone"))
 
     class Meta:
         model = Schedule
@@ -143,6 +143,14 @@ class ScheduleAdmin(admin.ModelAdmin):
             .get_queryset(request)
             .annotate(last_job_status=Subquery(latest_job.values("status")[:1]))
         )
+
+    def get_fieldsets(self, request, obj=None):
+        if obj is not None:
+            return self.fieldsets
+        # A new schedule is made here, so not in code: say nothing of it.
+        name, options = self.fieldsets[0]
+        fields = [f for f in options["fields"] if f != "declared_in_code"]
+        return [(name, {**options, "fields": fields}), *self.fieldsets[1:]]
 
     def get_readonly_fields(self, request, obj=None):
         fields = list(super().get_readonly_fields(request, obj))

@@ -1,0 +1,139 @@
+"""The admin in a real browser: headless Chromium driven by Selenium.
+
+Logs into the admin of a live test server, opens the dashboard and a failed
+job, retries it and sees it READY; types a cron expression and sees its next
+planned times. Screenshots go to the folder printed at the end of the run.
+"""
+
+import shutil
+import tempfile
+
+import pytest
+from django.contrib.auth.models import User
+from django.utils import timezone
+
+from django_bgtasks.models import Job, JobStatus
+from tests.test_admin_jobs import make_job
+
+webdriver = pytest.importorskip(
+    "selenium.webdriver", reason="selenium is not installed"
+)
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+pytestmark = [
+    pytest.mark.skipif(
+        not (CHROMIUM and CHROMEDRIVER),
+        reason="Chromium and chromedriver are not installed (apt: chromium "
+        "chromium-driver)",
+    ),
+    pytest.mark.django_db(transaction=True),
+]
+
+
+@pytest.fixture
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    profile = tempfile.mkdtemp(prefix="bgtasks-chromium-")
+    for argument in [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1600",
+        f"--user-data-dir={profile}",
+    ]:
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def wait_for(driver, condition, timeout=15):
+    return WebDriverWait(driver, timeout).until(condition)
+
+
+def log_in(browser, live_server):
+    User.objects.create_superuser("admin", "admin@example.com", "secret")
+    browser.get(f"{live_server.url}/admin/login/")
+    browser.find_element(By.NAME, "username").send_keys("admin")
+    browser.find_element(By.NAME, "password").send_keys("secret")
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    wait_for(browser, expected_conditions.title_contains("Site administration"))
+
+
+def test_dashboard_failed_job_and_retry(browser, live_server, screenshots):
+    now = timezone.now()
+    for _ in range(3):
+        make_job(JobStatus.SUCCESSFUL, finished_at=now, last_attempted_at=now)
+    failed = make_job(
+        JobStatus.FAILED,
+        attempts=3,
+        args=["order-42"],
+        errors=[{
+            "exception_class_path": "builtins.ConnectionError",
+            "traceback": "Traceback (most recent call last):\n"
+                         "ConnectionError: the payment gateway timed out",
+            "attempt": 3, "worker_id": "web1.123.abc", "at": now.isoformat(),
+        }],
+    )  # fmt: skip
+    log_in(browser, live_server)
+
+    browser.get(f"{live_server.url}/admin/")
+    browser.find_element(By.LINK_TEXT, "Dashboard").click()
+    wait_for(browser, expected_conditions.title_contains("Background tasks dashboard"))
+    assert browser.find_element(By.CSS_SELECTOR, "svg.bgtasks-chart").is_displayed()
+    browser.save_screenshot(str(screenshots / "dashboard.png"))
+
+    browser.get(f"{live_server.url}/admin/django_bgtasks/job/{failed.pk}/change/")
+    traceback = browser.find_element(By.CSS_SELECTOR, ".bgtasks-traceback")
+    assert "the payment gateway timed out" in traceback.text
+    browser.save_screenshot(str(screenshots / "failed-job.png"))
+
+    browser.get(f"{live_server.url}/admin/django_bgtasks/job/?status=FAILED")
+    browser.find_element(By.CSS_SELECTOR, f"input[value='{failed.pk}']").click()
+    Select(browser.find_element(By.NAME, "action")).select_by_value("retry_jobs")
+    browser.find_element(By.NAME, "index").click()
+    message = wait_for(
+        browser,
+        expected_conditions.visibility_of_element_located(
+            (By.CSS_SELECTOR, ".messagelist")
+        ),
+    )
+    assert "1 job will run again." in message.text
+    browser.save_screenshot(str(screenshots / "retried.png"))
+
+    failed.refresh_from_db()
+    assert failed.status == JobStatus.READY
+    browser.get(f"{live_server.url}/admin/django_bgtasks/job/{failed.pk}/change/")
+    assert browser.find_element(By.CSS_SELECTOR, ".bgtasks-badge").text == "Ready"
+    assert Job.objects.filter(status=JobStatus.READY).count() == 1
+
+
+def test_schedule_form_previews_planned_times(browser, live_server, screenshots):
+    log_in(browser, live_server)
+    browser.get(f"{live_server.url}/admin/django_bgtasks/schedule/add/")
+    Select(browser.find_element(By.NAME, "timezone")).select_by_value("Europe/Paris")
+    cron = browser.find_element(By.NAME, "cron")
+    cron.send_keys("30 9 * * 1-5")
+    upcoming = browser.find_element(By.ID, "bgtasks-upcoming")
+    wait_for(browser, lambda driver: "At 09:30, Monday through Friday" in upcoming.text)
+    lines = upcoming.find_elements(By.TAG_NAME, "li")
+    assert len(lines) == 6  # the description, then five times
+    assert all("09:30:00 CE" in line.text for line in lines[1:])
+    browser.save_screenshot(str(screenshots / "schedule-preview.png"))
+
+    cron.clear()
+    cron.send_keys("99 * * * *")
+    wait_for(browser, lambda driver: "not a valid cron expression" in upcoming.text)
