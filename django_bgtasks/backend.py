@@ -40,6 +40,7 @@ from .models import Job
 from .serialization import NotJSON, check_size, to_json
 
 MAX_ATTEMPTS_LIMIT = 1000
+MAX_TIMEOUT = 7 * 24 * 3600  # a week
 QUEUE_NAME_MAX_LENGTH = Job._meta.get_field("queue_name").max_length
 
 
@@ -66,6 +67,7 @@ class DatabaseBackend(BaseTaskBackend):
         backoff = getattr(task, "backoff", None)
         if backoff is not None and not isinstance(backoff, Backoff):
             raise InvalidTask(f"backoff must be a Backoff, not {backoff!r}.")
+        _check_timeout(getattr(task, "timeout", None))
         registry.register(task)
 
     def enqueue(self, task, args, kwargs) -> DatabaseTaskResult:
@@ -88,6 +90,7 @@ class DatabaseBackend(BaseTaskBackend):
         backoff = getattr(task, "backoff", None) or Backoff.coerce(
             bgtasks_settings.BACKOFF
         )
+        timeout = getattr(task, "timeout", None) or bgtasks_settings.TIMEOUT
         now = timezone.now()
         job = Job(
             task_path=task.module_path,
@@ -100,6 +103,7 @@ class DatabaseBackend(BaseTaskBackend):
             enqueued_at=now,
             max_attempts=max_attempts,
             backoff=backoff.as_dict(),
+            timeout=timeout,
             **job_fields,
         )
         using = router.db_for_write(Job)
@@ -167,6 +171,20 @@ def _check_max_attempts(value: Any) -> None:
     ):
         raise InvalidTask(
             f"max_attempts must be a whole number from 1 to {MAX_ATTEMPTS_LIMIT}, "
+            f"not {value!r}."
+        )
+
+
+def _check_timeout(value: Any) -> None:
+    if value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value <= MAX_TIMEOUT
+    ):
+        raise InvalidTask(
+            f"timeout must be a number of seconds above 0 (at most {MAX_TIMEOUT}), "
             f"not {value!r}."
         )
 

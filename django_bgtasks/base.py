@@ -28,12 +28,14 @@ class DatabaseTask(Task):
     """A ``django.tasks`` Task with the database backend's options.
 
     ``max_attempts``: attempts before the job ends FAILED (1 = no retries);
-    ``backoff``: the delay before each retry, a :class:`Backoff`. ``None``
-    takes the ``BGTASKS`` setting when the job is enqueued.
+    ``backoff``: the delay before each retry, a :class:`Backoff`;
+    ``timeout``: seconds an attempt may run before its process is ended.
+    ``None`` takes the ``BGTASKS`` setting when the job is enqueued.
     """
 
     max_attempts: int | None = None
     backoff: Backoff | None = None
+    timeout: float | None = None
 
     def using(
         self,
@@ -44,6 +46,7 @@ class DatabaseTask(Task):
         backend: str | None = None,
         max_attempts: int | None = None,
         backoff: Backoff | dict | float | None = None,
+        timeout: float | None = None,
     ) -> DatabaseTask:
         """Return a copy with other options; ``run_after`` may be a timedelta,
         counted from now."""
@@ -54,6 +57,8 @@ class DatabaseTask(Task):
             changes["max_attempts"] = max_attempts
         if backoff is not None:
             changes["backoff"] = Backoff.coerce(backoff)
+        if timeout is not None:
+            changes["timeout"] = timeout
         task = Task.using(
             self,
             priority=priority,
@@ -73,6 +78,7 @@ def task(
     takes_context: bool = False,
     max_attempts: int | None = None,
     backoff: Backoff | dict | float | None = None,
+    timeout: float | None = None,
 ):
     """Make a function a task, like ``django.tasks.task``, with our options.
 
@@ -87,9 +93,12 @@ def task(
             options["max_attempts"] = max_attempts
         if backoff is not None:
             options["backoff"] = Backoff.coerce(backoff)
+        if timeout is not None:
+            options["timeout"] = timeout
         if options and not issubclass(task_class, DatabaseTask):
             raise InvalidTask(
-                f"Task backend {backend!r} does not take max_attempts or backoff: "
+                f"Task backend {backend!r} does not take max_attempts, backoff or "
+                f"timeout: "
                 f"they belong to django_bgtasks.backend.DatabaseBackend."
             )
         return task_class(

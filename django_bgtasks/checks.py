@@ -34,6 +34,22 @@ def check_settings(app_configs=None, **kwargs):
                     id="bgtasks.E003",
                 )
             )
+    if not errors:
+        from .conf import bgtasks_settings
+
+        beat, timeout = (
+            bgtasks_settings.HEARTBEAT_INTERVAL,
+            bgtasks_settings.WORKER_TIMEOUT,
+        )
+        if timeout < 2 * beat:
+            errors.append(
+                checks.Error(
+                    f"BGTASKS['WORKER_TIMEOUT'] ({timeout:g} s) is less than twice "
+                    f"BGTASKS['HEARTBEAT_INTERVAL'] ({beat:g} s): live workers "
+                    f"would be taken for dead.",
+                    id="bgtasks.E007",
+                )
+            )
     return errors
 
 
@@ -52,6 +68,19 @@ def _backoff(value):
     except InvalidTask:
         return False
     return True
+
+
+def _prune_after(value):
+    from datetime import timedelta
+
+    return (
+        isinstance(value, dict)
+        and set(value) <= {"SUCCESSFUL", "FAILED", "CANCELLED"}
+        and all(
+            v is None or isinstance(v, timedelta) or _number(0)(v)
+            for v in value.values()
+        )
+    )
 
 
 _RULES = [
@@ -73,6 +102,17 @@ _RULES = [
     ("SCHEDULES", lambda v: isinstance(v, dict), "a dict of schedules by name"),
     ("SCHEDULER_INTERVAL", _number(0, above=True), "a number of seconds above 0"),
     ("MISFIRE_GRACE_TIME", _number(0), "a number of seconds, 0 or more"),
+    (
+        "TIMEOUT",
+        lambda v: v is None or _number(0, above=True)(v),
+        "None or a number of seconds above 0",
+    ),
+    ("PRUNE_INTERVAL", _number(0, above=True), "a number of seconds above 0"),
+    (
+        "PRUNE_AFTER",
+        _prune_after,
+        "a dict of SUCCESSFUL, FAILED and CANCELLED to days, timedeltas or None",
+    ),
     (
         "TASK_MODULES",
         lambda v: isinstance(v, list | tuple) and all(isinstance(m, str) for m in v),

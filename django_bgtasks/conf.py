@@ -22,10 +22,19 @@ DEFAULTS: dict[str, Any] = {
     "NOTIFY": True,
     # Seconds an idle worker waits before looking for due jobs again.
     "POLL_INTERVAL": 1.0,
-    # Seconds between a worker's heartbeats.
+    # Seconds between a worker's heartbeats (and its checks for dead workers).
     "HEARTBEAT_INTERVAL": 5.0,
-    # A worker silent for this many seconds is considered dead.
+    # A worker silent for this many seconds is dead: its running jobs are
+    # put back (READY, or FAILED without attempts left). At least twice the
+    # heartbeat interval.
     "WORKER_TIMEOUT": 30.0,
+    # Seconds an attempt may run (None: no limit); per task with timeout=.
+    "TIMEOUT": None,
+    # How long finished jobs are kept, per status: days, a timedelta, or None
+    # to keep them forever. Pruned by the workers and by prune_jobs.
+    "PRUNE_AFTER": {"SUCCESSFUL": 7, "FAILED": 30, "CANCELLED": 7},
+    # Seconds between two pruning passes of a worker.
+    "PRUNE_INTERVAL": 300.0,
     # Periodic schedules declared in code: {name: {"task": "app.tasks.f",
     # "cron": "0 2 * * *" or "interval": seconds or timedelta, ...}}; synced
     # to Schedule rows by sync_schedules and at worker start.

@@ -28,6 +28,10 @@ class TaskExited(Exception):
     """A task called ``sys.exit()`` (or raised ``SystemExit``)."""
 
 
+class JobTimeout(Exception):
+    """The job ran past its timeout; its process was ended."""
+
+
 class JobInterrupted(Exception):
     """The worker stopped before the job finished; the job was put back."""
 

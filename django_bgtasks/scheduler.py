@@ -17,10 +17,9 @@ planned time within the grace time runs anyway; ``skip`` drops them.
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import datetime, timedelta
 
-from django.db import IntegrityError, connections, router, transaction
+from django.db import IntegrityError, router, transaction
 from django.utils import timezone
 
 from . import registry
@@ -138,34 +137,3 @@ def enqueue_for_schedule(schedule: Schedule, *, scheduled_for: datetime | None):
         schedule=schedule,
         scheduled_for=scheduled_for,
     )
-
-
-class SchedulerThread(threading.Thread):
-    """Run ``fire_due_schedules`` every ``interval`` seconds until stopped."""
-
-    def __init__(self, *, using: str, interval: float):
-        super().__init__(name="bgtasks-scheduler", daemon=True)
-        self.using = using
-        self.interval = interval
-        self._stop_event = threading.Event()
-
-    def stop(self) -> None:
-        self._stop_event.set()
-
-    def run(self) -> None:
-        from .worker.db import CONNECTION_ERRORS, discard_connection
-
-        try:
-            while not self._stop_event.is_set():
-                try:
-                    fired = fire_due_schedules(using=self.using)
-                    if fired:
-                        logger.info("Scheduler enqueued %d job(s)", fired)
-                except CONNECTION_ERRORS as exc:
-                    logger.warning("Scheduler pass failed (%s); retrying", exc)
-                    discard_connection(self.using)
-                except Exception:
-                    logger.exception("Scheduler pass failed")
-                self._stop_event.wait(self.interval)
-        finally:
-            connections.close_all()

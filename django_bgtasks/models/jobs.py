@@ -184,6 +184,12 @@ class Job(models.Model):
 
     attempts = models.PositiveIntegerField(_("attempts"), default=0)
     max_attempts = models.PositiveIntegerField(_("max attempts"), default=1)
+    timeout = models.FloatField(
+        _("timeout"),
+        null=True,
+        blank=True,
+        help_text=_("Seconds an attempt may run before its process is ended."),
+    )
     backoff = models.JSONField(
         _("backoff"), default=dict, help_text=_("Delay before each retry.")
     )
@@ -310,6 +316,13 @@ class Job(models.Model):
             finished_at=now or timezone.now(),
             worker=None,
         )
+
+    def mark_lost(self, error: dict, *, now: datetime | None = None) -> bool:
+        """The worker running the job died or gave up on it: READY again,
+        due now, if attempts remain (the attempt counts), else FAILED."""
+        if self.attempts < self.max_attempts:
+            return self.mark_for_retry(error, run_after=now or timezone.now())
+        return self.mark_failed(error, now=now)
 
     def mark_for_retry(self, error: dict | None, *, run_after: datetime) -> bool:
         """Put the job back to READY, due at ``run_after``, recording ``error``.

@@ -68,7 +68,7 @@ class WorkerProcessQuerySet(models.QuerySet):
                     f"{previous.pid} on {previous.hostname}, last heartbeat "
                     f"{previous.last_heartbeat_at:%Y-%m-%d %H:%M:%S})."
                 )
-            previous.release_jobs(
+            previous.rescue_jobs(
                 WorkerLost(
                     f"Worker {worker_id} stopped heartbeating "
                     f"(last {previous.last_heartbeat_at:%Y-%m-%d %H:%M:%S}) "
@@ -123,16 +123,27 @@ class WorkerProcess(models.Model):
         )
 
     def release_jobs(self, reason: BaseException | None = None) -> int:
-        """Put the RUNNING jobs this worker holds back to READY, due now.
+        """Put the RUNNING jobs this worker holds back to READY, due now (it
+        is stopping). The attempt stays counted; ``reason`` (if given) is
+        recorded as the attempt's error. Returns how many were put back."""
+        return self._each_job(
+            lambda job, error, now: job.mark_for_retry(error, run_after=now), reason
+        )
 
-        The attempt stays counted; ``reason`` (if given) is recorded as the
-        attempt's error. Returns how many jobs were put back.
-        """
+    def rescue_jobs(self, reason: BaseException) -> int:
+        """Give up the RUNNING jobs of this (dead) worker: READY again where
+        attempts remain, else FAILED, with ``reason`` as the attempt's error.
+        Returns how many jobs were changed."""
+        return self._each_job(
+            lambda job, error, now: job.mark_lost(error, now=now), reason
+        )
+
+    def _each_job(self, change, reason: BaseException | None) -> int:
         now = timezone.now()
-        released = 0
+        changed = 0
         for job in Job.objects.running().filter(worker=self):
             error = reason and error_entry(
                 reason, attempt=job.attempts, worker_id=self.pk, at=now
             )
-            released += job.mark_for_retry(error, run_after=now)
-        return released
+            changed += change(job, error, now)
+        return changed

@@ -1,5 +1,7 @@
-"""The worker process: claim loop, job threads, heartbeat, shutdown."""
+"""The worker process: claim loop, job threads, heartbeat, maintenance,
+shutdown; and the supervisor of ``runworker --processes``."""
 
-from .runner import ForcedExit, Worker, default_worker_id
+from .runner import Worker, WorkerExit, default_worker_id
+from .stopping import ForcedExit
 
-__all__ = ["ForcedExit", "Worker", "default_worker_id"]
+__all__ = ["ForcedExit", "Worker", "WorkerExit", "default_worker_id"]

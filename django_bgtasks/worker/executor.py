@@ -147,11 +147,13 @@ class Executor:
         concurrency: int,
         worker_id: str,
         using: str,
+        on_start,
         on_done,
         give_up: threading.Event,
     ):
         self.worker_id = worker_id
         self.using = using
+        self.on_start = on_start
         self.on_done = on_done
         self.give_up = give_up
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
@@ -180,6 +182,7 @@ class Executor:
                 try:
                     if self.give_up.is_set():
                         continue  # the worker is exiting and gave the job back
+                    self.on_start(job)
                     self.execute(job)
                 except Exception:
                     logger.exception("Job %s: unexpected error in the worker", job.pk)

@@ -16,8 +16,8 @@ class Heartbeat(threading.Thread):
     """Refresh the worker's row every ``interval`` seconds.
 
     If the row has gone (another worker judged this one dead), ``on_lost``
-    is called to register again. Database errors are logged and retried at
-    the next beat.
+    is called: it returns the row registered again, or None to end the
+    heartbeat. Errors are logged and the beat retried at the next interval.
     """
 
     def __init__(self, *, process, interval: float, using: str, on_lost):
@@ -44,11 +44,12 @@ class Heartbeat(threading.Thread):
         try:
             if self.process.beat() or self._stop_event.is_set():
                 return
-            logger.error(
-                "Worker %s: its row is gone (judged dead?); registering again",
-                self.process.pk,
-            )
-            self.process = self.on_lost()
+            logger.error("Worker %s: its row is gone (judged dead?)", self.process.pk)
+            process = self.on_lost()
+            if process is None:  # the worker is ending its process
+                self.stop()
+            else:
+                self.process = process
         except CONNECTION_ERRORS as exc:
             logger.warning("Heartbeat failed (%s); retrying at the next beat", exc)
             discard_connection(self.using)

@@ -7,36 +7,49 @@ NOTIFY arrives (PostgreSQL), the poll interval passes or a stop is asked for.
 Stopping: the first SIGTERM/SIGINT (or ``stop()``) ends claiming; running
 jobs get ``shutdown_timeout`` seconds to finish; those still running are put
 back to READY. A second signal skips the wait. Either way the worker's row
-is removed and the process exits.
+is removed and ``run()`` returns.
+
+Ending the process: a job running past its timeout cannot be stopped inside
+the process (a thread cannot be killed), and neither can a job rescued from
+this worker while it was too slow to beat. Then the worker records the
+timeout, puts its other jobs back, and ``run()`` returns RECYCLE: the command
+ends the process and a fresh one takes its place.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
-import signal
 import socket
+import sys
 import threading
 import time
+import traceback
 
 from django.db import connections, router
 from django.utils.crypto import get_random_string
 
 from .. import __version__, notify, registry
 from ..conf import bgtasks_settings
-from ..exceptions import JobInterrupted
+from ..exceptions import JobInterrupted, JobTimeout
 from ..models import Job, WorkerProcess
 from ..schedule_sync import sync_schedules
-from ..scheduler import SchedulerThread
 from .db import CONNECTION_ERRORS, discard_connection, retry_until_done
-from .executor import Executor
+from .executor import Executor, Outcome, record_outcome
 from .heartbeat import Heartbeat
+from .maintenance import Maintenance
+from .stopping import ForcedExit, StopRequests
 
 logger = logging.getLogger("django_bgtasks.worker")
 
 
-class ForcedExit(Exception):
-    """A second stop signal: leave without waiting for running jobs."""
+class WorkerExit(enum.IntEnum):
+    """How ``Worker.run()`` ended; the value is the process's exit status."""
+
+    STOPPED = 0  # asked to stop (or drained, or done its max_jobs)
+    FORCED = 1  # asked twice: did not wait for running jobs
+    RECYCLE = 75  # must be replaced by a fresh process (EX_TEMPFAIL)
 
 
 def default_worker_id() -> str:
@@ -50,6 +63,9 @@ class Worker:
     ``queues``: the queues to take jobs from; None for all. ``concurrency``:
     jobs run at once, each on its own thread. ``burst``: exit once no job is
     due and none is running. ``max_jobs``: exit after claiming this many.
+    ``scheduler``: fire due schedules; ``maintenance``: rescue dead workers'
+    jobs and prune old ones. ``max_memory_mb``: once the process uses more,
+    stop after the running jobs (a supervisor starts a fresh one).
     """
 
     def __init__(
@@ -63,6 +79,8 @@ class Worker:
         worker_id: str | None = None,
         shutdown_timeout: float = 30.0,
         scheduler: bool = True,
+        maintenance: bool = True,
+        max_memory_mb: int | None = None,
     ):
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -76,22 +94,29 @@ class Worker:
         self.worker_id = worker_id or default_worker_id()
         self.shutdown_timeout = shutdown_timeout
         self.runs_scheduler = scheduler
+        self.runs_maintenance = maintenance
+        self.max_memory_mb = max_memory_mb
         self.using = router.db_for_write(Job)
+        self.exit = WorkerExit.STOPPED
 
         self.jobs_claimed = 0
         self.process: WorkerProcess | None = None
         self._running: dict[int, Job] = {}
+        # When each running job started, and on which thread (for timeouts).
+        self._started: dict[int, tuple[float, int]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         # Set when the worker must not wait for anything any more.
         self._forced = threading.Event()
-        self._signals_seen = 0
         self._shutting_down = False
+        self.stop_requests = StopRequests(
+            self._on_stop_request, may_interrupt=lambda: not self._shutting_down
+        )
         self._executor: Executor | None = None
         self._heartbeat: Heartbeat | None = None
         self._listener: notify.Listener | None = None
-        self._scheduler: SchedulerThread | None = None
+        self._maintenance: Maintenance | None = None
 
     # Control -----------------------------------------------------------------
 
@@ -100,89 +125,54 @@ class Worker:
         self._stopping.set()
         self._wake.set()
 
+    def force_stop(self) -> None:
+        """Stop at once: running jobs are put back, not waited for."""
+        self.exit = max(self.exit, WorkerExit.FORCED)
+        self._forced.set()
+        self.stop()
+
+    def _recycle(self) -> None:
+        """End this process as soon as its jobs are safe; see the module."""
+        self.exit = WorkerExit.RECYCLE
+        self._forced.set()
+        self.stop()
+
     @property
     def uses_notify(self) -> bool:
         return notify.notify_enabled(connections[self.using])
 
     def install_signal_handlers(self):
         """Make SIGTERM/SIGINT stop the worker (a second one: at once).
+        Returns a function that restores the previous handlers."""
+        return self.stop_requests.install_signal_handlers()
 
-        Returns a function that puts the previous handlers back. Must be
-        called from the main thread.
-        """
-        # A Python signal handler runs between two bytecodes of the main
-        # thread, which may be holding a lock at that moment (an Event's, a
-        # stream's): ours only counts and, for a second signal, raises.
-        # Logging and stopping happen on a thread woken through the
-        # interpreter's wake-up fd.
-        read_end, write_end = os.pipe()
-        os.set_blocking(write_end, False)
-        previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-        previous = {
-            signum: signal.signal(signum, self._on_signal)
-            for signum in (signal.SIGTERM, signal.SIGINT)
-        }
-        watcher = threading.Thread(
-            target=self._watch_signals,
-            args=(read_end,),
-            name="bgtasks-signals",
-            daemon=True,
-        )
-        watcher.start()
-
-        def restore():
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-            signal.set_wakeup_fd(previous_fd)
-            os.close(write_end)  # ends the watcher
-
-        return restore
-
-    def _on_signal(self, signum, frame) -> None:
-        self._signals_seen += 1
-        if self._signals_seen == 2 and not self._shutting_down:
-            raise ForcedExit(signal.Signals(signum).name)
-        if self._signals_seen > 2:
-            os._exit(1)
-
-    def _watch_signals(self, read_end: int) -> None:
-        seen = 0
-        try:
-            while data := os.read(read_end, 64):
-                for signum in data:
-                    if signum not in (signal.SIGTERM, signal.SIGINT):
-                        continue
-                    seen += 1
-                    self._after_signal(signal.Signals(signum).name, seen)
-        finally:
-            os.close(read_end)
-
-    def _after_signal(self, name: str, seen: int) -> None:
-        if seen == 1:
+    def _on_stop_request(self, source: str, count: int) -> None:
+        if count == 1:
             with self._lock:
                 running = len(self._running)
             logger.warning(
                 "%s received: finishing %d running job(s) within %.0f s, then "
                 "exiting (send it again to exit at once)",
-                name,
+                source,
                 running,
                 self.shutdown_timeout,
             )
+            self.stop()
         else:
-            logger.warning("%s received again: exiting at once", name)
-            self._forced.set()
-        self.stop()
+            logger.warning("%s received again: exiting at once", source)
+            self.force_stop()
 
     # Running -----------------------------------------------------------------
 
-    def run(self) -> bool:
-        """Work until stopped. Returns False if a second signal cut it short."""
+    def run(self) -> WorkerExit:
+        """Work until stopped; return how it ended."""
         try:
-            return self._run()
+            self._run()
         except ForcedExit:
-            return False
+            self.exit = max(self.exit, WorkerExit.FORCED)
+        return self.exit
 
-    def _run(self) -> bool:
+    def _run(self) -> None:
         registry.autodiscover()
         self._prepare_database()
         self.process = retry_until_done(
@@ -192,7 +182,7 @@ class Worker:
             give_up=self._stopping,
         )
         if self.process is None:
-            return True
+            return
         synced = retry_until_done(
             sync_schedules,
             using=self.using,
@@ -210,6 +200,7 @@ class Worker:
             concurrency=self.concurrency,
             worker_id=self.worker_id,
             using=self.using,
+            on_start=self._job_started,
             on_done=self._job_done,
             give_up=self._forced,
         )
@@ -218,23 +209,23 @@ class Worker:
             process=self.process,
             interval=bgtasks_settings.HEARTBEAT_INTERVAL,
             using=self.using,
-            on_lost=self._register,
+            on_lost=self._on_row_lost,
         )
         self._heartbeat.start()
         if self.uses_notify:
             self._listener = notify.Listener(self.using, self.queues, self._wake.set)
             self._listener.start()
-        if self.runs_scheduler:
-            self._scheduler = SchedulerThread(
-                using=self.using, interval=bgtasks_settings.SCHEDULER_INTERVAL
-            )
-            self._scheduler.start()
+        self._maintenance = Maintenance(
+            using=self.using,
+            scheduler=self.runs_scheduler,
+            housekeeping=self.runs_maintenance,
+        )
+        self._maintenance.start()
         try:
             self._loop()
             self._wait_for_running_jobs()
         finally:
             self._shut_down()
-        return self._signals_seen < 2
 
     def _register(self) -> WorkerProcess:
         return WorkerProcess.objects.db_manager(self.using).register(
@@ -289,7 +280,7 @@ class Worker:
                 return
             if claimed and len(claimed) == free:
                 continue  # a full batch: there may be more, claim again
-            self._wake.wait(self.poll_interval)
+            self._wake.wait(self._check_timeouts())
 
     def _due_jobs_left(self) -> bool:
         """Whether due jobs remain (a claim may come back empty while other
@@ -317,14 +308,90 @@ class Worker:
             self.jobs_claimed += 1
             self._executor.submit(job)
 
+    def _job_started(self, job: Job) -> None:
+        with self._lock:
+            self._started[job.pk] = (time.monotonic(), threading.get_ident())
+
     def _job_done(self, job: Job) -> None:
         with self._lock:
             self._running.pop(job.pk, None)
+            self._started.pop(job.pk, None)
         self._wake.set()
+        if self.max_memory_mb and memory_mb() > self.max_memory_mb:
+            logger.warning(
+                "The process uses %.0f MB, over --max-memory-per-child %d MB: "
+                "stopping after the running jobs",
+                memory_mb(),
+                self.max_memory_mb,
+            )
+            self.stop()
+
+    # Timeouts and lost jobs ------------------------------------------------
+
+    def _check_timeouts(self) -> float:
+        """End the process if a job ran past its timeout. Returns how long
+        the loop may wait before it must look again."""
+        wait = self.poll_interval
+        now = time.monotonic()
+        with self._lock:
+            started = [
+                (job, *self._started[pk])
+                for pk, job in self._running.items()
+                if job.timeout and pk in self._started
+            ]
+        for job, began, thread_id in started:
+            left = began + job.timeout - now
+            if left <= 0:
+                self._time_out(job, thread_id)
+                return 0
+            wait = min(wait, left)
+        return wait
+
+    def _time_out(self, job: Job, thread_id: int) -> None:
+        logger.error(
+            "Job %s ran past its timeout of %g s: ending this process, the "
+            "job's other neighbours go back to READY",
+            job.pk,
+            job.timeout,
+        )
+        frame = sys._current_frames().get(thread_id)
+        where = "".join(traceback.format_stack(frame)) if frame else ""
+        error = JobTimeout(
+            f"The job ran past its timeout of {job.timeout:g} s and its process "
+            f"was ended.\nWhere the task was:\n{where}"
+        )
+        self._recycle()  # first: no job thread may record anything now
+        retry_until_done(
+            lambda: record_outcome(job, Outcome(error=error), worker_id=self.worker_id),
+            using=self.using,
+            what=f"recording the timeout of job {job.pk}",
+            give_up=threading.Event(),
+        )
+
+    def _on_row_lost(self) -> WorkerProcess | None:
+        """The heartbeat found this worker's row gone (judged dead). If its
+        jobs were rescued, end the process so they do not run twice;
+        otherwise (the row was deleted by hand) register again."""
+        with self._lock:
+            running = list(self._running)
+        held = (
+            Job.objects.using(self.using)
+            .running()
+            .filter(pk__in=running, worker_id=self.worker_id)
+        )
+        if held.count() == len(running):
+            return self._register()
+        logger.error(
+            "Worker %s was judged dead and its jobs were rescued: ending this "
+            "process so they do not run twice",
+            self.worker_id,
+        )
+        self._recycle()
+        return None
 
     def _wait_for_running_jobs(self) -> None:
         deadline = time.monotonic() + self.shutdown_timeout
-        while True:
+        while not self._forced.is_set():
             with self._lock:
                 if not self._running:
                     return
@@ -338,8 +405,8 @@ class Worker:
         self._shutting_down = True
         if self._listener is not None:
             self._listener.stop()
-        if self._scheduler is not None:
-            self._scheduler.stop()
+        if self._maintenance is not None:
+            self._maintenance.stop()
         if self._executor is not None:
             self._executor.stop()
         if self._heartbeat is not None:
@@ -396,4 +463,25 @@ class Worker:
                 if self.runs_scheduler
                 else "off"
             ),
+            "maintenance": (
+                f"rescue every {bgtasks_settings.HEARTBEAT_INTERVAL:g} s "
+                f"(workers silent {bgtasks_settings.WORKER_TIMEOUT:g} s are dead), "
+                f"prune every {bgtasks_settings.PRUNE_INTERVAL:g} s"
+                if self.runs_maintenance
+                else "off"
+            ),
         }
+
+
+def memory_mb() -> float:
+    """The resident memory of this process, in MB (Linux: current; else the
+    peak)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            pages = int(statm.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 2**10

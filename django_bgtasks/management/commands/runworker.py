@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+from argparse import SUPPRESS
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -14,7 +16,8 @@ from django_bgtasks.backend import DatabaseBackend
 from django_bgtasks.compat import task_backends
 from django_bgtasks.exceptions import WorkerIdInUse
 from django_bgtasks.schedule_sync import InvalidSchedule
-from django_bgtasks.worker import Worker
+from django_bgtasks.worker import Worker, WorkerExit
+from django_bgtasks.worker.supervisor import Supervisor
 
 LOG_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
 
@@ -99,22 +102,62 @@ class Command(BaseCommand):
             help="Do not fire due schedules from this worker.",
         )
         parser.add_argument(
+            "--no-maintenance",
+            action="store_false",
+            dest="maintenance",
+            help="Do not rescue the jobs of dead workers or prune old jobs from "
+            "this worker.",
+        )
+        parser.add_argument(
             "--shutdown-timeout",
             type=seconds,
             default=30.0,
             help="Seconds running jobs get to finish after SIGTERM/SIGINT "
             "before they are put back to READY (default: 30).",
         )
+        parser.add_argument(
+            "--processes",
+            type=positive_int,
+            default=None,
+            help="Run this many worker processes, each with --concurrency "
+            "threads, under a supervisor that restarts them.",
+        )
+        parser.add_argument(
+            "--max-jobs-per-child",
+            type=positive_int,
+            default=None,
+            help="Replace a worker process after it has run this many jobs "
+            "(implies --processes).",
+        )
+        parser.add_argument(
+            "--max-memory-per-child",
+            type=positive_int,
+            default=None,
+            metavar="MB",
+            help="Replace a worker process, after its running jobs, once it "
+            "uses more than this many MB (implies --processes).",
+        )
+        # How a supervisor starts its children; not for people.
+        parser.add_argument("--supervised", action="store_true", help=SUPPRESS)
+        parser.add_argument("--max-memory", type=positive_int, help=SUPPRESS)
 
     def handle(self, *args, **options):
         self._configure_logging(options["verbosity"])
-        queues = options["queues"]
-        self._check_queues(queues)
+        self._check_queues(options["queues"])
         worker_id = options["worker_id"]
-        if worker_id is not None and not 0 < len(worker_id) <= 100:
-            raise CommandError("--worker-id must be 1 to 100 characters.")
+        if worker_id is not None and not 0 < len(worker_id) <= 95:
+            raise CommandError("--worker-id must be 1 to 95 characters.")
+        per_child = options["max_jobs_per_child"] or options["max_memory_per_child"]
+        if options["processes"] or per_child:
+            if options["max_jobs"]:
+                raise CommandError(
+                    "--max-jobs counts the jobs of one process: with --processes, "
+                    "use --max-jobs-per-child."
+                )
+            self._supervise(options)
+            return
         worker = Worker(
-            queues=queues,
+            queues=options["queues"],
             concurrency=options["concurrency"],
             burst=options["burst"],
             max_jobs=options["max_jobs"],
@@ -122,18 +165,96 @@ class Command(BaseCommand):
             worker_id=worker_id,
             shutdown_timeout=options["shutdown_timeout"],
             scheduler=options["scheduler"],
+            maintenance=options["maintenance"],
+            max_memory_mb=options["max_memory"],
         )
         if options["verbosity"]:
-            self._print_banner(worker)
-        restore_signal_handlers = worker.install_signal_handlers()
+            self._print_banner(
+                f"django-bgtasks {__version__} worker", worker.describe()
+            )
+        if options["supervised"]:
+            # Stop requests come from the supervisor; the terminal's Ctrl-C
+            # reaches the supervisor, which passes it on.
+            restore = worker.install_signal_handlers()
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            worker.stop_requests.watch_supervisor(sys.stdin)
+        else:
+            restore = worker.install_signal_handlers()
         try:
-            finished_cleanly = worker.run()
+            ended = worker.run()
         except (WorkerIdInUse, InvalidSchedule) as exc:
             raise CommandError(str(exc)) from None
         finally:
-            restore_signal_handlers()
-        if not finished_cleanly:
-            sys.exit(1)
+            restore()
+        self._end(ended, supervised=options["supervised"])
+
+    def _end(self, ended: WorkerExit, *, supervised: bool) -> None:
+        if ended == WorkerExit.RECYCLE:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            if supervised:
+                # At once: a job past its timeout may still be running on a
+                # thread that would keep a normal exit waiting.
+                os._exit(int(ended))
+            logging.getLogger("django_bgtasks.worker").warning(
+                "Starting a fresh worker process in place of this one"
+            )
+            os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+        if ended != WorkerExit.STOPPED:
+            sys.exit(int(ended))
+
+    def _supervise(self, options) -> None:
+        processes = options["processes"] or 1
+        command = [sys.executable, sys.argv[0], "runworker", "--supervised"]
+        command += ["--concurrency", str(options["concurrency"])]
+        command += ["--verbosity", str(options["verbosity"])]
+        command += ["--shutdown-timeout", str(options["shutdown_timeout"])]
+        if options["queues"]:
+            command += ["--queues", ",".join(options["queues"])]
+        if options["poll_interval"] is not None:
+            command += ["--poll-interval", str(options["poll_interval"])]
+        if options["burst"]:
+            command.append("--burst")
+        if options["max_jobs_per_child"]:
+            command += ["--max-jobs", str(options["max_jobs_per_child"])]
+        if options["max_memory_per_child"]:
+            command += ["--max-memory", str(options["max_memory_per_child"])]
+
+        def child(number: int) -> list[str]:
+            line = list(command)
+            if options["worker_id"]:
+                line += ["--worker-id", f"{options['worker_id']}-{number}"]
+            # One scheduler and one housekeeper per supervisor is plenty.
+            if number > 1 or not options["scheduler"]:
+                line.append("--no-scheduler")
+            if number > 1 or not options["maintenance"]:
+                line.append("--no-maintenance")
+            return line
+
+        if options["verbosity"]:
+            self._print_banner(
+                f"django-bgtasks {__version__} supervisor (pid {os.getpid()})",
+                {
+                    "processes": f"{processes} x {options['concurrency']} thread(s)",
+                    "recycling": ", ".join(
+                        text
+                        for text in (
+                            options["max_jobs_per_child"]
+                            and f"after {options['max_jobs_per_child']} jobs",
+                            options["max_memory_per_child"]
+                            and f"over {options['max_memory_per_child']} MB",
+                        )
+                        if text
+                    )
+                    or "off",
+                },
+            )
+        supervisor = Supervisor(
+            processes=processes, command=child, restart=not options["burst"]
+        )
+        code = supervisor.run()
+        if code:
+            sys.exit(code)
 
     def _check_queues(self, queues: list[str] | None) -> None:
         """Refuse to start without a DatabaseBackend, or with queues none of
@@ -165,8 +286,8 @@ class Command(BaseCommand):
             logger.addHandler(handler)
             logger.propagate = False
 
-    def _print_banner(self, worker: Worker) -> None:
-        self.stdout.write(self.style.SUCCESS(f"django-bgtasks {__version__} worker"))
-        for name, value in worker.describe().items():
+    def _print_banner(self, title: str, lines: dict[str, str]) -> None:
+        self.stdout.write(self.style.SUCCESS(title))
+        for name, value in lines.items():
             self.stdout.write(f"  {name + ':':<13}{value}")
         self.stdout.flush()

@@ -1,0 +1,80 @@
+"""Deleting finished jobs once they are old enough.
+
+``BGTASKS["PRUNE_AFTER"]`` gives, per final status, how long a finished job
+is kept (a timedelta or a number of days; None keeps it forever). The
+maintenance thread of every worker prunes every few minutes, and ``manage.py
+prune_jobs`` does it by hand. Jobs go in small batches, each its own short
+transaction, so pruning never holds many locks or blocks the queue.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta
+
+from django.db import router
+from django.utils import timezone
+
+from .conf import bgtasks_settings
+from .models import FINISHED_STATUSES, Job
+
+BATCH_SIZE = 1000
+PAUSE_BETWEEN_BATCHES = 0.05  # seconds: let the queue's own writes through
+
+
+def retention() -> dict[str, timedelta | None]:
+    """How long each final status is kept, from the setting."""
+    setting = bgtasks_settings.PRUNE_AFTER
+    kept = {}
+    for status in FINISHED_STATUSES:
+        value = setting.get(status.value)
+        if value is None or isinstance(value, timedelta):
+            kept[status.value] = value
+        else:
+            kept[status.value] = timedelta(days=value)
+    return kept
+
+
+def prunable(status: str, now: datetime, using: str):
+    """The jobs of ``status`` old enough to prune (none if kept forever)."""
+    age = retention()[status]
+    jobs = Job.objects.using(using).filter(status=status)
+    if age is None:
+        return jobs.none()
+    return jobs.filter(finished_at__lt=now - age)
+
+
+def prune_finished_jobs(
+    *,
+    using: str | None = None,
+    now: datetime | None = None,
+    batch_size: int = BATCH_SIZE,
+    max_batches: int | None = None,
+) -> dict[str, int]:
+    """Delete finished jobs past their retention; return how many per status.
+
+    ``max_batches`` bounds the work of one call (the maintenance thread's
+    pass); None deletes all there is.
+    """
+    using = using or router.db_for_write(Job)
+    now = now or timezone.now()
+    deleted = {status.value: 0 for status in FINISHED_STATUSES}
+    batches = 0
+    for status in deleted:
+        jobs = prunable(status, now, using)
+        while max_batches is None or batches < max_batches:
+            ids = list(
+                jobs.order_by("finished_at").values_list("pk", flat=True)[:batch_size]
+            )
+            if not ids:
+                break
+            # The status again: a job retried meanwhile is no longer finished.
+            count, _ = (
+                Job.objects.using(using).filter(pk__in=ids, status=status).delete()
+            )
+            deleted[status] += count
+            batches += 1
+            if len(ids) < batch_size:
+                break
+            time.sleep(PAUSE_BETWEEN_BATCHES)
+    return deleted

@@ -1,0 +1,98 @@
+"""Rescuing the jobs of dead workers.
+
+A worker whose heartbeat is older than ``BGTASKS["WORKER_TIMEOUT"]`` is dead:
+every worker's maintenance thread looks for such rows and, in one transaction
+per dead worker (its row locked with ``SKIP LOCKED``, so several rescuers
+never work on one worker), puts its RUNNING jobs back to READY (the attempt
+counts; FAILED with a WorkerLost error when no attempt remains) and removes
+its row. RUNNING jobs whose worker row is gone altogether are rescued the
+same way once they are older than the timeout.
+
+A worker that was only slow and comes back finds its row gone: it cannot
+finish a rescued job (a finish is conditional on still holding the job), and
+it ends its process so the job does not go on running beside its new run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.db import router, transaction
+from django.utils import timezone
+
+from .conf import bgtasks_settings
+from .exceptions import WorkerLost
+from .locking import lock_for_writing
+from .models import Job, WorkerProcess, error_entry
+
+logger = logging.getLogger("django_bgtasks.rescue")
+
+WORKERS_PER_PASS = 50
+
+
+@dataclass
+class Rescue:
+    workers: list[str] = field(default_factory=list)
+    jobs: int = 0
+
+
+def rescue_dead_workers(
+    *, using: str | None = None, now: datetime | None = None
+) -> Rescue:
+    """Rescue the jobs of every dead worker; remove the dead workers' rows."""
+    using = using or router.db_for_write(WorkerProcess)
+    now = now or timezone.now()
+    rescue = Rescue()
+    dead = WorkerProcess.objects.using(using).dead(now)
+    for worker_id in list(dead.values_list("pk", flat=True)[:WORKERS_PER_PASS]):
+        with transaction.atomic(using=using):
+            lock_for_writing(WorkerProcess, using)
+            # Locked, and dead still: another rescuer may have got there
+            # first, or the worker may have beaten meanwhile.
+            worker = (
+                dead.filter(pk=worker_id).select_for_update(skip_locked=True).first()
+            )
+            if worker is None:
+                continue
+            rescue.jobs += worker.rescue_jobs(
+                WorkerLost(
+                    f"Worker {worker.pk} (pid {worker.pid} on {worker.hostname}) "
+                    f"stopped heartbeating at "
+                    f"{worker.last_heartbeat_at:%Y-%m-%d %H:%M:%S} while running "
+                    f"the job."
+                )
+            )
+            worker.delete()
+            rescue.workers.append(worker.pk)
+    rescue.jobs += _rescue_orphans(using, now)
+    if rescue.workers or rescue.jobs:
+        logger.warning(
+            "Rescued %d job(s) of %d dead worker(s): %s",
+            rescue.jobs,
+            len(rescue.workers),
+            ", ".join(rescue.workers) or "-",
+        )
+    return rescue
+
+
+def _rescue_orphans(using: str, now: datetime) -> int:
+    """RUNNING jobs whose worker has no row at all (deleted by hand)."""
+    cutoff = now - timedelta(seconds=bgtasks_settings.WORKER_TIMEOUT)
+    orphans = (
+        Job.objects.using(using)
+        .running()
+        .filter(last_attempted_at__lt=cutoff)
+        .exclude(worker_id__in=WorkerProcess.objects.using(using).values("pk"))
+    )
+    rescued = 0
+    for job in orphans[:1000]:
+        error = error_entry(
+            WorkerLost(f"Worker {job.worker_id} is gone; the job was left RUNNING."),
+            attempt=job.attempts,
+            worker_id=job.worker_id,
+            at=now,
+        )
+        rescued += job.mark_lost(error, now=now)
+    return rescued

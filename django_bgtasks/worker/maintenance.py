@@ -1,0 +1,94 @@
+"""A worker's periodic duties, on one thread: fire due schedules, rescue the
+jobs of dead workers, prune old finished jobs. Each duty runs at its own
+interval; an error in one is logged and never stops the others."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django.db import connections
+
+from ..conf import bgtasks_settings
+from ..prune import prune_finished_jobs
+from ..rescue import rescue_dead_workers
+from ..scheduler import fire_due_schedules
+from .db import CONNECTION_ERRORS, discard_connection
+
+logger = logging.getLogger("django_bgtasks.worker")
+
+# One pruning pass deletes at most this many batches; the next pass goes on.
+PRUNE_BATCHES_PER_PASS = 20
+
+
+@dataclass
+class Duty:
+    name: str
+    interval: float
+    run: Callable[[], None]
+    due_at: float = 0.0
+
+
+class Maintenance(threading.Thread):
+    def __init__(self, *, using: str, scheduler: bool, housekeeping: bool):
+        super().__init__(name="bgtasks-maintenance", daemon=True)
+        self.using = using
+        self.duties: list[Duty] = []
+        if scheduler:
+            self.duties.append(
+                Duty("scheduler", bgtasks_settings.SCHEDULER_INTERVAL, self._schedule)
+            )
+        if housekeeping:
+            self.duties.append(
+                Duty("rescue", bgtasks_settings.HEARTBEAT_INTERVAL, self._rescue)
+            )
+            self.duties.append(
+                Duty("prune", bgtasks_settings.PRUNE_INTERVAL, self._prune)
+            )
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def run(self) -> None:
+        try:
+            while self.duties and not self._stop_event.is_set():
+                now = time.monotonic()
+                for duty in self.duties:
+                    if duty.due_at <= now:
+                        self._perform(duty)
+                        duty.due_at = time.monotonic() + duty.interval
+                next_due = min(duty.due_at for duty in self.duties)
+                self._stop_event.wait(max(0.0, next_due - time.monotonic()))
+        finally:
+            connections.close_all()
+
+    def _perform(self, duty: Duty) -> None:
+        try:
+            duty.run()
+        except CONNECTION_ERRORS as exc:
+            logger.warning("%s pass failed (%s); retrying", duty.name.title(), exc)
+            discard_connection(self.using)
+        except Exception:
+            logger.exception("%s pass failed", duty.name.title())
+
+    def _schedule(self) -> None:
+        fired = fire_due_schedules(using=self.using)
+        if fired:
+            logger.info("Scheduler enqueued %d job(s)", fired)
+
+    def _rescue(self) -> None:
+        rescue_dead_workers(using=self.using)
+
+    def _prune(self) -> None:
+        deleted = prune_finished_jobs(
+            using=self.using, max_batches=PRUNE_BATCHES_PER_PASS
+        )
+        if any(deleted.values()):
+            logger.info(
+                "Pruned old jobs: %s",
+                ", ".join(f"{count} {status}" for status, count in deleted.items()),
+            )

@@ -1,0 +1,111 @@
+"""Requests to stop a worker: signals, and a supervisor's messages.
+
+The first request stops it gracefully, a second makes it exit at once. They
+arrive as SIGTERM/SIGINT, or, for a child of ``runworker --processes``, as
+lines on its standard input from the supervisor ("stop", "now"; the end of
+the stream, when the supervisor is gone, means "stop"). Children listen to
+their supervisor rather than to the terminal, so one Ctrl-C is one request.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable
+from typing import TextIO
+
+
+class ForcedExit(Exception):
+    """A second stop signal: leave without waiting for running jobs."""
+
+
+class StopRequests:
+    """Call ``on_request(source, count)`` for each stop request, from a
+    thread of its own (never from a signal handler).
+
+    ``may_interrupt()`` says whether a second signal may interrupt the main
+    thread (raise ForcedExit there), for instance to cut a blocking call short.
+    """
+
+    def __init__(self, on_request: Callable[[str, int], None], may_interrupt):
+        self.on_request = on_request
+        self.may_interrupt = may_interrupt
+        self.count = 0
+        self._lock = threading.Lock()
+        self._signals_seen = 0
+
+    def _request(self, source: str) -> None:
+        with self._lock:
+            self.count += 1
+            count = self.count
+        self.on_request(source, count)
+
+    # Signals -------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> Callable[[], None]:
+        """Handle SIGTERM/SIGINT; return a function that restores the previous
+        handlers. Call from the main thread."""
+        # A Python signal handler runs between two bytecodes of the main
+        # thread, which may hold a lock at that moment (an Event's, a
+        # stream's): the handler only counts, and may raise. The requests are
+        # made on a thread woken through the interpreter's wake-up fd.
+        read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+        previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        previous = {
+            signum: signal.signal(signum, self._on_signal)
+            for signum in (signal.SIGTERM, signal.SIGINT)
+        }
+        threading.Thread(
+            target=self._watch_signals,
+            args=(read_end,),
+            name="bgtasks-signals",
+            daemon=True,
+        ).start()
+
+        def restore():
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            signal.set_wakeup_fd(previous_fd)
+            os.close(write_end)  # ends the watching thread
+
+        return restore
+
+    def _on_signal(self, signum, frame) -> None:
+        self._signals_seen += 1
+        if self._signals_seen >= 3:
+            os._exit(1)
+        if self._signals_seen == 2 and self.may_interrupt():
+            raise ForcedExit(signal.Signals(signum).name)
+
+    def _watch_signals(self, read_end: int) -> None:
+        try:
+            while data := os.read(read_end, 64):
+                for signum in data:
+                    if signum in (signal.SIGTERM, signal.SIGINT):
+                        self._request(signal.Signals(signum).name)
+        finally:
+            os.close(read_end)
+
+    # A supervisor's messages ----------------------------------------------------
+
+    def watch_supervisor(self, stream: TextIO) -> None:
+        """Read the supervisor's messages from ``stream`` on a thread."""
+        threading.Thread(
+            target=self._read_supervisor,
+            args=(stream,),
+            name="bgtasks-supervisor",
+            daemon=True,
+        ).start()
+
+    def _read_supervisor(self, stream: TextIO) -> None:
+        for line in stream:
+            message = line.strip()
+            if message == "stop" and self.count == 0:
+                self._request("the supervisor")
+            elif message == "now":
+                while self.count < 2:
+                    self._request("the supervisor")
+        if self.count == 0:  # the supervisor is gone: do not run on alone
+            self._request("the supervisor's exit")

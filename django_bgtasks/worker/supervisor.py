@@ -1,0 +1,144 @@
+"""``runworker --processes N``: a supervisor running N worker processes.
+
+Each child is an ordinary ``runworker`` (its own row, heartbeat and threads)
+started with ``--supervised``: it takes its stop requests from the
+supervisor, through its standard input, not from the terminal, so one Ctrl-C
+is one request. The supervisor restarts a child that ends while it runs: at
+once after a planned exit (``--max-jobs-per-child``,
+``--max-memory-per-child``, a job past its timeout), after a growing pause
+(1 s doubling to 30 s) after a crash. On SIGTERM/SIGINT it asks every child
+to stop, waits for them and exits 0; a second signal makes the children exit
+at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .runner import WorkerExit
+from .stopping import StopRequests
+
+logger = logging.getLogger("django_bgtasks.supervisor")
+
+MAX_RESTART_DELAY = 30.0
+# A child that ran this long before crashing starts its back-off afresh.
+STABLE_AFTER = 60.0
+PLANNED_EXITS = {
+    WorkerExit.STOPPED: "stopped (max jobs or memory reached)",
+    WorkerExit.RECYCLE: "ended itself (a job timed out, or it was judged dead)",
+}
+
+
+@dataclass
+class Slot:
+    number: int
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    crashes: int = 0
+    restart_at: float = 0.0
+    done: bool = False
+
+
+class Supervisor:
+    """Keep ``processes`` children running; ``command(number)`` is the
+    command line of child ``number`` (1-based). ``restart`` False (burst
+    mode) lets children that finish stay finished."""
+
+    def __init__(
+        self, *, processes: int, command: Callable[[int], list[str]], restart=True
+    ):
+        self.slots = [Slot(number) for number in range(1, processes + 1)]
+        self.command = command
+        self.restart = restart
+        self.stop_requests = StopRequests(self._on_stop_request, lambda: False)
+        self._stopping = False
+        self._forced = False
+        self._wake = threading.Event()
+
+    def run(self) -> int:
+        restore = self.stop_requests.install_signal_handlers()
+        try:
+            for slot in self.slots:
+                self._start(slot)
+            while not all(slot.done for slot in self.slots):
+                for slot in self.slots:
+                    self._tend(slot)
+                self._wake.wait(0.2)
+                self._wake.clear()
+        finally:
+            restore()
+        return int(WorkerExit.FORCED if self._forced else WorkerExit.STOPPED)
+
+    def _on_stop_request(self, source: str, count: int) -> None:
+        if count == 1:
+            logger.warning("%s received: stopping the worker processes", source)
+            self._stopping = True
+            self._tell_children("stop")
+        else:
+            logger.warning(
+                "%s received again: the worker processes exit at once", source
+            )
+            self._forced = True
+            self._tell_children("now")
+        self._wake.set()
+
+    def _tell_children(self, message: str) -> None:
+        for slot in self.slots:
+            if slot.process is not None and slot.process.poll() is None:
+                try:
+                    slot.process.stdin.write(message + "\n")
+                    slot.process.stdin.flush()
+                except (BrokenPipeError, OSError):
+                    pass  # it has just ended
+
+    def _start(self, slot: Slot) -> None:
+        slot.process = subprocess.Popen(
+            self.command(slot.number), stdin=subprocess.PIPE, text=True
+        )
+        slot.started_at = time.monotonic()
+        logger.info("Worker process %d started (pid %d)", slot.number, slot.process.pid)
+        if self._stopping:  # a stop came while it started
+            self._tell_children("now" if self._forced else "stop")
+
+    def _tend(self, slot: Slot) -> None:
+        if slot.done:
+            return
+        if slot.process is None:  # waiting to restart after a crash
+            if self._stopping:
+                slot.done = True
+            elif time.monotonic() >= slot.restart_at:
+                self._start(slot)
+            return
+        code = slot.process.poll()
+        if code is None:
+            return
+        slot.process.stdin.close()
+        slot.process = None
+        if self._stopping or (not self.restart and code == WorkerExit.STOPPED):
+            slot.done = True
+            return
+        if code in PLANNED_EXITS:
+            logger.info(
+                "Worker process %d %s; starting a new one",
+                slot.number,
+                PLANNED_EXITS[code],
+            )
+            slot.crashes = 0
+            self._start(slot)
+            return
+        lived = time.monotonic() - slot.started_at
+        slot.crashes = 1 if lived > STABLE_AFTER else slot.crashes + 1
+        delay = min(MAX_RESTART_DELAY, 2.0 ** (slot.crashes - 1))
+        reason = f"signal {-code}" if code < 0 else f"exit status {code}"
+        logger.error(
+            "Worker process %d died (%s); restarting it in %.0f s",
+            slot.number,
+            reason,
+            delay,
+        )
+        slot.restart_at = time.monotonic() + delay
