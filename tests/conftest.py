@@ -68,7 +68,9 @@ class WorkerProcesses:
             "PYTHONUNBUFFERED": "1",
         }
 
-    def start(self, *args: str, env: dict | None = None) -> subprocess.Popen:
+    def start(
+        self, *args: str, env: dict | None = None, new_session: bool = False
+    ) -> subprocess.Popen:
         log = self.tmp_path / f"worker-{len(self.processes) + 1}.log"
         with log.open("wb") as output:
             process = subprocess.Popen(
@@ -77,6 +79,7 @@ class WorkerProcesses:
                 env={**self.env, **(env or {})},
                 stdout=output,
                 stderr=subprocess.STDOUT,
+                start_new_session=new_session,
             )
         self.processes.append((process, log))
         return process

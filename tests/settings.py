@@ -18,7 +18,8 @@ BGTASKS = {
     # Worker subprocesses of the schedule tests get their schedules this way.
     "SCHEDULES": env.json("BGTASKS_TEST_SCHEDULES", default={}),
     "POLL_INTERVAL": 0.2,
-    "HEARTBEAT_INTERVAL": 1.0,
+    "HEARTBEAT_INTERVAL": env.float("BGTASKS_HEARTBEAT_INTERVAL", default=1.0),
+    "WORKER_TIMEOUT": env.float("BGTASKS_WORKER_TIMEOUT", default=30.0),
     "BACKOFF": {"initial": 0.0, "factor": 1.0, "maximum": 0.0, "jitter": 0.0},
 }
 

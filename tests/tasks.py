@@ -127,3 +127,26 @@ def reports_progress(steps):
         report_progress(step, steps, f"step {step}") for step in range(1, steps + 1)
     ]
     return all(reported)
+
+
+@bg_task(max_attempts=2, timeout=0.5)
+def overruns(seconds=30.0):
+    """Sleeps past its half-second timeout."""
+    time.sleep(seconds)
+    return "finished"
+
+
+@bg_task(max_attempts=10, takes_context=True)
+def chaos(context, label, pause=0.0):
+    """Record the run, maybe pause: the chaos test kills workers meanwhile."""
+    result = context.task_result
+    Execution.objects.create(
+        job_id=int(result.id),
+        label=label,
+        attempt=context.attempt,
+        worker_id=result.worker_ids[-1],
+        pid=os.getpid(),
+    )
+    if pause:
+        time.sleep(pause)
+    return label

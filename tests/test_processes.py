@@ -1,0 +1,273 @@
+"""Real worker processes under a supervisor, killed, timed out, restarted."""
+
+import os
+import random
+import signal
+import subprocess
+import time
+
+import pytest
+from django.db import connection, transaction
+from django.db.models import Count
+
+from django_bgtasks.models import Job, JobStatus, WorkerProcess
+from tests import tasks
+from tests.conftest import requires_postgresql, requires_server_database, wait_until
+from tests.models import Execution
+
+# Heartbeats every 0.5 s, dead after 2 s: recovery in seconds.
+FAST_RESCUE = {"BGTASKS_HEARTBEAT_INTERVAL": "0.5", "BGTASKS_WORKER_TIMEOUT": "2"}
+
+
+def worker_rows():
+    return list(WorkerProcess.objects.order_by("pk"))
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_supervisor_restarts_a_killed_child_and_stops_cleanly(workers):
+    supervisor = workers.start(
+        "--processes", "2", "--concurrency", "1", env=FAST_RESCUE
+    )
+    first = wait_until(
+        lambda: len(worker_rows()) == 2 and worker_rows(),
+        timeout=60,
+        message="two worker processes",
+    )
+    victim = first[0]
+    os.kill(victim.pid, signal.SIGKILL)
+    # A new child takes its place; the dead one's row is rescued away.
+    wait_until(
+        lambda: (
+            len(rows := worker_rows()) == 2 and victim.pk not in [r.pk for r in rows]
+        ),
+        timeout=30,
+        message="the killed child replaced and its row rescued",
+    )
+    pids = [row.pid for row in worker_rows()]
+
+    supervisor.send_signal(signal.SIGTERM)
+    assert workers.wait(supervisor, timeout=30) == 0, workers.output(supervisor)
+    assert not WorkerProcess.objects.exists()
+    assert not any(pid_alive(pid) for pid in pids)
+    output = workers.output(supervisor)
+    assert "Worker process 1 died (signal 9)" in output or (
+        "Worker process 2 died (signal 9)" in output
+    )
+
+
+def test_one_ctrl_c_drains_the_children(workers, tmp_path):
+    gate = tmp_path / "gate"
+    result = tasks.wait_for_file.enqueue(str(gate))
+    supervisor = workers.start(
+        "--processes", "2", "--concurrency", "1", new_session=True
+    )
+    wait_until(
+        lambda: f"Job {result.id} started" in workers.output(supervisor),
+        timeout=60,
+        message="the job started",
+    )
+    # As a terminal's Ctrl-C does: SIGINT to the whole process group.
+    os.killpg(supervisor.pid, signal.SIGINT)
+    wait_until(
+        lambda: "finishing 1 running job(s)" in workers.output(supervisor),
+        message="the child draining",
+    )
+    gate.touch()
+    assert workers.wait(supervisor, timeout=30) == 0, workers.output(supervisor)
+    result.refresh()
+    assert result.status == "SUCCESSFUL"
+    assert "exiting at once" not in workers.output(supervisor)
+
+
+def test_max_jobs_per_child_recycles_children(workers):
+    with transaction.atomic():
+        for number in range(12):
+            tasks.record.enqueue(label=str(number))
+    supervisor = workers.start(
+        "--processes",
+        "1",
+        "--concurrency",
+        "1",
+        "--max-jobs-per-child",
+        "5",
+        "--poll-interval",
+        "0.05",
+    )
+    wait_until(
+        lambda: Execution.objects.count() == 12, timeout=90, message="all jobs run"
+    )
+    supervisor.send_signal(signal.SIGTERM)
+    assert workers.wait(supervisor, timeout=30) == 0
+    per_process = Execution.objects.values("pid").annotate(n=Count("id"))
+    assert sorted(row["n"] for row in per_process) == [2, 5, 5]
+    assert "stopped (max jobs or memory reached); starting a new one" in (
+        workers.output(supervisor)
+    )
+
+
+def test_a_timed_out_job_is_stopped_and_its_process_replaced(workers, tmp_path):
+    overrun = tasks.overruns.using(max_attempts=1).enqueue(120.0)
+    gate = tmp_path / "gate"
+    neighbour = tasks.wait_for_file.enqueue(str(gate))
+    supervisor = workers.start("--processes", "1", "--concurrency", "2")
+    wait_until(
+        lambda: Job.objects.get(pk=overrun.id).status == JobStatus.FAILED,
+        timeout=60,
+        message="the timeout recorded",
+    )
+    overrun.refresh()
+    assert overrun.errors[0].exception_class_path.endswith("JobTimeout")
+    # Its neighbour went back and runs again in the new process.
+    wait_until(
+        lambda: "ended itself" in workers.output(supervisor),
+        message="the child replaced",
+    )
+    gate.touch()
+    wait_until(
+        lambda: Job.objects.get(pk=neighbour.id).status == JobStatus.SUCCESSFUL,
+        timeout=60,
+        message="the neighbour finished in a new process",
+    )
+    neighbour.refresh()
+    assert neighbour.errors[0].exception_class_path.endswith("JobInterrupted")
+    assert neighbour.attempts == 2
+    supervisor.send_signal(signal.SIGTERM)
+    assert workers.wait(supervisor, timeout=30) == 0
+
+
+def test_a_standalone_worker_replaces_itself_after_a_timeout(workers):
+    result = tasks.overruns.enqueue(120.0)  # two attempts, both time out
+    process = workers.start("--concurrency", "1")
+    wait_until(
+        lambda: Job.objects.get(pk=result.id).status == JobStatus.FAILED,
+        timeout=60,
+        message="both attempts timed out",
+    )
+    result.refresh()
+    assert [e.exception_class_path.rsplit(".", 1)[-1] for e in result.errors] == [
+        "JobTimeout",
+        "JobTimeout",
+    ]
+    assert len(set(result.worker_ids)) == 2  # a fresh worker each time
+    assert process.poll() is None  # same process id, new program
+    wait_until(
+        lambda: WorkerProcess.objects.filter(pid=process.pid).exists(),
+        message="the fresh worker registered",
+    )
+    process.send_signal(signal.SIGTERM)
+    assert workers.wait(process) == 0
+
+
+@requires_server_database
+@pytest.mark.slow
+def test_chaos(workers):
+    """Two supervisors with two children each drain 5,000 jobs while a random
+    child is SIGKILLed about every second; nothing is lost, nothing runs
+    twice at once, and recovery after the last kill takes seconds."""
+    with transaction.atomic():
+        for number in range(5000):
+            pause = 0.05 if number % 10 == 0 else 0.0
+            tasks.chaos.enqueue(str(number), pause)
+    supervisors = [
+        workers.start("--processes", "2", "--concurrency", "4",
+                      "--poll-interval", "0.1", env=FAST_RESCUE)
+        for _ in range(2)
+    ]  # fmt: skip
+    wait_until(
+        lambda: WorkerProcess.objects.count() >= 4,
+        timeout=60,
+        message="four worker processes",
+    )
+    rng = random.Random(7)
+    kills = 0
+    victim = None
+    while kills < 8 and Job.objects.exclude(status=JobStatus.SUCCESSFUL).exists():
+        alive = [row for row in worker_rows() if pid_alive(row.pid)]
+        if alive:
+            victim = rng.choice(alive)
+            os.kill(victim.pid, signal.SIGKILL)
+            kills += 1
+            last_kill = time.monotonic()
+        time.sleep(1.0)  # the chaos's own rhythm: a kill about every second
+    # Recovery: the last victim judged dead and its jobs given back.
+    wait_until(
+        lambda: (
+            not WorkerProcess.objects.filter(pk=victim.pk).exists()
+            and not Job.objects.running().filter(worker_id=victim.pk).exists()
+        ),
+        timeout=60,
+        message="the last victim's jobs rescued",
+    )
+    recovery = time.monotonic() - last_kill
+    wait_until(
+        lambda: not Job.objects.exclude(status=JobStatus.SUCCESSFUL).exists(),
+        timeout=120,
+        message="every job SUCCESSFUL",
+    )
+    drained = time.monotonic() - last_kill
+    for supervisor in supervisors:
+        supervisor.send_signal(signal.SIGTERM)
+    for supervisor in supervisors:
+        assert workers.wait(supervisor, timeout=60) == 0
+
+    assert kills >= 5
+    jobs = Job.objects.all()
+    assert jobs.count() == 5000
+    assert not jobs.exclude(status=JobStatus.SUCCESSFUL).exists()
+    # Exactly one run recorded for each job's successful attempt; no run of
+    # an attempt the job never had.
+    final = {job.pk: job.attempts for job in jobs.only("pk", "attempts")}
+    runs = list(Execution.objects.values_list("job_id", "attempt"))
+    assert len(runs) == len(set(runs))
+    assert set(final.items()) <= set(runs)
+    assert all(attempt <= final[pk] for pk, attempt in runs)
+    rescued = sum(1 for attempts in final.values() if attempts > 1)
+    print(
+        f"chaos on {connection.vendor}: {kills} kills, {rescued} jobs rescued; "
+        f"the last victim's jobs back {recovery:.1f} s after its kill "
+        f"(WORKER_TIMEOUT 2 s), queue drained {drained:.1f} s after it"
+    )
+    assert rescued >= 1
+    assert recovery < 2 + 3  # WORKER_TIMEOUT + a heartbeat + margin
+
+
+@requires_postgresql
+@pytest.mark.skipif(
+    not os.environ.get("BGTASKS_TEST_RESTART_POSTGRES"),
+    reason="restarts the PostgreSQL server: set BGTASKS_TEST_RESTART_POSTGRES=1 "
+    "(CI does)",
+)
+def test_workers_survive_a_postgresql_restart(workers):
+    with transaction.atomic():
+        for number in range(1500):
+            tasks.chaos.enqueue(str(number), 0.01)
+    processes = [workers.start("--concurrency", "4") for _ in range(2)]
+    wait_until(
+        lambda: Execution.objects.count() > 200, timeout=60, message="work under way"
+    )
+    connection.close()
+    cluster = sorted(os.listdir("/etc/postgresql"))[-1]
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "restart"],
+        check=True,
+        timeout=120,
+    )
+    wait_until(
+        lambda: not Job.objects.exclude(status=JobStatus.SUCCESSFUL).exists(),
+        timeout=120,
+        message="every job SUCCESSFUL after the restart",
+    )
+    assert all(process.poll() is None for process in processes)
+    output = "".join(workers.output(process) for process in processes)
+    assert "retrying" in output  # they noticed, backed off and went on
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+        assert workers.wait(process) == 0
+    assert not Job.objects.running().exists()

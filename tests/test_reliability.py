@@ -1,0 +1,216 @@
+"""Rescue of dead workers' jobs, timeouts, pruning: in this process."""
+
+import threading
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+from django.test import override_settings
+from django.utils import timezone
+
+from django_bgtasks.compat import TaskResultStatus
+from django_bgtasks.models import Job, JobStatus, WorkerProcess
+from django_bgtasks.prune import prune_finished_jobs
+from django_bgtasks.rescue import rescue_dead_workers
+from django_bgtasks.worker import Worker, WorkerExit
+from tests import tasks
+from tests.conftest import wait_until
+from tests.test_admin_jobs import make_job
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def make_worker(worker_id, *, silent_for=timedelta(0)) -> WorkerProcess:
+    beat = timezone.now() - silent_for
+    return WorkerProcess.objects.create(
+        id=worker_id, hostname="host", pid=1, concurrency=2, version="x",
+        started_at=beat, last_heartbeat_at=beat,
+    )  # fmt: skip
+
+
+def held_by(worker_id, **fields) -> Job:
+    started = timezone.now() - timedelta(minutes=10)
+    return make_job(
+        JobStatus.RUNNING, worker_id=worker_id, worker_ids=[worker_id],
+        started_at=started, last_attempted_at=started, **{"attempts": 1, **fields},
+    )  # fmt: skip
+
+
+# Rescue -------------------------------------------------------------------
+
+
+def test_dead_workers_jobs_are_put_back_or_failed():
+    make_worker("dead", silent_for=timedelta(minutes=5))
+    make_worker("alive")
+    retry = held_by("dead", max_attempts=3)
+    spent = held_by("dead", attempts=3, max_attempts=3)
+    safe = held_by("alive")
+
+    rescue = rescue_dead_workers()
+
+    assert rescue.workers == ["dead"] and rescue.jobs == 2
+    retry.refresh_from_db()
+    spent.refresh_from_db()
+    safe.refresh_from_db()
+    assert retry.status == JobStatus.READY and retry.worker_id is None
+    assert retry.run_after <= timezone.now()
+    assert spent.status == JobStatus.FAILED and spent.finished_at is not None
+    for job in (retry, spent):
+        assert job.errors[-1]["exception_class_path"] == (
+            "django_bgtasks.exceptions.WorkerLost"
+        )
+        assert "stopped heartbeating" in job.errors[-1]["traceback"]
+    assert safe.status == JobStatus.RUNNING
+    assert list(WorkerProcess.objects.values_list("pk", flat=True)) == ["alive"]
+
+
+def test_orphaned_running_jobs_are_rescued():
+    orphan = held_by("deleted-by-hand")
+    assert rescue_dead_workers().jobs == 1
+    orphan.refresh_from_db()
+    assert orphan.status == JobStatus.READY
+
+
+def test_rescuers_at_the_same_time_rescue_each_job_once():
+    for number in range(6):
+        make_worker(f"dead-{number}", silent_for=timedelta(minutes=5))
+        for _ in range(5):
+            held_by(f"dead-{number}")
+    barrier = threading.Barrier(3)
+    results = []
+
+    def rescuer():
+        barrier.wait()
+        results.append(rescue_dead_workers())
+        connection.close()
+
+    threads = [threading.Thread(target=rescuer) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sum(result.jobs for result in results) == 30
+    assert sorted(w for result in results for w in result.workers) == sorted(
+        f"dead-{n}" for n in range(6)
+    )
+    assert {len(job.errors) for job in Job.objects.all()} == {1}
+    assert not Job.objects.running().exists()
+
+
+def test_a_slow_worker_judged_dead_ends_its_process(tmp_path):
+    gate = tmp_path / "gate"
+    result = tasks.wait_for_file.enqueue(str(gate))
+    worker = Worker(concurrency=1, worker_id="slow", maintenance=False)
+    ended = []
+    thread = threading.Thread(target=lambda: ended.append(worker.run()))
+    thread.start()
+    try:
+        wait_until(lambda: Job.objects.running().exists(), message="a running job")
+        # Another worker, five minutes on, finds this one silent.
+        rescue_dead_workers(now=timezone.now() + timedelta(minutes=5))
+        thread.join(timeout=20)  # the heartbeat (1 s) notices
+    finally:
+        gate.touch()
+    assert ended == [WorkerExit.RECYCLE]
+    result.refresh()
+    # The job is another worker's to run; this one recorded nothing.
+    assert result.status == TaskResultStatus.READY
+    assert [e.exception_class_path for e in result.errors] == [
+        "django_bgtasks.exceptions.WorkerLost"
+    ]
+
+
+# Timeouts -----------------------------------------------------------------
+
+
+def test_a_job_past_its_timeout_ends_the_process_and_its_neighbour_goes_back(
+    tmp_path,
+):
+    overrun = tasks.overruns.enqueue(3.0)
+    neighbour = tasks.wait_for_file.enqueue(str(tmp_path / "never"), timeout=5)
+    worker = Worker(concurrency=2, maintenance=False, scheduler=False)
+    assert worker.run() == WorkerExit.RECYCLE
+
+    overrun.refresh()
+    assert overrun.status == TaskResultStatus.READY  # attempts remain: retried
+    error = overrun.errors[0]
+    assert error.exception_class_path == "django_bgtasks.exceptions.JobTimeout"
+    assert "ran past its timeout of 0.5 s" in error.traceback
+    assert "time.sleep(seconds)" in error.traceback  # where it was stuck
+    neighbour.refresh()
+    assert neighbour.status == TaskResultStatus.READY
+    assert neighbour.errors[0].exception_class_path.endswith("JobInterrupted")
+    assert not WorkerProcess.objects.exists()
+
+
+def test_a_timeout_without_attempts_left_fails_the_job():
+    result = tasks.overruns.using(max_attempts=1).enqueue(3.0)
+    Worker(concurrency=1, maintenance=False, scheduler=False).run()
+    result.refresh()
+    assert result.status == TaskResultStatus.FAILED
+    assert result.errors[0].exception_class_path.endswith("JobTimeout")
+
+
+@pytest.mark.parametrize("timeout", [0, -1, "5", True, 10**9])
+def test_invalid_timeouts_are_refused(timeout):
+    from django_bgtasks.compat import InvalidTask
+
+    with pytest.raises(InvalidTask, match="timeout must be a number of seconds"):
+        tasks.add.using(timeout=timeout).enqueue(1, 1)
+    assert not Job.objects.exists()
+
+
+@override_settings(BGTASKS={"TIMEOUT": 42})
+def test_the_default_timeout_comes_from_settings():
+    tasks.add.enqueue(1, 1)
+    tasks.overruns.enqueue()
+    assert sorted(Job.objects.values_list("timeout", flat=True)) == [0.5, 42]
+
+
+# Pruning ------------------------------------------------------------------
+
+PRUNE = {"SUCCESSFUL": 7, "FAILED": timedelta(days=30), "CANCELLED": None}
+
+
+@override_settings(BGTASKS={"PRUNE_AFTER": PRUNE})
+def test_prune_deletes_old_finished_jobs_only():
+    now = timezone.now()
+    old = now - timedelta(days=8)
+    ancient = now - timedelta(days=31)
+    gone = [make_job(JobStatus.SUCCESSFUL, finished_at=old) for _ in range(5)]
+    gone.append(make_job(JobStatus.FAILED, finished_at=ancient))
+    kept = [
+        make_job(JobStatus.SUCCESSFUL, finished_at=now - timedelta(days=6)),
+        make_job(JobStatus.FAILED, finished_at=old),  # failed: kept 30 days
+        make_job(JobStatus.CANCELLED, finished_at=ancient),  # kept forever
+        make_job(JobStatus.READY, enqueued_at=ancient),
+        held_by("w", finished_at=ancient),
+    ]
+
+    deleted = prune_finished_jobs(batch_size=2)
+
+    assert deleted == {"SUCCESSFUL": 5, "FAILED": 1, "CANCELLED": 0}
+    assert sorted(Job.objects.values_list("pk", flat=True)) == [j.pk for j in kept]
+    assert not Job.objects.filter(pk__in=[j.pk for j in gone]).exists()
+
+
+@override_settings(BGTASKS={"PRUNE_AFTER": PRUNE})
+def test_prune_jobs_command(capsys):
+    make_job(JobStatus.SUCCESSFUL, finished_at=timezone.now() - timedelta(days=9))
+    call_command("prune_jobs", "--dry-run")
+    out = capsys.readouterr().out
+    assert "SUCCESSFUL: 1 job(s) finished more than 7 days, 0:00:00 ago" in out
+    assert "CANCELLED: kept forever" in out
+    assert Job.objects.count() == 1
+    call_command("prune_jobs")
+    assert "SUCCESSFUL: 1 job(s) deleted" in capsys.readouterr().out
+    assert not Job.objects.exists()
+
+
+@override_settings(BGTASKS={"HEARTBEAT_INTERVAL": 10, "WORKER_TIMEOUT": 15})
+def test_worker_timeout_must_leave_room_for_heartbeats():
+    from django.core import checks
+
+    errors = [m for m in checks.run_checks() if m.id == "bgtasks.E007"]
+    assert errors and "less than twice" in errors[0].msg
