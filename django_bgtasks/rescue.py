@@ -64,8 +64,8 @@ def rescue_dead_workers(
                     f"the job."
                 )
             )
-            worker.delete()
             rescue.workers.append(worker.pk)
+            worker.delete()
     rescue.jobs += _rescue_orphans(using, now)
     if rescue.workers or rescue.jobs:
         logger.warning(

@@ -212,6 +212,14 @@ class Executor:
         elapsed_ms = (time.monotonic() - started) * 1000
         close_old_connections()
         reset_queries()
+        if self.give_up.is_set():
+            # The worker is exiting and has given its jobs back (or is about
+            # to): this outcome belongs to no one now.
+            logger.warning(
+                "Job %s ended after its worker gave it back; outcome discarded",
+                job.pk,
+            )
+            return
 
         try:
             verdict = self._record(job, outcome)
