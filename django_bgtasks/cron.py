@@ -61,9 +61,9 @@ def normalize_cron(expression: str) -> str:
     if not croniter.is_valid(normalized):
         raise ValueError(f"{normalized!r} is not a valid cron expression.")
     try:
-        croniter(normalized, datetime(2000, 1, 1, tzinfo=UTC)).get_next(datetime)
+        croniter(normalized, datetime.now(UTC)).get_next(datetime)
     except (CroniterError, ValueError) as exc:
-        raise ValueError(f"{normalized!r} never matches a date: {exc}") from None
+        raise ValueError(f"{normalized!r} matches no date from now on: {exc}") from None
     return normalized
 
 
@@ -102,8 +102,9 @@ class CronTimes:
     def __init__(self, expression: str, tz: ZoneInfo):
         self.expression = normalize_cron(expression)
         self.tz = tz
-        spec = ALIASES.get(self.expression, self.expression)
-        self._fixed_hours = spec.split(" ")[1] != "*"
+        hours = croniter(ALIASES.get(self.expression, self.expression)).expanded[1]
+        # Every hour ("*", "*/1", "0-23"): real time through a repeated hour.
+        self._fixed_hours = hours != ["*"] and len(hours) < 24
 
     def next_after(self, moment: datetime) -> datetime:
         """The first planned time strictly after ``moment``."""

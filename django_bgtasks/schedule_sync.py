@@ -122,6 +122,7 @@ def build_schedule(name, spec) -> Schedule:
     schedule = Schedule(name=name, declared_in_code=True, **values)
     try:
         schedule.clean_fields(exclude=["name"])
+        _make_aware(schedule)
         schedule.clean()
     except ValidationError as exc:
         raise InvalidSchedule(
@@ -131,7 +132,22 @@ def build_schedule(name, spec) -> Schedule:
                 for key, messages in exc.message_dict.items()
             ],
         ) from None
+    try:
+        schedule.reschedule()
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidSchedule(name, [f"its times cannot be computed: {exc}"]) from None
     return schedule
+
+
+def _make_aware(schedule: Schedule) -> None:
+    """Read naive start and end times in the schedule's time zone."""
+    for key in ("start_at", "end_at"):
+        moment = getattr(schedule, key)
+        if moment is not None and timezone.is_naive(moment):
+            try:
+                setattr(schedule, key, timezone.make_aware(moment, schedule.zone))
+            except ValueError:
+                return  # an unknown zone: clean() says so
 
 
 def sync_schedules(*, using: str | None = None) -> SyncResult:
@@ -145,9 +161,12 @@ def sync_schedules(*, using: str | None = None) -> SyncResult:
         lock_for_writing(Schedule, using)
         existing = {
             schedule.name: schedule
-            for schedule in rows.select_for_update().filter(name__in=list(declared))
+            # In name order, so concurrent syncs lock rows in one order.
+            for schedule in rows.select_for_update()
+            .filter(name__in=list(declared))
+            .order_by("name")
         }
-        new = [declared[name] for name in declared if name not in existing]
+        new = [declared[name] for name in sorted(declared) if name not in existing]
         for schedule in new:
             schedule.reschedule(now=now)
         # Another process syncing at the same moment may insert the same
@@ -180,7 +199,10 @@ def _update(row: Schedule, declared: Schedule, now) -> bool:
         row.enabled = declared.enabled
         fields += ["declared_in_code", "enabled"]
     if readded or TIMING & set(changed):
-        row.reschedule(now=now)
+        row.reschedule(
+            now=now,
+            keep_phase=not readded and not {"interval", "start_at"} & set(changed),
+        )
         fields.append("next_run_at")
     row.save(update_fields=fields)
     return True

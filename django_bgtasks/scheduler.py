@@ -34,6 +34,7 @@ logger = logging.getLogger("django_bgtasks.scheduler")
 # Due schedules handled per transaction, and jobs one schedule may fire in
 # one pass: bounds on the work a pass does while holding its locks.
 SCHEDULES_PER_PASS = 100
+BATCHES_PER_PASS = 50
 JOBS_PER_SCHEDULE = 1000
 
 
@@ -41,9 +42,32 @@ def fire_due_schedules(*, using: str | None = None, now: datetime | None = None)
     """Write the jobs of every due schedule; return how many were written."""
     using = using or router.db_for_write(Schedule)
     now = now or timezone.now()
-    with transaction.atomic(using=using):
-        schedules = _lock_due(using, now)
-        return sum(fire_schedule(schedule, now=now) for schedule in schedules)
+    fired = 0
+    for _ in range(BATCHES_PER_PASS):
+        with transaction.atomic(using=using):
+            schedules = _lock_due(using, now)
+            fired += sum(_fire_apart(schedule, now) for schedule in schedules)
+        if len(schedules) < SCHEDULES_PER_PASS:
+            break
+    return fired
+
+
+def _fire_apart(schedule: Schedule, now: datetime) -> int:
+    """Fire one schedule in a savepoint of its own: whatever goes wrong with
+    it (a time zone gone from the system, an expression with no more times)
+    is recorded on it, and never stops the other schedules."""
+    try:
+        with transaction.atomic(using=schedule._state.db):
+            return fire_schedule(schedule, now=now)
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        logger.error(
+            "Schedule %r cannot be fired and is stopped: %s", schedule.name, error
+        )
+        Schedule.objects.using(schedule._state.db).filter(pk=schedule.pk).update(
+            next_run_at=None, last_error=error[:2000], updated_at=now
+        )
+        return 0
 
 
 def _lock_due(using: str, now: datetime) -> list[Schedule]:
@@ -67,8 +91,8 @@ def fire_schedule(schedule: Schedule, *, now: datetime) -> int:
     next_run_at = moment if moment is None or moment > now else times.next_after(now)
 
     to_fire = on_time
-    if planned < cutoff and not on_time:
-        missed = times.latest_at_or_before(cutoff)
+    missed = times.latest_at_or_before(cutoff) if planned < cutoff else None
+    if missed is not None and not on_time:
         logger.warning(
             "Schedule %r missed its runs from %s to %s: %s",
             schedule.name,

@@ -305,3 +305,33 @@ def test_workers_list_and_delete_rules(admin_client):
         == 302
     )
     assert list(WorkerProcess.objects.values_list("pk", flat=True)) == ["alive"]
+
+
+def test_odd_stored_values_never_break_the_pages(admin_client):
+    from django_bgtasks.models import Schedule
+
+    job = make_job(
+        JobStatus.FAILED,
+        worker_ids=[1, 2],
+        progress={"message": "no numbers", "current": None},
+    )
+    page = admin_client.get(reverse("admin:django_bgtasks_job_change", args=[job.pk]))
+    assert page.status_code == 200 and "1, 2" in page.content.decode()
+    schedule = Schedule.objects.create(
+        name="odd", task_path="tests.tasks.add", cron="0 * * * *", timezone="UTC",
+        next_run_at=timezone.now(),
+    )  # fmt: skip
+    Schedule.objects.filter(pk=schedule.pk).update(timezone="Mars/Olympus")
+    changelist = reverse("admin:django_bgtasks_schedule_changelist")
+    assert admin_client.get(changelist).status_code == 200
+    change = reverse("admin:django_bgtasks_schedule_change", args=[schedule.pk])
+    assert admin_client.get(change).status_code == 200
+    assert listed(admin_client, q="²") == []
+    preview = reverse("admin:django_bgtasks_schedule_preview")
+    data = admin_client.get(preview, {"interval": "99999999 00:00:00"}).json()
+    assert data["errors"]
+
+
+def test_the_worker_column_shows_who_ran_a_finished_job(admin_client):
+    make_job(JobStatus.SUCCESSFUL, worker_ids=["web1.1.a", "web2.2.b"])
+    assert "web2.2.b" in admin_client.get(reverse(JOBS)).content.decode()

@@ -166,7 +166,8 @@ def test_normalize_cron(expression, normalized):
         ("* * *", "has 5 fields"),
         ("61 * * * *", "'61 \\* \\* \\* \\*' is not a valid cron expression."),
         ("@reboot", "Unknown cron alias '@reboot'"),
-        ("0 0 30 2 *", "never matches a date"),
+        ("0 0 30 2 *", "matches no date from now on"),
+        ("0 0 1 1 * 0 2001", "matches no date from now on"),
         (None, "must be text"),
     ],
 )

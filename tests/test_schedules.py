@@ -1,5 +1,6 @@
 """Schedules: validation, firing with a controlled clock, misfires, sync."""
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -333,3 +334,110 @@ def test_sync_schedules_command(capsys):
     assert "Created: every-5-min, heartbeat" in capsys.readouterr().out
     call_command("sync_schedules")
     assert "Schedules are up to date." in capsys.readouterr().out
+
+
+# Robustness -----------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_broken_schedule_never_stops_the_others():
+    healthy = make_schedule(name="healthy")
+    broken = make_schedule(name="broken")
+    # Stored values that no longer work (a zone gone from the system).
+    Schedule.objects.filter(pk=broken.pk).update(timezone="Mars/Olympus")
+    assert fire(T0 + timedelta(seconds=1)) == 1
+    assert len(jobs_of(healthy)) == 1
+    broken.refresh_from_db()
+    assert broken.next_run_at is None
+    assert "Unknown time zone 'Mars/Olympus'" in broken.last_error
+    assert fire(T0 + timedelta(minutes=5, seconds=1)) == 1  # still going
+
+
+def test_more_due_schedules_than_one_batch_all_fire():
+    for number in range(130):
+        make_schedule(name=f"s{number}")
+    assert fire(T0 + timedelta(seconds=1)) == 130
+
+
+def test_an_hourly_expression_keeps_real_time_through_a_repeated_hour():
+    paris = ZoneInfo("Europe/Paris")
+    # In UTC: Python adds to a local time on the wall clock.
+    start = datetime(2025, 10, 26, 0, 30, tzinfo=paris).astimezone(UTC)
+    schedule = make_schedule(cron="0 */1 * * *", timezone="Europe/Paris", now=start)
+    now = start
+    while now < start + timedelta(hours=5):
+        fire(now)
+        now += timedelta(minutes=10)
+    planned = [job.scheduled_for for job in jobs_of(schedule)]
+    assert all(b - a == timedelta(hours=1) for a, b in itertools.pairwise(planned))
+    assert len(planned) == 5
+
+
+def test_spring_forward_runs_at_the_jump():
+    paris = ZoneInfo("Europe/Paris")
+    start = datetime(2025, 3, 29, 12, tzinfo=paris)
+    schedule = make_schedule(cron="30 2 * * *", timezone="Europe/Paris", now=start)
+    fire(start + timedelta(days=2))
+    schedule.refresh_from_db()
+    first = (
+        Schedule(
+            name="x",
+            task_path="tests.tasks.add",
+            cron="30 2 * * *",
+            timezone="Europe/Paris",
+        )
+        .planned_times()
+        .next_after(start)
+    )
+    assert first.astimezone(paris).strftime("%d %H:%M") == "30 03:00"
+
+
+@override_settings(BGTASKS={"SCHEDULES": {
+    "later": {"task": "tests.tasks.add", "cron": "0 * * * *",
+              "timezone": "Europe/Paris", "start_at": "2030-01-01 09:00"},
+}})  # fmt: skip
+def test_declared_naive_times_are_read_in_the_schedules_zone():
+    sync_schedules()
+    schedule = Schedule.objects.get(name="later")
+    assert schedule.start_at == datetime(2030, 1, 1, 8, tzinfo=UTC)
+    assert schedule.next_run_at == schedule.start_at
+
+
+def test_editing_the_end_of_an_interval_keeps_its_phase():
+    spec = {"task": "tests.tasks.add", "interval": 3600}
+    with override_settings(BGTASKS={"SCHEDULES": {"hourly": spec}}):
+        sync_schedules()
+    before = Schedule.objects.get(name="hourly").next_run_at
+    later = {"hourly": {**spec, "end_at": datetime(2099, 1, 1, tzinfo=UTC)}}
+    with override_settings(BGTASKS={"SCHEDULES": later}):
+        assert sync_schedules().updated == ["hourly"]
+    assert Schedule.objects.get(name="hourly").next_run_at == before
+
+
+@pytest.mark.django_db(transaction=True)
+def test_syncs_started_together_make_one_row_per_name():
+    import threading
+
+    from django.db import connection
+
+    declared = {f"s{n}": {"task": "tests.tasks.add", "interval": 60} for n in range(15)}
+    barrier = threading.Barrier(4)
+    errors = []
+
+    def sync():
+        try:
+            barrier.wait()
+            with override_settings(BGTASKS={"SCHEDULES": declared}):
+                sync_schedules()
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=sync) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert Schedule.objects.count() == 15

@@ -68,6 +68,10 @@ def format_duration(duration) -> str:
     return str(duration).split(".")[0]
 
 
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 class BoundedCountPaginator(Paginator):
     """Counts at most ``COUNT_CAP`` rows exactly; above, the planner's
     estimate. The admin's pages stay fast on a table of millions."""
@@ -130,7 +134,7 @@ class JobAdmin(ReadOnlyAdmin):
         "started",
         "finished",
         "duration",
-        "worker_id",
+        "holder",
     ]
     list_filter = [
         StatusFilter,
@@ -170,8 +174,15 @@ class JobAdmin(ReadOnlyAdmin):
         term = search_term.strip()
         if not term:
             return queryset, False
-        if term.isdigit():
+        if term.isascii() and term.isdigit():
             return queryset.filter(pk=int(term) if len(term) < 19 else -1), False
+        # Registered tasks are matched here, so the table is read only by an
+        # equality; a task no longer registered is found by a (slower) scan.
+        known = [
+            path for path in registry.registered_tasks() if term.lower() in path.lower()
+        ]
+        if known:
+            return queryset.filter(task_path__in=known), False
         return queryset.filter(task_path__icontains=term), False
 
     # Permissions of the actions --------------------------------------------
@@ -194,8 +205,10 @@ class JobAdmin(ReadOnlyAdmin):
             return False
         return super().has_delete_permission(request, obj)
 
-    def get_actions(self, request):
-        actions = super().get_actions(request)
+    def get_actions(self, request, action_location=None):
+        # action_location: Django 6.1's argument, absent before.
+        kwargs = {} if action_location is None else {"action_location": action_location}
+        actions = super().get_actions(request, **kwargs)
         actions.pop("delete_selected", None)  # delete_jobs spares running jobs
         return actions
 
@@ -314,7 +327,10 @@ class JobAdmin(ReadOnlyAdmin):
 
     @admin.display(description=_("worker"))
     def holder(self, job):
-        return job.worker_id or "-"
+        """Who holds the job now, or else who ran its last attempt."""
+        if job.worker_id:
+            return job.worker_id
+        return str(job.worker_ids[-1]) if job.worker_ids else "-"
 
     @admin.display(description=_("attempts"))
     def attempts_of(self, job):
@@ -338,6 +354,9 @@ class JobAdmin(ReadOnlyAdmin):
         if not progress:
             return "-"
         current, total = progress.get("current"), progress.get("total")
+        if not _number(current):  # written behind the ORM's back
+            return format_html("{}", json.dumps(progress))
+        total = total if _number(total) and total > 0 else None
         label = f"{current:g}" + (f" / {total:g}" if total else "")
         bar = ""
         if total:
@@ -352,8 +371,8 @@ class JobAdmin(ReadOnlyAdmin):
             "{}{} {} <small>({})</small>",
             bar,
             label,
-            progress.get("message", ""),
-            progress.get("at", ""),
+            str(progress.get("message", "")),
+            str(progress.get("at", "")),
         )
 
     @admin.display(description=_("arguments"))
@@ -389,4 +408,4 @@ class JobAdmin(ReadOnlyAdmin):
 
     @admin.display(description=_("workers of each attempt"))
     def worker_list(self, job):
-        return ", ".join(job.worker_ids) or "-"
+        return ", ".join(map(str, job.worker_ids or [])) or "-"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import available_timezones
 
 from django import forms
@@ -39,6 +39,15 @@ DECLARED_FIELDS = [
     "misfire_policy",
 ]
 TIMING_FIELDS = {"cron", "interval", "timezone", "start_at", "end_at", "enabled"}
+
+
+def zone_of(schedule: Schedule):
+    """The schedule's time zone, or UTC if its stored name no longer
+    resolves (the list must still show)."""
+    try:
+        return schedule.zone
+    except ValueError:
+        return UTC
 
 
 def format_moment(moment: datetime | None, tz) -> str:
@@ -174,7 +183,7 @@ class ScheduleAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("next run (its zone)"), ordering="next_run_at")
     def next_run_here(self, schedule):
-        return format_moment(schedule.next_run_at, schedule.zone)
+        return format_moment(schedule.next_run_at, zone_of(schedule))
 
     @admin.display(description=_("next run (your zone)"), ordering="next_run_at")
     def next_run_yours(self, schedule):
@@ -191,10 +200,13 @@ class ScheduleAdmin(admin.ModelAdmin):
         items = []
         if schedule.pk and not schedule.timing_errors():
             yours = timezone.get_current_timezone()
-            items = [
-                (format_moment(moment, schedule.zone), format_moment(moment, yours))
-                for moment in schedule.upcoming(UPCOMING_COUNT)
-            ]
+            try:
+                items = [
+                    (format_moment(t, zone_of(schedule)), format_moment(t, yours))
+                    for t in schedule.upcoming(UPCOMING_COUNT)
+                ]
+            except (ValueError, OverflowError):
+                items = []
         rows = (
             format_html_join("", "<li>{} <small>({})</small></li>", items)
             if items
@@ -219,8 +231,8 @@ class ScheduleAdmin(admin.ModelAdmin):
                     reverse("admin:django_bgtasks_job_change", args=[job.pk]),
                     job.pk,
                     job.status,
-                    format_moment(job.scheduled_for, schedule.zone),
-                    format_moment(job.finished_at, schedule.zone),
+                    format_moment(job.scheduled_for, zone_of(schedule)),
+                    format_moment(job.finished_at, zone_of(schedule)),
                 )
                 for job in jobs
             ),
@@ -240,9 +252,12 @@ class ScheduleAdmin(admin.ModelAdmin):
     # Saving ------------------------------------------------------------------
 
     def save_model(self, request, obj, form, change):
-        timing_changed = not change or TIMING_FIELDS & set(form.changed_data)
+        changed = set(form.changed_data)
+        timing_changed = not change or TIMING_FIELDS & changed
         if timing_changed:
-            obj.reschedule()
+            obj.reschedule(
+                keep_phase=change and not {"interval", "start_at", "enabled"} & changed
+            )
         if not change:
             obj.save()
             return
@@ -315,9 +330,13 @@ class ScheduleAdmin(admin.ModelAdmin):
         if not self.has_view_permission(request):
             raise PermissionDenied
         data = request.GET
+        try:
+            interval = parse_duration(data.get("interval") or "") or None
+        except OverflowError:
+            interval = None
         schedule = Schedule(
             cron=data.get("cron", ""),
-            interval=parse_duration(data["interval"]) if data.get("interval") else None,
+            interval=interval,
             timezone=data.get("timezone") or timezone.get_current_timezone_name(),
         )
         errors = {}
@@ -339,12 +358,16 @@ class ScheduleAdmin(admin.ModelAdmin):
                 {"errors": [m for messages_ in errors.values() for m in messages_]}
             )
         yours = timezone.get_current_timezone()
+        try:
+            times = [
+                [format_moment(t, zone_of(schedule)), format_moment(t, yours)]
+                for t in schedule.upcoming(UPCOMING_COUNT)
+            ]
+        except (ValueError, OverflowError) as exc:
+            return JsonResponse({"errors": [str(exc)]})
         return JsonResponse(
             {
                 "description": describe_cron(schedule.cron) if schedule.cron else "",
-                "times": [
-                    [format_moment(moment, schedule.zone), format_moment(moment, yours)]
-                    for moment in schedule.upcoming(UPCOMING_COUNT)
-                ],
+                "times": times,
             }
         )

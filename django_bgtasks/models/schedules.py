@@ -21,6 +21,8 @@ from django.utils.translation import gettext_lazy as _
 from ..compat import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY, InvalidTask
 from ..cron import CronTimes, IntervalTimes, PlannedTimes, normalize_cron, zone
 
+MAX_INTERVAL = timedelta(days=3660)
+
 
 class MisfirePolicy(models.TextChoices):
     """What a schedule does about planned times missed while no scheduler ran."""
@@ -164,8 +166,12 @@ class Schedule(models.Model):
                 self.cron = normalize_cron(self.cron)
             except ValueError as exc:
                 refuse("cron", str(exc))
-        elif self.interval <= timedelta(0):
-            refuse("interval", _("The interval must be longer than zero."))
+        elif not timedelta(0) < self.interval <= MAX_INTERVAL:
+            refuse(
+                "interval",
+                _("The interval must be longer than zero and at most %d days.")
+                % MAX_INTERVAL.days,
+            )
         try:
             zone(self.timezone)
         except ValueError as exc:
@@ -225,15 +231,19 @@ class Schedule(models.Model):
 
     # State changes -----------------------------------------------------------
 
-    def reschedule(self, *, now: datetime | None = None) -> None:
+    def reschedule(self, *, now: datetime | None = None, keep_phase=False) -> None:
         """Set ``next_run_at`` to the first planned time from now (None when
         disabled or past its end). Call after changing the timing; save after.
+
+        An interval without ``start_at`` counts from now, unless
+        ``keep_phase``: then its times stay where they were (an edit of the
+        end, say, does not move them).
         """
         now = now or timezone.now()
         if not self.enabled:
             self.next_run_at = None
             return
-        if self.interval is not None and not self.start_at:
+        if self.interval is not None and not self.start_at and not keep_phase:
             self.next_run_at = None  # count the interval from now
         self.next_run_at = self.planned_times(now=now).next_after(
             now - timedelta.resolution
