@@ -427,17 +427,18 @@ def test_syncs_started_together_make_one_row_per_name():
     def sync():
         try:
             barrier.wait()
-            with override_settings(BGTASKS={"SCHEDULES": declared}):
-                sync_schedules()
+            sync_schedules()
         except Exception as exc:
             errors.append(exc)
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=sync) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    # Settings are process-wide: override them here, not in the threads.
+    with override_settings(BGTASKS={"SCHEDULES": declared}):
+        threads = [threading.Thread(target=sync) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
     assert errors == []
     assert Schedule.objects.count() == 15
