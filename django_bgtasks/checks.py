@@ -155,7 +155,7 @@ def _job_connection():
 @checks.register()
 def check_database_vendor(app_configs=None, **kwargs):
     """bgtasks.E004: a database django_bgtasks can claim jobs on."""
-    from .claim import SUPPORTED_VENDORS
+    from .sql import SUPPORTED_VENDORS
 
     connection = _job_connection()
     if connection.vendor in SUPPORTED_VENDORS:

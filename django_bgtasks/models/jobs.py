@@ -110,7 +110,7 @@ class JobQuerySet(models.QuerySet):
         Jobs come in claim order: priority (highest first), then ``run_after``,
         then id. No job is claimed by two workers; see ``claim.py``.
         """
-        from ..claim import claim_jobs
+        from ..sql.claim import claim_jobs
 
         if limit <= 0:
             return []

@@ -7,31 +7,26 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import (
-    DatabaseError,
     close_old_connections,
     connections,
     reset_queries,
 )
-from django.utils import timezone
 
 from ..backend import DatabaseBackend, task_for_job
-from ..backoff import Backoff
-from ..compat import TaskContext, task_finished, task_started
+from ..compat import TaskContext, task_started
 from ..conf import bgtasks_settings
 from ..exceptions import (
     InvalidReturnValue,
     InvalidTaskArguments,
-    OutcomeNotStored,
     TaskExited,
 )
-from ..models import Job, error_entry
+from ..models import Job
 from ..progress import current_job
 from ..serialization import NotJSON, check_size, to_json
-from .db import retry_until_done
 
 logger = logging.getLogger("django_bgtasks.worker")
 
@@ -104,36 +99,6 @@ def _chained(error: BaseException, cause: BaseException) -> BaseException:
         return raised
 
 
-def record_outcome(
-    job: Job, outcome: Outcome, *, worker_id: str, now: datetime | None = None
-) -> str:
-    """Store the outcome through the job's verbs.
-
-    Returns what became of the job: "succeeded", "retrying" (READY again,
-    due after its backoff), "failed", or "taken" if the job was taken from
-    this worker meanwhile (put back at shutdown, rescued) and the outcome
-    was discarded.
-    """
-    now = now or timezone.now()
-    if outcome.error is None:
-        verdict = "succeeded"
-        held = job.mark_succeeded(outcome.return_value, now=now)
-    else:
-        error = error_entry(
-            outcome.error, attempt=job.attempts, worker_id=worker_id, at=now
-        )
-        if outcome.retryable and job.attempts < job.max_attempts:
-            verdict = "retrying"
-            backoff = Backoff.coerce(job.backoff or bgtasks_settings.BACKOFF)
-            held = job.mark_for_retry(
-                error, run_after=now + backoff.delay(job.attempts)
-            )
-        else:
-            verdict = "failed"
-            held = job.mark_failed(error, now=now)
-    return verdict if held else "taken"
-
-
 class Executor:
     """``concurrency`` daemon threads running jobs handed to ``submit``.
 
@@ -149,12 +114,14 @@ class Executor:
         using: str,
         on_start,
         on_done,
+        on_finished,
         give_up: threading.Event,
     ):
         self.worker_id = worker_id
         self.using = using
         self.on_start = on_start
         self.on_done = on_done
+        self.on_finished = on_finished
         self.give_up = give_up
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._threads = [
@@ -191,27 +158,17 @@ class Executor:
         finally:
             connections.close_all()
 
-    def _record(self, job: Job, outcome: Outcome) -> str | None:
-        return retry_until_done(
-            lambda: record_outcome(job, outcome, worker_id=self.worker_id),
-            using=self.using,
-            what=f"recording the outcome of job {job.pk}",
-            give_up=self.give_up,
-        )
-
     def execute(self, job: Job) -> None:
-        """Run one claimed job and record its outcome."""
-        label = (
-            f"{job.task_path} (queue {job.queue_name}, attempt "
-            f"{job.attempts}/{job.max_attempts})"
-        )
-        logger.info("Job %s started: %s", job.pk, label)
+        """Run one claimed job; hand its outcome to ``on_finished``."""
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("Job %s started: %s", job.pk, describe(job))
         close_old_connections()
         started = time.monotonic()
         outcome, task = run_attempt(job)
         elapsed_ms = (time.monotonic() - started) * 1000
         close_old_connections()
-        reset_queries()
+        if settings.DEBUG:
+            reset_queries()
         if self.give_up.is_set():
             # The worker is exiting and has given its jobs back (or is about
             # to): this outcome belongs to no one now.
@@ -220,65 +177,11 @@ class Executor:
                 job.pk,
             )
             return
-
-        try:
-            verdict = self._record(job, outcome)
-        except DatabaseError as exc:
-            # The database is up but refuses the outcome: fail the job with
-            # an error it will take, rather than leave it RUNNING.
-            logger.exception("Job %s: its outcome could not be stored", job.pk)
-            outcome = Outcome(
-                error=_chained(
-                    OutcomeNotStored(
-                        f"The job's outcome could not be stored: "
-                        f"{type(exc).__name__}: {exc}"
-                    ),
-                    exc,
-                ),
-                retryable=False,
-            )
-            verdict = self._record(job, outcome)
-        error = outcome.error
-        if verdict == "succeeded":
-            logger.info("Job %s succeeded in %.1f ms: %s", job.pk, elapsed_ms, label)
-        elif verdict == "retrying":
-            logger.warning(
-                "Job %s failed in %.1f ms, retrying at %s: %s: %s: %s",
-                job.pk,
-                elapsed_ms,
-                job.run_after.isoformat(timespec="seconds"),
-                label,
-                type(error).__name__,
-                error,
-            )
-        elif verdict == "failed":
-            logger.error(
-                "Job %s failed in %.1f ms: %s: %s: %s",
-                job.pk,
-                elapsed_ms,
-                label,
-                type(error).__name__,
-                error,
-            )
-        elif verdict == "taken":
-            logger.warning(
-                "Job %s was taken from this worker before it finished (%s); its "
-                "outcome is discarded",
-                job.pk,
-                label,
-            )
-        if task is not None and job.is_finished:
-            _send_finished(job.to_task_result(task), error)
+        self.on_finished(job, task, outcome, elapsed_ms)
 
 
-def _send_finished(task_result, error: BaseException | None) -> None:
-    """Send ``task_finished``; for a failure, from inside an exception
-    handler, as the framework does, so receivers (its own logger, error
-    monitoring) see the task's exception."""
-    if error is None:
-        task_finished.send(sender=DatabaseBackend, task_result=task_result)
-        return
-    try:
-        raise error
-    except BaseException:
-        task_finished.send(sender=DatabaseBackend, task_result=task_result)
+def describe(job: Job) -> str:
+    return (
+        f"{job.task_path} (queue {job.queue_name}, attempt "
+        f"{job.attempts}/{job.max_attempts})"
+    )

@@ -35,8 +35,9 @@ from ..conf import bgtasks_settings
 from ..exceptions import JobInterrupted, JobTimeout
 from ..models import Job, WorkerProcess
 from ..schedule_sync import sync_schedules
+from .completer import Completer, Finished, decide, record_outcome
 from .db import CONNECTION_ERRORS, discard_connection, retry_until_done
-from .executor import Executor, Outcome, record_outcome
+from .executor import Executor, Outcome
 from .heartbeat import Heartbeat
 from .maintenance import Maintenance
 from .stopping import ForcedExit, StopRequests
@@ -101,7 +102,8 @@ class Worker:
 
         self.jobs_claimed = 0
         self.process: WorkerProcess | None = None
-        self._running: dict[int, Job] = {}
+        self._running: dict[int, Job] = {}  # on a job thread
+        self._pending: dict[int, Job] = {}  # ended, outcome not yet committed
         # When each running job started, and on which thread (for timeouts).
         self._started: dict[int, tuple[float, int]] = {}
         self._lock = threading.Lock()
@@ -114,6 +116,7 @@ class Worker:
             self._on_stop_request, may_interrupt=lambda: not self._shutting_down
         )
         self._executor: Executor | None = None
+        self._completer: Completer | None = None
         self._heartbeat: Heartbeat | None = None
         self._listener: notify.Listener | None = None
         self._maintenance: Maintenance | None = None
@@ -196,12 +199,20 @@ class Worker:
                 len(synced.updated),
                 len(synced.disabled),
             )
+        self._completer = Completer(
+            worker_id=self.worker_id,
+            using=self.using,
+            on_completed=self._job_completed,
+            give_up=self._forced,
+        )
+        self._completer.start()
         self._executor = Executor(
             concurrency=self.concurrency,
             worker_id=self.worker_id,
             using=self.using,
             on_start=self._job_started,
             on_done=self._job_done,
+            on_finished=self._job_finished,
             give_up=self._forced,
         )
         self._executor.start()
@@ -273,7 +284,7 @@ class Worker:
                     continue
                 self._dispatch(claimed)
             with self._lock:
-                idle = not self._running
+                idle = not self._running and not self._pending
             if idle and self._limit_reached():
                 return
             if idle and self.burst and not claimed and not self._due_jobs_left():
@@ -311,6 +322,20 @@ class Worker:
     def _job_started(self, job: Job) -> None:
         with self._lock:
             self._started[job.pk] = (time.monotonic(), threading.get_ident())
+
+    def _job_finished(self, job: Job, task, outcome: Outcome, elapsed_ms: float):
+        """A job thread ended an attempt: on to the completer."""
+        completion, verdict = decide(job, outcome, worker_id=self.worker_id)
+        with self._lock:
+            self._pending[job.pk] = job
+        self._completer.submit(
+            Finished(job, task, outcome, completion, verdict, elapsed_ms)
+        )
+
+    def _job_completed(self, job: Job) -> None:
+        with self._lock:
+            self._pending.pop(job.pk, None)
+        self._wake.set()
 
     def _job_done(self, job: Job) -> None:
         with self._lock:
@@ -373,7 +398,7 @@ class Worker:
         jobs were rescued, end the process so they do not run twice;
         otherwise (the row was deleted by hand) register again."""
         with self._lock:
-            running = list(self._running)
+            running = [*self._running, *self._pending]
         held = (
             Job.objects.using(self.using)
             .running()
@@ -393,7 +418,7 @@ class Worker:
         deadline = time.monotonic() + self.shutdown_timeout
         while not self._forced.is_set():
             with self._lock:
-                if not self._running:
+                if not self._running and not self._pending:
                     return
             left = deadline - time.monotonic()
             if left <= 0:
@@ -409,6 +434,8 @@ class Worker:
             self._maintenance.stop()
         if self._executor is not None:
             self._executor.stop()
+        if self._completer is not None:
+            self._completer.stop()
         if self._heartbeat is not None:
             self._heartbeat.stop()
         # From here on no job thread starts a job or records an outcome: what

@@ -186,16 +186,22 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         finally:
             restore()
-        self._end(ended, supervised=options["supervised"])
+        self._end(
+            ended,
+            supervised=options["supervised"],
+            stop_requested=worker.stop_requests.count > 0,
+        )
 
-    def _end(self, ended: WorkerExit, *, supervised: bool) -> None:
+    def _end(self, ended: WorkerExit, *, supervised: bool, stop_requested: bool):
         if ended == WorkerExit.RECYCLE:
             sys.stdout.flush()
             sys.stderr.flush()
+            # At once: a job past its timeout may still be running on a
+            # thread that would keep a normal exit waiting.
             if supervised:
-                # At once: a job past its timeout may still be running on a
-                # thread that would keep a normal exit waiting.
                 os._exit(int(ended))
+            if stop_requested:  # asked to stop meanwhile: no fresh process
+                os._exit(int(WorkerExit.STOPPED))
             logging.getLogger("django_bgtasks.worker").warning(
                 "Starting a fresh worker process in place of this one"
             )

@@ -21,9 +21,7 @@ from __future__ import annotations
 from django.db import NotSupportedError, connections, transaction
 from django.utils import timezone
 
-from .models import Job, JobStatus
-
-SUPPORTED_VENDORS = ("postgresql", "mysql", "sqlite")
+from ..models import Job, JobStatus
 
 # Columns every claim sets; {append} is the vendor's "append to JSON array".
 _CLAIM_SET = """
