@@ -17,6 +17,7 @@ before any row is written.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from typing import Any
 
@@ -148,15 +149,15 @@ class DatabaseBackend(BaseTaskBackend):
 
 def task_for_job(job: Job):
     """The registered task of ``job``, with the options the job was given."""
-    task = registry.resolve(job.task_path)
+    return _task_with_options(job.task_path, job.priority, job.queue_name, job.backend)
+
+
+@functools.lru_cache(maxsize=1024)
+def _task_with_options(task_path: str, priority: int, queue_name: str, backend: str):
+    # Cached: building a Task validates it, too slow to do for every job.
+    task = registry.resolve(task_path)
     try:
-        return replace(
-            task,
-            priority=job.priority,
-            queue_name=job.queue_name,
-            backend=job.backend,
-            run_after=job.run_after,
-        )
+        return replace(task, priority=priority, queue_name=queue_name, backend=backend)
     except InvalidTask:
         # The settings changed since (say, a queue was removed): keep the
         # task as declared rather than fail to read the result.

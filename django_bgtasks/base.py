@@ -120,6 +120,17 @@ def task(
 class DatabaseTaskResult(TaskResult):
     """A ``django.tasks`` TaskResult that can wait for its job to finish."""
 
+    @classmethod
+    def from_stored(cls, *, return_value=None, **fields):
+        """A result from stored values, without ``__init__``: stored arguments
+        are JSON already, and normalising them again would cost the worker
+        time on every job."""
+        result = object.__new__(cls)
+        for name, value in fields.items():
+            object.__setattr__(result, name, value)
+        object.__setattr__(result, "_return_value", return_value)
+        return result
+
     def wait(self, timeout: float | None = None, *, poll_interval: float = 0.05):
         """Refresh until the job has finished, for at most ``timeout`` seconds.
 

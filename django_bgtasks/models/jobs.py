@@ -377,7 +377,7 @@ class Job(models.Model):
                     traceback="The job was cancelled before it ran.",
                 )
             )
-        result = DatabaseTaskResult(
+        return DatabaseTaskResult.from_stored(
             task=task,
             id=str(self.pk),
             status=TaskResultStatus(status),
@@ -390,9 +390,8 @@ class Job(models.Model):
             backend=self.backend,
             errors=errors,
             worker_ids=list(self.worker_ids),
+            return_value=self.return_value,
         )
-        object.__setattr__(result, "_return_value", self.return_value)
-        return result
 
 
 class JobDashboard(Job):

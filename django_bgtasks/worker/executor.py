@@ -162,10 +162,11 @@ class Executor:
         """Run one claimed job; hand its outcome to ``on_finished``."""
         if logger.isEnabledFor(logging.INFO):
             logger.info("Job %s started: %s", job.pk, describe(job))
-        close_old_connections()
         started = time.monotonic()
         outcome, task = run_attempt(job)
         elapsed_ms = (time.monotonic() - started) * 1000
+        # After each job: a connection the task broke, or one past its
+        # CONN_MAX_AGE, is not handed to the next job on this thread.
         close_old_connections()
         if settings.DEBUG:
             reset_queries()
