@@ -17,8 +17,10 @@ before any row is written.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from django.apps import apps
@@ -41,6 +43,8 @@ from .models import Job
 from .serialization import NotJSON, check_size, to_json
 
 MAX_ATTEMPTS_LIMIT = 1000
+MIN_RUN_AFTER = datetime(1, 1, 2)
+MAX_RUN_AFTER = datetime(9999, 12, 30)
 MAX_TIMEOUT = 7 * 24 * 3600  # a week
 QUEUE_NAME_MAX_LENGTH = Job._meta.get_field("queue_name").max_length
 
@@ -56,12 +60,16 @@ class DatabaseBackend(BaseTaskBackend):
 
     def validate_task(self, task) -> None:
         """Refuse a task this backend cannot run; register the ones it can."""
-        super().validate_task(task)
-        if len(task.queue_name) > QUEUE_NAME_MAX_LENGTH:
+        # Types first: the framework's own checks assume them.
+        if type(task.priority) is not int:
             raise InvalidTask(
-                f"Queue name {task.queue_name!r} is longer than "
-                f"{QUEUE_NAME_MAX_LENGTH} characters."
+                f"priority must be a whole number between -100 and 100, not "
+                f"{task.priority!r}."
             )
+        if task.run_after is not None:
+            _check_run_after(task.run_after)
+        _check_queue_name(task.queue_name)
+        super().validate_task(task)
         max_attempts = getattr(task, "max_attempts", None)
         if max_attempts is not None:
             _check_max_attempts(max_attempts)
@@ -93,6 +101,7 @@ class DatabaseBackend(BaseTaskBackend):
         )
         timeout = getattr(task, "timeout", None) or bgtasks_settings.TIMEOUT
         now = timezone.now()
+        run_after = task.run_after.astimezone(UTC) if task.run_after else now
         job = Job(
             task_path=task.module_path,
             backend=self.alias,
@@ -100,7 +109,7 @@ class DatabaseBackend(BaseTaskBackend):
             priority=task.priority,
             args=args,
             kwargs=kwargs,
-            run_after=task.run_after or now,
+            run_after=run_after,
             enqueued_at=now,
             max_attempts=max_attempts,
             backoff=backoff.as_dict(),
@@ -126,7 +135,10 @@ class DatabaseBackend(BaseTaskBackend):
             job = Job.objects.get(pk=int(result_id))
         except (TypeError, ValueError, OverflowError, Job.DoesNotExist):
             raise TaskResultDoesNotExist(result_id) from None
-        return job.to_task_result(task_for_job(job))
+        task = task_for_job(job)
+        with contextlib.suppress(InvalidTask):
+            task = replace(task, run_after=job.run_after)
+        return job.to_task_result(task)
 
     def check(self, **kwargs):
         if not apps.is_installed("django_bgtasks"):
@@ -148,16 +160,38 @@ class DatabaseBackend(BaseTaskBackend):
 
 
 def task_for_job(job: Job):
-    """The registered task of ``job``, with the options the job was given."""
-    return _task_with_options(job.task_path, job.priority, job.queue_name, job.backend)
+    """The registered task of ``job``, with the options the job was given
+    (but ``run_after``, which ``get_result`` adds)."""
+    backoff = job.backoff if isinstance(job.backoff, dict) else {}
+    return _task_with_options(
+        job.task_path,
+        job.priority,
+        job.queue_name,
+        job.backend,
+        job.max_attempts,
+        job.timeout,
+        tuple(sorted(backoff.items())),
+    )
 
 
 @functools.lru_cache(maxsize=1024)
-def _task_with_options(task_path: str, priority: int, queue_name: str, backend: str):
+def _task_with_options(
+    task_path, priority, queue_name, backend, max_attempts, timeout, backoff
+):
     # Cached: building a Task validates it, too slow to do for every job.
     task = registry.resolve(task_path)
+    options = {
+        "priority": priority,
+        "queue_name": queue_name,
+        "backend": backend,
+    }
+    if isinstance(task, DatabaseTask):
+        options.update(max_attempts=max_attempts, timeout=timeout)
+        # A corrupt stored backoff leaves the task's own.
+        with contextlib.suppress(InvalidTask):
+            options["backoff"] = Backoff.coerce(dict(backoff)) if backoff else None
     try:
-        return replace(task, priority=priority, queue_name=queue_name, backend=backend)
+        return replace(task, **options)
     except InvalidTask:
         # The settings changed since (say, a queue was removed): keep the
         # task as declared rather than fail to read the result.
@@ -174,6 +208,33 @@ def _check_max_attempts(value: Any) -> None:
             f"max_attempts must be a whole number from 1 to {MAX_ATTEMPTS_LIMIT}, "
             f"not {value!r}."
         )
+
+
+def _check_queue_name(name: Any) -> None:
+    if not isinstance(name, str) or not 0 < len(name) <= QUEUE_NAME_MAX_LENGTH:
+        raise InvalidTask(
+            f"A queue name is text of 1 to {QUEUE_NAME_MAX_LENGTH} characters, "
+            f"not {name!r}."
+        )
+    try:
+        to_json(name, "queue name")
+    except NotJSON as exc:
+        raise InvalidTask(f"Invalid queue name: {exc}") from None
+
+
+def _check_run_after(value: Any) -> None:
+    if not isinstance(value, datetime):
+        raise InvalidTask(
+            f"run_after must be a datetime (or, with using(), a timedelta), not "
+            f"{value!r}."
+        )
+    if timezone.is_aware(value):
+        try:
+            utc = value.astimezone(UTC)
+        except OverflowError:
+            raise InvalidTask(f"run_after {value} is out of range.") from None
+        if not MIN_RUN_AFTER <= utc.replace(tzinfo=None) <= MAX_RUN_AFTER:
+            raise InvalidTask(f"run_after {value} is out of range.")
 
 
 def _check_timeout(value: Any) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
 
 from .compat import InvalidTask
+
+MAX_DELAY = 30 * 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,14 +31,24 @@ class Backoff:
     def __post_init__(self):
         for name in ("initial", "factor", "maximum", "jitter"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise InvalidTask(f"Backoff {name} must be a number, not {value!r}.")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+            ):
+                raise InvalidTask(
+                    f"Backoff {name} must be a finite number, not {value!r}."
+                )
         if self.initial < 0:
             raise InvalidTask("Backoff initial must be 0 or more seconds.")
         if self.factor < 1:
             raise InvalidTask("Backoff factor must be 1 or more.")
         if self.maximum < self.initial:
             raise InvalidTask("Backoff maximum must be at least its initial delay.")
+        if self.maximum > MAX_DELAY:
+            raise InvalidTask(
+                f"Backoff maximum must be at most {MAX_DELAY:g} seconds (30 days)."
+            )
         if not 0 <= self.jitter <= 1:
             raise InvalidTask("Backoff jitter must be between 0 and 1.")
 

@@ -51,7 +51,10 @@ class DatabaseTask(Task):
         """Return a copy with other options; ``run_after`` may be a timedelta,
         counted from now."""
         if isinstance(run_after, timedelta):
-            run_after = timezone.now() + run_after
+            try:
+                run_after = timezone.now() + run_after
+            except OverflowError:
+                raise InvalidTask(f"run_after {run_after!r} is too far away.") from None
         changes: dict[str, Any] = {}
         if max_attempts is not None:
             changes["max_attempts"] = max_attempts

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterError, croniter
+from croniter import CroniterBadDateError, CroniterError, croniter
 
 ALIASES = {
     "@yearly": "0 0 1 1 *",
@@ -36,9 +36,10 @@ ALIASES = {
 MICROSECOND = timedelta(microseconds=1)
 
 
-def normalize_cron(expression: str) -> str:
+def normalize_cron(expression: str, *, future: bool = True) -> str:
     """Return ``expression`` with single spaces, or raise ValueError saying
-    what is wrong with it."""
+    what is wrong with it; with ``future``, also if no time matches it from
+    now on (a year field in the past, 30 February)."""
     if not isinstance(expression, str):
         raise ValueError(f"A cron expression must be text, not {expression!r}.")
     normalized = " ".join(expression.split())
@@ -60,6 +61,8 @@ def normalize_cron(expression: str) -> str:
         )
     if not croniter.is_valid(normalized):
         raise ValueError(f"{normalized!r} is not a valid cron expression.")
+    if not future:
+        return normalized
     try:
         croniter(normalized, datetime.now(UTC)).get_next(datetime)
     except (CroniterError, ValueError) as exc:
@@ -73,7 +76,7 @@ def zone(name: str) -> ZoneInfo:
         raise ValueError(f"{name!r} is not a time zone name.")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise ValueError(
             f"Unknown time zone {name!r}; use an IANA name such as "
             f"'Europe/Paris' or 'UTC'."
@@ -100,26 +103,36 @@ class CronTimes:
     """The times matching a cron expression on a time zone's wall clock."""
 
     def __init__(self, expression: str, tz: ZoneInfo):
-        self.expression = normalize_cron(expression)
+        # An expression whose times are over still reads: it has no next.
+        self.expression = normalize_cron(expression, future=False)
         self.tz = tz
         hours = croniter(ALIASES.get(self.expression, self.expression)).expanded[1]
         # Every hour ("*", "*/1", "0-23"): real time through a repeated hour.
         self._fixed_hours = hours != ["*"] and len(hours) < 24
 
-    def next_after(self, moment: datetime) -> datetime:
-        """The first planned time strictly after ``moment``."""
-        iterator = croniter(self.expression, moment.astimezone(self.tz))
-        planned = iterator.get_next(datetime)
-        while self._is_repeat(planned):
+    def next_after(self, moment: datetime) -> datetime | None:
+        """The first planned time strictly after ``moment`` (None: no more,
+        as for an expression with a year that has passed)."""
+        try:
+            iterator = croniter(self.expression, moment.astimezone(self.tz))
             planned = iterator.get_next(datetime)
+            while self._is_repeat(planned):
+                planned = iterator.get_next(datetime)
+        except CroniterBadDateError:
+            return None
         return planned.astimezone(UTC)
 
-    def latest_at_or_before(self, moment: datetime) -> datetime:
-        """The last planned time at or before ``moment``."""
-        iterator = croniter(self.expression, (moment + MICROSECOND).astimezone(self.tz))
-        planned = iterator.get_prev(datetime)
-        while self._is_repeat(planned):
+    def latest_at_or_before(self, moment: datetime) -> datetime | None:
+        """The last planned time at or before ``moment`` (None: none)."""
+        try:
+            iterator = croniter(
+                self.expression, (moment + MICROSECOND).astimezone(self.tz)
+            )
             planned = iterator.get_prev(datetime)
+            while self._is_repeat(planned):
+                planned = iterator.get_prev(datetime)
+        except CroniterBadDateError:
+            return None
         return planned.astimezone(UTC)
 
     def _is_repeat(self, planned: datetime) -> bool:
@@ -162,7 +175,7 @@ class PlannedTimes:
         if self.start_at is not None and moment < self.start_at:
             moment = self.start_at - MICROSECOND
         planned = self.times.next_after(moment)
-        if self.end_at is not None and planned > self.end_at:
+        if planned is None or (self.end_at is not None and planned > self.end_at):
             return None
         return planned
 

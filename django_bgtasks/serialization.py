@@ -2,11 +2,12 @@
 back unchanged from every supported database.
 
 Values are first normalised the way ``django.tasks`` does (tuples become
-lists, bytes UTF-8 text), then checked for what JSON or a database would
-silently change or refuse: non-string dictionary keys, NaN and infinities,
-integers beyond 64 bits (MySQL stores them as doubles), NUL characters
-(PostgreSQL refuses them), lone surrogates, and nesting deeper than MySQL's
-limit of 100 levels.
+lists, bytes UTF-8 text) and -0.0 becomes 0.0 (PostgreSQL keeps no sign on
+zero), then checked for what JSON or a database would silently change or
+refuse: non-string dictionary keys, NaN and infinities, floats of 1e16 or
+more (PostgreSQL returns them as integers), integers beyond 64 bits (MySQL
+stores them as doubles), NUL characters (PostgreSQL refuses them), lone
+surrogates, and nesting deeper than 31 levels (MariaDB's limit).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any
 
 from .compat import normalize_json
 
-MAX_DEPTH = 100
+MAX_DEPTH = 31  # levels of lists and objects, counting the outermost
 MAX_INT = 2**63 - 1
+MAX_FLOAT = 1e16  # from here on, PostgreSQL's jsonb gives back an integer
 
 
 class NotJSON(ValueError):
@@ -34,8 +36,7 @@ def to_json(value: Any, where: str) -> Any:
         raise NotJSON(f"{where}: {exc}") from None
     except RecursionError:
         raise NotJSON(f"{where}: nested deeper than {MAX_DEPTH} levels.") from None
-    _check(value, where, 0)
-    return value
+    return _clean(value, where, 0)
 
 
 def check_size(value: Any, where: str, limit: int) -> None:
@@ -49,9 +50,8 @@ def check_size(value: Any, where: str, limit: int) -> None:
         )
 
 
-def _check(value: Any, where: str, depth: int) -> None:
-    if depth > MAX_DEPTH:
-        raise NotJSON(f"{where}: nested deeper than {MAX_DEPTH} levels.")
+def _clean(value: Any, where: str, depth: int) -> Any:
+    """``value`` checked, with -0.0 made 0.0."""
     if isinstance(value, str):
         _check_string(value, where)
     elif isinstance(value, bool) or value is None:
@@ -62,10 +62,22 @@ def _check(value: Any, where: str, depth: int) -> None:
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise NotJSON(f"{where}: {value} is not a JSON number.")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _check(item, f"{where}[{index}]", depth + 1)
-    elif isinstance(value, dict):
+        if abs(value) >= MAX_FLOAT:
+            raise NotJSON(
+                f"{where}: the float {value!r} is too large to come back as a "
+                f"float (PostgreSQL returns an integer); pass an int or a string."
+            )
+        if value == 0.0:
+            return 0.0
+    elif isinstance(value, list | dict):
+        if depth >= MAX_DEPTH:
+            raise NotJSON(f"{where}: nested deeper than {MAX_DEPTH} levels.")
+        if isinstance(value, list):
+            return [
+                _clean(item, f"{where}[{index}]", depth + 1)
+                for index, item in enumerate(value)
+            ]
+        cleaned = {}
         for key, item in value.items():
             if not isinstance(key, str):
                 raise NotJSON(
@@ -73,9 +85,11 @@ def _check(value: Any, where: str, depth: int) -> None:
                     f"(JSON would turn it into one)."
                 )
             _check_string(key, where)
-            _check(item, f"{where}[{key!r}]", depth + 1)
+            cleaned[key] = _clean(item, f"{where}[{key!r}]", depth + 1)
+        return cleaned
     else:  # normalize_json lets nothing else through; say so if it ever does.
         raise NotJSON(f"{where}: {type(value).__name__} is not a JSON type.")
+    return value
 
 
 def _check_string(value: str, where: str) -> None:

@@ -90,7 +90,10 @@ def test_add_computes_the_next_run(admin_client):
         ({"timezone": "Mars/Olympus"}, "Select a valid choice"),
         ({"task_path": "os.system"}, "Select a valid choice"),
         ({"args": '[{"a": NaN}]'}, "is not a JSON number"),
-        ({"queue_name": "nope"}, "Queue &#x27;nope&#x27; is not valid"),
+        (
+            {"queue_name": "nope"},
+            "Queue &#x27;nope&#x27; is not one of the backend&#x27;s QUEUES",
+        ),
     ],
 )
 def test_invalid_input_is_refused_with_a_message(admin_client, overrides, message):

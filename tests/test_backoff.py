@@ -47,7 +47,7 @@ def test_coerce(value, expected):
         ({"factor": 0.5}, "factor must be 1 or more"),
         ({"initial": 10, "maximum": 5}, "maximum must be at least its initial"),
         ({"jitter": 1.5}, "jitter must be between 0 and 1"),
-        ({"initial": "10"}, "initial must be a number"),
+        ({"initial": "10"}, "initial must be a finite number"),
         ({"speed": 1}, "Invalid backoff"),
         (True, "backoff must be a Backoff"),
         ("10s", "backoff must be a Backoff"),

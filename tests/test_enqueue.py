@@ -131,7 +131,7 @@ def test_deeply_nested_arguments_are_refused():
     value = []
     for _ in range(150):
         value = [value]
-    with pytest.raises(InvalidTaskArguments, match="nested deeper than 100"):
+    with pytest.raises(InvalidTaskArguments, match="nested deeper than 31"):
         tasks.echo.enqueue(value)
     assert not Job.objects.exists()
 

@@ -65,7 +65,11 @@ def jobs_of(schedule):
             "task_path",
             "'os.system' is not a registered task",
         ),
-        ({"queue_name": "nope"}, "queue_name", "Queue 'nope' is not valid"),
+        (
+            {"queue_name": "nope"},
+            "queue_name",
+            "Queue 'nope' is not one of the backend's QUEUES",
+        ),
         ({"priority": 500}, "priority", "priority must be a whole number"),
         ({"args": {"a": 1}}, "args", "must be a JSON list"),
         ({"kwargs": {"x": float("nan")}}, "kwargs", "nan is not a JSON number"),

@@ -278,6 +278,22 @@ class Job(models.Model):
         return self.status in FINISHED_STATUSES
 
     @property
+    def error_list(self) -> list[dict]:
+        """``errors``, or what can be read of it if it was corrupted behind
+        the ORM's back (a lost history must not block the job)."""
+        if not isinstance(self.errors, list):
+            return []
+        return [
+            {
+                "exception_class_path": str(e.get("exception_class_path", "")),
+                "traceback": str(e.get("traceback", "")),
+                **e,
+            }
+            for e in self.errors
+            if isinstance(e, dict)
+        ]
+
+    @property
     def duration(self) -> timedelta | None:
         """Time from the last attempt's start to the finish."""
         if self.finished_at and self.last_attempted_at:
@@ -312,7 +328,7 @@ class Job(models.Model):
         """Record a final failure. False if the job was taken away."""
         return self._update_if_held(
             status=JobStatus.FAILED,
-            errors=[*self.errors, error],
+            errors=[*self.error_list, error],
             finished_at=now or timezone.now(),
             worker=None,
         )
@@ -333,7 +349,7 @@ class Job(models.Model):
         return self._update_if_held(
             status=JobStatus.READY,
             run_after=run_after,
-            errors=[*self.errors, error] if error else self.errors,
+            errors=[*self.error_list, error] if error else self.error_list,
             worker=None,
         )
 
@@ -366,7 +382,7 @@ class Job(models.Model):
                 exception_class_path=error["exception_class_path"],
                 traceback=error["traceback"],
             )
-            for error in self.errors
+            for error in self.error_list
         ]
         status = self.status
         if status == JobStatus.CANCELLED:

@@ -9,6 +9,8 @@ times.
 
 from __future__ import annotations
 
+import json
+import math
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -22,6 +24,15 @@ from ..compat import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY, InvalidTask
 from ..cron import CronTimes, IntervalTimes, PlannedTimes, normalize_cron, zone
 
 MAX_INTERVAL = timedelta(days=3660)
+
+
+def _dumps_as_is(value) -> bool:
+    """Whether the JSONField takes ``value`` as it is (no bytes, tuples...)."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 class MisfirePolicy(models.TextChoices):
@@ -182,29 +193,88 @@ class Schedule(models.Model):
 
     def _clean_task(self, refuse) -> None:
         from .. import registry
+        from ..conf import bgtasks_settings
         from ..exceptions import TaskNotRegistered
-        from ..serialization import NotJSON, to_json
+        from ..serialization import NotJSON, check_size, to_json
 
         try:
             task = registry.resolve(self.task_path)
         except TaskNotRegistered as exc:
             refuse("task_path", str(exc))
             task = None
-        if task is not None:
+        priority_ok = (
+            type(self.priority) is int
+            and TASK_MIN_PRIORITY <= self.priority <= TASK_MAX_PRIORITY
+        )
+        if not priority_ok:
+            refuse(
+                "priority",
+                _("The priority must be a whole number from %(min)d to %(max)d.")
+                % {"min": TASK_MIN_PRIORITY, "max": TASK_MAX_PRIORITY},
+            )
+        if task is not None and priority_ok:
+            queues = task.get_backend().queues
+            if not isinstance(self.queue_name, str) or (
+                queues and self.queue_name not in queues
+            ):
+                refuse(
+                    "queue_name",
+                    _("Queue %(queue)r is not one of the backend's QUEUES.")
+                    % {"queue": self.queue_name},
+                )
+            else:
+                try:
+                    task.using(queue_name=self.queue_name, priority=self.priority)
+                except InvalidTask as exc:
+                    refuse("queue_name", str(exc))
+        arguments = {}
+        for field, kind, message in (
+            ("args", list, _("Positional arguments must be a JSON list.")),
+            ("kwargs", dict, _("Keyword arguments must be a JSON object.")),
+        ):
+            value = getattr(self, field)
+            if not isinstance(value, kind):
+                refuse(field, message)
+                continue
             try:
-                task.using(queue_name=self.queue_name, priority=self.priority)
-            except InvalidTask as exc:
-                field = "priority" if "priority" in str(exc) else "queue_name"
-                refuse(field, str(exc))
-        if not isinstance(self.args, list):
-            refuse("args", _("Positional arguments must be a JSON list."))
-        if not isinstance(self.kwargs, dict):
-            refuse("kwargs", _("Keyword arguments must be a JSON object."))
-        for field in ("args", "kwargs"):
-            try:
-                to_json(getattr(self, field), field)
+                arguments[field] = to_json(value, field)
             except NotJSON as exc:
                 refuse(field, str(exc))
+        if len(arguments) == 2:
+            limit = bgtasks_settings.MAX_PAYLOAD_BYTES
+            alone = {
+                "args": [arguments["args"], {}],
+                "kwargs": [[], arguments["kwargs"]],
+            }
+            too_large = False
+            for field, payload in alone.items():  # name the one to blame
+                try:
+                    check_size(payload, "The arguments", limit)
+                except NotJSON as exc:
+                    refuse(field, str(exc))
+                    too_large = True
+            if not too_large and _dumps_as_is(self.args) and _dumps_as_is(self.kwargs):
+                try:
+                    check_size(list(arguments.values()), "The arguments", limit)
+                except NotJSON as exc:
+                    refuse("args", str(exc))
+
+    def clean_fields(self, exclude=None):
+        # Django's IntegerField turns an infinite float into an
+        # OverflowError instead of a validation error.
+        priority = self.priority
+        if (
+            isinstance(priority, float)
+            and not math.isfinite(priority)
+            and (exclude is None or "priority" not in exclude)
+        ):
+            errors = {"priority": [_("The priority must be a whole number.")]}
+            try:
+                super().clean_fields(exclude=[*(exclude or []), "priority"])
+            except ValidationError as exc:
+                errors |= exc.message_dict
+            raise ValidationError(errors)
+        super().clean_fields(exclude=exclude)
 
     # Times -------------------------------------------------------------------
 

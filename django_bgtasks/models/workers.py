@@ -3,15 +3,18 @@ its heartbeat."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 
-from django.db import IntegrityError, models, transaction
+from django.db import DatabaseError, IntegrityError, models, transaction
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from ..conf import bgtasks_settings
 from ..exceptions import WorkerIdInUse, WorkerLost
 from .jobs import Job, error_entry
+
+logger = logging.getLogger("django_bgtasks.worker")
 
 
 class WorkerState(models.TextChoices):
@@ -145,5 +148,11 @@ class WorkerProcess(models.Model):
             error = reason and error_entry(
                 reason, attempt=job.attempts, worker_id=self.pk, at=now
             )
-            changed += change(job, error, now)
+            try:
+                with transaction.atomic(using=job._state.db):
+                    changed += change(job, error, now)
+            except DatabaseError:
+                # One row the database will not take must not keep the
+                # others RUNNING.
+                logger.exception("Job %s could not be put back", job.pk)
         return changed

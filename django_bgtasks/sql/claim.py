@@ -18,10 +18,13 @@ reserved that will not start now, and priorities hold across workers.
 
 from __future__ import annotations
 
-from django.db import NotSupportedError, connections, transaction
+import json
+
+from django.db import IntegrityError, NotSupportedError, connections, transaction
 from django.utils import timezone
 
-from ..models import Job, JobStatus
+from ..exceptions import InvalidTaskArguments
+from ..models import Job, JobStatus, error_entry
 
 # Columns every claim sets; {append} is the vendor's "append to JSON array".
 _CLAIM_SET = """
@@ -136,17 +139,84 @@ def _claim_mysql(connection, *, worker_id, queues, limit, now):
         ids = [row[0] for row in candidates[:limit]]
         if not ids:
             return []
-        sql = f"""
-            UPDATE {table} SET {
-            _CLAIM_SET.format(
-                job=table, append="JSON_ARRAY_APPEND(worker_ids, '$', %s)"
-            )
-        }
-            WHERE id IN ({", ".join(["%s"] * len(ids))})
-        """
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [*_set_params(connection, worker_id, now), *ids])
+        try:
+            with transaction.atomic(using=connection.alias):
+                _mark_claimed(connection, table, ids, worker_id, now)
+        except IntegrityError:
+            # MariaDB checks a row's JSON again on every update: a row whose
+            # JSON was corrupted behind its back (constraint checks off)
+            # cannot be claimed. Fail those rows; claim the others.
+            bad = _fail_corrupt(connection, ids, now)
+            ids = [pk for pk in ids if pk not in bad]
+            if not ids:
+                return []
+            _mark_claimed(connection, table, ids, worker_id, now)
         return list(Job.objects.using(connection.alias).filter(id__in=ids))
+
+
+def _mark_claimed(connection, table, ids, worker_id, now) -> None:
+    claim_set = _CLAIM_SET.format(
+        job=table, append="JSON_ARRAY_APPEND(worker_ids, '$', %s)"
+    )
+    marks = ", ".join(["%s"] * len(ids))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET {claim_set} WHERE id IN ({marks})",
+            [*_set_params(connection, worker_id, now), *ids],
+        )
+
+
+_JSON_COLUMNS = {
+    "args": "'[]'",
+    "kwargs": "'{}'",
+    "backoff": "'{}'",
+    "worker_ids": "'[]'",
+    "errors": "'[]'",
+    "return_value": "NULL",
+    "progress": "NULL",
+}
+
+
+def _fail_corrupt(connection, ids, now) -> set[int]:
+    """Fail the jobs among ``ids`` whose stored JSON MariaDB finds invalid,
+    replacing it with empty values it accepts; return their ids."""
+    table = connection.ops.quote_name(Job._meta.db_table)
+    marks = ", ".join(["%s"] * len(ids))
+    valid = " AND ".join(f"({c} IS NULL OR JSON_VALID({c}))" for c in _JSON_COLUMNS)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id FROM {table} WHERE id IN ({marks}) AND NOT ({valid})", ids
+        )
+        bad = [row[0] for row in cursor.fetchall()]
+        if not bad:
+            return set()
+        error = error_entry(
+            InvalidTaskArguments(
+                "The job's stored arguments are corrupt: its JSON was written "
+                "behind the ORM's back and cannot be read, so it cannot be run. "
+                "The unreadable values were emptied."
+            ),
+            attempt=1,
+            worker_id=None,
+            at=now,
+        )
+        repair = ", ".join(
+            f"{c} = IF({c} IS NULL OR JSON_VALID({c}), {c}, {default})"
+            for c, default in _JSON_COLUMNS.items()
+            if c != "errors"
+        )
+        cursor.execute(
+            f"UPDATE {table} SET {repair}, errors = %s, status = %s, finished_at = %s, "
+            f"attempts = attempts + 1 "
+            f"WHERE id IN ({', '.join(['%s'] * len(bad))})",
+            [
+                json.dumps([error]),
+                JobStatus.FAILED.value,
+                connection.ops.adapt_datetimefield_value(now),
+                *bad,
+            ],
+        )
+    return set(bad)
 
 
 _CLAIMS = {

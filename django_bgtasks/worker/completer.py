@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from ..backend import DatabaseBackend
 from ..backoff import Backoff
-from ..compat import task_finished
+from ..compat import InvalidTask, task_finished
 from ..conf import bgtasks_settings
 from ..exceptions import OutcomeNotStored
 from ..models import Job, JobStatus, error_entry
@@ -51,11 +51,14 @@ def decide(
         )  # fmt: skip
         return completion, "succeeded"
     errors = [
-        *job.errors,
+        *job.error_list,
         error_entry(outcome.error, attempt=job.attempts, worker_id=worker_id, at=now),
     ]
     if outcome.retryable and job.attempts < job.max_attempts:
-        backoff = Backoff.coerce(job.backoff or bgtasks_settings.BACKOFF)
+        try:
+            backoff = Backoff.coerce(job.backoff or bgtasks_settings.BACKOFF)
+        except InvalidTask:  # a corrupt stored backoff: the default
+            backoff = Backoff.coerce(bgtasks_settings.BACKOFF)
         completion = Completion(
             job.pk, job.attempts, JobStatus.READY, errors=errors,
             run_after=now + backoff.delay(job.attempts),

@@ -27,7 +27,7 @@ import threading
 import time
 import traceback
 
-from django.db import connections, router
+from django.db import DatabaseError, connections, router
 from django.utils.crypto import get_random_string
 
 from .. import __version__, notify, registry
@@ -272,7 +272,9 @@ class Worker:
                         worker_id=self.worker_id, queues=self.queues, limit=free
                     )
                     db_pause = 0.2
-                except CONNECTION_ERRORS as exc:
+                except DatabaseError as exc:
+                    # A lost connection, or a row the database will not
+                    # update: either way, the worker keeps going.
                     logger.warning(
                         "Database error while claiming jobs (%s); retrying in %.1f s",
                         exc,
