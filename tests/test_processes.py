@@ -15,6 +15,10 @@ from tests import tasks
 from tests.conftest import requires_postgresql, requires_server_database, wait_until
 from tests.models import Execution
 
+# Several real processes each: on the Django 6.1 leg of scripts/test these
+# are left to the Django 5.2 leg (they test processes, not Django).
+pytestmark = pytest.mark.slow
+
 # Heartbeats every 0.5 s, dead after 2 s: recovery in seconds.
 FAST_RESCUE = {"BGTASKS_HEARTBEAT_INTERVAL": "0.5", "BGTASKS_WORKER_TIMEOUT": "2"}
 
@@ -166,7 +170,6 @@ def test_a_standalone_worker_replaces_itself_after_a_timeout(workers):
 
 
 @requires_server_database
-@pytest.mark.slow
 def test_chaos(workers):
     """Two supervisors with two children each drain 5,000 jobs while a random
     child is SIGKILLed about every second; nothing is lost, nothing runs
