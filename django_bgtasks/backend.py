@@ -25,22 +25,24 @@ from typing import Any
 
 from django.apps import apps
 from django.core import checks
-from django.db import connections, router, transaction
+from django.db import router
 from django.utils import timezone
 
-from . import notify, registry
+from . import registry
 from .backoff import Backoff
 from .base import DatabaseTask, DatabaseTaskResult
 from .compat import (
     BaseTaskBackend,
     InvalidTask,
     TaskResultDoesNotExist,
+    TaskResultStatus,
     task_enqueued,
 )
 from .conf import bgtasks_settings
 from .exceptions import InvalidTaskArguments
-from .models import Job
+from .models import Job, JobStatus
 from .serialization import NotJSON, check_size, to_json
+from .sql.insert import insert_jobs
 
 MAX_ATTEMPTS_LIMIT = 1000
 MIN_RUN_AFTER = datetime(1, 1, 2)
@@ -91,43 +93,89 @@ class DatabaseBackend(BaseTaskBackend):
 
     def enqueue_job(self, task, args, kwargs, **job_fields) -> DatabaseTaskResult:
         """Enqueue a validated ``task``; ``job_fields`` set other Job fields
-        (the scheduler's ``schedule`` and ``scheduled_for``)."""
-        args, kwargs = _json_arguments(args, kwargs)
+        (the scheduler's ``schedule_id`` and ``scheduled_for``)."""
+        now = timezone.now()
+        row = {**self._row(task, now), **job_fields}
+        row["args"], row["kwargs"] = _json_arguments(args, kwargs)
+        [pk] = insert_jobs(router.db_for_write(Job), [row])
+        result = self._result(task, pk, row)
+        task_enqueued.send(type(self), task_result=result)
+        return result
+
+    def enqueue_many(self, task, calls) -> list[DatabaseTaskResult]:
+        """Enqueue ``task`` once per ``(args, kwargs)`` in ``calls``, with one
+        statement; every call is checked before any row is written."""
+        self.validate_task(task)
+        now = timezone.now()
+        common = self._row(task, now)
+        rows = []
+        for number, call in enumerate(calls):
+            try:
+                args, kwargs = call
+            except (TypeError, ValueError):
+                raise InvalidTaskArguments(
+                    f"Call {number} is not an (args, kwargs) pair: {call!r}."
+                ) from None
+            if isinstance(args, str | bytes) or not isinstance(kwargs, dict):
+                raise InvalidTaskArguments(
+                    f"Call {number}: args must be a sequence and kwargs a dict."
+                )
+            row = dict(common)
+            try:
+                row["args"], row["kwargs"] = _json_arguments(args, kwargs)
+            except InvalidTaskArguments as exc:
+                raise InvalidTaskArguments(f"Call {number}: {exc}") from None
+            rows.append(row)
+        ids = insert_jobs(router.db_for_write(Job), rows)
+        results = [
+            self._result(task, pk, row) for pk, row in zip(ids, rows, strict=True)
+        ]
+        if task_enqueued.receivers:
+            for result in results:
+                task_enqueued.send(type(self), task_result=result)
+        return results
+
+    def _row(self, task, now) -> dict[str, Any]:
+        """The columns of a new job of ``task``, but its arguments."""
         max_attempts = getattr(task, "max_attempts", None)
         if max_attempts is None:
             max_attempts = bgtasks_settings.MAX_ATTEMPTS
         backoff = getattr(task, "backoff", None) or Backoff.coerce(
             bgtasks_settings.BACKOFF
         )
-        timeout = getattr(task, "timeout", None) or bgtasks_settings.TIMEOUT
-        now = timezone.now()
-        run_after = task.run_after.astimezone(UTC) if task.run_after else now
-        job = Job(
-            task_path=task.module_path,
+        return {
+            "task_path": task.module_path,
+            "backend": self.alias,
+            "queue_name": task.queue_name,
+            "priority": task.priority,
+            "status": JobStatus.READY.value,
+            "run_after": task.run_after.astimezone(UTC) if task.run_after else now,
+            "enqueued_at": now,
+            "attempts": 0,
+            "max_attempts": max_attempts,
+            "timeout": getattr(task, "timeout", None) or bgtasks_settings.TIMEOUT,
+            "backoff": backoff.as_dict(),
+            "worker_ids": [],
+            "errors": [],
+            "schedule_id": None,
+            "scheduled_for": None,
+        }
+
+    def _result(self, task, pk: int, row: dict) -> DatabaseTaskResult:
+        return DatabaseTaskResult.from_stored(
+            task=task,
+            id=str(pk),
+            status=TaskResultStatus.READY,
+            enqueued_at=row["enqueued_at"],
+            started_at=None,
+            finished_at=None,
+            last_attempted_at=None,
+            args=row["args"],
+            kwargs=row["kwargs"],
             backend=self.alias,
-            queue_name=task.queue_name,
-            priority=task.priority,
-            args=args,
-            kwargs=kwargs,
-            run_after=run_after,
-            enqueued_at=now,
-            max_attempts=max_attempts,
-            backoff=backoff.as_dict(),
-            timeout=timeout,
-            **job_fields,
+            errors=[],
+            worker_ids=[],
         )
-        using = router.db_for_write(Job)
-        connection = connections[using]
-        if notify.notify_enabled(connection):
-            # A savepoint keeps the row and its NOTIFY together.
-            with transaction.atomic(using=using):
-                job.save(using=using, force_insert=True)
-                notify.send(connection, job.queue_name)
-        else:
-            job.save(using=using, force_insert=True)
-        result = job.to_task_result(task)
-        task_enqueued.send(type(self), task_result=result)
-        return result
 
     def get_result(self, result_id: str) -> DatabaseTaskResult:
         """The result of job ``result_id``; TaskResultDoesNotExist if none."""

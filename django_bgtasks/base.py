@@ -71,6 +71,17 @@ class DatabaseTask(Task):
         )
         return replace(task, **changes) if changes else task
 
+    def enqueue_many(self, calls) -> list[DatabaseTaskResult]:
+        """Enqueue this task once per ``(args, kwargs)`` pair in ``calls``,
+        in one statement (and one transaction)::
+
+            send_email.enqueue_many(((user.pk,), {}) for user in users)
+
+        Every call is checked before anything is written; it returns the
+        results in the order of ``calls``.
+        """
+        return self.get_backend().enqueue_many(self, calls)
+
 
 def task(
     function=None,

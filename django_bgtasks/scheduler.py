@@ -158,6 +158,6 @@ def enqueue_for_schedule(schedule: Schedule, *, scheduled_for: datetime | None):
         task,
         schedule.args,
         schedule.kwargs,
-        schedule=schedule,
+        schedule_id=schedule.pk,
         scheduled_for=scheduled_for,
     )

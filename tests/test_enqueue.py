@@ -265,3 +265,41 @@ def test_wait_inside_a_transaction_is_refused():
     result = tasks.add.enqueue(1, 1)
     with pytest.raises(RuntimeError, match="inside a transaction"):
         result.wait(timeout=0.1)
+
+
+def test_enqueue_many_writes_every_job_in_order():
+    results = tasks.add.using(priority=3).enqueue_many(
+        [((n, n), {}) for n in range(50)] + [((), {"a": 1, "b": 2})]
+    )
+    assert len(results) == 51
+    jobs = {job.pk: job for job in Job.objects.all()}
+    assert len(jobs) == 51
+    for number, result in enumerate(results[:50]):
+        job = jobs[int(result.id)]
+        assert (job.args, job.kwargs, job.priority) == ([number, number], {}, 3)
+        assert result.args == [number, number]
+    assert jobs[int(results[-1].id)].kwargs == {"a": 1, "b": 2}
+    assert [int(r.id) for r in results] == sorted(int(r.id) for r in results)
+
+
+@pytest.mark.parametrize(
+    ("calls", "message"),
+    [
+        ([((1,), {}), ((object(),), {})], "Call 1: Task arguments must be JSON"),
+        ([((1,), {}), (1, 2, 3)], "Call 1 is not an \\(args, kwargs\\) pair"),
+        ([("ab", {})], "Call 0: args must be a sequence"),
+    ],
+)
+def test_enqueue_many_checks_every_call_before_writing(calls, message):
+    with pytest.raises(InvalidTaskArguments, match=message):
+        tasks.echo.enqueue_many(calls)
+    assert not Job.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_enqueue_many_joins_the_callers_transaction():
+    with pytest.raises(RuntimeError), transaction.atomic():
+        tasks.add.enqueue_many([((1, 2), {})] * 10)
+        raise RuntimeError
+    assert not Job.objects.exists()
+    assert tasks.add.enqueue_many([]) == []

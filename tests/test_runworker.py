@@ -219,8 +219,12 @@ def test_notify_wakes_an_idle_worker_at_once(workers, notify):
     from django.db import connection
 
     env = {"BGTASKS_NOTIFY": "1" if notify else "0"}
-    process = workers.start("--poll-interval", "60", env=env)
-    wait_until(lambda: WorkerProcess.objects.exists(), timeout=30, message="worker")
+    process = workers.start("--poll-interval", "60", "-v", "2", env=env)
+    wait_until(
+        lambda: "No job is due: waiting for one" in workers.output(process),
+        timeout=30,
+        message="the worker idle, past its first look for jobs",
+    )
     if notify:
 
         def listening():

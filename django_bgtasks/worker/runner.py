@@ -262,6 +262,7 @@ class Worker:
 
     def _loop(self) -> None:
         db_pause = 0.2
+        was_idle = False
         while not self._stopping.is_set():
             self._wake.clear()
             free = self._free_slots()
@@ -293,6 +294,9 @@ class Worker:
                 return
             if claimed and len(claimed) == free:
                 continue  # a full batch: there may be more, claim again
+            if idle and not claimed and not was_idle:
+                logger.debug("No job is due: waiting for one")
+            was_idle = idle and not claimed
             self._wake.wait(self._check_timeouts())
 
     def _due_jobs_left(self) -> bool:

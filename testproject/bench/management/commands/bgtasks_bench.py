@@ -1,0 +1,244 @@
+"""``manage.py bgtasks_bench``: how fast the queue is, as a table of figures.
+
+Scenarios, each run ``--runs`` times (medians printed), on the database of
+``DATABASE_URL`` with a no-op task taking one integer, results stored:
+
+- enqueue: ``task.enqueue()`` from Django code, one transaction each;
+- bulk: ``task.enqueue_many()``, one statement per 5,000 jobs;
+- drain: ``runworker --processes P`` drains jobs enqueued at once (for each
+  P of ``--processes``);
+- latency: from an enqueue's commit to the job's start, idle workers;
+- priority: the same for a high-priority job behind ``--backlog`` others;
+- memory: each worker process's resident memory, at rest and after draining;
+- idle: transactions per second the idle workers cost the database
+  (PostgreSQL).
+
+Not a test: it asserts nothing and prints figures. Run it on a quiet
+machine; ``--quick`` runs small sizes once (CI uses it to prove it works).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+from django.core.management.base import BaseCommand
+from django.db import connection, transaction
+from django.utils import timezone
+
+from django_bgtasks.models import Job, JobStatus, WorkerProcess
+from testproject.bench.tasks import noop
+
+MANAGE_PY = os.path.join(os.path.dirname(__file__), *[os.pardir] * 4, "manage.py")
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def percentile(values, fraction):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+class Command(BaseCommand):
+    help = "Measure enqueue, bulk enqueue, drain, latency, memory and idle cost."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--runs", type=int, default=3)
+        parser.add_argument("--enqueue", type=int, default=3000)
+        parser.add_argument("--bulk", type=int, default=50_000)
+        parser.add_argument("--drain", type=int, default=20_000)
+        parser.add_argument("--processes", default="2", help="e.g. 1,2,4")
+        parser.add_argument("--concurrency", type=int, default=8)
+        parser.add_argument("--latency", type=int, default=200)
+        parser.add_argument("--backlog", type=int, default=10_000)
+        parser.add_argument("--quick", action="store_true")
+
+    def handle(self, *args, **options):
+        if options["quick"]:
+            options.update(
+                runs=1, enqueue=200, bulk=2000, drain=1000, latency=20, backlog=500,
+                processes="1",
+            )  # fmt: skip
+        self.options = options
+        runs = options["runs"]
+        self.say(
+            f"django-bgtasks benchmark on {connection.display_name} "
+            f"({connection.settings_dict['NAME']}), {os.cpu_count()} CPUs, "
+            f"medians of {runs} run(s)"
+        )
+        rows = []
+
+        def row(label, value, unit):
+            rows.append((label, value, unit))
+
+        row("enqueue, one transaction each", self.median(self.enqueue), "jobs/s")
+        row("bulk enqueue (enqueue_many)", self.median(self.bulk), "jobs/s")
+        processes = [int(p) for p in options["processes"].split(",")]
+        for count in processes:
+            self.start_workers(count)
+            try:
+                drain = self.median(self.drain)
+                row(
+                    f"drain {options['drain']:,} jobs, {count} process(es)",
+                    drain,
+                    "jobs/s",
+                )
+                if count not in (processes[0], 2):
+                    continue
+                rest = self.memory()
+                p50, p99 = self.latency()
+                row(
+                    f"latency p50 / p99, {count} process(es)",
+                    f"{p50:.1f} / {p99:.1f}",
+                    "ms",
+                )
+                high = self.priority()
+                row(f"high priority behind {options['backlog']:,}", f"{high:.1f}", "ms")
+                after = self.memory()
+                row(
+                    "worker RSS at rest / after",
+                    f"{rest:.0f} / {after:.0f}",
+                    "MB, largest",
+                )
+                if connection.vendor == "postgresql":
+                    idle = f"{self.idle(count):.1f}"
+                    row("idle worker's database transactions", idle, "per second")
+            finally:
+                self.stop_workers()
+        self.say("")
+        width = max(len(label) for label, _, _ in rows)
+        for label, value, unit in rows:
+            shown = f"{value:,.0f}" if isinstance(value, int | float) else value
+            self.say(f"  {label:<{width}}  {shown:>14}  {unit}")
+
+    def say(self, text):
+        self.stdout.write(text)
+        self.stdout.flush()
+
+    def median(self, scenario):
+        return statistics.median(scenario() for _ in range(self.options["runs"]))
+
+    def clear(self):
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute(f"TRUNCATE {Job._meta.db_table}")
+            else:
+                Job.objects.all().delete()
+
+    # Enqueueing --------------------------------------------------------------
+
+    def enqueue(self) -> float:
+        self.clear()
+        count = self.options["enqueue"]
+        started = time.perf_counter()
+        for number in range(count):
+            noop.enqueue(number)
+        return count / (time.perf_counter() - started)
+
+    def bulk(self) -> float:
+        self.clear()
+        count = self.options["bulk"]
+        started = time.perf_counter()
+        for chunk in range(0, count, 5000):
+            noop.enqueue_many(
+                ((n,), {}) for n in range(chunk, min(count, chunk + 5000))
+            )
+        return count / (time.perf_counter() - started)
+
+    # Workers -----------------------------------------------------------------
+
+    def start_workers(self, count: int) -> None:
+        self.clear()
+        WorkerProcess.objects.all().delete()
+        command = [
+            sys.executable, MANAGE_PY, "runworker", "--processes", str(count),
+            "--concurrency", str(self.options["concurrency"]), "--no-scheduler",
+            "--no-maintenance", "-v", "0",
+        ]  # fmt: skip
+        self.supervisor = subprocess.Popen(command)
+        deadline = time.monotonic() + 60
+        while WorkerProcess.objects.count() < count:
+            if time.monotonic() > deadline:
+                raise SystemExit("The workers did not start within 60 s.")
+            time.sleep(0.05)
+        time.sleep(0.5)  # let them settle into their idle wait
+
+    def stop_workers(self) -> None:
+        self.supervisor.send_signal(signal.SIGTERM)
+        self.supervisor.wait(60)
+
+    def drain(self) -> float:
+        self.clear()
+        count = self.options["drain"]
+        with transaction.atomic():
+            noop.enqueue_many(((n,), {}) for n in range(count))
+        started = time.perf_counter()
+        unfinished = Job.objects.exclude(status=JobStatus.SUCCESSFUL)
+        while unfinished.exists():
+            time.sleep(0.005)
+        return count / (time.perf_counter() - started)
+
+    def latency(self) -> tuple[float, float]:
+        self.clear()
+        sent = {}
+        for number in range(self.options["latency"]):
+            result = noop.enqueue(number)
+            sent[int(result.id)] = timezone.now()
+            time.sleep(0.01)  # one at a time: the workers are idle again
+        return self.delays(sent)
+
+    def delays(self, sent) -> tuple[float, float]:
+        deadline = time.monotonic() + 60
+        while Job.objects.filter(pk__in=sent, started_at__isnull=True).exists():
+            if time.monotonic() > deadline:
+                raise SystemExit("Jobs did not start within 60 s.")
+            time.sleep(0.01)
+        started = dict(Job.objects.filter(pk__in=sent).values_list("pk", "started_at"))
+        delays = [
+            (started[pk] - at) / timedelta(milliseconds=1) for pk, at in sent.items()
+        ]
+        return percentile(delays, 0.5), percentile(delays, 0.99)
+
+    def priority(self) -> float:
+        self.clear()
+        with transaction.atomic():
+            noop.enqueue_many(((n,), {}) for n in range(self.options["backlog"]))
+        time.sleep(0.2)  # the workers are busy with the backlog
+        result = noop.using(priority=100).enqueue(-1)
+        sent = {int(result.id): timezone.now()}
+        p50, _ = self.delays(sent)
+        return p50
+
+    def memory(self) -> float:
+        sizes = [
+            rss_mb(pid) for pid in WorkerProcess.objects.values_list("pid", flat=True)
+        ]
+        return max((size for size in sizes if size), default=0.0)
+
+    def idle(self, count: int) -> float:
+        self.clear()
+        query = (
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database "
+            "WHERE datname = current_database()"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(query)
+            before = cursor.fetchone()[0]
+            time.sleep(10)
+            cursor.execute(query)
+            after = cursor.fetchone()[0]
+        return (after - before - 1) / 10 / count
