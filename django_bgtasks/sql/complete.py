@@ -60,32 +60,42 @@ def complete_jobs(
 
 def _complete_postgresql(connection, worker_id, completions) -> set[int]:
     table = connection.ops.quote_name(Job._meta.db_table)
+    # The batch goes as one JSON document: one parameter to send, parsed by
+    # the server, cheaper than a column of arrays.
     sql = f"""
         UPDATE {table} AS job SET
             status = done.status,
             return_value = CASE WHEN done.status = %s
-                THEN done.return_value::jsonb ELSE job.return_value END,
-            errors = COALESCE(done.errors::jsonb, job.errors),
+                THEN done.return_value ELSE job.return_value END,
+            errors = COALESCE(done.errors, job.errors),
             finished_at = COALESCE(done.finished_at, job.finished_at),
             run_after = COALESCE(done.run_after, job.run_after),
             worker_id = NULL
-        FROM unnest(
-            %s::bigint[], %s::integer[], %s::text[], %s::text[], %s::text[],
-            %s::timestamptz[], %s::timestamptz[]
-        ) AS done(id, attempts, status, return_value, errors, finished_at, run_after)
+        FROM jsonb_to_recordset(%s::jsonb) AS done(
+            id bigint, attempts integer, status text, return_value jsonb,
+            errors jsonb, finished_at timestamptz, run_after timestamptz
+        )
         WHERE job.id = done.id AND job.status = %s AND job.worker_id = %s
             AND job.attempts = done.attempts
         RETURNING job.id
     """
+    batch = json.dumps(
+        [
+            {
+                "id": c.job_id,
+                "attempts": c.attempts,
+                "status": c.status,
+                "return_value": c.return_value,
+                "errors": c.errors,
+                "finished_at": c.finished_at and c.finished_at.isoformat(),
+                "run_after": c.run_after and c.run_after.isoformat(),
+            }
+            for c in completions
+        ]
+    )
     params = [
         JobStatus.SUCCESSFUL.value,
-        [c.job_id for c in completions],
-        [c.attempts for c in completions],
-        [c.status for c in completions],
-        [_json(c.return_value) for c in completions],
-        [None if c.errors is None else json.dumps(c.errors) for c in completions],
-        [c.finished_at for c in completions],
-        [c.run_after for c in completions],
+        batch,
         JobStatus.RUNNING.value,
         worker_id,
     ]

@@ -82,6 +82,7 @@ class Worker:
         scheduler: bool = True,
         maintenance: bool = True,
         max_memory_mb: int | None = None,
+        prefetch: int = 0,
     ):
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -97,6 +98,8 @@ class Worker:
         self.runs_scheduler = scheduler
         self.runs_maintenance = maintenance
         self.max_memory_mb = max_memory_mb
+        # Jobs claimed beyond the threads, waiting for one to free up.
+        self.prefetch = prefetch
         self.using = router.db_for_write(Job)
         self.exit = WorkerExit.STOPPED
 
@@ -272,7 +275,11 @@ class Worker:
             free = self._free_slots()
             with self._lock:
                 busy = bool(self._running)
-            if backlog and busy and free < max(1, self.concurrency // 2):
+            if (
+                backlog
+                and busy
+                and free < max(1, (self.concurrency + self.prefetch) // 2)
+            ):
                 free = 0  # wait for more threads to free
             claimed = []
             if free:
@@ -319,7 +326,7 @@ class Worker:
 
     def _free_slots(self) -> int:
         with self._lock:
-            free = self.concurrency - len(self._running)
+            free = self.concurrency + self.prefetch - len(self._running)
         if self.max_jobs is not None:
             free = min(free, self.max_jobs - self.jobs_claimed)
         return max(free, 0)

@@ -32,6 +32,16 @@ def positive_int(value: str) -> int:
     return number
 
 
+def non_negative_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not 0 or more")
+    return number
+
+
 def seconds(value: str) -> float:
     try:
         number = float(value)
@@ -70,6 +80,14 @@ class Command(BaseCommand):
             default=os.cpu_count() or 1,
             help="Jobs to run at once, each on its own thread "
             "(default: the number of CPUs).",
+        )
+        parser.add_argument(
+            "--prefetch",
+            type=non_negative_int,
+            default=0,
+            help="Claim up to this many jobs beyond the free threads, to run as "
+            "threads free up: fewer, larger claims for short jobs (default 0: "
+            "claim only for free threads).",
         )
         parser.add_argument(
             "--burst",
@@ -167,6 +185,7 @@ class Command(BaseCommand):
             scheduler=options["scheduler"],
             maintenance=options["maintenance"],
             max_memory_mb=options["max_memory"],
+            prefetch=options["prefetch"],
         )
         if options["verbosity"]:
             self._print_banner(
@@ -213,6 +232,7 @@ class Command(BaseCommand):
         processes = options["processes"] or 1
         command = [sys.executable, sys.argv[0], "runworker", "--supervised"]
         command += ["--concurrency", str(options["concurrency"])]
+        command += ["--prefetch", str(options["prefetch"])]
         command += ["--verbosity", str(options["verbosity"])]
         command += ["--shutdown-timeout", str(options["shutdown_timeout"])]
         if options["queues"]:
