@@ -123,7 +123,9 @@ class Executor:
         self.on_done = on_done
         self.on_finished = on_finished
         self.give_up = give_up
-        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        # Claim order, also among the jobs waiting for a thread (--prefetch):
+        # a high-priority job claimed later still starts first.
+        self._jobs: queue.PriorityQueue[tuple] = queue.PriorityQueue()
         self._threads = [
             threading.Thread(
                 target=self._work, name=f"bgtasks-job-{number}", daemon=True
@@ -136,16 +138,16 @@ class Executor:
             thread.start()
 
     def submit(self, job: Job) -> None:
-        self._jobs.put(job)
+        self._jobs.put((0, -job.priority, job.run_after, job.id, job))
 
     def stop(self) -> None:
-        """Let each thread exit once it is idle."""
-        for _ in self._threads:
-            self._jobs.put(None)
+        """Let each thread exit once the jobs handed to it have run."""
+        for number, _ in enumerate(self._threads):
+            self._jobs.put((1, number, None, None, None))
 
     def _work(self) -> None:
         try:
-            while (job := self._jobs.get()) is not None:
+            while (job := self._jobs.get()[-1]) is not None:
                 try:
                     if self.give_up.is_set():
                         continue  # the worker is exiting and gave the job back
