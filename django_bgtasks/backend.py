@@ -41,7 +41,7 @@ from .compat import (
 from .conf import bgtasks_settings
 from .exceptions import InvalidTaskArguments
 from .models import Job, JobStatus
-from .serialization import NotJSON, check_size, to_json
+from .serialization import NotJSON, check_size, to_json, to_json_sized
 from .sql.insert import insert_jobs
 
 MAX_ATTEMPTS_LIMIT = 1000
@@ -94,11 +94,10 @@ class DatabaseBackend(BaseTaskBackend):
     def enqueue_job(self, task, args, kwargs, **job_fields) -> DatabaseTaskResult:
         """Enqueue a validated ``task``; ``job_fields`` set other Job fields
         (the scheduler's ``schedule_id`` and ``scheduled_for``)."""
-        now = timezone.now()
-        row = {**self._row(task, now), **job_fields}
-        row["args"], row["kwargs"] = _json_arguments(args, kwargs)
-        [pk] = insert_jobs(router.db_for_write(Job), [row])
-        result = self._result(task, pk, row)
+        common = {**self._row(task, timezone.now()), **job_fields}
+        arguments = [_json_arguments(args, kwargs)]
+        [pk] = insert_jobs(router.db_for_write(Job), common, arguments)
+        result = self._result(task, pk, common, *arguments[0])
         task_enqueued.send(type(self), task_result=result)
         return result
 
@@ -106,9 +105,8 @@ class DatabaseBackend(BaseTaskBackend):
         """Enqueue ``task`` once per ``(args, kwargs)`` in ``calls``, with one
         statement; every call is checked before any row is written."""
         self.validate_task(task)
-        now = timezone.now()
-        common = self._row(task, now)
-        rows = []
+        common = self._row(task, timezone.now())
+        arguments = []
         for number, call in enumerate(calls):
             try:
                 args, kwargs = call
@@ -120,19 +118,17 @@ class DatabaseBackend(BaseTaskBackend):
                 raise InvalidTaskArguments(
                     f"Call {number}: args must be a sequence and kwargs a dict."
                 )
-            row = dict(common)
             try:
-                row["args"], row["kwargs"] = _json_arguments(args, kwargs)
+                arguments.append(_json_arguments(args, kwargs))
             except InvalidTaskArguments as exc:
                 raise InvalidTaskArguments(f"Call {number}: {exc}") from None
-            rows.append(row)
-        ids = insert_jobs(router.db_for_write(Job), rows)
+        ids = insert_jobs(router.db_for_write(Job), common, arguments)
         results = [
-            self._result(task, pk, row) for pk, row in zip(ids, rows, strict=True)
+            self._result(task, pk, common, args, kwargs)
+            for pk, (args, kwargs) in zip(ids, arguments, strict=True)
         ]
-        if task_enqueued.receivers:
-            for result in results:
-                task_enqueued.send(type(self), task_result=result)
+        for result in results:
+            task_enqueued.send(type(self), task_result=result)
         return results
 
     def _row(self, task, now) -> dict[str, Any]:
@@ -161,7 +157,7 @@ class DatabaseBackend(BaseTaskBackend):
             "scheduled_for": None,
         }
 
-    def _result(self, task, pk: int, row: dict) -> DatabaseTaskResult:
+    def _result(self, task, pk: int, row: dict, args, kwargs) -> DatabaseTaskResult:
         return DatabaseTaskResult.from_stored(
             task=task,
             id=str(pk),
@@ -170,8 +166,8 @@ class DatabaseBackend(BaseTaskBackend):
             started_at=None,
             finished_at=None,
             last_attempted_at=None,
-            args=row["args"],
-            kwargs=row["kwargs"],
+            args=args,
+            kwargs=kwargs,
             backend=self.alias,
             errors=[],
             worker_ids=[],
@@ -303,12 +299,17 @@ def _json_arguments(args, kwargs) -> tuple[list, dict]:
     """Arguments as stored; refused unless JSON brings them back unchanged and
     they fit in ``BGTASKS["MAX_PAYLOAD_BYTES"]``."""
     try:
-        args = to_json(args, "args")
-        kwargs = to_json(kwargs, "kwargs")
+        args, args_size = to_json_sized(args, "args")
+        kwargs, kwargs_size = to_json_sized(kwargs, "kwargs")
     except NotJSON as exc:
         raise InvalidTaskArguments(f"Task arguments must be JSON: {exc}") from None
     try:
-        check_size([args, kwargs], "Task arguments", bgtasks_settings.MAX_PAYLOAD_BYTES)
+        check_size(
+            [args, kwargs],
+            "Task arguments",
+            bgtasks_settings.MAX_PAYLOAD_BYTES,
+            bound=args_size + kwargs_size + 3,
+        )
     except NotJSON as exc:
         raise InvalidTaskArguments(str(exc)) from None
     return args, kwargs

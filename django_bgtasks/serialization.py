@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
-
-from .compat import normalize_json
 
 MAX_DEPTH = 31  # levels of lists and objects, counting the outermost
 MAX_INT = 2**63 - 1
@@ -30,17 +29,24 @@ class NotJSON(ValueError):
 def to_json(value: Any, where: str) -> Any:
     """Return ``value`` normalised for storage, or raise NotJSON saying where
     (``where`` names the value in messages, e.g. ``"args"``)."""
+    return to_json_sized(value, where)[0]
+
+
+def to_json_sized(value: Any, where: str) -> tuple[Any, int]:
+    """``to_json``, and an upper bound of the value's size as JSON, in bytes
+    (to skip encoding it just to measure it)."""
+    size = [0]
     try:
-        value = normalize_json(value)
-    except (TypeError, ValueError) as exc:
-        raise NotJSON(f"{where}: {exc}") from None
-    except RecursionError:
-        raise NotJSON(f"{where}: nested deeper than {MAX_DEPTH} levels.") from None
-    return _clean(value, where, 0)
+        return _clean(value, (), 0, size), size[0]
+    except _Refused as refused:
+        raise NotJSON(f"{where}{_path(refused.path)}: {refused.reason}") from None
 
 
-def check_size(value: Any, where: str, limit: int) -> None:
-    """Raise NotJSON if ``value`` takes more than ``limit`` bytes as JSON."""
+def check_size(value: Any, where: str, limit: int, bound: int | None = None) -> None:
+    """Raise NotJSON if ``value`` takes more than ``limit`` bytes as JSON
+    (``bound``: an upper bound of that size, from to_json_sized)."""
+    if bound is not None and bound <= limit:
+        return
     size = len(json.dumps(value, separators=(",", ":")).encode())
     if size > limit:
         raise NotJSON(
@@ -50,55 +56,88 @@ def check_size(value: Any, where: str, limit: int) -> None:
         )
 
 
-def _clean(value: Any, where: str, depth: int) -> Any:
-    """``value`` checked, with -0.0 made 0.0."""
+class _Refused(Exception):
+    def __init__(self, path: tuple, reason: str):
+        self.path = path
+        self.reason = reason
+
+
+def _path(path: tuple) -> str:
+    return "".join(
+        f"[{step!r}]" if isinstance(step, str) else f"[{step}]" for step in path
+    )
+
+
+def _clean(value: Any, path: tuple, depth: int, size: list[int]) -> Any:
+    """``value`` normalised (as ``django.tasks``' normalize_json does, in the
+    same pass) and checked, with -0.0 made 0.0; adds an upper bound of its
+    size as JSON to ``size[0]``. Where it is (``path``) is only formatted for
+    an error: this runs for every argument of every job."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Refused(path, f"Unsupported value: {type(value)}") from None
     if isinstance(value, str):
-        _check_string(value, where)
+        size[0] += _check_text(value, path) + 2
     elif isinstance(value, bool) or value is None:
-        pass
+        size[0] += 5
     elif isinstance(value, int):
         if abs(value) > MAX_INT:
-            raise NotJSON(f"{where}: the integer {value} does not fit in 64 bits.")
+            raise _Refused(path, f"the integer {value} does not fit in 64 bits.")
+        size[0] += 20
     elif isinstance(value, float):
         if not math.isfinite(value):
-            raise NotJSON(f"{where}: {value} is not a JSON number.")
+            raise _Refused(path, f"{value} is not a JSON number.")
         if abs(value) >= MAX_FLOAT:
-            raise NotJSON(
-                f"{where}: the float {value!r} is too large to come back as a "
-                f"float (PostgreSQL returns an integer); pass an int or a string."
+            raise _Refused(
+                path,
+                f"the float {value!r} is too large to come back as a float "
+                f"(PostgreSQL returns an integer); pass an int or a string.",
             )
+        size[0] += 24
         if value == 0.0:
             return 0.0
-    elif isinstance(value, list | dict):
+    elif isinstance(value, Mapping | Sequence):
         if depth >= MAX_DEPTH:
-            raise NotJSON(f"{where}: nested deeper than {MAX_DEPTH} levels.")
-        if isinstance(value, list):
+            raise _Refused(path, f"nested deeper than {MAX_DEPTH} levels.")
+        size[0] += 2
+        if not isinstance(value, Mapping):  # a list, a tuple...
+            size[0] += len(value)
             return [
-                _clean(item, f"{where}[{index}]", depth + 1)
+                _clean(item, (*path, index), depth + 1, size)
                 for index, item in enumerate(value)
             ]
         cleaned = {}
         for key, item in value.items():
+            if isinstance(key, bytes):
+                key = _clean(key, path, depth + 1, [0])
             if not isinstance(key, str):
-                raise NotJSON(
-                    f"{where}: the dictionary key {key!r} is not a string "
-                    f"(JSON would turn it into one)."
+                raise _Refused(
+                    path,
+                    f"the dictionary key {key!r} is not a string (JSON would "
+                    f"turn it into one).",
                 )
-            _check_string(key, where)
-            cleaned[key] = _clean(item, f"{where}[{key!r}]", depth + 1)
+            size[0] += _check_text(key, path) + 4
+            cleaned[key] = _clean(item, (*path, key), depth + 1, size)
         return cleaned
-    else:  # normalize_json lets nothing else through; say so if it ever does.
-        raise NotJSON(f"{where}: {type(value).__name__} is not a JSON type.")
+    else:
+        raise _Refused(path, f"Unsupported type: {type(value)}")
     return value
 
 
-def _check_string(value: str, where: str) -> None:
+def _check_text(value: str, path: tuple) -> int:
+    """Check ``value``; return an upper bound of its size as JSON, quotes
+    aside (an escape takes 6 bytes, a pair of them for characters outside
+    the Basic Multilingual Plane)."""
     if "\x00" in value:
-        raise NotJSON(
-            f"{where}: text cannot hold NUL characters (PostgreSQL refuses them "
-            f"in JSON)."
+        raise _Refused(
+            path, "text cannot hold NUL characters (PostgreSQL refuses them in JSON)."
         )
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise NotJSON(f"{where}: {value!r} is not valid Unicode.") from None
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _Refused(path, f"{value!r} is not valid Unicode.") from None
+        return 12 * len(value)
+    return 6 * len(value)

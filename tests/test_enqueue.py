@@ -111,14 +111,14 @@ def test_naive_run_after_is_refused():
 @pytest.mark.parametrize(
     ("args", "kwargs", "message"),
     [
-        ((object(),), {}, r"args: Unsupported type"),
-        (({1, 2},), {}, r"args: Unsupported type"),
+        ((object(),), {}, r"args\[0\]: Unsupported type"),
+        (({1, 2},), {}, r"args\[0\]: Unsupported type"),
         (({1: "one"},), {}, r"args\[0\]: the dictionary key 1 is not a string"),
         ((float("nan"),), {}, r"args\[0\]: nan is not a JSON number"),
         ((), {"big": 2**70}, r"kwargs\['big'\]: the integer .* does not fit"),
         (("a\x00b",), {}, r"args\[0\]: text cannot hold NUL"),
         (("\ud800",), {}, r"args\[0\]: .* is not valid Unicode"),
-        ((b"\xff",), {}, r"args: Unsupported value"),
+        ((b"\xff",), {}, r"args\[0\]: Unsupported value"),
     ],
 )
 def test_arguments_that_do_not_round_trip_are_refused(args, kwargs, message):
@@ -150,6 +150,20 @@ def test_payload_over_the_limit_is_refused():
     with pytest.raises(InvalidTaskArguments, match="more than the 100 bytes"):
         tasks.echo.enqueue("x" * 100)
     assert Job.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\x01" * 16,  # 16 characters, 96 bytes as JSON escapes
+        "\N{GRINNING FACE}" * 8,  # 8 characters, 96 bytes: a surrogate pair each
+    ],
+)
+@override_settings(BGTASKS={"MAX_PAYLOAD_BYTES": 100})
+def test_payload_size_counts_json_escapes(text):
+    with pytest.raises(InvalidTaskArguments, match="more than the 100 bytes"):
+        tasks.echo.enqueue(text)
+    assert not Job.objects.exists()
 
 
 @pytest.mark.django_db(transaction=True)

@@ -18,15 +18,14 @@ from django.db import connections, transaction
 from ..models import Job
 from ..notify import CHANNEL, notify_enabled
 
-# Columns an enqueue sets; the rest keep their defaults (NULL, 0).
-COLUMNS = {
+# Columns an enqueue sets, but for the arguments (the rest keep their
+# defaults: NULL, 0); they are the same for every job of one insert.
+COMMON = {
     "task_path": "text",
     "backend": "text",
     "queue_name": "text",
     "priority": "smallint",
     "status": "text",
-    "args": "jsonb",
-    "kwargs": "jsonb",
     "run_after": "timestamptz",
     "enqueued_at": "timestamptz",
     "attempts": "integer",
@@ -40,15 +39,18 @@ COLUMNS = {
 }
 
 
-def insert_jobs(using: str, rows: list[dict[str, Any]]) -> list[int]:
-    """Insert READY jobs (dicts of the COLUMNS) and return their ids, in
-    order. Sends NOTIFY for their queues where it is on."""
-    if not rows:
+def insert_jobs(
+    using: str, common: dict[str, Any], arguments: list[tuple[list, dict]]
+) -> list[int]:
+    """Insert READY jobs, one per ``(args, kwargs)`` in ``arguments``, all
+    with the other ``common`` columns; return their ids in order. Sends
+    NOTIFY for their queue where it is on."""
+    if not arguments:
         return []
     connection = connections[using]
     if connection.vendor == "postgresql":
-        return _insert_postgresql(connection, rows)
-    jobs = [Job(**row) for row in rows]
+        return _insert_postgresql(connection, common, arguments)
+    jobs = [Job(**common, args=args, kwargs=kwargs) for args, kwargs in arguments]
     if connection.features.can_return_rows_from_bulk_insert:
         Job.objects.using(using).bulk_create(jobs)
     else:
@@ -58,41 +60,52 @@ def insert_jobs(using: str, rows: list[dict[str, Any]]) -> list[int]:
     return [job.pk for job in jobs]
 
 
-def _insert_postgresql(connection, rows) -> list[int]:
-    table = connection.ops.quote_name(Job._meta.db_table)
-    names = list(COLUMNS)
-    casts, params = [], []
-    for name, kind in COLUMNS.items():
-        if kind == "jsonb":  # sent as text, cast in the statement
-            casts.append("%s::text[]")
-            params.append([json.dumps(row[name]) for row in rows])
-        else:
-            casts.append(f"%s::{kind}[]")
-            params.append([row.get(name) for row in rows])
-    selected = ", ".join(
-        f"{name}::jsonb" if COLUMNS[name] == "jsonb" else name for name in names
-    )
-    sql = f"""
-        WITH new AS (
-            INSERT INTO {table} ({", ".join(names)})
-            SELECT {selected}
-            FROM unnest({", ".join(casts)})
-                WITH ORDINALITY AS row({", ".join(names)}, n)
-            ORDER BY n
-            RETURNING id, queue_name
-        )
-    """
-    if notify_enabled(connection):
-        sql += """,
-        woken AS (
-            SELECT pg_notify(%s, queue_name)
-            FROM (SELECT DISTINCT queue_name FROM new) AS queues
-        )
-        SELECT id FROM new, (SELECT count(*) FROM woken) AS notified
-        """
-        params.append(CHANNEL)
+def _insert_postgresql(connection, common, arguments) -> list[int]:
+    params = [
+        json.dumps(common[name]) if kind == "jsonb" else common[name]
+        for name, kind in COMMON.items()
+    ]
+    if len(arguments) == 1:  # the common case, with the simplest statement
+        args, kwargs = arguments[0]
+        params += [json.dumps(args), json.dumps(kwargs)]
+        many = False
     else:
-        sql += "SELECT id FROM new"
+        # The arguments go as one JSON document, one parameter: far cheaper
+        # to send than a column of arrays, and the server parses it quickly.
+        params.append(json.dumps(arguments))
+        many = True
+    notify = notify_enabled(connection)
+    if notify:
+        params += [CHANNEL, common["queue_name"]]
+    sql = _STATEMENTS[many, notify]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return sorted(row[0] for row in cursor.fetchall())
+
+
+_TABLE = f'"{Job._meta.db_table}"'
+_COLUMNS = ", ".join([*COMMON, "args", "kwargs"])
+_CASTS = ", ".join(f"%s::{kind}" for kind in COMMON.values())
+_ONE = f"""
+    INSERT INTO {_TABLE} ({_COLUMNS}) VALUES ({_CASTS}, %s::jsonb, %s::jsonb)
+    RETURNING id
+"""
+_MANY = f"""
+    INSERT INTO {_TABLE} ({_COLUMNS})
+    SELECT {_CASTS}, call.value -> 0, call.value -> 1
+    FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS call(value, n)
+    ORDER BY call.n
+    RETURNING id
+"""
+# NOTIFY in the same statement: delivered at commit, with the rows.
+_NOTIFYING = """
+    WITH new AS ({insert}),
+    woken AS (SELECT pg_notify(%s, %s) WHERE EXISTS (SELECT 1 FROM new))
+    SELECT id FROM new, (SELECT count(*) FROM woken) AS notified
+"""
+_STATEMENTS = {
+    (False, False): _ONE,
+    (True, False): _MANY,
+    (False, True): _NOTIFYING.format(insert=_ONE),
+    (True, True): _NOTIFYING.format(insert=_MANY),
+}
