@@ -1422,11 +1422,11 @@ def field_value_error(name: str, value) -> bool:
 @given(
     task_path=st.sampled_from(["tests.tasks.echo", "tests.tasks.add"]) | TASK_PATHS,
     queue_name=QUEUE_NAMES,
-    # Django's IntegerField.to_python() lets int(Decimal("Infinity")) raise
-    # OverflowError: Django's to fix, not ours.
-    priority=PRIORITIES.filter(
-        lambda value: not (isinstance(value, Decimal) and value.is_infinite())
-    ),
+    priority=PRIORITIES,
+)
+@example(task_path="tests.tasks.echo", queue_name="default", priority=math.inf)
+@example(
+    task_path="tests.tasks.echo", queue_name="default", priority=Decimal("-Infinity")
 )
 @example(task_path="tests.tasks.echo", queue_name="priority", priority=0)
 @example(task_path="tests.tasks.echo", queue_name="default", priority="high")

@@ -9,7 +9,7 @@ from .jobs import (
     Job,
     JobDashboard,
     JobStatus,
-    ReadyJobIndex,
+    StatusIndex,
     error_entry,
 )
 from .schedules import MisfirePolicy, Schedule
@@ -21,8 +21,8 @@ __all__ = [
     "JobDashboard",
     "JobStatus",
     "MisfirePolicy",
-    "ReadyJobIndex",
     "Schedule",
+    "StatusIndex",
     "WorkerProcess",
     "WorkerState",
     "error_entry",

@@ -62,22 +62,28 @@ def error_entry(
     }
 
 
-class ReadyJobIndex(models.Index):
-    """The index every claim walks: due jobs in claim order.
+class StatusIndex(models.Index):
+    """An index of the jobs in one status only (READY: the claims' index).
 
-    PostgreSQL and SQLite get a partial index over READY rows only, so it
-    stays small however many finished rows the table holds. MySQL and MariaDB
-    have no partial indexes (Django would drop the condition with a warning),
-    so there the index leads with ``status`` instead.
+    PostgreSQL and SQLite get a partial index over the rows of that status,
+    so it stays small however many finished rows the table holds. MySQL and
+    MariaDB have no partial indexes (Django would drop the condition with a
+    warning), so there the index leads with ``status`` instead.
     """
+
+    def __init__(self, *args, status: str, **kwargs):
+        self.status = status
+        super().__init__(*args, **kwargs)
+
+    def deconstruct(self):
+        path, args, kwargs = super().deconstruct()
+        return path, args, {**kwargs, "status": self.status}
 
     def create_sql(self, model, schema_editor, using="", **kwargs):
         features = schema_editor.connection.features
         if features.supports_partial_indexes:
             index = models.Index(
-                fields=self.fields,
-                name=self.name,
-                condition=Q(status=JobStatus.READY),
+                fields=self.fields, name=self.name, condition=Q(status=self.status)
             )
         else:
             index = models.Index(fields=["status", *self.fields], name=self.name)
@@ -203,6 +209,7 @@ class Job(models.Model):
         related_name="jobs",
         on_delete=models.DO_NOTHING,
         db_constraint=False,
+        db_index=False,  # bgtasks_job_running_idx: only RUNNING jobs have one
         null=True,
         blank=True,
     )
@@ -218,6 +225,7 @@ class Job(models.Model):
         on_delete=models.SET_NULL,
         null=True,
         blank=True,
+        db_index=False,  # bgtasks_job_schedule_once leads with it
     )
     scheduled_for = models.DateTimeField(_("scheduled for"), null=True, blank=True)
     return_value = models.JSONField(_("return value"), null=True, blank=True)
@@ -240,13 +248,19 @@ class Job(models.Model):
         indexes = [
             # Claims from some queues, and from every queue (runworker's
             # default): each walks its index in claim order.
-            ReadyJobIndex(
+            StatusIndex(
                 fields=["queue_name", "-priority", "run_after", "id"],
                 name="bgtasks_job_ready_idx",
+                status=JobStatus.READY,
             ),
-            ReadyJobIndex(
+            StatusIndex(
                 fields=["-priority", "run_after", "id"],
                 name="bgtasks_job_ready_any_idx",
+                status=JobStatus.READY,
+            ),
+            # The jobs each worker runs now (rescue, the dashboard).
+            StatusIndex(
+                fields=["worker"], name="bgtasks_job_running_idx", status="RUNNING"
             ),
             # Counts by status, recently finished jobs (the dashboard), and
             # pruning old ones.

@@ -10,7 +10,6 @@ times.
 from __future__ import annotations
 
 import json
-import math
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -24,6 +23,19 @@ from ..compat import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY, InvalidTask
 from ..cron import CronTimes, IntervalTimes, PlannedTimes, normalize_cron, zone
 
 MAX_INTERVAL = timedelta(days=3660)
+
+
+class PriorityField(models.SmallIntegerField):
+    """A SmallIntegerField that refuses infinities as invalid: Django's
+    IntegerField lets ``int(inf)`` raise OverflowError from ``clean()``."""
+
+    def to_python(self, value):
+        try:
+            return super().to_python(value)
+        except OverflowError:
+            raise ValidationError(
+                self.error_messages["invalid"], code="invalid", params={"value": value}
+            ) from None
 
 
 def _dumps_as_is(value) -> bool:
@@ -90,7 +102,7 @@ class Schedule(models.Model):
     args = models.JSONField(_("positional arguments"), default=list, blank=True)
     kwargs = models.JSONField(_("keyword arguments"), default=dict, blank=True)
     queue_name = models.CharField(_("queue"), max_length=64, default="default")
-    priority = models.SmallIntegerField(_("priority"), default=0)
+    priority = PriorityField(_("priority"), default=0)
     enabled = models.BooleanField(_("enabled"), default=True)
     start_at = models.DateTimeField(
         _("start at"), null=True, blank=True, help_text=_("No run before this.")
@@ -258,23 +270,6 @@ class Schedule(models.Model):
                     check_size(list(arguments.values()), "The arguments", limit)
                 except NotJSON as exc:
                     refuse("args", str(exc))
-
-    def clean_fields(self, exclude=None):
-        # Django's IntegerField turns an infinite float into an
-        # OverflowError instead of a validation error.
-        priority = self.priority
-        if (
-            isinstance(priority, float)
-            and not math.isfinite(priority)
-            and (exclude is None or "priority" not in exclude)
-        ):
-            errors = {"priority": [_("The priority must be a whole number.")]}
-            try:
-                super().clean_fields(exclude=[*(exclude or []), "priority"])
-            except ValidationError as exc:
-                errors |= exc.message_dict
-            raise ValidationError(errors)
-        super().clean_fields(exclude=exclude)
 
     # Times -------------------------------------------------------------------
 
