@@ -13,7 +13,7 @@ from django_bgtasks.compat import TaskResultStatus
 from django_bgtasks.models import Job, JobStatus, WorkerProcess
 from django_bgtasks.prune import prune_finished_jobs
 from django_bgtasks.rescue import rescue_dead_workers
-from django_bgtasks.worker import Worker, WorkerExit
+from django_bgtasks.worker import Worker, WorkerExit, maintenance
 from tests import tasks
 from tests.conftest import wait_until
 from tests.test_admin_jobs import make_job
@@ -193,6 +193,28 @@ def test_prune_deletes_old_finished_jobs_only():
     assert deleted == {"SUCCESSFUL": 5, "FAILED": 1, "CANCELLED": 0}
     assert sorted(Job.objects.values_list("pk", flat=True)) == [j.pk for j in kept]
     assert not Job.objects.filter(pk__in=[j.pk for j in gone]).exists()
+
+
+@override_settings(BGTASKS={"PRUNE_AFTER": PRUNE, "PRUNE_INTERVAL": 3600})
+def test_maintenance_prunes_again_soon_while_a_pass_finds_a_full_load(monkeypatch):
+    """However fast jobs finish, pruning keeps up: a pass that deleted all it
+    may is followed by another within a second, not after PRUNE_INTERVAL."""
+    monkeypatch.setattr(maintenance, "PRUNE_BATCH_SIZE", 5)
+    monkeypatch.setattr(maintenance, "PRUNE_BATCHES_PER_PASS", 2)
+    old = timezone.now() - timedelta(days=8)
+    for _ in range(52):  # six passes: five full ones, then the rest
+        make_job(JobStatus.SUCCESSFUL, finished_at=old)
+    kept = make_job(JobStatus.SUCCESSFUL, finished_at=timezone.now())
+    thread = maintenance.Maintenance(
+        using="default", scheduler=False, housekeeping=True
+    )
+    thread.start()
+    try:
+        wait_until(lambda: Job.objects.count() == 1, timeout=15)
+    finally:
+        thread.stop()
+        thread.join(10)
+    assert list(Job.objects.values_list("pk", flat=True)) == [kept.pk]
 
 
 @override_settings(BGTASKS={"PRUNE_AFTER": PRUNE})

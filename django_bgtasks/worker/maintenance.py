@@ -13,22 +13,28 @@ from dataclasses import dataclass
 from django.db import connections
 
 from ..conf import bgtasks_settings
-from ..prune import prune_finished_jobs
+from ..prune import BATCH_SIZE, prune_finished_jobs
 from ..rescue import rescue_dead_workers
 from ..scheduler import fire_due_schedules
 from .db import CONNECTION_ERRORS, discard_connection
 
 logger = logging.getLogger("django_bgtasks.worker")
 
-# One pruning pass deletes at most this many batches; the next pass goes on.
+# One pruning pass deletes at most this many batches; if it found that many,
+# the next pass comes after PRUNE_CATCH_UP seconds (the other duties run in
+# between) rather than after the interval, so pruning keeps up with any flow.
+PRUNE_BATCH_SIZE = BATCH_SIZE
 PRUNE_BATCHES_PER_PASS = 20
+PRUNE_CATCH_UP = 0.5
 
 
 @dataclass
 class Duty:
     name: str
     interval: float
-    run: Callable[[], None]
+    # Returns None, or how many seconds to wait before the next pass instead
+    # of the interval.
+    run: Callable[[], float | None]
     due_at: float = 0.0
 
 
@@ -59,21 +65,24 @@ class Maintenance(threading.Thread):
                 now = time.monotonic()
                 for duty in self.duties:
                     if duty.due_at <= now:
-                        self._perform(duty)
-                        duty.due_at = time.monotonic() + duty.interval
+                        wait = self._perform(duty)
+                        duty.due_at = time.monotonic() + (
+                            duty.interval if wait is None else wait
+                        )
                 next_due = min(duty.due_at for duty in self.duties)
                 self._stop_event.wait(max(0.0, next_due - time.monotonic()))
         finally:
             connections.close_all()
 
-    def _perform(self, duty: Duty) -> None:
+    def _perform(self, duty: Duty) -> float | None:
         try:
-            duty.run()
+            return duty.run()
         except CONNECTION_ERRORS as exc:
             logger.warning("%s pass failed (%s); retrying", duty.name.title(), exc)
             discard_connection(self.using)
         except Exception:
             logger.exception("%s pass failed", duty.name.title())
+        return None
 
     def _schedule(self) -> None:
         fired = fire_due_schedules(using=self.using)
@@ -83,12 +92,17 @@ class Maintenance(threading.Thread):
     def _rescue(self) -> None:
         rescue_dead_workers(using=self.using)
 
-    def _prune(self) -> None:
+    def _prune(self) -> float | None:
         deleted = prune_finished_jobs(
-            using=self.using, max_batches=PRUNE_BATCHES_PER_PASS
+            using=self.using,
+            batch_size=PRUNE_BATCH_SIZE,
+            max_batches=PRUNE_BATCHES_PER_PASS,
         )
         if any(deleted.values()):
             logger.info(
                 "Pruned old jobs: %s",
                 ", ".join(f"{count} {status}" for status, count in deleted.items()),
             )
+        if sum(deleted.values()) >= PRUNE_BATCHES_PER_PASS * PRUNE_BATCH_SIZE:
+            return PRUNE_CATCH_UP  # there may be more
+        return None
