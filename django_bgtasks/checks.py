@@ -109,6 +109,11 @@ _RULES = [
     ),
     ("PRUNE_INTERVAL", _number(0, above=True), "a number of seconds above 0"),
     (
+        "VACUUM_INTERVAL",
+        lambda v: v is None or _number(0, above=True)(v),
+        "None or a number of seconds above 0",
+    ),
+    (
         "PRUNE_AFTER",
         _prune_after,
         "a dict of SUCCESSFUL, FAILED and CANCELLED to days, timedeltas or None",

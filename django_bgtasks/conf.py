@@ -35,6 +35,9 @@ DEFAULTS: dict[str, Any] = {
     "PRUNE_AFTER": {"SUCCESSFUL": 7, "FAILED": 30, "CANCELLED": 7},
     # Seconds between two pruning passes of a worker.
     "PRUNE_INTERVAL": 300.0,
+    # PostgreSQL with autovacuum off: seconds between a worker's checks of
+    # whether the job table needs a VACUUM, which it then runs (None: never).
+    "VACUUM_INTERVAL": 10.0,
     # Periodic schedules declared in code: {name: {"task": "app.tasks.f",
     # "cron": "0 2 * * *" or "interval": seconds or timedelta, ...}}; synced
     # to Schedule rows by sync_schedules and at worker start.

@@ -12,14 +12,18 @@ from __future__ import annotations
 import time
 from datetime import datetime, timedelta
 
-from django.db import router
+from django.db import connections, router, transaction
 from django.utils import timezone
 
 from .conf import bgtasks_settings
+from .locking import lock_for_writing
 from .models import FINISHED_STATUSES, Job
 
 BATCH_SIZE = 1000
-PAUSE_BETWEEN_BATCHES = 0.05  # seconds: let the queue's own writes through
+# Seconds between batches on SQLite, where a batch holds the one write lock:
+# the queue's own writes go in between. Other databases lock only the rows
+# pruned, which no claim or completion touches.
+SQLITE_PAUSE_BETWEEN_BATCHES = 0.05
 
 
 def retention() -> dict[str, timedelta | None]:
@@ -63,18 +67,21 @@ def prune_finished_jobs(
     for status in deleted:
         jobs = prunable(status, now, using)
         while max_batches is None or batches < max_batches:
-            ids = list(
-                jobs.order_by("finished_at").values_list("pk", flat=True)[:batch_size]
-            )
-            if not ids:
-                break
-            # The status again: a job retried meanwhile is no longer finished.
-            count, _ = (
-                Job.objects.using(using).filter(pk__in=ids, status=status).delete()
-            )
+            with transaction.atomic(using=using):
+                lock_for_writing(Job, using)  # SQLite
+                # SKIP LOCKED (where the database has it): workers pruning at
+                # the same time take different batches.
+                batch = jobs.select_for_update(skip_locked=True).order_by("finished_at")
+                ids = list(batch.values_list("pk", flat=True)[:batch_size])
+                if not ids:
+                    break
+                count, _ = (
+                    Job.objects.using(using).filter(pk__in=ids, status=status).delete()
+                )
             deleted[status] += count
             batches += 1
             if len(ids) < batch_size:
                 break
-            time.sleep(PAUSE_BETWEEN_BATCHES)
+            if connections[using].vendor == "sqlite":
+                time.sleep(SQLITE_PAUSE_BETWEEN_BATCHES)
     return deleted

@@ -7,7 +7,7 @@ queue means dead index entries piling up in the claims' index between
 vacuums. These make autovacuum visit the table after about 1% of its rows
 (and at least every 1,000) have changed, and let it work at ten times the
 default pace. README.rst ("Performance") explains them; change them with
-``ALTER TABLE bgtasks_job SET (...)`` where your workload differs.
+``ALTER TABLE django_bgtasks_job SET (...)`` where your workload differs.
 """
 
 from django.db import migrations

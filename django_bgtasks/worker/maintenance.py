@@ -1,5 +1,6 @@
 """A worker's periodic duties, on one thread: fire due schedules, rescue the
-jobs of dead workers, prune old finished jobs. Each duty runs at its own
+jobs of dead workers, prune old finished jobs, vacuum the job table where
+PostgreSQL's autovacuum is off. Each duty runs at its own
 interval; an error in one is logged and never stops the others."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ..conf import bgtasks_settings
 from ..prune import BATCH_SIZE, prune_finished_jobs
 from ..rescue import rescue_dead_workers
 from ..scheduler import fire_due_schedules
+from ..vacuum import vacuum_if_needed
 from .db import CONNECTION_ERRORS, discard_connection
 
 logger = logging.getLogger("django_bgtasks.worker")
@@ -54,6 +56,9 @@ class Maintenance(threading.Thread):
             self.duties.append(
                 Duty("prune", bgtasks_settings.PRUNE_INTERVAL, self._prune)
             )
+            vacuum_interval = bgtasks_settings.VACUUM_INTERVAL
+            if vacuum_interval is not None:
+                self.duties.append(Duty("vacuum", vacuum_interval, self._vacuum))
         self._stop_event = threading.Event()
 
     def stop(self) -> None:
@@ -106,3 +111,6 @@ class Maintenance(threading.Thread):
         if sum(deleted.values()) >= PRUNE_BATCHES_PER_PASS * PRUNE_BATCH_SIZE:
             return PRUNE_CATCH_UP  # there may be more
         return None
+
+    def _vacuum(self) -> None:
+        vacuum_if_needed(using=self.using)
