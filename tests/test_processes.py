@@ -90,6 +90,20 @@ def test_one_ctrl_c_drains_the_children(workers, tmp_path):
     assert "exiting at once" not in workers.output(supervisor)
 
 
+def test_the_supervisor_runs_the_system_checks_and_its_children_do_not(
+    workers, tmp_path
+):
+    log = tmp_path / "checks.log"
+    for number in range(4):
+        tasks.record.enqueue(label=str(number))
+    supervisor = workers.start(
+        "--processes", "2", "--burst", env={"BGTASKS_TEST_CHECKS_LOG": str(log)}
+    )
+    assert workers.wait(supervisor) == 0
+    assert Execution.objects.count() == 4
+    assert log.read_text().split() == [str(supervisor.pid)]
+
+
 def test_max_jobs_per_child_recycles_children(workers):
     with transaction.atomic():
         for number in range(12):

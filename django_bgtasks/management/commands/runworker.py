@@ -231,6 +231,9 @@ class Command(BaseCommand):
     def _supervise(self, options) -> None:
         processes = options["processes"] or 1
         command = [sys.executable, sys.argv[0], "runworker", "--supervised"]
+        # The system checks ran here; in each child they would only load the
+        # URLconf and its views (3 MB a process).
+        command.append("--skip-checks")
         command += ["--concurrency", str(options["concurrency"])]
         command += ["--prefetch", str(options["prefetch"])]
         command += ["--verbosity", str(options["verbosity"])]
