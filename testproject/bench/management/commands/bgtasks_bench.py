@@ -11,7 +11,11 @@ Scenarios, each run ``--runs`` times (medians printed), on the database of
 - priority: the same for a high-priority job behind ``--backlog`` others;
 - memory: each worker process's resident memory, at rest and after draining;
 - idle: transactions per second the idle workers cost the database
-  (PostgreSQL).
+  (PostgreSQL);
+- steady: ``--steady`` jobs flow through 2 worker processes that prune each
+  finished job at once (``testproject.bench.settings``), the backlog topped
+  up as it drains; throughput of the first and the last tenth of them, and
+  the table's size, show whether the table bloats and slows the queue.
 
 Not a test: it asserts nothing and prints figures. Run it on a quiet
 machine; ``--quick`` runs small sizes once (CI uses it to prove it works).
@@ -19,6 +23,7 @@ machine; ``--quick`` runs small sizes once (CI uses it to prove it works).
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import statistics
@@ -27,7 +32,7 @@ import sys
 import time
 from datetime import timedelta
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, transaction
 
 from django_bgtasks.models import Job, JobStatus, WorkerProcess
@@ -52,27 +57,70 @@ def percentile(values, fraction):
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
+SCENARIOS = ("enqueue", "bulk", "workers", "steady")
+
+
 class Command(BaseCommand):
     help = "Measure enqueue, bulk enqueue, drain, latency, memory and idle cost."
 
     def add_arguments(self, parser):
-        parser.add_argument("--runs", type=int, default=3)
-        parser.add_argument("--enqueue", type=int, default=3000)
-        parser.add_argument("--bulk", type=int, default=50_000)
-        parser.add_argument("--drain", type=int, default=20_000)
-        parser.add_argument("--processes", default="2", help="e.g. 1,2,4")
-        parser.add_argument("--concurrency", type=int, default=16)
-        parser.add_argument("--prefetch", type=int, default=240)
-        parser.add_argument("--latency", type=int, default=200)
-        parser.add_argument("--backlog", type=int, default=10_000)
-        parser.add_argument("--quick", action="store_true")
+        parser.add_argument(
+            "--scenarios",
+            default=",".join(SCENARIOS),
+            help=f"Which to run, of {', '.join(SCENARIOS)} (default: all).",
+        )
+        parser.add_argument("--runs", type=int, default=3, help="Runs per figure.")
+        parser.add_argument(
+            "--enqueue", type=int, default=3000, help="Jobs enqueued one by one."
+        )
+        parser.add_argument(
+            "--bulk", type=int, default=50_000, help="Jobs enqueued in bulk."
+        )
+        parser.add_argument(
+            "--drain", type=int, default=20_000, help="Jobs per drain run."
+        )
+        parser.add_argument(
+            "--processes",
+            default="2",
+            help="Worker processes to drain with, e.g. 1,2,4 (default: 2).",
+        )
+        parser.add_argument(
+            "--concurrency", type=int, default=16, help="Threads per process."
+        )
+        parser.add_argument(
+            "--prefetch", type=int, default=240, help="runworker --prefetch."
+        )
+        parser.add_argument(
+            "--latency", type=int, default=200, help="Jobs timed one at a time."
+        )
+        parser.add_argument(
+            "--backlog",
+            type=int,
+            default=10_000,
+            help="Jobs ahead of the high-priority one.",
+        )
+        parser.add_argument(
+            "--steady",
+            type=int,
+            default=1_000_000,
+            help="Jobs through the table in the steady-state scenario.",
+        )
+        parser.add_argument(
+            "--quick",
+            action="store_true",
+            help="Small sizes, one run: proves the benchmark works.",
+        )
 
     def handle(self, *args, **options):
         if options["quick"]:
             options.update(
                 runs=1, enqueue=200, bulk=2000, drain=1000, latency=20, backlog=500,
-                processes="1",
+                processes="1", steady=20_000,
             )  # fmt: skip
+        scenarios = options["scenarios"].split(",")
+        unknown = set(scenarios) - set(SCENARIOS)
+        if unknown:
+            raise CommandError(f"Unknown scenario(s): {', '.join(sorted(unknown))}")
         self.options = options
         runs = options["runs"]
         self.say(
@@ -85,10 +133,12 @@ class Command(BaseCommand):
         def row(label, value, unit):
             rows.append((label, value, unit))
 
-        row("enqueue, one transaction each", self.median(self.enqueue), "jobs/s")
-        row("bulk enqueue (enqueue_many)", self.median(self.bulk), "jobs/s")
+        if "enqueue" in scenarios:
+            row("enqueue, one transaction each", self.median(self.enqueue), "jobs/s")
+        if "bulk" in scenarios:
+            row("bulk enqueue (enqueue_many)", self.median(self.bulk), "jobs/s")
         processes = [int(p) for p in options["processes"].split(",")]
-        for count in processes:
+        for count in processes if "workers" in scenarios else []:
             self.start_workers(count)
             try:
                 measured = count in (processes[0], 2)
@@ -127,6 +177,8 @@ class Command(BaseCommand):
                     )
             finally:
                 self.stop_workers()
+        if "steady" in scenarios:
+            self.steady(row)
         self.say("")
         width = max(len(label) for label, _, _ in rows)
         for label, value, unit in rows:
@@ -169,16 +221,22 @@ class Command(BaseCommand):
 
     # Workers -----------------------------------------------------------------
 
-    def start_workers(self, count: int) -> None:
+    def start_workers(self, count: int, *, maintenance: bool = False) -> None:
+        """Start ``runworker --processes count``; with ``maintenance``, its
+        workers prune every finished job at once."""
         self.clear()
         WorkerProcess.objects.all().delete()
         command = [
             sys.executable, MANAGE_PY, "runworker", "--processes", str(count),
             "--concurrency", str(self.options["concurrency"]),
-            "--prefetch", str(self.options["prefetch"]), "--no-scheduler",
-            "--no-maintenance", "-v", "0",
+            "--prefetch", str(self.options["prefetch"]), "--no-scheduler", "-v", "0",
         ]  # fmt: skip
-        self.supervisor = subprocess.Popen(command)
+        environment = dict(os.environ)
+        if maintenance:
+            environment["DJANGO_SETTINGS_MODULE"] = "testproject.bench.settings"
+        else:
+            command.append("--no-maintenance")
+        self.supervisor = subprocess.Popen(command, env=environment)
         deadline = time.monotonic() + 60
         while WorkerProcess.objects.count() < count:
             if time.monotonic() > deadline:
@@ -248,3 +306,55 @@ class Command(BaseCommand):
             cursor.execute(query)
             after = cursor.fetchone()[0]
         return (after - before - 1) / 10 / count
+
+    # Steady state ------------------------------------------------------------
+
+    def steady(self, row) -> None:
+        total = self.options["steady"]
+        tenth = max(1, total // 10)
+        batch = min(5000, tenth)
+        self.start_workers(2, maintenance=True)
+        try:
+            before = self.table_size()
+            enqueued = finished = 0
+            marks = [(0, time.perf_counter())]  # (jobs finished, when)
+            largest = 0
+            while finished < total:
+                waiting = Job.objects.filter(
+                    status__in=[JobStatus.READY, JobStatus.RUNNING]
+                ).count()
+                finished = enqueued - waiting
+                if finished >= len(marks) * tenth:
+                    marks.append((finished, time.perf_counter()))
+                    largest = max(largest, self.table_size())
+                if waiting < 4 * batch and enqueued < total:
+                    count = min(batch, total - enqueued)
+                    noop.enqueue_many(((n,), {}) for n in range(count))
+                    enqueued += count
+                else:
+                    time.sleep(0.005)
+            rss = self.memory()
+        finally:
+            self.stop_workers()
+        rates = [
+            (done - done_before) / (at - at_before)
+            for (done_before, at_before), (done, at) in itertools.pairwise(marks)
+        ]
+        row(f"steady: first {tenth:,} of {total:,} jobs", rates[0], "jobs/s")
+        row(f"steady: last {tenth:,} of {total:,} jobs", rates[-1], "jobs/s")
+        row(
+            "steady: job table before / largest",
+            f"{before / 2**20:.1f} / {largest / 2**20:.1f}",
+            "MiB" if connection.vendor == "postgresql" else "MiB (PostgreSQL only)",
+        )
+        row("worker RSS after the steady state", f"{rss:.0f}", "MB, largest")
+
+    def table_size(self) -> int:
+        """The job table's size with its indexes, in bytes (PostgreSQL)."""
+        if connection.vendor != "postgresql":
+            return 0
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_total_relation_size(%s::regclass)", [Job._meta.db_table]
+            )
+            return cursor.fetchone()[0]
