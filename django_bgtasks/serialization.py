@@ -32,16 +32,6 @@ def to_json(value: Any, where: str) -> Any:
     return to_json_sized(value, where)[0]
 
 
-def to_json_sized(value: Any, where: str) -> tuple[Any, int]:
-    """``to_json``, and an upper bound of the value's size as JSON, in bytes
-    (to skip encoding it just to measure it)."""
-    size = [0]
-    try:
-        return _clean(value, (), 0, size), size[0]
-    except _Refused as refused:
-        raise NotJSON(f"{where}{_path(refused.path)}: {refused.reason}") from None
-
-
 def check_size(value: Any, where: str, limit: int, bound: int | None = None) -> None:
     """Raise NotJSON if ``value`` takes more than ``limit`` bytes as JSON
     (``bound``: an upper bound of that size, from to_json_sized)."""
@@ -57,87 +47,126 @@ def check_size(value: Any, where: str, limit: int, bound: int | None = None) -> 
 
 
 class _Refused(Exception):
-    def __init__(self, path: tuple, reason: str):
-        self.path = path
+    def __init__(self, reason: str):
         self.reason = reason
+        self.path: list = []  # filled in from the inside out as it unwinds
 
 
-def _path(path: tuple) -> str:
+def _path(path: list) -> str:
     return "".join(
         f"[{step!r}]" if isinstance(step, str) else f"[{step}]" for step in path
     )
 
 
-def _clean(value: Any, path: tuple, depth: int, size: list[int]) -> Any:
+def to_json_sized(value: Any, where: str) -> tuple[Any, int]:
+    """``to_json``, and an upper bound of the value's size as JSON, in bytes
+    (to skip encoding it just to measure it)."""
+    size = [0]
+    try:
+        return _clean(value, 0, size), size[0]
+    except _Refused as refused:
+        raise NotJSON(f"{where}{_path(refused.path[::-1])}: {refused.reason}") from None
+
+
+def _clean(value: Any, depth: int, size: list[int]) -> Any:
     """``value`` normalised (as ``django.tasks``' normalize_json does, in the
     same pass) and checked, with -0.0 made 0.0; adds an upper bound of its
-    size as JSON to ``size[0]``. Where it is (``path``) is only formatted for
-    an error: this runs for every argument of every job."""
+    size as JSON to ``size[0]``. This runs for every argument of every job:
+    the plain types come first, and where a refused value sits is only
+    worked out on the way back out of the refusal."""
+    kind = type(value)
+    if kind is int and -MAX_INT <= value <= MAX_INT:
+        size[0] += 20
+        return value
+    if kind is str:
+        size[0] += _check_text(value) + 2
+        return value
+    if kind is list or kind is tuple:
+        if depth >= MAX_DEPTH:
+            raise _Refused(f"nested deeper than {MAX_DEPTH} levels.")
+        size[0] += 2 + len(value)
+        cleaned = []
+        try:
+            for item in value:
+                cleaned.append(_clean(item, depth + 1, size))
+        except _Refused as refused:
+            refused.path.append(len(cleaned))
+            raise
+        return cleaned
+    if kind is dict:
+        return _clean_mapping(value, depth, size)
+    return _clean_other(value, depth, size)
+
+
+def _clean_mapping(value: Mapping, depth: int, size: list[int]) -> dict:
+    if depth >= MAX_DEPTH:
+        raise _Refused(f"nested deeper than {MAX_DEPTH} levels.")
+    size[0] += 2
+    cleaned = {}
+    for key, item in value.items():
+        if isinstance(key, bytes):
+            key = _clean(key, depth + 1, [0])
+        if not isinstance(key, str):
+            raise _Refused(
+                f"the dictionary key {key!r} is not a string (JSON would "
+                f"turn it into one)."
+            )
+        size[0] += _check_text(key) + 4
+        try:
+            cleaned[key] = _clean(item, depth + 1, size)
+        except _Refused as refused:
+            refused.path.append(key)
+            raise
+    return cleaned
+
+
+def _clean_other(value: Any, depth: int, size: list[int]) -> Any:
+    """``_clean`` for everything but the plain types' common cases."""
     if isinstance(value, bytes):
         try:
             value = value.decode("utf-8")
         except UnicodeDecodeError:
-            raise _Refused(path, f"Unsupported value: {type(value)}") from None
+            raise _Refused(f"Unsupported value: {type(value)}") from None
     if isinstance(value, str):
-        size[0] += _check_text(value, path) + 2
+        size[0] += _check_text(value) + 2
     elif isinstance(value, bool) or value is None:
         size[0] += 5
     elif isinstance(value, int):
         if abs(value) > MAX_INT:
-            raise _Refused(path, f"the integer {value} does not fit in 64 bits.")
+            raise _Refused(f"the integer {value} does not fit in 64 bits.")
         size[0] += 20
     elif isinstance(value, float):
         if not math.isfinite(value):
-            raise _Refused(path, f"{value} is not a JSON number.")
+            raise _Refused(f"{value} is not a JSON number.")
         if abs(value) >= MAX_FLOAT:
             raise _Refused(
-                path,
                 f"the float {value!r} is too large to come back as a float "
-                f"(PostgreSQL returns an integer); pass an int or a string.",
+                f"(PostgreSQL returns an integer); pass an int or a string."
             )
         size[0] += 24
         if value == 0.0:
             return 0.0
-    elif isinstance(value, Mapping | Sequence):
-        if depth >= MAX_DEPTH:
-            raise _Refused(path, f"nested deeper than {MAX_DEPTH} levels.")
-        size[0] += 2
-        if not isinstance(value, Mapping):  # a list, a tuple...
-            size[0] += len(value)
-            return [
-                _clean(item, (*path, index), depth + 1, size)
-                for index, item in enumerate(value)
-            ]
-        cleaned = {}
-        for key, item in value.items():
-            if isinstance(key, bytes):
-                key = _clean(key, path, depth + 1, [0])
-            if not isinstance(key, str):
-                raise _Refused(
-                    path,
-                    f"the dictionary key {key!r} is not a string (JSON would "
-                    f"turn it into one).",
-                )
-            size[0] += _check_text(key, path) + 4
-            cleaned[key] = _clean(item, (*path, key), depth + 1, size)
-        return cleaned
+    elif isinstance(value, Mapping):
+        return _clean_mapping(value, depth, size)
+    elif isinstance(value, Sequence):  # a list or tuple subclass, a range...
+        return _clean(list(value), depth, size)
     else:
-        raise _Refused(path, f"Unsupported type: {type(value)}")
+        raise _Refused(f"Unsupported type: {type(value)}")
     return value
 
 
-def _check_text(value: str, path: tuple) -> int:
+def _check_text(value: str) -> int:
     """Check ``value``; return an upper bound of its size as JSON, quotes
     aside (an escape takes 6 bytes, a pair of them for characters outside
     the Basic Multilingual Plane)."""
     if "\x00" in value:
         raise _Refused(
-            path, "text cannot hold NUL characters (PostgreSQL refuses them in JSON)."
+            "text cannot hold NUL characters (PostgreSQL refuses them in JSON)."
         )
     if not value.isascii():
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            raise _Refused(path, f"{value!r} is not valid Unicode.") from None
+            raise _Refused(f"{value!r} is not valid Unicode.") from None
         return 12 * len(value)
     return 6 * len(value)

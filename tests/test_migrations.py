@@ -53,3 +53,66 @@ def test_other_databases_apply_and_unapply_it_as_a_no_op():
     finally:
         call_command("migrate", APP, verbosity=0)
     assert applied() == {"0001_initial", "0002_postgresql_autovacuum"}
+
+
+def index_definitions() -> dict[str, str]:
+    """The job table's index definitions (PostgreSQL and SQLite)."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s",
+                [Job._meta.db_table],
+            )
+        else:
+            cursor.execute(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' "
+                "AND tbl_name = %s AND sql IS NOT NULL",
+                [Job._meta.db_table],
+            )
+        return dict(cursor.fetchall())
+
+
+def test_a_new_job_writes_only_the_ready_indexes_where_indexes_can_be_partial():
+    """Every index but the primary key and the READY ones skips READY rows:
+    an enqueue writes three indexes, not six."""
+    if not connection.features.supports_partial_indexes:
+        pytest.skip("no partial indexes (MySQL, MariaDB)")
+    definitions = index_definitions()
+    partial = {name for name, sql in definitions.items() if " WHERE " in sql}
+    assert partial >= {
+        "bgtasks_job_ready_idx",
+        "bgtasks_job_ready_any_idx",
+        "bgtasks_job_running_idx",
+        "bgtasks_job_status_idx",
+        "bgtasks_job_schedule_once",
+    }
+    assert "SUCCESSFUL" in definitions["bgtasks_job_status_idx"]
+    assert "READY" not in definitions["bgtasks_job_status_idx"]
+    assert "schedule_id" in definitions["bgtasks_job_schedule_once"].split("WHERE")[1]
+
+
+def test_one_job_per_schedule_and_planned_time_on_every_database():
+    from django.db import IntegrityError, transaction
+    from django.utils import timezone
+
+    from django_bgtasks.models import Schedule
+
+    schedule = Schedule.objects.create(
+        name="once", task_path="tests.tasks.record", cron="* * * * *"
+    )
+    planned = timezone.now()
+
+    def job(**fields):
+        return Job.objects.create(
+            task_path="tests.tasks.record",
+            run_after=planned,
+            enqueued_at=planned,
+            **fields,
+        )
+
+    job(schedule=schedule, scheduled_for=planned)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        job(schedule=schedule, scheduled_for=planned)
+    job(), job()  # jobs of no schedule never clash
+    assert Job.objects.filter(schedule=schedule).count() == 1
+    assert Job.objects.filter(schedule=None).count() == 2

@@ -135,7 +135,7 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name='job',
-            index=models.Index(fields=['status', 'finished_at'], name='bgtasks_job_status_idx'),
+            index=django_bgtasks.models.jobs.StatusIndex(fields=['status', 'finished_at'], name='bgtasks_job_status_idx', status=['SUCCESSFUL', 'FAILED', 'CANCELLED']),
         ),
         migrations.AddConstraint(
             model_name='job',
@@ -147,6 +147,6 @@ class Migration(migrations.Migration):
         ),
         migrations.AddConstraint(
             model_name='job',
-            constraint=models.UniqueConstraint(fields=('schedule', 'scheduled_for'), name='bgtasks_job_schedule_once'),
+            constraint=django_bgtasks.models.jobs.UniqueWhenSet(fields=('schedule', 'scheduled_for'), name='bgtasks_job_schedule_once'),
         ),
     ]

@@ -34,6 +34,7 @@ from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, transaction
+from django.utils import timezone
 
 from django_bgtasks.models import Job, JobStatus, WorkerProcess
 from testproject.bench.tasks import noop
@@ -135,8 +136,19 @@ class Command(BaseCommand):
 
         if "enqueue" in scenarios:
             row("enqueue, one transaction each", self.median(self.enqueue), "jobs/s")
+            row(
+                "  the database alone: bare INSERTs",
+                self.median(self.bare_insert),
+                "rows/s",
+            )
         if "bulk" in scenarios:
             row("bulk enqueue (enqueue_many)", self.median(self.bulk), "jobs/s")
+            if connection.vendor == "postgresql":
+                row(
+                    "  the database alone: INSERT ... SELECT",
+                    self.median(self.bare_bulk_insert),
+                    "rows/s",
+                )
         processes = [int(p) for p in options["processes"].split(",")]
         for count in processes if "workers" in scenarios else []:
             self.start_workers(count)
@@ -161,7 +173,7 @@ class Command(BaseCommand):
                     f"{p50:.1f} / {p99:.1f}",
                     "ms",
                 )
-                high = self.priority()
+                high = self.median(self.priority)
                 row(f"high priority behind {options['backlog']:,}", f"{high:.1f}", "ms")
                 after = self.memory()
                 row(
@@ -207,6 +219,49 @@ class Command(BaseCommand):
         started = time.perf_counter()
         for number in range(count):
             noop.enqueue(number)
+        return count / (time.perf_counter() - started)
+
+    def bare_insert(self) -> float:
+        """What the database does alone: one-row INSERTs of a job row through
+        the bare cursor, one commit each; a ceiling for ``enqueue``."""
+        self.clear()
+        count = self.options["enqueue"]
+        table = connection.ops.quote_name(Job._meta.db_table)
+        sql = (
+            f"INSERT INTO {table} (task_path, backend, queue_name, priority, "
+            f"status, args, kwargs, run_after, enqueued_at, attempts, "
+            f"max_attempts, backoff, worker_ids, errors) VALUES ('noop', "
+            f"'default', 'default', 0, 'READY', %s, '{{}}', %s, %s, 0, 3, "
+            f"'{{}}', '[]', '[]')"
+        )
+        connection.ensure_connection()
+        cursor = connection.connection.cursor()  # no Django in the way
+        try:
+            started = time.perf_counter()
+            for number in range(count):
+                now = timezone.now()
+                cursor.execute(sql, [f"[{number}]", now, now])
+            elapsed = time.perf_counter() - started
+        finally:
+            cursor.close()
+        return count / elapsed
+
+    def bare_bulk_insert(self) -> float:
+        """What PostgreSQL does alone: job rows made by the server in chunks
+        of 5,000; a ceiling for ``bulk``."""
+        self.clear()
+        count = self.options["bulk"]
+        sql = (
+            f"INSERT INTO {Job._meta.db_table} (task_path, backend, queue_name, "
+            f"priority, status, args, kwargs, run_after, enqueued_at, attempts, "
+            f"max_attempts, backoff, worker_ids, errors) SELECT 'noop', "
+            f"'default', 'default', 0, 'READY', jsonb_build_array(n), '{{}}', "
+            f"now(), now(), 0, 3, '{{}}', '[]', '[]' FROM generate_series(1, %s) n"
+        )
+        started = time.perf_counter()
+        with connection.cursor() as cursor:
+            for chunk in range(0, count, 5000):
+                cursor.execute(sql, [min(5000, count - chunk)])
         return count / (time.perf_counter() - started)
 
     def bulk(self) -> float:
