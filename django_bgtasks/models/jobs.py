@@ -89,7 +89,9 @@ class StatusIndex(models.Index):
                 condition = Q(status=self.status)
             else:
                 condition = Q(status__in=self.status)
-            index = models.Index(fields=self.fields, name=self.name, condition=condition)
+            index = models.Index(
+                fields=self.fields, name=self.name, condition=condition
+            )
         else:
             fields = self.fields
             if fields[0] != "status":

@@ -1,0 +1,59 @@
+"""Claims: the order and the queues, whatever the planner's statistics say."""
+
+import pytest
+from django.db import connection
+
+from django_bgtasks.models import Job, JobStatus
+from tests.tasks import echo
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def enqueue(priority: int, queue: str) -> int:
+    return int(echo.using(priority=priority, queue_name=queue).enqueue().id)
+
+
+@pytest.fixture
+def backlog():
+    """Jobs in two queues, priorities mixed; returns ids by (queue, priority)."""
+    return {
+        (queue, priority): enqueue(priority, queue)
+        for priority in (0, 50, -10, 100)
+        for queue in ("default", "other")
+    }
+
+
+def claimed(queues, limit=3) -> list[int]:
+    jobs = Job.objects.claim(worker_id="w", queues=queues, limit=limit)
+    return [job.pk for job in jobs]
+
+
+@pytest.mark.parametrize(
+    "queues, expected",
+    [
+        (None, [("default", 100), ("other", 100), ("default", 50)]),
+        (["other"], [("other", 100), ("other", 50), ("other", 0)]),
+        (["other", "default"], [("default", 100), ("other", 100), ("default", 50)]),
+    ],
+)
+def test_claims_take_the_highest_priority_first_from_their_queues(
+    backlog, queues, expected
+):
+    assert claimed(queues) == [backlog[key] for key in expected]
+    assert set(
+        Job.objects.filter(status=JobStatus.RUNNING).values_list("pk", flat=True)
+    ) == {backlog[key] for key in expected}
+
+
+def test_with_stale_statistics_a_claim_keeps_its_order_and_the_settings():
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL only")
+    with connection.cursor() as cursor:
+        # Statistics of an empty table, then a backlog they do not know of:
+        # the planner alone would sort the backlog on every claim.
+        cursor.execute(f"ANALYZE {Job._meta.db_table}")
+        ids = {priority: enqueue(priority, "default") for priority in range(-3, 4)}
+        assert claimed(None) == [ids[3], ids[2], ids[1]]
+        assert claimed(["default"]) == [ids[0], ids[-1], ids[-2]]
+        cursor.execute("SHOW enable_sort")
+        assert cursor.fetchone() == ("on",)
