@@ -111,6 +111,8 @@ class Worker:
         self._started: dict[int, tuple[float, int]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        # Set by NOTIFY: jobs were enqueued since the last claim.
+        self._enqueued = threading.Event()
         self._stopping = threading.Event()
         # Set when the worker must not wait for anything any more.
         self._forced = threading.Event()
@@ -227,7 +229,7 @@ class Worker:
         )
         self._heartbeat.start()
         if self.uses_notify:
-            self._listener = notify.Listener(self.using, self.queues, self._wake.set)
+            self._listener = notify.Listener(self.using, self.queues, self._notified)
             self._listener.start()
         self._maintenance = Maintenance(
             using=self.using,
@@ -279,10 +281,14 @@ class Worker:
                 backlog
                 and busy
                 and free < max(1, (self.concurrency + self.prefetch) // 2)
+                # A new job may outrank the backlog: claim it now, into the
+                # prefetched jobs (which start highest priority first).
+                and not self._enqueued.is_set()
             ):
                 free = 0  # wait for more threads to free
             claimed = []
             if free:
+                self._enqueued.clear()
                 try:
                     claimed = Job.objects.db_manager(self.using).claim(
                         worker_id=self.worker_id, queues=self.queues, limit=free
@@ -353,6 +359,10 @@ class Worker:
         self._completer.submit(
             Finished(job, task, outcome, completion, verdict, elapsed_ms)
         )
+
+    def _notified(self) -> None:
+        self._enqueued.set()
+        self._wake.set()
 
     def _job_completed(self, job: Job) -> None:
         with self._lock:
