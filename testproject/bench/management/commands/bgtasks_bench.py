@@ -223,7 +223,7 @@ class Command(BaseCommand):
 
     def bare_insert(self) -> float:
         """What the database does alone: one-row INSERTs of a job row through
-        the bare cursor, one commit each; a ceiling for ``enqueue``."""
+        the cursor, one commit each; a ceiling for ``enqueue``."""
         self.clear()
         count = self.options["enqueue"]
         table = connection.ops.quote_name(Job._meta.db_table)
@@ -234,16 +234,12 @@ class Command(BaseCommand):
             f"'default', 'default', 0, 'READY', %s, '{{}}', %s, %s, 0, 3, "
             f"'{{}}', '[]', '[]')"
         )
-        connection.ensure_connection()
-        cursor = connection.connection.cursor()  # no Django in the way
-        try:
+        with connection.cursor() as cursor:
             started = time.perf_counter()
             for number in range(count):
                 now = timezone.now()
                 cursor.execute(sql, [f"[{number}]", now, now])
             elapsed = time.perf_counter() - started
-        finally:
-            cursor.close()
         return count / elapsed
 
     def bare_bulk_insert(self) -> float:
