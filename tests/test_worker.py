@@ -5,8 +5,10 @@ import threading
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
+from django_bgtasks import notify
 from django_bgtasks.compat import TaskResultStatus, task_finished, task_started
 from django_bgtasks.models import Job, JobStatus, WorkerProcess
 from django_bgtasks.worker import Worker
@@ -307,3 +309,34 @@ def test_heartbeat_refreshes_the_worker_row(tmp_path):
         gate.touch()
         thread.join(timeout=30)
     assert not WorkerProcess.objects.exists()
+
+
+def test_an_urgent_job_enqueued_during_a_backlog_overtakes_the_prefetched():
+    """With NOTIFY, a worker busy with a backlog claims a new job as soon as
+    a slot frees, not when half its slots have: an urgent job joins the
+    prefetched ones and starts next."""
+    if not notify.notify_enabled(connection):
+        pytest.skip("needs NOTIFY (PostgreSQL)")
+    backlog = [int(tasks.sleep_for.enqueue(0.05).id) for _ in range(60)]
+    # One thread and twenty prefetched: without the wake-up, the next claim
+    # waits for ten free slots.
+    worker = Worker(concurrency=1, prefetch=20, burst=True, poll_interval=5)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        wait_until(
+            lambda: Job.objects.filter(status=JobStatus.SUCCESSFUL).count() >= 3,
+            message="the backlog under way",
+        )
+        urgent = tasks.sleep_for.using(priority=100).enqueue(0)
+    finally:
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    urgent_job = Job.objects.get(pk=int(urgent.id))
+    assert urgent_job.status == JobStatus.SUCCESSFUL
+    finished_meanwhile = Job.objects.filter(
+        pk__in=backlog,
+        finished_at__gt=urgent_job.enqueued_at,
+        finished_at__lt=urgent_job.finished_at,
+    ).count()
+    assert finished_meanwhile <= 3, finished_meanwhile
