@@ -12,6 +12,10 @@ Scenarios, each run ``--runs`` times (medians printed), on the database of
 - memory: each worker process's resident memory, at rest and after draining;
 - idle: transactions per second the idle workers cost the database
   (PostgreSQL);
+- celery: where Celery and a Redis client are installed and Redis answers
+  (``testproject/bench/celery_app.py``), the enqueue, drain (2 prefork
+  processes), latency and memory figures of Celery with Redis as broker
+  and result store, on the same machine in the same run, and the ratios;
 - steady: ``--steady`` jobs flow through 2 worker processes that prune each
   finished job at once (``testproject.bench.settings``), the backlog topped
   up as it drains; throughput of the first and the last tenth of them, and
@@ -58,7 +62,7 @@ def percentile(values, fraction):
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-SCENARIOS = ("enqueue", "bulk", "workers", "steady")
+SCENARIOS = ("enqueue", "bulk", "workers", "steady", "celery")
 
 
 class Command(BaseCommand):
@@ -134,8 +138,10 @@ class Command(BaseCommand):
         def row(label, value, unit):
             rows.append((label, value, unit))
 
+        ours = self.ours = {}  # figures to compare with Celery's
         if "enqueue" in scenarios:
-            row("enqueue, one transaction each", self.median(self.enqueue), "jobs/s")
+            ours["enqueue"] = self.median(self.enqueue)
+            row("enqueue, one transaction each", ours["enqueue"], "jobs/s")
             row(
                 "  the database alone: bare INSERTs",
                 self.median(self.bare_insert),
@@ -165,9 +171,12 @@ class Command(BaseCommand):
                     drain,
                     "jobs/s",
                 )
+                if count == 2 or "drain" not in ours:
+                    ours["drain"] = drain
                 if not measured:
                     continue
                 p50, p99 = self.latency()
+                ours["latency"] = (p50, p99)
                 row(
                     f"latency p50 / p99, {count} process(es)",
                     f"{p50:.1f} / {p99:.1f}",
@@ -191,6 +200,8 @@ class Command(BaseCommand):
                 self.stop_workers()
         if "steady" in scenarios:
             self.steady(row)
+        if "celery" in scenarios:
+            self.celery(row)
         self.say("")
         width = max(len(label) for label, _, _ in rows)
         for label, value, unit in rows:
@@ -305,9 +316,11 @@ class Command(BaseCommand):
         with transaction.atomic():
             noop.enqueue_many(((n,), {}) for n in range(count))
         started = time.perf_counter()
-        unfinished = Job.objects.exclude(status=JobStatus.SUCCESSFUL)
+        # READY and RUNNING rows, through their small partial indexes: the
+        # watching must not take the database's time from the workers.
+        unfinished = Job.objects.filter(status__in=[JobStatus.READY, JobStatus.RUNNING])
         while unfinished.exists():
-            time.sleep(0.005)
+            time.sleep(0.01)
         return count / (time.perf_counter() - started)
 
     def latency(self) -> tuple[float, float]:
@@ -345,7 +358,10 @@ class Command(BaseCommand):
         return max((size for size in sizes if size), default=0.0)
 
     def idle(self, count: int) -> float:
-        time.sleep(2)  # the workers settle into their idle wait
+        # The workers settle into their idle wait, and the statistics of their
+        # start-up reach pg_stat_database (an idle backend reports up to 10 s
+        # late).
+        time.sleep(11)
         query = (
             "SELECT xact_commit + xact_rollback FROM pg_stat_database "
             "WHERE datname = current_database()"
@@ -383,7 +399,7 @@ class Command(BaseCommand):
                     noop.enqueue_many(((n,), {}) for n in range(count))
                     enqueued += count
                 else:
-                    time.sleep(0.005)
+                    time.sleep(0.05)
             rss = self.memory()
         finally:
             self.stop_workers()
@@ -409,3 +425,141 @@ class Command(BaseCommand):
                 "SELECT pg_total_relation_size(%s::regclass)", [Job._meta.db_table]
             )
             return cursor.fetchone()[0]
+
+    # Celery, for comparison ----------------------------------------------------
+
+    def celery(self, row) -> None:
+        try:
+            from testproject.bench import celery_app
+
+            celery_app.client.ping()
+        except Exception as exc:  # not installed, or no Redis: say why
+            self.say(f"Celery comparison skipped: {exc!r}")
+            return
+        bench = CeleryBench(celery_app, self.options)
+        enqueue = self.median(bench.enqueue)
+        row("Celery + Redis: enqueue, one at a time", enqueue, "tasks/s")
+        bench.start_worker()
+        try:
+            rest = bench.memory()
+            drain = self.median(bench.drain)
+            row(
+                f"Celery: drain {self.options['drain']:,} tasks, prefork -c 2",
+                drain,
+                "tasks/s",
+            )
+            p50, p99 = bench.latency()
+            row("Celery: latency p50 / p99", f"{p50:.1f} / {p99:.1f}", "ms")
+            row(
+                "Celery: worker RSS at rest / after",
+                f"{rest:.0f} / {bench.memory():.0f}",
+                "MB, all 3 processes",
+            )
+        finally:
+            bench.stop_worker()
+        ours = self.ours
+        if "enqueue" in ours:
+            row("django-bgtasks / Celery: enqueue", ours["enqueue"] / enqueue, "x")
+        if "drain" in ours:
+            row("django-bgtasks / Celery: drain", ours["drain"] / drain, "x")
+        if "latency" in ours:
+            row(
+                "Celery / django-bgtasks: latency p50",
+                p50 / ours["latency"][0],
+                "x",
+            )
+
+
+class CeleryBench:
+    """The same workload on Celery: one worker, ``prefork -c 2``."""
+
+    def __init__(self, module, options):
+        self.module = module
+        self.options = options
+        self.worker = None
+
+    def clear(self) -> None:
+        self.module.app.control.purge()
+        self.module.client.delete(self.module.DONE, self.module.STARTS)
+
+    def enqueue(self) -> float:
+        self.clear()
+        count = self.options["enqueue"]
+        started = time.perf_counter()
+        for number in range(count):
+            self.module.noop.delay(number)
+        elapsed = time.perf_counter() - started
+        self.clear()
+        return count / elapsed
+
+    def start_worker(self) -> None:
+        self.clear()
+        command = [
+            sys.executable, "-m", "celery", "-A", self.module.__name__, "worker",
+            "-c", "2", "-P", "prefork", "-l", "warning", "-Q", self.module.QUEUE,
+            "-n", f"bgtasks-bench-{os.getpid()}@%h",
+        ]  # fmt: skip
+        self.worker = subprocess.Popen(  # its banner on stdout is not wanted
+            command, cwd=os.path.dirname(MANAGE_PY), stdout=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 60
+        while not self.module.app.control.ping(timeout=0.5):
+            if time.monotonic() > deadline:
+                raise SystemExit("The Celery worker did not start within 60 s.")
+        time.sleep(1)  # let it settle into its idle wait
+
+    def stop_worker(self) -> None:
+        if self.worker is None:
+            return
+        self.worker.send_signal(signal.SIGTERM)
+        try:
+            self.worker.wait(60)
+        except subprocess.TimeoutExpired:
+            self.worker.kill()
+        self.clear()
+
+    def drain(self) -> float:
+        """Queued while the worker does not consume, then timed from the
+        moment it does to the last task's end."""
+        self.clear()
+        control = self.module.app.control
+        control.cancel_consumer(self.module.QUEUE, reply=True)
+        count = self.options["drain"]
+        for number in range(count):
+            self.module.noop.delay(number)
+        started = time.perf_counter()
+        control.add_consumer(self.module.QUEUE, reply=True)
+        deadline = time.monotonic() + 600
+        while int(self.module.client.get(self.module.DONE) or 0) < count:
+            if time.monotonic() > deadline:
+                raise SystemExit("Celery did not drain within 600 s.")
+            time.sleep(0.01)
+        return count / (time.perf_counter() - started)
+
+    def latency(self) -> tuple[float, float]:
+        self.clear()
+        sent = {}
+        for number in range(1, self.options["latency"] + 1):
+            sent[number] = time.time()
+            self.module.noop.delay(-number)
+            time.sleep(0.01)  # one at a time: the worker is idle again
+        deadline = time.monotonic() + 60
+        while self.module.client.llen(self.module.STARTS) < len(sent):
+            if time.monotonic() > deadline:
+                raise SystemExit("Celery tasks did not start within 60 s.")
+            time.sleep(0.01)
+        delays = []
+        for entry in self.module.client.lrange(self.module.STARTS, 0, -1):
+            number, started = entry.decode().split()
+            delays.append((float(started) - sent[int(number)]) * 1000)
+        return percentile(delays, 0.5), percentile(delays, 0.99)
+
+    def memory(self) -> float:
+        """The resident memory of the worker and its pool processes, in MB."""
+        pids = [self.worker.pid]
+        try:
+            with open(f"/proc/{self.worker.pid}/task/{self.worker.pid}/children") as f:
+                pids += [int(pid) for pid in f.read().split()]
+        except OSError:
+            pass
+        return sum(rss_mb(pid) or 0 for pid in pids)
