@@ -459,13 +459,17 @@ class Command(BaseCommand):
             bench.stop_worker()
         ours = self.ours
         if "enqueue" in ours:
-            row("django-bgtasks / Celery: enqueue", ours["enqueue"] / enqueue, "x")
+            row(
+                "django-bgtasks / Celery: enqueue",
+                f"{ours['enqueue'] / enqueue:.1f}",
+                "x",
+            )
         if "drain" in ours:
-            row("django-bgtasks / Celery: drain", ours["drain"] / drain, "x")
+            row("django-bgtasks / Celery: drain", f"{ours['drain'] / drain:.1f}", "x")
         if "latency" in ours:
             row(
                 "Celery / django-bgtasks: latency p50",
-                p50 / ours["latency"][0],
+                f"{p50 / ours['latency'][0]:.1f}",
                 "x",
             )
 
