@@ -19,6 +19,22 @@ from .conf import bgtasks_settings
 
 CHANNEL = "django_bgtasks"
 
+
+def payload(queue_name: str, priority: int | None = None) -> str:
+    """A notification's text: the queue, and the priority of its new jobs
+    where one applies to all of them (a worker with a backlog claims at once
+    only for a job that outranks the ones it holds)."""
+    return queue_name if priority is None else f"{queue_name} {priority}"
+
+
+def parse(text: str) -> tuple[str, int | None]:
+    """``(queue_name, priority or None)`` from a notification's text."""
+    queue_name, _, priority = text.rpartition(" ")
+    if queue_name and priority.lstrip("-").isdigit():
+        return queue_name, int(priority)
+    return text, None  # from an earlier version, or without a priority
+
+
 logger = logging.getLogger(__name__)
 
 
@@ -37,11 +53,12 @@ def wake(using: str, queue_names) -> None:
 def send(connection, queue_name: str) -> None:
     """Notify listeners that ``queue_name`` has a new job (at commit)."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, queue_name])
+        cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, payload(queue_name)])
 
 
 class Listener(threading.Thread):
-    """LISTEN on a dedicated connection; call ``on_notify`` for our queues.
+    """LISTEN on a dedicated connection; call ``on_notify(priority)`` for our
+    queues (``priority``: the highest notified, None if any came without).
 
     Reconnects with a growing pause when the connection drops, and calls
     ``on_notify`` after reconnecting, since notifications may have been
@@ -70,7 +87,7 @@ class Listener(threading.Thread):
             try:
                 self._connect()
                 pause = 0.5
-                self.on_notify()
+                self.on_notify(None)
                 while not self._stop_event.is_set():
                     self._wait(timeout=1.0)
             except Exception as exc:
@@ -102,10 +119,13 @@ class Listener(threading.Thread):
             conn.poll()
             payloads = [n.payload for n in conn.notifies]
             conn.notifies.clear()
-        if payloads and (
-            self.queues is None or any(p in self.queues for p in payloads)
-        ):
-            self.on_notify()
+        ours = [
+            priority
+            for queue_name, priority in map(parse, payloads)
+            if self.queues is None or queue_name in self.queues
+        ]
+        if ours:
+            self.on_notify(None if None in ours else max(ours))
 
     def _close(self) -> None:
         if self._connection is not None:

@@ -116,3 +116,29 @@ def test_one_job_per_schedule_and_planned_time_on_every_database():
     job(), job()  # jobs of no schedule never clash
     assert Job.objects.filter(schedule=schedule).count() == 1
     assert Job.objects.filter(schedule=None).count() == 2
+
+
+def test_pruning_reads_the_finished_jobs_index():
+    """Its partial condition is written so that SQLite, which matches terms
+    rather than proving implications, uses it for ``status = ?``."""
+    from django.db import transaction
+    from django.utils import timezone
+
+    query = (
+        Job.objects.filter(status="FAILED", finished_at__lt=timezone.now())
+        .order_by("finished_at")
+        .values("pk")[:1000]
+    )
+    sql, params = query.query.sql_with_params()
+    if connection.vendor == "sqlite":
+        explain = "EXPLAIN QUERY PLAN "
+    elif connection.vendor == "postgresql":
+        explain = "EXPLAIN "
+    else:
+        pytest.skip("MySQL and MariaDB index every status")
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":  # the table is empty here
+            cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute(explain + sql, params)
+        plan = " ".join(str(row) for row in cursor.fetchall())
+    assert "bgtasks_job_status_idx" in plan

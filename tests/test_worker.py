@@ -340,3 +340,21 @@ def test_an_urgent_job_enqueued_during_a_backlog_overtakes_the_prefetched():
         finished_at__lt=urgent_job.finished_at,
     ).count()
     assert finished_meanwhile <= 3, finished_meanwhile
+
+
+def test_notifications_carry_the_priority_and_only_outranking_jobs_are_urgent():
+    assert notify.parse(notify.payload("default", -5)) == ("default", -5)
+    assert notify.parse(notify.payload("a b", 7)) == ("a b", 7)
+    assert notify.parse(notify.payload("default")) == ("default", None)
+    worker = Worker(concurrency=1)
+    worker._notified(0)  # nothing claimed yet: anything may be urgent
+    assert worker._urgent.is_set()
+    worker._urgent.clear()
+    worker._last_claimed_priority = 0
+    worker._notified(0)  # as urgent as the backlog's head: batch as usual
+    assert not worker._urgent.is_set()
+    worker._notified(1)
+    assert worker._urgent.is_set()
+    worker._urgent.clear()
+    worker._notified(None)  # a wake-up that does not say (retry, run now)
+    assert worker._urgent.is_set()

@@ -85,10 +85,13 @@ class StatusIndex(models.Index):
     def create_sql(self, model, schema_editor, using="", **kwargs):
         features = schema_editor.connection.features
         if features.supports_partial_indexes:
-            if isinstance(self.status, str):
-                condition = Q(status=self.status)
-            else:
-                condition = Q(status__in=self.status)
+            statuses = [self.status] if isinstance(self.status, str) else self.status
+            # "status = a OR status = b", not "status IN (a, b)": SQLite uses a
+            # partial index only where a term of the query's WHERE is a term
+            # of the index's (PostgreSQL proves either form).
+            condition = Q(status=statuses[0])
+            for status in statuses[1:]:
+                condition |= Q(status=status)
             index = models.Index(
                 fields=self.fields, name=self.name, condition=condition
             )

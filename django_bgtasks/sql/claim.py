@@ -91,7 +91,7 @@ def _claim_postgresql(connection, *, worker_id, queues, limit, now):
         RETURNING {_RETURNING}
     """
     with connection.cursor() as cursor:
-        if len(queues or ()) < 2 and _can_pin_plan(connection):
+        if len(queues or ()) < 2 and _can_pin_plan(connection, cursor):
             # The claim must walk its READY index in claim order and stop at
             # the limit. With stale statistics (a burst of jobs into a table
             # of finished ones, before the next ANALYZE) the planner expects
@@ -112,14 +112,21 @@ def _claim_postgresql(connection, *, worker_id, queues, limit, now):
 _NO_SORT = "SET LOCAL enable_sort = off; "
 
 
-def _can_pin_plan(connection) -> bool:
-    """Whether ``_NO_SORT`` can lead the claim's query string: it binds
-    parameters on the client (psycopg 2, and psycopg 3 unless
-    ``server_side_binding``), and no transaction is open that SET LOCAL
-    would outlast the claim in."""
-    if connection.in_atomic_block:
+def _can_pin_plan(connection, cursor) -> bool:
+    """Whether ``_NO_SORT`` can lead the claim's query string: the cursor
+    binds parameters on the client and sends the text as one simple query
+    (psycopg 2, and psycopg 3's ClientCursor, Django's default), and no
+    transaction is open that SET LOCAL would outlast the claim in."""
+    if connection.in_atomic_block or not connection.get_autocommit():
         return False
-    return not connection.settings_dict["OPTIONS"].get("server_side_binding")
+    raw = cursor.cursor
+    if type(raw).__module__.startswith("psycopg2"):
+        return True
+    try:
+        from psycopg import ClientCursor
+    except ImportError:
+        return False
+    return isinstance(raw, ClientCursor)
 
 
 # A claimed row comes back lean: the JSON columns as one JSON array (one

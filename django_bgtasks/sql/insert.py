@@ -16,7 +16,7 @@ from typing import Any
 from django.db import connections, transaction
 
 from ..models import Job
-from ..notify import CHANNEL, notify_enabled
+from ..notify import CHANNEL, notify_enabled, payload
 
 # Columns an enqueue sets, but for the arguments (the rest keep their
 # defaults: NULL, 0); they are the same for every job of one insert.
@@ -76,7 +76,7 @@ def _insert_postgresql(connection, common, arguments) -> list[int]:
         many = True
     notify = notify_enabled(connection)
     if notify:
-        params += [CHANNEL, common["queue_name"]]
+        params += [CHANNEL, payload(common["queue_name"], common["priority"])]
     sql = _STATEMENTS[many, notify]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)

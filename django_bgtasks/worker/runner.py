@@ -111,8 +111,10 @@ class Worker:
         self._started: dict[int, tuple[float, int]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        # Set by NOTIFY: jobs were enqueued since the last claim.
-        self._enqueued = threading.Event()
+        # Set by NOTIFY: a job that outranks the claimed ones waiting for a
+        # thread was enqueued since the last claim.
+        self._urgent = threading.Event()
+        self._last_claimed_priority: int | None = None  # the lowest, last claim
         self._stopping = threading.Event()
         # Set when the worker must not wait for anything any more.
         self._forced = threading.Event()
@@ -281,20 +283,25 @@ class Worker:
                 backlog
                 and busy
                 and free < max(1, (self.concurrency + self.prefetch) // 2)
-                # A new job may outrank the backlog: claim it now, into the
-                # prefetched jobs (which start highest priority first).
-                and not self._enqueued.is_set()
+                # A new job outranks the prefetched ones: claim it now; it
+                # joins them and starts first.
+                and not self._urgent.is_set()
             ):
                 free = 0  # wait for more threads to free
             claimed = []
             if free:
-                self._enqueued.clear()
+                urgent = self._urgent.is_set()
+                self._urgent.clear()
                 try:
                     claimed = Job.objects.db_manager(self.using).claim(
                         worker_id=self.worker_id, queues=self.queues, limit=free
                     )
                     db_pause = 0.2
                     backlog = len(claimed) == free
+                    if claimed:
+                        self._last_claimed_priority = min(
+                            job.priority for job in claimed
+                        )
                 except DatabaseError as exc:
                     # A lost connection, or a row the database will not
                     # update: either way, the worker keeps going.
@@ -304,6 +311,8 @@ class Worker:
                         db_pause,
                     )
                     discard_connection(self.using)
+                    if urgent:
+                        self._urgent.set()  # still to claim
                     self._stopping.wait(db_pause)
                     db_pause = min(db_pause * 2, 10.0)
                     continue
@@ -360,8 +369,19 @@ class Worker:
             Finished(job, task, outcome, completion, verdict, elapsed_ms)
         )
 
-    def _notified(self) -> None:
-        self._enqueued.set()
+    def _notified(self, priority: int | None) -> None:
+        """NOTIFY: wake the main loop; mark the new jobs urgent if they
+        outrank what the worker holds for its next free threads (or, with
+        none held, what it claimed last: the head of the backlog)."""
+        with self._lock:
+            waiting = [
+                job.priority
+                for pk, job in self._running.items()
+                if pk not in self._started
+            ]
+        floor = min(waiting) if waiting else self._last_claimed_priority
+        if priority is None or floor is None or priority > floor:
+            self._urgent.set()
         self._wake.set()
 
     def _job_completed(self, job: Job) -> None:

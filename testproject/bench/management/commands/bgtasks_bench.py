@@ -203,7 +203,7 @@ class Command(BaseCommand):
         if "celery" in scenarios:
             self.celery(row)
         self.say("")
-        width = max(len(label) for label, _, _ in rows)
+        width = max((len(label) for label, _, _ in rows), default=0)
         for label, value, unit in rows:
             shown = f"{value:,.0f}" if isinstance(value, int | float) else value
             self.say(f"  {label:<{width}}  {shown:>14}  {unit}")
@@ -248,7 +248,7 @@ class Command(BaseCommand):
         with connection.cursor() as cursor:
             started = time.perf_counter()
             for number in range(count):
-                now = timezone.now()
+                now = connection.ops.adapt_datetimefield_value(timezone.now())
                 cursor.execute(sql, [f"[{number}]", now, now])
             elapsed = time.perf_counter() - started
         return count / elapsed
@@ -316,12 +316,24 @@ class Command(BaseCommand):
         with transaction.atomic():
             noop.enqueue_many(((n,), {}) for n in range(count))
         started = time.perf_counter()
+        self.wait_for_workers()
+        return count / (time.perf_counter() - started)
+
+    def wait_for_workers(self, timeout: float = 600) -> None:
+        """Until no job is READY or RUNNING (the queue is drained)."""
         # READY and RUNNING rows, through their small partial indexes: the
         # watching must not take the database's time from the workers.
         unfinished = Job.objects.filter(status__in=[JobStatus.READY, JobStatus.RUNNING])
+        deadline = time.monotonic() + timeout
         while unfinished.exists():
+            self.check_workers(deadline)
             time.sleep(0.01)
-        return count / (time.perf_counter() - started)
+
+    def check_workers(self, deadline: float) -> None:
+        if self.supervisor.poll() is not None:
+            raise SystemExit("The workers exited during the benchmark.")
+        if time.monotonic() > deadline:
+            raise SystemExit("The workers did not finish in time.")
 
     def latency(self) -> tuple[float, float]:
         self.clear()
@@ -349,6 +361,7 @@ class Command(BaseCommand):
             noop.enqueue_many(((n,), {}) for n in range(self.options["backlog"]))
         time.sleep(0.2)  # the workers are busy with the backlog
         p50, _ = self.delays([int(noop.using(priority=100).enqueue(-1).id)])
+        self.wait_for_workers()  # the next run starts with quiet workers
         return p50
 
     def memory(self) -> float:
@@ -386,7 +399,9 @@ class Command(BaseCommand):
             enqueued = finished = 0
             marks = [(0, time.perf_counter())]  # (jobs finished, when)
             largest = 0
+            deadline = time.monotonic() + 3600
             while finished < total:
+                self.check_workers(deadline)
                 waiting = Job.objects.filter(
                     status__in=[JobStatus.READY, JobStatus.RUNNING]
                 ).count()
