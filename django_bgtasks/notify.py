@@ -19,6 +19,8 @@ from .conf import bgtasks_settings
 
 CHANNEL = "django_bgtasks"
 
+logger = logging.getLogger(__name__)
+
 
 def payload(queue_name: str, priority: int | None = None) -> str:
     """A notification's text: the queue, and the priority of its new jobs
@@ -33,9 +35,6 @@ def parse(text: str) -> tuple[str, int | None]:
     if queue_name and priority.lstrip("-").isdigit():
         return queue_name, int(priority)
     return text, None  # from an earlier version, or without a priority
-
-
-logger = logging.getLogger(__name__)
 
 
 def notify_enabled(connection) -> bool:

@@ -4,10 +4,11 @@ import importlib
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
 from django.db.migrations.recorder import MigrationRecorder
+from django.utils import timezone
 
-from django_bgtasks.models import Job
+from django_bgtasks.models import Job, Schedule
 
 AUTOVACUUM = importlib.import_module(
     "django_bgtasks.migrations.0002_postgresql_autovacuum"
@@ -92,11 +93,6 @@ def test_a_new_job_writes_only_the_ready_indexes_where_indexes_can_be_partial():
 
 
 def test_one_job_per_schedule_and_planned_time_on_every_database():
-    from django.db import IntegrityError, transaction
-    from django.utils import timezone
-
-    from django_bgtasks.models import Schedule
-
     schedule = Schedule.objects.create(
         name="once", task_path="tests.tasks.record", cron="* * * * *"
     )
@@ -121,9 +117,6 @@ def test_one_job_per_schedule_and_planned_time_on_every_database():
 def test_pruning_reads_the_finished_jobs_index():
     """Its partial condition is written so that SQLite, which matches terms
     rather than proving implications, uses it for ``status = ?``."""
-    from django.db import transaction
-    from django.utils import timezone
-
     query = (
         Job.objects.filter(status="FAILED", finished_at__lt=timezone.now())
         .order_by("finished_at")

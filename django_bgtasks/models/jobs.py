@@ -89,9 +89,7 @@ class StatusIndex(models.Index):
             # "status = a OR status = b", not "status IN (a, b)": SQLite uses a
             # partial index only where a term of the query's WHERE is a term
             # of the index's (PostgreSQL proves either form).
-            condition = Q(status=statuses[0])
-            for status in statuses[1:]:
-                condition |= Q(status=status)
+            condition = Q(*[("status", s) for s in statuses], _connector=Q.OR)
             index = models.Index(
                 fields=self.fields, name=self.name, condition=condition
             )
@@ -113,31 +111,21 @@ class UniqueWhenSet(models.UniqueConstraint):
     """
 
     def _for(self, schema_editor) -> models.UniqueConstraint:
-        if not schema_editor.connection.features.supports_partial_indexes:
-            return self
+        """The plain constraint this is on ``schema_editor``'s database."""
+        partial = schema_editor.connection.features.supports_partial_indexes
+        condition = Q((f"{self.fields[0]}__isnull", False)) if partial else None
         return models.UniqueConstraint(
-            fields=self.fields,
-            name=self.name,
-            condition=Q((f"{self.fields[0]}__isnull", False)),
+            fields=self.fields, name=self.name, condition=condition
         )
 
     def constraint_sql(self, model, schema_editor):
-        constraint = self._for(schema_editor)
-        if constraint is self:
-            return super().constraint_sql(model, schema_editor)
-        return constraint.constraint_sql(model, schema_editor)
+        return self._for(schema_editor).constraint_sql(model, schema_editor)
 
     def create_sql(self, model, schema_editor):
-        constraint = self._for(schema_editor)
-        if constraint is self:
-            return super().create_sql(model, schema_editor)
-        return constraint.create_sql(model, schema_editor)
+        return self._for(schema_editor).create_sql(model, schema_editor)
 
     def remove_sql(self, model, schema_editor):
-        constraint = self._for(schema_editor)
-        if constraint is self:
-            return super().remove_sql(model, schema_editor)
-        return constraint.remove_sql(model, schema_editor)
+        return self._for(schema_editor).remove_sql(model, schema_editor)
 
 
 class JobQuerySet(models.QuerySet):

@@ -63,6 +63,22 @@ def percentile(values, fraction):
 
 
 SCENARIOS = ("enqueue", "bulk", "workers", "steady", "celery")
+SIZES = [  # the integer options: name, default, help
+    ("runs", 3, "Runs per figure."),
+    ("enqueue", 3000, "Jobs enqueued one by one."),
+    ("bulk", 50_000, "Jobs enqueued in bulk."),
+    ("drain", 20_000, "Jobs per drain run."),
+    ("concurrency", 16, "Threads per process."),
+    ("prefetch", 240, "runworker --prefetch."),
+    ("latency", 200, "Jobs timed one at a time."),
+    ("backlog", 10_000, "Jobs ahead of the high-priority one."),
+    ("steady", 1_000_000, "Jobs through the table in the steady-state scenario."),
+]
+# The columns a bare INSERT of a job row sets (the database-alone figures).
+BARE_COLUMNS = (
+    "task_path, backend, queue_name, priority, status, args, kwargs, run_after, "
+    "enqueued_at, attempts, max_attempts, backoff, worker_ids, errors"
+)
 
 
 class Command(BaseCommand):
@@ -74,41 +90,12 @@ class Command(BaseCommand):
             default=",".join(SCENARIOS),
             help=f"Which to run, of {', '.join(SCENARIOS)} (default: all).",
         )
-        parser.add_argument("--runs", type=int, default=3, help="Runs per figure.")
-        parser.add_argument(
-            "--enqueue", type=int, default=3000, help="Jobs enqueued one by one."
-        )
-        parser.add_argument(
-            "--bulk", type=int, default=50_000, help="Jobs enqueued in bulk."
-        )
-        parser.add_argument(
-            "--drain", type=int, default=20_000, help="Jobs per drain run."
-        )
+        for name, default, help_text in SIZES:
+            parser.add_argument(f"--{name}", type=int, default=default, help=help_text)
         parser.add_argument(
             "--processes",
             default="2",
             help="Worker processes to drain with, e.g. 1,2,4 (default: 2).",
-        )
-        parser.add_argument(
-            "--concurrency", type=int, default=16, help="Threads per process."
-        )
-        parser.add_argument(
-            "--prefetch", type=int, default=240, help="runworker --prefetch."
-        )
-        parser.add_argument(
-            "--latency", type=int, default=200, help="Jobs timed one at a time."
-        )
-        parser.add_argument(
-            "--backlog",
-            type=int,
-            default=10_000,
-            help="Jobs ahead of the high-priority one.",
-        )
-        parser.add_argument(
-            "--steady",
-            type=int,
-            default=1_000_000,
-            help="Jobs through the table in the steady-state scenario.",
         )
         parser.add_argument(
             "--quick",
@@ -239,11 +226,8 @@ class Command(BaseCommand):
         count = self.options["enqueue"]
         table = connection.ops.quote_name(Job._meta.db_table)
         sql = (
-            f"INSERT INTO {table} (task_path, backend, queue_name, priority, "
-            f"status, args, kwargs, run_after, enqueued_at, attempts, "
-            f"max_attempts, backoff, worker_ids, errors) VALUES ('noop', "
-            f"'default', 'default', 0, 'READY', %s, '{{}}', %s, %s, 0, 3, "
-            f"'{{}}', '[]', '[]')"
+            f"INSERT INTO {table} ({BARE_COLUMNS}) VALUES ('noop', 'default', "
+            f"'default', 0, 'READY', %s, '{{}}', %s, %s, 0, 3, '{{}}', '[]', '[]')"
         )
         with connection.cursor() as cursor:
             started = time.perf_counter()
@@ -259,9 +243,7 @@ class Command(BaseCommand):
         self.clear()
         count = self.options["bulk"]
         sql = (
-            f"INSERT INTO {Job._meta.db_table} (task_path, backend, queue_name, "
-            f"priority, status, args, kwargs, run_after, enqueued_at, attempts, "
-            f"max_attempts, backoff, worker_ids, errors) SELECT 'noop', "
+            f"INSERT INTO {Job._meta.db_table} ({BARE_COLUMNS}) SELECT 'noop', "
             f"'default', 'default', 0, 'READY', jsonb_build_array(n), '{{}}', "
             f"now(), now(), 0, 3, '{{}}', '[]', '[]' FROM generate_series(1, %s) n"
         )
