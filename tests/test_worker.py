@@ -1,6 +1,7 @@
 """The worker, run in this process: results, order, retries, bad jobs."""
 
 import sys
+import time
 import threading
 from datetime import timedelta
 
@@ -12,6 +13,7 @@ from django_bgtasks import notify
 from django_bgtasks.compat import TaskResultStatus, task_finished, task_started
 from django_bgtasks.models import Job, JobStatus, WorkerProcess
 from django_bgtasks.worker import Worker
+from django_bgtasks.worker.completer import Completer
 from tests import tasks
 from tests.conftest import run_in_process, wait_until
 from tests.models import Execution
@@ -358,3 +360,37 @@ def test_notifications_carry_the_priority_and_only_outranking_jobs_are_urgent():
     worker._urgent.clear()
     worker._notified(None)  # a wake-up that does not say (retry, run now)
     assert worker._urgent.is_set()
+
+
+def test_claims_wait_while_outcomes_wait_for_the_database(monkeypatch):
+    """When outcomes are written slower than jobs run, the worker stops
+    claiming once a batch of them waits, instead of holding ever more
+    finished jobs in memory (and un-recorded)."""
+    monkeypatch.setattr(Completer, "MAX_BATCH", 3)
+    released = threading.Event()
+
+    def stall_the_completer(sender, task_result, **kwargs):
+        released.wait(30)  # runs on the completer's thread, after the commit
+
+    for number in range(20):
+        tasks.add.enqueue(number, 0)
+    task_finished.connect(stall_the_completer)
+    worker = Worker(concurrency=1, prefetch=5, burst=True, poll_interval=0.05)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        wait_until(lambda: len(worker._pending) >= 3, message="a batch waiting")
+        # Watch for a while: the claims have stopped.
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            # The stalled batch of one, a full batch waiting, and what the
+            # thread and prefetch held when the batch filled.
+            assert Job.objects.exclude(status=JobStatus.READY).count() <= 1 + 3 + 6
+            time.sleep(0.02)
+        assert Job.objects.ready().exists()
+    finally:
+        released.set()
+        thread.join(timeout=30)
+        task_finished.disconnect(stall_the_completer)
+    assert not thread.is_alive()
+    assert Job.objects.filter(status=JobStatus.SUCCESSFUL).count() == 20

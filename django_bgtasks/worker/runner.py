@@ -341,7 +341,14 @@ class Worker:
 
     def _free_slots(self) -> int:
         with self._lock:
-            free = self.concurrency + self.prefetch - len(self._running)
+            free = min(
+                self.concurrency + self.prefetch - len(self._running),
+                # Outcomes waiting for the completer count too, beyond one
+                # batch of them: when the database writes slower than the
+                # threads run, claims wait rather than finished jobs pile
+                # up in memory.
+                Completer.MAX_BATCH - len(self._pending),
+            )
         if self.max_jobs is not None:
             free = min(free, self.max_jobs - self.jobs_claimed)
         return max(free, 0)
