@@ -42,7 +42,7 @@ from .conf import bgtasks_settings
 from .exceptions import InvalidTaskArguments
 from .models import Job, JobStatus
 from .serialization import NotJSON, check_size, to_json, to_json_sized
-from .sql.insert import insert_jobs
+from .sql.insert import CHUNK, insert_job_chunks, insert_jobs
 
 MAX_ATTEMPTS_LIMIT = 1000
 MIN_RUN_AFTER = datetime(1, 1, 2)
@@ -95,40 +95,39 @@ class DatabaseBackend(BaseTaskBackend):
         """Enqueue a validated ``task``; ``job_fields`` set other Job fields
         (the scheduler's ``schedule_id`` and ``scheduled_for``)."""
         common = {**self._row(task, timezone.now()), **job_fields}
-        arguments = [_json_arguments(args, kwargs)]
+        arguments = [_json_arguments(args, kwargs, bgtasks_settings.MAX_PAYLOAD_BYTES)]
         [pk] = insert_jobs(router.db_for_write(Job), common, arguments)
-        result = self._result(task, pk, common, *arguments[0])
+        [result] = self._results(task, common, [pk], arguments)
         task_enqueued.send(type(self), task_result=result)
         return result
 
     def enqueue_many(self, task, calls) -> list[DatabaseTaskResult]:
-        """Enqueue ``task`` once per ``(args, kwargs)`` in ``calls``, with one
-        statement; every call is checked before any row is written."""
+        """Enqueue ``task`` once per ``(args, kwargs)`` in ``calls``, in one
+        transaction (one statement per ``CHUNK`` jobs); nothing is written
+        if any call is invalid."""
         self.validate_task(task)
         common = self._row(task, timezone.now())
-        arguments = []
-        for number, call in enumerate(calls):
-            try:
-                args, kwargs = call
-            except (TypeError, ValueError):
-                raise InvalidTaskArguments(
-                    f"Call {number} is not an (args, kwargs) pair: {call!r}."
-                ) from None
-            if isinstance(args, str | bytes) or not isinstance(kwargs, dict):
-                raise InvalidTaskArguments(
-                    f"Call {number}: args must be a sequence and kwargs a dict."
-                )
-            try:
-                arguments.append(_json_arguments(args, kwargs))
-            except InvalidTaskArguments as exc:
-                raise InvalidTaskArguments(f"Call {number}: {exc}") from None
-        ids = insert_jobs(router.db_for_write(Job), common, arguments)
-        results = [
-            self._result(task, pk, common, args, kwargs)
-            for pk, (args, kwargs) in zip(ids, arguments, strict=True)
-        ]
-        for result in results:
-            task_enqueued.send(type(self), task_result=result)
+        calls = list(calls)
+        limit = bgtasks_settings.MAX_PAYLOAD_BYTES
+
+        def checked(start: int) -> list[tuple[list, dict]]:
+            return [
+                _call_arguments(number, call, limit)
+                for number, call in enumerate(calls[start : start + CHUNK], start)
+            ]
+
+        using = router.db_for_write(Job)
+        if len(calls) <= CHUNK:
+            arguments = checked(0)
+            ids = insert_jobs(using, common, arguments)
+            results = self._results(task, common, ids, arguments)
+        else:
+            # Each chunk is checked while the database inserts the last one.
+            chunks = (checked(start) for start in range(0, len(calls), CHUNK))
+            results = []
+            for ids, arguments in insert_job_chunks(using, common, chunks):
+                results += self._results(task, common, ids, arguments)
+        _send_to_each(task_enqueued, type(self), results)
         return results
 
     def _row(self, task, now) -> dict[str, Any]:
@@ -157,20 +156,19 @@ class DatabaseBackend(BaseTaskBackend):
             "scheduled_for": None,
         }
 
-    def _result(self, task, pk: int, row: dict, args, kwargs) -> DatabaseTaskResult:
-        return DatabaseTaskResult.from_stored(
+    def _results(self, task, row: dict, ids, arguments) -> list[DatabaseTaskResult]:
+        """The results of new jobs of ``task`` (with the columns ``row``),
+        one per id and ``(args, kwargs)``."""
+        return DatabaseTaskResult.new_jobs(
+            ids,
+            arguments,
             task=task,
-            id=str(pk),
             status=TaskResultStatus.READY,
             enqueued_at=row["enqueued_at"],
             started_at=None,
             finished_at=None,
             last_attempted_at=None,
-            args=args,
-            kwargs=kwargs,
             backend=self.alias,
-            errors=[],
-            worker_ids=[],
         )
 
     def get_result(self, result_id: str) -> DatabaseTaskResult:
@@ -295,9 +293,44 @@ def _check_timeout(value: Any) -> None:
         )
 
 
-def _json_arguments(args, kwargs) -> tuple[list, dict]:
+def _send_to_each(signal, sender, results) -> None:
+    """``signal.send(sender, task_result=result)`` for each result, finding
+    the receivers once rather than once per result."""
+    try:
+        # Private, but stable since Django 5.0: (sync, async) receivers.
+        sync_receivers, async_receivers = signal._live_receivers(sender)
+    except (AttributeError, TypeError, ValueError):
+        sync_receivers, async_receivers = None, True
+    if async_receivers:
+        for result in results:
+            signal.send(sender, task_result=result)
+        return
+    for result in results:
+        for receiver in sync_receivers:
+            receiver(signal=signal, sender=sender, task_result=result)
+
+
+def _call_arguments(number: int, call, limit: int) -> tuple[list, dict]:
+    """The stored arguments of call ``number`` of an ``enqueue_many``."""
+    try:
+        args, kwargs = call
+    except (TypeError, ValueError):
+        raise InvalidTaskArguments(
+            f"Call {number} is not an (args, kwargs) pair: {call!r}."
+        ) from None
+    if isinstance(args, str | bytes) or not isinstance(kwargs, dict):
+        raise InvalidTaskArguments(
+            f"Call {number}: args must be a sequence and kwargs a dict."
+        )
+    try:
+        return _json_arguments(args, kwargs, limit)
+    except InvalidTaskArguments as exc:
+        raise InvalidTaskArguments(f"Call {number}: {exc}") from None
+
+
+def _json_arguments(args, kwargs, limit: int) -> tuple[list, dict]:
     """Arguments as stored; refused unless JSON brings them back unchanged and
-    they fit in ``BGTASKS["MAX_PAYLOAD_BYTES"]``."""
+    they fit in ``limit`` bytes (``BGTASKS["MAX_PAYLOAD_BYTES"]``)."""
     try:
         args, args_size = to_json_sized(args, "args")
         kwargs, kwargs_size = to_json_sized(kwargs, "kwargs")
@@ -307,7 +340,7 @@ def _json_arguments(args, kwargs) -> tuple[list, dict]:
         check_size(
             [args, kwargs],
             "Task arguments",
-            bgtasks_settings.MAX_PAYLOAD_BYTES,
+            limit,
             bound=args_size + kwargs_size + 3,
         )
     except NotJSON as exc:

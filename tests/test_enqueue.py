@@ -7,7 +7,7 @@ from django.db import transaction
 from django.test import override_settings
 from django.utils import timezone
 
-from django_bgtasks import Backoff, DatabaseTask, DatabaseTaskResult
+from django_bgtasks import Backoff, DatabaseTask, DatabaseTaskResult, backend
 from django_bgtasks import task as bg_task
 from django_bgtasks.compat import (
     InvalidTask,
@@ -243,6 +243,32 @@ def test_task_enqueued_signal():
     assert received == [result.id]
 
 
+def test_task_enqueued_signal_for_each_job_of_enqueue_many():
+    received = []
+
+    def receiver(sender, task_result, **kwargs):
+        received.append((sender, task_result.id, task_result.args))
+
+    async def async_receiver(sender, task_result, **kwargs):
+        received.append(("async", task_result.id))
+
+    task_enqueued.connect(receiver)
+    try:
+        results = tasks.echo.enqueue_many([((1,), {}), ((2,), {})])
+        task_enqueued.connect(async_receiver)
+        [late] = tasks.echo.enqueue_many([((3,), {})])
+    finally:
+        task_enqueued.disconnect(receiver)
+        task_enqueued.disconnect(async_receiver)
+    sender = type(tasks.echo.get_backend())
+    assert received == [
+        (sender, results[0].id, [1]),
+        (sender, results[1].id, [2]),
+        (sender, late.id, [3]),
+        ("async", late.id),
+    ]
+
+
 def test_own_decorator_refuses_options_for_other_backends():
     with (
         override_settings(
@@ -308,6 +334,31 @@ def test_enqueue_many_checks_every_call_before_writing(calls, message):
     with pytest.raises(InvalidTaskArguments, match=message):
         tasks.echo.enqueue_many(calls)
     assert not Job.objects.exists()
+
+
+def test_enqueue_many_in_chunks_writes_every_job_in_order(monkeypatch):
+    monkeypatch.setattr(backend, "CHUNK", 3)
+    results = tasks.echo.enqueue_many(((n,), {}) for n in range(10))
+    jobs = Job.objects.order_by("pk")
+    assert [job.args for job in jobs] == [[n] for n in range(10)]
+    assert [result.id for result in results] == [str(job.pk) for job in jobs]
+    assert [result.args for result in results] == [[n] for n in range(10)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_bad_call_in_a_later_chunk_writes_nothing(monkeypatch):
+    monkeypatch.setattr(backend, "CHUNK", 3)
+    calls = [((n,), {}) for n in range(10)]
+    calls[7] = ((object(),), {})
+    with pytest.raises(InvalidTaskArguments, match="Call 7: "):
+        tasks.echo.enqueue_many(calls)
+    assert not Job.objects.exists()
+    # Inside the caller's transaction, which goes on.
+    with transaction.atomic():
+        kept = tasks.echo.enqueue(-1)
+        with pytest.raises(InvalidTaskArguments, match="Call 7: "):
+            tasks.echo.enqueue_many(calls)
+    assert list(Job.objects.values_list("pk", flat=True)) == [int(kept.id)]
 
 
 @pytest.mark.django_db(transaction=True)

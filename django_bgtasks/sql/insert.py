@@ -6,11 +6,18 @@
 - SQLite and MariaDB: ``bulk_create`` (they return the new ids).
 - MySQL: one insert per job, in one transaction (MySQL returns no ids from
   a multi-row insert).
+
+Many jobs go in chunks of ``CHUNK``. On PostgreSQL with psycopg 3 the chunks
+are pipelined: the server inserts one chunk while Python checks the next
+and makes the results of the last, which nearly halves the time of a large
+``enqueue_many``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from django.db import connections, transaction
@@ -37,19 +44,25 @@ COMMON = {
     "schedule_id": "bigint",
     "scheduled_for": "timestamptz",
 }
+# Jobs per statement in a large insert: large enough that a statement's
+# round trip is small beside its rows, small enough to overlap well.
+CHUNK = 2000
 
 
 def insert_jobs(
     using: str, common: dict[str, Any], arguments: list[tuple[list, dict]]
 ) -> list[int]:
     """Insert READY jobs, one per ``(args, kwargs)`` in ``arguments``, all
-    with the other ``common`` columns; return their ids in order. Sends
-    NOTIFY for their queue where it is on."""
+    with the other ``common`` columns, in one statement where the database
+    allows; return their ids in order. Sends NOTIFY for their queue where it
+    is on."""
     if not arguments:
         return []
     connection = connections[using]
     if connection.vendor == "postgresql":
-        return _insert_postgresql(connection, common, arguments)
+        with connection.cursor() as cursor:
+            _send_postgresql(cursor, common, arguments, notify=True)
+            return _ids(cursor)
     jobs = [Job(**common, args=args, kwargs=kwargs) for args, kwargs in arguments]
     if connection.features.can_return_rows_from_bulk_insert:
         Job.objects.using(using).bulk_create(jobs)
@@ -60,7 +73,66 @@ def insert_jobs(
     return [job.pk for job in jobs]
 
 
-def _insert_postgresql(connection, common, arguments) -> list[int]:
+def insert_job_chunks(
+    using: str, common: dict[str, Any], chunks: Iterable[list[tuple[list, dict]]]
+) -> Iterator[tuple[list[int], list[tuple[list, dict]]]]:
+    """Insert the jobs of each chunk of ``(args, kwargs)`` like insert_jobs,
+    in one transaction; yield each chunk's ids with the chunk.
+
+    ``chunks`` is consumed lazily, and on PostgreSQL a chunk is sent before
+    the previous one's ids are yielded: an error raised while the next
+    chunk is made, or while the caller handles the ids, rolls back every
+    chunk."""
+    connection = connections[using]
+    with transaction.atomic(using=using):
+        if connection.vendor != "postgresql":
+            for arguments in chunks:
+                yield insert_jobs(using, common, arguments), arguments
+            return
+        with _pipeline(connection):
+            sent = None  # the chunk in flight: (cursor, arguments)
+            try:
+                for arguments in chunks:
+                    if sent is None:
+                        ready = None
+                    else:
+                        ready = _ids(sent[0]), sent[1]
+                        sent[0].close()
+                    cursor = connection.cursor()
+                    # One NOTIFY for the lot: it is delivered at commit.
+                    _send_postgresql(cursor, common, arguments, notify=ready is None)
+                    sent = cursor, arguments
+                    if ready is not None:
+                        yield ready
+                if sent is not None:
+                    yield _ids(sent[0]), sent[1]
+            finally:
+                if sent is not None:
+                    sent[0].close()
+
+
+def _pipeline(connection):
+    """psycopg 3's pipeline mode on ``connection``, where the driver and
+    libpq have it: a statement is sent without waiting for the last one's
+    result."""
+    connection.ensure_connection()
+    try:
+        from psycopg import Pipeline
+    except ImportError:  # psycopg2
+        return contextlib.nullcontext()
+    raw = connection.connection
+    if not hasattr(raw, "pipeline") or not Pipeline.is_supported():
+        return contextlib.nullcontext()
+    return raw.pipeline()
+
+
+def _ids(cursor) -> list[int]:
+    return sorted(row[0] for row in cursor.fetchall())
+
+
+def _send_postgresql(cursor, common, arguments, *, notify: bool) -> None:
+    """Execute the insert of one chunk on ``cursor`` (in pipeline mode, send
+    it); its ids are then the cursor's rows."""
     params = [
         json.dumps(common[name]) if kind == "jsonb" else common[name]
         for name, kind in COMMON.items()
@@ -74,13 +146,10 @@ def _insert_postgresql(connection, common, arguments) -> list[int]:
         # to send than a column of arrays, and the server parses it quickly.
         params.append(json.dumps(arguments))
         many = True
-    notify = notify_enabled(connection)
+    notify = notify and notify_enabled(cursor.db)
     if notify:
         params += [CHANNEL, payload(common["queue_name"], common["priority"])]
-    sql = _STATEMENTS[many, notify]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return sorted(row[0] for row in cursor.fetchall())
+    cursor.execute(_STATEMENTS[many, notify], params)
 
 
 _TABLE = f'"{Job._meta.db_table}"'
