@@ -1,8 +1,8 @@
 """The worker, run in this process: results, order, retries, bad jobs."""
 
 import sys
-import time
 import threading
+import time
 from datetime import timedelta
 
 import pytest

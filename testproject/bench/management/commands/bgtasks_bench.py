@@ -4,11 +4,13 @@ Scenarios, each run ``--runs`` times (medians printed), on the database of
 ``DATABASE_URL`` with a no-op task taking one integer, results stored:
 
 - enqueue: ``task.enqueue()`` from Django code, one transaction each;
-- bulk: ``task.enqueue_many()``, one statement per 5,000 jobs;
+- bulk: one ``task.enqueue_many()`` of ``--bulk`` jobs;
 - drain: ``runworker --processes P`` drains jobs enqueued at once (for each
   P of ``--processes``);
-- latency: from an enqueue's commit to the job's start, idle workers;
-- priority: the same for a high-priority job behind ``--backlog`` others;
+- latency: from an enqueue's commit (when ``enqueue()`` returns) to the
+  job's start (its claim), idle workers;
+- priority: the same for high-priority jobs enqueued one at a time behind
+  ``--backlog`` others (the median of 5 per run);
 - memory: each worker process's resident memory, at rest and after draining;
 - idle: transactions per second the idle workers cost the database
   (PostgreSQL);
@@ -34,7 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, transaction
@@ -74,6 +76,10 @@ SIZES = [  # the integer options: name, default, help
     ("backlog", 10_000, "Jobs ahead of the high-priority one."),
     ("steady", 1_000_000, "Jobs through the table in the steady-state scenario."),
 ]
+# High-priority jobs timed one after another in each priority run.
+PRIORITY_SAMPLES = 5
+# Where latencies are counted from: the enqueue's commit, and its call.
+SINCE = [("commit", "from the commit"), ("call", "from the call")]
 # The columns a bare INSERT of a job row sets (the database-alone figures).
 BARE_COLUMNS = (
     "task_path, backend, queue_name, priority, status, args, kwargs, run_after, "
@@ -162,15 +168,23 @@ class Command(BaseCommand):
                     ours["drain"] = drain
                 if not measured:
                     continue
-                p50, p99 = self.latency()
-                ours["latency"] = (p50, p99)
-                row(
-                    f"latency p50 / p99, {count} process(es)",
-                    f"{p50:.1f} / {p99:.1f}",
-                    "ms",
-                )
-                high = self.median(self.priority)
-                row(f"high priority behind {options['backlog']:,}", f"{high:.1f}", "ms")
+                latency = self.latency()
+                ours["latency"] = latency["commit"]
+                for since, label in SINCE:
+                    p50, p99 = latency[since]
+                    row(
+                        f"latency p50 / p99 {label}, {count} process(es)",
+                        f"{p50:.1f} / {p99:.1f}",
+                        "ms",
+                    )
+                runs = [self.priority() for _ in range(options["runs"])]
+                for since, label in SINCE:
+                    high = statistics.median(run[since][0] for run in runs)
+                    row(
+                        f"high priority behind {options['backlog']:,} {label}",
+                        f"{high:.1f}",
+                        "ms",
+                    )
                 after = self.memory()
                 row(
                     "worker RSS at rest / after",
@@ -257,10 +271,7 @@ class Command(BaseCommand):
         self.clear()
         count = self.options["bulk"]
         started = time.perf_counter()
-        for chunk in range(0, count, 5000):
-            noop.enqueue_many(
-                ((n,), {}) for n in range(chunk, min(count, chunk + 5000))
-            )
+        noop.enqueue_many(((n,), {}) for n in range(count))
         return count / (time.perf_counter() - started)
 
     # Workers -----------------------------------------------------------------
@@ -317,34 +328,56 @@ class Command(BaseCommand):
         if time.monotonic() > deadline:
             raise SystemExit("The workers did not finish in time.")
 
-    def latency(self) -> tuple[float, float]:
+    def latency(self) -> dict[str, tuple[float, float]]:
         self.clear()
-        sent = []
+        sent = {}
         for number in range(self.options["latency"]):
-            sent.append(int(noop.enqueue(number).id))
+            sent.update(self.enqueue_timed(noop, number))
             time.sleep(0.01)  # one at a time: the workers are idle again
         return self.delays(sent)
 
-    def delays(self, sent: list[int]) -> tuple[float, float]:
-        """From enqueue (its timestamp, taken just before the insert and its
-        commit) to start (the claim), per job: the 50th and 99th percentile."""
+    @staticmethod
+    def enqueue_timed(task, number) -> dict[int, tuple[datetime, datetime]]:
+        """Enqueue (in autocommit: one transaction); the job's id, and when
+        ``enqueue()`` was called and when it returned, committed."""
+        called = timezone.now()
+        job_id = int(task.enqueue(number).id)
+        return {job_id: (called, timezone.now())}
+
+    def delays(self, sent) -> dict[str, tuple[float, float]]:
+        """From each job's enqueue to its start (the claim, in the worker's
+        clock: the same host's): the 50th and 99th percentile, counted from
+        the commit (when ``enqueue()`` returned) and from the call. The
+        job is visible to workers from a moment in between."""
         deadline = time.monotonic() + 60
         while Job.objects.filter(pk__in=sent, started_at__isnull=True).exists():
             if time.monotonic() > deadline:
                 raise SystemExit("Jobs did not start within 60 s.")
             time.sleep(0.01)
-        times = Job.objects.filter(pk__in=sent).values_list("enqueued_at", "started_at")
-        delays = [(start - at) / timedelta(milliseconds=1) for at, start in times]
-        return percentile(delays, 0.5), percentile(delays, 0.99)
+        starts = list(Job.objects.filter(pk__in=sent).values_list("pk", "started_at"))
+        figures = {}
+        for since, index in (("call", 0), ("commit", 1)):
+            delays = [
+                (start - sent[pk][index]) / timedelta(milliseconds=1)
+                for pk, start in starts
+            ]
+            figures[since] = percentile(delays, 0.5), percentile(delays, 0.99)
+        return figures
 
-    def priority(self) -> float:
+    def priority(self) -> dict[str, tuple[float, float]]:
         self.clear()
         with transaction.atomic():
             noop.enqueue_many(((n,), {}) for n in range(self.options["backlog"]))
         time.sleep(0.2)  # the workers are busy with the backlog
-        p50, _ = self.delays([int(noop.using(priority=100).enqueue(-1).id)])
+        sent = {}
+        for number in range(PRIORITY_SAMPLES):
+            sent.update(self.enqueue_timed(noop.using(priority=100), -number))
+            time.sleep(0.05)  # one at a time, the backlog still there
+        if not Job.objects.ready().exists():
+            self.say("(the backlog ran out before the last high-priority job)")
+        figures = self.delays(sent)
         self.wait_for_workers()  # the next run starts with quiet workers
-        return p50
+        return figures
 
     def memory(self) -> float:
         sizes = [
@@ -446,7 +479,11 @@ class Command(BaseCommand):
                 "tasks/s",
             )
             p50, p99 = bench.latency()
-            row("Celery: latency p50 / p99", f"{p50:.1f} / {p99:.1f}", "ms")
+            row(
+                "Celery: latency p50 / p99 from the publish",
+                f"{p50:.1f} / {p99:.1f}",
+                "ms",
+            )
             row(
                 "Celery: worker RSS at rest / after",
                 f"{rest:.0f} / {bench.memory():.0f}",
@@ -537,12 +574,12 @@ class CeleryBench:
             time.sleep(0.01)
         return count / (time.perf_counter() - started)
 
-    def latency(self) -> tuple[float, float]:
+    def latency(self) -> dict[str, tuple[float, float]]:
         self.clear()
         sent = {}
         for number in range(1, self.options["latency"] + 1):
-            sent[number] = time.time()
             self.module.noop.delay(-number)
+            sent[number] = time.time()  # published: the task is in Redis
             time.sleep(0.01)  # one at a time: the worker is idle again
         deadline = time.monotonic() + 60
         while self.module.client.llen(self.module.STARTS) < len(sent):
