@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -81,4 +81,10 @@ class Backoff:
         return timedelta(seconds=seconds)
 
     def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+        # Not dataclasses.asdict: it deep-copies, and this runs per enqueue.
+        return {
+            "initial": self.initial,
+            "factor": self.factor,
+            "maximum": self.maximum,
+            "jitter": self.jitter,
+        }

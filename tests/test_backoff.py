@@ -1,5 +1,6 @@
 """Backoff: the delay before each retry."""
 
+from dataclasses import fields
 from datetime import timedelta
 
 import pytest
@@ -56,3 +57,9 @@ def test_coerce(value, expected):
 def test_invalid_backoff(value, message):
     with pytest.raises(InvalidTask, match=message):
         Backoff.coerce(value)
+
+
+def test_as_dict_holds_every_field_and_round_trips():
+    backoff = Backoff(initial=2, factor=3, maximum=60, jitter=0.5)
+    assert set(backoff.as_dict()) == {field.name for field in fields(Backoff)}
+    assert Backoff.coerce(backoff.as_dict()) == backoff

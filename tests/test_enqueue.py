@@ -3,8 +3,9 @@
 from datetime import timedelta
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_bgtasks import Backoff, DatabaseTask, DatabaseTaskResult, backend
@@ -368,3 +369,11 @@ def test_enqueue_many_joins_the_callers_transaction():
         raise RuntimeError
     assert not Job.objects.exists()
     assert tasks.add.enqueue_many([]) == []
+
+
+def test_the_insert_is_logged_like_any_query():
+    with CaptureQueriesContext(connection) as queries:
+        tasks.add.enqueue(1, 2)
+        tasks.add.enqueue_many([((1, 2), {}), ((3, 4), {})])
+    inserts = [query for query in queries if "INSERT" in query["sql"]]
+    assert len(inserts) == 2, queries.captured_queries

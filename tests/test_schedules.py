@@ -12,6 +12,7 @@ from django.test import override_settings
 
 from django_bgtasks.models import Job, MisfirePolicy, Schedule
 from django_bgtasks.schedule_sync import InvalidSchedule, sync_schedules
+from django_bgtasks.scheduler import enqueue_for_schedule
 
 pytestmark = pytest.mark.django_db
 
@@ -446,3 +447,12 @@ def test_syncs_started_together_make_one_row_per_name():
             thread.join(timeout=60)
     assert errors == []
     assert Schedule.objects.count() == 15
+
+
+def test_a_second_job_for_one_planned_time_is_an_integrity_error():
+    """The insert's own cursor reports database errors as Django's."""
+    schedule = make_schedule()
+    enqueue_for_schedule(schedule, scheduled_for=T0)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        enqueue_for_schedule(schedule, scheduled_for=T0)
+    assert Job.objects.filter(schedule=schedule).count() == 1
