@@ -125,8 +125,11 @@ class DatabaseBackend(BaseTaskBackend):
             # Each chunk is checked while the database inserts the last one.
             chunks = (checked(start) for start in range(0, len(calls), CHUNK))
             results = []
-            for ids, arguments in insert_job_chunks(using, common, chunks):
-                results += self._results(task, common, ids, arguments)
+
+            def inserted(ids, arguments):
+                results.extend(self._results(task, common, ids, arguments))
+
+            insert_job_chunks(using, common, chunks, inserted)
         _send_to_each(task_enqueued, type(self), results)
         return results
 

@@ -8,7 +8,7 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from django_bgtasks import Backoff, DatabaseTask, DatabaseTaskResult, backend
+from django_bgtasks import Backoff, DatabaseTask, DatabaseTaskResult, backend, notify
 from django_bgtasks import task as bg_task
 from django_bgtasks.compat import (
     InvalidTask,
@@ -377,3 +377,30 @@ def test_the_insert_is_logged_like_any_query():
         tasks.add.enqueue_many([((1, 2), {}), ((3, 4), {})])
     inserts = [query for query in queries if "INSERT" in query["sql"]]
     assert len(inserts) == 2, queries.captured_queries
+
+
+@pytest.mark.django_db(transaction=True)
+def test_enqueue_many_in_chunks_notifies_once_at_commit(monkeypatch):
+    if not notify.notify_enabled(connection):
+        pytest.skip("needs NOTIFY (PostgreSQL)")
+    monkeypatch.setattr(backend, "CHUNK", 3)
+    listening = connection.get_new_connection(connection.get_connection_params())
+    listening.autocommit = True
+    try:
+        listening.execute(f'LISTEN "{notify.CHANNEL}"')
+
+        def received():
+            # What has arrived, waiting half a second for stragglers.
+            return [n.payload for n in listening.notifies(timeout=0.5)]
+
+        with transaction.atomic():
+            tasks.echo.using(priority=4).enqueue_many(((n,), {}) for n in range(10))
+            assert received() == []  # not before the commit
+        assert received() == [notify.payload("default", 4)]
+        calls = [((n,), {}) for n in range(10)]
+        calls[7] = ((object(),), {})
+        with transaction.atomic(), pytest.raises(InvalidTaskArguments):
+            tasks.echo.enqueue_many(calls)
+        assert received() == []  # the savepoint rolled back took it along
+    finally:
+        listening.close()

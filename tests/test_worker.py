@@ -394,3 +394,23 @@ def test_claims_wait_while_outcomes_wait_for_the_database(monkeypatch):
         task_finished.disconnect(stall_the_completer)
     assert not thread.is_alive()
     assert Job.objects.filter(status=JobStatus.SUCCESSFUL).count() == 20
+
+
+def test_a_backlog_is_claimed_while_jobs_run_when_outcomes_limit_claims(monkeypatch):
+    """With more threads and prefetch than a batch of outcomes, a worker
+    working through a backlog still claims while its jobs run (it waits for
+    half a batch's worth of free slots, not for half of more than it may
+    claim)."""
+    monkeypatch.setattr(Completer, "MAX_BATCH", 8)
+    running_at_claims = []
+
+    class WatchedWorker(Worker):
+        def _dispatch(self, jobs):
+            with self._lock:
+                running_at_claims.append(len(self._running))
+            super()._dispatch(jobs)
+
+    tasks.sleep_for.enqueue_many(((0.02,), {}) for _ in range(60))
+    WatchedWorker(concurrency=4, prefetch=16, burst=True, poll_interval=0.05).run()
+    assert Job.objects.filter(status=JobStatus.SUCCESSFUL).count() == 60
+    assert any(running for running in running_at_claims[1:]), running_at_claims

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from django.db import connections, transaction
@@ -75,41 +75,37 @@ def insert_jobs(
 
 
 def insert_job_chunks(
-    using: str, common: dict[str, Any], chunks: Iterable[list[tuple[list, dict]]]
-) -> Iterator[tuple[list[int], list[tuple[list, dict]]]]:
+    using: str,
+    common: dict[str, Any],
+    chunks: Iterable[list[tuple[list, dict]]],
+    inserted: Callable[[list[int], list[tuple[list, dict]]], None],
+) -> None:
     """Insert the jobs of each chunk of ``(args, kwargs)`` like insert_jobs,
-    in one transaction; yield each chunk's ids with the chunk.
+    all in one transaction; call ``inserted(ids, chunk)`` for each.
 
     ``chunks`` is consumed lazily, and on PostgreSQL a chunk is sent before
-    the previous one's ids are yielded: an error raised while the next
-    chunk is made, or while the caller handles the ids, rolls back every
-    chunk."""
+    ``inserted`` is called for the previous one: an error raised while the
+    next chunk is made, or by ``inserted``, rolls back every chunk."""
     connection = connections[using]
     with transaction.atomic(using=using):
         if connection.vendor != "postgresql":
             for arguments in chunks:
-                yield insert_jobs(using, common, arguments), arguments
+                inserted(insert_jobs(using, common, arguments), arguments)
             return
-        with _pipeline(connection):
+        with _pipeline(connection), contextlib.ExitStack() as cursors:
             sent = None  # the chunk in flight: (cursor, arguments)
-            try:
-                for arguments in chunks:
-                    if sent is None:
-                        ready = None
-                    else:
-                        ready = _ids(sent[0]), sent[1]
-                        sent[0].close()
-                    cursor = _cursor(connection)
-                    # One NOTIFY for the lot: it is delivered at commit.
-                    _send_postgresql(cursor, common, arguments, notify=ready is None)
-                    sent = cursor, arguments
-                    if ready is not None:
-                        yield ready
-                if sent is not None:
-                    yield _ids(sent[0]), sent[1]
-            finally:
-                if sent is not None:
-                    sent[0].close()
+            for arguments in chunks:
+                cursor = cursors.enter_context(_cursor(connection))
+                done, sent = sent, (cursor, arguments)
+                if done is not None:
+                    ids = _ids(done[0])
+                    done[0].close()
+                # One NOTIFY for the lot: it is delivered at commit.
+                _send_postgresql(cursor, common, arguments, notify=done is None)
+                if done is not None:
+                    inserted(ids, done[1])
+            if sent is not None:
+                inserted(_ids(sent[0]), sent[1])
 
 
 def _cursor(connection):

@@ -282,7 +282,7 @@ class Worker:
             if (
                 backlog
                 and busy
-                and free < max(1, (self.concurrency + self.prefetch) // 2)
+                and free < max(1, self._capacity() // 2)
                 # A new job outranks the prefetched ones: claim it now; it
                 # joins them and starts first.
                 and not self._urgent.is_set()
@@ -339,14 +339,17 @@ class Worker:
             discard_connection(self.using)
             return True
 
+    def _capacity(self) -> int:
+        """The most jobs one claim may take: one per thread and prefetch
+        slot, and no more than a batch of outcomes (claims wait while that
+        many wait to be written: when the database writes slower than the
+        threads run, finished jobs must not pile up in memory)."""
+        return min(self.concurrency + self.prefetch, Completer.MAX_BATCH)
+
     def _free_slots(self) -> int:
         with self._lock:
             free = min(
                 self.concurrency + self.prefetch - len(self._running),
-                # Outcomes waiting for the completer count too, beyond one
-                # batch of them: when the database writes slower than the
-                # threads run, claims wait rather than finished jobs pile
-                # up in memory.
                 Completer.MAX_BATCH - len(self._pending),
             )
         if self.max_jobs is not None:
