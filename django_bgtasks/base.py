@@ -139,10 +139,10 @@ class DatabaseTaskResult(TaskResult):
         """A result from stored values, without ``__init__``: stored arguments
         are JSON already, and normalising them again would cost the worker
         time on every job."""
-        result = object.__new__(cls)
+        result = _new(cls)
         for name, value in fields.items():
-            object.__setattr__(result, name, value)
-        object.__setattr__(result, "_return_value", return_value)
+            _set_field(result, name, value)
+        _set_field(result, "_return_value", return_value)
         return result
 
     @classmethod
@@ -151,17 +151,16 @@ class DatabaseTaskResult(TaskResult):
         the ``shared`` fields; like ``from_stored``, made quickly for bulk
         enqueues."""
         shared_items = [*shared.items(), ("_return_value", None)]
-        new, set_field = object.__new__, object.__setattr__
         results = []
         for pk, (args, kwargs) in zip(ids, arguments, strict=True):
-            result = new(cls)
+            result = _new(cls)
             for name, value in shared_items:
-                set_field(result, name, value)
-            set_field(result, "id", str(pk))
-            set_field(result, "args", args)
-            set_field(result, "kwargs", kwargs)
-            set_field(result, "errors", [])
-            set_field(result, "worker_ids", [])
+                _set_field(result, name, value)
+            _set_field(result, "id", str(pk))
+            _set_field(result, "args", args)
+            _set_field(result, "kwargs", kwargs)
+            _set_field(result, "errors", [])
+            _set_field(result, "worker_ids", [])
             results.append(result)
         return results
 
@@ -215,6 +214,11 @@ class DatabaseTaskResult(TaskResult):
                 "worker does not see jobs the transaction has not committed. "
                 "Wait after the transaction (e.g. in transaction.on_commit)."
             )
+
+
+# Results are frozen dataclasses; these set their fields without __init__.
+_new = object.__new__
+_set_field = object.__setattr__
 
 
 def _pauses(timeout: float | None, first: float):

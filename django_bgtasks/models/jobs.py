@@ -22,6 +22,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import pgettext_lazy
 
+from ..base import DatabaseTaskResult
 from ..compat import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY, TaskError, TaskResultStatus
 from ..exceptions import JobCancelled
 
@@ -429,8 +430,6 @@ class Job(models.Model):
         CANCELLED reads as FAILED, with a JobCancelled error, since the
         framework has four statuses.
         """
-        from ..base import DatabaseTaskResult
-
         errors = [
             TaskError(
                 exception_class_path=error["exception_class_path"],

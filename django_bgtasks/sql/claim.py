@@ -144,20 +144,32 @@ _RETURNING = ", ".join(
 )
 
 
+_PLAIN_NAMES = [f.attname for f in _PLAIN]
+_TIME_NAMES = [f.attname for f in _TIMES]
+_JSON_NAMES = [f.attname for f in _JSON]
+_TIMES_AT = slice(len(_PLAIN), len(_PLAIN) + len(_TIMES))
+
+
 def _job(using: str, row) -> Job:
     """A Job from a claimed row, built without the ORM's per-column loaders
     and converters: the claim is the worker's hottest query."""
-    values = dict(zip((f.attname for f in _PLAIN), row, strict=False))
-    times = row[len(_PLAIN) : len(_PLAIN) + len(_TIMES)]
-    for field, seconds in zip(_TIMES, times, strict=True):
-        values[field.attname] = None if seconds is None else _moment(seconds)
-    for field, value in zip(_JSON, json.loads(row[-1]), strict=True):
-        values[field.attname] = value
+    values = dict(zip(_PLAIN_NAMES, row))
+    values.update(
+        zip(
+            _TIME_NAMES,
+            [
+                None if seconds is None else _moment(seconds)
+                for seconds in row[_TIMES_AT]
+            ],
+        )
+    )
+    values.update(zip(_JSON_NAMES, json.loads(row[-1]), strict=True))
+    state = ModelState()
+    state.adding = False
+    state.db = using
+    values["_state"] = state
     job = Job.__new__(Job)
-    job.__dict__.update(values)
-    job._state = ModelState()
-    job._state.adding = False
-    job._state.db = using
+    job.__dict__ = values
     return job
 
 

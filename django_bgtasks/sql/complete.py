@@ -34,7 +34,7 @@ class Completion:
     run_after: datetime | None = None  # for a retry
 
     def changes(self) -> dict[str, Any]:
-        changes = {"status": self.status, "worker": None}
+        changes = {"status": self.status, "worker_id": None}
         if self.status == JobStatus.SUCCESSFUL:
             changes.update(return_value=self.return_value)
         if self.errors is not None:
