@@ -153,16 +153,11 @@ _TIMES_AT = slice(len(_PLAIN), len(_PLAIN) + len(_TIMES))
 def _job(using: str, row) -> Job:
     """A Job from a claimed row, built without the ORM's per-column loaders
     and converters: the claim is the worker's hottest query."""
-    values = dict(zip(_PLAIN_NAMES, row))
-    values.update(
-        zip(
-            _TIME_NAMES,
-            [
-                None if seconds is None else _moment(seconds)
-                for seconds in row[_TIMES_AT]
-            ],
-        )
-    )
+    values = dict(zip(_PLAIN_NAMES, row, strict=False))  # the row goes on
+    times = [
+        None if seconds is None else _moment(seconds) for seconds in row[_TIMES_AT]
+    ]
+    values.update(zip(_TIME_NAMES, times, strict=True))
     values.update(zip(_JSON_NAMES, json.loads(row[-1]), strict=True))
     state = ModelState()
     state.adding = False
