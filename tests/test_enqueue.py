@@ -380,7 +380,7 @@ def test_the_insert_is_logged_like_any_query():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_enqueue_many_in_chunks_notifies_once_at_commit(monkeypatch):
+def test_enqueue_and_enqueue_many_in_chunks_notify_once_at_commit(monkeypatch):
     if not notify.notify_enabled(connection):
         pytest.skip("needs NOTIFY (PostgreSQL)")
     monkeypatch.setattr(backend, "CHUNK", 3)
@@ -397,6 +397,10 @@ def test_enqueue_many_in_chunks_notifies_once_at_commit(monkeypatch):
             tasks.echo.using(priority=4).enqueue_many(((n,), {}) for n in range(10))
             assert received() == []  # not before the commit
         assert received() == [notify.payload("default", 4)]
+        with transaction.atomic():
+            tasks.echo.using(priority=-2).enqueue(1)
+            assert received() == []
+        assert received() == [notify.payload("default", -2)]
         calls = [((n,), {}) for n in range(10)]
         calls[7] = ((object(),), {})
         with transaction.atomic(), pytest.raises(InvalidTaskArguments):

@@ -205,7 +205,9 @@ _MANY = f"""
     ORDER BY call.n
     RETURNING id
 """
-# NOTIFY in the same statement: delivered at commit, with the rows.
+# NOTIFY in the same statement: delivered at commit, with the rows. One
+# row notifies from its RETURNING (cheaper to plan than a CTE); many rows
+# notify once, from a CTE.
 _NOTIFYING = """
     WITH new AS ({insert}),
     woken AS (SELECT pg_notify(%s, %s) WHERE EXISTS (SELECT 1 FROM new))
@@ -214,6 +216,6 @@ _NOTIFYING = """
 _STATEMENTS = {
     (False, False): _ONE,
     (True, False): _MANY,
-    (False, True): _NOTIFYING.format(insert=_ONE),
+    (False, True): _ONE.replace("RETURNING id", "RETURNING id, pg_notify(%s, %s)"),
     (True, True): _NOTIFYING.format(insert=_MANY),
 }
