@@ -1,16 +1,18 @@
 """Inserting jobs: one statement for one job or many, with its NOTIFY.
 
-- PostgreSQL: ``INSERT ... SELECT FROM unnest(...) RETURNING id``, with the
-  ``pg_notify`` of each queue in the same statement (delivered at commit),
-  so enqueueing costs one round trip and joins the caller's transaction.
+- PostgreSQL: ``INSERT ... RETURNING id`` for one job, ``INSERT ... SELECT
+  FROM jsonb_array_elements(...)`` for many (their arguments sent as one
+  JSON document), with the queue's ``pg_notify`` in the same statement
+  (delivered at commit), so enqueueing costs one round trip and joins the
+  caller's transaction. Parameters are bound on the server (psycopg 3).
 - SQLite and MariaDB: ``bulk_create`` (they return the new ids).
 - MySQL: one insert per job, in one transaction (MySQL returns no ids from
   a multi-row insert).
 
 Many jobs go in chunks of ``CHUNK``. On PostgreSQL with psycopg 3 the chunks
 are pipelined: the server inserts one chunk while Python checks the next
-and makes the results of the last, which nearly halves the time of a large
-``enqueue_many``.
+and makes the results of the last (a fifth faster than one chunk after
+another, on 2 cores).
 """
 
 from __future__ import annotations
@@ -64,14 +66,36 @@ def insert_jobs(
         with _cursor(connection) as cursor:
             _send_postgresql(cursor, common, arguments, notify=True)
             return _ids(cursor)
-    jobs = [Job(**common, args=args, kwargs=kwargs) for args, kwargs in arguments]
+    if len(arguments) == 1:
+        return [_insert_one(connection, common, *arguments[0])]
     if connection.features.can_return_rows_from_bulk_insert:
+        jobs = [Job(**common, args=args, kwargs=kwargs) for args, kwargs in arguments]
         Job.objects.using(using).bulk_create(jobs)
-    else:
-        with transaction.atomic(using=using):
-            for job in jobs:
-                job.save(using=using, force_insert=True)
-    return [job.pk for job in jobs]
+        return [job.pk for job in jobs]
+    with transaction.atomic(using=using):
+        return [_insert_one(connection, common, *call) for call in arguments]
+
+
+def _insert_one(connection, common, args, kwargs) -> int:
+    """Insert one job with a plain ``INSERT`` (MySQL, MariaDB, SQLite): the
+    values prepared by their fields, as the ORM would, without compiling a
+    query for each job."""
+    values = {**common, "args": args, "kwargs": kwargs}
+    fields = [Job._meta.get_field(name) for name in values]
+    params = [
+        field.get_db_prep_save(value, connection)
+        for field, value in zip(fields, values.values(), strict=True)
+    ]
+    quote = connection.ops.quote_name
+    table = Job._meta.db_table
+    sql = (
+        f"INSERT INTO {quote(table)} "
+        f"({', '.join(quote(field.column) for field in fields)}) "
+        f"VALUES ({', '.join(['%s'] * len(fields))})"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return connection.ops.last_insert_id(cursor, table, Job._meta.pk.column)
 
 
 def insert_job_chunks(
