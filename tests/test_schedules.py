@@ -456,3 +456,13 @@ def test_a_second_job_for_one_planned_time_is_an_integrity_error():
     with pytest.raises(IntegrityError), transaction.atomic():
         enqueue_for_schedule(schedule, scheduled_for=T0)
     assert Job.objects.filter(schedule=schedule).count() == 1
+
+
+def test_a_failed_enqueue_dooms_the_callers_transaction():
+    """As with the ORM: the caller cannot commit the rest without the job."""
+    schedule = make_schedule()
+    enqueue_for_schedule(schedule, scheduled_for=T0)
+    with transaction.atomic():
+        with pytest.raises(IntegrityError):
+            enqueue_for_schedule(schedule, scheduled_for=T0)
+        assert transaction.get_rollback()

@@ -5,9 +5,9 @@
   JSON document), with the queue's ``pg_notify`` in the same statement
   (delivered at commit), so enqueueing costs one round trip and joins the
   caller's transaction. Parameters are bound on the server (psycopg 3).
-- SQLite and MariaDB: ``bulk_create`` (they return the new ids).
-- MySQL: one insert per job, in one transaction (MySQL returns no ids from
-  a multi-row insert).
+- MySQL, MariaDB and SQLite: one job, a plain ``INSERT``; many,
+  ``bulk_create`` where it returns the new ids (SQLite, MariaDB), else one
+  ``INSERT`` per job in one transaction (MySQL).
 
 Many jobs go in chunks of ``CHUNK``. On PostgreSQL with psycopg 3 the chunks
 are pipelined: the server inserts one chunk while Python checks the next
@@ -63,7 +63,11 @@ def insert_jobs(
         return []
     connection = connections[using]
     if connection.vendor == "postgresql":
-        with _cursor(connection) as cursor:
+        # A failed insert dooms the caller's transaction, as with the ORM.
+        with (
+            transaction.mark_for_rollback_on_error(using),
+            _cursor(connection) as cursor,
+        ):
             _send_postgresql(cursor, common, arguments, notify=True)
             return _ids(cursor)
     if len(arguments) == 1:
@@ -80,7 +84,7 @@ def _insert_one(connection, common, args, kwargs) -> int:
     """Insert one job with a plain ``INSERT`` (MySQL, MariaDB, SQLite): the
     values prepared by their fields, as the ORM would, without compiling a
     query for each job."""
-    values = {**common, "args": args, "kwargs": kwargs}
+    values = {name: common[name] for name in COMMON} | {"args": args, "kwargs": kwargs}
     fields = [Job._meta.get_field(name) for name in values]
     params = [
         field.get_db_prep_save(value, connection)
@@ -93,7 +97,11 @@ def _insert_one(connection, common, args, kwargs) -> int:
         f"({', '.join(quote(field.column) for field in fields)}) "
         f"VALUES ({', '.join(['%s'] * len(fields))})"
     )
-    with connection.cursor() as cursor:
+    # A failed insert dooms the caller's transaction, as with the ORM.
+    with (
+        transaction.mark_for_rollback_on_error(connection.alias),
+        connection.cursor() as cursor,
+    ):
         cursor.execute(sql, params)
         return connection.ops.last_insert_id(cursor, table, Job._meta.pk.column)
 
