@@ -7,8 +7,8 @@ Scenarios, each run ``--runs`` times (medians printed), on the database of
 - bulk: one ``task.enqueue_many()`` of ``--bulk`` jobs;
 - drain: ``runworker --processes P`` drains jobs enqueued at once (for each
   P of ``--processes``);
-- latency: from an enqueue's commit (when ``enqueue()`` returns) to the
-  job's start (its claim), idle workers;
+- latency: from an enqueue's commit (when ``enqueue()`` returns), and from
+  its call, to the start of the task, idle workers;
 - priority: the same for high-priority jobs enqueued one at a time behind
   ``--backlog`` others (the median of 5 per run);
 - memory: each worker process's resident memory, at rest and after draining;
@@ -36,7 +36,6 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, transaction
@@ -331,36 +330,36 @@ class Command(BaseCommand):
     def latency(self) -> dict[str, tuple[float, float]]:
         self.clear()
         sent = {}
-        for number in range(self.options["latency"]):
-            sent.update(self.enqueue_timed(noop, number))
+        for number in range(1, self.options["latency"] + 1):
+            sent.update(self.enqueue_timed(noop, -number))
             time.sleep(0.01)  # one at a time: the workers are idle again
         return self.delays(sent)
 
     @staticmethod
-    def enqueue_timed(task, number) -> dict[int, tuple[datetime, datetime]]:
-        """Enqueue (in autocommit: one transaction); the job's id, and when
+    def enqueue_timed(task, number) -> dict[int, tuple[float, float]]:
+        """Enqueue a timed job (a negative ``number``: the task returns when
+        it started), in autocommit (one transaction); the job's id, and when
         ``enqueue()`` was called and when it returned, committed."""
-        called = timezone.now()
+        called = time.time()
         job_id = int(task.enqueue(number).id)
-        return {job_id: (called, timezone.now())}
+        return {job_id: (called, time.time())}
 
     def delays(self, sent) -> dict[str, tuple[float, float]]:
-        """From each job's enqueue to its start (the claim, in the worker's
-        clock: the same host's): the 50th and 99th percentile, counted from
-        the commit (when ``enqueue()`` returned) and from the call. The
-        job is visible to workers from a moment in between."""
+        """From each job's enqueue to the start of its task (which returns
+        the time, in the worker's clock: the same host's): the 50th and 99th
+        percentile, counted from the commit (when ``enqueue()`` returned)
+        and from the call. The job is visible to workers from a moment in
+        between: the worker may start it before the commit's reply reaches
+        the enqueuer, so a delay from the commit may be below zero."""
         deadline = time.monotonic() + 60
-        while Job.objects.filter(pk__in=sent, started_at__isnull=True).exists():
+        while Job.objects.filter(pk__in=sent, finished_at__isnull=True).exists():
             if time.monotonic() > deadline:
-                raise SystemExit("Jobs did not start within 60 s.")
+                raise SystemExit("Jobs did not finish within 60 s.")
             time.sleep(0.01)
-        starts = list(Job.objects.filter(pk__in=sent).values_list("pk", "started_at"))
+        starts = list(Job.objects.filter(pk__in=sent).values_list("pk", "return_value"))
         figures = {}
         for since, index in (("call", 0), ("commit", 1)):
-            delays = [
-                (start - sent[pk][index]) / timedelta(milliseconds=1)
-                for pk, start in starts
-            ]
+            delays = [(start - sent[pk][index]) * 1000 for pk, start in starts]
             figures[since] = percentile(delays, 0.5), percentile(delays, 0.99)
         return figures
 
@@ -371,7 +370,7 @@ class Command(BaseCommand):
         time.sleep(0.2)  # the workers are busy with the backlog
         sent = {}
         for number in range(PRIORITY_SAMPLES):
-            sent.update(self.enqueue_timed(noop.using(priority=100), -number))
+            sent.update(self.enqueue_timed(noop.using(priority=100), -number - 1))
             time.sleep(0.05)  # one at a time, the backlog still there
         if not Job.objects.ready().exists():
             self.say("(the backlog ran out before the last high-priority job)")
