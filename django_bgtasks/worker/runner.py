@@ -279,15 +279,11 @@ class Worker:
             free = self._free_slots()
             with self._lock:
                 busy = bool(self._running)
-            if (
-                backlog
-                and busy
-                and free < max(1, self._capacity() // 2)
-                # A new job outranks the prefetched ones: claim it now; it
-                # joins them and starts first.
-                and not self._urgent.is_set()
-            ):
-                free = 0  # wait for more threads to free
+            if backlog and busy and free < max(1, self._capacity() // 2):
+                # Wait for more threads to free; but if a new job outranks
+                # the prefetched ones, claim it now, alone (a small claim
+                # returns soonest): it joins them and starts first.
+                free = min(free, 1) if self._urgent.is_set() else 0
             claimed = []
             if free:
                 urgent = self._urgent.is_set()
