@@ -47,6 +47,8 @@ COMMON = {
     "schedule_id": "bigint",
     "scheduled_for": "timestamptz",
 }
+# The fields of a plain INSERT of one job, in its parameters' order.
+_INSERT_FIELDS = [Job._meta.get_field(name) for name in [*COMMON, "args", "kwargs"]]
 # Jobs per statement in a large insert: large enough that a statement's
 # round trip is small beside its rows, small enough to overlap well.
 CHUNK = 2000
@@ -84,18 +86,17 @@ def _insert_one(connection, common, args, kwargs) -> int:
     """Insert one job with a plain ``INSERT`` (MySQL, MariaDB, SQLite): the
     values prepared by their fields, as the ORM would, without compiling a
     query for each job."""
-    values = {name: common[name] for name in COMMON} | {"args": args, "kwargs": kwargs}
-    fields = [Job._meta.get_field(name) for name in values]
+    values = [*(common[name] for name in COMMON), args, kwargs]
     params = [
         field.get_db_prep_save(value, connection)
-        for field, value in zip(fields, values.values(), strict=True)
+        for field, value in zip(_INSERT_FIELDS, values, strict=True)
     ]
     quote = connection.ops.quote_name
     table = Job._meta.db_table
     sql = (
         f"INSERT INTO {quote(table)} "
-        f"({', '.join(quote(field.column) for field in fields)}) "
-        f"VALUES ({', '.join(['%s'] * len(fields))})"
+        f"({', '.join(quote(field.column) for field in _INSERT_FIELDS)}) "
+        f"VALUES ({', '.join(['%s'] * len(_INSERT_FIELDS))})"
     )
     # A failed insert dooms the caller's transaction, as with the ORM.
     with (
@@ -128,14 +129,15 @@ def insert_job_chunks(
             sent = None  # the chunk in flight: (cursor, arguments)
             for arguments in chunks:
                 cursor = cursors.enter_context(_cursor(connection))
-                done, sent = sent, (cursor, arguments)
-                if done is not None:
-                    ids = _ids(done[0])
-                    done[0].close()
-                # One NOTIFY for the lot: it is delivered at commit.
-                _send_postgresql(cursor, common, arguments, notify=done is None)
-                if done is not None:
-                    inserted(ids, done[1])
+                if sent is None:
+                    # One NOTIFY for the lot: it is delivered at commit.
+                    _send_postgresql(cursor, common, arguments, notify=True)
+                else:
+                    ids = _ids(sent[0])  # waits for the chunk in flight
+                    sent[0].close()
+                    _send_postgresql(cursor, common, arguments, notify=False)
+                    inserted(ids, sent[1])  # while this chunk is inserted
+                sent = cursor, arguments
             if sent is not None:
                 inserted(_ids(sent[0]), sent[1])
 
@@ -147,11 +149,8 @@ def _cursor(connection):
     costs more than the rest of an enqueue's Python; unprepared, it works
     behind PgBouncer as Django's cursor does."""
     connection.close_if_health_check_failed()
-    connection.ensure_connection()
-    psycopg3 = _psycopg3_classes()
-    if psycopg3 is None or not isinstance(
-        connection.connection, psycopg3.connection_class
-    ):
+    psycopg3 = _psycopg3_of(connection)
+    if psycopg3 is None:
         return connection.cursor()
     with connection.wrap_database_errors:
         # Wrapped as Django wraps its own: errors, thread checks, and the
@@ -164,6 +163,18 @@ class _Psycopg3(NamedTuple):
     connection_class: type
     cursor_class: type  # binds on the server, never prepares
     has_pipeline: bool  # libpq has pipeline mode
+
+
+def _psycopg3_of(connection) -> _Psycopg3 | None:
+    """What the inserts use of psycopg 3, where ``connection`` (connected
+    here) is a psycopg 3 connection; else None (psycopg2)."""
+    connection.ensure_connection()
+    psycopg3 = _psycopg3_classes()
+    if psycopg3 is None or not isinstance(
+        connection.connection, psycopg3.connection_class
+    ):
+        return None
+    return psycopg3
 
 
 @functools.cache
@@ -186,13 +197,8 @@ def _psycopg3_classes() -> _Psycopg3 | None:
 def _pipeline(connection):
     """psycopg 3's pipeline mode on ``connection``, where libpq has it: a
     statement is sent without waiting for the last one's result."""
-    connection.ensure_connection()
-    psycopg3 = _psycopg3_classes()
-    if (
-        psycopg3 is None
-        or not isinstance(connection.connection, psycopg3.connection_class)
-        or not psycopg3.has_pipeline
-    ):
+    psycopg3 = _psycopg3_of(connection)
+    if psycopg3 is None or not psycopg3.has_pipeline:
         return contextlib.nullcontext()
     return connection.connection.pipeline()
 
