@@ -220,12 +220,15 @@ def test_corrupt_stored_arguments_fail_the_job():
 
 def test_framework_signals_are_sent():
     seen = []
+    results = {}
 
     def on_started(sender, task_result, **kwargs):
         seen.append(("started", task_result.id, task_result.status))
+        results["started", task_result.id] = task_result
 
     def on_finished(sender, task_result, **kwargs):
         seen.append(("finished", task_result.id, task_result.status))
+        results["finished", task_result.id] = task_result
 
     task_started.connect(on_started)
     task_finished.connect(on_finished)
@@ -239,6 +242,16 @@ def test_framework_signals_are_sent():
     assert ("started", ok.id, TaskResultStatus.RUNNING) in seen
     assert ("finished", ok.id, TaskResultStatus.SUCCESSFUL) in seen
     assert ("finished", bad.id, TaskResultStatus.FAILED) in seen
+    # One result per attempt, brought up to date for task_finished, as the
+    # framework's own backends do.
+    finished = results["finished", ok.id]
+    assert finished is results["started", ok.id]
+    assert finished.return_value == 2
+    assert finished.finished_at is not None
+    failed = results["finished", bad.id]
+    assert failed is results["started", bad.id]
+    assert failed.finished_at is not None
+    assert failed.errors[-1].exception_class_path.endswith(".InvalidReturnValue")
 
 
 def test_concurrency_runs_jobs_at_once(tmp_path):

@@ -215,7 +215,12 @@ def report(finished: Finished, verdict: str | None) -> None:
             "outcome is discarded", job.pk, describe(job),
         )  # fmt: skip
     if finished.task is not None and job.is_finished:
-        _send_finished(job.to_task_result(finished.task), error)
+        task_result = finished.outcome.task_result
+        if task_result is None:
+            task_result = job.to_task_result(finished.task)
+        else:
+            job.update_task_result(task_result)
+        _send_finished(task_result, error)
 
 
 def _send_finished(task_result, error: BaseException | None) -> None:

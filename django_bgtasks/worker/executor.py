@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import logging
 import queue
 import threading
@@ -40,6 +41,9 @@ class Outcome:
     # False for errors a retry cannot cure (unknown task, corrupt row,
     # unstorable return value).
     retryable: bool = True
+    # The TaskResult sent with task_started, if the task got that far: the
+    # same object goes with task_finished, brought up to date.
+    task_result: Any = None
 
 
 def run_attempt(job: Job) -> tuple[Outcome, Any]:
@@ -69,17 +73,16 @@ def run_attempt(job: Job) -> tuple[Outcome, Any]:
         else:
             value = task.call(*job.args, **job.kwargs)
     except SystemExit as exc:
-        return Outcome(
-            error=_chained(
-                TaskExited(
-                    f"The task called sys.exit({exc.code!r}); a task cannot stop the "
-                    f"worker."
-                ),
-                exc,
-            )
-        ), task
+        error = _chained(
+            TaskExited(
+                f"The task called sys.exit({exc.code!r}); a task cannot stop the "
+                f"worker."
+            ),
+            exc,
+        )
+        return Outcome(error=error, task_result=task_result), task
     except BaseException as exc:
-        return Outcome(error=exc), task
+        return Outcome(error=exc, task_result=task_result), task
     finally:
         current_job.reset(progress_token)
     try:
@@ -87,8 +90,8 @@ def run_attempt(job: Job) -> tuple[Outcome, Any]:
         check_size(value, "Return values", bgtasks_settings.MAX_PAYLOAD_BYTES)
     except NotJSON as exc:
         error = InvalidReturnValue(f"The task's {exc} It must be JSON.")
-        return Outcome(error=error, retryable=False), task
-    return Outcome(return_value=value), task
+        return Outcome(error=error, retryable=False, task_result=task_result), task
+    return Outcome(return_value=value, task_result=task_result), task
 
 
 def _chained(error: BaseException, cause: BaseException) -> BaseException:
@@ -105,6 +108,9 @@ class Executor:
     Daemon threads, so a worker that has given its unfinished jobs back can
     exit without waiting for them. ``on_done(job)`` is called after each job.
     """
+
+    # The longest pause(): a claim that takes longer must not stall the rest.
+    MAX_PAUSE = 0.05
 
     def __init__(
         self,
@@ -124,8 +130,17 @@ class Executor:
         self.on_finished = on_finished
         self.give_up = give_up
         # Claim order, also among the jobs waiting for a thread (--prefetch):
-        # a high-priority job claimed later still starts first.
-        self._jobs: queue.PriorityQueue[tuple] = queue.PriorityQueue()
+        # a high-priority job claimed later still starts first. A heap under
+        # a lock, and a token per entry in a SimpleQueue that threads wait
+        # on: while jobs wait, a thread takes the next without blocking,
+        # where queue.PriorityQueue's condition variable costs a thread
+        # switch per job.
+        self._heap: list[tuple] = []
+        self._heap_lock = threading.Lock()
+        self._tokens: queue.SimpleQueue[None] = queue.SimpleQueue()
+        # Cleared while an urgent claim is on its way: see pause().
+        self._may_start = threading.Event()
+        self._may_start.set()
         self._threads = [
             threading.Thread(
                 target=self._work, name=f"bgtasks-job-{number}", daemon=True
@@ -137,17 +152,51 @@ class Executor:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, job: Job) -> None:
-        self._jobs.put((0, -job.priority, job.run_after, job.id, job))
+    def submit(self, jobs: list[Job]) -> None:
+        """Run ``jobs``, best first, as threads free up."""
+        self._put([(0, -job.priority, job.run_after, job.id, job) for job in jobs])
+
+    def pause(self) -> None:
+        """Hold back the threads from starting more jobs until ``resume()``
+        (or for at most ``MAX_PAUSE`` seconds).
+
+        For an urgent claim: a thread hands the GIL on only when it blocks or
+        every 5 ms, to any thread waiting for it, so behind a dozen threads
+        busy with short jobs the claiming thread waits tens of milliseconds
+        to run, both before its claim and when the claim's reply is in.
+        Threads waiting here leave it the GIL.
+        """
+        self._may_start.clear()
+
+    def resume(self) -> None:
+        self._may_start.set()
 
     def stop(self) -> None:
         """Let each thread exit once the jobs handed to it have run."""
-        for number, _ in enumerate(self._threads):
-            self._jobs.put((1, number, None, None, None))
+        self.resume()
+        self._put(
+            [(1, number, None, None, None) for number in range(len(self._threads))]
+        )
+
+    def _put(self, entries: list[tuple]) -> None:
+        with self._heap_lock:
+            for entry in entries:
+                heapq.heappush(self._heap, entry)
+        for _ in entries:
+            self._tokens.put(None)
+
+    def _next_job(self) -> Job | None:
+        self._tokens.get()
+        if not self._may_start.is_set():
+            # Which job is next is decided after the pause: the urgent one,
+            # if its claim has come in.
+            self._may_start.wait(self.MAX_PAUSE)
+        with self._heap_lock:
+            return heapq.heappop(self._heap)[-1]
 
     def _work(self) -> None:
         try:
-            while (job := self._jobs.get()[-1]) is not None:
+            while (job := self._next_job()) is not None:
                 try:
                     if self.give_up.is_set():
                         continue  # the worker is exiting and gave the job back

@@ -115,6 +115,11 @@ class Worker:
         # thread was enqueued since the last claim.
         self._urgent = threading.Event()
         self._last_claimed_priority: int | None = None  # the lowest, last claim
+        # Free slots at which the main loop claims again: 1, or during a
+        # backlog half the capacity (see _claim). A job leaving wakes the loop
+        # only once there are that many (or none is left): a wake-up per job
+        # would cost a GIL hand-off per job.
+        self._claim_at = 1
         self._stopping = threading.Event()
         # Set when the worker must not wait for anything any more.
         self._forced = threading.Event()
@@ -270,49 +275,27 @@ class Worker:
     def _loop(self) -> None:
         db_pause = 0.2
         was_idle = False
-        # While the queue has more than the worker takes (the last claim came
-        # back full), claim for half the threads at once rather than for each
-        # thread as it frees: fewer, larger claims. Otherwise claim at once.
-        backlog = False
         while not self._stopping.is_set():
             self._wake.clear()
             free = self._free_slots()
             with self._lock:
                 busy = bool(self._running)
-            if backlog and busy and free < max(1, self._capacity() // 2):
+            if busy and free < self._claim_at:
                 # Wait for more threads to free; but if a new job outranks
                 # the prefetched ones, claim it now, alone (a small claim
                 # returns soonest): it joins them and starts first.
                 free = min(free, 1) if self._urgent.is_set() else 0
-            claimed = []
-            if free:
-                urgent = self._urgent.is_set()
-                self._urgent.clear()
-                try:
-                    claimed = Job.objects.db_manager(self.using).claim(
-                        worker_id=self.worker_id, queues=self.queues, limit=free
-                    )
-                    db_pause = 0.2
-                    backlog = len(claimed) == free
-                    if claimed:
-                        self._last_claimed_priority = min(
-                            job.priority for job in claimed
-                        )
-                except DatabaseError as exc:
-                    # A lost connection, or a row the database will not
-                    # update: either way, the worker keeps going.
-                    logger.warning(
-                        "Database error while claiming jobs (%s); retrying in %.1f s",
-                        exc,
-                        db_pause,
-                    )
-                    discard_connection(self.using)
-                    if urgent:
-                        self._urgent.set()  # still to claim
-                    self._stopping.wait(db_pause)
-                    db_pause = min(db_pause * 2, 10.0)
-                    continue
-                self._dispatch(claimed)
+            try:
+                claimed = self._claim(free) if free else []
+            finally:
+                self._executor.resume()  # after an urgent claim: see _notified
+            if claimed is None:
+                # A lost connection, or a row the database will not update:
+                # either way, the worker keeps going.
+                self._stopping.wait(db_pause)
+                db_pause = min(db_pause * 2, 10.0)
+                continue
+            db_pause = 0.2
             with self._lock:
                 idle = not self._running and not self._pending
             if idle and self._limit_reached():
@@ -325,6 +308,31 @@ class Worker:
                 logger.debug("No job is due: waiting for one")
             was_idle = idle and not claimed
             self._wake.wait(self._check_timeouts())
+
+    def _claim(self, limit: int) -> list[Job] | None:
+        """Claim up to ``limit`` due jobs and hand them to the threads; None
+        if the database failed (logged)."""
+        urgent = self._urgent.is_set()
+        self._urgent.clear()
+        try:
+            claimed = Job.objects.db_manager(self.using).claim(
+                worker_id=self.worker_id, queues=self.queues, limit=limit
+            )
+        except DatabaseError as exc:
+            logger.warning("Database error while claiming jobs (%s); retrying", exc)
+            discard_connection(self.using)
+            if urgent:
+                self._urgent.set()  # still to claim
+            return None
+        # While the queue has more than the worker takes (the claim came back
+        # full), claim for half the threads at once rather than for each
+        # thread as it frees: fewer, larger claims. Otherwise claim at once.
+        full = len(claimed) == limit
+        self._claim_at = max(1, self._capacity() // 2) if full else 1
+        if claimed:
+            self._last_claimed_priority = min(job.priority for job in claimed)
+        self._dispatch(claimed)
+        return claimed
 
     def _due_jobs_left(self) -> bool:
         """Whether due jobs remain (a claim may come back empty while other
@@ -344,23 +352,33 @@ class Worker:
 
     def _free_slots(self) -> int:
         with self._lock:
-            free = min(
-                self.concurrency + self.prefetch - len(self._running),
-                Completer.MAX_BATCH - len(self._pending),
-            )
+            free = self._free_slots_locked()
         if self.max_jobs is not None:
             free = min(free, self.max_jobs - self.jobs_claimed)
         return max(free, 0)
+
+    def _free_slots_locked(self) -> int:
+        return min(
+            self.concurrency + self.prefetch - len(self._running),
+            Completer.MAX_BATCH - len(self._pending),
+        )
+
+    def _loop_has_work_locked(self) -> bool:
+        """After a job left the running or pending ones: whether the main
+        loop has something to do (claim, or notice it is idle)."""
+        if not self._running and not self._pending:
+            return True
+        return self._free_slots_locked() >= self._claim_at
 
     def _limit_reached(self) -> bool:
         return self.max_jobs is not None and self.jobs_claimed >= self.max_jobs
 
     def _dispatch(self, jobs: list[Job]) -> None:
-        for job in jobs:
-            with self._lock:
+        with self._lock:
+            for job in jobs:
                 self._running[job.pk] = job
-            self.jobs_claimed += 1
-            self._executor.submit(job)
+        self.jobs_claimed += len(jobs)
+        self._executor.submit(jobs)
 
     def _job_started(self, job: Job) -> None:
         with self._lock:
@@ -388,18 +406,26 @@ class Worker:
         floor = min(waiting) if waiting else self._last_claimed_priority
         if priority is None or floor is None or priority > floor:
             self._urgent.set()
+            if self._executor is not None and not self._stopping.is_set():
+                # The main loop claims it at once, if it gets the GIL: the
+                # job threads stop starting jobs until then.
+                self._executor.pause()
         self._wake.set()
 
     def _job_completed(self, job: Job) -> None:
         with self._lock:
             self._pending.pop(job.pk, None)
-        self._wake.set()
+            wake = self._loop_has_work_locked()
+        if wake:
+            self._wake.set()
 
     def _job_done(self, job: Job) -> None:
         with self._lock:
             self._running.pop(job.pk, None)
             self._started.pop(job.pk, None)
-        self._wake.set()
+            wake = self._loop_has_work_locked()
+        if wake:
+            self._wake.set()
         if self.max_memory_mb and memory_mb() > self.max_memory_mb:
             logger.warning(
                 "The process uses %.0f MB, over --max-memory-per-child %d MB: "
