@@ -97,6 +97,8 @@ class Listener(threading.Thread):
                 pause = min(pause * 2, 10.0)
             finally:
                 self._close()
+        # on_notify may have used this thread's own database connection.
+        connections.close_all()
 
     def _connect(self) -> None:
         wrapper = connections[self.using]

@@ -14,6 +14,7 @@ from django_bgtasks.compat import TaskResultStatus, task_finished, task_started
 from django_bgtasks.models import Job, JobStatus, WorkerProcess
 from django_bgtasks.worker import Worker
 from django_bgtasks.worker.completer import Completer
+from django_bgtasks.worker.executor import Executor
 from tests import tasks
 from tests.conftest import run_in_process, wait_until
 from tests.models import Execution
@@ -355,6 +356,58 @@ def test_an_urgent_job_enqueued_during_a_backlog_overtakes_the_prefetched():
         finished_at__lt=urgent_job.finished_at,
     ).count()
     assert finished_meanwhile <= 3, finished_meanwhile
+
+
+def claiming_worker(**options) -> Worker:
+    """A worker that has not started: its executor takes jobs, unrun."""
+    worker = Worker(**options)
+    worker.process = worker._register()
+    worker._executor = Executor(
+        concurrency=1,
+        worker_id=worker.worker_id,
+        using=worker.using,
+        on_start=lambda job: None,
+        on_done=lambda job: None,
+        on_finished=lambda *args: None,
+        give_up=threading.Event(),
+    )
+    return worker
+
+
+def test_an_urgent_job_is_claimed_on_the_listeners_thread_while_jobs_run():
+    """While the worker holds jobs, the listener claims an outranking job
+    itself: the main loop may be inside a long claim of its own."""
+    worker = claiming_worker(concurrency=1, prefetch=4)
+    backlog = tasks.add.enqueue(1, 1)
+    [held] = Job.objects.claim(worker_id=worker.worker_id, queues=None, limit=1)
+    worker._dispatch([held])  # waiting for the thread
+    worker._last_claimed_priority = 0
+    urgent = tasks.add.using(priority=100).enqueue(2, 2)
+
+    worker._notified(100)
+
+    job = Job.objects.get(pk=int(urgent.id))
+    assert job.status == JobStatus.RUNNING
+    assert job.worker_id == worker.worker_id
+    assert set(worker._running) == {held.pk, job.pk}
+    assert worker._executor._may_start.is_set()  # the threads' pause is over
+    assert not worker._urgent.is_set()  # nothing left for the main loop
+    assert int(backlog.id) == held.pk
+
+
+def test_a_stopping_worker_leaves_an_urgent_job_alone():
+    worker = claiming_worker(concurrency=1, prefetch=4)
+    tasks.add.enqueue(1, 1)
+    [held] = Job.objects.claim(worker_id=worker.worker_id, queues=None, limit=1)
+    worker._dispatch([held])
+    worker._last_claimed_priority = 0
+    urgent = tasks.add.using(priority=100).enqueue(2, 2)
+    worker.stop()
+
+    worker._notified(100)
+
+    assert Job.objects.get(pk=int(urgent.id)).status == JobStatus.READY
+    assert set(worker._running) == {held.pk}
 
 
 def test_notifications_carry_the_priority_and_only_outranking_jobs_are_urgent():

@@ -158,14 +158,8 @@ class Executor:
 
     def pause(self) -> None:
         """Hold back the threads from starting more jobs until ``resume()``
-        (or for at most ``MAX_PAUSE`` seconds).
-
-        For an urgent claim: a thread hands the GIL on only when it blocks or
-        every 5 ms, to any thread waiting for it, so behind a dozen threads
-        busy with short jobs the claiming thread waits tens of milliseconds
-        to run, both before its claim and when the claim's reply is in.
-        Threads waiting here leave it the GIL.
-        """
+        (or for at most ``MAX_PAUSE`` seconds), leaving the GIL to an urgent
+        claim; see ``Worker._claim_urgent``."""
         self._may_start.clear()
 
     def resume(self) -> None:

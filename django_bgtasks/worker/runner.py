@@ -115,8 +115,11 @@ class Worker:
         # thread was enqueued since the last claim.
         self._urgent = threading.Event()
         self._last_claimed_priority: int | None = None  # the lowest, last claim
+        # Held by the listener's thread while it claims an urgent job.
+        self._urgent_claim = threading.Lock()
+        self._loop_claiming = False  # the main loop is in a claim of its own
         # Free slots at which the main loop claims again: 1, or during a
-        # backlog half the capacity (see _claim). A job leaving wakes the loop
+        # backlog half the capacity (see _loop). A job leaving wakes the loop
         # only once there are that many (or none is left): a wake-up per job
         # would cost a GIL hand-off per job.
         self._claim_at = 1
@@ -285,10 +288,13 @@ class Worker:
                 # the prefetched ones, claim it now, alone (a small claim
                 # returns soonest): it joins them and starts first.
                 free = min(free, 1) if self._urgent.is_set() else 0
-            try:
-                claimed = self._claim(free) if free else []
-            finally:
-                self._executor.resume()  # after an urgent claim: see _notified
+            claimed = []
+            if free:
+                self._loop_claiming = True
+                try:
+                    claimed = self._claim(free)
+                finally:
+                    self._loop_claiming = False
             if claimed is None:
                 # A lost connection, or a row the database will not update:
                 # either way, the worker keeps going.
@@ -296,6 +302,13 @@ class Worker:
                 db_pause = min(db_pause * 2, 10.0)
                 continue
             db_pause = 0.2
+            if free:
+                # While the queue has more than the worker takes (the claim
+                # came back full), claim for half the threads at once rather
+                # than for each thread as it frees: fewer, larger claims.
+                # Otherwise claim at once.
+                full = len(claimed) == free
+                self._claim_at = max(1, self._capacity() // 2) if full else 1
             with self._lock:
                 idle = not self._running and not self._pending
             if idle and self._limit_reached():
@@ -324,11 +337,6 @@ class Worker:
             if urgent:
                 self._urgent.set()  # still to claim
             return None
-        # While the queue has more than the worker takes (the claim came back
-        # full), claim for half the threads at once rather than for each
-        # thread as it frees: fewer, larger claims. Otherwise claim at once.
-        full = len(claimed) == limit
-        self._claim_at = max(1, self._capacity() // 2) if full else 1
         if claimed:
             self._last_claimed_priority = min(job.priority for job in claimed)
         self._dispatch(claimed)
@@ -377,7 +385,7 @@ class Worker:
         with self._lock:
             for job in jobs:
                 self._running[job.pk] = job
-        self.jobs_claimed += len(jobs)
+            self.jobs_claimed += len(jobs)
         self._executor.submit(jobs)
 
     def _job_started(self, job: Job) -> None:
@@ -394,10 +402,12 @@ class Worker:
         )
 
     def _notified(self, priority: int | None) -> None:
-        """NOTIFY: wake the main loop; mark the new jobs urgent if they
-        outrank what the worker holds for its next free threads (or, with
-        none held, what it claimed last: the head of the backlog)."""
+        """NOTIFY (on the listener's thread): wake the main loop; mark the
+        new jobs urgent if they outrank what the worker holds for its next
+        free threads (or, with none held, what it claimed last: the head of
+        the backlog). While jobs run, claim an urgent one here and now."""
         with self._lock:
+            busy = bool(self._running)
             waiting = [
                 job.priority
                 for pk, job in self._running.items()
@@ -406,11 +416,31 @@ class Worker:
         floor = min(waiting) if waiting else self._last_claimed_priority
         if priority is None or floor is None or priority > floor:
             self._urgent.set()
-            if self._executor is not None and not self._stopping.is_set():
-                # The main loop claims it at once, if it gets the GIL: the
-                # job threads stop starting jobs until then.
-                self._executor.pause()
+            if priority is not None and (busy or self._loop_claiming):
+                self._claim_urgent()
         self._wake.set()
+
+    def _claim_urgent(self) -> None:
+        """Claim the best due job alone, on this (the listener's) thread.
+
+        Under load the main loop is often inside a large claim of its own,
+        which takes milliseconds to tens of them; the urgent job would wait
+        for it. Meanwhile the job threads start no jobs: a thread hands the
+        GIL on only when it blocks or every 5 ms, to whichever thread waits,
+        so behind a dozen threads busy with short jobs this thread would
+        wait for the GIL for tens of milliseconds more, before the claim and
+        again when its reply is in.
+        """
+        with self._urgent_claim:  # see _shut_down
+            if self._executor is None or self._stopping.is_set():
+                return
+            if self._forced.is_set() or not self._free_slots():
+                return  # exiting; or the main loop claims it once a slot frees
+            self._executor.pause()
+            try:
+                self._claim(1)
+            finally:
+                self._executor.resume()
 
     def _job_completed(self, job: Job) -> None:
         with self._lock:
@@ -525,6 +555,8 @@ class Worker:
         # From here on no job thread starts a job or records an outcome: what
         # is unfinished is given back, perhaps to another worker.
         self._forced.set()
+        with self._urgent_claim:
+            pass  # an urgent claim under way has landed, to be given back too
         if self._heartbeat is not None:
             # Before the row goes, or a last beat might register it again.
             self._heartbeat.join(timeout=5)
