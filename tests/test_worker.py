@@ -12,7 +12,7 @@ from django.utils import timezone
 from django_bgtasks import notify
 from django_bgtasks.compat import TaskResultStatus, task_finished, task_started
 from django_bgtasks.models import Job, JobStatus, WorkerProcess
-from django_bgtasks.worker import Worker
+from django_bgtasks.worker import Worker, runner
 from django_bgtasks.worker.completer import Completer
 from django_bgtasks.worker.executor import Executor
 from tests import tasks
@@ -356,6 +356,26 @@ def test_an_urgent_job_enqueued_during_a_backlog_overtakes_the_prefetched():
         finished_at__lt=urgent_job.finished_at,
     ).count()
     assert finished_meanwhile <= 3, finished_meanwhile
+
+
+def test_an_idle_worker_gives_freed_memory_back_after_a_burst(monkeypatch):
+    trims = []
+    monkeypatch.setattr(runner, "release_free_memory", lambda: trims.append(1))
+    monkeypatch.setattr(runner, "TRIM_AFTER_JOBS", 30)
+    tasks.echo.enqueue_many(((number,), {}) for number in range(40))
+    worker = Worker(concurrency=2, poll_interval=0.1)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        wait_until(lambda: trims, message="memory to be given back")
+        # Watch three idle polls more: nothing new to give back, no trim.
+        time.sleep(0.35)
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
+    assert not Job.objects.exclude(status=JobStatus.SUCCESSFUL).exists()
+    assert trims == [1]  # once for the burst, not again while idle
+    runner.release_free_memory()  # the real one, on this platform
 
 
 def claiming_worker(**options) -> Worker:

@@ -89,7 +89,7 @@ class Completer(threading.Thread):
     once its outcome is committed.
     """
 
-    MAX_BATCH = 500
+    MAX_BATCH = 256
 
     def __init__(self, *, worker_id: str, using: str, on_completed, give_up):
         super().__init__(name="bgtasks-completer", daemon=True)

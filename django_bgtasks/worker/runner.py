@@ -18,7 +18,9 @@ ends the process and a fresh one takes its place.
 
 from __future__ import annotations
 
+import ctypes
 import enum
+import functools
 import logging
 import os
 import socket
@@ -104,6 +106,7 @@ class Worker:
         self.exit = WorkerExit.STOPPED
 
         self.jobs_claimed = 0
+        self._claimed_at_last_trim = 0  # see release_free_memory()
         self.process: WorkerProcess | None = None
         self._running: dict[int, Job] = {}  # on a job thread
         self._pending: dict[int, Job] = {}  # ended, outcome not yet committed
@@ -319,6 +322,10 @@ class Worker:
                 continue  # a full batch: there may be more, claim again
             if idle and not claimed and not was_idle:
                 logger.debug("No job is due: waiting for one")
+                if self.jobs_claimed - self._claimed_at_last_trim >= TRIM_AFTER_JOBS:
+                    # Done with a burst of work: what it freed goes back.
+                    release_free_memory()
+                    self._claimed_at_last_trim = self.jobs_claimed
             was_idle = idle and not claimed
             self._wake.wait(self._check_timeouts())
 
@@ -614,6 +621,29 @@ class Worker:
                 else "off"
             ),
         }
+
+
+# Jobs claimed since memory was last given back for the worker to give it
+# back again when it goes idle: a trim walks every malloc arena, which is
+# not worth doing after every lone job.
+TRIM_AFTER_JOBS = 100
+
+
+def release_free_memory() -> None:
+    """Give memory that jobs allocated and freed back to the system, where
+    the C library can (glibc's ``malloc_trim``): otherwise a worker keeps the
+    high-water mark of its busiest moment for good."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):  # not glibc
+        return None
 
 
 def memory_mb() -> float:
