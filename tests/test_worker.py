@@ -359,6 +359,7 @@ def test_an_urgent_job_enqueued_during_a_backlog_overtakes_the_prefetched():
 
 
 def test_an_idle_worker_gives_freed_memory_back_after_a_burst(monkeypatch):
+    release_free_memory = runner.release_free_memory
     trims = []
     monkeypatch.setattr(runner, "release_free_memory", lambda: trims.append(1))
     monkeypatch.setattr(runner, "TRIM_AFTER_JOBS", 30)
@@ -375,7 +376,7 @@ def test_an_idle_worker_gives_freed_memory_back_after_a_burst(monkeypatch):
         thread.join(timeout=30)
     assert not Job.objects.exclude(status=JobStatus.SUCCESSFUL).exists()
     assert trims == [1]  # once for the burst, not again while idle
-    runner.release_free_memory()  # the real one, on this platform
+    release_free_memory()  # the real one works on this platform
 
 
 def claiming_worker(**options) -> Worker:
@@ -412,7 +413,66 @@ def test_an_urgent_job_is_claimed_on_the_listeners_thread_while_jobs_run():
     assert set(worker._running) == {held.pk, job.pk}
     assert worker._executor._may_start.is_set()  # the threads' pause is over
     assert not worker._urgent.is_set()  # nothing left for the main loop
+    assert worker._reserved == 0
     assert int(backlog.id) == held.pk
+    # The urgent job is not the head of the backlog: a job that outranks the
+    # backlog but not the urgent one is still urgent.
+    assert worker._last_claimed_priority == 0
+
+
+def test_the_listener_claims_nothing_the_main_loop_holds_slots_for():
+    """Two claims under way at once (the main loop's and the listener's)
+    never take more jobs than max_jobs, or than the free slots."""
+    worker = claiming_worker(concurrency=1, prefetch=4, max_jobs=1)
+    urgent = tasks.add.using(priority=100).enqueue(2, 2)
+    assert worker._reserve(5) == 1  # the main loop's claim, under way
+    worker._loop_claiming = True
+
+    worker._notified(100)
+
+    assert Job.objects.get(pk=int(urgent.id)).status == JobStatus.READY
+    assert worker.jobs_claimed == 0
+    assert worker._urgent.is_set()  # for the main loop, when a slot frees
+
+
+def test_an_urgent_job_wakes_the_loop_as_soon_as_one_slot_frees():
+    worker = Worker(concurrency=1, prefetch=20)
+    worker._claim_at = 10  # a backlog: claims wait for ten free slots
+    worker._running = {number: object() for number in range(20)}  # one free
+    with worker._lock:
+        assert not worker._loop_has_work_locked()
+        worker._urgent.set()
+        assert worker._loop_has_work_locked()
+
+
+def test_a_job_with_a_near_timeout_wakes_the_loop_when_it_starts():
+    """The loop plans its next look at the timeouts of the jobs running
+    when it last looked; a job that starts later with a nearer deadline
+    wakes it."""
+    worker = Worker(concurrency=1)
+    worker._wake_at = time.monotonic() + 60
+    job = Job(pk=1, priority=0, timeout=None)
+    worker._job_started(job)
+    assert not worker._wake.is_set()
+    timed = Job(pk=2, priority=0, timeout=5.0)
+    worker._job_started(timed)
+    assert worker._wake.is_set()
+
+
+def test_urgent_claims_end_when_the_worker_winds_down():
+    """Once the main loop is done, the listener claims nothing: a job it
+    claimed could start after the worker gave its jobs back."""
+    worker = claiming_worker(concurrency=1, prefetch=4)
+    tasks.add.enqueue(1, 1)
+    [held] = Job.objects.claim(worker_id=worker.worker_id, queues=None, limit=1)
+    worker._dispatch([held])
+    worker._last_claimed_priority = 0
+    urgent = tasks.add.using(priority=100).enqueue(2, 2)
+    worker._close_urgent_claims()
+
+    worker._notified(100)
+
+    assert Job.objects.get(pk=int(urgent.id)).status == JobStatus.READY
 
 
 def test_a_stopping_worker_leaves_an_urgent_job_alone():

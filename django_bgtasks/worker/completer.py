@@ -176,6 +176,7 @@ class Completer(threading.Thread):
                     exc,
                 ),
                 retryable=False,
+                task_result=outcome.task_result,
             )
             verdict = self._record(job, outcome)
         report(finished, verdict)

@@ -1,8 +1,10 @@
 """The worker: claim due jobs for free slots, run them, stop cleanly.
 
 One loop in the main thread claims as many due jobs as there are free slots
-and hands them to the executor's threads; it sleeps until a job finishes, a
-NOTIFY arrives (PostgreSQL), the poll interval passes or a stop is asked for.
+and hands them to the executor's threads; it sleeps until there are enough
+free slots for its next claim, a NOTIFY arrives (PostgreSQL), the poll
+interval passes or a stop is asked for. A job that a NOTIFY says outranks
+the ones the worker holds is claimed at once on the listener's thread.
 
 Stopping: the first SIGTERM/SIGINT (or ``stop()``) ends claiming; running
 jobs get ``shutdown_timeout`` seconds to finish; those still running are put
@@ -29,7 +31,7 @@ import threading
 import time
 import traceback
 
-from django.db import DatabaseError, connections, router
+from django.db import DatabaseError, close_old_connections, connections, router
 from django.utils.crypto import get_random_string
 
 from .. import __version__, notify, registry
@@ -120,7 +122,13 @@ class Worker:
         self._last_claimed_priority: int | None = None  # the lowest, last claim
         # Held by the listener's thread while it claims an urgent job.
         self._urgent_claim = threading.Lock()
+        self._urgent_claims_closed = False  # the worker is on its way out
         self._loop_claiming = False  # the main loop is in a claim of its own
+        # Slots held for claims under way (the main loop's and the
+        # listener's may overlap): not free, not yet running.
+        self._reserved = 0
+        # When the main loop will look at the running jobs' timeouts next.
+        self._wake_at = 0.0
         # Free slots at which the main loop claims again: 1, or during a
         # backlog half the capacity (see _loop). A job leaving wakes the loop
         # only once there are that many (or none is left): a wake-up per job
@@ -252,6 +260,7 @@ class Worker:
         self._maintenance.start()
         try:
             self._loop()
+            self._close_urgent_claims()  # then wait for what they claimed too
             self._wait_for_running_jobs()
         finally:
             self._shut_down()
@@ -283,8 +292,8 @@ class Worker:
         was_idle = False
         while not self._stopping.is_set():
             self._wake.clear()
-            free = self._free_slots()
             with self._lock:
+                free = self._free_slots_locked()
                 busy = bool(self._running)
             if busy and free < self._claim_at:
                 # Wait for more threads to free; but if a new job outranks
@@ -293,11 +302,14 @@ class Worker:
                 free = min(free, 1) if self._urgent.is_set() else 0
             claimed = []
             if free:
+                free = self._reserve(free)
+            if free:
                 self._loop_claiming = True
                 try:
                     claimed = self._claim(free)
                 finally:
                     self._loop_claiming = False
+                    self._release(free)
             if claimed is None:
                 # A lost connection, or a row the database will not update:
                 # either way, the worker keeps going.
@@ -311,7 +323,12 @@ class Worker:
                 # than for each thread as it frees: fewer, larger claims.
                 # Otherwise claim at once.
                 full = len(claimed) == free
-                self._claim_at = max(1, self._capacity() // 2) if full else 1
+                claim_at = max(1, self._capacity() // 2) if full else 1
+                if claim_at < self._claim_at:
+                    # Jobs that ended during the claim were held to the old
+                    # mark and woke no one: look again before waiting.
+                    self._wake.set()
+                self._claim_at = claim_at
             with self._lock:
                 idle = not self._running and not self._pending
             if idle and self._limit_reached():
@@ -327,11 +344,13 @@ class Worker:
                     release_free_memory()
                     self._claimed_at_last_trim = self.jobs_claimed
             was_idle = idle and not claimed
-            self._wake.wait(self._check_timeouts())
+            wait = self._check_timeouts()
+            self._wake_at = time.monotonic() + wait
+            self._wake.wait(wait)
 
-    def _claim(self, limit: int) -> list[Job] | None:
-        """Claim up to ``limit`` due jobs and hand them to the threads; None
-        if the database failed (logged)."""
+    def _claim(self, limit: int, *, by_listener: bool = False) -> list[Job] | None:
+        """Claim up to ``limit`` due jobs (in slots reserved for them) and
+        hand them to the threads; None if the database failed (logged)."""
         urgent = self._urgent.is_set()
         self._urgent.clear()
         try:
@@ -344,7 +363,7 @@ class Worker:
             if urgent:
                 self._urgent.set()  # still to claim
             return None
-        if claimed:
+        if claimed and not by_listener:  # the urgent job is not the backlog's head
             self._last_claimed_priority = min(job.priority for job in claimed)
         self._dispatch(claimed)
         return claimed
@@ -365,25 +384,38 @@ class Worker:
         threads run, finished jobs must not pile up in memory)."""
         return min(self.concurrency + self.prefetch, Completer.MAX_BATCH)
 
-    def _free_slots(self) -> int:
-        with self._lock:
-            free = self._free_slots_locked()
+    def _free_slots_locked(self) -> int:
+        free = (
+            min(
+                self.concurrency + self.prefetch - len(self._running),
+                Completer.MAX_BATCH - len(self._pending),
+            )
+            - self._reserved
+        )
         if self.max_jobs is not None:
-            free = min(free, self.max_jobs - self.jobs_claimed)
+            free = min(free, self.max_jobs - self.jobs_claimed - self._reserved)
         return max(free, 0)
 
-    def _free_slots_locked(self) -> int:
-        return min(
-            self.concurrency + self.prefetch - len(self._running),
-            Completer.MAX_BATCH - len(self._pending),
-        )
+    def _reserve(self, wanted: int) -> int:
+        """Hold up to ``wanted`` free slots for a claim; returns how many."""
+        with self._lock:
+            held = min(wanted, self._free_slots_locked())
+            self._reserved += held
+        return held
+
+    def _release(self, held: int) -> None:
+        """Give back slots held for a claim (its jobs, dispatched, hold
+        their own)."""
+        with self._lock:
+            self._reserved -= held
 
     def _loop_has_work_locked(self) -> bool:
         """After a job left the running or pending ones: whether the main
         loop has something to do (claim, or notice it is idle)."""
         if not self._running and not self._pending:
             return True
-        return self._free_slots_locked() >= self._claim_at
+        free = self._free_slots_locked()
+        return free >= self._claim_at or (free > 0 and self._urgent.is_set())
 
     def _limit_reached(self) -> bool:
         return self.max_jobs is not None and self.jobs_claimed >= self.max_jobs
@@ -396,8 +428,11 @@ class Worker:
         self._executor.submit(jobs)
 
     def _job_started(self, job: Job) -> None:
+        now = time.monotonic()
         with self._lock:
-            self._started[job.pk] = (time.monotonic(), threading.get_ident())
+            self._started[job.pk] = (now, threading.get_ident())
+        if job.timeout and now + job.timeout < self._wake_at:
+            self._wake.set()  # its deadline comes before the loop would look
 
     def _job_finished(self, job: Job, task, outcome: Outcome, elapsed_ms: float):
         """A job thread ended an attempt: on to the completer."""
@@ -438,16 +473,36 @@ class Worker:
         wait for the GIL for tens of milliseconds more, before the claim and
         again when its reply is in.
         """
-        with self._urgent_claim:  # see _shut_down
-            if self._executor is None or self._stopping.is_set():
+        with self._urgent_claim:
+            if self._executor is None or self._urgent_claims_closed:
                 return
-            if self._forced.is_set() or not self._free_slots():
-                return  # exiting; or the main loop claims it once a slot frees
+            if self._stopping.is_set():
+                return
+            if not self._reserve(1):
+                return  # the main loop claims it once a slot frees
             self._executor.pause()
             try:
-                self._claim(1)
+                # This thread's connection waits unused between claims: not
+                # one past its age, or broken, for this one.
+                close_old_connections()
+                self._claim(1, by_listener=True)
+            except Exception:
+                logger.exception("Claiming an urgent job failed")
+                self._urgent.set()  # for the main loop to claim
             finally:
                 self._executor.resume()
+                self._release(1)
+
+    def _close_urgent_claims(self) -> None:
+        """No more claims on the listener's thread; one under way lands first
+        (for up to 10 s), so its job is waited for or given back with the
+        others."""
+        landed = self._urgent_claim.acquire(timeout=10)
+        self._urgent_claims_closed = True
+        if landed:
+            self._urgent_claim.release()
+        else:
+            logger.warning("An urgent claim did not return within 10 s")
 
     def _job_completed(self, job: Job) -> None:
         with self._lock:
@@ -562,8 +617,7 @@ class Worker:
         # From here on no job thread starts a job or records an outcome: what
         # is unfinished is given back, perhaps to another worker.
         self._forced.set()
-        with self._urgent_claim:
-            pass  # an urgent claim under way has landed, to be given back too
+        self._close_urgent_claims()  # what it claimed is given back too
         if self._heartbeat is not None:
             # Before the row goes, or a last beat might register it again.
             self._heartbeat.join(timeout=5)
