@@ -379,6 +379,9 @@ class Command(BaseCommand):
         return figures
 
     def memory(self) -> float:
+        """The largest worker's RSS, once the workers are at rest (they go
+        idle once their last outcomes are written)."""
+        time.sleep(0.5)
         sizes = [
             rss_mb(pid) for pid in WorkerProcess.objects.values_list("pid", flat=True)
         ]
