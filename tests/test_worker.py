@@ -420,9 +420,26 @@ def test_an_urgent_job_is_claimed_on_the_listeners_thread_while_jobs_run():
     assert worker._last_claimed_priority == 0
 
 
-def test_the_listener_claims_nothing_the_main_loop_holds_slots_for():
+def test_the_listener_claims_one_job_beyond_the_main_loops_claim():
+    """The main loop's claim under way holds every free slot; an urgent job
+    still need not wait for it: it takes one slot beyond the capacity."""
+    worker = claiming_worker(concurrency=1, prefetch=4)
+    urgent = tasks.add.using(priority=100).enqueue(2, 2)
+    tasks.add.enqueue(1, 1)
+    assert worker._reserve(10) == 5  # the main loop's claim, under way
+    worker._loop_claiming = True
+
+    worker._notified(100)
+
+    assert Job.objects.get(pk=int(urgent.id)).status == JobStatus.RUNNING
+    assert worker._reserved == 5
+    worker._notified(100)  # no second one: one beyond, at most
+    assert Job.objects.filter(status=JobStatus.RUNNING).count() == 1
+
+
+def test_the_listener_claims_nothing_past_max_jobs():
     """Two claims under way at once (the main loop's and the listener's)
-    never take more jobs than max_jobs, or than the free slots."""
+    never take more jobs than max_jobs."""
     worker = claiming_worker(concurrency=1, prefetch=4, max_jobs=1)
     urgent = tasks.add.using(priority=100).enqueue(2, 2)
     assert worker._reserve(5) == 1  # the main loop's claim, under way

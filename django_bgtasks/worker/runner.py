@@ -384,22 +384,25 @@ class Worker:
         threads run, finished jobs must not pile up in memory)."""
         return min(self.concurrency + self.prefetch, Completer.MAX_BATCH)
 
-    def _free_slots_locked(self) -> int:
+    def _free_slots_locked(self, beyond: int = 0) -> int:
+        """Free slots; ``beyond``: how many more the threads and outcomes
+        may take this time (never past ``max_jobs``)."""
         free = (
             min(
                 self.concurrency + self.prefetch - len(self._running),
                 Completer.MAX_BATCH - len(self._pending),
             )
             - self._reserved
+            + beyond
         )
         if self.max_jobs is not None:
             free = min(free, self.max_jobs - self.jobs_claimed - self._reserved)
         return max(free, 0)
 
-    def _reserve(self, wanted: int) -> int:
+    def _reserve(self, wanted: int, beyond: int = 0) -> int:
         """Hold up to ``wanted`` free slots for a claim; returns how many."""
         with self._lock:
-            held = min(wanted, self._free_slots_locked())
+            held = min(wanted, self._free_slots_locked(beyond))
             self._reserved += held
         return held
 
@@ -478,7 +481,9 @@ class Worker:
                 return
             if self._stopping.is_set():
                 return
-            if not self._reserve(1):
+            # One slot beyond the worker's capacity: the main loop's claim
+            # under way holds all the free ones.
+            if not self._reserve(1, beyond=1):
                 return  # the main loop claims it once a slot frees
             self._executor.pause()
             try:
