@@ -301,8 +301,7 @@ class Worker:
                 # returns soonest): it joins them and starts first.
                 free = min(free, 1) if self._urgent.is_set() else 0
             claimed = []
-            if free:
-                free = self._reserve(free)
+            free = self._reserve(free) if free else 0
             if free:
                 self._loop_claiming = True
                 try:
@@ -477,9 +476,7 @@ class Worker:
         again when its reply is in.
         """
         with self._urgent_claim:
-            if self._executor is None or self._urgent_claims_closed:
-                return
-            if self._stopping.is_set():
+            if self._urgent_claims_closed or self._stopping.is_set():
                 return
             # One slot beyond the worker's capacity: the main loop's claim
             # under way holds all the free ones.
