@@ -39,6 +39,7 @@ from .compat import (
     task_enqueued,
 )
 from .conf import bgtasks_settings
+from .dispatch import send_to_each
 from .exceptions import InvalidTaskArguments
 from .models import Job, JobStatus
 from .serialization import NotJSON, check_size, to_json, to_json_sized
@@ -130,7 +131,7 @@ class DatabaseBackend(BaseTaskBackend):
                 results.extend(self._results(task, common, ids, arguments))
 
             insert_job_chunks(using, common, chunks, inserted)
-        _send_to_each(task_enqueued, type(self), results)
+        send_to_each(task_enqueued, type(self), results)
         return results
 
     def _row(self, task, now) -> dict[str, Any]:
@@ -294,23 +295,6 @@ def _check_timeout(value: Any) -> None:
             f"timeout must be a number of seconds above 0 (at most {MAX_TIMEOUT}), "
             f"not {value!r}."
         )
-
-
-def _send_to_each(signal, sender, results) -> None:
-    """``signal.send(sender, task_result=result)`` for each result, finding
-    the receivers once rather than once per result."""
-    try:
-        # Private, but stable since Django 5.0: (sync, async) receivers.
-        sync_receivers, async_receivers = signal._live_receivers(sender)
-    except (AttributeError, TypeError, ValueError):
-        sync_receivers, async_receivers = None, True
-    if async_receivers:
-        for result in results:
-            signal.send(sender, task_result=result)
-        return
-    for result in results:
-        for receiver in sync_receivers:
-            receiver(signal=signal, sender=sender, task_result=result)
 
 
 def _call_arguments(number: int, call, limit: int) -> tuple[list, dict]:

@@ -255,6 +255,48 @@ def test_framework_signals_are_sent():
     assert failed.errors[-1].exception_class_path.endswith(".InvalidReturnValue")
 
 
+def test_task_finished_for_a_failure_is_sent_while_its_error_is_handled():
+    # Receivers such as error monitoring read the task's exception from
+    # sys.exc_info(), as with the framework's own backends.
+    handled = {}
+
+    def on_finished(sender, task_result, **kwargs):
+        handled[task_result.id] = sys.exc_info()[1]
+
+    task_finished.connect(on_finished)
+    try:
+        ok = tasks.add.enqueue(1, 1)
+        bad = tasks.always_fails.using(max_attempts=1).enqueue("boom")
+        run_in_process()
+    finally:
+        task_finished.disconnect(on_finished)
+    assert handled[ok.id] is None
+    assert isinstance(handled[bad.id], ValueError)
+    assert str(handled[bad.id]) == "boom"
+
+
+def test_async_signal_receivers_are_called_for_each_job():
+    seen = []
+
+    async def on_started(sender, task_result, **kwargs):
+        seen.append(("started", task_result.id))
+
+    async def on_finished(sender, task_result, **kwargs):
+        seen.append(("finished", task_result.id, task_result.status))
+
+    task_started.connect(on_started)
+    task_finished.connect(on_finished)
+    try:
+        results = tasks.add.enqueue_many([((n, 1), {}) for n in range(3)])
+        run_in_process()
+    finally:
+        task_started.disconnect(on_started)
+        task_finished.disconnect(on_finished)
+    for result in results:
+        assert ("started", result.id) in seen
+        assert ("finished", result.id, TaskResultStatus.SUCCESSFUL) in seen
+
+
 def test_concurrency_runs_jobs_at_once(tmp_path):
     """Two blocking jobs both start on a worker with two threads."""
     gate = tmp_path / "gate"

@@ -17,6 +17,7 @@ from ..backend import DatabaseBackend
 from ..backoff import Backoff
 from ..compat import InvalidTask, task_finished
 from ..conf import bgtasks_settings
+from ..dispatch import Receivers
 from ..exceptions import OutcomeNotStored
 from ..models import Job, JobStatus, error_entry
 from ..sql.complete import Completion, complete_jobs
@@ -152,12 +153,13 @@ class Completer(threading.Thread):
             return
         if applied is None:  # gave up: the worker is exiting
             return
+        receivers = Receivers(task_finished, DatabaseBackend)
         for finished in batch:
             verdict = finished.verdict if finished.job.pk in applied else "taken"
             if verdict != "taken":
                 for name, value in finished.completion.changes().items():
                     setattr(finished.job, name, value)
-            report(finished, verdict)
+            report(finished, verdict, receivers)
 
     def _complete_one(self, finished: Finished) -> None:
         job, outcome = finished.job, finished.outcome
@@ -190,8 +192,11 @@ class Completer(threading.Thread):
         )
 
 
-def report(finished: Finished, verdict: str | None) -> None:
-    """Log a recorded outcome; send ``task_finished`` for a finished job."""
+def report(
+    finished: Finished, verdict: str | None, receivers: Receivers | None = None
+) -> None:
+    """Log a recorded outcome; send ``task_finished`` for a finished job (to
+    ``receivers``, that signal's, if given)."""
     job, error = finished.job, finished.outcome.error
     elapsed_ms = finished.elapsed_ms
     if verdict == "succeeded":
@@ -221,17 +226,19 @@ def report(finished: Finished, verdict: str | None) -> None:
             task_result = job.to_task_result(finished.task)
         else:
             job.update_task_result(task_result)
-        _send_finished(task_result, error)
+        if receivers is None:
+            receivers = Receivers(task_finished, DatabaseBackend)
+        _send_finished(receivers, task_result, error)
 
 
-def _send_finished(task_result, error: BaseException | None) -> None:
+def _send_finished(receivers: Receivers, task_result, error) -> None:
     """Send ``task_finished``; for a failure, from inside an exception
     handler, as the framework does, so receivers (its own logger, error
     monitoring) see the task's exception."""
     if error is None:
-        task_finished.send(sender=DatabaseBackend, task_result=task_result)
+        receivers.send(task_result=task_result)
         return
     try:
         raise error
     except BaseException:
-        task_finished.send(sender=DatabaseBackend, task_result=task_result)
+        receivers.send(task_result=task_result)

@@ -20,6 +20,7 @@ from django.db import (
 from ..backend import DatabaseBackend, task_for_job
 from ..compat import TaskContext, task_started
 from ..conf import bgtasks_settings
+from ..dispatch import Receivers
 from ..exceptions import (
     InvalidReturnValue,
     InvalidTaskArguments,
@@ -27,7 +28,7 @@ from ..exceptions import (
 )
 from ..models import Job
 from ..progress import current_job
-from ..serialization import NotJSON, check_size, to_json
+from ..serialization import NotJSON, check_size, to_json_sized
 
 logger = logging.getLogger("django_bgtasks.worker")
 
@@ -46,9 +47,10 @@ class Outcome:
     task_result: Any = None
 
 
-def run_attempt(job: Job) -> tuple[Outcome, Any]:
+def run_attempt(job: Job, started: Receivers | None = None) -> tuple[Outcome, Any]:
     """Run the task of a claimed job once. Returns the outcome and the task
-    (None if the job's task could not be found)."""
+    (None if the job's task could not be found). ``started``: the receivers
+    of ``task_started`` (looked up here if not given)."""
     try:
         task = task_for_job(job)
     except Exception as exc:
@@ -65,7 +67,9 @@ def run_attempt(job: Job) -> tuple[Outcome, Any]:
     progress_token = current_job.set(job)
     try:
         # A receiver that raises fails the attempt like the task would.
-        task_started.send(sender=DatabaseBackend, task_result=task_result)
+        if started is None:
+            started = Receivers(task_started, DatabaseBackend)
+        started.send(task_result=task_result)
         if task.takes_context:
             value = task.call(
                 TaskContext(task_result=task_result), *job.args, **job.kwargs
@@ -86,8 +90,8 @@ def run_attempt(job: Job) -> tuple[Outcome, Any]:
     finally:
         current_job.reset(progress_token)
     try:
-        value = to_json(value, "return value")
-        check_size(value, "Return values", bgtasks_settings.MAX_PAYLOAD_BYTES)
+        value, bound = to_json_sized(value, "return value")
+        check_size(value, "Return values", bgtasks_settings.MAX_PAYLOAD_BYTES, bound)
     except NotJSON as exc:
         error = InvalidReturnValue(f"The task's {exc} It must be JSON.")
         return Outcome(error=error, retryable=False, task_result=task_result), task
@@ -141,6 +145,8 @@ class Executor:
         # Cleared while an urgent claim is on its way: see pause().
         self._may_start = threading.Event()
         self._may_start.set()
+        # task_started's receivers, looked up once per batch of jobs.
+        self._started_receivers = Receivers(task_started, DatabaseBackend)
         self._threads = [
             threading.Thread(
                 target=self._work, name=f"bgtasks-job-{number}", daemon=True
@@ -154,6 +160,7 @@ class Executor:
 
     def submit(self, jobs: list[Job]) -> None:
         """Run ``jobs``, best first, as threads free up."""
+        self._started_receivers = Receivers(task_started, DatabaseBackend)
         self._put([(0, -job.priority, job.run_after, job.id, job) for job in jobs])
 
     def pause(self) -> None:
@@ -208,7 +215,7 @@ class Executor:
         if logger.isEnabledFor(logging.INFO):
             logger.info("Job %s started: %s", job.pk, describe(job))
         started = time.monotonic()
-        outcome, task = run_attempt(job)
+        outcome, task = run_attempt(job, self._started_receivers)
         elapsed_ms = (time.monotonic() - started) * 1000
         # After each job: a connection the task broke, or one past its
         # CONN_MAX_AGE, is not handed to the next job on this thread.
