@@ -460,13 +460,17 @@ class Job(models.Model):
         _set_field(task_result, "_return_value", self.return_value)
 
     def _task_status_and_errors(self) -> tuple[TaskResultStatus, list[TaskError]]:
-        errors = [
-            TaskError(
-                exception_class_path=error["exception_class_path"],
-                traceback=error["traceback"],
-            )
-            for error in self.error_list
-        ]
+        errors = (
+            [
+                TaskError(
+                    exception_class_path=error["exception_class_path"],
+                    traceback=error["traceback"],
+                )
+                for error in self.error_list
+            ]
+            if self.errors  # most jobs have none: spare the worker the rest
+            else []
+        )
         status = self.status
         if status == JobStatus.CANCELLED:
             status = JobStatus.FAILED
