@@ -106,7 +106,8 @@ def _claim_postgresql(connection, *, worker_id, queues, limit, now):
                 pass
         else:
             cursor.execute(sql, params)
-        return [_job(connection.alias, row) for row in cursor.fetchall()]
+        moments = {}
+        return [_job(connection.alias, row, moments) for row in cursor.fetchall()]
 
 
 _NO_SORT = "SET LOCAL enable_sort = off; "
@@ -150,15 +151,22 @@ _JSON_NAMES = [f.attname for f in _JSON]
 _TIMES_AT = slice(len(_PLAIN), len(_PLAIN) + len(_TIMES))
 
 
-def _job(using: str, row) -> Job:
+def _job(using: str, row, moments: dict[float, datetime]) -> Job:
     """A Job from a claimed row, built without the ORM's per-column loaders
-    and converters: the claim is the worker's hottest query."""
+    and converters: the claim is the worker's hottest query. ``moments``:
+    the times made so far for this claim's rows, by their seconds (the
+    claim's own time is on every row, and jobs enqueued together share
+    theirs)."""
     values = dict(zip(_PLAIN_NAMES, row, strict=False))  # the row goes on
-    times = [
-        None if seconds is None else _moment(seconds) for seconds in row[_TIMES_AT]
-    ]
-    values.update(zip(_TIME_NAMES, times, strict=True))
-    values.update(zip(_JSON_NAMES, json.loads(row[-1]), strict=True))
+    for name, seconds in zip(_TIME_NAMES, row[_TIMES_AT], strict=True):
+        if seconds is None:
+            values[name] = None
+            continue
+        moment = moments.get(seconds)
+        if moment is None:
+            moment = moments[seconds] = datetime.fromtimestamp(seconds, UTC)
+        values[name] = moment
+    values.update(zip(_JSON_NAMES, _decode_json(row[-1]), strict=True))
     state = ModelState()
     state.adding = False
     state.db = using
@@ -168,8 +176,7 @@ def _job(using: str, row) -> Job:
     return job
 
 
-def _moment(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
+_decode_json = json.JSONDecoder().decode  # json.loads, without its checks
 
 
 def _claim_sqlite(connection, *, worker_id, queues, limit, now):
