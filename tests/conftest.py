@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -119,6 +120,20 @@ def workers(transactional_db, tmp_path):
     processes = WorkerProcesses(tmp_path)
     yield processes
     processes.stop_all()
+
+
+@pytest.fixture(autouse=True)
+def garbage_collector_restored():
+    """runworker tunes its process's garbage collector: a test that runs the
+    command in this process leaves it as it found it."""
+    threshold, enabled = gc.get_threshold(), gc.isenabled()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
+    if enabled:
+        gc.enable()
+    else:
+        gc.disable()
 
 
 def kill_other_connections() -> int:

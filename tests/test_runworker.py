@@ -1,5 +1,6 @@
 """``manage.py runworker`` as a real process: options, logs, signals, faults."""
 
+import gc
 import signal
 import subprocess
 
@@ -8,6 +9,7 @@ from django.core.management import CommandError, call_command
 
 from django_bgtasks.compat import TaskResultStatus
 from django_bgtasks.models import Job, JobStatus, WorkerProcess
+from django_bgtasks.worker.runner import GC_THRESHOLD, settle_garbage_collector
 from tests import tasks
 from tests.conftest import (
     kill_other_connections,
@@ -46,6 +48,31 @@ def test_verbosity_zero_prints_no_banner_or_job_lines(workers):
     assert code == 0
     assert "django-bgtasks" not in output and "Job " not in output
     assert Job.objects.get().status == JobStatus.SUCCESSFUL
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_worker_process_settles_its_garbage_collector():
+    gc.set_threshold(700, 10, 10)
+    result = tasks.add.enqueue(1, 2)
+    call_command("runworker", "--burst", "-v", "0")
+    result.refresh()
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    # What the process held when it started is out of the collector's way,
+    # and collections come after more allocations.
+    assert gc.get_freeze_count() > 10_000
+    assert gc.get_threshold() == (GC_THRESHOLD, 10, 10)
+
+
+def test_a_raised_threshold_or_a_disabled_collector_is_left_alone():
+    gc.set_threshold(50_000, 20, 20)
+    settle_garbage_collector()
+    assert gc.get_threshold() == (50_000, 20, 20)
+
+    gc.set_threshold(700, 10, 10)
+    gc.disable()
+    settle_garbage_collector()
+    assert not gc.isenabled()
+    assert gc.get_threshold() == (700, 10, 10)
 
 
 @pytest.mark.django_db

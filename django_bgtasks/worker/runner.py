@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import enum
 import functools
+import gc
 import logging
 import os
 import socket
@@ -700,6 +701,30 @@ def _malloc_trim():
         return ctypes.CDLL(None).malloc_trim
     except (AttributeError, OSError):  # not glibc
         return None
+
+
+# Allocations (less deallocations) of container objects between two runs of
+# the youngest generation's cyclic garbage collection; Python's default is
+# 700. A claimed batch and its outcomes hold a few thousand such objects for
+# milliseconds, so at 700 the collector runs every few dozen jobs and
+# traverses them all, only for them to be freed by their reference counts
+# soon after.
+GC_THRESHOLD = 10_000
+
+
+def settle_garbage_collector() -> None:
+    """Tune this process's garbage collector for running jobs: what exists
+    now (Django, the apps, the tasks: here for the process's lifetime) is
+    left out of collections from now on (``gc.freeze``), and the youngest
+    generation is collected after ``GC_THRESHOLD`` allocations rather than
+    700 (together, about a tenth less CPU per no-op job in the benchmark).
+    A threshold the project has raised, or a collector it has disabled, is
+    left alone. For the worker's own process only: not for a process that
+    merely runs a Worker among other work."""
+    gc.freeze()
+    youngest, *older = gc.get_threshold()
+    if gc.isenabled() and 0 < youngest < GC_THRESHOLD:
+        gc.set_threshold(GC_THRESHOLD, *older)
 
 
 def memory_mb() -> float:

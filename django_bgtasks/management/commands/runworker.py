@@ -17,6 +17,7 @@ from django_bgtasks.compat import task_backends
 from django_bgtasks.exceptions import WorkerIdInUse
 from django_bgtasks.schedule_sync import InvalidSchedule
 from django_bgtasks.worker import Worker, WorkerExit
+from django_bgtasks.worker.runner import settle_garbage_collector
 from django_bgtasks.worker.supervisor import Supervisor
 
 LOG_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
@@ -199,6 +200,7 @@ class Command(BaseCommand):
             worker.stop_requests.watch_supervisor(sys.stdin)
         else:
             restore = worker.install_signal_handlers()
+        settle_garbage_collector()  # this process is the worker's
         try:
             ended = worker.run()
         except (WorkerIdInUse, InvalidSchedule) as exc:
