@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
 
 DEFAULTS: dict[str, Any] = {
     # Attempts a job gets before it ends FAILED (1 = never retried).
@@ -63,3 +64,22 @@ class BgTasksSettings:
 
 
 bgtasks_settings = BgTasksSettings()
+
+
+class _Generation:
+    """Counts changes of ``settings.BGTASKS`` (``override_settings`` in
+    tests): what was worked out from its old values must be worked out
+    again."""
+
+    value = 0
+
+
+settings_generation = _Generation()
+
+
+def _bgtasks_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == "BGTASKS":
+        settings_generation.value += 1
+
+
+setting_changed.connect(_bgtasks_setting_changed)

@@ -3,6 +3,7 @@
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
 from django.db import connection, transaction
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
@@ -425,3 +426,46 @@ def test_enqueue_and_enqueue_many_in_chunks_notify_once_at_commit(monkeypatch):
         assert received() == []  # the savepoint rolled back took it along
     finally:
         listening.close()
+
+
+def test_a_task_enqueued_again_follows_changed_settings():
+    # A task's validation and columns are worked out once, and again when
+    # the settings change.
+    first = tasks.add.enqueue(1, 1)
+    with override_settings(BGTASKS={"MAX_ATTEMPTS": 7, "BACKOFF": 30, "TIMEOUT": 9.5}):
+        changed = tasks.add.enqueue(1, 1)
+    again = tasks.add.enqueue(1, 1)
+    rows = {job.pk: job for job in Job.objects.all()}
+    assert rows[int(first.id)].max_attempts == 3
+    assert rows[int(changed.id)].max_attempts == 7
+    assert rows[int(changed.id)].backoff == Backoff.coerce(30).as_dict()
+    assert rows[int(changed.id)].timeout == 9.5
+    assert rows[int(again.id)].max_attempts == 3
+    assert rows[int(again.id)].timeout is None
+
+
+def test_each_enqueue_has_its_own_times_and_a_tasks_run_after_holds():
+    later = timezone.now() + timedelta(hours=1)
+    delayed = tasks.add.using(run_after=later)
+    first = tasks.add.enqueue(1, 1)
+    second = tasks.add.enqueue(1, 1)
+    held = [delayed.enqueue(1, 1), delayed.enqueue(2, 2)]
+    assert first.enqueued_at <= second.enqueued_at
+    rows = {job.pk: job for job in Job.objects.all()}
+    assert rows[int(first.id)].run_after == rows[int(first.id)].enqueued_at
+    assert rows[int(second.id)].run_after == rows[int(second.id)].enqueued_at
+    assert rows[int(second.id)].enqueued_at > rows[int(first.id)].enqueued_at
+    for result in held:
+        assert rows[int(result.id)].run_after == later
+        assert rows[int(result.id)].enqueued_at > rows[int(first.id)].enqueued_at
+
+
+def test_a_task_is_checked_again_when_the_backends_change():
+    tasks.in_other_queue.enqueue()
+    backends = {"default": {**settings.TASKS["default"], "QUEUES": ["default"]}}
+    with (
+        override_settings(TASKS=backends),
+        pytest.raises(InvalidTask, match="Queue 'other' is not valid"),
+    ):
+        tasks.in_other_queue.enqueue()
+    assert Job.objects.count() == 1
