@@ -34,6 +34,8 @@ try:
     from django.utils.json import normalize_json
 
     BACKPORT = False
+    # Where the framework logs each task's start and end.
+    FRAMEWORK_LOGGER = "django.tasks"
 except ImportError:
     try:
         from django_tasks import (
@@ -67,12 +69,14 @@ except ImportError:
         ) from exc
 
     BACKPORT = True
+    FRAMEWORK_LOGGER = "django_tasks"
 
 __all__ = [
     "BACKPORT",
     "DEFAULT_TASK_BACKEND_ALIAS",
     "DEFAULT_TASK_PRIORITY",
     "DEFAULT_TASK_QUEUE_NAME",
+    "FRAMEWORK_LOGGER",
     "TASK_MAX_PRIORITY",
     "TASK_MIN_PRIORITY",
     "BaseTaskBackend",

@@ -1,13 +1,14 @@
 """``manage.py runworker`` as a real process: options, logs, signals, faults."""
 
 import gc
+import logging
 import signal
 import subprocess
 
 import pytest
 from django.core.management import CommandError, call_command
 
-from django_bgtasks.compat import TaskResultStatus
+from django_bgtasks.compat import FRAMEWORK_LOGGER, TaskResultStatus
 from django_bgtasks.models import Job, JobStatus, WorkerProcess
 from django_bgtasks.worker.runner import GC_THRESHOLD, settle_garbage_collector
 from tests import tasks
@@ -73,6 +74,64 @@ def test_a_raised_threshold_or_a_disabled_collector_is_left_alone():
     settle_garbage_collector()
     assert not gc.isenabled()
     assert gc.get_threshold() == (700, 10, 10)
+
+
+class Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+@pytest.fixture
+def framework_logger():
+    """The framework's task logger, unconfigured, restored after the test;
+    what it passes on reaches ``records`` through the root logger."""
+    logger = logging.getLogger(FRAMEWORK_LOGGER)
+    level = logger.level
+    logger.setLevel(logging.NOTSET)
+    records = Records()
+    root = logging.getLogger()
+    root_level = root.level
+    root.setLevel(logging.DEBUG)
+    root.addHandler(records)
+    yield logger, records
+    root.removeHandler(records)
+    root.setLevel(root_level)
+    logger.setLevel(level)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_worker_keeps_the_frameworks_task_errors_not_its_info(framework_logger):
+    logger, records = framework_logger
+    ok = tasks.add.enqueue(1, 2)
+    bad = tasks.always_fails.using(max_attempts=1).enqueue("nope")
+    records.records.clear()  # the enqueues' own
+    call_command("runworker", "--burst", "-v", "0")
+    ok.refresh()
+    bad.refresh()
+    assert (ok.status, bad.status) == (
+        TaskResultStatus.SUCCESSFUL,
+        TaskResultStatus.FAILED,
+    )
+    assert logger.level == logging.WARNING
+    framework = [r for r in records.records if r.name == FRAMEWORK_LOGGER]
+    assert [(r.levelno, r.getMessage()) for r in framework] == [
+        (logging.ERROR, f"Task id={bad.id} path={bad.task.module_path} state=FAILED")
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_framework_logger_the_project_configured_is_left_alone(framework_logger):
+    logger, records = framework_logger
+    logger.setLevel(logging.INFO)
+    ok = tasks.add.enqueue(1, 2)
+    call_command("runworker", "--burst", "-v", "0")
+    assert logger.level == logging.INFO
+    lines = [r.getMessage() for r in records.records if r.name == FRAMEWORK_LOGGER]
+    assert f"Task id={ok.id} path={ok.task.module_path} state=SUCCESSFUL" in lines
 
 
 @pytest.mark.django_db

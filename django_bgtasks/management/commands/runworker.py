@@ -13,7 +13,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from django_bgtasks import __version__
 from django_bgtasks.backend import DatabaseBackend
-from django_bgtasks.compat import task_backends
+from django_bgtasks.compat import FRAMEWORK_LOGGER, task_backends
 from django_bgtasks.exceptions import WorkerIdInUse
 from django_bgtasks.schedule_sync import InvalidSchedule
 from django_bgtasks.worker import Worker, WorkerExit
@@ -316,6 +316,15 @@ class Command(BaseCommand):
             )
             logger.addHandler(handler)
             logger.propagate = False
+        # The framework logs each task's start and end at INFO, as this
+        # worker's own lines do. Under Django's default logging those records
+        # are made, then dropped by every handler: tens of microseconds a
+        # job, for nothing. Unless the project's LOGGING sets that logger,
+        # the worker keeps its warnings and errors (a failure's traceback)
+        # and leaves the rest to its own lines.
+        framework = logging.getLogger(FRAMEWORK_LOGGER)
+        if framework.level == logging.NOTSET and not framework.handlers:
+            framework.setLevel(logging.WARNING)
 
     def _print_banner(self, title: str, lines: dict[str, str]) -> None:
         self.stdout.write(self.style.SUCCESS(title))
