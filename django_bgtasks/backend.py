@@ -144,9 +144,8 @@ class DatabaseBackend(BaseTaskBackend):
     def _validated_columns(self, task) -> dict[str, Any]:
         """``validate_task(task)``, then the columns of a new job of
         ``task`` but its arguments and times; both once per Task object
-        (Tasks are immutable) while the settings stay the same. Enqueueing
-        one job costs a few hundred microseconds of Python, of which these
-        took a quarter."""
+        (Tasks are immutable) while the settings stay the same: they took
+        about a tenth of an enqueue's Python."""
         generation = settings_generation.value
         cached = self._validated.get(id(task))
         # The Task is held in the entry, so its id is not reused meanwhile.
