@@ -86,8 +86,8 @@ class Completer(threading.Thread):
 
     Whatever has finished while the last batch was being written goes in the
     next one: one statement and one commit for many jobs. An attempt counts
-    as done (logged, ``task_finished`` sent, ``on_completed`` called) only
-    once its outcome is committed.
+    as done (logged, ``task_finished`` sent, ``on_completed`` called with
+    its batch's jobs) only once its outcome is committed.
     """
 
     MAX_BATCH = 256
@@ -124,8 +124,7 @@ class Completer(threading.Thread):
                 except Exception:
                     logger.exception("Completing %d job(s) failed", len(batch))
                 finally:
-                    for finished in batch:
-                        self.on_completed(finished.job)
+                    self.on_completed([finished.job for finished in batch])
         finally:
             connections.close_all()
 

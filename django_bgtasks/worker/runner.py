@@ -229,7 +229,7 @@ class Worker:
         self._completer = Completer(
             worker_id=self.worker_id,
             using=self.using,
-            on_completed=self._job_completed,
+            on_completed=self._jobs_completed,
             give_up=self._forced,
         )
         self._completer.start()
@@ -507,9 +507,11 @@ class Worker:
         else:
             logger.warning("An urgent claim did not return within 10 s")
 
-    def _job_completed(self, job: Job) -> None:
+    def _jobs_completed(self, jobs: list[Job]) -> None:
+        """A batch of outcomes is written (on the completer's thread)."""
         with self._lock:
-            self._pending.pop(job.pk, None)
+            for job in jobs:
+                self._pending.pop(job.pk, None)
             wake = self._loop_has_work_locked()
         if wake:
             self._wake.set()
