@@ -180,7 +180,7 @@ class Completer(threading.Thread):
                 task_result=outcome.task_result,
             )
             verdict = self._record(job, outcome)
-        report(finished, verdict)
+        report(finished, verdict, Receivers(task_finished, DatabaseBackend))
 
     def _record(self, job: Job, outcome: Outcome) -> str | None:
         return retry_until_done(
@@ -191,11 +191,9 @@ class Completer(threading.Thread):
         )
 
 
-def report(
-    finished: Finished, verdict: str | None, receivers: Receivers | None = None
-) -> None:
-    """Log a recorded outcome; send ``task_finished`` for a finished job (to
-    ``receivers``, that signal's, if given)."""
+def report(finished: Finished, verdict: str | None, receivers: Receivers) -> None:
+    """Log a recorded outcome; send ``task_finished`` to ``receivers`` for a
+    finished job."""
     job, error = finished.job, finished.outcome.error
     elapsed_ms = finished.elapsed_ms
     if verdict == "succeeded":
@@ -225,8 +223,6 @@ def report(
             task_result = job.to_task_result(finished.task)
         else:
             job.update_task_result(task_result)
-        if receivers is None:
-            receivers = Receivers(task_finished, DatabaseBackend)
         _send_finished(receivers, task_result, error)
 
 

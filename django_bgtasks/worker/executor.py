@@ -47,10 +47,10 @@ class Outcome:
     task_result: Any = None
 
 
-def run_attempt(job: Job, started: Receivers | None = None) -> tuple[Outcome, Any]:
-    """Run the task of a claimed job once. Returns the outcome and the task
-    (None if the job's task could not be found). ``started``: the receivers
-    of ``task_started`` (looked up here if not given)."""
+def run_attempt(job: Job, started: Receivers) -> tuple[Outcome, Any]:
+    """Run the task of a claimed job once, sending ``task_started`` to
+    ``started``. Returns the outcome and the task (None if the job's task
+    could not be found)."""
     try:
         task = task_for_job(job)
     except Exception as exc:
@@ -67,8 +67,6 @@ def run_attempt(job: Job, started: Receivers | None = None) -> tuple[Outcome, An
     progress_token = current_job.set(job)
     try:
         # A receiver that raises fails the attempt like the task would.
-        if started is None:
-            started = Receivers(task_started, DatabaseBackend)
         started.send(task_result=task_result)
         if task.takes_context:
             value = task.call(
