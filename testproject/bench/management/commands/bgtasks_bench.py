@@ -10,7 +10,8 @@ Scenarios, each run ``--runs`` times (medians printed), on the database of
 - latency: from an enqueue's commit (when ``enqueue()`` returns), and from
   its call, to the start of the task, idle workers;
 - priority: the same for high-priority jobs enqueued one at a time behind
-  ``--backlog`` others (the median of 5 per run);
+  ``--backlog`` others (5 per run; the median and the largest of those that
+  started while some of the backlog was still waiting);
 - memory: each worker process's resident memory, at rest and after draining;
 - idle: transactions per second the idle workers cost the database
   (PostgreSQL);
@@ -39,6 +40,7 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from django_bgtasks.models import Job, JobStatus, WorkerProcess
@@ -176,14 +178,20 @@ class Command(BaseCommand):
                         f"{p50:.1f} / {p99:.1f}",
                         "ms",
                     )
-                runs = [self.priority() for _ in range(options["runs"])]
+                samples = [
+                    sample for _ in range(options["runs"]) for sample in self.priority()
+                ]
                 for since, label in SINCE:
-                    high = statistics.median(run[since][0] for run in runs)
-                    row(
-                        f"high priority behind {options['backlog']:,} {label}",
-                        f"{high:.1f}",
-                        "ms",
-                    )
+                    delays = [sample[since] for sample in samples]
+                    label = f"high priority behind {options['backlog']:,} {label}"
+                    if delays:
+                        row(
+                            label,
+                            f"{statistics.median(delays):.1f} / {max(delays):.1f}",
+                            f"ms, median / max of {len(delays)}",
+                        )
+                    else:
+                        row(label, "none", "(the backlog always ran out first)")
                 after = self.memory()
                 row(
                     "worker RSS at rest / after",
@@ -345,43 +353,70 @@ class Command(BaseCommand):
         return {job_id: (called, time.time())}
 
     def delays(self, sent) -> dict[str, tuple[float, float]]:
-        """From each job's enqueue to the start of its task (which returns
-        the time, in the worker's clock: the same host's): the 50th and 99th
-        percentile, counted from the commit (when ``enqueue()`` returned)
-        and from the call. The job is visible to workers from a moment in
-        between: the worker may start it before the commit's reply reaches
-        the enqueuer, so a delay from the commit may be below zero."""
+        """From each job's enqueue to the start of its task: the 50th and
+        99th percentile, counted from the commit and from the call."""
+        figures = {}
+        samples = self.samples(sent).values()
+        for since, _ in SINCE:
+            delays = [sample[since] for sample in samples]
+            figures[since] = percentile(delays, 0.5), percentile(delays, 0.99)
+        return figures
+
+    def samples(self, sent) -> dict[int, dict[str, float]]:
+        """By job id, each timed job's delay from its enqueue to the start of its task
+        (which returns the time, in the worker's clock: the same host's), in
+        ms, counted from the call and from the commit (when ``enqueue()``
+        returned). The job is visible to workers from a moment in between:
+        the worker may start it before the commit's reply reaches the
+        enqueuer, so a delay from the commit may be below zero."""
         deadline = time.monotonic() + 60
         while Job.objects.filter(pk__in=sent, finished_at__isnull=True).exists():
             if time.monotonic() > deadline:
                 raise SystemExit("Jobs did not finish within 60 s.")
             time.sleep(0.01)
-        starts = list(Job.objects.filter(pk__in=sent).values_list("pk", "return_value"))
-        figures = {}
-        for since, index in (("call", 0), ("commit", 1)):
-            delays = [(start - sent[pk][index]) * 1000 for pk, start in starts]
-            figures[since] = percentile(delays, 0.5), percentile(delays, 0.99)
-        return figures
+        starts = Job.objects.filter(pk__in=sent).values_list("pk", "return_value")
+        samples = {}
+        for pk, start in starts:
+            called, committed = sent[pk]
+            samples[pk] = {
+                "call": (start - called) * 1000,
+                "commit": (start - committed) * 1000,
+            }
+        return samples
 
-    def priority(self) -> dict[str, tuple[float, float]]:
+    def priority(self) -> list[dict[str, float]]:
+        """The delays of high-priority jobs enqueued one at a time while the
+        workers drain a backlog of ``--backlog`` jobs; only those of the jobs
+        that started while some of the backlog was still waiting (a job
+        claimed after the backlog ran out proves nothing)."""
         self.clear()
         with transaction.atomic():
             noop.enqueue_many(((n,), {}) for n in range(self.options["backlog"]))
-        time.sleep(0.2)  # the workers are busy with the backlog
+        time.sleep(0.05)  # the workers have woken up to the backlog
         sent = {}
         for number in range(PRIORITY_SAMPLES):
             sent.update(self.enqueue_timed(noop.using(priority=100), -number - 1))
-            time.sleep(0.05)  # one at a time, the backlog still there
-        if not Job.objects.ready().exists():
-            self.say("(the backlog ran out before the last high-priority job)")
-        figures = self.delays(sent)
+            time.sleep(0.02)  # one at a time, the backlog still there
+        samples = self.samples(sent)
         self.wait_for_workers()  # the next run starts with quiet workers
-        return figures
+        # A claim dates its jobs: a high-priority job started behind the
+        # backlog if some of the backlog was claimed after it.
+        backlog_started = Job.objects.filter(priority=0).aggregate(
+            last=Max("started_at")
+        )["last"]
+        started = dict(Job.objects.filter(pk__in=sent).values_list("pk", "started_at"))
+        return [
+            sample for pk, sample in samples.items() if started[pk] < backlog_started
+        ]
 
     def memory(self) -> float:
         """The largest worker's RSS, once the workers are at rest (they go
         idle once their last outcomes are written)."""
         time.sleep(0.5)
+        return self.largest_rss()
+
+    def largest_rss(self) -> float:
+        """The largest worker's RSS now, in MB."""
         sizes = [
             rss_mb(pid) for pid in WorkerProcess.objects.values_list("pid", flat=True)
         ]
@@ -416,6 +451,7 @@ class Command(BaseCommand):
             enqueued = finished = 0
             marks = [(0, time.perf_counter())]  # (jobs finished, when)
             largest = 0
+            busy_rss = []  # the largest worker's RSS at each tenth, at work
             deadline = time.monotonic() + 3600
             while finished < total:
                 self.check_workers(deadline)
@@ -426,6 +462,7 @@ class Command(BaseCommand):
                 if finished >= len(marks) * tenth:
                     marks.append((finished, time.perf_counter()))
                     largest = max(largest, self.table_size())
+                    busy_rss.append(self.largest_rss())
                 if waiting < 4 * batch and enqueued < total:
                     count = min(batch, total - enqueued)
                     noop.enqueue_many(((n,), {}) for n in range(count))
@@ -446,7 +483,16 @@ class Command(BaseCommand):
             f"{before / 2**20:.1f} / {largest / 2**20:.1f}",
             "MiB" if connection.vendor == "postgresql" else "MiB (PostgreSQL only)",
         )
-        row("worker RSS after the steady state", f"{rss:.0f}", "MB, largest")
+        row(
+            f"steady: worker RSS after {tenth:,} jobs, at work",
+            f"{busy_rss[0]:.0f}",
+            "MB, largest",
+        )
+        row(
+            f"steady: worker RSS at work / at rest after {total:,} jobs",
+            f"{max(busy_rss):.0f} / {rss:.0f}",
+            "MB, largest",
+        )
 
     def table_size(self) -> int:
         """The job table's size with its indexes, in bytes (PostgreSQL)."""
