@@ -16,7 +16,7 @@ from django_bgtasks.worker import Worker, runner
 from django_bgtasks.worker.completer import Completer
 from django_bgtasks.worker.executor import Executor
 from tests import tasks
-from tests.conftest import run_in_process, wait_until
+from tests.conftest import requires_server_database, run_in_process, wait_until
 from tests.models import Execution
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -466,6 +466,46 @@ def test_an_urgent_job_is_claimed_on_the_listeners_thread_while_jobs_run():
     # The urgent job is not the head of the backlog: a job that outranks the
     # backlog but not the urgent one is still urgent.
     assert worker._last_claimed_priority == 0
+
+
+def test_an_urgent_claim_waits_for_no_health_check(monkeypatch):
+    """The listener's connection waits unused between urgent claims; the
+    claim is not preceded by a health check's round trip (Django's, with
+    CONN_HEALTH_CHECKS on, as in these settings)."""
+    assert connection.settings_dict["CONN_HEALTH_CHECKS"]
+    worker, _, urgent = holding_a_job()
+    worker._notified(100)  # the first urgent claim on this connection
+    worker._running.pop(int(urgent.id))  # it ran: the next one is urgent too
+    checks = []
+    real_is_usable = connection.is_usable
+    monkeypatch.setattr(
+        connection, "is_usable", lambda: checks.append(1) or real_is_usable()
+    )
+    second = tasks.add.using(priority=100).enqueue(3, 3)
+
+    worker._notified(100)
+
+    assert Job.objects.get(pk=int(second.id)).status == JobStatus.RUNNING
+    assert checks == []
+
+
+@requires_server_database
+def test_an_urgent_claim_on_a_broken_connection_is_left_to_the_main_loop():
+    """A connection broken while it waited fails the urgent claim: the job
+    stays READY and marked urgent for the main loop, and the connection is
+    dropped for a fresh one."""
+    worker, _, urgent = holding_a_job()
+    connection.ensure_connection()
+    connection.connection.close()  # behind Django's back, as a server would
+
+    worker._notified(100)
+
+    assert connection.connection is None
+    assert worker._urgent.is_set()
+    assert worker._reserved == 0
+    assert worker._executor._may_start.is_set()
+    assert Job.objects.get(pk=int(urgent.id)).status == JobStatus.READY
+    assert worker._claim(1) == [Job.objects.get(pk=int(urgent.id))]
 
 
 def test_the_listener_claims_one_job_beyond_the_main_loops_claim():

@@ -22,6 +22,19 @@ def discard_connection(using: str) -> None:
         connections[using].close()
 
 
+def close_if_obsolete(using: str) -> None:
+    """Close this thread's connection if an error left it unusable or it is
+    past its ``CONN_MAX_AGE``, as ``close_old_connections()`` does; but a
+    connection kept open is not health-checked before its next query. For a
+    query that must not wait a round trip more: a connection broken while
+    it waited fails that query, and the caller recovers."""
+    connection = connections[using]
+    checked = connection.health_check_done
+    connection.close_if_unusable_or_obsolete()
+    if connection.connection is not None:
+        connection.health_check_done = checked
+
+
 def database_reachable(using: str) -> bool:
     """Whether a fresh connection can run a query now."""
     try:

@@ -32,7 +32,7 @@ import threading
 import time
 import traceback
 
-from django.db import DatabaseError, close_old_connections, connections, router
+from django.db import DatabaseError, connections, router
 from django.utils.crypto import get_random_string
 
 from .. import __version__, notify, registry
@@ -41,7 +41,12 @@ from ..exceptions import JobInterrupted, JobTimeout
 from ..models import Job, WorkerProcess
 from ..schedule_sync import sync_schedules
 from .completer import Completer, Finished, decide, record_outcome
-from .db import CONNECTION_ERRORS, discard_connection, retry_until_done
+from .db import (
+    CONNECTION_ERRORS,
+    close_if_obsolete,
+    discard_connection,
+    retry_until_done,
+)
 from .executor import Executor, Outcome
 from .heartbeat import Heartbeat
 from .maintenance import Maintenance
@@ -486,8 +491,12 @@ class Worker:
             self._executor.pause()
             try:
                 # This thread's connection waits unused between claims: not
-                # one past its age, or broken, for this one.
-                close_old_connections()
+                # one past its age, or left unusable by an error, for this
+                # one. No health check: its round trip would delay the urgent
+                # job (by a millisecond or more under load); a connection
+                # broken meanwhile fails the claim, and the main loop makes
+                # it instead.
+                close_if_obsolete(self.using)
                 self._claim(1, by_listener=True)
             except Exception:
                 logger.exception("Claiming an urgent job failed")
