@@ -72,7 +72,7 @@ SIZES = [  # the integer options: name, default, help
     ("bulk", 50_000, "Jobs enqueued in bulk."),
     ("drain", 20_000, "Jobs per drain run."),
     ("concurrency", 16, "Threads per process."),
-    ("prefetch", 240, "runworker --prefetch."),
+    ("prefetch", 48, "runworker --prefetch."),
     ("latency", 200, "Jobs timed one at a time."),
     ("backlog", 10_000, "Jobs ahead of the high-priority one."),
     ("steady", 1_000_000, "Jobs through the table in the steady-state scenario."),
