@@ -363,10 +363,10 @@ class Command(BaseCommand):
         return figures
 
     def samples(self, sent) -> dict[int, dict[str, float]]:
-        """By job id, each timed job's delay from its enqueue to the start of its task
-        (which returns the time, in the worker's clock: the same host's), in
-        ms, counted from the call and from the commit (when ``enqueue()``
-        returned). The job is visible to workers from a moment in between:
+        """By job id, each timed job's delay from its enqueue to the start of
+        its task (which returns the time, in the worker's clock: the same
+        host's), in ms, counted from the call and from the commit (when
+        ``enqueue()`` returned). The job is visible to workers from a moment in between:
         the worker may start it before the commit's reply reaches the
         enqueuer, so a delay from the commit may be below zero."""
         deadline = time.monotonic() + 60
@@ -404,6 +404,8 @@ class Command(BaseCommand):
         backlog_started = Job.objects.filter(priority=0).aggregate(
             last=Max("started_at")
         )["last"]
+        if backlog_started is None:
+            return []  # no backlog at all
         started = dict(Job.objects.filter(pk__in=sent).values_list("pk", "started_at"))
         return [
             sample for pk, sample in samples.items() if started[pk] < backlog_started
@@ -489,7 +491,7 @@ class Command(BaseCommand):
             "MB, largest",
         )
         row(
-            f"steady: worker RSS at work / at rest after {total:,} jobs",
+            f"steady: worker RSS, largest at work / at rest after {total:,}",
             f"{max(busy_rss):.0f} / {rss:.0f}",
             "MB, largest",
         )
