@@ -22,7 +22,10 @@ Scenarios, each run ``--runs`` times (medians printed), on the database of
 - steady: ``--steady`` jobs flow through 2 worker processes that prune each
   finished job at once (``testproject.bench.settings``), the backlog topped
   up as it drains; throughput of the first and the last tenth of them, and
-  the table's size, show whether the table bloats and slows the queue.
+  the table's size, show whether the table bloats and slows the queue;
+- many-idle (only when named): ``--idle-workers`` idle worker processes,
+  their connections and transactions, and the CPU of the PostgreSQL server
+  where it runs on this host.
 
 Not a test: it asserts nothing and prints figures. Run it on a quiet
 machine; ``--quick`` runs small sizes once (CI uses it to prove it works).
@@ -60,12 +63,40 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
+def database_cpu_seconds() -> float | None:
+    """The CPU time of this host's PostgreSQL processes, in seconds; None
+    where none can be read (a server on another host)."""
+    total = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                program = cmdline.read().split(b"\0")[0]
+            # The server, and its processes under their titles ("postgres:
+            # 15/main: checkpointer", "postgres: 15/main: user db ... idle").
+            if not (
+                program.startswith(b"postgres:")
+                or os.path.basename(program) == b"postgres"
+            ):
+                continue
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone, or not ours to read
+        # utime and stime, and of the children it has reaped (the postmaster
+        # holds those of ended connections).
+        total += sum(int(field) for field in fields[11:15])
+    return total / os.sysconf("SC_CLK_TCK") if total else None
+
+
 def percentile(values, fraction):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 SCENARIOS = ("enqueue", "bulk", "workers", "steady", "celery")
+# Run only when asked for: PostgreSQL's default max_connections (100) holds
+# about 30 idle worker processes (three connections each).
+OPTIONAL_SCENARIOS = ("many-idle",)
 SIZES = [  # the integer options: name, default, help
     ("runs", 3, "Runs per figure."),
     ("enqueue", 3000, "Jobs enqueued one by one."),
@@ -76,6 +107,7 @@ SIZES = [  # the integer options: name, default, help
     ("latency", 200, "Jobs timed one at a time."),
     ("backlog", 10_000, "Jobs ahead of the high-priority one."),
     ("steady", 1_000_000, "Jobs through the table in the steady-state scenario."),
+    ("idle_workers", 50, "Worker processes in the many-idle scenario."),
 ]
 # High-priority jobs timed one after another in each priority run.
 PRIORITY_SAMPLES = 5
@@ -95,10 +127,17 @@ class Command(BaseCommand):
         parser.add_argument(
             "--scenarios",
             default=",".join(SCENARIOS),
-            help=f"Which to run, of {', '.join(SCENARIOS)} (default: all).",
+            help=f"Which to run, of {', '.join(SCENARIOS + OPTIONAL_SCENARIOS)} "
+            f"(default: {', '.join(SCENARIOS)}).",
         )
         for name, default, help_text in SIZES:
-            parser.add_argument(f"--{name}", type=int, default=default, help=help_text)
+            parser.add_argument(
+                f"--{name.replace('_', '-')}",
+                dest=name,
+                type=int,
+                default=default,
+                help=help_text,
+            )
         parser.add_argument(
             "--processes",
             default="2",
@@ -114,10 +153,10 @@ class Command(BaseCommand):
         if options["quick"]:
             options.update(
                 runs=1, enqueue=200, bulk=2000, drain=1000, latency=20, backlog=500,
-                processes="1", steady=20_000,
+                processes="1", steady=20_000, idle_workers=2,
             )  # fmt: skip
         scenarios = options["scenarios"].split(",")
-        unknown = set(scenarios) - set(SCENARIOS)
+        unknown = set(scenarios) - set(SCENARIOS + OPTIONAL_SCENARIOS)
         if unknown:
             raise CommandError(f"Unknown scenario(s): {', '.join(sorted(unknown))}")
         self.options = options
@@ -210,6 +249,11 @@ class Command(BaseCommand):
             self.steady(row)
         if "celery" in scenarios:
             self.celery(row)
+        if "many-idle" in scenarios:
+            if connection.vendor == "postgresql":
+                self.many_idle(row)
+            else:
+                self.say("(many-idle: PostgreSQL only)")
         self.say("")
         width = max((len(label) for label, _, _ in rows), default=0)
         for label, value, unit in rows:
@@ -299,10 +343,10 @@ class Command(BaseCommand):
         else:
             command.append("--no-maintenance")
         self.supervisor = subprocess.Popen(command, env=environment)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 60 + count
         while WorkerProcess.objects.count() < count:
             if time.monotonic() > deadline:
-                raise SystemExit("The workers did not start within 60 s.")
+                raise SystemExit("The workers did not start in time.")
             time.sleep(0.05)
         time.sleep(0.5)  # let them settle into their idle wait
 
@@ -440,6 +484,33 @@ class Command(BaseCommand):
             cursor.execute(query)
             after = cursor.fetchone()[0]
         return (after - before - 1) / 10 / count
+
+    def many_idle(self, row) -> None:
+        """``--idle-workers`` idle worker processes: their connections, their
+        transactions and, where the server runs on this host, its CPU."""
+        count = self.options["idle_workers"]
+        self.start_workers(count)
+        try:
+            time.sleep(5)  # past the start-ups' work
+            cpu_before = database_cpu_seconds()
+            started = time.monotonic()
+            per_worker = self.idle(count)
+            cpu = database_cpu_seconds()
+            elapsed = time.monotonic() - started
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+                connections_held = cursor.fetchone()[0]
+        finally:
+            self.stop_workers()
+        label = f"{count} idle worker processes"
+        row(f"{label}: connections", connections_held, "")
+        row(f"{label}: transactions", per_worker * count, "per second, in all")
+        if cpu is not None and cpu_before is not None:
+            share = 100 * (cpu - cpu_before) / elapsed
+            row(f"{label}: database CPU", f"{share:.2f}", "% of one core")
 
     # Steady state ------------------------------------------------------------
 
