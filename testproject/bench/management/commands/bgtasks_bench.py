@@ -410,9 +410,10 @@ class Command(BaseCommand):
         """By job id, each timed job's delay from its enqueue to the start of
         its task (which returns the time, in the worker's clock: the same
         host's), in ms, counted from the call and from the commit (when
-        ``enqueue()`` returned). The job is visible to workers from a moment in between:
-        the worker may start it before the commit's reply reaches the
-        enqueuer, so a delay from the commit may be below zero."""
+        ``enqueue()`` returned). The job is visible to workers from a moment
+        in between: the worker may start it before the commit's reply
+        reaches the enqueuer, so a delay from the commit may be below
+        zero."""
         deadline = time.monotonic() + 60
         while Job.objects.filter(pk__in=sent, finished_at__isnull=True).exists():
             if time.monotonic() > deadline:
@@ -469,6 +470,14 @@ class Command(BaseCommand):
         return max((size for size in sizes if size), default=0.0)
 
     def idle(self, count: int) -> float:
+        """Transactions per second each of ``count`` idle workers costs."""
+        transactions, _ = self.idle_figures()
+        return transactions / count
+
+    def idle_figures(self) -> tuple[float, float | None]:
+        """Over 10 s of the workers' idle wait: the database's transactions
+        per second, and the share of one core its server used (None where
+        it runs on another host), in %."""
         # The workers settle into their idle wait, and the statistics of their
         # start-up reach pg_stat_database (an idle backend reports up to 10 s
         # late).
@@ -479,11 +488,14 @@ class Command(BaseCommand):
         )
         with connection.cursor() as cursor:
             cursor.execute(query)
-            before = cursor.fetchone()[0]
+            before, cpu_before = cursor.fetchone()[0], database_cpu_seconds()
             time.sleep(10)
             cursor.execute(query)
-            after = cursor.fetchone()[0]
-        return (after - before - 1) / 10 / count
+            after, cpu_after = cursor.fetchone()[0], database_cpu_seconds()
+        transactions = (after - before - 1) / 10  # less this query's own
+        if cpu_before is None or cpu_after is None:
+            return transactions, None
+        return transactions, 100 * (cpu_after - cpu_before) / 10
 
     def many_idle(self, row) -> None:
         """``--idle-workers`` idle worker processes: their connections, their
@@ -491,12 +503,7 @@ class Command(BaseCommand):
         count = self.options["idle_workers"]
         self.start_workers(count)
         try:
-            time.sleep(5)  # past the start-ups' work
-            cpu_before = database_cpu_seconds()
-            started = time.monotonic()
-            per_worker = self.idle(count)
-            cpu = database_cpu_seconds()
-            elapsed = time.monotonic() - started
+            transactions, cpu_share = self.idle_figures()
             with connection.cursor() as cursor:
                 cursor.execute(
                     "SELECT count(*) FROM pg_stat_activity "
@@ -507,10 +514,9 @@ class Command(BaseCommand):
             self.stop_workers()
         label = f"{count} idle worker processes"
         row(f"{label}: connections", connections_held, "")
-        row(f"{label}: transactions", per_worker * count, "per second, in all")
-        if cpu is not None and cpu_before is not None:
-            share = 100 * (cpu - cpu_before) / elapsed
-            row(f"{label}: database CPU", f"{share:.2f}", "% of one core")
+        row(f"{label}: transactions", transactions, "per second, in all")
+        if cpu_share is not None:
+            row(f"{label}: database CPU", f"{cpu_share:.2f}", "% of one core")
 
     # Steady state ------------------------------------------------------------
 
