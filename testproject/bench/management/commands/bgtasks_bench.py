@@ -5,8 +5,13 @@ Scenarios, each run ``--runs`` times (medians printed), on the database of
 
 - enqueue: ``task.enqueue()`` from Django code, one transaction each;
 - bulk: one ``task.enqueue_many()`` of ``--bulk`` jobs;
-- drain: ``runworker --processes P`` drains jobs enqueued at once (for each
-  P of ``--processes``);
+- drain: ``runworker --processes P --concurrency 16 --prefetch 48`` (the
+  tuned worker) drains jobs enqueued at once (for each P of
+  ``--processes``), with the PostgreSQL server's CPU per job where it runs on
+  this host;
+- untuned: the same drain, priority and memory figures for ``runworker
+  --processes 2`` with no tuning options on ``CONN_MAX_AGE = 0`` (Django's
+  default): what a user who tunes nothing gets, beside the tuned worker;
 - latency: from an enqueue's commit (when ``enqueue()`` returns), and from
   its call, to the start of the task, idle workers;
 - priority: the same for high-priority jobs enqueued one at a time behind
@@ -93,7 +98,7 @@ def percentile(values, fraction):
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-SCENARIOS = ("enqueue", "bulk", "workers", "steady", "celery")
+SCENARIOS = ("enqueue", "bulk", "workers", "untuned", "steady", "celery")
 # Run only when asked for: PostgreSQL's default max_connections (100) holds
 # about 30 idle worker processes (three connections each).
 OPTIONAL_SCENARIOS = ("many-idle",)
@@ -190,61 +195,20 @@ class Command(BaseCommand):
                 )
         processes = [int(p) for p in options["processes"].split(",")]
         for count in processes if "workers" in scenarios else []:
-            self.start_workers(count)
-            try:
-                measured = count in (processes[0], 2)
-                if measured:  # first, while the table is quiet
-                    rest = self.memory()
-                    idle = (
-                        self.idle(count) if connection.vendor == "postgresql" else None
-                    )
-                drain = self.median(self.drain)
+            # The idle cost and the latencies are measured once, with the
+            # first count of processes (and with 2, the usual one).
+            measured = count in (processes[0], 2)
+            drain = self.workers(row, count, tuned=True, measured=measured)
+            if count == 2 or "drain" not in ours:
+                ours["drain"] = drain
+        if "untuned" in scenarios:
+            untuned = self.workers(row, 2, tuned=False, measured=True)
+            if "drain" in ours:
                 row(
-                    f"drain {options['drain']:,} jobs, {count} process(es)",
-                    drain,
-                    "jobs/s",
+                    "untuned / tuned: drain",
+                    f"{untuned / ours['drain']:.2f}",
+                    "x (2 processes each)",
                 )
-                if count == 2 or "drain" not in ours:
-                    ours["drain"] = drain
-                if not measured:
-                    continue
-                latency = self.latency()
-                ours["latency"] = latency["commit"]
-                for since, label in SINCE:
-                    p50, p99 = latency[since]
-                    row(
-                        f"latency p50 / p99 {label}, {count} process(es)",
-                        f"{p50:.1f} / {p99:.1f}",
-                        "ms",
-                    )
-                samples = [
-                    sample for _ in range(options["runs"]) for sample in self.priority()
-                ]
-                for since, label in SINCE:
-                    delays = [sample[since] for sample in samples]
-                    label = f"high priority behind {options['backlog']:,} {label}"
-                    if delays:
-                        row(
-                            label,
-                            f"{statistics.median(delays):.1f} / {max(delays):.1f}",
-                            f"ms, median / max of {len(delays)}",
-                        )
-                    else:
-                        row(label, "none", "(the backlog always ran out first)")
-                after = self.memory()
-                row(
-                    "worker RSS at rest / after",
-                    f"{rest:.0f} / {after:.0f}",
-                    "MB, largest",
-                )
-                if idle is not None:
-                    row(
-                        "idle worker's database transactions",
-                        f"{idle:.1f}",
-                        "per second",
-                    )
-            finally:
-                self.stop_workers()
         if "steady" in scenarios:
             self.steady(row)
         if "celery" in scenarios:
@@ -327,17 +291,82 @@ class Command(BaseCommand):
 
     # Workers -----------------------------------------------------------------
 
-    def start_workers(self, count: int, *, maintenance: bool = False) -> None:
+    def workers(self, row, count: int, *, tuned: bool, measured: bool) -> float:
+        """The drain of ``count`` worker processes, and where ``measured``
+        their latencies, memory and idle cost; returns the drain's rate."""
+        options = self.options
+        name = "" if tuned else "untuned: "
+        self.start_workers(count, tuned=tuned)
+        try:
+            if measured:  # first, while the table is quiet
+                rest = self.memory()
+                idle = (
+                    self.idle(count)
+                    if tuned and connection.vendor == "postgresql"
+                    else None
+                )
+            figures = [self.drain() for _ in range(options["runs"])]
+            drain = statistics.median(rate for rate, _ in figures)
+            row(f"{name}drain {options['drain']:,} jobs, {count} process(es)",
+                drain, "jobs/s")  # fmt: skip
+            cpu = [cpu for _, cpu in figures if cpu is not None]
+            if cpu:
+                row(f"  {name}PostgreSQL CPU per job", f"{statistics.median(cpu):.3f}",
+                    "ms")  # fmt: skip
+            if not measured:
+                return drain
+            if tuned:
+                latency = self.latency()
+                self.ours["latency"] = latency["commit"]
+                for since, label in SINCE:
+                    p50, p99 = latency[since]
+                    row(
+                        f"latency p50 / p99 {label}, {count} process(es)",
+                        f"{p50:.1f} / {p99:.1f}",
+                        "ms",
+                    )
+            samples = [
+                sample for _ in range(options["runs"]) for sample in self.priority()
+            ]
+            for since, label in SINCE:
+                delays = [sample[since] for sample in samples]
+                label = f"{name}high priority behind {options['backlog']:,} {label}"
+                if delays:
+                    row(
+                        label,
+                        f"{statistics.median(delays):.1f} / {max(delays):.1f}",
+                        f"ms, median / max of {len(delays)}",
+                    )
+                else:
+                    row(label, "none", "(the backlog always ran out first)")
+            after = self.memory()
+            row(f"{name}worker RSS at rest / after", f"{rest:.0f} / {after:.0f}",
+                "MB, largest")  # fmt: skip
+            if idle is not None:
+                row("idle worker's database transactions", f"{idle:.1f}",
+                    "per second")  # fmt: skip
+            return drain
+        finally:
+            self.stop_workers()
+
+    def start_workers(
+        self, count: int, *, maintenance: bool = False, tuned: bool = True
+    ) -> None:
         """Start ``runworker --processes count``; with ``maintenance``, its
-        workers prune every finished job at once."""
+        workers prune every finished job at once. Not ``tuned``: without
+        ``--concurrency`` and ``--prefetch``, on ``CONN_MAX_AGE = 0``."""
         self.clear()
         WorkerProcess.objects.all().delete()
         command = [
             sys.executable, MANAGE_PY, "runworker", "--processes", str(count),
-            "--concurrency", str(self.options["concurrency"]),
-            "--prefetch", str(self.options["prefetch"]), "--no-scheduler", "-v", "0",
+            "--no-scheduler", "-v", "0",
         ]  # fmt: skip
         environment = dict(os.environ)
+        if tuned:
+            command += ["--concurrency", str(self.options["concurrency"])]
+            command += ["--prefetch", str(self.options["prefetch"])]
+        else:
+            environment["CONN_MAX_AGE"] = "0"
         if maintenance:
             environment["DJANGO_SETTINGS_MODULE"] = "testproject.bench.settings"
         else:
@@ -354,14 +383,21 @@ class Command(BaseCommand):
         self.supervisor.send_signal(signal.SIGTERM)
         self.supervisor.wait(60)
 
-    def drain(self) -> float:
+    def drain(self) -> tuple[float, float | None]:
+        """Jobs per second, and the PostgreSQL server's CPU per job in ms
+        (None where it cannot be read), while the workers drain a backlog."""
         self.clear()
         count = self.options["drain"]
         with transaction.atomic():
             noop.enqueue_many(((n,), {}) for n in range(count))
+        cpu_before = database_cpu_seconds()
         started = time.perf_counter()
         self.wait_for_workers()
-        return count / (time.perf_counter() - started)
+        rate = count / (time.perf_counter() - started)
+        cpu_after = database_cpu_seconds()
+        if cpu_before is None or cpu_after is None:
+            return rate, None
+        return rate, (cpu_after - cpu_before) * 1000 / count
 
     def wait_for_workers(self, timeout: float = 600) -> None:
         """Until no job is READY or RUNNING (the queue is drained)."""
