@@ -18,7 +18,6 @@ before any row is written.
 from __future__ import annotations
 
 import contextlib
-import functools
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -39,9 +38,10 @@ from .compat import (
     task_enqueued,
 )
 from .conf import bgtasks_settings, settings_generation
-from .dispatch import send_to_each
 from .exceptions import InvalidTaskArguments
 from .models import Job, JobStatus
+from .private_api import send_to_each
+from .rows import job_result, task_for_job
 from .serialization import NotJSON, check_size, to_json, to_json_sized
 from .sql.insert import CHUNK, insert_job_chunks, insert_jobs
 
@@ -219,7 +219,7 @@ class DatabaseBackend(BaseTaskBackend):
         task = task_for_job(job)
         with contextlib.suppress(InvalidTask):
             task = replace(task, run_after=job.run_after)
-        return job.to_task_result(task)
+        return job_result(job, task)
 
     def check(self, **kwargs):
         if not apps.is_installed("django_bgtasks"):
@@ -238,45 +238,6 @@ class DatabaseBackend(BaseTaskBackend):
                     f"{QUEUE_NAME_MAX_LENGTH} characters.",
                     id="bgtasks.E011",
                 )
-
-
-def task_for_job(job: Job):
-    """The registered task of ``job``, with the options the job was given
-    (but ``run_after``, which ``get_result`` adds)."""
-    backoff = job.backoff if isinstance(job.backoff, dict) else {}
-    return _task_with_options(
-        job.task_path,
-        job.priority,
-        job.queue_name,
-        job.backend,
-        job.max_attempts,
-        job.timeout,
-        tuple(sorted(backoff.items())),
-    )
-
-
-@functools.lru_cache(maxsize=1024)
-def _task_with_options(
-    task_path, priority, queue_name, backend, max_attempts, timeout, backoff
-):
-    # Cached: building a Task validates it, too slow to do for every job.
-    task = registry.resolve(task_path)
-    options = {
-        "priority": priority,
-        "queue_name": queue_name,
-        "backend": backend,
-    }
-    if isinstance(task, DatabaseTask):
-        options.update(max_attempts=max_attempts, timeout=timeout)
-        # A corrupt stored backoff leaves the task's own.
-        with contextlib.suppress(InvalidTask):
-            options["backoff"] = Backoff.coerce(dict(backoff)) if backoff else None
-    try:
-        return replace(task, **options)
-    except InvalidTask:
-        # The settings changed since (say, a queue was removed): keep the
-        # task as declared rather than fail to read the result.
-        return task
 
 
 def _check_max_attempts(value: Any) -> None:

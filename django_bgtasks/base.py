@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.apps import apps
 from django.db import connections, router
 from django.utils import timezone
 
@@ -21,6 +22,7 @@ from .compat import (
     TaskResult,
     task_backends,
 )
+from .private_api import new_result
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -136,14 +138,10 @@ class DatabaseTaskResult(TaskResult):
 
     @classmethod
     def from_stored(cls, *, return_value=None, **fields):
-        """A result from stored values, without ``__init__``: stored arguments
-        are JSON already, and normalising them again would cost the worker
-        time on every job."""
-        result = _new(cls)
-        for name, value in fields.items():
-            _set_field(result, name, value)
-        _set_field(result, "_return_value", return_value)
-        return result
+        """A result from stored values (every field), without ``__init__``:
+        stored arguments are JSON already, and normalising them again would
+        cost the worker time on every job."""
+        return new_result(cls, fields.items(), [("_return_value", return_value)])
 
     @classmethod
     def new_jobs(cls, ids, arguments, **shared) -> list[DatabaseTaskResult]:
@@ -151,18 +149,20 @@ class DatabaseTaskResult(TaskResult):
         the ``shared`` fields; like ``from_stored``, made quickly for bulk
         enqueues."""
         shared_items = [*shared.items(), ("_return_value", None)]
-        results = []
-        for pk, (args, kwargs) in zip(ids, arguments, strict=True):
-            result = _new(cls)
-            for name, value in shared_items:
-                _set_field(result, name, value)
-            _set_field(result, "id", str(pk))
-            _set_field(result, "args", args)
-            _set_field(result, "kwargs", kwargs)
-            _set_field(result, "errors", [])
-            _set_field(result, "worker_ids", [])
-            results.append(result)
-        return results
+        return [
+            new_result(
+                cls,
+                shared_items,
+                (
+                    ("id", str(pk)),
+                    ("args", args),
+                    ("kwargs", kwargs),
+                    ("errors", []),
+                    ("worker_ids", []),
+                ),
+            )
+            for pk, (args, kwargs) in zip(ids, arguments, strict=True)
+        ]
 
     def wait(self, timeout: float | None = None, *, poll_interval: float = 0.05):
         """Refresh until the job has finished, for at most ``timeout`` seconds.
@@ -206,19 +206,13 @@ class DatabaseTaskResult(TaskResult):
         )
 
     def _check_not_in_transaction(self) -> None:
-        from .models import Job
-
-        if connections[router.db_for_read(Job)].in_atomic_block:
+        job_model = apps.get_model("django_bgtasks", "Job")
+        if connections[router.db_for_read(job_model)].in_atomic_block:
             raise RuntimeError(
                 "DatabaseTaskResult.wait() cannot run inside a transaction: the "
                 "worker does not see jobs the transaction has not committed. "
                 "Wait after the transaction (e.g. in transaction.on_commit)."
             )
-
-
-# Results are frozen dataclasses; these set their fields without __init__.
-_new = object.__new__
-_set_field = object.__setattr__
 
 
 def _pauses(timeout: float | None, first: float):

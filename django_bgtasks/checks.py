@@ -1,4 +1,5 @@
-"""System checks for the BGTASKS setting and the database."""
+"""System checks for the BGTASKS setting and the database (registered by
+``AppConfig.ready``, once the models are loaded)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ from django.conf import settings
 from django.core import checks
 from django.db import connections, router
 
+from . import registry
 from .backoff import Backoff
 from .compat import InvalidTask
-from .conf import DEFAULTS
+from .conf import DEFAULTS, bgtasks_settings
+from .maintenance.schedule_sync import InvalidSchedule, build_schedule
+from .models import Job
+from .sql import SUPPORTED_VENDORS
 
 
 @checks.register()
@@ -35,8 +40,6 @@ def check_settings(app_configs=None, **kwargs):
                 )
             )
     if not errors:
-        from .conf import bgtasks_settings
-
         beat, timeout = (
             bgtasks_settings.HEARTBEAT_INTERVAL,
             bgtasks_settings.WORKER_TIMEOUT,
@@ -129,9 +132,6 @@ _RULES = [
 @checks.register()
 def check_declared_schedules(app_configs=None, **kwargs):
     """bgtasks.E006: the schedules of BGTASKS["SCHEDULES"]."""
-    from . import registry
-    from .schedule_sync import InvalidSchedule, build_schedule
-
     value = getattr(settings, "BGTASKS", {})
     if not isinstance(value, dict):
         return []  # bgtasks.E001 says so
@@ -152,16 +152,12 @@ def check_declared_schedules(app_configs=None, **kwargs):
 
 
 def _job_connection():
-    from .models import Job
-
     return connections[router.db_for_write(Job)]
 
 
 @checks.register()
 def check_database_vendor(app_configs=None, **kwargs):
     """bgtasks.E004: a database django_bgtasks can claim jobs on."""
-    from .sql import SUPPORTED_VENDORS
-
     connection = _job_connection()
     if connection.vendor in SUPPORTED_VENDORS:
         return []

@@ -4,6 +4,7 @@ import pytest
 from django.db import connection
 
 from django_bgtasks.models import Job, JobStatus
+from django_bgtasks.sql.claim import claim_jobs
 from tests.tasks import echo
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -24,7 +25,7 @@ def backlog():
 
 
 def claimed(queues, limit=3) -> list[int]:
-    jobs = Job.objects.claim(worker_id="w", queues=queues, limit=limit)
+    jobs = claim_jobs("default", worker_id="w", queues=queues, limit=limit)
     return [job.pk for job in jobs]
 
 

@@ -3,7 +3,7 @@
 import pytest
 from django.dispatch import Signal
 
-from django_bgtasks.dispatch import Receivers, send_to_each
+from django_bgtasks.private_api import Receivers, send_to_each
 
 
 class Sender:

@@ -10,10 +10,11 @@ from django.test import override_settings
 from django.utils import timezone
 
 from django_bgtasks.compat import TaskResultStatus
+from django_bgtasks.maintenance import duties as maintenance
+from django_bgtasks.maintenance.prune import prune_finished_jobs
+from django_bgtasks.maintenance.rescue import rescue_dead_workers
 from django_bgtasks.models import Job, JobStatus, WorkerProcess
-from django_bgtasks.prune import prune_finished_jobs
-from django_bgtasks.rescue import rescue_dead_workers
-from django_bgtasks.worker import Worker, WorkerExit, maintenance
+from django_bgtasks.worker import Worker, WorkerExit
 from tests import tasks
 from tests.conftest import wait_until
 from tests.test_admin_jobs import make_job

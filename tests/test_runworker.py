@@ -10,7 +10,7 @@ from django.core.management import CommandError, call_command
 
 from django_bgtasks.compat import FRAMEWORK_LOGGER, TaskResultStatus
 from django_bgtasks.models import Job, JobStatus, WorkerProcess
-from django_bgtasks.worker.runner import GC_THRESHOLD, settle_garbage_collector
+from django_bgtasks.worker.process import GC_THRESHOLD, settle_garbage_collector
 from tests import tasks
 from tests.conftest import (
     kill_other_connections,

@@ -10,9 +10,9 @@ from django.core.management import call_command
 from django.db import IntegrityError, transaction
 from django.test import override_settings
 
+from django_bgtasks.maintenance.schedule_sync import InvalidSchedule, sync_schedules
+from django_bgtasks.maintenance.scheduler import fire_due_schedules
 from django_bgtasks.models import Job, MisfirePolicy, Schedule
-from django_bgtasks.schedule_sync import InvalidSchedule, sync_schedules
-from django_bgtasks.scheduler import enqueue_for_schedule
 
 pytestmark = pytest.mark.django_db
 
@@ -34,7 +34,7 @@ def make_schedule(**fields) -> Schedule:
 
 
 def fire(now) -> int:
-    return Schedule.objects.fire_due(now=now)
+    return fire_due_schedules(now=now)
 
 
 def jobs_of(schedule):
@@ -452,17 +452,17 @@ def test_syncs_started_together_make_one_row_per_name():
 def test_a_second_job_for_one_planned_time_is_an_integrity_error():
     """The insert's own cursor reports database errors as Django's."""
     schedule = make_schedule()
-    enqueue_for_schedule(schedule, scheduled_for=T0)
+    schedule.enqueue(scheduled_for=T0)
     with pytest.raises(IntegrityError), transaction.atomic():
-        enqueue_for_schedule(schedule, scheduled_for=T0)
+        schedule.enqueue(scheduled_for=T0)
     assert Job.objects.filter(schedule=schedule).count() == 1
 
 
 def test_a_failed_enqueue_dooms_the_callers_transaction():
     """As with the ORM: the caller cannot commit the rest without the job."""
     schedule = make_schedule()
-    enqueue_for_schedule(schedule, scheduled_for=T0)
+    schedule.enqueue(scheduled_for=T0)
     with transaction.atomic():
         with pytest.raises(IntegrityError):
-            enqueue_for_schedule(schedule, scheduled_for=T0)
+            schedule.enqueue(scheduled_for=T0)
         assert transaction.get_rollback()

@@ -3,8 +3,8 @@
 import pytest
 from django.db import connection
 
+from django_bgtasks.maintenance.vacuum import THRESHOLD, vacuum_if_needed
 from django_bgtasks.models import Job, JobStatus
-from django_bgtasks.vacuum import THRESHOLD, vacuum_if_needed
 from tests import tasks
 from tests.conftest import wait_until
 from tests.test_admin_jobs import make_job

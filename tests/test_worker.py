@@ -2,7 +2,6 @@
 
 import sys
 import threading
-import time
 from datetime import timedelta
 
 import pytest
@@ -14,9 +13,9 @@ from django_bgtasks.compat import TaskResultStatus, task_finished, task_started
 from django_bgtasks.models import Job, JobStatus, WorkerProcess
 from django_bgtasks.worker import Worker, runner
 from django_bgtasks.worker.completer import Completer
-from django_bgtasks.worker.executor import Executor
+from django_bgtasks.worker.hooks import RecordedHooks
 from tests import tasks
-from tests.conftest import requires_server_database, run_in_process, wait_until
+from tests.conftest import run_in_process, wait_until
 from tests.models import Execution
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -406,13 +405,14 @@ def test_an_idle_worker_gives_freed_memory_back_after_a_burst(monkeypatch):
     monkeypatch.setattr(runner, "release_free_memory", lambda: trims.append(1))
     monkeypatch.setattr(runner, "TRIM_AFTER_JOBS", 30)
     tasks.echo.enqueue_many(((number,), {}) for number in range(40))
-    worker = Worker(concurrency=2, poll_interval=0.1)
+    hooks = RecordedHooks()
+    worker = Worker(concurrency=2, poll_interval=0.1, hooks=hooks)
     thread = threading.Thread(target=worker.run)
     thread.start()
     try:
         wait_until(lambda: trims, message="memory to be given back")
-        # Watch three idle polls more: nothing new to give back, no trim.
-        time.sleep(0.35)
+        # Three idle polls more: nothing new to give back, no trim.
+        hooks.wait_for("idle_polls", hooks["idle_polls"] + 3)
     finally:
         worker.stop()
         thread.join(timeout=30)
@@ -421,186 +421,11 @@ def test_an_idle_worker_gives_freed_memory_back_after_a_burst(monkeypatch):
     release_free_memory()  # the real one works on this platform
 
 
-def claiming_worker(**options) -> Worker:
-    """A worker that has not started: its executor takes jobs, unrun."""
-    worker = Worker(**options)
-    worker.process = worker._register()
-    worker._executor = Executor(
-        concurrency=1,
-        worker_id=worker.worker_id,
-        using=worker.using,
-        on_start=lambda job: None,
-        on_done=lambda job: None,
-        on_finished=lambda *args: None,
-        give_up=threading.Event(),
-    )
-    return worker
-
-
-def holding_a_job():
-    """A claiming worker holding one claimed job of priority 0 (waiting for
-    its thread), and a READY job of priority 100: (worker, held, urgent)."""
-    worker = claiming_worker(concurrency=1, prefetch=4)
-    tasks.add.enqueue(1, 1)
-    [held] = Job.objects.claim(worker_id=worker.worker_id, queues=None, limit=1)
-    worker._dispatch([held])
-    worker._last_claimed_priority = 0
-    urgent = tasks.add.using(priority=100).enqueue(2, 2)
-    return worker, held, urgent
-
-
-def test_an_urgent_job_is_claimed_on_the_listeners_thread_while_jobs_run():
-    """While the worker holds jobs, the listener claims an outranking job
-    itself: the main loop may be inside a long claim of its own."""
-    worker, held, urgent = holding_a_job()
-
-    worker._notified(100)
-
-    job = Job.objects.get(pk=int(urgent.id))
-    assert job.status == JobStatus.RUNNING
-    assert job.worker_id == worker.worker_id
-    assert set(worker._running) == {held.pk, job.pk}
-    assert worker._executor._may_start.is_set()  # the threads' pause is over
-    assert not worker._urgent.is_set()  # nothing left for the main loop
-    assert worker._reserved == 0
-    # The urgent job is not the head of the backlog: a job that outranks the
-    # backlog but not the urgent one is still urgent.
-    assert worker._last_claimed_priority == 0
-
-
-def test_an_urgent_claim_waits_for_no_health_check(monkeypatch):
-    """The listener's connection waits unused between urgent claims; the
-    claim is not preceded by a health check's round trip (Django's, with
-    CONN_HEALTH_CHECKS on, as in these settings)."""
-    assert connection.settings_dict["CONN_HEALTH_CHECKS"]
-    worker, _, urgent = holding_a_job()
-    worker._notified(100)  # the first urgent claim on this connection
-    worker._running.pop(int(urgent.id))  # it ran: the next one is urgent too
-    checks = []
-    real_is_usable = connection.is_usable
-    monkeypatch.setattr(
-        connection, "is_usable", lambda: checks.append(1) or real_is_usable()
-    )
-    second = tasks.add.using(priority=100).enqueue(3, 3)
-
-    worker._notified(100)
-
-    assert Job.objects.get(pk=int(second.id)).status == JobStatus.RUNNING
-    assert checks == []
-
-
-@requires_server_database
-def test_an_urgent_claim_on_a_broken_connection_is_left_to_the_main_loop():
-    """A connection broken while it waited fails the urgent claim: the job
-    stays READY and marked urgent for the main loop, and the connection is
-    dropped for a fresh one."""
-    worker, _, urgent = holding_a_job()
-    connection.ensure_connection()
-    connection.connection.close()  # behind Django's back, as a server would
-
-    worker._notified(100)
-
-    assert connection.connection is None
-    assert worker._urgent.is_set()
-    assert worker._reserved == 0
-    assert worker._executor._may_start.is_set()
-    assert Job.objects.get(pk=int(urgent.id)).status == JobStatus.READY
-    assert worker._claim(1) == [Job.objects.get(pk=int(urgent.id))]
-
-
-def test_the_listener_claims_one_job_beyond_the_main_loops_claim():
-    """The main loop's claim under way holds every free slot; an urgent job
-    still need not wait for it: it takes one slot beyond the capacity."""
-    worker = claiming_worker(concurrency=1, prefetch=4)
-    urgent = tasks.add.using(priority=100).enqueue(2, 2)
-    tasks.add.enqueue(1, 1)
-    assert worker._reserve(10) == 5  # the main loop's claim, under way
-    worker._loop_claiming = True
-
-    worker._notified(100)
-
-    assert Job.objects.get(pk=int(urgent.id)).status == JobStatus.RUNNING
-    assert worker._reserved == 5
-    worker._notified(100)  # no second one: one beyond, at most
-    assert Job.objects.filter(status=JobStatus.RUNNING).count() == 1
-
-
-def test_the_listener_claims_nothing_past_max_jobs():
-    """Two claims under way at once (the main loop's and the listener's)
-    never take more jobs than max_jobs."""
-    worker = claiming_worker(concurrency=1, prefetch=4, max_jobs=1)
-    urgent = tasks.add.using(priority=100).enqueue(2, 2)
-    assert worker._reserve(5) == 1  # the main loop's claim, under way
-    worker._loop_claiming = True
-
-    worker._notified(100)
-
-    assert Job.objects.get(pk=int(urgent.id)).status == JobStatus.READY
-    assert worker.jobs_claimed == 0
-    assert worker._urgent.is_set()  # for the main loop, when a slot frees
-
-
-def test_an_urgent_job_wakes_the_loop_as_soon_as_one_slot_frees():
-    worker = Worker(concurrency=1, prefetch=20)
-    worker._claim_at = 10  # a backlog: claims wait for ten free slots
-    worker._running = {number: object() for number in range(20)}  # one free
-    with worker._lock:
-        assert not worker._loop_has_work_locked()
-        worker._urgent.set()
-        assert worker._loop_has_work_locked()
-
-
-def test_a_job_with_a_near_timeout_wakes_the_loop_when_it_starts():
-    """The loop plans its next look at the timeouts of the jobs running
-    when it last looked; a job that starts later with a nearer deadline
-    wakes it."""
-    worker = Worker(concurrency=1)
-    worker._wake_at = time.monotonic() + 60
-    job = Job(pk=1, priority=0, timeout=None)
-    worker._job_started(job)
-    assert not worker._wake.is_set()
-    timed = Job(pk=2, priority=0, timeout=5.0)
-    worker._job_started(timed)
-    assert worker._wake.is_set()
-
-
-def test_urgent_claims_end_when_the_worker_winds_down():
-    """Once the main loop is done, the listener claims nothing: a job it
-    claimed could start after the worker gave its jobs back."""
-    worker, _, urgent = holding_a_job()
-    worker._close_urgent_claims()
-
-    worker._notified(100)
-
-    assert Job.objects.get(pk=int(urgent.id)).status == JobStatus.READY
-
-
-def test_a_stopping_worker_leaves_an_urgent_job_alone():
-    worker, held, urgent = holding_a_job()
-    worker.stop()
-
-    worker._notified(100)
-
-    assert Job.objects.get(pk=int(urgent.id)).status == JobStatus.READY
-    assert set(worker._running) == {held.pk}
-
-
-def test_notifications_carry_the_priority_and_only_outranking_jobs_are_urgent():
+def test_notifications_carry_the_queue_and_the_priority():
     assert notify.parse(notify.payload("default", -5)) == ("default", -5)
     assert notify.parse(notify.payload("a b", 7)) == ("a b", 7)
     assert notify.parse(notify.payload("default")) == ("default", None)
-    worker = Worker(concurrency=1)
-    worker._notified(0)  # nothing claimed yet: anything may be urgent
-    assert worker._urgent.is_set()
-    worker._urgent.clear()
-    worker._last_claimed_priority = 0
-    worker._notified(0)  # as urgent as the backlog's head: batch as usual
-    assert not worker._urgent.is_set()
-    worker._notified(1)
-    assert worker._urgent.is_set()
-    worker._urgent.clear()
-    worker._notified(None)  # a wake-up that does not say (retry, run now)
-    assert worker._urgent.is_set()
+    assert notify.parse("from an older version") == ("from an older version", None)
 
 
 def test_claims_wait_while_outcomes_wait_for_the_database(monkeypatch):
@@ -616,18 +441,27 @@ def test_claims_wait_while_outcomes_wait_for_the_database(monkeypatch):
     for number in range(20):
         tasks.add.enqueue(number, 0)
     task_finished.connect(stall_the_completer)
-    worker = Worker(concurrency=1, prefetch=5, burst=True, poll_interval=0.05)
+    hooks = RecordedHooks()
+    worker = Worker(
+        concurrency=1, prefetch=5, burst=True, poll_interval=0.05, hooks=hooks
+    )
     thread = threading.Thread(target=worker.run)
     thread.start()
     try:
-        wait_until(lambda: len(worker._pending) >= 3, message="a batch waiting")
-        # Watch for a while: the claims have stopped.
-        deadline = time.monotonic() + 0.5
-        while time.monotonic() < deadline:
-            # The stalled batch of one, a full batch waiting, and what the
-            # thread and prefetch held when the batch filled.
-            assert Job.objects.exclude(status=JobStatus.READY).count() <= 1 + 3 + 6
-            time.sleep(0.02)
+        wait_until(
+            lambda: (
+                (counts := worker.ledger.counts())["writing"] >= 3
+                and not counts["waiting"] + counts["running"]
+            ),
+            message="a batch waiting, and the jobs held run",
+        )
+        claims = hooks["claims"]
+        # Five rounds of the main loop more: it claims nothing.
+        hooks.wait_for("loop_waits", hooks["loop_waits"] + 5)
+        assert hooks["claims"] == claims
+        # The stalled batch of one, a full batch waiting, and what the
+        # thread and prefetch held when the batch filled.
+        assert Job.objects.exclude(status=JobStatus.READY).count() <= 1 + 3 + 6
         assert Job.objects.ready().exists()
     finally:
         released.set()
@@ -640,18 +474,20 @@ def test_claims_wait_while_outcomes_wait_for_the_database(monkeypatch):
 def test_a_backlog_is_claimed_while_jobs_run_when_outcomes_limit_claims(monkeypatch):
     """With more threads and prefetch than a batch of outcomes, a worker
     working through a backlog still claims while its jobs run (it waits for
-    half a batch's worth of free slots, not for half of more than it may
+    part of a batch's worth of free slots, not for more than it may ever
     claim)."""
     monkeypatch.setattr(Completer, "MAX_BATCH", 8)
     running_at_claims = []
 
-    class WatchedWorker(Worker):
-        def _dispatch(self, jobs):
-            with self._lock:
-                running_at_claims.append(len(self._running))
-            super()._dispatch(jobs)
+    class Watch(RecordedHooks):
+        def claimed(self, count, *, urgent):
+            running_at_claims.append(worker.ledger.counts()["running"])
+            super().claimed(count, urgent=urgent)
 
     tasks.sleep_for.enqueue_many(((0.02,), {}) for _ in range(60))
-    WatchedWorker(concurrency=4, prefetch=16, burst=True, poll_interval=0.05).run()
+    worker = Worker(
+        concurrency=4, prefetch=16, burst=True, poll_interval=0.05, hooks=Watch()
+    )
+    worker.run()
     assert Job.objects.filter(status=JobStatus.SUCCESSFUL).count() == 60
     assert any(running for running in running_at_claims[1:]), running_at_claims

@@ -25,8 +25,8 @@ from django.utils.translation import ngettext
 from .. import registry
 from ..compat import task_backends
 from ..models import Job, JobStatus
-from ..stats import tally
 from .base import ReadOnlyAdmin
+from .stats import tally
 
 STATUS_COLOURS = {
     JobStatus.READY: "#5b6770",

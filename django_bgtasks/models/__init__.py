@@ -1,18 +1,17 @@
 """The models: jobs, worker processes and schedules.
 
 Each model's state changes are its own methods (verbs); the worker, the
-scheduler and the admin call them and never write rows themselves.
+scheduler and the admin call them and never write rows themselves. What an
+outcome writes to a job is decided in ``transitions.py``. Nothing here
+imports from the rest of django_bgtasks but its base modules (settings,
+exceptions, the framework's names, arguments, cron times).
 """
 
-from .jobs import (
-    FINISHED_STATUSES,
-    Job,
-    JobDashboard,
-    JobStatus,
-    StatusIndex,
-    error_entry,
-)
+from .indexes import StatusIndex, UniqueWhenSet
+from .jobs import Job, JobDashboard
 from .schedules import MisfirePolicy, Schedule
+from .status import FINISHED_STATUSES, JobStatus
+from .transitions import error_entry
 from .workers import WorkerProcess, WorkerState
 
 __all__ = [
@@ -23,6 +22,7 @@ __all__ = [
     "MisfirePolicy",
     "Schedule",
     "StatusIndex",
+    "UniqueWhenSet",
     "WorkerProcess",
     "WorkerState",
     "error_entry",

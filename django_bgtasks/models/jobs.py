@@ -1,132 +1,37 @@
 """Jobs: one enqueued run of a task, with its outcome.
 
-A job's state changes are methods here (``Job.objects.claim``,
-``job.mark_succeeded`` ...); the worker and the admin call these verbs and
-never write job rows themselves. A finish is conditional on the caller still
-holding the job (same status, worker and attempt), so a job taken away from a
-worker (put back at shutdown, rescued from a dead worker) is never finished by
-it twice.
+A job's state changes are verbs here: ``job.record(outcome)`` for the worker
+that holds it, ``JobQuerySet.retry()`` / ``.cancel()`` / ``.run_now()`` for an
+operator; what each outcome writes is decided in ``transitions.py``. A
+worker's outcome applies only if it still holds the job (same status, worker
+and attempt), so a job taken away from a worker (put back at shutdown,
+rescued from a dead worker) is never finished by it twice. The claim, the
+worker's hottest statement, is per-database SQL in ``sql/claim.py``.
 """
 
 from __future__ import annotations
 
-import traceback as traceback_module
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import models
-from django.db.models import F, Q
-from django.db.models.functions import Greatest
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import pgettext_lazy
 
-from ..base import DatabaseTaskResult, _set_field
-from ..compat import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY, TaskError, TaskResultStatus
-from ..exceptions import JobCancelled
-
-
-class JobStatus(models.TextChoices):
-    """The framework's four statuses, plus CANCELLED (read as FAILED by it)."""
-
-    READY = TaskResultStatus.READY.value, TaskResultStatus.READY.label
-    RUNNING = TaskResultStatus.RUNNING.value, TaskResultStatus.RUNNING.label
-    SUCCESSFUL = TaskResultStatus.SUCCESSFUL.value, TaskResultStatus.SUCCESSFUL.label
-    FAILED = TaskResultStatus.FAILED.value, TaskResultStatus.FAILED.label
-    CANCELLED = "CANCELLED", pgettext_lazy("Task", "Cancelled")
-
-
-FINISHED_STATUSES = (JobStatus.SUCCESSFUL, JobStatus.FAILED, JobStatus.CANCELLED)
-
-
-def class_path(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def storable_text(text: str) -> str:
-    """``text`` as every supported database stores it in JSON: NUL characters
-    and lone surrogates (which an exception message may hold) escaped."""
-    text = text.replace("\x00", "\\x00")
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def error_entry(
-    exc: BaseException, *, attempt: int, worker_id: str | None, at: datetime
-) -> dict[str, Any]:
-    """One attempt's error, as stored in ``Job.errors``."""
-    return {
-        "exception_class_path": storable_text(class_path(type(exc))),
-        "traceback": storable_text("".join(traceback_module.format_exception(exc))),
-        "attempt": attempt,
-        "worker_id": worker_id,
-        "at": at.isoformat(),
-    }
-
-
-class StatusIndex(models.Index):
-    """An index of the jobs in some statuses only (READY: the claims' index).
-
-    PostgreSQL and SQLite get a partial index over the rows of those
-    statuses, so it stays small however many rows the others hold, and a job
-    in any other status costs it no write: a new job writes only the READY
-    indexes. MySQL and MariaDB have no partial indexes (Django would drop the
-    condition with a warning), so there the index leads with ``status``
-    instead.
-    """
-
-    def __init__(self, *args, status: str | Sequence[str], **kwargs):
-        self.status = status
-        super().__init__(*args, **kwargs)
-
-    def deconstruct(self):
-        path, args, kwargs = super().deconstruct()
-        return path, args, {**kwargs, "status": self.status}
-
-    def create_sql(self, model, schema_editor, using="", **kwargs):
-        features = schema_editor.connection.features
-        if features.supports_partial_indexes:
-            statuses = [self.status] if isinstance(self.status, str) else self.status
-            # "status = a OR status = b", not "status IN (a, b)": SQLite uses a
-            # partial index only where a term of the query's WHERE is a term
-            # of the index's (PostgreSQL proves either form).
-            condition = Q(*[("status", s) for s in statuses], _connector=Q.OR)
-            index = models.Index(
-                fields=self.fields, name=self.name, condition=condition
-            )
-        else:
-            fields = self.fields
-            if fields[0] != "status":
-                fields = ["status", *fields]
-            index = models.Index(fields=fields, name=self.name)
-        return index.create_sql(model, schema_editor, using=using, **kwargs)
-
-
-class UniqueWhenSet(models.UniqueConstraint):
-    """A unique constraint whose index holds only the rows where its first
-    field is set, on the databases with partial indexes.
-
-    Rows with a NULL never clash in a unique constraint anyway, so this is
-    the same rule; the index just skips them (for ``schedule``, every job
-    not enqueued by a schedule: one index write fewer per enqueue).
-    """
-
-    def _for(self, schema_editor) -> models.UniqueConstraint:
-        """The plain constraint this is on ``schema_editor``'s database."""
-        partial = schema_editor.connection.features.supports_partial_indexes
-        condition = Q((f"{self.fields[0]}__isnull", False)) if partial else None
-        return models.UniqueConstraint(
-            fields=self.fields, name=self.name, condition=condition
-        )
-
-    def constraint_sql(self, model, schema_editor):
-        return self._for(schema_editor).constraint_sql(model, schema_editor)
-
-    def create_sql(self, model, schema_editor):
-        return self._for(schema_editor).create_sql(model, schema_editor)
-
-    def remove_sql(self, model, schema_editor):
-        return self._for(schema_editor).remove_sql(model, schema_editor)
+from .. import notify
+from ..compat import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY
+from .indexes import StatusIndex, UniqueWhenSet
+from .status import FINISHED_STATUSES, JobStatus
+from .transitions import (
+    Cancelled,
+    MadeDue,
+    OperatorOutcome,
+    Retried,
+    Transition,
+    WorkerOutcome,
+    transition,
+)
 
 
 class JobQuerySet(models.QuerySet):
@@ -147,20 +52,6 @@ class JobQuerySet(models.QuerySet):
         """Jobs in these queues; ``None`` means every queue."""
         return self if queues is None else self.filter(queue_name__in=queues)
 
-    def claim(
-        self, *, worker_id: str, queues: list[str] | None, limit: int
-    ) -> list[Job]:
-        """Atomically move up to ``limit`` due jobs to RUNNING for this worker.
-
-        Jobs come in claim order: priority (highest first), then ``run_after``,
-        then id. No job is claimed by two workers; see ``claim.py``.
-        """
-        from ..sql.claim import claim_jobs
-
-        if limit <= 0:
-            return []
-        return claim_jobs(self.db, worker_id=worker_id, queues=queues, limit=limit)
-
     # Operator actions (the admin's). Each changes only the jobs in the
     # statuses it applies to and returns how many it changed.
 
@@ -171,33 +62,25 @@ class JobQuerySet(models.QuerySet):
         gets one more (``max_attempts`` becomes ``attempts + 1``); its errors
         and worker ids stay as history.
         """
-        return self._wake_after(
-            self.filter(status__in=[JobStatus.FAILED, JobStatus.CANCELLED]),
-            status=JobStatus.READY,
-            run_after=timezone.now(),
-            finished_at=None,
-            return_value=None,
-            progress=None,
-            max_attempts=Greatest("max_attempts", F("attempts") + 1),
-        )
+        return self.apply(Retried())
 
     def cancel(self) -> int:
         """Cancel READY jobs (a RUNNING job cannot be cancelled)."""
-        return self.filter(status=JobStatus.READY).update(
-            status=JobStatus.CANCELLED, finished_at=timezone.now()
-        )
+        return self.apply(Cancelled())
 
     def run_now(self) -> int:
         """Make delayed READY jobs due now."""
+        return self.apply(MadeDue())
+
+    def apply(self, outcome: OperatorOutcome) -> int:
+        """Apply an operator's outcome to the jobs it applies to among these;
+        wake the workers of their queues if it makes jobs due. Returns how
+        many jobs changed."""
         now = timezone.now()
-        return self._wake_after(
-            self.filter(status=JobStatus.READY, run_after__gt=now), run_after=now
-        )
-
-    def _wake_after(self, jobs, **changes) -> int:
-        """Update ``jobs`` and wake the workers of their queues."""
-        from .. import notify
-
+        jobs = self.filter(outcome.condition(now))
+        changes = transition(None, outcome, now=now).changes
+        if not outcome.wakes_workers:
+            return jobs.update(**changes)
         queues = set(jobs.values_list("queue_name", flat=True).distinct())
         count = jobs.update(**changes)
         if count:
@@ -357,56 +240,14 @@ class Job(models.Model):
 
     # State changes of a job held by a worker ------------------------------
 
-    def _update_if_held(self, **changes: Any) -> bool:
-        """Apply ``changes`` only if this worker still holds the job."""
-        updated = Job.objects.filter(
-            pk=self.pk,
-            status=JobStatus.RUNNING,
-            worker_id=self.worker_id,
-            attempts=self.attempts,
-        ).update(**changes)
-        if updated:
-            for name, value in changes.items():
-                setattr(self, name, value)
-        return bool(updated)
-
-    def mark_succeeded(self, return_value: Any, *, now: datetime | None = None) -> bool:
-        """Record success. False if the job was taken away from this worker."""
-        return self._update_if_held(
-            status=JobStatus.SUCCESSFUL,
-            return_value=return_value,
-            finished_at=now or timezone.now(),
-            worker=None,
-        )
-
-    def mark_failed(self, error: dict, *, now: datetime | None = None) -> bool:
-        """Record a final failure. False if the job was taken away."""
-        return self._update_if_held(
-            status=JobStatus.FAILED,
-            errors=[*self.error_list, error],
-            finished_at=now or timezone.now(),
-            worker=None,
-        )
-
-    def mark_lost(self, error: dict, *, now: datetime | None = None) -> bool:
-        """The worker running the job died or gave up on it: READY again,
-        due now, if attempts remain (the attempt counts), else FAILED."""
-        if self.attempts < self.max_attempts:
-            return self.mark_for_retry(error, run_after=now or timezone.now())
-        return self.mark_failed(error, now=now)
-
-    def mark_for_retry(self, error: dict | None, *, run_after: datetime) -> bool:
-        """Put the job back to READY, due at ``run_after``, recording ``error``.
-
-        Used after a failed attempt with attempts left, and for a job the
-        worker gives back unfinished. False if the job was taken away.
-        """
-        return self._update_if_held(
-            status=JobStatus.READY,
-            run_after=run_after,
-            errors=[*self.error_list, error] if error else self.error_list,
-            worker=None,
-        )
+    def record(
+        self, outcome: WorkerOutcome, *, now: datetime | None = None
+    ) -> Transition | None:
+        """Record how the attempt ended, if this job's worker still holds it;
+        returns the transition made, or None if the job was taken away (put
+        back, rescued) and the outcome was discarded."""
+        made = transition(self, outcome, now=now or timezone.now())
+        return made if self._update_if_held(**made.changes) else None
 
     def set_progress(
         self, current: float, total: float | None = None, message: str = ""
@@ -422,65 +263,22 @@ class Job(models.Model):
             }
         )
 
-    # Reading ----------------------------------------------------------------
-
-    def to_task_result(self, task):
-        """This job as a ``django.tasks`` TaskResult of ``task``.
-
-        CANCELLED reads as FAILED, with a JobCancelled error, since the
-        framework has four statuses.
-        """
-        status, errors = self._task_status_and_errors()
-        return DatabaseTaskResult.from_stored(
-            task=task,
-            id=str(self.pk),
-            status=status,
-            enqueued_at=self.enqueued_at,
-            started_at=self.started_at,
-            finished_at=self.finished_at,
-            last_attempted_at=self.last_attempted_at,
-            args=self.args,
-            kwargs=self.kwargs,
-            backend=self.backend,
-            errors=errors,
-            worker_ids=list(self.worker_ids),
-            return_value=self.return_value,
-        )
-
-    def update_task_result(self, task_result) -> None:
-        """Bring ``task_result``, made by ``to_task_result`` when the attempt
-        started, up to date with how it ended (status, errors, finish, return
-        value), in place: the worker sends ``task_finished`` with the result
-        ``task_started`` was sent with, as the framework's own backends do,
-        and is spared building it twice."""
-        status, errors = self._task_status_and_errors()
-        _set_field(task_result, "status", status)
-        _set_field(task_result, "errors", errors)
-        _set_field(task_result, "finished_at", self.finished_at)
-        _set_field(task_result, "_return_value", self.return_value)
-
-    def _task_status_and_errors(self) -> tuple[TaskResultStatus, list[TaskError]]:
-        errors = (
-            [
-                TaskError(
-                    exception_class_path=error["exception_class_path"],
-                    traceback=error["traceback"],
-                )
-                for error in self.error_list
-            ]
-            if self.errors  # most jobs have none: spare the worker the rest
-            else []
-        )
-        status = self.status
-        if status == JobStatus.CANCELLED:
-            status = JobStatus.FAILED
-            errors.append(
-                TaskError(
-                    exception_class_path=class_path(JobCancelled),
-                    traceback="The job was cancelled before it ran.",
-                )
+    def _update_if_held(self, **changes: Any) -> bool:
+        """Apply ``changes`` only if this job's worker still holds it."""
+        updated = (
+            Job.objects.using(self._state.db)
+            .filter(
+                pk=self.pk,
+                status=JobStatus.RUNNING,
+                worker_id=self.worker_id,
+                attempts=self.attempts,
             )
-        return TaskResultStatus(status), errors
+            .update(**changes)
+        )
+        if updated:
+            for name, value in changes.items():
+                setattr(self, name, value)
+        return bool(updated)
 
 
 class JobDashboard(Job):

@@ -19,8 +19,12 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from .. import registry
 from ..compat import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY, InvalidTask
+from ..conf import bgtasks_settings
 from ..cron import CronTimes, IntervalTimes, PlannedTimes, normalize_cron, zone
+from ..exceptions import TaskNotRegistered
+from ..serialization import NotJSON, check_size, to_json
 
 MAX_INTERVAL = timedelta(days=3660)
 
@@ -64,12 +68,6 @@ class ScheduleQuerySet(models.QuerySet):
 
     def due(self, now: datetime | None = None):
         return self.enabled().filter(next_run_at__lte=now or timezone.now())
-
-    def fire_due(self, now: datetime | None = None) -> int:
-        """Create the jobs of every due schedule; return how many were made."""
-        from ..scheduler import fire_due_schedules
-
-        return fire_due_schedules(using=self.db, now=now)
 
 
 class Schedule(models.Model):
@@ -204,11 +202,6 @@ class Schedule(models.Model):
         return errors
 
     def _clean_task(self, refuse) -> None:
-        from .. import registry
-        from ..conf import bgtasks_settings
-        from ..exceptions import TaskNotRegistered
-        from ..serialization import NotJSON, check_size, to_json
-
         try:
             task = registry.resolve(self.task_path)
         except TaskNotRegistered as exc:
@@ -329,6 +322,28 @@ class Schedule(models.Model):
 
         Returns the job's result; raises InvalidTask if the task is gone.
         """
-        from ..scheduler import enqueue_for_schedule
+        return self.enqueue(scheduled_for=None)
 
-        return enqueue_for_schedule(self, scheduled_for=None)
+    def enqueue(self, *, scheduled_for: datetime | None):
+        """Enqueue the schedule's task with its arguments and options, linked
+        to it (``scheduled_for``: the planned time, or None for a "run now").
+        The scheduler calls it for each planned time that has come."""
+        task = registry.resolve(self.task_path).using(
+            queue_name=self.queue_name,
+            priority=self.priority,
+            run_after=scheduled_for,
+        )
+        # The backend's own verb, which also links the job to the schedule.
+        enqueue_job = getattr(task.get_backend(), "enqueue_job", None)
+        if enqueue_job is None:
+            raise TypeError(
+                f"Task {self.task_path} uses backend {task.backend!r}, not a "
+                f"django_bgtasks DatabaseBackend."
+            )
+        return enqueue_job(
+            task,
+            self.args,
+            self.kwargs,
+            schedule_id=self.pk,
+            scheduled_for=scheduled_for,
+        )

@@ -12,7 +12,8 @@ from django.utils.translation import gettext_lazy as _
 
 from ..conf import bgtasks_settings
 from ..exceptions import WorkerIdInUse, WorkerLost
-from .jobs import Job, error_entry
+from .jobs import Job
+from .transitions import Interrupted, Lost
 
 logger = logging.getLogger("django_bgtasks.worker")
 
@@ -129,28 +130,21 @@ class WorkerProcess(models.Model):
         """Put the RUNNING jobs this worker holds back to READY, due now (it
         is stopping). The attempt stays counted; ``reason`` (if given) is
         recorded as the attempt's error. Returns how many were put back."""
-        return self._each_job(
-            lambda job, error, now: job.mark_for_retry(error, run_after=now), reason
-        )
+        return self._each_job(Interrupted(reason))
 
     def rescue_jobs(self, reason: BaseException) -> int:
         """Give up the RUNNING jobs of this (dead) worker: READY again where
         attempts remain, else FAILED, with ``reason`` as the attempt's error.
         Returns how many jobs were changed."""
-        return self._each_job(
-            lambda job, error, now: job.mark_lost(error, now=now), reason
-        )
+        return self._each_job(Lost(reason))
 
-    def _each_job(self, change, reason: BaseException | None) -> int:
+    def _each_job(self, outcome: Interrupted | Lost) -> int:
         now = timezone.now()
         changed = 0
-        for job in Job.objects.running().filter(worker=self):
-            error = reason and error_entry(
-                reason, attempt=job.attempts, worker_id=self.pk, at=now
-            )
+        for job in Job.objects.using(self._state.db).running().filter(worker=self):
             try:
                 with transaction.atomic(using=job._state.db):
-                    changed += change(job, error, now)
+                    changed += job.record(outcome, now=now) is not None
             except DatabaseError:
                 # One row the database will not take must not keep the
                 # others RUNNING.

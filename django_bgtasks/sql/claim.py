@@ -22,11 +22,11 @@ import json
 from datetime import UTC, datetime
 
 from django.db import IntegrityError, NotSupportedError, connections, transaction
-from django.db.models.base import ModelState
 from django.utils import timezone
 
 from ..exceptions import InvalidTaskArguments
 from ..models import Job, JobStatus, error_entry
+from ..private_api import model_from_row
 
 # Columns every claim sets; {append} is the vendor's "append to JSON array".
 _CLAIM_SET = """
@@ -42,6 +42,12 @@ _CLAIM_SET = """
 def claim_jobs(
     using: str, *, worker_id: str, queues: list[str] | None, limit: int
 ) -> list[Job]:
+    """Atomically move up to ``limit`` due jobs of ``queues`` (None: every
+    queue) to RUNNING for worker ``worker_id``, and return them in claim
+    order: priority (highest first), then ``run_after``, then id. No job is
+    claimed by two workers."""
+    if limit <= 0:
+        return []
     connection = connections[using]
     claim = _CLAIMS.get(connection.vendor)
     if claim is None:
@@ -169,13 +175,7 @@ def _job(using: str, row, moments: dict[float, datetime]) -> Job:
             moment = moments[seconds] = datetime.fromtimestamp(seconds, UTC)
         values[name] = moment
     values.update(zip(_JSON_NAMES, _decode_json(row[-1]), strict=True))
-    state = ModelState()
-    state.adding = False
-    state.db = using
-    values["_state"] = state
-    job = Job.__new__(Job)
-    job.__dict__ = values
-    return job
+    return model_from_row(Job, using, values)
 
 
 _decode_json = json.JSONDecoder().decode  # json.loads, without its checks

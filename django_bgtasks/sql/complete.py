@@ -1,16 +1,23 @@
-"""Completing jobs in batches: the outcomes of many attempts in one statement.
+"""Completing jobs in batches: the outcomes of many attempts in one
+transaction.
 
-Each outcome applies only if the worker still holds the job (RUNNING, this
-worker, this attempt), exactly like ``Job._update_if_held``; the ids that
-applied come back, so a job taken away meanwhile is never finished twice.
+Each completion writes the column changes its transition decided
+(``models/transitions.py``), and only if the worker still holds the job
+(RUNNING, this worker, this attempt), exactly like ``Job.record``; the ids
+that applied come back, so a job taken away meanwhile is never finished
+twice.
 
-- PostgreSQL: one ``UPDATE ... FROM unnest(...) RETURNING id``.
+- PostgreSQL: one ``UPDATE ... FROM jsonb_to_recordset(...) RETURNING id``
+  per set of changed columns (a batch of successes is one statement; with
+  retries and failures in it, two or three, in one transaction).
 - MySQL/MariaDB and SQLite: one conditional ``UPDATE`` per job, all in one
   transaction (one commit for the batch).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,27 +30,11 @@ from ..models import Job, JobStatus
 
 @dataclass(slots=True)
 class Completion:
-    """What an attempt's end writes to its job."""
+    """The end of one attempt, on its way to the job's row."""
 
     job_id: int
     attempts: int  # the attempt that ended: the job must still be on it
-    status: str
-    return_value: Any = None
-    errors: list | None = None  # every attempt's error, this one included
-    finished_at: datetime | None = None
-    run_after: datetime | None = None  # for a retry
-
-    def changes(self) -> dict[str, Any]:
-        changes = {"status": self.status, "worker_id": None}
-        if self.status == JobStatus.SUCCESSFUL:
-            changes.update(return_value=self.return_value)
-        if self.errors is not None:
-            changes.update(errors=self.errors)
-        if self.finished_at is not None:
-            changes.update(finished_at=self.finished_at)
-        if self.run_after is not None:
-            changes.update(run_after=self.run_after)
-        return changes
+    changes: dict[str, Any]  # by field name (or attname): JSON-able values
 
 
 def complete_jobs(
@@ -59,54 +50,82 @@ def complete_jobs(
 
 
 def _complete_postgresql(connection, worker_id, completions) -> set[int]:
-    table = connection.ops.quote_name(Job._meta.db_table)
-    # The batch goes as one JSON document: one parameter to send, parsed by
-    # the server, cheaper than a column of arrays.
-    sql = f"""
-        UPDATE {table} AS job SET
-            status = done.status,
-            return_value = CASE WHEN done.status = %s
-                THEN done.return_value ELSE job.return_value END,
-            errors = COALESCE(done.errors, job.errors),
-            finished_at = COALESCE(done.finished_at, job.finished_at),
-            run_after = COALESCE(done.run_after, job.run_after),
-            worker_id = NULL
-        FROM jsonb_to_recordset(%s::jsonb) AS done(
-            id bigint, attempts integer, status text, return_value jsonb,
-            errors jsonb, finished_at timestamptz, run_after timestamptz
-        )
+    by_columns: dict[tuple[str, ...], list[Completion]] = {}
+    for completion in completions:
+        by_columns.setdefault(tuple(completion.changes), []).append(completion)
+    applied = set()
+    # One statement commits alone; several, together.
+    with (
+        transaction.atomic(using=connection.alias)
+        if len(by_columns) > 1
+        else contextlib.nullcontext(),
+        connection.cursor() as cursor,
+    ):
+        for names, group in by_columns.items():
+            # The batch goes as one JSON document: one parameter to send,
+            # parsed by the server, cheaper than a column of arrays.
+            cursor.execute(
+                _update_sql(connection.alias, names),
+                [
+                    _json_batch(names, group),
+                    JobStatus.RUNNING.value,
+                    worker_id,
+                ],
+            )
+            applied.update(row[0] for row in cursor.fetchall())
+    return applied
+
+
+@functools.cache
+def _update_sql(using: str, names: tuple[str, ...]) -> str:
+    """The UPDATE writing the columns of the fields ``names`` from a JSON
+    array of records ``{"id", "attempts", column...}``."""
+    connection = connections[using]
+    fields = [Job._meta.get_field(name) for name in names]
+    quote = connection.ops.quote_name
+    assignments = ", ".join(
+        f"{quote(field.column)} = done.{quote(field.column)}" for field in fields
+    )
+    record = ", ".join(
+        [
+            "id bigint",
+            "attempts integer",
+            *(f"{quote(field.column)} {field.db_type(connection)}" for field in fields),
+        ]
+    )
+    return f"""
+        UPDATE {quote(Job._meta.db_table)} AS job SET {assignments}
+        FROM jsonb_to_recordset(%s::jsonb) AS done({record})
         WHERE job.id = done.id AND job.status = %s AND job.worker_id = %s
             AND job.attempts = done.attempts
         RETURNING job.id
     """
-    batch = json.dumps(
+
+
+def _json_batch(names: tuple[str, ...], completions: list[Completion]) -> str:
+    """The records of ``completions``; a datetime as ISO text, and None (a
+    task returning None, say) as JSON null, which the record reads as SQL
+    NULL, as the ORM stores it."""
+    columns = [Job._meta.get_field(name).column for name in names]
+    return json.dumps(
         [
             {
-                "id": c.job_id,
-                "attempts": c.attempts,
-                "status": c.status,
-                "return_value": c.return_value,
-                "errors": c.errors,
-                "finished_at": c.finished_at and c.finished_at.isoformat(),
-                "run_after": c.run_after and c.run_after.isoformat(),
+                "id": completion.job_id,
+                "attempts": completion.attempts,
+                **{
+                    column: _json_value(value)
+                    for column, value in zip(
+                        columns, completion.changes.values(), strict=True
+                    )
+                },
             }
-            for c in completions
+            for completion in completions
         ]
     )
-    params = [
-        JobStatus.SUCCESSFUL.value,
-        batch,
-        JobStatus.RUNNING.value,
-        worker_id,
-    ]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return {row[0] for row in cursor.fetchall()}
 
 
-def _json(value: Any) -> str | None:
-    # A task returning None stores SQL NULL, as the ORM does for JSONField.
-    return None if value is None else json.dumps(value)
+def _json_value(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
 
 
 def _complete_each(using, worker_id, completions) -> set[int]:
@@ -119,7 +138,7 @@ def _complete_each(using, worker_id, completions) -> set[int]:
                 status=JobStatus.RUNNING,
                 worker_id=worker_id,
                 attempts=completion.attempts,
-            ).update(**completion.changes())
+            ).update(**completion.changes)
             if updated:
                 applied.add(completion.job_id)
     return applied

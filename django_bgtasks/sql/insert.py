@@ -27,6 +27,7 @@ from django.db import connections, transaction
 
 from ..models import Job
 from ..notify import CHANNEL, notify_enabled, payload
+from ..private_api import wrap_cursor
 
 # Columns an enqueue sets, but for the arguments (the rest keep their
 # defaults: NULL, 0); they are the same for every job of one insert.
@@ -156,7 +157,7 @@ def _cursor(connection):
         # Wrapped as Django wraps its own: errors, thread checks, and the
         # query log under DEBUG or in assertNumQueries.
         raw = psycopg3.cursor_class(connection.connection)
-        return connection._prepare_cursor(raw)
+        return wrap_cursor(connection, raw)
 
 
 class _Psycopg3(NamedTuple):

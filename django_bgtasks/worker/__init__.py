@@ -1,7 +1,11 @@
-"""The worker process: claim loop, job threads, heartbeat, maintenance,
-shutdown; and the supervisor of ``runworker --processes``."""
+"""The worker process (``runworker``): a main loop that claims, job threads,
+a completer, a listener, a heartbeat and the maintenance duties, all
+reporting to one ledger; and the supervisor of ``runworker --processes``.
+``docs/architecture.rst`` draws it."""
 
-from .runner import Worker, WorkerExit, default_worker_id
+from .options import WorkerOptions
+from .process import default_worker_id
+from .runner import Worker, WorkerExit
 from .stopping import ForcedExit
 
-__all__ = ["ForcedExit", "Worker", "WorkerExit", "default_worker_id"]
+__all__ = ["ForcedExit", "Worker", "WorkerExit", "WorkerOptions", "default_worker_id"]

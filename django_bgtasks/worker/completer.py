@@ -1,5 +1,5 @@
-"""Recording finished attempts: the outcome's verdict, and writing outcomes
-to the database in batches."""
+"""Writing outcomes to the database in batches, then logging them and sending
+``task_finished``."""
 
 from __future__ import annotations
 
@@ -7,22 +7,22 @@ import logging
 import queue
 import threading
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from django.db import DatabaseError, connections
-from django.utils import timezone
 
 from ..backend import DatabaseBackend
-from ..backoff import Backoff
-from ..compat import InvalidTask, task_finished
-from ..conf import bgtasks_settings
-from ..dispatch import Receivers
+from ..compat import task_finished
+from ..db import retry_until_done
 from ..exceptions import OutcomeNotStored
-from ..models import Job, JobStatus, error_entry
+from ..models.transitions import Failed, Succeeded, Transition, Verdict
+from ..private_api import Receivers
+from ..rows import job_result, update_result
 from ..sql.complete import Completion, complete_jobs
-from .db import retry_until_done
-from .executor import Outcome, _chained, describe
+from .attempt import chained, describe
+from .hooks import Hooks
+from .ledger import Attempt, Ledger
+from .slots import MAX_OUTCOMES
 
 logger = logging.getLogger("django_bgtasks.worker")
 
@@ -31,72 +31,40 @@ logger = logging.getLogger("django_bgtasks.worker")
 class Finished:
     """An attempt that has ended, on its way to the database."""
 
-    job: Job
-    task: Any
-    outcome: Outcome
-    completion: Completion
-    verdict: str  # "succeeded", "retrying" or "failed"
+    attempt: Attempt
+    task: Any  # None if the job's task could not be found
+    outcome: Succeeded | Failed
+    transition: Transition
+    task_result: Any  # the one task_started was sent with, if it was
     elapsed_ms: float
-
-
-def decide(
-    job: Job, outcome: Outcome, *, worker_id: str, now: datetime | None = None
-) -> tuple[Completion, str]:
-    """What the outcome writes to the job, and the verdict: "succeeded",
-    "retrying" (READY again, due after its backoff) or "failed"."""
-    now = now or timezone.now()
-    if outcome.error is None:
-        completion = Completion(
-            job.pk, job.attempts, JobStatus.SUCCESSFUL,
-            return_value=outcome.return_value, finished_at=now,
-        )  # fmt: skip
-        return completion, "succeeded"
-    errors = [
-        *job.error_list,
-        error_entry(outcome.error, attempt=job.attempts, worker_id=worker_id, at=now),
-    ]
-    if outcome.retryable and job.attempts < job.max_attempts:
-        try:
-            backoff = Backoff.coerce(job.backoff or bgtasks_settings.BACKOFF)
-        except InvalidTask:  # a corrupt stored backoff: the default
-            backoff = Backoff.coerce(bgtasks_settings.BACKOFF)
-        completion = Completion(
-            job.pk, job.attempts, JobStatus.READY, errors=errors,
-            run_after=now + backoff.delay(job.attempts),
-        )  # fmt: skip
-        return completion, "retrying"
-    completion = Completion(
-        job.pk, job.attempts, JobStatus.FAILED, errors=errors, finished_at=now
-    )
-    return completion, "failed"
-
-
-def record_outcome(
-    job: Job, outcome: Outcome, *, worker_id: str, now: datetime | None = None
-) -> str:
-    """Store one outcome at once (no batch). Returns the verdict, or "taken"
-    if the job was taken from this worker meanwhile (put back at shutdown,
-    rescued) and the outcome was discarded."""
-    completion, verdict = decide(job, outcome, worker_id=worker_id, now=now)
-    return verdict if job._update_if_held(**completion.changes()) else "taken"
 
 
 class Completer(threading.Thread):
     """Writes finished attempts to the database in batches.
 
     Whatever has finished while the last batch was being written goes in the
-    next one: one statement and one commit for many jobs. An attempt counts
-    as done (logged, ``task_finished`` sent, ``on_completed`` called with
-    its batch's jobs) only once its outcome is committed.
+    next one: one transaction for many jobs. An attempt counts as done
+    (logged, ``task_finished`` sent, written in the ledger) only once its
+    outcome is committed. Once ``give_up`` is set (the worker is exiting and
+    gives its jobs back), outcomes are discarded.
     """
 
-    MAX_BATCH = 256
+    MAX_BATCH = MAX_OUTCOMES
 
-    def __init__(self, *, worker_id: str, using: str, on_completed, give_up):
+    def __init__(
+        self,
+        *,
+        worker_id: str,
+        using: str,
+        ledger: Ledger,
+        hooks: Hooks,
+        give_up: threading.Event,
+    ):
         super().__init__(name="bgtasks-completer", daemon=True)
         self.worker_id = worker_id
         self.using = using
-        self.on_completed = on_completed
+        self.ledger = ledger
+        self.hooks = hooks
         self.give_up = give_up
         self._finished: queue.SimpleQueue[Finished | None] = queue.SimpleQueue()
 
@@ -124,7 +92,8 @@ class Completer(threading.Thread):
                 except Exception:
                     logger.exception("Completing %d job(s) failed", len(batch))
                 finally:
-                    self.on_completed([finished.job for finished in batch])
+                    self.ledger.written([finished.attempt for finished in batch])
+                    self.hooks.written(len(batch))
         finally:
             connections.close_all()
 
@@ -135,11 +104,13 @@ class Completer(threading.Thread):
                 "discarded", len(batch),
             )  # fmt: skip
             return
+        completions = [
+            Completion(f.attempt.job.pk, f.attempt.job.attempts, f.transition.changes)
+            for f in batch
+        ]
         try:
             applied = retry_until_done(
-                lambda: complete_jobs(
-                    self.using, self.worker_id, [f.completion for f in batch]
-                ),
+                lambda: complete_jobs(self.using, self.worker_id, completions),
                 using=self.using,
                 what=f"recording the outcomes of {len(batch)} job(s)",
                 give_up=self.give_up,
@@ -154,75 +125,77 @@ class Completer(threading.Thread):
             return
         receivers = Receivers(task_finished, DatabaseBackend)
         for finished in batch:
-            verdict = finished.verdict if finished.job.pk in applied else "taken"
-            if verdict != "taken":
-                for name, value in finished.completion.changes().items():
-                    setattr(finished.job, name, value)
-            report(finished, verdict, receivers)
+            job = finished.attempt.job
+            if job.pk in applied:
+                for name, value in finished.transition.changes.items():
+                    setattr(job, name, value)
+                report(finished, finished.transition, receivers)
+            else:
+                report(finished, None, receivers)
 
     def _complete_one(self, finished: Finished) -> None:
-        job, outcome = finished.job, finished.outcome
+        job = finished.attempt.job
         try:
-            verdict = self._record(job, outcome)
+            made = self._record(job, finished.outcome)
         except DatabaseError as exc:
             # Refused again: fail the job with an error it will take, rather
             # than leave it RUNNING.
             logger.exception("Job %s: its outcome could not be stored", job.pk)
-            outcome = finished.outcome = Outcome(
-                error=_chained(
-                    OutcomeNotStored(
-                        f"The job's outcome could not be stored: "
-                        f"{type(exc).__name__}: {exc}"
-                    ),
-                    exc,
+            error = chained(
+                OutcomeNotStored(
+                    f"The job's outcome could not be stored: "
+                    f"{type(exc).__name__}: {exc}"
                 ),
-                retryable=False,
-                task_result=outcome.task_result,
+                exc,
             )
-            verdict = self._record(job, outcome)
-        report(finished, verdict, Receivers(task_finished, DatabaseBackend))
+            finished.outcome = Failed(error, retryable=False)
+            made = self._record(job, finished.outcome)
+        report(finished, made, Receivers(task_finished, DatabaseBackend))
 
-    def _record(self, job: Job, outcome: Outcome) -> str | None:
+    def _record(self, job, outcome) -> Transition | None:
         return retry_until_done(
-            lambda: record_outcome(job, outcome, worker_id=self.worker_id),
+            lambda: job.record(outcome),
             using=self.using,
             what=f"recording the outcome of job {job.pk}",
             give_up=self.give_up,
         )
 
 
-def report(finished: Finished, verdict: str | None, receivers: Receivers) -> None:
-    """Log a recorded outcome; send ``task_finished`` to ``receivers`` for a
-    finished job."""
-    job, error = finished.job, finished.outcome.error
+def report(finished: Finished, made: Transition | None, receivers: Receivers) -> None:
+    """Log a recorded outcome (``made`` None: the job was taken from this
+    worker, its outcome discarded); send ``task_finished`` to ``receivers``
+    for a finished job."""
+    job = finished.attempt.job
+    error = getattr(finished.outcome, "error", None)
     elapsed_ms = finished.elapsed_ms
-    if verdict == "succeeded":
+    verdict = made.verdict if made is not None else None
+    if verdict is Verdict.SUCCEEDED:
         if logger.isEnabledFor(logging.INFO):
             logger.info(
                 "Job %s succeeded in %.1f ms: %s", job.pk, elapsed_ms, describe(job)
             )
-    elif verdict == "retrying":
+    elif verdict is Verdict.RETRYING:
         logger.warning(
             "Job %s failed in %.1f ms, retrying at %s: %s: %s: %s",
             job.pk, elapsed_ms, job.run_after.isoformat(timespec="seconds"),
             describe(job), type(error).__name__, error,
         )  # fmt: skip
-    elif verdict == "failed":
+    elif verdict is Verdict.FAILED:
         logger.error(
             "Job %s failed in %.1f ms: %s: %s: %s",
             job.pk, elapsed_ms, describe(job), type(error).__name__, error,
         )  # fmt: skip
-    elif verdict == "taken":
+    elif verdict is None:
         logger.warning(
             "Job %s was taken from this worker before it finished (%s); its "
             "outcome is discarded", job.pk, describe(job),
         )  # fmt: skip
-    if finished.task is not None and job.is_finished:
-        task_result = finished.outcome.task_result
+    if finished.task is not None and made is not None and made.finishes:
+        task_result = finished.task_result
         if task_result is None:
-            task_result = job.to_task_result(finished.task)
+            task_result = job_result(job, finished.task)
         else:
-            job.update_task_result(task_result)
+            update_result(task_result, job)
         _send_finished(receivers, task_result, error)
 
 

@@ -7,7 +7,7 @@ import threading
 
 from django.db import connections
 
-from .db import CONNECTION_ERRORS, discard_connection
+from ..db import CONNECTION_ERRORS, discard_connection
 
 logger = logging.getLogger("django_bgtasks.worker")
 

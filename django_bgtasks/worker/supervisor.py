@@ -17,9 +17,9 @@ import logging
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
+from .options import WorkerOptions
 from .runner import WorkerExit
 from .stopping import StopRequests
 
@@ -45,16 +45,16 @@ class Slot:
 
 
 class Supervisor:
-    """Keep ``processes`` children running; ``command(number)`` is the
-    command line of child ``number`` (1-based). ``restart`` False (burst
-    mode) lets children that finish stay finished."""
+    """Keep ``options.processes`` children running, each started as
+    ``program`` (the command that runs ``runworker``) with its options
+    (``WorkerOptions.for_child``). In burst mode, children that finish stay
+    finished."""
 
-    def __init__(
-        self, *, processes: int, command: Callable[[int], list[str]], restart=True
-    ):
-        self.slots = [Slot(number) for number in range(1, processes + 1)]
-        self.command = command
-        self.restart = restart
+    def __init__(self, options: WorkerOptions, *, program: list[str]):
+        self.options = options
+        self.program = program
+        self.slots = [Slot(number) for number in range(1, (options.processes or 1) + 1)]
+        self.restart = not options.burst
         self.stop_requests = StopRequests(self._on_stop_request, lambda: False)
         self._stopping = False
         self._forced = False
@@ -73,6 +73,10 @@ class Supervisor:
         finally:
             restore()
         return int(WorkerExit.FORCED if self._forced else WorkerExit.STOPPED)
+
+    def command(self, number: int) -> list[str]:
+        """The command line of child ``number`` (1-based)."""
+        return [*self.program, *self.options.for_child(number).argv()]
 
     def _on_stop_request(self, source: str, count: int) -> None:
         if count == 1:

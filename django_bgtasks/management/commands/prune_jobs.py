@@ -4,8 +4,8 @@ from django.core.management.base import BaseCommand
 from django.db import router
 from django.utils import timezone
 
+from django_bgtasks.maintenance.prune import prunable, prune_finished_jobs, retention
 from django_bgtasks.models import FINISHED_STATUSES, Job
-from django_bgtasks.prune import prunable, prune_finished_jobs, retention
 
 
 class Command(BaseCommand):

@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from django_bgtasks.schedule_sync import InvalidSchedule, sync_schedules
+from django_bgtasks.maintenance.schedule_sync import InvalidSchedule, sync_schedules
 
 
 class Command(BaseCommand):

@@ -16,7 +16,7 @@ import logging
 
 from django.db import connections, router
 
-from .models import Job
+from ..models import Job
 
 logger = logging.getLogger("django_bgtasks.worker")
 

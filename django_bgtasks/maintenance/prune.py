@@ -15,9 +15,9 @@ from datetime import datetime, timedelta
 from django.db import connections, router, transaction
 from django.utils import timezone
 
-from .conf import bgtasks_settings
-from .locking import lock_for_writing
-from .models import FINISHED_STATUSES, Job
+from ..conf import bgtasks_settings
+from ..locking import lock_for_writing
+from ..models import FINISHED_STATUSES, Job
 
 BATCH_SIZE = 1000
 # Seconds between batches on SQLite, where a batch holds the one write lock:

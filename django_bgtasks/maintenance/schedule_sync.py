@@ -31,10 +31,10 @@ from django.db import router, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from . import registry
-from .conf import bgtasks_settings
-from .locking import lock_for_writing
-from .models import Schedule
+from .. import registry
+from ..conf import bgtasks_settings
+from ..locking import lock_for_writing
+from ..models import Schedule
 
 KEYS = {
     "task",

@@ -1,7 +1,8 @@
 """A worker's periodic duties, on one thread: fire due schedules, rescue the
 jobs of dead workers, prune old finished jobs, vacuum the job table where
-PostgreSQL's autovacuum is off. Each duty runs at its own
-interval; an error in one is logged and never stops the others."""
+PostgreSQL's autovacuum is off. Each duty is a module of this package and
+runs at its own interval; an error in one is logged and never stops the
+others."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from dataclasses import dataclass
 from django.db import connections
 
 from ..conf import bgtasks_settings
-from ..prune import BATCH_SIZE, prune_finished_jobs
-from ..rescue import rescue_dead_workers
-from ..scheduler import fire_due_schedules
-from ..vacuum import vacuum_if_needed
-from .db import CONNECTION_ERRORS, discard_connection
+from ..db import CONNECTION_ERRORS, discard_connection
+from .prune import BATCH_SIZE, prune_finished_jobs
+from .rescue import rescue_dead_workers
+from .scheduler import fire_due_schedules
+from .vacuum import vacuum_if_needed
 
 logger = logging.getLogger("django_bgtasks.worker")
 

@@ -22,10 +22,11 @@ from datetime import datetime, timedelta
 from django.db import router, transaction
 from django.utils import timezone
 
-from .conf import bgtasks_settings
-from .exceptions import WorkerLost
-from .locking import lock_for_writing
-from .models import Job, WorkerProcess, error_entry
+from ..conf import bgtasks_settings
+from ..exceptions import WorkerLost
+from ..locking import lock_for_writing
+from ..models import Job, WorkerProcess
+from ..models.transitions import Lost
 
 logger = logging.getLogger("django_bgtasks.rescue")
 
@@ -88,11 +89,6 @@ def _rescue_orphans(using: str, now: datetime) -> int:
     )
     rescued = 0
     for job in orphans[:1000]:
-        error = error_entry(
-            WorkerLost(f"Worker {job.worker_id} is gone; the job was left RUNNING."),
-            attempt=job.attempts,
-            worker_id=job.worker_id,
-            at=now,
-        )
-        rescued += job.mark_lost(error, now=now)
+        gone = WorkerLost(f"Worker {job.worker_id} is gone; the job was left RUNNING.")
+        rescued += job.record(Lost(gone), now=now) is not None
     return rescued

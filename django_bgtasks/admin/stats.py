@@ -16,8 +16,8 @@ from django.db.models import Avg, Count, DurationField, ExpressionWrapper, F, Mi
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
-from .compat import task_backends
-from .models import Job, JobStatus, WorkerProcess
+from ..compat import task_backends
+from ..models import Job, JobStatus, WorkerProcess
 
 COUNT_CAP = 10_000
 

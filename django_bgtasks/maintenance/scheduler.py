@@ -22,12 +22,10 @@ from datetime import datetime, timedelta
 from django.db import IntegrityError, router, transaction
 from django.utils import timezone
 
-from . import registry
-from .backend import DatabaseBackend
-from .conf import bgtasks_settings
-from .cron import MICROSECOND
-from .locking import lock_for_writing
-from .models import MisfirePolicy, Schedule
+from ..conf import bgtasks_settings
+from ..cron import MICROSECOND
+from ..locking import lock_for_writing
+from ..models import MisfirePolicy, Schedule
 
 logger = logging.getLogger("django_bgtasks.scheduler")
 
@@ -110,7 +108,7 @@ def fire_schedule(schedule: Schedule, *, now: datetime) -> int:
     for scheduled_for in to_fire:
         try:
             with transaction.atomic(using=schedule._state.db):
-                enqueue_for_schedule(schedule, scheduled_for=scheduled_for)
+                schedule.enqueue(scheduled_for=scheduled_for)
         except IntegrityError:
             # That planned time already has its job (the row was edited or
             # fired meanwhile): never a second one.
@@ -138,26 +136,3 @@ def fire_schedule(schedule: Schedule, *, now: datetime) -> int:
         ]
     )
     return fired
-
-
-def enqueue_for_schedule(schedule: Schedule, *, scheduled_for: datetime | None):
-    """Enqueue the schedule's task with its arguments and options, linked to
-    it (``scheduled_for``: the planned time, or None for a "run now")."""
-    task = registry.resolve(schedule.task_path).using(
-        queue_name=schedule.queue_name,
-        priority=schedule.priority,
-        run_after=scheduled_for,
-    )
-    backend = task.get_backend()
-    if not isinstance(backend, DatabaseBackend):
-        raise TypeError(
-            f"Task {schedule.task_path} uses backend {task.backend!r}, not a "
-            f"django_bgtasks DatabaseBackend."
-        )
-    return backend.enqueue_job(
-        task,
-        schedule.args,
-        schedule.kwargs,
-        schedule_id=schedule.pk,
-        scheduled_for=scheduled_for,
-    )

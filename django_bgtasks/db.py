@@ -1,4 +1,12 @@
-"""Surviving a lost database connection in the worker's threads."""
+"""Database connections in long-lived threads (the worker's, the maintenance
+duties'): kept open for the thread's lifetime, and survived when lost.
+
+A worker is not a request: Django closes a request's connection at its end
+(``CONN_MAX_AGE = 0``, its default) or after an age, but a worker's threads
+keep theirs whatever ``CONN_MAX_AGE`` says, and close one only when an error
+has left it unusable. Reconnecting for every job would cost the database a
+new backend per job.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,8 @@ import logging
 import threading
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
+
+from .private_api import keep_open, skip_health_check
 
 logger = logging.getLogger("django_bgtasks.worker")
 
@@ -22,17 +32,31 @@ def discard_connection(using: str) -> None:
         connections[using].close()
 
 
-def close_if_obsolete(using: str) -> None:
-    """Close this thread's connection if an error left it unusable or it is
-    past its ``CONN_MAX_AGE``, as ``close_old_connections()`` does; but a
-    connection kept open is not health-checked before its next query. For a
-    query that must not wait a round trip more: a connection broken while
-    it waited fails that query, and the caller recovers."""
+def tidy_connections() -> None:
+    """After a job, on its thread: close the connections the task left
+    unusable (an error they fail a health check after, autocommit left
+    changed); keep the others open for the thread's next job, whatever
+    their age. With ``CONN_HEALTH_CHECKS``, a kept one is checked before its
+    next query, as after a request."""
+    for connection in connections.all(initialized_only=True):
+        if connection.connection is not None:
+            keep_open(connection)
+            connection.close_if_unusable_or_obsolete()
+
+
+def close_if_unusable(using: str) -> None:
+    """Close this thread's connection if an error left it unusable, as
+    ``tidy_connections`` does; but a connection kept open is not
+    health-checked before its next query. For a query that must not wait a
+    round trip more: a connection broken while it waited fails that query,
+    and the caller recovers."""
     connection = connections[using]
-    checked = connection.health_check_done
+    if connection.connection is None:
+        return
+    keep_open(connection)
     connection.close_if_unusable_or_obsolete()
     if connection.connection is not None:
-        connection.health_check_done = checked
+        skip_health_check(connection)
 
 
 def database_reachable(using: str) -> bool:

@@ -1,0 +1,254 @@
+"""How a job's state changes: the outcomes that end an attempt or that an
+operator decides, and the one function, ``transition``, that turns an outcome
+into the columns it writes.
+
+Pure: no database, no threads, no clock but the ``now`` it is given. Every
+path that ends or moves a job goes through it: the worker's batched
+completion (``sql/complete.py``) and its one-row fallback (``Job.record``),
+the rescue of a dead worker's jobs and the put-back of a stopping worker's
+(``WorkerProcess``), and the operator's actions (``JobQuerySet.retry``,
+``.cancel``, ``.run_now``: the admin's). Where a failed job becomes READY
+again is decided here and nowhere else.
+
+A worker's outcome applies only to a job its worker still holds (RUNNING,
+that worker, that attempt): the caller's update is conditional on it. An
+operator's outcome applies to the jobs its ``condition`` selects.
+"""
+
+from __future__ import annotations
+
+import enum
+import traceback
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar
+
+from django.db.models import F, Q
+from django.db.models.functions import Greatest
+
+from ..backoff import Backoff
+from ..compat import InvalidTask
+from ..conf import bgtasks_settings
+from .status import JobStatus
+
+
+class Verdict(enum.StrEnum):
+    """What an outcome made of the job."""
+
+    SUCCEEDED = "succeeded"
+    RETRYING = "retrying"  # READY again, due after its backoff
+    FAILED = "failed"
+    PUT_BACK = "put back"  # READY again, due now: its worker stopped or died
+    CANCELLED = "cancelled"
+    RETRIED = "retried"  # by an operator: READY again, due now
+    MADE_DUE = "made due"  # by an operator: a delayed job due now
+
+
+# Outcomes of an attempt, reported by the worker that holds the job --------
+
+
+@dataclass(frozen=True, slots=True)
+class Succeeded:
+    """The task returned ``return_value`` (JSON, checked)."""
+
+    return_value: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The task raised ``error``, or its job could not be run. ``retryable``
+    False: a retry cannot cure it (an unknown task, a corrupt row, a return
+    value that cannot be stored)."""
+
+    error: BaseException
+    retryable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TimedOut:
+    """The attempt ran past the job's timeout; its process is ended."""
+
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupted:
+    """The worker stopped before the job finished and gives it back;
+    ``error`` (if any) is recorded as the attempt's."""
+
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """The job's worker died (it stopped heartbeating) while running it."""
+
+    error: BaseException
+
+
+# Outcomes an operator decides, for many jobs at once ------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """A waiting job will not run."""
+
+    wakes_workers: ClassVar[bool] = False
+
+    def condition(self, now: datetime) -> Q:
+        return Q(status=JobStatus.READY)
+
+
+@dataclass(frozen=True, slots=True)
+class Retried:
+    """A failed or cancelled job runs again, due now. Its attempts are
+    extended, not reset: a job that used them all gets one more."""
+
+    wakes_workers: ClassVar[bool] = True
+
+    def condition(self, now: datetime) -> Q:
+        return Q(status__in=[JobStatus.FAILED, JobStatus.CANCELLED])
+
+
+@dataclass(frozen=True, slots=True)
+class MadeDue:
+    """A delayed job is due now."""
+
+    wakes_workers: ClassVar[bool] = True
+
+    def condition(self, now: datetime) -> Q:
+        return Q(status=JobStatus.READY, run_after__gt=now)
+
+
+WorkerOutcome = Succeeded | Failed | TimedOut | Interrupted | Lost
+OperatorOutcome = Cancelled | Retried | MadeDue
+Outcome = WorkerOutcome | OperatorOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """What an outcome makes of a job: the verdict, and the columns to write
+    (by field name; values, or expressions over the row's own columns for an
+    operator's outcome)."""
+
+    verdict: Verdict
+    changes: dict[str, Any]
+
+    @property
+    def status(self) -> str | None:
+        return self.changes.get("status")
+
+    @property
+    def finishes(self) -> bool:
+        """Whether the job ends here (the framework's ``task_finished``)."""
+        return self.verdict in (Verdict.SUCCEEDED, Verdict.FAILED, Verdict.CANCELLED)
+
+
+def transition(job, outcome: Outcome, *, now: datetime) -> Transition:
+    """The verdict and column changes ``outcome`` makes of ``job``.
+
+    ``job`` is the job as its holder knows it (``attempts``,
+    ``max_attempts``, ``backoff``, ``errors``, ``worker_id``); an operator's
+    outcome needs none and may be given None.
+    """
+    match outcome:
+        case Succeeded(return_value):
+            return _ended(
+                Verdict.SUCCEEDED,
+                status=JobStatus.SUCCESSFUL,
+                return_value=return_value,
+                finished_at=now,
+            )
+        case Failed(error, retryable):
+            errors = _with_error(job, error, now)
+            if retryable and job.attempts < job.max_attempts:
+                return _retry(job, errors, now)
+            return _ended(
+                Verdict.FAILED, status=JobStatus.FAILED, errors=errors, finished_at=now
+            )
+        case TimedOut(error):
+            return transition(job, Failed(error), now=now)
+        case Interrupted(error):
+            errors = _with_error(job, error, now) if error else job.error_list
+            return _ended(
+                Verdict.PUT_BACK, status=JobStatus.READY, run_after=now, errors=errors
+            )
+        case Lost(error):
+            errors = _with_error(job, error, now)
+            if job.attempts < job.max_attempts:
+                return _ended(
+                    Verdict.PUT_BACK,
+                    status=JobStatus.READY,
+                    run_after=now,
+                    errors=errors,
+                )
+            return _ended(
+                Verdict.FAILED, status=JobStatus.FAILED, errors=errors, finished_at=now
+            )
+        case Cancelled():
+            return Transition(
+                Verdict.CANCELLED, {"status": JobStatus.CANCELLED, "finished_at": now}
+            )
+        case Retried():
+            return Transition(
+                Verdict.RETRIED,
+                {
+                    "status": JobStatus.READY,
+                    "run_after": now,
+                    "finished_at": None,
+                    "return_value": None,
+                    "progress": None,
+                    "max_attempts": Greatest("max_attempts", F("attempts") + 1),
+                },
+            )
+        case MadeDue():
+            return Transition(Verdict.MADE_DUE, {"run_after": now})
+    raise TypeError(f"Not an outcome: {outcome!r}")
+
+
+def _ended(verdict: Verdict, **changes: Any) -> Transition:
+    """The end of an attempt: the job leaves its worker."""
+    return Transition(verdict, {**changes, "worker_id": None})
+
+
+def _retry(job, errors: list[dict], now: datetime) -> Transition:
+    try:
+        backoff = Backoff.coerce(job.backoff or bgtasks_settings.BACKOFF)
+    except InvalidTask:  # a corrupt stored backoff: the default
+        backoff = Backoff.coerce(bgtasks_settings.BACKOFF)
+    return _ended(
+        Verdict.RETRYING,
+        status=JobStatus.READY,
+        run_after=now + backoff.delay(job.attempts),
+        errors=errors,
+    )
+
+
+def _with_error(job, error: BaseException, now: datetime) -> list[dict]:
+    """The job's errors, with ``error`` as its current attempt's."""
+    entry = error_entry(error, attempt=job.attempts, worker_id=job.worker_id, at=now)
+    return [*job.error_list, entry]
+
+
+def class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def storable_text(text: str) -> str:
+    """``text`` as every supported database stores it in JSON: NUL characters
+    and lone surrogates (which an exception message may hold) escaped."""
+    text = text.replace("\x00", "\\x00")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def error_entry(
+    exc: BaseException, *, attempt: int, worker_id: str | None, at: datetime
+) -> dict[str, Any]:
+    """One attempt's error, as stored in ``Job.errors``."""
+    return {
+        "exception_class_path": storable_text(class_path(type(exc))),
+        "traceback": storable_text("".join(traceback.format_exception(exc))),
+        "attempt": attempt,
+        "worker_id": worker_id,
+        "at": at.isoformat(),
+    }

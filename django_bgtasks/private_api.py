@@ -1,0 +1,128 @@
+"""Every speed-up that leans on a private API of Django, the tasks framework
+or a database driver, in one place.
+
+Each one saves measurable time on a hot path (a claim, an outcome, an
+enqueue) and is used nowhere else. Each has a guard test in
+``tests/test_private_api.py`` that fails when the library changes under it,
+so an upgrade that breaks one is caught by the suite, not in production:
+
+- ``model_from_row``: a model instance built from its field values without
+  ``Model.__init__`` (the claim's rows, thousands per second);
+- ``wrap_cursor``: a driver cursor of our choosing wrapped as Django wraps
+  its own (``connection._prepare_cursor``: the insert's cursor on psycopg 3);
+- ``new_result`` and ``set_field``: the framework's frozen ``TaskResult``
+  made and updated without ``__init__`` (whose normalising pass would copy
+  arguments that are JSON already);
+- ``Receivers``: a signal's receivers looked up once per batch
+  (``Signal._live_receivers``), not once per send;
+- ``skip_health_check`` and ``keep_open``: a connection's health check and
+  ``CONN_MAX_AGE`` deadline (``health_check_done``, ``close_at``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from django.db.models.base import ModelState
+
+# Model instances ------------------------------------------------------------
+
+
+def model_from_row(model, using: str, values: dict[str, Any]):
+    """An instance of ``model`` loaded from database ``using``, with
+    ``values`` (every concrete field, by attname) as its ``__dict__``: what
+    ``Model.from_db`` makes, without the per-field work of ``__init__``."""
+    state = ModelState()
+    state.adding = False
+    state.db = using
+    values["_state"] = state
+    instance = model.__new__(model)
+    instance.__dict__ = values
+    return instance
+
+
+# Cursors ----------------------------------------------------------------------
+
+
+def wrap_cursor(connection, raw_cursor):
+    """``raw_cursor``, a driver cursor on ``connection``'s connection, wrapped
+    as Django wraps its own cursors: its errors, thread checks, and the query
+    log under DEBUG or in ``assertNumQueries``."""
+    return connection._prepare_cursor(raw_cursor)
+
+
+def skip_health_check(connection) -> None:
+    """Count ``connection`` (open) as health-checked, so its next query is
+    not preceded by ``CONN_HEALTH_CHECKS``' round trip."""
+    connection.health_check_done = True
+
+
+def keep_open(connection) -> None:
+    """Let ``connection`` (open) live on past its ``CONN_MAX_AGE``: it is
+    closed only when an error leaves it unusable. For a worker's threads,
+    which are not requests: ``CONN_MAX_AGE = 0`` (Django's default) would
+    otherwise close it after every job."""
+    connection.close_at = None
+
+
+# The framework's results ------------------------------------------------------
+
+_new = object.__new__
+# Results are frozen dataclasses (with slots); this sets a field all the same.
+set_field = object.__setattr__
+
+
+def new_result(cls, *fields: Iterable[tuple[str, Any]]):
+    """A ``TaskResult`` of class ``cls`` with the ``(name, value)`` pairs of
+    ``fields`` (every dataclass field, in one or more iterables), made
+    without ``__init__``."""
+    result = _new(cls)
+    for pairs in fields:
+        for name, value in pairs:
+            set_field(result, name, value)
+    return result
+
+
+# Signals ----------------------------------------------------------------------
+
+
+class Receivers:
+    """The receivers of ``signal`` for ``sender``, looked up once, to send
+    the signal many times as ``signal.send(sender, **named)`` would.
+
+    ``Signal.send`` looks up the live receivers on every call, under the
+    signal's lock: about half of what a send costs when the only receivers
+    are the framework's own loggers, and the worker sends two signals per
+    job. A receiver connected meanwhile gets the next batch's results.
+    """
+
+    __slots__ = ("_sync", "sender", "signal")
+
+    def __init__(self, signal, sender):
+        self.signal = signal
+        self.sender = sender
+        try:
+            # (sync receivers, async receivers), since Django 5.0.
+            sync_receivers, async_receivers = signal._live_receivers(sender)
+        except (AttributeError, TypeError, ValueError):
+            sync_receivers, async_receivers = None, True
+        # None: let Signal.send do it (async receivers, or a Django whose
+        # internals differ).
+        self._sync = None if async_receivers else sync_receivers
+
+    def send(self, **named: Any) -> None:
+        """Call each receiver; an exception a receiver raises propagates, as
+        from ``Signal.send``."""
+        if self._sync is None:
+            self.signal.send(self.sender, **named)
+            return
+        for receiver in self._sync:
+            receiver(signal=self.signal, sender=self.sender, **named)
+
+
+def send_to_each(signal, sender, results) -> None:
+    """``signal.send(sender, task_result=result)`` for each result."""
+    receivers = Receivers(signal, sender)
+    for result in results:
+        receivers.send(task_result=result)

@@ -1,0 +1,121 @@
+"""From job rows to the framework's objects: the task a row names, with the
+options the job was given, and the job as a ``TaskResult``.
+
+Nothing named in a row is imported or called unless it is a registered task
+(``registry.resolve``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import replace
+
+from . import registry
+from .backoff import Backoff
+from .base import DatabaseTask, DatabaseTaskResult
+from .compat import InvalidTask, TaskError, TaskResultStatus
+from .exceptions import JobCancelled
+from .models import Job, JobStatus
+from .models.transitions import class_path
+from .private_api import set_field
+
+
+def task_for_job(job: Job):
+    """The registered task of ``job``, with the options the job was given
+    (but ``run_after``, which ``get_result`` adds)."""
+    backoff = job.backoff if isinstance(job.backoff, dict) else {}
+    return _task_with_options(
+        job.task_path,
+        job.priority,
+        job.queue_name,
+        job.backend,
+        job.max_attempts,
+        job.timeout,
+        tuple(sorted(backoff.items())),
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _task_with_options(
+    task_path, priority, queue_name, backend, max_attempts, timeout, backoff
+):
+    # Cached: building a Task validates it, too slow to do for every job.
+    task = registry.resolve(task_path)
+    options = {
+        "priority": priority,
+        "queue_name": queue_name,
+        "backend": backend,
+    }
+    if isinstance(task, DatabaseTask):
+        options.update(max_attempts=max_attempts, timeout=timeout)
+        # A corrupt stored backoff leaves the task's own.
+        with contextlib.suppress(InvalidTask):
+            options["backoff"] = Backoff.coerce(dict(backoff)) if backoff else None
+    try:
+        return replace(task, **options)
+    except InvalidTask:
+        # The settings changed since (say, a queue was removed): keep the
+        # task as declared rather than fail to read the result.
+        return task
+
+
+def job_result(job: Job, task) -> DatabaseTaskResult:
+    """``job`` as a ``django.tasks`` TaskResult of ``task``.
+
+    CANCELLED reads as FAILED, with a JobCancelled error, since the
+    framework has four statuses.
+    """
+    status, errors = _status_and_errors(job)
+    return DatabaseTaskResult.from_stored(
+        task=task,
+        id=str(job.pk),
+        status=status,
+        enqueued_at=job.enqueued_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        last_attempted_at=job.last_attempted_at,
+        args=job.args,
+        kwargs=job.kwargs,
+        backend=job.backend,
+        errors=errors,
+        worker_ids=list(job.worker_ids),
+        return_value=job.return_value,
+    )
+
+
+def update_result(task_result, job: Job) -> None:
+    """Bring ``task_result``, made by ``job_result`` when the attempt
+    started, up to date with how it ended (status, errors, finish, return
+    value), in place: the worker sends ``task_finished`` with the result
+    ``task_started`` was sent with, as the framework's own backends do, and
+    is spared building it twice."""
+    status, errors = _status_and_errors(job)
+    set_field(task_result, "status", status)
+    set_field(task_result, "errors", errors)
+    set_field(task_result, "finished_at", job.finished_at)
+    set_field(task_result, "_return_value", job.return_value)
+
+
+def _status_and_errors(job: Job) -> tuple[TaskResultStatus, list[TaskError]]:
+    errors = (
+        [
+            TaskError(
+                exception_class_path=error["exception_class_path"],
+                traceback=error["traceback"],
+            )
+            for error in job.error_list
+        ]
+        if job.errors  # most jobs have none: spare the worker the rest
+        else []
+    )
+    status = job.status
+    if status == JobStatus.CANCELLED:
+        status = JobStatus.FAILED
+        errors.append(
+            TaskError(
+                exception_class_path=class_path(JobCancelled),
+                traceback="The job was cancelled before it ran.",
+            )
+        )
+    return TaskResultStatus(status), errors

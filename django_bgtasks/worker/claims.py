@@ -1,0 +1,116 @@
+"""Claiming jobs for a worker: the main loop's claims, and the urgent claims
+the listener makes on its own thread.
+
+Each claim reserves its slots in the ledger, runs the claim statement
+(``sql/claim.py``, the one place that says which rows may be claimed) on the
+calling thread's connection, and hands the jobs to the ledger. A failed
+claim gives its slots back and leaves an urgent job for the main loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from django.db import DatabaseError
+
+from ..backend import DatabaseBackend
+from ..compat import task_started
+from ..db import close_if_unusable, discard_connection
+from ..models import Job
+from ..private_api import Receivers
+from ..sql.claim import claim_jobs
+from .hooks import Hooks
+from .ledger import Ledger
+from .slots import Notice, Reservation
+
+logger = logging.getLogger("django_bgtasks.worker")
+
+
+class Claimer:
+    """Claims jobs of ``queues`` (None: every queue) on database ``using``
+    for worker ``worker_id``, into ``ledger``."""
+
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        using: str,
+        worker_id: str,
+        queues: list[str] | None,
+        hooks: Hooks,
+    ):
+        self.ledger = ledger
+        self.using = using
+        self.worker_id = worker_id
+        self.queues = queues
+        self.hooks = hooks
+        # task_started's receivers, looked up once per claim; read by the
+        # job threads (a reference swap: no lock needed).
+        self.started_receivers = Receivers(task_started, DatabaseBackend)
+
+    def claim_for_loop(self) -> list[Job] | None:
+        """The main loop's claim, if the ledger says to claim now: the jobs
+        claimed ([] when it says to wait), or None if the database failed
+        (logged)."""
+        reservation = self.ledger.reserve_for_loop()
+        if reservation is None:
+            return []
+        return self._claim(reservation)
+
+    def notified(self, priority: int | None) -> None:
+        """A NOTIFY (on the listener's thread): wake the main loop; while
+        jobs run, claim an urgent one here and now (see ``Slots``)."""
+        if self.ledger.notified(priority) is Notice.CLAIM_HERE:
+            self.claim_urgent()
+
+    def claim_urgent(self) -> None:
+        """Claim the best due job alone, on this (the listener's) thread.
+
+        Under load the main loop is often inside a large claim of its own,
+        which takes milliseconds to tens of them; the urgent job would wait
+        for it. The job threads are paused meanwhile: a thread hands the GIL
+        on only when it blocks or every 5 ms, so behind a dozen threads busy
+        with short jobs this thread would wait for it for tens of
+        milliseconds more, before the claim and again when its reply is in.
+        """
+        reservation = self.ledger.reserve_urgent()
+        if reservation is None:
+            return  # the main loop claims it once a slot frees
+        self.ledger.pause_starts()
+        try:
+            # This thread's connection waits unused between claims: not one
+            # an error left unusable. No health check: its round trip would
+            # delay the urgent job (by a millisecond or more under load); a
+            # connection broken meanwhile fails the claim, and the main loop
+            # makes it instead.
+            close_if_unusable(self.using)
+            self._claim(reservation)
+        except Exception:
+            logger.exception("Claiming an urgent job failed")
+        finally:
+            self.ledger.resume_starts()
+
+    def _claim(self, reservation: Reservation) -> list[Job] | None:
+        started = time.monotonic()
+        try:
+            jobs = claim_jobs(
+                self.using,
+                worker_id=self.worker_id,
+                queues=self.queues,
+                limit=reservation.count,
+            )
+        except DatabaseError as exc:
+            where = "" if reservation.by_loop else " (urgent, left to the main loop)"
+            logger.warning("Database error while claiming jobs%s: %s", where, exc)
+            discard_connection(self.using)
+            self.ledger.claim_failed(reservation)
+            return None
+        except BaseException:
+            self.ledger.claim_failed(reservation)
+            raise
+        if jobs:
+            self.started_receivers = Receivers(task_started, DatabaseBackend)
+        self.ledger.claimed(reservation, jobs, time.monotonic() - started)
+        self.hooks.claimed(len(jobs), urgent=not reservation.by_loop)
+        return jobs

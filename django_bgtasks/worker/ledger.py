@@ -1,0 +1,301 @@
+"""The one owner of a worker process's bookkeeping: the jobs it has claimed,
+from their claim to their written outcome, and what to claim next.
+
+Every other part of the worker reports events to it and asks it questions;
+none keeps state of its own about claimed jobs:
+
+=================  =====================================  ===================
+thread             reports                                asks
+=================  =====================================  ===================
+main loop          claim reserved / returned / failed,    ``wait``, what is
+                   stop                                   overdue, ``idle``
+listener           notified; its own claims, as above     claim here?
+job threads        an attempt taken, finished, dropped    the next attempt
+completer          outcomes written
+heartbeat                                                 the jobs held
+=================  =====================================  ===================
+
+Every field is private to the ledger and read or written only under its
+lock, but the two events (which are thread-safe) and the token queue the job
+threads block on. The policy (how many to claim, when, what is urgent)
+is ``Slots``, called under the lock; the ledger keeps the jobs themselves:
+the ones waiting for a thread in start order (best first, so an urgent job
+claimed late starts next), the running ones with their deadlines, the ones
+whose outcome is being written.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+from ..models import Job
+from .slots import Notice, Reservation, Slots
+
+
+class Stage(enum.Enum):
+    WAITING = "waiting"  # claimed, waiting for a thread
+    RUNNING = "running"  # on a thread
+    WRITING = "writing"  # ended; its outcome is being written
+
+
+@dataclass(slots=True, eq=False)
+class Attempt:
+    """One claimed job's attempt, from its claim to its written outcome."""
+
+    job: Job
+    stage: Stage = Stage.WAITING
+    started: float = 0.0  # time.monotonic() when a thread took it
+    thread_id: int = 0  # that thread's ident
+    deadline: float = math.inf  # when it has run past its timeout
+
+
+class Ledger:
+    """The jobs one worker process holds, and its claim policy's state."""
+
+    # The longest pause of the job threads (``pause_starts``): a claim that
+    # takes longer must not stall the rest.
+    MAX_PAUSE = 0.05
+
+    def __init__(self, slots: Slots):
+        self._lock = threading.Lock()
+        self._claim_landed = threading.Condition(self._lock)
+        self._slots = slots
+        # Waiting attempts, best first: (order, -priority, run_after, id,
+        # attempt); order 1 entries (attempt None) tell a thread to exit.
+        self._waiting: list[tuple] = []
+        self._running: dict[int, Attempt] = {}
+        self._writing: dict[int, Attempt] = {}
+        self._timed: dict[int, Attempt] = {}  # running, with a timeout
+        self._looks_at = 0.0  # when the main loop looks at deadlines next
+        # One token per waiting attempt: a thread takes a token, then the
+        # best attempt. While attempts wait, a thread takes the next without
+        # blocking, where a Condition would cost a thread switch per job.
+        self._tokens: queue.SimpleQueue[None] = queue.SimpleQueue()
+        # Thread-safe; see pause_starts() and wait().
+        self._may_start = threading.Event()
+        self._may_start.set()
+        self._wake = threading.Event()
+
+    # The main loop and the listener: claims ------------------------------------
+
+    def reserve_for_loop(self) -> Reservation | None:
+        with self._lock:
+            return self._slots.reserve_for_loop()
+
+    def reserve_urgent(self) -> Reservation | None:
+        with self._lock:
+            return self._slots.reserve_urgent()
+
+    def claimed(
+        self, reservation: Reservation, jobs: list[Job], seconds: float | None = None
+    ) -> None:
+        """The claim made with ``reservation`` returned ``jobs`` (in claim
+        order); they wait for a thread."""
+        entries = [
+            (0, -job.priority, job.run_after, job.pk, Attempt(job)) for job in jobs
+        ]
+        with self._lock:
+            look_again = self._slots.claim_returned(
+                reservation, [job.priority for job in jobs], seconds
+            )
+            for entry in entries:
+                heapq.heappush(self._waiting, entry)
+            self._claim_landed.notify_all()
+        for _ in entries:
+            self._tokens.put(None)
+        if look_again:
+            self._wake.set()
+
+    def claim_failed(self, reservation: Reservation) -> None:
+        with self._lock:
+            self._slots.claim_failed(reservation)
+            self._claim_landed.notify_all()
+
+    def close(self, *, wait: float = 0.0) -> bool:
+        """Claim nothing more; wait up to ``wait`` seconds for the claims
+        under way to land (their jobs are then held like the others).
+        Returns whether none is under way."""
+        deadline = time.monotonic() + wait
+        with self._lock:
+            self._slots.close()
+            while self._slots.reserved:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._claim_landed.wait(left)
+        self._wake.set()
+        return True
+
+    def notified(self, priority: int | None) -> Notice:
+        """New jobs of ``priority`` were enqueued; the main loop is woken."""
+        with self._lock:
+            notice = self._slots.notified(priority)
+        self._wake.set()
+        return notice
+
+    def pause_starts(self) -> None:
+        """Hold back the job threads from starting more jobs until
+        ``resume_starts()`` (or for at most ``MAX_PAUSE``), leaving the GIL to
+        an urgent claim: behind busy threads its claim would wait for it
+        before the query and again when the reply is in."""
+        self._may_start.clear()
+
+    def resume_starts(self) -> None:
+        self._may_start.set()
+
+    # The main loop: waiting, deadlines --------------------------------------------
+
+    def clear_wake(self) -> None:
+        """At the top of the main loop's round: events from now on wake it."""
+        self._wake.clear()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep until an event gives the main loop work, or ``seconds``;
+        returns whether it was woken (``wait(0)``: whether it would be)."""
+        return self._wake.wait(seconds)
+
+    def overdue(self, now: float, longest: float) -> tuple[Attempt | None, float]:
+        """A running attempt past its deadline (or None), and how long the
+        main loop may wait before it must look again (at most ``longest``)."""
+        with self._lock:
+            wait = longest
+            for attempt in self._timed.values():
+                left = attempt.deadline - now
+                if left <= 0:
+                    return attempt, 0.0
+                wait = min(wait, left)
+            self._looks_at = now + wait
+        return None, wait
+
+    @property
+    def idle(self) -> bool:
+        with self._lock:
+            return self._slots.idle
+
+    @property
+    def limit_reached(self) -> bool:
+        with self._lock:
+            return self._slots.limit_reached
+
+    @property
+    def backlog(self) -> bool:
+        """Whether the main loop's last claim came back full: there may be
+        more to claim at once."""
+        with self._lock:
+            return self._slots.backlog
+
+    @property
+    def claimed_count(self) -> int:
+        """Jobs claimed since the start."""
+        with self._lock:
+            return self._slots.claimed
+
+    def counts(self) -> dict[str, int]:
+        """How many jobs are waiting, running and writing, and slots
+        reserved: for logs, tests and the shutdown message."""
+        with self._lock:
+            slots = self._slots
+            return {
+                "waiting": slots.waiting,
+                "running": slots.running,
+                "writing": slots.writing,
+                "reserved": slots.reserved,
+            }
+
+    def held_ids(self) -> set[int]:
+        """The ids of every job claimed whose outcome is not yet written."""
+        with self._lock:
+            waiting = {entry[3] for entry in self._waiting if entry[0] == 0}
+            return waiting | self._running.keys() | self._writing.keys()
+
+    # Job threads ------------------------------------------------------------------
+
+    def next_attempt(self) -> Attempt | None:
+        """The best waiting attempt, now running on this thread; blocks until
+        there is one. None: the thread is to exit (``release_threads``)."""
+        self._tokens.get()
+        if not self._may_start.is_set():
+            # Which job is next is decided after the pause: the urgent one,
+            # if its claim has come in.
+            self._may_start.wait(self.MAX_PAUSE)
+        now = time.monotonic()
+        with self._lock:
+            attempt = heapq.heappop(self._waiting)[-1]
+            if attempt is None:
+                return None
+            job = attempt.job
+            attempt.stage = Stage.RUNNING
+            attempt.started = now
+            attempt.thread_id = threading.get_ident()
+            self._running[job.pk] = attempt
+            self._slots.job_started(job.priority)
+            if job.timeout:
+                attempt.deadline = now + job.timeout
+                self._timed[job.pk] = attempt
+                # Its deadline comes before the main loop would look.
+                wake = attempt.deadline < self._looks_at
+            else:
+                wake = False
+        if wake:
+            self._wake.set()
+        return attempt
+
+    def finished(self, attempt: Attempt, seconds: float) -> None:
+        """The attempt ended after ``seconds`` on its thread; its outcome is
+        on its way to the database."""
+        pk = attempt.job.pk
+        with self._lock:
+            del self._running[pk]
+            self._timed.pop(pk, None)
+            attempt.stage = Stage.WRITING
+            self._writing[pk] = attempt
+            wake = self._slots.job_finished(seconds)
+        if wake:
+            self._wake.set()
+
+    def dropped(self, attempt: Attempt) -> None:
+        """A held attempt leaves without an outcome (the worker is exiting,
+        or the worker itself failed around it)."""
+        pk = attempt.job.pk
+        with self._lock:
+            if attempt.stage is Stage.RUNNING:
+                del self._running[pk]
+                self._timed.pop(pk, None)
+                wake = self._slots.job_dropped()
+            elif attempt.stage is Stage.WRITING:
+                del self._writing[pk]
+                wake = self._slots.outcomes_written(1)
+            else:
+                return  # still waiting: it is dropped when a thread takes it
+        if wake:
+            self._wake.set()
+
+    def release_threads(self, count: int) -> None:
+        """Let ``count`` job threads exit once the waiting attempts have been
+        taken."""
+        with self._lock:
+            for number in range(count):
+                heapq.heappush(self._waiting, (1, number, None, None, None))
+        self.resume_starts()
+        for _ in range(count):
+            self._tokens.put(None)
+
+    # The completer ----------------------------------------------------------------
+
+    def written(self, attempts: list[Attempt]) -> None:
+        """The outcomes of ``attempts`` are committed (or given up on)."""
+        with self._lock:
+            for attempt in attempts:
+                del self._writing[attempt.job.pk]
+            wake = self._slots.outcomes_written(len(attempts))
+        if wake:
+            self._wake.set()

@@ -1,0 +1,108 @@
+"""The job threads: each takes the best waiting attempt from the ledger, runs
+it, and hands its outcome to the completer."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from django.conf import settings
+from django.db import connections, reset_queries
+from django.utils import timezone
+
+from ..db import tidy_connections
+from ..models.transitions import transition
+from ..private_api import Receivers
+from .attempt import describe, run_attempt
+from .completer import Completer, Finished
+from .ledger import Attempt, Ledger
+
+logger = logging.getLogger("django_bgtasks.worker")
+
+
+class JobThreads:
+    """``count`` daemon threads running the attempts of ``ledger``.
+
+    Daemon threads, so a worker that has given its unfinished jobs back can
+    exit without waiting for them. Once ``give_up`` is set (the worker is
+    exiting and gives its jobs back), a thread starts no job and discards
+    the outcome of the one it was running.
+    """
+
+    def __init__(
+        self,
+        *,
+        count: int,
+        ledger: Ledger,
+        completer: Completer,
+        started_receivers: Callable[[], Receivers],
+        give_up: threading.Event,
+    ):
+        self.ledger = ledger
+        self.completer = completer
+        self.started_receivers = started_receivers
+        self.give_up = give_up
+        self._threads = [
+            threading.Thread(
+                target=self._work, name=f"bgtasks-job-{number}", daemon=True
+            )
+            for number in range(1, count + 1)
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        """Let each thread exit once the waiting attempts have run."""
+        self.ledger.release_threads(len(self._threads))
+
+    def join(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _work(self) -> None:
+        try:
+            while (attempt := self.ledger.next_attempt()) is not None:
+                try:
+                    self._run(attempt)
+                except Exception:
+                    logger.exception(
+                        "Job %s: unexpected error in the worker", attempt.job.pk
+                    )
+                    self.ledger.dropped(attempt)
+        finally:
+            connections.close_all()
+
+    def _run(self, attempt: Attempt) -> None:
+        job = attempt.job
+        if self.give_up.is_set():
+            self.ledger.dropped(attempt)  # the worker gave the job back
+            return
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("Job %s started: %s", job.pk, describe(job))
+        started = time.monotonic()
+        outcome, task, task_result = run_attempt(job, self.started_receivers())
+        seconds = time.monotonic() - started
+        # After each job: a connection the task left unusable is not handed
+        # to the next job on this thread; the others stay open.
+        tidy_connections()
+        if settings.DEBUG:
+            reset_queries()
+        if self.give_up.is_set():
+            # The worker is exiting and has given its jobs back (or is about
+            # to): this outcome belongs to no one now.
+            logger.warning(
+                "Job %s ended after its worker gave it back; outcome discarded",
+                job.pk,
+            )
+            self.ledger.dropped(attempt)
+            return
+        made = transition(job, outcome, now=timezone.now())
+        self.ledger.finished(attempt, seconds)
+        self.completer.submit(
+            Finished(attempt, task, outcome, made, task_result, seconds * 1000)
+        )

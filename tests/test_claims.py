@@ -1,0 +1,175 @@
+"""Claims for a worker (``worker/claims.py``): the main loop's, and the urgent
+ones the listener makes on its own thread, against the real database (made
+here on the test's thread, without a running worker)."""
+
+import threading
+
+import pytest
+from django.db import connection
+
+from django_bgtasks.models import Job, JobStatus
+from django_bgtasks.worker.claims import Claimer
+from django_bgtasks.worker.hooks import RecordedHooks
+from django_bgtasks.worker.ledger import Ledger
+from django_bgtasks.worker.slots import Slots
+from tests import tasks
+from tests.conftest import requires_server_database
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+WORKER_ID = "claimer"
+
+
+def claimer_of(**slots) -> Claimer:
+    return Claimer(
+        ledger=Ledger(Slots(**slots)),
+        using="default",
+        worker_id=WORKER_ID,
+        queues=None,
+        hooks=RecordedHooks(),
+    )
+
+
+def holding_a_job():
+    """A claimer whose worker holds one claimed job of priority 0 (waiting
+    for its thread), and a READY job of priority 100: (claimer, held id,
+    urgent id)."""
+    claimer = claimer_of(threads=1, prefetch=4)
+    held = int(tasks.add.enqueue(1, 1).id)
+    assert [job.pk for job in claimer.claim_for_loop()] == [held]
+    urgent = int(tasks.add.using(priority=100).enqueue(2, 2).id)
+    return claimer, held, urgent
+
+
+def status(pk: int) -> str:
+    return Job.objects.get(pk=pk).status
+
+
+def starts_next(ledger: Ledger) -> int:
+    """The id of the job a job thread takes next; fails if the threads are
+    still held back by a pause."""
+    ledger.MAX_PAUSE = 30.0
+    taken = []
+    thread = threading.Thread(target=lambda: taken.append(ledger.next_attempt()))
+    thread.start()
+    thread.join(5)
+    assert taken, "the job threads are still paused"
+    return taken[0].job.pk
+
+
+def test_the_loop_claims_in_claim_order_and_says_when_to_wait():
+    claimer = claimer_of(threads=2)
+    low = int(tasks.add.enqueue(1, 1).id)
+    high = int(tasks.add.using(priority=10).enqueue(1, 1).id)
+    later = int(tasks.add.enqueue(1, 1).id)
+    assert [job.pk for job in claimer.claim_for_loop()] == [high, low]
+    assert claimer.claim_for_loop() == []  # both slots held: wait
+    assert status(later) == JobStatus.READY
+    assert claimer.hooks["claims"] == 1 and claimer.hooks["jobs_claimed"] == 2
+
+
+def test_an_urgent_job_is_claimed_on_the_listeners_thread_while_jobs_run():
+    """While the worker holds jobs, the listener claims an outranking job
+    itself (the main loop may be inside a long claim of its own), and it
+    starts before the ones held."""
+    claimer, held, urgent = holding_a_job()
+
+    claimer.notified(100)
+
+    job = Job.objects.get(pk=urgent)
+    assert job.status == JobStatus.RUNNING and job.worker_id == WORKER_ID
+    assert claimer.ledger.held_ids() == {held, urgent}
+    assert claimer.ledger.counts()["reserved"] == 0
+    assert claimer.hooks["urgent_claims"] == 1
+    assert starts_next(claimer.ledger) == urgent  # and the pause is over
+
+
+def test_a_job_that_outranks_nothing_held_is_left_to_the_main_loop():
+    claimer, held, _ = holding_a_job()
+    same = int(tasks.add.enqueue(3, 3).id)
+
+    claimer.notified(0)
+
+    assert status(same) == JobStatus.READY
+    assert claimer.ledger.held_ids() == {held}
+
+
+def test_an_urgent_claim_waits_for_no_health_check(monkeypatch):
+    """The listener's connection waits unused between urgent claims; the
+    claim is not preceded by a health check's round trip (Django's, with
+    CONN_HEALTH_CHECKS on, as in these settings)."""
+    assert connection.settings_dict["CONN_HEALTH_CHECKS"]
+    claimer, _, _ = holding_a_job()
+    claimer.notified(100)  # the first urgent claim on this connection
+    checks = []
+    real_is_usable = connection.is_usable
+    monkeypatch.setattr(
+        connection, "is_usable", lambda: checks.append(1) or real_is_usable()
+    )
+    second = int(tasks.add.using(priority=100).enqueue(3, 3).id)
+
+    claimer.notified(100)
+
+    assert status(second) == JobStatus.RUNNING
+    assert checks == []
+
+
+@requires_server_database
+def test_an_urgent_claim_on_a_broken_connection_is_left_to_the_main_loop():
+    """A connection broken while it waited fails the urgent claim: the job
+    stays READY and urgent for the main loop, and the connection is dropped
+    for a fresh one."""
+    claimer, _, urgent = holding_a_job()
+    connection.ensure_connection()
+    connection.connection.close()  # behind Django's back, as a server would
+
+    claimer.notified(100)
+
+    assert connection.connection is None
+    assert claimer.ledger.counts()["reserved"] == 0
+    assert status(urgent) == JobStatus.READY
+    assert starts_next(claimer.ledger) != urgent  # the threads are not paused
+    assert [job.pk for job in claimer.claim_for_loop()] == [urgent]
+
+
+def test_the_listener_claims_one_job_beyond_the_main_loops_claim():
+    """The main loop's claim under way holds every free slot; an urgent job
+    still need not wait for it: it takes one slot beyond the capacity."""
+    claimer = claimer_of(threads=1, prefetch=4)
+    urgent = int(tasks.add.using(priority=100).enqueue(2, 2).id)
+    tasks.add.enqueue(1, 1)
+    under_way = claimer.ledger.reserve_for_loop()
+    assert under_way.count == 5
+
+    claimer.notified(100)
+
+    assert status(urgent) == JobStatus.RUNNING
+    assert claimer.ledger.counts()["reserved"] == 5
+    tasks.add.using(priority=100).enqueue(3, 3)
+    claimer.notified(100)  # no second one: one beyond, at most
+    assert Job.objects.filter(status=JobStatus.RUNNING).count() == 1
+
+
+def test_the_listener_claims_nothing_past_max_jobs():
+    """Two claims under way at once (the main loop's and the listener's)
+    never take more jobs than max_jobs."""
+    claimer = claimer_of(threads=1, prefetch=4, max_jobs=1)
+    urgent = int(tasks.add.using(priority=100).enqueue(2, 2).id)
+    assert claimer.ledger.reserve_for_loop().count == 1  # under way
+
+    claimer.notified(100)
+
+    assert status(urgent) == JobStatus.READY
+    assert claimer.ledger.claimed_count == 0
+
+
+def test_a_closed_worker_leaves_an_urgent_job_alone():
+    """Once the worker stops claiming, the listener claims nothing: a job it
+    claimed could start after the worker gave its jobs back."""
+    claimer, held, urgent = holding_a_job()
+    assert claimer.ledger.close()
+
+    claimer.notified(100)
+
+    assert status(urgent) == JobStatus.READY
+    assert claimer.ledger.held_ids() == {held}
