@@ -9,27 +9,11 @@ from django.utils import timezone
 
 from django_bgtasks.models import Job, JobStatus, WorkerProcess
 from tests import tasks
+from tests.factories import make_job, make_worker
 
 pytestmark = pytest.mark.django_db
 
 JOBS = "admin:django_bgtasks_job_changelist"
-
-
-def make_job(status=JobStatus.READY, **fields) -> Job:
-    now = timezone.now()
-    values = {
-        "task_path": "tests.tasks.add",
-        "args": [1, 2],
-        "run_after": now,
-        "enqueued_at": now,
-        "status": status,
-        "max_attempts": 3,
-    }
-    if status in (JobStatus.SUCCESSFUL, JobStatus.FAILED, JobStatus.CANCELLED):
-        values["finished_at"] = now
-    if status in (JobStatus.SUCCESSFUL, JobStatus.FAILED):
-        values.update(attempts=1, started_at=now, last_attempted_at=now)
-    return Job.objects.create(**{**values, **fields})
 
 
 def listed(client, **params) -> list[int]:
@@ -275,25 +259,8 @@ def test_no_permission_no_page(client):
 
 
 def test_workers_list_and_delete_rules(admin_client):
-    now = timezone.now()
-    alive = WorkerProcess.objects.create(
-        id="alive",
-        hostname="h",
-        pid=1,
-        concurrency=1,
-        version="x",
-        started_at=now,
-        last_heartbeat_at=now,
-    )
-    dead = WorkerProcess.objects.create(
-        id="dead",
-        hostname="h",
-        pid=2,
-        concurrency=1,
-        version="x",
-        started_at=now,
-        last_heartbeat_at=now - timedelta(hours=1),
-    )
+    alive = make_worker("alive")
+    dead = make_worker("dead", pid=2, silent_for=timedelta(hours=1))
     page = admin_client.get(
         reverse("admin:django_bgtasks_workerprocess_changelist")
     ).content.decode()

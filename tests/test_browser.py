@@ -13,7 +13,7 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from django_bgtasks.models import Job, JobStatus
-from tests.test_admin_jobs import make_job
+from tests.factories import make_job
 
 webdriver = pytest.importorskip(
     "selenium.webdriver", reason="selenium is not installed"

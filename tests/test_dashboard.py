@@ -10,10 +10,10 @@ from django.utils import timezone
 
 from django_bgtasks import report_progress
 from django_bgtasks.admin import stats
-from django_bgtasks.models import Job, JobStatus, WorkerProcess
+from django_bgtasks.models import Job, JobStatus
 from tests import tasks
 from tests.conftest import run_in_process
-from tests.test_admin_jobs import make_job
+from tests.factories import make_job, make_worker
 
 pytestmark = pytest.mark.django_db
 
@@ -80,23 +80,9 @@ def test_queue_lag_and_slowest_and_failing_tasks():
 
 def test_dashboard_page(admin_client):
     now = timezone.now()
-    WorkerProcess.objects.create(
-        id="w-alive",
-        hostname="web1",
-        pid=10,
-        concurrency=4,
-        version="x",
-        started_at=now,
-        last_heartbeat_at=now,
-    )
-    WorkerProcess.objects.create(
-        id="w-dead",
-        hostname="web2",
-        pid=11,
-        concurrency=4,
-        version="x",
-        started_at=now,
-        last_heartbeat_at=now - timedelta(hours=1),
+    make_worker("w-alive", hostname="web1", pid=10, concurrency=4)
+    make_worker(
+        "w-dead", hostname="web2", pid=11, concurrency=4, silent_for=timedelta(hours=1)
     )
     running = make_job(
         JobStatus.RUNNING,

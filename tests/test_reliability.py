@@ -17,17 +17,9 @@ from django_bgtasks.models import Job, JobStatus, WorkerProcess
 from django_bgtasks.worker import Worker, WorkerExit
 from tests import tasks
 from tests.conftest import wait_until
-from tests.test_admin_jobs import make_job
+from tests.factories import make_job, make_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def make_worker(worker_id, *, silent_for=timedelta(0)) -> WorkerProcess:
-    beat = timezone.now() - silent_for
-    return WorkerProcess.objects.create(
-        id=worker_id, hostname="host", pid=1, concurrency=2, version="x",
-        started_at=beat, last_heartbeat_at=beat,
-    )  # fmt: skip
 
 
 def held_by(worker_id, **fields) -> Job:

@@ -4,6 +4,7 @@ import gc
 import logging
 import signal
 import subprocess
+from datetime import timedelta
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -18,6 +19,7 @@ from tests.conftest import (
     requires_server_database,
     wait_until,
 )
+from tests.factories import make_worker
 
 
 def test_burst_worker_prints_a_banner_and_logs_each_job(workers):
@@ -158,37 +160,14 @@ def test_unknown_queue_is_refused():
 
 @pytest.mark.django_db(transaction=True)
 def test_worker_id_of_a_live_worker_is_refused():
-    from django.utils import timezone
-
-    WorkerProcess.objects.create(
-        id="taken",
-        hostname="elsewhere",
-        pid=1,
-        concurrency=1,
-        version="x",
-        started_at=timezone.now(),
-        last_heartbeat_at=timezone.now(),
-    )
+    make_worker("taken", hostname="elsewhere")
     with pytest.raises(CommandError, match="in use by a live worker"):
         call_command("runworker", "--worker-id", "taken", "--burst", "-v", "0")
 
 
 @pytest.mark.django_db(transaction=True)
 def test_worker_id_of_a_dead_worker_is_taken_over_and_its_jobs_put_back():
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    long_ago = timezone.now() - timedelta(hours=1)
-    WorkerProcess.objects.create(
-        id="reused",
-        hostname="gone",
-        pid=1,
-        concurrency=1,
-        version="x",
-        started_at=long_ago,
-        last_heartbeat_at=long_ago,
-    )
+    make_worker("reused", hostname="gone", silent_for=timedelta(hours=1))
     result = tasks.add.enqueue(1, 1)
     Job.objects.filter(pk=result.id).update(
         status=JobStatus.RUNNING,

@@ -7,7 +7,7 @@ from django_bgtasks.maintenance.vacuum import THRESHOLD, vacuum_if_needed
 from django_bgtasks.models import Job, JobStatus
 from tests import tasks
 from tests.conftest import wait_until
-from tests.test_admin_jobs import make_job
+from tests.factories import make_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -15,6 +15,7 @@ from django_bgtasks.worker import Worker
 from django_bgtasks.worker.heartbeat import Heartbeat
 from tests import tasks
 from tests.conftest import run_in_process, wait_until
+from tests.factories import make_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -87,15 +88,11 @@ def test_shutdown_puts_back_every_job_the_database_says_it_holds():
     try:
         wait_until(lambda: WorkerProcess.objects.exists(), message="the worker")
         now = timezone.now()
-        held = Job.objects.create(
-            task_path="tests.tasks.add",
-            args=[1, 1],
-            status=JobStatus.RUNNING,
+        held = make_job(
+            JobStatus.RUNNING,
             worker_id="holder",
             attempts=1,
             worker_ids=["holder"],
-            run_after=now,
-            enqueued_at=now,
             started_at=now,
             last_attempted_at=now,
         )
