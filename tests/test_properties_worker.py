@@ -63,9 +63,12 @@ RETRY_BACKOFFS = st.one_of(
 @given(backoff=RETRY_BACKOFFS)
 @example(backoff=1e12)
 def test_an_accepted_backoff_schedules_the_retry(backoff):
-    """A failing job with an accepted backoff is put back for its retry (or
-    fails for good): its own error recorded, never stuck RUNNING or given
-    back as interrupted because its retry time could not be computed."""
+    """A job that fails its first of two attempts, with an accepted backoff,
+    is retried: either it waits for its retry (READY after one failure, due
+    no earlier than that failure) or its retry ran and failed too (a backoff
+    of 0 or tiny). Never failed for good without its retry, stuck RUNNING,
+    or given back as interrupted because its retry time could not be
+    computed."""
     clear_jobs()
     result, error = attempt(
         lambda: tasks.always_fails.using(max_attempts=2, backoff=backoff).enqueue()
@@ -73,12 +76,23 @@ def test_an_accepted_backoff_schedules_the_retry(backoff):
     assume(error is None)  # refusals: test_backoffs_round_trip_or_are_refused
     run_worker()
     job = Job.objects.get(pk=result.id)
-    assert job.status in (JobStatus.READY, JobStatus.FAILED), job.status
     paths = [entry["exception_class_path"] for entry in job.errors]
-    assert paths and set(paths) == {"builtins.ValueError"}, (
-        f"backoff={backoff!r}: errors {paths}: "
-        f"{job.errors[-1]['traceback'] if job.errors else ''}"
+    found = (
+        f"backoff={backoff!r}: the job is {job.status} after {job.attempts} "
+        f"attempt(s), run_after {job.run_after.isoformat()}, errors {paths}"
+        + (f":\n{job.errors[-1]['traceback']}" if job.errors else "")
     )
-    if job.status == JobStatus.READY:  # due again after its backoff
-        assert job.run_after >= datetime.fromisoformat(job.errors[-1]["at"])
+    if job.status == JobStatus.READY:  # the retry waits for its backoff
+        assert job.attempts == 1, f"Put back, but not for its retry: {found}"
+        assert paths == ["builtins.ValueError"], f"Not its own error: {found}"
+        failed_at = datetime.fromisoformat(job.errors[0]["at"])
+        assert job.run_after >= failed_at, (
+            f"The retry is due before the failure that caused it "
+            f"({failed_at.isoformat()}): {found}"
+        )
+    elif job.status == JobStatus.FAILED:  # the retry ran (a backoff of ~0)
+        assert job.attempts == 2, f"Failed without its retry: {found}"
+        assert paths == ["builtins.ValueError"] * 2, f"Not its own errors: {found}"
+    else:
+        pytest.fail(f"Neither waiting for its retry nor failed after it: {found}")
     assert not WorkerProcess.objects.exists()
