@@ -2,7 +2,7 @@
 
 import signal
 import threading
-import time
+from functools import partial
 
 import pytest
 from django.db import connection, transaction
@@ -150,6 +150,10 @@ def test_burst_workers_do_not_exit_while_jobs_are_due(workers):
     assert Job.objects.filter(status=JobStatus.SUCCESSFUL).count() == 300
 
 
+def idle_in_its_loop(workers, process) -> bool:
+    return "No job is due: waiting for one" in workers.output(process)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     connection.vendor != "sqlite", reason="signal handling: one database is enough"
@@ -158,9 +162,14 @@ def test_sigterm_always_stops_a_busy_worker(workers):
     """The signal handler touches no lock the main thread may hold: a worker
     polling without pause stops on SIGTERM every time."""
     for _ in range(5):
-        process = workers.start("--poll-interval", "0", "-v", "0")
-        wait_until(lambda: WorkerProcess.objects.exists(), timeout=30, message="worker")
-        time.sleep(0.05)  # land the signal mid-loop, not at start-up
+        process = workers.start("--poll-interval", "0", "-v", "2")
+        # The signal lands mid-loop, not at start-up: once the worker has
+        # found nothing to claim (logged at DEBUG) and polls again.
+        wait_until(
+            partial(idle_in_its_loop, workers, process),
+            timeout=30,
+            message="the worker in its loop",
+        )
         process.send_signal(signal.SIGTERM)
         assert workers.wait(process, timeout=20) == 0, workers.output(process)
         assert not WorkerProcess.objects.exists()
