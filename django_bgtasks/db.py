@@ -33,13 +33,18 @@ def discard_connection(using: str) -> None:
 
 
 def tidy_connections() -> None:
-    """After a job, on its thread: close the connections the task left
-    unusable (an error they fail a health check after, autocommit left
-    changed); keep the others open for the thread's next job, whatever
+    """After a job, on its thread: close the connections an error in the
+    task may have left unusable (a reconnect is cheap beside a next job
+    failing on a dead one: SQLite cannot even tell), and those it left out
+    of autocommit; keep the others open for the thread's next job, whatever
     their age. With ``CONN_HEALTH_CHECKS``, a kept one is checked before its
     next query, as after a request."""
     for connection in connections.all(initialized_only=True):
-        if connection.connection is not None:
+        if connection.connection is None:
+            continue
+        if connection.errors_occurred:
+            discard_connection(connection.alias)
+        else:
             keep_open(connection)
             connection.close_if_unusable_or_obsolete()
 
@@ -100,3 +105,16 @@ def retry_until_done(operation, *, using: str, what: str, give_up: threading.Eve
                 logger.error("Gave up %s: the worker is exiting", what)
                 return None
             pause = min(pause * 2, 10.0)
+
+
+def use_wal_journal(using: str) -> None:
+    """On SQLite, switch the database file to WAL journal mode (kept once
+    set): the web process then reads while a worker writes."""
+    connection = connections[using]
+    if connection.vendor != "sqlite" or connection.is_in_memory_db():
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA journal_mode")
+        if cursor.fetchone()[0].lower() != "wal":
+            cursor.execute("PRAGMA journal_mode=WAL")
+            logger.info("Switched the SQLite database to WAL journal mode")

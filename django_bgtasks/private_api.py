@@ -111,6 +111,12 @@ class Receivers:
         # internals differ).
         self._sync = None if async_receivers else sync_receivers
 
+    @property
+    def looked_up(self) -> bool:
+        """Whether the receivers were looked up once (False: each send goes
+        through ``Signal.send``)."""
+        return self._sync is not None
+
     def send(self, **named: Any) -> None:
         """Call each receiver; an exception a receiver raises propagates, as
         from ``Signal.send``."""

@@ -150,3 +150,28 @@ def chaos(context, label, pause=0.0):
     if pause:
         time.sleep(pause)
     return label
+
+
+@task
+def connection_identity(break_it: bool = False) -> str:
+    """Which database session this job's thread uses (the server's id for
+    it; on SQLite, the connection object's); ``break_it``: end that session
+    from inside, as a server restart would, and fail."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT pg_backend_pid()")
+        elif connection.vendor == "mysql":
+            cursor.execute("SELECT CONNECTION_ID()")
+        else:
+            cursor.execute("SELECT 1")
+        identity = str(
+            id(connection.connection)
+            if connection.vendor == "sqlite"
+            else cursor.fetchone()[0]
+        )
+        if break_it:
+            connection.connection.close()  # behind Django's back
+            cursor.execute("SELECT 1")  # fails: errors_occurred
+    return identity

@@ -1,5 +1,6 @@
 """The worker, run in this process: results, order, retries, bad jobs."""
 
+import contextlib
 import sys
 import threading
 from datetime import timedelta
@@ -491,3 +492,35 @@ def test_a_backlog_is_claimed_while_jobs_run_when_outcomes_limit_claims(monkeypa
     worker.run()
     assert Job.objects.filter(status=JobStatus.SUCCESSFUL).count() == 60
     assert any(running for running in running_at_claims[1:]), running_at_claims
+
+
+@pytest.mark.parametrize("max_age", [0, 60, None])
+def test_a_job_thread_keeps_its_connection_whatever_conn_max_age_says(max_age):
+    """A worker is not a request: its threads keep their database
+    connections from job to job (Django's default CONN_MAX_AGE = 0 would
+    close them after each), and replace one a task left unusable."""
+    results = [tasks.connection_identity.enqueue() for _ in range(3)]
+    broken = tasks.connection_identity.using(max_attempts=1).enqueue(break_it=True)
+    after = tasks.connection_identity.using(priority=-1).enqueue()
+    with override_database_setting("CONN_MAX_AGE", max_age):
+        run_in_process(concurrency=1)
+    identities = {result.refresh() or result.return_value for result in results}
+    assert len(identities) == 1, identities  # one session for the three
+    broken.refresh()
+    assert broken.status == TaskResultStatus.FAILED
+    after.refresh()
+    assert after.status == TaskResultStatus.SUCCESSFUL
+    assert after.return_value not in identities  # a fresh one
+
+
+@contextlib.contextmanager
+def override_database_setting(name, value):
+    """``DATABASES["default"][name] = value`` for the worker's threads (each
+    makes its connection from these settings)."""
+    settings_dict = connection.settings_dict
+    saved = settings_dict[name]
+    settings_dict[name] = value
+    try:
+        yield
+    finally:
+        settings_dict[name] = saved

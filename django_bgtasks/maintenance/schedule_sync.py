@@ -23,6 +23,8 @@ declared earlier but gone from the setting are disabled, not deleted.
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -33,8 +35,11 @@ from django.utils.dateparse import parse_datetime
 
 from .. import registry
 from ..conf import bgtasks_settings
+from ..db import retry_until_done
 from ..locking import lock_for_writing
 from ..models import Schedule
+
+logger = logging.getLogger("django_bgtasks.worker")
 
 KEYS = {
     "task",
@@ -186,6 +191,25 @@ def sync_schedules(*, using: str | None = None) -> SyncResult:
     return result
 
 
+def sync_at_start(*, using: str, give_up: threading.Event) -> None:
+    """``sync_schedules()`` as a worker starts: retried while the database
+    is unreachable (until ``give_up``), what changed logged. An invalid
+    declaration raises InvalidSchedule."""
+    synced = retry_until_done(
+        lambda: sync_schedules(using=using),
+        using=using,
+        what="syncing declared schedules",
+        give_up=give_up,
+    )
+    if synced is not None and (synced.created or synced.updated or synced.disabled):
+        logger.info(
+            "Declared schedules synced: %d created, %d updated, %d disabled",
+            len(synced.created),
+            len(synced.updated),
+            len(synced.disabled),
+        )
+
+
 def _update(row: Schedule, declared: Schedule, now) -> bool:
     changed = [f for f in DEFINITION if getattr(row, f) != getattr(declared, f)]
     readded = not row.declared_in_code
@@ -213,5 +237,6 @@ __all__ = [
     "SyncResult",
     "build_schedule",
     "declared_schedules",
+    "sync_at_start",
     "sync_schedules",
 ]

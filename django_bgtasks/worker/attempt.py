@@ -4,11 +4,18 @@ the task, check what it returned. Whatever happens becomes an outcome
 
 from __future__ import annotations
 
+import sys
+import traceback
 from typing import Any
 
 from ..compat import TaskContext
 from ..conf import bgtasks_settings
-from ..exceptions import InvalidReturnValue, InvalidTaskArguments, TaskExited
+from ..exceptions import (
+    InvalidReturnValue,
+    InvalidTaskArguments,
+    JobTimeout,
+    TaskExited,
+)
 from ..models import Job
 from ..models.transitions import Failed, Succeeded
 from ..private_api import Receivers
@@ -65,6 +72,18 @@ def run_attempt(job: Job, started: Receivers) -> tuple[Succeeded | Failed, Any, 
         error = InvalidReturnValue(f"The task's {exc} It must be JSON.")
         return Failed(error, retryable=False), task, task_result
     return Succeeded(value), task, task_result
+
+
+def timeout_error(attempt) -> JobTimeout:
+    """The error of an attempt that ran past its job's timeout, saying where
+    its thread was."""
+    job = attempt.job
+    frame = sys._current_frames().get(attempt.thread_id)
+    where = "".join(traceback.format_stack(frame)) if frame else ""
+    return JobTimeout(
+        f"The job ran past its timeout of {job.timeout:g} s and its process "
+        f"was ended.\nWhere the task was:\n{where}"
+    )
 
 
 def chained(error: BaseException, cause: BaseException) -> BaseException:

@@ -16,7 +16,7 @@ from django.db import DatabaseError
 
 from ..backend import DatabaseBackend
 from ..compat import task_started
-from ..db import close_if_unusable, discard_connection
+from ..db import CONNECTION_ERRORS, close_if_unusable, discard_connection
 from ..models import Job
 from ..private_api import Receivers
 from ..sql.claim import claim_jobs
@@ -57,6 +57,16 @@ class Claimer:
         if reservation is None:
             return []
         return self._claim(reservation)
+
+    def due_left(self) -> bool:
+        """Whether due jobs remain in this worker's queues (a claim may come
+        back empty while other workers hold them locked, about to claim
+        them); True if the database cannot say."""
+        try:
+            return Job.objects.using(self.using).due().in_queues(self.queues).exists()
+        except CONNECTION_ERRORS:
+            discard_connection(self.using)
+            return True
 
     def notified(self, priority: int | None) -> None:
         """A NOTIFY (on the listener's thread): wake the main loop; while

@@ -30,28 +30,28 @@ from __future__ import annotations
 
 import enum
 import logging
-import os
-import socket
-import sys
 import threading
 import time
-import traceback
 from dataclasses import replace
 
 from django.db import connections, router
 
-from .. import __version__, notify, registry
+from .. import notify, registry
 from ..conf import bgtasks_settings
-from ..db import CONNECTION_ERRORS, discard_connection, retry_until_done
-from ..exceptions import JobInterrupted, JobTimeout
+from ..db import (
+    retry_until_done,
+    use_wal_journal,
+)
 from ..maintenance.duties import Maintenance
-from ..maintenance.schedule_sync import sync_schedules
+from ..maintenance.schedule_sync import sync_at_start
 from ..models import Job, WorkerProcess
 from ..models.transitions import TimedOut
+from .attempt import timeout_error
 from .claims import Claimer
 from .completer import Completer
 from .heartbeat import Heartbeat
 from .hooks import Hooks
+from .lease import Lease
 from .ledger import Attempt, Ledger
 from .listener import Listener
 from .options import WorkerOptions
@@ -98,7 +98,6 @@ class Worker:
         self.using = router.db_for_write(Job)
         self.hooks = hooks or Hooks()
         self.exit = WorkerExit.STOPPED
-        self.process: WorkerProcess | None = None
         self.ledger = Ledger(
             Slots(
                 threads=options.concurrency,
@@ -107,6 +106,13 @@ class Worker:
                 # Claims wait while a batch of outcomes waits to be written.
                 max_outcomes=Completer.MAX_BATCH,
             )
+        )
+        self.lease = Lease(
+            worker_id=self.worker_id,
+            using=self.using,
+            queues=self.queues,
+            concurrency=options.concurrency,
+            ledger=self.ledger,
         )
         self.claimer = Claimer(
             ledger=self.ledger,
@@ -186,16 +192,16 @@ class Worker:
 
     def _run(self) -> None:
         registry.autodiscover()
-        self._prepare_database()
-        self.process = retry_until_done(
-            self._register,
+        use_wal_journal(self.using)
+        registered = retry_until_done(
+            self.lease.register,
             using=self.using,
             what="registering the worker",
             give_up=self._stopping,
         )
-        if self.process is None:
+        if registered is None:
             return
-        self._sync_schedules()
+        sync_at_start(using=self.using, give_up=self._stopping)
         self._start_parts()
         try:
             self._loop()
@@ -225,7 +231,7 @@ class Worker:
                 give_up=self._forced,
             ),
             "heartbeat": Heartbeat(
-                process=self.process,
+                process=self.lease.row,
                 interval=bgtasks_settings.HEARTBEAT_INTERVAL,
                 using=self.using,
                 on_lost=self._on_row_lost,
@@ -241,43 +247,6 @@ class Worker:
         for part in parts.values():
             part.start()
         self._parts = parts
-
-    def _register(self) -> WorkerProcess:
-        return WorkerProcess.objects.db_manager(self.using).register(
-            worker_id=self.worker_id,
-            hostname=socket.gethostname(),
-            pid=os.getpid(),
-            queues=self.queues,
-            concurrency=self.options.concurrency,
-            version=__version__,
-        )
-
-    def _prepare_database(self) -> None:
-        connection = connections[self.using]
-        if connection.vendor != "sqlite" or connection.is_in_memory_db():
-            return
-        # WAL lets the web process read while a worker writes; it is a
-        # property of the database file, kept once set.
-        with connection.cursor() as cursor:
-            cursor.execute("PRAGMA journal_mode")
-            if cursor.fetchone()[0].lower() != "wal":
-                cursor.execute("PRAGMA journal_mode=WAL")
-                logger.info("Switched the SQLite database to WAL journal mode")
-
-    def _sync_schedules(self) -> None:
-        synced = retry_until_done(
-            sync_schedules,
-            using=self.using,
-            what="syncing declared schedules",
-            give_up=self._stopping,
-        )
-        if synced is not None and (synced.created or synced.updated or synced.disabled):
-            logger.info(
-                "Declared schedules synced: %d created, %d updated, %d disabled",
-                len(synced.created),
-                len(synced.updated),
-                len(synced.disabled),
-            )
 
     def _loop(self) -> None:
         db_pause = 0.2
@@ -295,7 +264,12 @@ class Worker:
             idle = self.ledger.idle
             if idle and self.ledger.limit_reached:
                 return
-            if idle and self.options.burst and not claimed and not self._due_left():
+            if (
+                idle
+                and self.options.burst
+                and not claimed
+                and not self.claimer.due_left()
+            ):
                 return
             if claimed and self.ledger.backlog:
                 continue  # a full batch: there may be more, claim again
@@ -308,15 +282,6 @@ class Worker:
             wait = self._check_deadlines()
             self.hooks.waiting()
             self.ledger.wait(wait)
-
-    def _due_left(self) -> bool:
-        """Whether due jobs remain (a claim may come back empty while other
-        workers hold them locked, about to claim them)."""
-        try:
-            return Job.objects.using(self.using).due().in_queues(self.queues).exists()
-        except CONNECTION_ERRORS:
-            discard_connection(self.using)
-            return True
 
     def _went_idle(self) -> None:
         logger.debug("No job is due: waiting for one")
@@ -354,12 +319,7 @@ class Worker:
             job.pk,
             job.timeout,
         )
-        frame = sys._current_frames().get(attempt.thread_id)
-        where = "".join(traceback.format_stack(frame)) if frame else ""
-        error = JobTimeout(
-            f"The job ran past its timeout of {job.timeout:g} s and its process "
-            f"was ended.\nWhere the task was:\n{where}"
-        )
+        error = timeout_error(attempt)
         self._recycle()  # first: no job thread may record anything now
         retry_until_done(
             lambda: job.record(TimedOut(error)),
@@ -369,24 +329,12 @@ class Worker:
         )
 
     def _on_row_lost(self) -> WorkerProcess | None:
-        """The heartbeat found this worker's row gone (judged dead). If its
-        jobs were rescued, end the process so they do not run twice;
-        otherwise (the row was deleted by hand) register again."""
-        held = self.ledger.held_ids()
-        still_held = (
-            Job.objects.using(self.using)
-            .running()
-            .filter(pk__in=held, worker_id=self.worker_id)
-        )
-        if still_held.count() == len(held):
-            return self._register()
-        logger.error(
-            "Worker %s was judged dead and its jobs were rescued: ending this "
-            "process so they do not run twice",
-            self.worker_id,
-        )
-        self._recycle()
-        return None
+        """For the heartbeat: the row registered again, or None once the
+        worker ends its process (see ``Lease.row_lost``)."""
+        row = self.lease.row_lost()
+        if row is None:
+            self._recycle()
+        return row
 
     # Stopping ------------------------------------------------------------------
 
@@ -402,13 +350,7 @@ class Worker:
 
     def _shut_down(self) -> None:
         self._shutting_down = True
-        for name in (
-            "listener",
-            "maintenance",
-            "job threads",
-            "completer",
-            "heartbeat",
-        ):
+        for name in SHUTDOWN_ORDER:
             part = self._parts.get(name)
             if part is not None:
                 part.stop()
@@ -420,59 +362,5 @@ class Worker:
         if heartbeat is not None:
             # Before the row goes, or a last beat might register it again.
             heartbeat.join(timeout=5)
-        give_up = threading.Event()
-        # Bounded: a database that stays down must not keep the worker alive.
-        timer = threading.Timer(10.0, give_up.set)
-        timer.daemon = True
-        timer.start()
-        # Always asked of the database, not of the ledger: a stop can land
-        # between a claim's commit and its return.
-        steps = [
-            ("putting unfinished jobs back", self._release_unfinished),
-            ("unregistering the worker", self._unregister),
-        ]
-        for what, step in steps:
-            try:
-                retry_until_done(step, using=self.using, what=what, give_up=give_up)
-            except Exception:
-                logger.exception("Failed %s", what)
-        timer.cancel()
+        self.lease.give_back(within=10.0)
         connections.close_all()
-
-    def _release_unfinished(self) -> None:
-        released = self.process.release_jobs(
-            JobInterrupted("The worker stopped before the job finished.")
-        )
-        if released:
-            logger.warning("Put %d unfinished job(s) back to READY", released)
-
-    def _unregister(self) -> None:
-        WorkerProcess.objects.db_manager(self.using).filter(pk=self.worker_id).delete()
-
-    def describe(self) -> dict[str, str]:
-        """What the startup banner shows."""
-        connection = connections[self.using]
-        wakeups = f"polling every {self.poll_interval:g} s"
-        if self.uses_notify:
-            wakeups = f"LISTEN/NOTIFY, {wakeups}"
-        prefetch = self.options.prefetch
-        return {
-            "worker": self.worker_id,
-            "database": f"{connection.display_name} ({self.using})",
-            "queues": ", ".join(self.queues) if self.queues else "* (all)",
-            "concurrency": f"{self.options.concurrency} thread(s), prefetch "
-            + ("adapts" if prefetch is None else str(prefetch)),
-            "wake-ups": wakeups,
-            "scheduler": (
-                f"every {bgtasks_settings.SCHEDULER_INTERVAL:g} s"
-                if self.options.scheduler
-                else "off"
-            ),
-            "maintenance": (
-                f"rescue every {bgtasks_settings.HEARTBEAT_INTERVAL:g} s "
-                f"(workers silent {bgtasks_settings.WORKER_TIMEOUT:g} s are dead), "
-                f"prune every {bgtasks_settings.PRUNE_INTERVAL:g} s"
-                if self.options.maintenance
-                else "off"
-            ),
-        }

@@ -8,10 +8,12 @@ import signal
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connections
 
 from django_bgtasks import __version__
 from django_bgtasks.backend import DatabaseBackend
 from django_bgtasks.compat import FRAMEWORK_LOGGER, task_backends
+from django_bgtasks.conf import bgtasks_settings
 from django_bgtasks.exceptions import WorkerIdInUse
 from django_bgtasks.maintenance.schedule_sync import InvalidSchedule
 from django_bgtasks.worker import Worker, WorkerExit, WorkerOptions
@@ -19,6 +21,35 @@ from django_bgtasks.worker.process import settle_garbage_collector
 from django_bgtasks.worker.supervisor import Supervisor
 
 LOG_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
+
+
+def banner(worker: Worker) -> dict[str, str]:
+    """What the worker's startup banner shows."""
+    options = worker.options
+    connection = connections[worker.using]
+    wakeups = f"polling every {worker.poll_interval:g} s"
+    if worker.uses_notify:
+        wakeups = f"LISTEN/NOTIFY, {wakeups}"
+    prefetch = "adapts" if options.prefetch is None else str(options.prefetch)
+    return {
+        "worker": worker.worker_id,
+        "database": f"{connection.display_name} ({worker.using})",
+        "queues": ", ".join(worker.queues) if worker.queues else "* (all)",
+        "concurrency": f"{options.concurrency} thread(s), prefetch {prefetch}",
+        "wake-ups": wakeups,
+        "scheduler": (
+            f"every {bgtasks_settings.SCHEDULER_INTERVAL:g} s"
+            if options.scheduler
+            else "off"
+        ),
+        "maintenance": (
+            f"rescue every {bgtasks_settings.HEARTBEAT_INTERVAL:g} s "
+            f"(workers silent {bgtasks_settings.WORKER_TIMEOUT:g} s are dead), "
+            f"prune every {bgtasks_settings.PRUNE_INTERVAL:g} s"
+            if options.maintenance
+            else "off"
+        ),
+    }
 
 
 class Command(BaseCommand):
@@ -39,9 +70,7 @@ class Command(BaseCommand):
             return
         worker = Worker(worker_options)
         if options["verbosity"]:
-            self._print_banner(
-                f"django-bgtasks {__version__} worker", worker.describe()
-            )
+            self._print_banner(f"django-bgtasks {__version__} worker", banner(worker))
         restore = worker.install_signal_handlers()
         if worker_options.supervised:
             # Stop requests come from the supervisor; the terminal's Ctrl-C

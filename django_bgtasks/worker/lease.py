@@ -1,0 +1,103 @@
+"""The worker's lease: its row, which its heartbeat keeps fresh, and the jobs
+the database says it holds. Registered at start; checked when the row goes
+missing (another worker judged this one dead, or it was deleted by hand);
+given back at the end."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+from .. import __version__
+from ..db import retry_until_done
+from ..exceptions import JobInterrupted
+from ..models import Job, WorkerProcess
+from .ledger import Ledger
+
+logger = logging.getLogger("django_bgtasks.worker")
+
+
+class Lease:
+    """The row of worker ``worker_id`` on database ``using``."""
+
+    def __init__(
+        self,
+        *,
+        worker_id: str,
+        using: str,
+        queues: list[str] | None,
+        concurrency: int,
+        ledger: Ledger,
+    ):
+        self.worker_id = worker_id
+        self.using = using
+        self.queues = queues
+        self.concurrency = concurrency
+        self.ledger = ledger
+        self.row: WorkerProcess | None = None  # once registered
+
+    def register(self) -> WorkerProcess:
+        """Add the worker's row (a dead worker's under the same id is taken
+        over; a live one's raises WorkerIdInUse)."""
+        self.row = WorkerProcess.objects.db_manager(self.using).register(
+            worker_id=self.worker_id,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            queues=self.queues,
+            concurrency=self.concurrency,
+            version=__version__,
+        )
+        return self.row
+
+    def row_lost(self) -> WorkerProcess | None:
+        """The heartbeat found the row gone. If the jobs the worker holds
+        are still its own (the row was deleted by hand), register again and
+        return the row; if they were rescued, return None: the process must
+        end before they run twice."""
+        held = self.ledger.held_ids()
+        still_held = (
+            Job.objects.using(self.using)
+            .running()
+            .filter(pk__in=held, worker_id=self.worker_id)
+        )
+        if still_held.count() == len(held):
+            return self.register()
+        logger.error(
+            "Worker %s was judged dead and its jobs were rescued: ending this "
+            "process so they do not run twice",
+            self.worker_id,
+        )
+        return None
+
+    def give_back(self, *, within: float = 10.0) -> None:
+        """Put the jobs the database says the worker holds back to READY
+        (asked of the database, not of the ledger: a stop can land between
+        a claim's commit and its return), and remove the row; for at most
+        ``within`` seconds, so a database that stays down does not keep the
+        worker alive."""
+        give_up = threading.Event()
+        timer = threading.Timer(within, give_up.set)
+        timer.daemon = True
+        timer.start()
+        steps = [
+            ("putting unfinished jobs back", self._release_unfinished),
+            ("unregistering the worker", self._unregister),
+        ]
+        for what, step in steps:
+            try:
+                retry_until_done(step, using=self.using, what=what, give_up=give_up)
+            except Exception:
+                logger.exception("Failed %s", what)
+        timer.cancel()
+
+    def _release_unfinished(self) -> None:
+        released = self.row.release_jobs(
+            JobInterrupted("The worker stopped before the job finished.")
+        )
+        if released:
+            logger.warning("Put %d unfinished job(s) back to READY", released)
+
+    def _unregister(self) -> None:
+        WorkerProcess.objects.db_manager(self.using).filter(pk=self.worker_id).delete()
