@@ -452,9 +452,9 @@ def test_claims_wait_while_outcomes_wait_for_the_database(monkeypatch):
         wait_until(
             lambda: (
                 (counts := worker.ledger.counts())["writing"] >= 3
-                and not counts["waiting"] + counts["running"]
+                and not counts["waiting"] + counts["running"] + counts["reserved"]
             ),
-            message="a batch waiting, and the jobs held run",
+            message="a batch waiting, the jobs held run, no claim under way",
         )
         claims = hooks["claims"]
         # Five rounds of the main loop more: it claims nothing.

@@ -24,24 +24,25 @@ WORKER_ID_MAX_LENGTH = 95  # WorkerProcess.id holds 100: "-N" for children
 # Argument types: each turns a command-line string into a value or refuses it.
 
 
-def positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value!r} is not 1 or more")
-    return number
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """The argument type of whole numbers from ``minimum`` up."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{value!r} is not a whole number"
+            ) from None
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"{value!r} is not {minimum} or more")
+        return number
+
+    return parse
 
 
-def non_negative_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"{value!r} is not 0 or more")
-    return number
+positive_int = whole_number(1)
+non_negative_int = whole_number(0)
 
 
 def seconds(value: str) -> float:
