@@ -40,6 +40,8 @@ class Claimer:
         queues: list[str] | None,
         hooks: Hooks,
     ):
+        # Read-only but started_receivers. Claims run on the main loop's
+        # thread and the listener's, each on its own connection.
         self.ledger = ledger
         self.using = using
         self.worker_id = worker_id

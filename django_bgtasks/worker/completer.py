@@ -66,6 +66,7 @@ class Completer(threading.Thread):
         self.ledger = ledger
         self.hooks = hooks
         self.give_up = give_up
+        # The job threads put, this thread takes; the rest is read-only.
         self._finished: queue.SimpleQueue[Finished | None] = queue.SimpleQueue()
 
     def submit(self, finished: Finished) -> None:

@@ -22,6 +22,7 @@ class Heartbeat(threading.Thread):
 
     def __init__(self, *, process, interval: float, using: str, on_lost):
         super().__init__(name="bgtasks-heartbeat", daemon=True)
+        # This thread's own but the stop event, set from any thread.
         self.process = process
         self.interval = interval
         self.using = using

@@ -36,7 +36,9 @@ class Lease:
         self.queues = queues
         self.concurrency = concurrency
         self.ledger = ledger
-        self.row: WorkerProcess | None = None  # once registered
+        # Written by the main thread before the heartbeat starts, then by
+        # the heartbeat's thread alone (registering again).
+        self.row: WorkerProcess | None = None
 
     def register(self) -> WorkerProcess:
         """Add the worker's row (a dead worker's under the same id is taken

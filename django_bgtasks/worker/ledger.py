@@ -122,6 +122,7 @@ class Ledger:
         under way to land (their jobs are then held like the others).
         Returns whether none is under way."""
         deadline = time.monotonic() + wait
+        self._wake.set()
         with self._lock:
             self._slots.close()
             while self._slots.reserved:
@@ -129,7 +130,6 @@ class Ledger:
                 if left <= 0:
                     return False
                 self._claim_landed.wait(left)
-        self._wake.set()
         return True
 
     def notified(self, priority: int | None) -> Notice:
@@ -294,8 +294,11 @@ class Ledger:
     def written(self, attempts: list[Attempt]) -> None:
         """The outcomes of ``attempts`` are committed (or given up on)."""
         with self._lock:
-            for attempt in attempts:
-                del self._writing[attempt.job.pk]
-            wake = self._slots.outcomes_written(len(attempts))
+            # An attempt the worker dropped meanwhile is written already.
+            count = sum(
+                self._writing.pop(attempt.job.pk, None) is not None
+                for attempt in attempts
+            )
+            wake = self._slots.outcomes_written(count)
         if wake:
             self._wake.set()

@@ -25,6 +25,7 @@ class Listener(threading.Thread):
 
     def __init__(self, using: str, queues: list[str] | None, on_notify):
         super().__init__(name="bgtasks-listener", daemon=True)
+        # This thread's own but the stop event, set from any thread.
         self.using = using
         self.queues = None if queues is None else set(queues)
         self.on_notify = on_notify

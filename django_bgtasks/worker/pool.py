@@ -40,6 +40,7 @@ class JobThreads:
         started_receivers: Callable[[], Receivers],
         give_up: threading.Event,
     ):
+        # Read-only; each thread's state is its own (the attempt it runs).
         self.ledger = ledger
         self.completer = completer
         self.started_receivers = started_receivers

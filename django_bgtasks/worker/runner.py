@@ -91,12 +91,16 @@ class Worker:
         **option_values,
     ):
         options = replace(options or WorkerOptions(), **option_values)
+        # Set here, then only read: options, ids, the parts below (each
+        # thread-safe, or owned as its docstring says).
         self.options = options
         self.worker_id = options.worker_id or default_worker_id()
         self.queues = options.queue_list
         self.poll_interval = options.idle_poll_interval
         self.using = router.db_for_write(Job)
         self.hooks = hooks or Hooks()
+        # How run() ends: raised (never lowered) by the main thread and by
+        # the thread that takes stop requests.
         self.exit = WorkerExit.STOPPED
         self.ledger = Ledger(
             Slots(
@@ -142,7 +146,7 @@ class Worker:
     def stop(self) -> None:
         """Stop claiming; let running jobs finish (within shutdown_timeout)."""
         self._stopping.set()
-        self.ledger.wake()
+        self.ledger.close()  # and wakes the main loop
 
     def force_stop(self) -> None:
         """Stop at once: running jobs are put back, not waited for."""
