@@ -499,16 +499,31 @@ def test_a_job_thread_keeps_its_connection_whatever_conn_max_age_says(max_age):
     """A worker is not a request: its threads keep their database
     connections from job to job (Django's default CONN_MAX_AGE = 0 would
     close them after each), and replace one a task left unusable."""
-    results = [tasks.connection_identity.enqueue() for _ in range(3)]
-    broken = tasks.connection_identity.using(max_attempts=1).enqueue(break_it=True)
-    after = tasks.connection_identity.using(priority=-1).enqueue()
+    hooks = RecordedHooks()
+    worker = Worker(concurrency=1, poll_interval=0.05, hooks=hooks)
+
+    def run(**options):
+        """A job run on the worker's one thread, after the ones before."""
+        written = hooks["jobs_written"]
+        task = tasks.connection_identity.using(max_attempts=1)
+        result = task.enqueue(**options)
+        hooks.wait_for("jobs_written", written + 1)
+        result.refresh()
+        return result
+
     with override_database_setting("CONN_MAX_AGE", max_age):
-        run_in_process(concurrency=1)
-    identities = {result.refresh() or result.return_value for result in results}
+        thread = threading.Thread(target=worker.run)
+        thread.start()
+        try:
+            kept = [run() for _ in range(3)]
+            broken = run(break_it=True)
+            after = run()
+        finally:
+            worker.stop()
+            thread.join(timeout=30)
+    identities = {result.return_value for result in kept}
     assert len(identities) == 1, identities  # one session for the three
-    broken.refresh()
     assert broken.status == TaskResultStatus.FAILED
-    after.refresh()
     assert after.status == TaskResultStatus.SUCCESSFUL
     assert after.return_value not in identities  # a fresh one
 
