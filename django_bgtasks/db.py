@@ -16,7 +16,7 @@ import threading
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
-from .private_api import keep_open, skip_health_check
+from .private_api import keep_open, saw_error, skip_health_check
 
 logger = logging.getLogger("django_bgtasks.worker")
 
@@ -42,7 +42,7 @@ def tidy_connections() -> None:
     for connection in connections.all(initialized_only=True):
         if connection.connection is None:
             continue
-        if connection.errors_occurred:
+        if saw_error(connection):
             discard_connection(connection.alias)
         else:
             keep_open(connection)

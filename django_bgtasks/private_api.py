@@ -15,8 +15,9 @@ so an upgrade that breaks one is caught by the suite, not in production:
   arguments that are JSON already);
 - ``Receivers``: a signal's receivers looked up once per batch
   (``Signal._live_receivers``), not once per send;
-- ``skip_health_check`` and ``keep_open``: a connection's health check and
-  ``CONN_MAX_AGE`` deadline (``health_check_done``, ``close_at``).
+- ``skip_health_check``, ``keep_open`` and ``saw_error``: a connection's
+  health check, its ``CONN_MAX_AGE`` deadline and whether a query on it
+  failed (``health_check_done``, ``close_at``, ``errors_occurred``).
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ def skip_health_check(connection) -> None:
     """Count ``connection`` (open) as health-checked, so its next query is
     not preceded by ``CONN_HEALTH_CHECKS``' round trip."""
     connection.health_check_done = True
+
+
+def saw_error(connection) -> bool:
+    """Whether a query on ``connection`` failed (but for a data or integrity
+    error) since its last commit or rollback: it may be unusable."""
+    return connection.errors_occurred
 
 
 def keep_open(connection) -> None:

@@ -154,9 +154,12 @@ def chaos(context, label, pause=0.0):
 
 @task
 def connection_identity(break_it: bool = False) -> str:
-    """Which database session this job's thread uses (the server's id for
-    it; on SQLite, the connection object's); ``break_it``: end that session
-    from inside, as a server restart would, and fail."""
+    """Which database session this job's thread uses: the server's id for
+    it, or on SQLite a random mark kept in a temporary table, which lives as
+    long as its connection; ``break_it``: end that session from inside, as a
+    server restart would, and fail."""
+    import uuid
+
     from django.db import connection
 
     with connection.cursor() as cursor:
@@ -165,12 +168,14 @@ def connection_identity(break_it: bool = False) -> str:
         elif connection.vendor == "mysql":
             cursor.execute("SELECT CONNECTION_ID()")
         else:
-            cursor.execute("SELECT 1")
-        identity = str(
-            id(connection.connection)
-            if connection.vendor == "sqlite"
-            else cursor.fetchone()[0]
-        )
+            cursor.execute("CREATE TEMP TABLE IF NOT EXISTS session_mark (mark)")
+            cursor.execute(
+                "INSERT INTO session_mark SELECT %s "
+                "WHERE NOT EXISTS (SELECT 1 FROM session_mark)",
+                [uuid.uuid4().hex],
+            )
+            cursor.execute("SELECT mark FROM session_mark")
+        identity = str(cursor.fetchone()[0])
         if break_it:
             connection.connection.close()  # behind Django's back
             cursor.execute("SELECT 1")  # fails: errors_occurred

@@ -78,7 +78,7 @@ def test_an_urgent_job_is_claimed_on_the_listeners_thread_while_jobs_run():
 
     job = Job.objects.get(pk=urgent)
     assert job.status == JobStatus.RUNNING and job.worker_id == WORKER_ID
-    assert claimer.ledger.held_ids() == {held, urgent}
+    assert claimer.ledger.unfinished_ids() == {held, urgent}
     assert claimer.ledger.counts()["reserved"] == 0
     assert claimer.hooks["urgent_claims"] == 1
     assert starts_next(claimer.ledger) == urgent  # and the pause is over
@@ -91,7 +91,7 @@ def test_a_job_that_outranks_nothing_held_is_left_to_the_main_loop():
     claimer.notified(0)
 
     assert status(same) == JobStatus.READY
-    assert claimer.ledger.held_ids() == {held}
+    assert claimer.ledger.unfinished_ids() == {held}
 
 
 def test_an_urgent_claim_waits_for_no_health_check(monkeypatch):
@@ -172,4 +172,4 @@ def test_a_closed_worker_leaves_an_urgent_job_alone():
     claimer.notified(100)
 
     assert status(urgent) == JobStatus.READY
-    assert claimer.ledger.held_ids() == {held}
+    assert claimer.ledger.unfinished_ids() == {held}

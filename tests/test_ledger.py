@@ -90,18 +90,21 @@ def test_threads_released_take_the_waiting_jobs_first():
 def test_an_attempt_goes_from_waiting_to_running_to_writing_to_written():
     ledger = Ledger(Slots(threads=2))
     claimed(ledger, job(1), job(2))
-    assert ledger.held_ids() == {1, 2}
+    assert ledger.unfinished_ids() == {1, 2}
     assert ledger.counts() == {"waiting": 2, "running": 0, "writing": 0, "reserved": 0}
     first = ledger.next_attempt()
     assert first.stage is Stage.RUNNING and first.thread_id == threading.get_ident()
     ledger.finished(first, 0.001)
     assert first.stage is Stage.WRITING
     assert ledger.counts() == {"waiting": 1, "running": 0, "writing": 1, "reserved": 0}
+    # An attempt that has ended cannot run twice: it is not unfinished.
+    assert ledger.unfinished_ids() == {2}
     second = ledger.next_attempt()
     ledger.dropped(second)  # the worker exits: no outcome
-    assert ledger.held_ids() == {1} and not ledger.idle
+    assert ledger.unfinished_ids() == set() and not ledger.idle
     ledger.written([first])
-    assert ledger.held_ids() == set() and ledger.idle
+    assert ledger.idle
+    assert ledger.counts() == {"waiting": 0, "running": 0, "writing": 0, "reserved": 0}
     assert ledger.claimed_count == 2
 
 
@@ -152,5 +155,27 @@ def test_close_waits_for_a_claim_under_way_to_land():
     ledger.claimed(reservation, [job(1)])
     closer.join(10)
     assert closed == [True]
-    assert ledger.held_ids() == {1}  # held, to be waited for or given back
+    assert ledger.unfinished_ids() == {1}  # to be waited for or given back
     assert ledger.reserve_for_loop() is None and ledger.reserve_urgent() is None
+
+
+def test_a_failed_urgent_claim_wakes_the_main_loop_for_its_job():
+    """The loop may have done its round while the listener's claim held the
+    urgent job; when that claim fails the job is the loop's, and it is woken
+    to claim it."""
+    ledger = Ledger(Slots(threads=1, prefetch=1))
+    claimed(ledger, job(1))
+    reservation = ledger.reserve_urgent()
+    ledger.clear_wake()  # the loop's round, meanwhile
+    ledger.claim_failed(reservation)
+    assert ledger.wait(0)
+    assert ledger.reserve_for_loop().count == 1  # urgent: claimed alone, now
+
+
+def test_closing_after_the_loop_forgets_a_reservation_it_left():
+    """A second signal can cut the main loop short between its reservation
+    and its claim's return; the claims are closed all the same, at once."""
+    ledger = Ledger(Slots(threads=1))
+    ledger.reserve_for_loop()  # and never returned
+    assert ledger.close(wait=0, loop_done=True)
+    assert ledger.counts()["reserved"] == 0

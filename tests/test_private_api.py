@@ -16,6 +16,7 @@ from django_bgtasks.private_api import (
     Receivers,
     keep_open,
     model_from_row,
+    saw_error,
     send_to_each,
     skip_health_check,
     wrap_cursor,
@@ -166,15 +167,14 @@ def test_model_from_row_makes_what_from_db_makes():
 def test_every_field_of_a_result_is_set_as_init_sets_it():
     tasks.add.enqueue(1, 2)
     job = Job.objects.get()
-    task = task_for_job(job)
-    fast = job_result(job, task)
+    fast = job_result(job, task_for_job(job))
     names = [field.name for field in dataclasses.fields(DatabaseTaskResult)]
-    slow = DatabaseTaskResult(
-        **{name: getattr(fast, name) for name in names if not name.startswith("_")}
-    )
-    for name in names:
-        assert getattr(fast, name) == getattr(slow, name, getattr(fast, name)), name
     assert {name for name in names if hasattr(fast, name)} == set(names)
+    given = {name: getattr(fast, name) for name in names if name != "_return_value"}
+    slow = DatabaseTaskResult(**given)  # what __init__ makes of the same
+    object.__setattr__(slow, "_return_value", fast._return_value)
+    for name in names:
+        assert getattr(fast, name) == getattr(slow, name), name
 
 
 @pytest.mark.django_db
@@ -255,3 +255,13 @@ def test_a_connection_counted_as_checked_is_not_checked(monkeypatch):
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
     assert checks == [1]  # without it, Django checks
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_query_is_seen_on_its_connection():
+    connection.ensure_connection()
+    assert not saw_error(connection)
+    with pytest.raises(DatabaseError), connection.cursor() as cursor:
+        cursor.execute("SELECT * FROM no_such_table")
+    assert saw_error(connection)
+    connection.close()

@@ -21,6 +21,14 @@ def claim(slots: Slots, priorities=None, *, seconds=None) -> Reservation | None:
     return reservation
 
 
+def timed(slots: Slots, job=None, claim=None) -> Slots:
+    """``slots`` with these running averages of a job's time and a
+    claim's, as if measured."""
+    slots.job_seconds, slots.claim_seconds = job, claim
+    slots.retune()
+    return slots
+
+
 def run(slots: Slots, count: int, *, seconds=None, priorities=None) -> None:
     """``count`` waiting jobs (of ``priorities``, default 0) start and
     finish; their outcomes are not yet written."""
@@ -104,7 +112,7 @@ def test_a_full_claim_of_short_jobs_batches_the_next_one():
     """While claims come back full and jobs are short beside a claim, the
     loop waits for several free slots, not one."""
     slots = Slots(threads=16, prefetch=48)
-    slots.job_seconds = 0.002
+    timed(slots, job=0.002)
     claim(slots, seconds=0.003)  # full: a backlog
     assert slots.backlog
     # 16 threads finish 24 jobs during a 3 ms claim: claim at twice that,
@@ -124,7 +132,7 @@ def test_long_jobs_are_claimed_as_each_thread_frees():
     """Jobs long beside a claim: a freed thread is never left waiting for
     others to free."""
     slots = Slots(threads=16)
-    slots.job_seconds = 5.0
+    timed(slots, job=5.0)
     claim(slots, seconds=0.003)
     assert slots.backlog and slots.claim_at == 1
     run(slots, 1, seconds=5.0)
@@ -134,7 +142,7 @@ def test_long_jobs_are_claimed_as_each_thread_frees():
 
 def test_a_short_claim_means_the_queue_is_drained_claim_at_once():
     slots = Slots(threads=16, prefetch=48)
-    slots.job_seconds = 0.002
+    timed(slots, job=0.002)
     claim(slots, seconds=0.003)
     assert slots.claim_at == 32
     run(slots, 2, seconds=0.002)
@@ -151,7 +159,7 @@ def test_a_claim_that_lowers_the_mark_asks_the_loop_to_look_again():
     """Jobs that ended during the claim were held to the old mark and woke
     no one."""
     slots = Slots(threads=4, prefetch=12)
-    slots.job_seconds = 0.001
+    timed(slots, job=0.001)
     reservation = slots.reserve_for_loop()
     slots.claim_returned(reservation, [0] * reservation.count, 0.01)
     assert slots.claim_at > 1
@@ -166,7 +174,7 @@ def test_a_backlog_is_claimed_while_jobs_run_when_outcomes_limit_claims():
     still claims while its jobs run: it waits for part of a batch's worth of
     free slots, not for more than it may ever claim."""
     slots = Slots(threads=4, prefetch=16, max_outcomes=8)
-    slots.job_seconds = 0.001
+    timed(slots, job=0.001)
     claim(slots, seconds=0.01)
     assert slots.capacity == 8 and slots.claim_at <= 4
     run(slots, slots.claim_at, seconds=0.001)
@@ -180,7 +188,7 @@ def test_a_backlog_is_claimed_while_jobs_run_when_outcomes_limit_claims():
 
 def test_fixed_prefetch_is_kept_whatever_the_jobs():
     slots = Slots(threads=2, prefetch=5)
-    slots.job_seconds, slots.claim_seconds = 10.0, 0.001
+    timed(slots, job=10.0, claim=0.001)
     assert slots.capacity == 7
 
 
@@ -193,7 +201,7 @@ def test_adaptive_prefetch_starts_at_none():
 
 def test_adaptive_prefetch_covers_the_jobs_finished_during_claims():
     slots = Slots(threads=2)
-    slots.job_seconds, slots.claim_seconds = 0.001, 0.002
+    timed(slots, job=0.001, claim=0.002)
     # 2 threads finish 4 jobs during a claim; enough for four claims.
     assert slots.jobs_per_claim == 4
     assert slots.prefetch_now == 16
@@ -202,7 +210,7 @@ def test_adaptive_prefetch_covers_the_jobs_finished_during_claims():
 
 def test_adaptive_prefetch_is_bounded():
     slots = Slots(threads=2)
-    slots.job_seconds, slots.claim_seconds = 0.00001, 0.01
+    timed(slots, job=0.00001, claim=0.01)
     assert slots.prefetch_now == AUTO_PREFETCH_MAX
 
 
@@ -210,10 +218,9 @@ def test_adaptive_prefetch_holds_no_job_while_jobs_are_long():
     """A waiting job is one another worker could be running: long jobs are
     not prefetched (at most about 0.1 s of the threads' work is)."""
     slots = Slots(threads=4)
-    slots.job_seconds, slots.claim_seconds = 2.0, 0.002
+    timed(slots, job=2.0, claim=0.002)
     assert slots.prefetch_now == 0
-    slots.job_seconds = 0.05  # 4 threads, 0.1 s: 8 jobs at most
-    slots.claim_seconds = 0.5
+    timed(slots, job=0.05, claim=0.5)  # 4 threads, 0.1 s: 8 jobs at most
     assert slots.prefetch_now == 8
 
 
@@ -284,7 +291,7 @@ def test_the_listener_claims_while_the_loops_claim_is_under_way():
 
 def test_an_urgent_job_wakes_the_loop_as_soon_as_one_slot_frees():
     slots = Slots(threads=1, prefetch=19)
-    slots.job_seconds = 0.001
+    timed(slots, job=0.001)
     claim(slots, seconds=0.05)  # full: claims now wait for 10 free slots
     assert slots.claim_at == 10
     run(slots, 1, seconds=0.001)
@@ -312,6 +319,22 @@ def test_jobs_dropped_while_exiting_free_their_slots():
     claim(slots, [0, 5, 9])
     slots.job_started(9)
     slots.job_dropped()  # the running one
-    slots.job_dropped(priority=5)  # a waiting one
-    assert (slots.waiting, slots.running) == (1, 0)
+    assert (slots.waiting, slots.running) == (2, 0)
     assert slots.notified(1) is Notice.CLAIM_HERE  # 0 still waits
+
+
+def test_the_mark_follows_a_prefetch_that_shrank():
+    """Jobs turn long after a backlog of short ones: the prefetch shrinks,
+    and the loop claims as threads free, not once all have."""
+    slots = Slots(threads=4)
+    timed(slots, job=0.001)
+    claim(slots, seconds=0.004)  # full: a backlog, short jobs
+    assert slots.capacity > 40 and slots.claim_at > 2
+    run(slots, slots.waiting - 4, seconds=0.001)  # the short ones end
+    slots.outcomes_written(slots.writing)
+    run(slots, 1, seconds=1.0)  # then long ones
+    slots.outcomes_written(1)
+    assert slots.prefetch_now == 0 and slots.capacity == 4
+    assert slots.held == 3
+    assert slots.loop_has_work()
+    assert slots.reserve_for_loop().count == 1

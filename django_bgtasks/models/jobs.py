@@ -246,8 +246,8 @@ class Job(models.Model):
         """Record how the attempt ended, if this job's worker still holds it;
         returns the transition made, or None if the job was taken away (put
         back, rescued) and the outcome was discarded."""
-        made = transition(self, outcome, now=now or timezone.now())
-        return made if self._update_if_held(**made.changes) else None
+        change = transition(self, outcome, now=now or timezone.now())
+        return change if self._update_if_held(**change.changes) else None
 
     def set_progress(
         self, current: float, total: float | None = None, message: str = ""

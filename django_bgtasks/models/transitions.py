@@ -135,10 +135,6 @@ class Transition:
     changes: dict[str, Any]
 
     @property
-    def status(self) -> str | None:
-        return self.changes.get("status")
-
-    @property
     def finishes(self) -> bool:
         """Whether the job ends here (the framework's ``task_finished``)."""
         return self.verdict in (Verdict.SUCCEEDED, Verdict.FAILED, Verdict.CANCELLED)

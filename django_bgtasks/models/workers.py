@@ -121,9 +121,9 @@ class WorkerProcess(models.Model):
     def beat(self) -> bool:
         """Refresh the heartbeat. False if the row is gone."""
         return bool(
-            WorkerProcess.objects.filter(pk=self.pk).update(
-                last_heartbeat_at=timezone.now(), state=self.state
-            )
+            WorkerProcess.objects.using(self._state.db)
+            .filter(pk=self.pk)
+            .update(last_heartbeat_at=timezone.now(), state=self.state)
         )
 
     def release_jobs(self, reason: BaseException | None = None) -> int:

@@ -79,25 +79,27 @@ def _complete_postgresql(connection, worker_id, completions) -> set[int]:
 @functools.cache
 def _update_sql(using: str, names: tuple[str, ...]) -> str:
     """The UPDATE writing the columns of the fields ``names`` from a JSON
-    array of records ``{"id", "attempts", column...}``."""
+    array of records ``{"_id", "_attempts", column...}``."""
     connection = connections[using]
     fields = [Job._meta.get_field(name) for name in names]
     quote = connection.ops.quote_name
     assignments = ", ".join(
         f"{quote(field.column)} = done.{quote(field.column)}" for field in fields
     )
+    # The job's id and attempt are named apart from the columns changed
+    # (an outcome may one day write ``attempts``).
     record = ", ".join(
         [
-            "id bigint",
-            "attempts integer",
+            "_id bigint",
+            "_attempts integer",
             *(f"{quote(field.column)} {field.db_type(connection)}" for field in fields),
         ]
     )
     return f"""
         UPDATE {quote(Job._meta.db_table)} AS job SET {assignments}
         FROM jsonb_to_recordset(%s::jsonb) AS done({record})
-        WHERE job.id = done.id AND job.status = %s AND job.worker_id = %s
-            AND job.attempts = done.attempts
+        WHERE job.id = done._id AND job.status = %s AND job.worker_id = %s
+            AND job.attempts = done._attempts
         RETURNING job.id
     """
 
@@ -110,8 +112,8 @@ def _json_batch(names: tuple[str, ...], completions: list[Completion]) -> str:
     return json.dumps(
         [
             {
-                "id": completion.job_id,
-                "attempts": completion.attempts,
+                "_id": completion.job_id,
+                "_attempts": completion.attempts,
                 **{
                     column: _json_value(value)
                     for column, value in zip(
@@ -125,6 +127,9 @@ def _json_batch(names: tuple[str, ...], completions: list[Completion]) -> str:
 
 
 def _json_value(value: Any) -> Any:
+    """A column's value in the JSON document: JSON as it is, a datetime as
+    ISO text; anything else raises TypeError (json.dumps), and the caller
+    records the batch's jobs one by one."""
     return value.isoformat() if isinstance(value, datetime) else value
 
 

@@ -91,12 +91,6 @@ class Claimer:
             return  # the main loop claims it once a slot frees
         self.ledger.pause_starts()
         try:
-            # This thread's connection waits unused between claims: not one
-            # an error left unusable. No health check: its round trip would
-            # delay the urgent job (by a millisecond or more under load); a
-            # connection broken meanwhile fails the claim, and the main loop
-            # makes it instead.
-            close_if_unusable(self.using)
             self._claim(reservation)
         except Exception:
             logger.exception("Claiming an urgent job failed")
@@ -104,8 +98,17 @@ class Claimer:
             self.ledger.resume_starts()
 
     def _claim(self, reservation: Reservation) -> list[Job] | None:
+        """Claim with ``reservation``; the ledger hears exactly one of
+        ``claimed`` and ``claim_failed``."""
         started = time.monotonic()
         try:
+            if not reservation.by_loop:
+                # The listener's connection waits unused between claims: not
+                # one an error left unusable. No health check: its round
+                # trip would delay the urgent job (by a millisecond or more
+                # under load); a connection broken meanwhile fails the
+                # claim, and the main loop makes it instead.
+                close_if_unusable(self.using)
             jobs = claim_jobs(
                 self.using,
                 worker_id=self.worker_id,

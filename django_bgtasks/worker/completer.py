@@ -34,7 +34,7 @@ class Finished:
     attempt: Attempt
     task: Any  # None if the job's task could not be found
     outcome: Succeeded | Failed
-    transition: Transition
+    change: Transition  # what the outcome writes to the job
     task_result: Any  # the one task_started was sent with, if it was
     elapsed_ms: float
 
@@ -106,7 +106,7 @@ class Completer(threading.Thread):
             )  # fmt: skip
             return
         completions = [
-            Completion(f.attempt.job.pk, f.attempt.job.attempts, f.transition.changes)
+            Completion(f.attempt.job.pk, f.attempt.job.attempts, f.change.changes)
             for f in batch
         ]
         try:
@@ -116,9 +116,10 @@ class Completer(threading.Thread):
                 what=f"recording the outcomes of {len(batch)} job(s)",
                 give_up=self.give_up,
             )
-        except DatabaseError:
-            # The database is up but refuses something in the batch: record
-            # the jobs one by one, so one bad outcome harms only its job.
+        except (DatabaseError, TypeError, ValueError):
+            # The database is up but refuses something in the batch (or a
+            # value could not be sent): record the jobs one by one, so one
+            # bad outcome harms only its job.
             for finished in batch:
                 self._complete_one(finished)
             return
@@ -128,16 +129,16 @@ class Completer(threading.Thread):
         for finished in batch:
             job = finished.attempt.job
             if job.pk in applied:
-                for name, value in finished.transition.changes.items():
+                for name, value in finished.change.changes.items():
                     setattr(job, name, value)
-                report(finished, finished.transition, receivers)
+                report(finished, finished.change, receivers)
             else:
                 report(finished, None, receivers)
 
     def _complete_one(self, finished: Finished) -> None:
         job = finished.attempt.job
         try:
-            made = self._record(job, finished.outcome)
+            change = self._record(job, finished.outcome)
         except DatabaseError as exc:
             # Refused again: fail the job with an error it will take, rather
             # than leave it RUNNING.
@@ -150,8 +151,10 @@ class Completer(threading.Thread):
                 exc,
             )
             finished.outcome = Failed(error, retryable=False)
-            made = self._record(job, finished.outcome)
-        report(finished, made, Receivers(task_finished, DatabaseBackend))
+            change = self._record(job, finished.outcome)
+        if change is None and self.give_up.is_set():
+            return  # the worker is exiting: nothing was recorded
+        report(finished, change, Receivers(task_finished, DatabaseBackend))
 
     def _record(self, job, outcome) -> Transition | None:
         return retry_until_done(
@@ -162,14 +165,14 @@ class Completer(threading.Thread):
         )
 
 
-def report(finished: Finished, made: Transition | None, receivers: Receivers) -> None:
-    """Log a recorded outcome (``made`` None: the job was taken from this
+def report(finished: Finished, change: Transition | None, receivers: Receivers) -> None:
+    """Log a recorded outcome (``change`` None: the job was taken from this
     worker, its outcome discarded); send ``task_finished`` to ``receivers``
     for a finished job."""
     job = finished.attempt.job
     error = getattr(finished.outcome, "error", None)
     elapsed_ms = finished.elapsed_ms
-    verdict = made.verdict if made is not None else None
+    verdict = change.verdict if change is not None else None
     if verdict is Verdict.SUCCEEDED:
         if logger.isEnabledFor(logging.INFO):
             logger.info(
@@ -191,7 +194,7 @@ def report(finished: Finished, made: Transition | None, receivers: Receivers) ->
             "Job %s was taken from this worker before it finished (%s); its "
             "outcome is discarded", job.pk, describe(job),
         )  # fmt: skip
-    if finished.task is not None and made is not None and made.finishes:
+    if finished.task is not None and change is not None and change.finishes:
         task_result = finished.task_result
         if task_result is None:
             task_result = job_result(job, finished.task)

@@ -80,7 +80,3 @@ class RecordedHooks(Hooks):
                     )
                 self._changed.wait(left)
             return self.counts[name]
-
-    def mark(self, name: str) -> int:
-        """The count of ``name`` now: wait for ``mark + n`` to see n more."""
-        return self[name]

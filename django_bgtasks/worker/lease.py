@@ -58,7 +58,7 @@ class Lease:
         are still its own (the row was deleted by hand), register again and
         return the row; if they were rescued, return None: the process must
         end before they run twice."""
-        held = self.ledger.held_ids()
+        held = self.ledger.unfinished_ids()
         still_held = (
             Job.objects.using(self.using)
             .running()

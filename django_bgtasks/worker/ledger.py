@@ -12,7 +12,7 @@ main loop          claim reserved / returned / failed,    ``wait``, what is
 listener           notified; its own claims, as above     claim here?
 job threads        an attempt taken, finished, dropped    the next attempt
 completer          outcomes written
-heartbeat                                                 the jobs held
+heartbeat                                                 the unfinished jobs
 =================  =====================================  ===================
 
 Every field is private to the ledger and read or written only under its
@@ -113,19 +113,24 @@ class Ledger:
             self._wake.set()
 
     def claim_failed(self, reservation: Reservation) -> None:
+        """The claim made with ``reservation`` failed; an urgent job it was
+        for is left to the main loop, which is woken for it."""
         with self._lock:
-            self._slots.claim_failed(reservation)
+            look_again = self._slots.claim_failed(reservation)
             self._claim_landed.notify_all()
+        if look_again:
+            self._wake.set()
 
-    def close(self, *, wait: float = 0.0) -> bool:
+    def close(self, *, wait: float = 0.0, loop_done: bool = False) -> bool:
         """Claim nothing more; wait up to ``wait`` seconds for the claims
         under way to land (their jobs are then held like the others).
-        Returns whether none is under way."""
+        ``loop_done``: called by the main loop once out of its loop (none of
+        its own claims is under way). Returns whether none is under way."""
         deadline = time.monotonic() + wait
         self._wake.set()
         with self._lock:
-            self._slots.close()
-            while self._slots.reserved:
+            self._slots.close(loop_done=loop_done)
+            while self._slots.reserved > 0:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -154,9 +159,6 @@ class Ledger:
     def clear_wake(self) -> None:
         """At the top of the main loop's round: events from now on wake it."""
         self._wake.clear()
-
-    def wake(self) -> None:
-        self._wake.set()
 
     def wait(self, seconds: float) -> bool:
         """Sleep until an event gives the main loop work, or ``seconds``;
@@ -211,11 +213,13 @@ class Ledger:
                 "reserved": slots.reserved,
             }
 
-    def held_ids(self) -> set[int]:
-        """The ids of every job claimed whose outcome is not yet written."""
+    def unfinished_ids(self) -> set[int]:
+        """The ids of the jobs claimed that wait for a thread or run: the
+        ones that would run twice if the database gave them to another
+        worker (an attempt that has ended cannot)."""
         with self._lock:
             waiting = {entry[3] for entry in self._waiting if entry[0] == 0}
-            return waiting | self._running.keys() | self._writing.keys()
+            return waiting | self._running.keys()
 
     # Job threads ------------------------------------------------------------------
 
@@ -263,19 +267,18 @@ class Ledger:
             self._wake.set()
 
     def dropped(self, attempt: Attempt) -> None:
-        """A held attempt leaves without an outcome (the worker is exiting,
-        or the worker itself failed around it)."""
+        """An attempt taken by a thread leaves without an outcome to write
+        (the worker is exiting, or failed around it)."""
         pk = attempt.job.pk
         with self._lock:
             if attempt.stage is Stage.RUNNING:
                 del self._running[pk]
                 self._timed.pop(pk, None)
                 wake = self._slots.job_dropped()
-            elif attempt.stage is Stage.WRITING:
-                del self._writing[pk]
+            elif self._writing.pop(pk, None) is not None:
                 wake = self._slots.outcomes_written(1)
             else:
-                return  # still waiting: it is dropped when a thread takes it
+                return
         if wake:
             self._wake.set()
 

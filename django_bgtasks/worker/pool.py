@@ -102,8 +102,8 @@ class JobThreads:
             )
             self.ledger.dropped(attempt)
             return
-        made = transition(job, outcome, now=timezone.now())
+        change = transition(job, outcome, now=timezone.now())
         self.ledger.finished(attempt, seconds)
         self.completer.submit(
-            Finished(attempt, task, outcome, made, task_result, seconds * 1000)
+            Finished(attempt, task, outcome, change, task_result, seconds * 1000)
         )

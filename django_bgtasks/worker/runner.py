@@ -33,6 +33,7 @@ import logging
 import threading
 import time
 from dataclasses import replace
+from typing import Protocol
 
 from django.db import connections, router
 
@@ -65,6 +66,14 @@ logger = logging.getLogger("django_bgtasks.worker")
 
 # The order in which the worker's threads are told to stop.
 SHUTDOWN_ORDER = ("listener", "maintenance", "job threads", "completer", "heartbeat")
+
+
+class Part(Protocol):
+    """A thread of the worker: started once, told to stop once."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 class WorkerExit(enum.IntEnum):
@@ -132,7 +141,7 @@ class Worker:
         # The main thread's own (the signal handler runs there too).
         self._shutting_down = False
         self._trimmed_at = 0  # jobs claimed when memory was last given back
-        self._parts: dict[str, object] = {}  # the threads started, by name
+        self._parts: dict[str, Part] = {}  # the threads started, by name
         self.stop_requests = StopRequests(
             self._on_stop_request, may_interrupt=lambda: not self._shutting_down
         )
@@ -211,7 +220,7 @@ class Worker:
             self._loop()
             # No more claims; one under way lands first (for up to 10 s), so
             # its jobs are waited for or given back with the others.
-            if not self.ledger.close(wait=10):
+            if not self.ledger.close(wait=10, loop_done=True):
                 logger.warning("A claim did not return within 10 s")
             self._wait_for_held_jobs()
         finally:
@@ -257,6 +266,7 @@ class Worker:
         was_idle = False
         while not self._stopping.is_set():
             self.ledger.clear_wake()
+            self._check_memory()
             claimed = self.claimer.claim_for_loop()
             if claimed is None:
                 # A lost connection, or a row the database will not update:
@@ -282,7 +292,6 @@ class Worker:
                     self._went_idle()
                 self.hooks.idle_poll()
             was_idle = idle and not claimed
-            self._check_memory()
             wait = self._check_deadlines()
             self.hooks.waiting()
             self.ledger.wait(wait)
@@ -296,11 +305,14 @@ class Worker:
 
     def _check_memory(self) -> None:
         limit = self.options.max_memory
-        if limit and not self._stopping.is_set() and memory_mb() > limit:
+        if not limit or self._stopping.is_set():
+            return
+        used = memory_mb()
+        if used > limit:
             logger.warning(
                 "The process uses %.0f MB, over --max-memory-per-child %d MB: "
                 "stopping after the running jobs",
-                memory_mb(),
+                used,
                 limit,
             )
             self.stop()
@@ -354,16 +366,17 @@ class Worker:
 
     def _shut_down(self) -> None:
         self._shutting_down = True
+        # From here on no job thread starts a job or records an outcome: what
+        # is unfinished is given back, perhaps to another worker.
+        self._forced.set()
         for name in SHUTDOWN_ORDER:
             part = self._parts.get(name)
             if part is not None:
                 part.stop()
-        # From here on no job thread starts a job or records an outcome: what
-        # is unfinished is given back, perhaps to another worker.
-        self._forced.set()
-        self.ledger.close(wait=10)  # what a claim under way takes goes back too
+        # What a claim under way takes is given back too.
+        self.ledger.close(wait=10, loop_done=True)
         heartbeat = self._parts.get("heartbeat")
-        if heartbeat is not None:
+        if isinstance(heartbeat, threading.Thread):
             # Before the row goes, or a last beat might register it again.
             heartbeat.join(timeout=5)
         self.lease.give_back(within=10.0)

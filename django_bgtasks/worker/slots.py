@@ -54,8 +54,11 @@ CLAIMS_COVERED = 4
 # ... and no more than the threads get through in this many seconds: a
 # prefetched job waits about that long at most.
 PREFETCH_WAIT = 0.1
-# The weight of a new duration in the running averages.
+# The weight of a new duration in the running averages; a job longer than
+# the average weighs more, so that prefetching stops within a job or two of
+# long ones, and resumes over a few dozen short ones.
 SMOOTHING = 0.1
+RISING = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +90,9 @@ class Slots:
     waiting: int = 0  # claimed, waiting for a thread
     running: int = 0  # on a thread
     writing: int = 0  # ended; outcome not yet committed
-    reserved: int = 0  # held for claims under way
+    reserved: int = 0  # held for claims under way (the loop's and the listener's)
+    loop_reserved: int = 0  # of which the main loop's
     claimed: int = 0  # claimed since the start
-    claim_at: int = 1  # free slots at which the main loop claims (rule 3)
     backlog: bool = False  # the main loop's last claim came back full
     urgent: bool = False  # an urgent job may be due (rule 5)
     loop_claiming: bool = False  # the main loop's claim is under way
@@ -100,7 +103,16 @@ class Slots:
     # Running averages: an attempt's time on its thread, a claim's round trip.
     job_seconds: float | None = None
     claim_seconds: float | None = None
+    # Worked out from the above by retune(), as they change: the jobs held
+    # beyond the threads (rule 4), and the free slots at which the main
+    # loop claims (rule 3).
+    prefetch_now: int = field(default=0, init=False)
+    claim_at: int = field(default=1, init=False)
+    _tuned_for: float | None = field(default=None, init=False, repr=False)
     _waiting_priorities: Counter = field(default_factory=Counter, repr=False)
+
+    def __post_init__(self):
+        self.retune()
 
     # Sizes ---------------------------------------------------------------------
 
@@ -126,16 +138,27 @@ class Slots:
             return 0.0
         return self.threads * self.claim_seconds / self.job_seconds
 
-    @property
-    def prefetch_now(self) -> int:
-        """The jobs held beyond the threads (rule 4)."""
+    def retune(self) -> None:
+        """Work out the prefetch (rule 4) and the claim mark (rule 3) from
+        the estimates. Called when they change: a claim's return, and a job
+        time that moved by more than a quarter since."""
+        self._tuned_for = self.job_seconds
         if self.prefetch is not None:
-            return self.prefetch
-        if not self.job_seconds:
-            return 0
-        wanted = math.ceil(CLAIMS_COVERED * self.jobs_per_claim)
-        short_wait = int(self.threads * PREFETCH_WAIT / self.job_seconds)
-        return max(0, min(wanted, short_wait, AUTO_PREFETCH_MAX))
+            self.prefetch_now = self.prefetch
+        elif not self.job_seconds:
+            self.prefetch_now = 0
+        else:
+            wanted = math.ceil(CLAIMS_COVERED * self.jobs_per_claim)
+            short_wait = int(self.threads * PREFETCH_WAIT / self.job_seconds)
+            self.prefetch_now = max(0, min(wanted, short_wait, AUTO_PREFETCH_MAX))
+        # During a backlog, claim once the slots the threads free during
+        # about two claims are free (at least one, at most half the
+        # capacity); otherwise at once.
+        if self.backlog:
+            twice = math.ceil(2 * self.jobs_per_claim)
+            self.claim_at = max(1, min(twice, self.capacity // 2))
+        else:
+            self.claim_at = 1
 
     @property
     def capacity(self) -> int:
@@ -184,9 +207,17 @@ class Slots:
     def _reserve(self, count: int, *, by_loop: bool) -> Reservation:
         reservation = Reservation(count, by_loop, self.urgent)
         self.reserved += count
-        self.loop_claiming = self.loop_claiming or by_loop
+        if by_loop:
+            self.loop_reserved += count
+            self.loop_claiming = True
         self.urgent = False  # the claim takes the best due jobs
         return reservation
+
+    def _release(self, reservation: Reservation) -> None:
+        self.reserved -= reservation.count
+        if reservation.by_loop:
+            self.loop_reserved -= reservation.count
+            self.loop_claiming = False
 
     def claim_returned(
         self,
@@ -198,37 +229,30 @@ class Slots:
         round trip). Returns whether the main loop must look again before it
         waits: it now claims at fewer free slots, and the jobs that ended
         during the claim were held to the old mark."""
-        self.reserved -= reservation.count
+        self._release(reservation)
         self.waiting += len(priorities)
         self.claimed += len(priorities)
         self._waiting_priorities.update(priorities)
         if not reservation.by_loop:
             return False
-        self.loop_claiming = False
         if priorities:  # an urgent job is not the head of the backlog
             self.last_claimed_priority = min(priorities)
         if seconds is not None:
             self.claim_seconds = _average(self.claim_seconds, seconds)
         self.backlog = len(priorities) == reservation.count
         old = self.claim_at
-        self.claim_at = self._claim_at()
+        self.retune()
         return self.claim_at < old
 
-    def claim_failed(self, reservation: Reservation) -> None:
+    def claim_failed(self, reservation: Reservation) -> bool:
         """A claim failed (the database); an urgent job it was for is still
-        to claim."""
-        self.reserved -= reservation.count
-        if reservation.by_loop:
-            self.loop_claiming = False
-        self.urgent = self.urgent or reservation.urgent
-
-    def _claim_at(self) -> int:
-        """Rule 3: during a backlog, claim once the slots the threads free
-        during about two claims are free (at least one, at most half the
-        capacity); otherwise at once."""
-        if not self.backlog:
-            return 1
-        return max(1, min(math.ceil(2 * self.jobs_per_claim), self.capacity // 2))
+        to claim. Returns whether the main loop must look again (it may have
+        done its round while the failed claim held the job)."""
+        self._release(reservation)
+        if reservation.urgent or not reservation.by_loop:
+            self.urgent = True
+            return True
+        return False
 
     # Jobs ----------------------------------------------------------------------
 
@@ -243,7 +267,10 @@ class Slots:
         self.running -= 1
         self.writing += 1
         if seconds is not None:
-            self.job_seconds = _average(self.job_seconds, seconds)
+            self.job_seconds = _average(self.job_seconds, seconds, rising=RISING)
+            tuned_for = self._tuned_for
+            if not tuned_for or abs(self.job_seconds - tuned_for) > tuned_for / 4:
+                self.retune()
         return self.loop_has_work()
 
     def outcomes_written(self, count: int) -> bool:
@@ -251,15 +278,10 @@ class Slots:
         self.writing -= count
         return self.loop_has_work()
 
-    def job_dropped(self, priority: int | None = None) -> bool:
-        """A held job leaves without an outcome to write (the worker is
-        exiting; ``priority`` given if it never started); returns
-        ``loop_has_work()``."""
-        if priority is None:
-            self.running -= 1
-        else:
-            self.waiting -= 1
-            self._forget_priority(priority)
+    def job_dropped(self) -> bool:
+        """A running job leaves without an outcome to write (the worker is
+        exiting); returns ``loop_has_work()``."""
+        self.running -= 1
         return self.loop_has_work()
 
     def _forget_priority(self, priority: int) -> None:
@@ -295,12 +317,23 @@ class Slots:
                 return Notice.CLAIM_HERE
         return Notice.WAKE
 
-    def close(self) -> None:
-        """Rule 6: no more claims."""
+    def close(self, *, loop_done: bool = False) -> None:
+        """Rule 6: no more claims. ``loop_done``: the main loop has left its
+        loop, so no claim of its own is under way whatever ``loop_reserved``
+        says (a second signal may have cut it short between its reservation
+        and its return)."""
         self.closed = True
+        if loop_done and self.loop_reserved:
+            self.reserved -= self.loop_reserved
+            self.loop_reserved = 0
+            self.loop_claiming = False
 
 
-def _average(average: float | None, value: float) -> float:
+def _average(
+    average: float | None, value: float, *, rising: float = SMOOTHING
+) -> float:
+    """A running average; ``rising``: the weight of a value above it."""
     if average is None:
         return value
-    return average + SMOOTHING * (value - average)
+    weight = rising if value > average else SMOOTHING
+    return average + weight * (value - average)

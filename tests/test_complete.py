@@ -1,0 +1,88 @@
+"""Outcomes written in batches (``sql/complete.py``): what each writes, only
+to the jobs the worker still holds, all or nothing."""
+
+import pytest
+from django.db import DatabaseError
+from django.utils import timezone
+
+from django_bgtasks.models import Job, JobStatus
+from django_bgtasks.models.transitions import Failed, Succeeded, transition
+from django_bgtasks.sql.claim import claim_jobs
+from django_bgtasks.sql.complete import Completion, complete_jobs
+from tests import tasks
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+WORKER = "completer"
+
+
+def claimed(count: int) -> list[Job]:
+    tasks.add.enqueue_many([((number, 0), {}) for number in range(count)])
+    return claim_jobs("default", worker_id=WORKER, queues=None, limit=count)
+
+
+def completion(job: Job, outcome) -> Completion:
+    change = transition(job, outcome, now=timezone.now())
+    return Completion(job.pk, job.attempts, change.changes)
+
+
+def test_a_mixed_batch_writes_each_outcome():
+    values = [None, "null", [1, "two"], {"a": None}, True, 0, -1.5, "text"]
+    jobs = claimed(len(values) + 2)
+    *succeeding, retrying, failing = jobs
+    batch = [
+        *(
+            completion(job, Succeeded(value))
+            for job, value in zip(succeeding, values, strict=True)
+        ),
+        completion(retrying, Failed(ValueError("again"))),
+        completion(failing, Failed(ValueError("never"), retryable=False)),
+    ]
+
+    applied = complete_jobs("default", WORKER, batch)
+
+    assert applied == {job.pk for job in jobs}
+    for job, value in zip(succeeding, values, strict=True):
+        job.refresh_from_db()
+        assert (job.status, job.worker_id) == (JobStatus.SUCCESSFUL, None)
+        assert job.finished_at is not None
+        assert job.return_value == value
+    # A task returning None stores SQL NULL, as the ORM does.
+    assert Job.objects.filter(pk=succeeding[0].pk, return_value__isnull=True).exists()
+    assert not Job.objects.filter(
+        pk=succeeding[1].pk, return_value__isnull=True
+    ).exists()
+    retrying.refresh_from_db()
+    assert retrying.status == JobStatus.READY and retrying.finished_at is None
+    assert retrying.errors[-1]["exception_class_path"] == "builtins.ValueError"
+    failing.refresh_from_db()
+    assert failing.status == JobStatus.FAILED and failing.finished_at is not None
+
+
+def test_a_job_taken_from_the_worker_is_left_alone():
+    kept, taken, next_attempt = claimed(3)
+    Job.objects.filter(pk=taken.pk).update(status=JobStatus.READY, worker=None)
+    Job.objects.filter(pk=next_attempt.pk).update(attempts=2)  # claimed again
+
+    applied = complete_jobs(
+        "default",
+        WORKER,
+        [completion(job, Succeeded(1)) for job in (kept, taken, next_attempt)],
+    )
+
+    assert applied == {kept.pk}
+    assert Job.objects.get(pk=taken.pk).status == JobStatus.READY
+    assert Job.objects.get(pk=next_attempt.pk).status == JobStatus.RUNNING
+
+
+def test_a_batch_is_written_whole_or_not_at_all():
+    """A row the database refuses (here a status its constraint forbids)
+    leaves every outcome of the batch unwritten, for the completer to
+    record them one by one."""
+    good, bad = claimed(2)
+    refused = Completion(bad.pk, bad.attempts, {"status": "BOGUS", "worker_id": None})
+
+    with pytest.raises(DatabaseError):
+        complete_jobs("default", WORKER, [completion(good, Succeeded(1)), refused])
+
+    assert Job.objects.filter(status=JobStatus.RUNNING).count() == 2
