@@ -31,10 +31,13 @@ def timed(slots: Slots, job=None, claim=None) -> Slots:
 
 def run(slots: Slots, count: int, *, seconds=None, priorities=None) -> None:
     """``count`` waiting jobs (of ``priorities``, default 0) start and
-    finish; their outcomes are not yet written."""
+    finish; with ``seconds`` (each one's time), their outcomes are written
+    too, else they wait to be."""
     for priority in priorities or [0] * count:
         slots.job_started(priority)
-        slots.job_finished(seconds)
+        slots.job_finished()
+    if seconds is not None:
+        slots.outcomes_written(count, [seconds] * count)
 
 
 # Rule 1: capacity -------------------------------------------------------------
@@ -119,11 +122,9 @@ def test_a_full_claim_of_short_jobs_batches_the_next_one():
     # capped at half the capacity.
     assert slots.claim_at == 32
     run(slots, 31, seconds=0.002)
-    slots.outcomes_written(31)
     assert slots.reserve_for_loop() is None  # 31 free: wait
     assert not slots.loop_has_work()
     run(slots, 1, seconds=0.002)
-    slots.outcomes_written(1)
     assert slots.loop_has_work()
     assert slots.reserve_for_loop().count == 32
 
@@ -136,7 +137,6 @@ def test_long_jobs_are_claimed_as_each_thread_frees():
     claim(slots, seconds=0.003)
     assert slots.backlog and slots.claim_at == 1
     run(slots, 1, seconds=5.0)
-    slots.outcomes_written(1)
     assert slots.reserve_for_loop().count == 1
 
 
@@ -146,7 +146,6 @@ def test_a_short_claim_means_the_queue_is_drained_claim_at_once():
     claim(slots, seconds=0.003)
     assert slots.claim_at == 32
     run(slots, 2, seconds=0.002)
-    slots.outcomes_written(2)
     assert slots.reserve_for_loop() is None
     slots.notified(None)  # a wake-up that does not say: claim one now
     reservation = slots.reserve_for_loop()
@@ -164,7 +163,6 @@ def test_a_claim_that_lowers_the_mark_asks_the_loop_to_look_again():
     slots.claim_returned(reservation, [0] * reservation.count, 0.01)
     assert slots.claim_at > 1
     run(slots, slots.claim_at, seconds=0.001)
-    slots.outcomes_written(slots.claim_at)
     reservation = slots.reserve_for_loop()
     assert slots.claim_returned(reservation, [0])  # short: the mark drops
 
@@ -178,7 +176,6 @@ def test_a_backlog_is_claimed_while_jobs_run_when_outcomes_limit_claims():
     claim(slots, seconds=0.01)
     assert slots.capacity == 8 and slots.claim_at <= 4
     run(slots, slots.claim_at, seconds=0.001)
-    slots.outcomes_written(slots.claim_at)
     assert slots.held > 0
     assert slots.reserve_for_loop() is not None
 
@@ -234,7 +231,6 @@ def test_adaptive_prefetch_follows_the_jobs_and_claims_it_times():
     for _ in range(20):  # the jobs get long: the prefetch shrinks to none
         reservation = claim(slots, seconds=0.002)
         run(slots, reservation.count, seconds=3.0)
-        slots.outcomes_written(reservation.count)
     assert slots.prefetch_now == 0
     assert claim(slots).count == 2
 
@@ -295,7 +291,6 @@ def test_an_urgent_job_wakes_the_loop_as_soon_as_one_slot_frees():
     claim(slots, seconds=0.05)  # full: claims now wait for 10 free slots
     assert slots.claim_at == 10
     run(slots, 1, seconds=0.001)
-    slots.outcomes_written(1)
     assert not slots.loop_has_work()
     slots.notified(None)
     assert slots.loop_has_work()
@@ -331,9 +326,7 @@ def test_the_mark_follows_a_prefetch_that_shrank():
     claim(slots, seconds=0.004)  # full: a backlog, short jobs
     assert slots.capacity > 40 and slots.claim_at > 2
     run(slots, slots.waiting - 4, seconds=0.001)  # the short ones end
-    slots.outcomes_written(slots.writing)
     run(slots, 1, seconds=1.0)  # then long ones
-    slots.outcomes_written(1)
     assert slots.prefetch_now == 0 and slots.capacity == 4
     assert slots.held == 3
     assert slots.loop_has_work()

@@ -44,6 +44,10 @@ class Verdict(enum.StrEnum):
     MADE_DUE = "made due"  # by an operator: a delayed job due now
 
 
+# The verdicts that end a job.
+FINISHING = frozenset({Verdict.SUCCEEDED, Verdict.FAILED, Verdict.CANCELLED})
+
+
 # Outcomes of an attempt, reported by the worker that holds the job --------
 
 
@@ -137,7 +141,7 @@ class Transition:
     @property
     def finishes(self) -> bool:
         """Whether the job ends here (the framework's ``task_finished``)."""
-        return self.verdict in (Verdict.SUCCEEDED, Verdict.FAILED, Verdict.CANCELLED)
+        return self.verdict in FINISHING
 
 
 def transition(job, outcome: Outcome, *, now: datetime) -> Transition:
@@ -148,12 +152,15 @@ def transition(job, outcome: Outcome, *, now: datetime) -> Transition:
     outcome needs none and may be given None.
     """
     match outcome:
-        case Succeeded(return_value):
-            return _ended(
+        case Succeeded():  # the common case, kept cheap: one dict
+            return Transition(
                 Verdict.SUCCEEDED,
-                status=JobStatus.SUCCESSFUL,
-                return_value=return_value,
-                finished_at=now,
+                {
+                    "status": JobStatus.SUCCESSFUL,
+                    "return_value": outcome.return_value,
+                    "finished_at": now,
+                    "worker_id": None,
+                },
             )
         case Failed(error, retryable):
             errors = _with_error(job, error, now)

@@ -67,7 +67,7 @@ def _complete_postgresql(connection, worker_id, completions) -> set[int]:
             cursor.execute(
                 _update_sql(connection.alias, names),
                 [
-                    _json_batch(names, group),
+                    _json_batch(group),
                     JobStatus.RUNNING.value,
                     worker_id,
                 ],
@@ -78,21 +78,24 @@ def _complete_postgresql(connection, worker_id, completions) -> set[int]:
 
 @functools.cache
 def _update_sql(using: str, names: tuple[str, ...]) -> str:
-    """The UPDATE writing the columns of the fields ``names`` from a JSON
-    array of records ``{"_id", "_attempts", column...}``."""
+    """The UPDATE writing the fields ``names`` from a JSON array of records
+    ``{"_id", "_attempts", name...}``."""
     connection = connections[using]
-    fields = [Job._meta.get_field(name) for name in names]
     quote = connection.ops.quote_name
+    fields = {name: Job._meta.get_field(name) for name in names}
     assignments = ", ".join(
-        f"{quote(field.column)} = done.{quote(field.column)}" for field in fields
+        f"{quote(field.column)} = done.{quote(name)}" for name, field in fields.items()
     )
-    # The job's id and attempt are named apart from the columns changed
-    # (an outcome may one day write ``attempts``).
+    # The job's id and attempt are named apart from the fields changed (an
+    # outcome may one day write ``attempts``).
     record = ", ".join(
         [
             "_id bigint",
             "_attempts integer",
-            *(f"{quote(field.column)} {field.db_type(connection)}" for field in fields),
+            *(
+                f"{quote(name)} {field.db_type(connection)}"
+                for name, field in fields.items()
+            ),
         ]
     )
     return f"""
@@ -104,33 +107,22 @@ def _update_sql(using: str, names: tuple[str, ...]) -> str:
     """
 
 
-def _json_batch(names: tuple[str, ...], completions: list[Completion]) -> str:
-    """The records of ``completions``; a datetime as ISO text, and None (a
-    task returning None, say) as JSON null, which the record reads as SQL
-    NULL, as the ORM stores it."""
-    columns = [Job._meta.get_field(name).column for name in names]
+def _json_batch(completions: list[Completion]) -> str:
+    """The records of ``completions``. None (a task returning None, say)
+    goes as JSON null, which the record reads as SQL NULL, as the ORM
+    stores it."""
     return json.dumps(
-        [
-            {
-                "_id": completion.job_id,
-                "_attempts": completion.attempts,
-                **{
-                    column: _json_value(value)
-                    for column, value in zip(
-                        columns, completion.changes.values(), strict=True
-                    )
-                },
-            }
-            for completion in completions
-        ]
+        [{"_id": c.job_id, "_attempts": c.attempts, **c.changes} for c in completions],
+        default=_json_default,
     )
 
 
-def _json_value(value: Any) -> Any:
-    """A column's value in the JSON document: JSON as it is, a datetime as
-    ISO text; anything else raises TypeError (json.dumps), and the caller
-    records the batch's jobs one by one."""
-    return value.isoformat() if isinstance(value, datetime) else value
+def _json_default(value: Any) -> str:
+    """A value JSON has no type for: a datetime as ISO text; anything else
+    raises TypeError, and the caller records the batch's jobs one by one."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} cannot be sent in a batch: {value!r}")
 
 
 def _complete_each(using, worker_id, completions) -> set[int]:

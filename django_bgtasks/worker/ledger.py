@@ -53,6 +53,7 @@ class Attempt:
     started: float = 0.0  # time.monotonic() when a thread took it
     thread_id: int = 0  # that thread's ident
     deadline: float = math.inf  # when it has run past its timeout
+    seconds: float = 0.0  # how long it ran, once ended
 
 
 class Ledger:
@@ -257,12 +258,13 @@ class Ledger:
         """The attempt ended after ``seconds`` on its thread; its outcome is
         on its way to the database."""
         pk = attempt.job.pk
+        attempt.seconds = seconds  # read once the outcome is written
         with self._lock:
             del self._running[pk]
             self._timed.pop(pk, None)
             attempt.stage = Stage.WRITING
             self._writing[pk] = attempt
-            wake = self._slots.job_finished(seconds)
+            wake = self._slots.job_finished()
         if wake:
             self._wake.set()
 
@@ -296,12 +298,14 @@ class Ledger:
 
     def written(self, attempts: list[Attempt]) -> None:
         """The outcomes of ``attempts`` are committed (or given up on)."""
+        seconds = [attempt.seconds for attempt in attempts]
+        writing = self._writing
         with self._lock:
-            # An attempt the worker dropped meanwhile is written already.
-            count = sum(
-                self._writing.pop(attempt.job.pk, None) is not None
-                for attempt in attempts
-            )
-            wake = self._slots.outcomes_written(count)
+            count = 0
+            for attempt in attempts:
+                # An attempt the worker dropped meanwhile is written already.
+                if writing.pop(attempt.job.pk, None) is not None:
+                    count += 1
+            wake = self._slots.outcomes_written(count, seconds)
         if wake:
             self._wake.set()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 
 from django.conf import settings
 from django.db import connections, reset_queries
@@ -14,8 +13,8 @@ from django.utils import timezone
 
 from ..db import tidy_connections
 from ..models.transitions import transition
-from ..private_api import Receivers
 from .attempt import describe, run_attempt
+from .claims import Claimer
 from .completer import Completer, Finished
 from .ledger import Attempt, Ledger
 
@@ -37,13 +36,13 @@ class JobThreads:
         count: int,
         ledger: Ledger,
         completer: Completer,
-        started_receivers: Callable[[], Receivers],
+        claimer: Claimer,
         give_up: threading.Event,
     ):
         # Read-only; each thread's state is its own (the attempt it runs).
         self.ledger = ledger
         self.completer = completer
-        self.started_receivers = started_receivers
+        self.claimer = claimer  # its started_receivers, per claim
         self.give_up = give_up
         self._threads = [
             threading.Thread(
@@ -86,7 +85,7 @@ class JobThreads:
         if logger.isEnabledFor(logging.INFO):
             logger.info("Job %s started: %s", job.pk, describe(job))
         started = time.monotonic()
-        outcome, task, task_result = run_attempt(job, self.started_receivers())
+        outcome, task, task_result = run_attempt(job, self.claimer.started_receivers)
         seconds = time.monotonic() - started
         # After each job: a connection the task left unusable is not handed
         # to the next job on this thread; the others stay open.

@@ -240,7 +240,7 @@ class Worker:
                 count=self.options.concurrency,
                 ledger=self.ledger,
                 completer=completer,
-                started_receivers=lambda: self.claimer.started_receivers,
+                claimer=self.claimer,
                 give_up=self._forced,
             ),
             "heartbeat": Heartbeat(

@@ -42,6 +42,7 @@ from __future__ import annotations
 import enum
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 # The most outcomes waiting to be written: the completer's largest batch.
@@ -54,9 +55,10 @@ CLAIMS_COVERED = 4
 # ... and no more than the threads get through in this many seconds: a
 # prefetched job waits about that long at most.
 PREFETCH_WAIT = 0.1
-# The weight of a new duration in the running averages; a job longer than
-# the average weighs more, so that prefetching stops within a job or two of
-# long ones, and resumes over a few dozen short ones.
+# The weight of a new duration in the running averages; in the one that
+# bounds the prefetch, a job longer than the average weighs more, so that
+# prefetching stops within a job or two of long ones, and resumes over a
+# few dozen short ones.
 SMOOTHING = 0.1
 RISING = 0.5
 
@@ -100,9 +102,12 @@ class Slots:
     # The lowest priority of the main loop's last claim: the head of the
     # backlog.
     last_claimed_priority: int | None = None
-    # Running averages: an attempt's time on its thread, a claim's round trip.
+    # Running averages: an attempt's time on its thread, a claim's round
+    # trip; and an attempt's time weighted towards the longest (for how long
+    # a prefetched job may wait).
     job_seconds: float | None = None
     claim_seconds: float | None = None
+    long_job_seconds: float | None = None
     # Worked out from the above by retune(), as they change: the jobs held
     # beyond the threads (rule 4), and the free slots at which the main
     # loop claims (rule 3).
@@ -149,7 +154,8 @@ class Slots:
             self.prefetch_now = 0
         else:
             wanted = math.ceil(CLAIMS_COVERED * self.jobs_per_claim)
-            short_wait = int(self.threads * PREFETCH_WAIT / self.job_seconds)
+            longest = max(self.job_seconds, self.long_job_seconds or 0.0)
+            short_wait = int(self.threads * PREFETCH_WAIT / longest)
             self.prefetch_now = max(0, min(wanted, short_wait, AUTO_PREFETCH_MAX))
         # During a backlog, claim once the slots the threads free during
         # about two claims are free (at least one, at most half the
@@ -170,7 +176,7 @@ class Slots:
         capacity it may take this time (never past ``max_jobs``)."""
         free = (
             min(
-                self.threads + self.prefetch_now - self.held,
+                self.threads + self.prefetch_now - self.waiting - self.running,
                 self.max_outcomes - self.writing,
             )
             - self.reserved
@@ -261,22 +267,38 @@ class Slots:
         self.running += 1
         self._forget_priority(priority)
 
-    def job_finished(self, seconds: float | None = None) -> bool:
+    def job_finished(self) -> bool:
         """A job's attempt ended and its outcome waits to be written; returns
         whether the main loop has work (``loop_has_work``)."""
         self.running -= 1
         self.writing += 1
-        if seconds is not None:
-            self.job_seconds = _average(self.job_seconds, seconds, rising=RISING)
-            tuned_for = self._tuned_for
-            if not tuned_for or abs(self.job_seconds - tuned_for) > tuned_for / 4:
-                self.retune()
         return self.loop_has_work()
 
-    def outcomes_written(self, count: int) -> bool:
-        """``count`` outcomes are committed; returns ``loop_has_work()``."""
+    def outcomes_written(self, count: int, seconds: Sequence[float] = ()) -> bool:
+        """``count`` outcomes are committed, of attempts that took
+        ``seconds`` on their threads (timed once per batch, off the job
+        threads); returns ``loop_has_work()``."""
         self.writing -= count
+        if seconds:
+            self._timed_jobs(seconds)
         return self.loop_has_work()
+
+    def _timed_jobs(self, seconds: Sequence[float]) -> None:
+        """Fold a batch of attempts' times into the running averages, as if
+        one by one; work out the policy again if the average moved by more
+        than a quarter."""
+        keep = (1 - SMOOTHING) ** len(seconds)
+        mean = sum(seconds) / len(seconds)
+        if self.job_seconds is None:
+            self.job_seconds = mean
+        else:
+            self.job_seconds = keep * self.job_seconds + (1 - keep) * mean
+        self.long_job_seconds = _average(
+            self.long_job_seconds, max(seconds), rising=RISING
+        )
+        tuned_for = self._tuned_for
+        if not tuned_for or abs(self.job_seconds - tuned_for) > tuned_for / 4:
+            self.retune()
 
     def job_dropped(self) -> bool:
         """A running job leaves without an outcome to write (the worker is
@@ -295,7 +317,7 @@ class Slots:
         """After a job left: whether the main loop has something to do (claim,
         or notice it is idle). A wake-up per job would cost the main loop a
         thread switch per job; it is woken once ``claim_at`` slots are free."""
-        if self.idle:
+        if not (self.waiting or self.running or self.writing):  # idle
             return True
         free = self.free()
         return free >= self.claim_at or (free > 0 and self.urgent)
