@@ -1,18 +1,8 @@
 """The worker: claim due jobs for free slots, run them, stop cleanly.
 
-``docs/architecture.rst`` draws the whole of it; in short, a worker process
-has these threads, and every one of them reports to the ledger
-(``ledger.py``), the one owner of what the worker holds:
-
-- the **main loop** (this module): claims jobs when the ledger says slots are
-  free (``claims.py``), ends the process when a job runs past its timeout,
-  and decides when the worker is done;
-- the **job threads** (``pool.py``): run the best waiting job, one at a time;
-- the **completer** (``completer.py``): writes outcomes in batches;
-- the **listener** (``listener.py``, PostgreSQL): wakes the main loop on
-  NOTIFY, and claims a job that outranks the held ones itself;
-- the **heartbeat** (``heartbeat.py``) and the **maintenance** duties
-  (``maintenance/``), each on a thread of its own.
+The main loop lives here; the other threads (job threads, completer,
+listener, heartbeat, maintenance) each have a module, and all report to the
+ledger, the one owner of what the worker holds (``docs/architecture.rst``).
 
 Stopping: the first SIGTERM/SIGINT (or ``stop()``) ends claiming; running
 jobs get ``shutdown_timeout`` seconds to finish; those still running are put
