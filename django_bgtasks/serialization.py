@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 MAX_DEPTH = 31  # levels of lists and objects, counting the outermost
-MAX_INT = 2**63 - 1
+MIN_INT, MAX_INT = -(2**63), 2**63 - 1  # a signed 64-bit integer
 MAX_FLOAT = 1e16  # from here on, PostgreSQL's jsonb gives back an integer
 
 
@@ -75,7 +75,7 @@ def _clean(value: Any, depth: int, size: list[int]) -> Any:
     the plain types come first, and where a refused value sits is only
     worked out on the way back out of the refusal."""
     kind = type(value)
-    if kind is int and -MAX_INT <= value <= MAX_INT:
+    if kind is int and MIN_INT <= value <= MAX_INT:
         size[0] += 20
         return value
     if kind is str:
@@ -132,7 +132,7 @@ def _clean_other(value: Any, depth: int, size: list[int]) -> Any:
     elif isinstance(value, bool) or value is None:
         size[0] += 5
     elif isinstance(value, int):
-        if abs(value) > MAX_INT:
+        if not MIN_INT <= value <= MAX_INT:
             raise _Refused(f"the integer {value} does not fit in 64 bits.")
         size[0] += 20
     elif isinstance(value, float):

@@ -66,7 +66,7 @@ PROPERTIES = settings(
 WORKER_RUNS = settings(PROPERTIES, max_examples=25)
 
 QUEUES = ("default", "images", "other")  # tests.settings
-MAX_INT = 2**63 - 1
+MIN_INT, MAX_INT = -(2**63), 2**63 - 1
 MAX_DEPTH = 31  # levels of lists and objects, the outermost counted
 MAX_FLOAT = 1e16  # PostgreSQL's jsonb gives larger floats back as integers
 MAX_PAYLOAD_BYTES = 1024 * 1024
@@ -118,7 +118,7 @@ def check_storable(value, depth: int = 0) -> None:
     elif isinstance(value, bool) or value is None:
         pass
     elif isinstance(value, int):
-        if abs(value) > MAX_INT:
+        if not MIN_INT <= value <= MAX_INT:
             raise Refused("integer beyond 64 bits")
     elif isinstance(value, float):
         if not math.isfinite(value):
@@ -280,7 +280,7 @@ SAFE_TEXT = st.text(
 JSON_SCALARS = st.one_of(
     st.none(),
     st.booleans(),
-    st.integers(-MAX_INT, MAX_INT),
+    st.integers(MIN_INT, MAX_INT),
     st.floats(allow_nan=False, allow_infinity=False).filter(
         lambda f: abs(f) < MAX_FLOAT
     ),
@@ -377,7 +377,7 @@ WILD = st.recursive(
 def deeply_nested(draw):
     """A scalar or empty container inside up to 140 lists, dicts and tuples
     (no floats: their trouble on PostgreSQL is another test's)."""
-    scalars = st.none() | st.booleans() | st.integers(-MAX_INT, MAX_INT) | SAFE_TEXT
+    scalars = st.none() | st.booleans() | st.integers(MIN_INT, MAX_INT) | SAFE_TEXT
     value = draw(scalars | st.sampled_from([[], {}, ()]))
     for _ in range(draw(st.integers(0, 140))):
         kind = draw(st.sampled_from(["list", "dict", "tuple"]))

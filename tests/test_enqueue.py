@@ -21,6 +21,7 @@ from django_bgtasks.compat import (
 from django_bgtasks.exceptions import InvalidTaskArguments
 from django_bgtasks.models import Job, JobStatus
 from tests import tasks
+from tests.conftest import run_in_process
 
 pytestmark = pytest.mark.django_db
 
@@ -469,3 +470,16 @@ def test_a_task_is_checked_again_when_the_backends_change():
     ):
         tasks.in_other_queue.enqueue()
     assert Job.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_whole_64_bit_range_round_trips_and_no_more():
+    edges = [-(2**63), 2**63 - 1]
+    result = tasks.echo.enqueue(*edges)
+    assert Job.objects.get(pk=result.id).args == edges
+    run_in_process()
+    result.refresh()
+    assert result.return_value == {"args": edges, "kwargs": {}}
+    for beyond in (-(2**63) - 1, 2**63):
+        with pytest.raises(InvalidTaskArguments, match="does not fit in 64 bits"):
+            tasks.echo.enqueue(beyond)
