@@ -20,6 +20,11 @@ class InvalidReturnValue(Exception):
     """A task returned a value that cannot be stored as JSON."""
 
 
+class InvalidJobRow(Exception):
+    """A job's row holds a value the worker cannot run it with (written
+    around the API); the message names the field."""
+
+
 class OutcomeNotStored(Exception):
     """The database refused a job's outcome (its error text, say)."""
 

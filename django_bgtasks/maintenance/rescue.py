@@ -88,7 +88,8 @@ def _rescue_orphans(using: str, now: datetime) -> int:
         .exclude(worker_id__in=WorkerProcess.objects.using(using).values("pk"))
     )
     rescued = 0
-    for job in orphans[:1000]:
+    ids = list(orphans.values_list("pk", flat=True)[:1000])
+    for job in Job.objects.using(using).filter(pk__in=ids).for_transitions():
         gone = WorkerLost(f"Worker {job.worker_id} is gone; the job was left RUNNING.")
         rescued += job.record(Lost(gone), now=now) is not None
     return rescued

@@ -11,6 +11,7 @@ worker's hottest statement, is per-database SQL in ``sql/claim.py``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,12 +26,24 @@ from .indexes import StatusIndex, UniqueWhenSet
 from .status import FINISHED_STATUSES, JobStatus
 from .transitions import (
     Cancelled,
+    Failed,
     MadeDue,
     OperatorOutcome,
     Retried,
     Transition,
     WorkerOutcome,
     transition,
+)
+
+# What an outcome's transition reads of a job (models/transitions.py).
+TRANSITION_FIELDS = (
+    "id",
+    "status",
+    "attempts",
+    "max_attempts",
+    "worker_id",
+    "errors",
+    "backoff",
 )
 
 
@@ -47,6 +60,44 @@ class JobQuerySet(models.QuerySet):
     def due(self, now: datetime | None = None):
         """READY jobs whose ``run_after`` has come."""
         return self.ready().filter(run_after__lte=now or timezone.now())
+
+    def for_transitions(self) -> Iterator[Job]:
+        """These jobs with only the columns an outcome's transition reads,
+        so that no other column is decoded: a row written around the API
+        with a time or payload that cannot be read can still be put back or
+        failed. An error list or backoff that cannot be read is taken as
+        empty."""
+        lean = self.only(*TRANSITION_FIELDS)
+        try:
+            yield from list(lean)
+            return
+        except Exception:
+            pass  # a row whose errors or backoff cannot be read: one by one
+        rows = self.values_list("pk", "attempts", "max_attempts", "worker_id")
+        for pk, attempts, max_attempts, worker_id in list(rows):
+            try:
+                yield lean.get(pk=pk)
+                continue
+            except Exception:
+                pass
+            job = self.model(
+                pk=pk,
+                attempts=attempts,
+                max_attempts=max_attempts,
+                worker_id=worker_id,
+                errors=[],
+                backoff={},
+            )
+            job._state.adding = False
+            job._state.db = self.db
+            yield job
+
+    def fail_unreadable(self, pk: int, *, worker_id: str, error: Exception) -> bool:
+        """Fail for good the job ``pk`` that worker ``worker_id`` holds but
+        cannot read whole; False if it no longer holds it."""
+        for job in self.filter(pk=pk, worker_id=worker_id).for_transitions():
+            return job.record(Failed(error, retryable=False)) is not None
+        return False
 
     def in_queues(self, queues: list[str] | None):
         """Jobs in these queues; ``None`` means every queue."""

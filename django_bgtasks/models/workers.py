@@ -141,7 +141,8 @@ class WorkerProcess(models.Model):
     def _each_job(self, outcome: Interrupted | Lost) -> int:
         now = timezone.now()
         changed = 0
-        for job in Job.objects.using(self._state.db).running().filter(worker=self):
+        jobs = Job.objects.using(self._state.db).running().filter(worker=self)
+        for job in jobs.for_transitions():
             try:
                 with transaction.atomic(using=job._state.db):
                     changed += job.record(outcome, now=now) is not None

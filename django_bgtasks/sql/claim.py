@@ -19,14 +19,17 @@ reserved that will not start now, and priorities hold across workers.
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime
 
 from django.db import IntegrityError, NotSupportedError, connections, transaction
 from django.utils import timezone
 
-from ..exceptions import InvalidTaskArguments
+from ..exceptions import InvalidJobRow, InvalidTaskArguments
 from ..models import Job, JobStatus, error_entry
 from ..private_api import model_from_row
+
+logger = logging.getLogger("django_bgtasks.worker")
 
 # Columns every claim sets; {append} is the vendor's "append to JSON array".
 _CLAIM_SET = """
@@ -56,10 +59,42 @@ def claim_jobs(
             f"it supports PostgreSQL, MySQL/MariaDB and SQLite."
         )
     now = timezone.now()
-    jobs = claim(connection, worker_id=worker_id, queues=queues, limit=limit, now=now)
+    jobs, unreadable = claim(
+        connection, worker_id=worker_id, queues=queues, limit=limit, now=now
+    )
+    for pk, exc in unreadable.items():
+        _fail_unreadable(using, pk, worker_id, exc)
     # RETURNING gives rows in no particular order; start them in claim order.
     jobs.sort(key=lambda job: (-job.priority, job.run_after, job.id))
     return jobs
+
+
+def _fail_unreadable(using: str, pk: int, worker_id: str, exc: Exception) -> None:
+    """A job claimed with others whose row cannot be read (a time or JSON
+    written around the API): it fails alone, the others run."""
+    error = InvalidJobRow(
+        f"The job's row cannot be read ({type(exc).__name__}: {exc}), so it "
+        f"cannot be run. Some column holds a value written around the API."
+    )
+    logger.error("Job %s cannot be read and is failed: %s", pk, error)
+    Job.objects.using(using).fail_unreadable(pk, worker_id=worker_id, error=error)
+
+
+def _load(using: str, ids: list[int]) -> tuple[list[Job], dict[int, Exception]]:
+    """The claimed jobs of ``ids``, with the ORM; the ids of those that
+    cannot be read, with why."""
+    jobs = Job.objects.using(using)
+    try:
+        return list(jobs.filter(id__in=ids)), {}
+    except Exception:
+        pass  # one row the ORM cannot read: read them one by one
+    loaded, unreadable = [], {}
+    for pk in ids:
+        try:
+            loaded.append(jobs.get(pk=pk))
+        except Exception as exc:
+            unreadable[pk] = exc
+    return loaded, unreadable
 
 
 def _set_params(connection, worker_id, now):
@@ -113,7 +148,13 @@ def _claim_postgresql(connection, *, worker_id, queues, limit, now):
         else:
             cursor.execute(sql, params)
         moments = {}
-        return [_job(connection.alias, row, moments) for row in cursor.fetchall()]
+        jobs, unreadable = [], {}
+        for row in cursor.fetchall():
+            try:
+                jobs.append(_job(connection.alias, row, moments))
+            except Exception as exc:  # a time or JSON it cannot read
+                unreadable[row[_ID_AT]] = exc
+        return jobs, unreadable
 
 
 _NO_SORT = "SET LOCAL enable_sort = off; "
@@ -154,6 +195,7 @@ _RETURNING = ", ".join(
 
 
 _PLAIN_NAMES = [f.attname for f in _PLAIN]
+_ID_AT = _PLAIN_NAMES.index("id")
 _TIME_NAMES = [f.attname for f in _TIMES]
 _JSON_NAMES = [f.attname for f in _JSON]
 _TIMES_AT = slice(len(_PLAIN), len(_PLAIN) + len(_TIMES))
@@ -198,7 +240,7 @@ def _claim_sqlite(connection, *, worker_id, queues, limit, now):
             ORDER BY priority DESC, run_after, id
             LIMIT %s
         )
-        RETURNING *
+        RETURNING id
     """
     params = [
         *_set_params(connection, worker_id, now),
@@ -207,7 +249,10 @@ def _claim_sqlite(connection, *, worker_id, queues, limit, now):
         *queue_params,
         limit,
     ]
-    return list(Job.objects.raw(sql, params).using(connection.alias))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        ids = [row[0] for row in cursor.fetchall()]
+    return _load(connection.alias, ids)
 
 
 def _claim_mysql(connection, *, worker_id, queues, limit, now):
@@ -233,7 +278,7 @@ def _claim_mysql(connection, *, worker_id, queues, limit, now):
         candidates.sort(key=lambda row: (-row[1], row[2], row[0]))
         ids = [row[0] for row in candidates[:limit]]
         if not ids:
-            return []
+            return [], {}
         try:
             with transaction.atomic(using=connection.alias):
                 _mark_claimed(connection, table, ids, worker_id, now)
@@ -244,9 +289,9 @@ def _claim_mysql(connection, *, worker_id, queues, limit, now):
             bad = _fail_corrupt(connection, ids, now)
             ids = [pk for pk in ids if pk not in bad]
             if not ids:
-                return []
+                return [], {}
             _mark_claimed(connection, table, ids, worker_id, now)
-        return list(Job.objects.using(connection.alias).filter(id__in=ids))
+    return _load(connection.alias, ids)
 
 
 def _mark_claimed(connection, table, ids, worker_id, now) -> None:

@@ -4,13 +4,18 @@ the task, check what it returned. Whatever happens becomes an outcome
 
 from __future__ import annotations
 
+import functools
 import sys
 import traceback
 from typing import Any
 
-from ..compat import TaskContext
+from django.core.signals import setting_changed
+
+from ..backend import MAX_ATTEMPTS_LIMIT, MAX_TIMEOUT, DatabaseBackend
+from ..compat import TaskContext, task_backends
 from ..conf import bgtasks_settings
 from ..exceptions import (
+    InvalidJobRow,
     InvalidReturnValue,
     InvalidTaskArguments,
     JobTimeout,
@@ -30,6 +35,7 @@ def run_attempt(job: Job, started: Receivers) -> tuple[Succeeded | Failed, Any, 
     could not be found) and the TaskResult ``task_started`` was sent with
     (None if the task did not get that far)."""
     try:
+        check_row(job)
         task = task_for_job(job)
     except Exception as exc:
         return Failed(exc, retryable=False), None, None
@@ -72,6 +78,60 @@ def run_attempt(job: Job, started: Receivers) -> tuple[Succeeded | Failed, Any, 
         error = InvalidReturnValue(f"The task's {exc} It must be JSON.")
         return Failed(error, retryable=False), task, task_result
     return Succeeded(value), task, task_result
+
+
+def check_row(job: Job) -> None:
+    """Raise InvalidJobRow if the job's row holds a value the worker cannot
+    run it with: a row written around the API is trusted no more than an
+    enqueue's arguments."""
+    problem = _options_problem(
+        job.backend, job.queue_name, job.max_attempts, job.timeout
+    )
+    if problem:
+        raise InvalidJobRow(problem)
+    if job.attempts > job.max_attempts:
+        raise InvalidJobRow(
+            f"attempts: this is attempt {job.attempts}, and max_attempts is "
+            f"{job.max_attempts}: no attempt is left."
+        )
+
+
+@functools.lru_cache(maxsize=256)
+def _options_problem(alias, queue_name, max_attempts, timeout) -> str | None:
+    """What is wrong with these options of a job, or None (cached: the
+    same few combinations recur on every job; cleared when the settings
+    change)."""
+    if type(max_attempts) is not int or not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
+        return (
+            f"max_attempts: {max_attempts!r} is not a whole number from 1 to "
+            f"{MAX_ATTEMPTS_LIMIT}."
+        )
+    if timeout is not None and not (
+        isinstance(timeout, int | float) and 0 < timeout <= MAX_TIMEOUT
+    ):
+        return (
+            f"timeout: {timeout!r} is not a number of seconds above 0 (at most "
+            f"{MAX_TIMEOUT})."
+        )
+    try:
+        backend = task_backends[alias]
+    except Exception as exc:  # an unknown alias, or one that cannot load
+        return f"backend: {alias!r} is not a usable task backend ({exc})."
+    if not isinstance(backend, DatabaseBackend):
+        return f"backend: {alias!r} is not a django_bgtasks DatabaseBackend."
+    if backend.queues and queue_name not in backend.queues:
+        return (
+            f"queue_name: {queue_name!r} is not one of the QUEUES of backend {alias!r}."
+        )
+    return None
+
+
+def _settings_changed(*, setting: str, **kwargs) -> None:
+    if setting in ("TASKS", "BGTASKS"):
+        _options_problem.cache_clear()
+
+
+setting_changed.connect(_settings_changed)
 
 
 def timeout_error(attempt) -> JobTimeout:

@@ -243,7 +243,9 @@ class Ledger:
             attempt.thread_id = threading.get_ident()
             self._running[job.pk] = attempt
             self._slots.job_started(job.priority)
-            if job.timeout:
+            # A timeout that is not a positive number (a row written around
+            # the API) sets no deadline: the attempt fails on its row first.
+            if job.timeout is not None and 0 < job.timeout < math.inf:
                 attempt.deadline = now + job.timeout
                 self._timed[job.pk] = attempt
                 # Its deadline comes before the main loop would look.
