@@ -27,8 +27,10 @@ DEFAULTS: dict[str, Any] = {
     "HEARTBEAT_INTERVAL": 5.0,
     # A worker silent for this many seconds is dead: its running jobs are
     # put back (READY, or FAILED without attempts left). At least twice the
-    # heartbeat interval.
-    "WORKER_TIMEOUT": 30.0,
+    # heartbeat interval. With the heartbeat's 5 s, a dead worker's jobs are
+    # back within about 25 s (the README's "Rescue"): four beats missed in a
+    # row, not one slow moment, make a worker dead.
+    "WORKER_TIMEOUT": 20.0,
     # Seconds an attempt may run (None: no limit); per task with timeout=.
     "TIMEOUT": None,
     # How long finished jobs are kept, per status: days, a timedelta, or None

@@ -9,6 +9,7 @@ import time
 import pytest
 from django.db import connection, transaction
 from django.db.models import Count
+from django.utils import timezone
 
 from django_bgtasks.models import Job, JobStatus, WorkerProcess
 from tests import tasks
@@ -253,6 +254,48 @@ def test_chaos(workers):
     )
     assert rescued >= 1
     assert recovery < 2 + 3  # WORKER_TIMEOUT + a heartbeat + margin
+
+
+def test_a_rescued_job_keeps_its_place_behind_a_backlog(workers, tmp_path):
+    """A worker is killed while it runs a job; another worker works through
+    a backlog of 10,000 enqueued after it. The rescued job starts again
+    within WORKER_TIMEOUT + HEARTBEAT_INTERVAL + 2 s of the kill, before
+    the backlog is done: it keeps its place."""
+    gate = tmp_path / "gate"
+    rescued = tasks.wait_for_file.enqueue(str(gate))
+    victim = workers.start("--concurrency", "1", "--no-maintenance", env=FAST_RESCUE)
+    wait_until(
+        lambda: Job.objects.filter(pk=rescued.id, status=JobStatus.RUNNING).exists(),
+        timeout=30,
+        message="the job running",
+    )
+    tasks.sleep_for.enqueue_many(((0.002,), {}) for _ in range(10_000))
+    rescuer = workers.start("--concurrency", "2", env=FAST_RESCUE)
+    wait_until(
+        lambda: Job.objects.filter(status=JobStatus.SUCCESSFUL).exists(),
+        timeout=30,
+        message="the backlog under way",
+    )
+    victim.kill()
+    killed = timezone.now()
+    gate.touch()  # the next attempt runs through
+
+    job = wait_until(
+        lambda: Job.objects.filter(pk=rescued.id, status=JobStatus.SUCCESSFUL).first(),
+        timeout=60,
+        message="the rescued job done",
+    )
+    behind = Job.objects.exclude(status=JobStatus.SUCCESSFUL).count()
+    rescuer.send_signal(signal.SIGTERM)
+    workers.wait(rescuer, timeout=60)
+    back_after = (job.last_attempted_at - killed).total_seconds()
+    print(
+        f"rescued job started again {back_after:.1f} s after the kill, "
+        f"{behind} jobs of the backlog still behind it ({connection.vendor})"
+    )
+    assert job.attempts == 2
+    assert back_after < 2 + 0.5 + 2  # WORKER_TIMEOUT + HEARTBEAT_INTERVAL + 2
+    assert behind > 0
 
 
 @requires_postgresql

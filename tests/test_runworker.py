@@ -217,12 +217,14 @@ def test_shutdown_timeout_puts_unfinished_jobs_back(workers, tmp_path):
     wait_until(
         lambda: Job.objects.running().exists(), timeout=30, message="a running job"
     )
+    place = Job.objects.get(pk=result.id).run_after
     process.send_signal(signal.SIGINT)
 
     assert workers.wait(process, timeout=30) == 0, workers.output(process)
     job = Job.objects.get(pk=result.id)
     assert job.status == JobStatus.READY and job.worker is None
-    assert job.attempts == 1
+    assert job.attempts == 0  # not the job's doing: the attempt is given back
+    assert job.run_after == place  # and it keeps its place
     assert job.errors[0]["exception_class_path"] == (
         "django_bgtasks.exceptions.JobInterrupted"
     )

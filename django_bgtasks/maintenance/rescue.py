@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from django.db import router, transaction
 from django.utils import timezone
 
+from .. import notify
 from ..conf import bgtasks_settings
 from ..exceptions import WorkerLost
 from ..locking import lock_for_writing
@@ -88,8 +89,14 @@ def _rescue_orphans(using: str, now: datetime) -> int:
         .exclude(worker_id__in=WorkerProcess.objects.using(using).values("pk"))
     )
     rescued = 0
+    woken = set()
     ids = list(orphans.values_list("pk", flat=True)[:1000])
     for job in Job.objects.using(using).filter(pk__in=ids).for_transitions():
         gone = WorkerLost(f"Worker {job.worker_id} is gone; the job was left RUNNING.")
-        rescued += job.record(Lost(gone), now=now) is not None
+        change = job.record(Lost(gone), now=now)
+        if change is not None:
+            rescued += 1
+            woken.add(job.queue_name)
+    if woken:
+        notify.wake(using, woken)
     return rescued

@@ -35,9 +35,11 @@ from .transitions import (
     transition,
 )
 
-# What an outcome's transition reads of a job (models/transitions.py).
+# What an outcome's transition reads of a job (models/transitions.py), and
+# its queue (whose workers a job put back wakes).
 TRANSITION_FIELDS = (
     "id",
+    "queue_name",
     "status",
     "attempts",
     "max_attempts",
@@ -73,8 +75,10 @@ class JobQuerySet(models.QuerySet):
             return
         except Exception:
             pass  # a row whose errors or backoff cannot be read: one by one
-        rows = self.values_list("pk", "attempts", "max_attempts", "worker_id")
-        for pk, attempts, max_attempts, worker_id in list(rows):
+        rows = self.values_list(
+            "pk", "queue_name", "attempts", "max_attempts", "worker_id"
+        )
+        for pk, queue_name, attempts, max_attempts, worker_id in list(rows):
             try:
                 yield lean.get(pk=pk)
                 continue
@@ -82,6 +86,7 @@ class JobQuerySet(models.QuerySet):
                 pass
             job = self.model(
                 pk=pk,
+                queue_name=queue_name,
                 attempts=attempts,
                 max_attempts=max_attempts,
                 worker_id=worker_id,

@@ -77,8 +77,9 @@ class TimedOut:
 
 @dataclass(frozen=True, slots=True)
 class Interrupted:
-    """The worker stopped before the job finished and gives it back;
-    ``error`` (if any) is recorded as the attempt's."""
+    """The worker stopped (asked to, or for a neighbour's timeout) before the
+    job finished and gives it back: the attempt does not count. ``error``
+    (if any) is recorded as the attempt's."""
 
     error: BaseException | None = None
 
@@ -172,19 +173,21 @@ def transition(job, outcome: Outcome, *, now: datetime) -> Transition:
         case TimedOut(error):
             return transition(job, Failed(error), now=now)
         case Interrupted(error):
+            # Not the job's doing: the attempt is given back, and the job
+            # keeps its place in the queue (its priority and run_after).
             errors = _with_error(job, error, now) if error else job.error_list
             return _ended(
-                Verdict.PUT_BACK, status=JobStatus.READY, run_after=now, errors=errors
+                Verdict.PUT_BACK,
+                status=JobStatus.READY,
+                attempts=max(job.attempts - 1, 0),
+                errors=errors,
             )
         case Lost(error):
             errors = _with_error(job, error, now)
             if job.attempts < job.max_attempts:
-                return _ended(
-                    Verdict.PUT_BACK,
-                    status=JobStatus.READY,
-                    run_after=now,
-                    errors=errors,
-                )
+                # Its place kept: a rescued job is not sent behind the jobs
+                # enqueued while its worker was dying.
+                return _ended(Verdict.PUT_BACK, status=JobStatus.READY, errors=errors)
             return _ended(
                 Verdict.FAILED, status=JobStatus.FAILED, errors=errors, finished_at=now
             )

@@ -10,10 +10,11 @@ from django.db import DatabaseError, IntegrityError, models, transaction
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from .. import notify
 from ..conf import bgtasks_settings
 from ..exceptions import WorkerIdInUse, WorkerLost
 from .jobs import Job
-from .transitions import Interrupted, Lost
+from .transitions import Interrupted, Lost, Verdict
 
 logger = logging.getLogger("django_bgtasks.worker")
 
@@ -139,15 +140,26 @@ class WorkerProcess(models.Model):
         return self._each_job(Lost(reason))
 
     def _each_job(self, outcome: Interrupted | Lost) -> int:
+        """Apply ``outcome`` to each job this worker holds, one row at a
+        time; wake the workers of the queues of the jobs put back (at
+        commit)."""
         now = timezone.now()
         changed = 0
+        woken = set()
         jobs = Job.objects.using(self._state.db).running().filter(worker=self)
         for job in jobs.for_transitions():
             try:
                 with transaction.atomic(using=job._state.db):
-                    changed += job.record(outcome, now=now) is not None
+                    change = job.record(outcome, now=now)
             except DatabaseError:
                 # One row the database will not take must not keep the
                 # others RUNNING.
                 logger.exception("Job %s could not be put back", job.pk)
+                continue
+            if change is not None:
+                changed += 1
+                if change.verdict is Verdict.PUT_BACK:
+                    woken.add(job.queue_name)
+        if woken:
+            notify.wake(self._state.db, woken)
         return changed
