@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from datetime import UTC, datetime
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
+from django.db.models import DateTimeField, Func
 
 from .private_api import keep_open, saw_error, skip_health_check
 
@@ -118,3 +120,49 @@ def use_wal_journal(using: str) -> None:
         if cursor.fetchone()[0].lower() != "wal":
             cursor.execute("PRAGMA journal_mode=WAL")
             logger.info("Switched the SQLite database to WAL journal mode")
+
+
+class DatabaseNow(Func):
+    """The database server's current time, in UTC: the one clock that hosts
+    compare (heartbeats, rescue deadlines, due jobs, schedules). Unlike
+    Django's ``Now()``, independent of a MySQL session's time zone."""
+
+    template = "STATEMENT_TIMESTAMP()"
+    output_field = DateTimeField()
+
+    def as_mysql(self, compiler, connection, **extra_context):
+        return "UTC_TIMESTAMP(6)", []
+
+    def as_sqlite(self, compiler, connection, **extra_context):
+        return "%s", [_sqlite_now()]
+
+
+def _sqlite_now() -> str:
+    """SQLite's clock is the process's own (one host), and its ``'now'`` has
+    only millisecond precision: a job enqueued in the same millisecond
+    would not yet be due. The process's time, as Django stores it (text in
+    UTC, compared as text), has microseconds."""
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def now_sql(connection) -> str:
+    """``DatabaseNow`` as SQL text for ``connection``'s database, for the
+    statements written by hand (the claim)."""
+    if connection.vendor == "sqlite":
+        return f"'{_sqlite_now()}'"
+    return {"postgresql": "STATEMENT_TIMESTAMP()", "mysql": "UTC_TIMESTAMP(6)"}[
+        connection.vendor
+    ]
+
+
+def database_now(using: str) -> datetime:
+    """The database server's current time (aware, UTC)."""
+    connection = connections[using]
+    if connection.vendor == "sqlite":
+        return datetime.now(UTC)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {now_sql(connection)}")
+        value = cursor.fetchone()[0]
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value

@@ -12,6 +12,7 @@ from django.utils import timezone
 from django_bgtasks.compat import TaskResultStatus, task_started
 from django_bgtasks.models import Job, JobStatus, WorkerProcess
 from django_bgtasks.worker import Worker
+from django_bgtasks.worker.clock import DatabaseClock
 from django_bgtasks.worker.heartbeat import Heartbeat
 from tests import tasks
 from tests.conftest import run_in_process, wait_until
@@ -127,7 +128,11 @@ def test_heartbeat_survives_any_error():
         raise RuntimeError("cannot register again")
 
     heartbeat = Heartbeat(
-        process=process, interval=0.01, using="default", on_lost=on_lost
+        process=process,
+        interval=0.01,
+        using="default",
+        on_lost=on_lost,
+        clock=DatabaseClock(),
     )
     heartbeat.start()
     try:

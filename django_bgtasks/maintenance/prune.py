@@ -13,9 +13,9 @@ import time
 from datetime import datetime, timedelta
 
 from django.db import connections, router, transaction
-from django.utils import timezone
 
 from ..conf import bgtasks_settings
+from ..db import database_now
 from ..locking import lock_for_writing
 from ..models import FINISHED_STATUSES, Job
 
@@ -61,7 +61,7 @@ def prune_finished_jobs(
     pass); None deletes all there is.
     """
     using = using or router.db_for_write(Job)
-    now = now or timezone.now()
+    now = now or database_now(using)
     deleted = {status.value: 0 for status in FINISHED_STATUSES}
     batches = 0
     for status in deleted:

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.db import router, transaction
-from django.utils import timezone
 
 from .. import notify
 from ..conf import bgtasks_settings
+from ..db import database_now
 from ..exceptions import WorkerLost
 from ..locking import lock_for_writing
 from ..models import Job, WorkerProcess
@@ -45,7 +45,7 @@ def rescue_dead_workers(
 ) -> Rescue:
     """Rescue the jobs of every dead worker; remove the dead workers' rows."""
     using = using or router.db_for_write(WorkerProcess)
-    now = now or timezone.now()
+    now = now or database_now(using)
     rescue = Rescue()
     dead = WorkerProcess.objects.using(using).dead(now)
     for worker_id in list(dead.values_list("pk", flat=True)[:WORKERS_PER_PASS]):

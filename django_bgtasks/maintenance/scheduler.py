@@ -20,10 +20,10 @@ import logging
 from datetime import datetime, timedelta
 
 from django.db import IntegrityError, router, transaction
-from django.utils import timezone
 
 from ..conf import bgtasks_settings
 from ..cron import MICROSECOND
+from ..db import database_now
 from ..locking import lock_for_writing
 from ..models import MisfirePolicy, Schedule
 
@@ -39,7 +39,7 @@ JOBS_PER_SCHEDULE = 1000
 def fire_due_schedules(*, using: str | None = None, now: datetime | None = None) -> int:
     """Write the jobs of every due schedule; return how many were written."""
     using = using or router.db_for_write(Schedule)
-    now = now or timezone.now()
+    now = now or database_now(using)
     fired = 0
     for _ in range(BATCHES_PER_PASS):
         with transaction.atomic(using=using):

@@ -22,6 +22,7 @@ from django.utils.translation import gettext_lazy as _
 
 from .. import notify
 from ..compat import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY
+from ..db import DatabaseNow, database_now
 from .indexes import StatusIndex, UniqueWhenSet
 from .status import FINISHED_STATUSES, JobStatus
 from .transitions import (
@@ -60,8 +61,9 @@ class JobQuerySet(models.QuerySet):
         return self.filter(status__in=FINISHED_STATUSES)
 
     def due(self, now: datetime | None = None):
-        """READY jobs whose ``run_after`` has come."""
-        return self.ready().filter(run_after__lte=now or timezone.now())
+        """READY jobs whose ``run_after`` has come (by the database's clock,
+        unless ``now`` is given)."""
+        return self.ready().filter(run_after__lte=now or DatabaseNow())
 
     def for_transitions(self) -> Iterator[Job]:
         """These jobs with only the columns an outcome's transition reads,
@@ -132,7 +134,7 @@ class JobQuerySet(models.QuerySet):
         """Apply an operator's outcome to the jobs it applies to among these;
         wake the workers of their queues if it makes jobs due. Returns how
         many jobs changed."""
-        now = timezone.now()
+        now = database_now(self.db)
         jobs = self.filter(outcome.condition(now))
         changes = transition(None, outcome, now=now).changes
         if not outcome.wakes_workers:
@@ -302,7 +304,8 @@ class Job(models.Model):
         """Record how the attempt ended, if this job's worker still holds it;
         returns the transition made, or None if the job was taken away (put
         back, rescued) and the outcome was discarded."""
-        change = transition(self, outcome, now=now or timezone.now())
+        now = now or database_now(self._state.db or "default")
+        change = transition(self, outcome, now=now)
         return change if self._update_if_held(**change.changes) else None
 
     def set_progress(

@@ -7,11 +7,11 @@ import logging
 from datetime import datetime, timedelta
 
 from django.db import DatabaseError, IntegrityError, models, transaction
-from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from .. import notify
 from ..conf import bgtasks_settings
+from ..db import DatabaseNow, database_now
 from ..exceptions import WorkerIdInUse, WorkerLost
 from .jobs import Job
 from .transitions import Interrupted, Lost, Verdict
@@ -26,10 +26,15 @@ class WorkerState(models.TextChoices):
 
 class WorkerProcessQuerySet(models.QuerySet):
     def alive(self, now: datetime | None = None):
-        return self.filter(last_heartbeat_at__gte=_alive_cutoff(now))
+        """Workers that beat within WORKER_TIMEOUT of ``now`` (the
+        database's time, by default)."""
+        return self.filter(last_heartbeat_at__gte=self._cutoff(now))
 
     def dead(self, now: datetime | None = None):
-        return self.filter(last_heartbeat_at__lt=_alive_cutoff(now))
+        return self.filter(last_heartbeat_at__lt=self._cutoff(now))
+
+    def _cutoff(self, now: datetime | None) -> datetime:
+        return _alive_cutoff(now or database_now(self.db))
 
     def register(
         self,
@@ -47,7 +52,7 @@ class WorkerProcessQuerySet(models.QuerySet):
         taken over, its RUNNING jobs put back to READY. A live one raises
         WorkerIdInUse.
         """
-        now = timezone.now()
+        now = database_now(self.db)
         fields = {
             "hostname": hostname,
             "pid": pid,
@@ -86,8 +91,8 @@ class WorkerProcessQuerySet(models.QuerySet):
             return previous
 
 
-def _alive_cutoff(now: datetime | None) -> datetime:
-    return (now or timezone.now()) - timedelta(seconds=bgtasks_settings.WORKER_TIMEOUT)
+def _alive_cutoff(now: datetime) -> datetime:
+    return now - timedelta(seconds=bgtasks_settings.WORKER_TIMEOUT)
 
 
 class WorkerProcess(models.Model):
@@ -117,14 +122,19 @@ class WorkerProcess(models.Model):
         return self.id
 
     def is_alive(self, now: datetime | None = None) -> bool:
-        return self.last_heartbeat_at >= _alive_cutoff(now)
+        """Whether it beat within WORKER_TIMEOUT of ``now`` (the database's
+        time, by default)."""
+        return self.last_heartbeat_at >= _alive_cutoff(
+            now or database_now(self._state.db or "default")
+        )
 
     def beat(self) -> bool:
-        """Refresh the heartbeat. False if the row is gone."""
+        """Refresh the heartbeat, in the database's time. False if the row
+        is gone."""
         return bool(
             WorkerProcess.objects.using(self._state.db)
             .filter(pk=self.pk)
-            .update(last_heartbeat_at=timezone.now(), state=self.state)
+            .update(last_heartbeat_at=DatabaseNow(), state=self.state)
         )
 
     def release_jobs(self, reason: BaseException | None = None) -> int:
@@ -143,7 +153,7 @@ class WorkerProcess(models.Model):
         """Apply ``outcome`` to each job this worker holds, one row at a
         time; wake the workers of the queues of the jobs put back (at
         commit)."""
-        now = timezone.now()
+        now = database_now(self._state.db)
         changed = 0
         woken = set()
         jobs = Job.objects.using(self._state.db).running().filter(worker=self)

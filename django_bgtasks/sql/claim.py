@@ -25,18 +25,20 @@ from datetime import UTC, datetime
 from django.db import IntegrityError, NotSupportedError, connections, transaction
 from django.utils import timezone
 
+from ..db import now_sql
 from ..exceptions import InvalidJobRow, InvalidTaskArguments
 from ..models import Job, JobStatus, error_entry
 from ..private_api import model_from_row
 
 logger = logging.getLogger("django_bgtasks.worker")
 
-# Columns every claim sets; {append} is the vendor's "append to JSON array".
+# Columns every claim sets; {now} is the database's time (its clock is the
+# one all hosts compare), {append} the vendor's "append to a JSON array".
 _CLAIM_SET = """
     status = %s,
     attempts = {job}.attempts + 1,
-    started_at = COALESCE({job}.started_at, %s),
-    last_attempted_at = %s,
+    started_at = COALESCE({job}.started_at, {now}),
+    last_attempted_at = {now},
     worker_id = %s,
     worker_ids = {append}
 """
@@ -97,14 +99,13 @@ def _load(using: str, ids: list[int]) -> tuple[list[Job], dict[int, Exception]]:
     return loaded, unreadable
 
 
-def _set_params(connection, worker_id, now):
-    stamp = connection.ops.adapt_datetimefield_value(now)
-    return [JobStatus.RUNNING.value, stamp, stamp, worker_id, worker_id]
+def _set_params(worker_id):
+    return [JobStatus.RUNNING.value, worker_id, worker_id]
 
 
 def _claim_postgresql(connection, *, worker_id, queues, limit, now):
     table = connection.ops.quote_name(Job._meta.db_table)
-    params = [JobStatus.READY.value, now]
+    params = [JobStatus.READY.value]
     if queues is None:
         queue_filter = ""
     elif len(queues) == 1:  # "= %s": the index's order holds for one queue
@@ -114,18 +115,21 @@ def _claim_postgresql(connection, *, worker_id, queues, limit, now):
         queue_filter = "AND queue_name = ANY(%s)"
         params.append(list(queues))
     params.append(limit)
-    params += _set_params(connection, worker_id, now)
+    params += _set_params(worker_id)
+    now = now_sql(connection)
     sql = f"""
         WITH claimable AS (
             SELECT id FROM {table}
-            WHERE status = %s AND run_after <= %s {queue_filter}
+            WHERE status = %s AND run_after <= {now} {queue_filter}
             ORDER BY priority DESC, run_after, id
             LIMIT %s
             FOR UPDATE SKIP LOCKED
         )
         UPDATE {table} AS job SET {
         _CLAIM_SET.format(
-            job="job", append="job.worker_ids || jsonb_build_array(%s::text)"
+            job="job",
+            now=now,
+            append="job.worker_ids || jsonb_build_array(%s::text)",
         )
     }
         FROM claimable WHERE job.id = claimable.id
@@ -230,25 +234,22 @@ def _claim_sqlite(connection, *, worker_id, queues, limit, now):
     if queues is not None:
         queue_filter = f"AND queue_name IN ({', '.join(['%s'] * len(queues))})"
         queue_params = list(queues)
+    now = now_sql(connection)
     sql = f"""
         UPDATE {table} SET {
-        _CLAIM_SET.format(job=table, append="json_insert(worker_ids, '$[#]', %s)")
+        _CLAIM_SET.format(
+            job=table, now=now, append="json_insert(worker_ids, '$[#]', %s)"
+        )
     }
         WHERE id IN (
             SELECT id FROM {table}
-            WHERE status = %s AND run_after <= %s {queue_filter}
+            WHERE status = %s AND run_after <= {now} {queue_filter}
             ORDER BY priority DESC, run_after, id
             LIMIT %s
         )
         RETURNING id
     """
-    params = [
-        *_set_params(connection, worker_id, now),
-        JobStatus.READY.value,
-        connection.ops.adapt_datetimefield_value(now),
-        *queue_params,
-        limit,
-    ]
+    params = [*_set_params(worker_id), JobStatus.READY.value, *queue_params, limit]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         ids = [row[0] for row in cursor.fetchall()]
@@ -259,7 +260,7 @@ def _claim_mysql(connection, *, worker_id, queues, limit, now):
     table = connection.ops.quote_name(Job._meta.db_table)
     due = (
         Job.objects.using(connection.alias)
-        .due(now)
+        .due()
         .order_by("-priority", "run_after", "id")
         .select_for_update(skip_locked=True)
         .values_list("id", "priority", "run_after")
@@ -296,13 +297,15 @@ def _claim_mysql(connection, *, worker_id, queues, limit, now):
 
 def _mark_claimed(connection, table, ids, worker_id, now) -> None:
     claim_set = _CLAIM_SET.format(
-        job=table, append="JSON_ARRAY_APPEND(worker_ids, '$', %s)"
+        job=table,
+        now=now_sql(connection),
+        append="JSON_ARRAY_APPEND(worker_ids, '$', %s)",
     )
     marks = ", ".join(["%s"] * len(ids))
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {table} SET {claim_set} WHERE id IN ({marks})",
-            [*_set_params(connection, worker_id, now), *ids],
+            [*_set_params(worker_id), *ids],
         )
 
 
@@ -346,15 +349,10 @@ def _fail_corrupt(connection, ids, now) -> set[int]:
             if c != "errors"
         )
         cursor.execute(
-            f"UPDATE {table} SET {repair}, errors = %s, status = %s, finished_at = %s, "
-            f"attempts = attempts + 1 "
+            f"UPDATE {table} SET {repair}, errors = %s, status = %s, "
+            f"finished_at = {now_sql(connection)}, attempts = attempts + 1 "
             f"WHERE id IN ({', '.join(['%s'] * len(bad))})",
-            [
-                json.dumps([error]),
-                JobStatus.FAILED.value,
-                connection.ops.adapt_datetimefield_value(now),
-                *bad,
-            ],
+            [json.dumps([error]), JobStatus.FAILED.value, *bad],
         )
     return set(bad)
 

@@ -20,13 +20,14 @@ class Heartbeat(threading.Thread):
     heartbeat. Errors are logged and the beat retried at the next interval.
     """
 
-    def __init__(self, *, process, interval: float, using: str, on_lost):
+    def __init__(self, *, process, interval: float, using: str, on_lost, clock):
         super().__init__(name="bgtasks-heartbeat", daemon=True)
         # This thread's own but the stop event, set from any thread.
         self.process = process
         self.interval = interval
         self.using = using
         self.on_lost = on_lost
+        self.clock = clock  # synced with the database's at each beat
         self._stop_event = threading.Event()
 
     def stop(self) -> None:
@@ -44,6 +45,7 @@ class Heartbeat(threading.Thread):
         a working worker looking dead."""
         try:
             if self.process.beat() or self._stop_event.is_set():
+                self.clock.sync(self.using)
                 return
             logger.error("Worker %s: its row is gone (judged dead?)", self.process.pk)
             process = self.on_lost()

@@ -9,12 +9,12 @@ import time
 
 from django.conf import settings
 from django.db import connections, reset_queries
-from django.utils import timezone
 
 from ..db import tidy_connections
 from ..models.transitions import transition
 from .attempt import describe, run_attempt
 from .claims import Claimer
+from .clock import DatabaseClock
 from .completer import Completer, Finished
 from .ledger import Attempt, Ledger
 
@@ -37,12 +37,14 @@ class JobThreads:
         ledger: Ledger,
         completer: Completer,
         claimer: Claimer,
+        clock: DatabaseClock,
         give_up: threading.Event,
     ):
         # Read-only; each thread's state is its own (the attempt it runs).
         self.ledger = ledger
         self.completer = completer
         self.claimer = claimer  # its started_receivers, per claim
+        self.clock = clock
         self.give_up = give_up
         self._threads = [
             threading.Thread(
@@ -101,7 +103,7 @@ class JobThreads:
             )
             self.ledger.dropped(attempt)
             return
-        change = transition(job, outcome, now=timezone.now())
+        change = transition(job, outcome, now=self.clock.now())
         self.ledger.finished(attempt, seconds)
         self.completer.submit(
             Finished(attempt, task, outcome, change, task_result, seconds * 1000)

@@ -39,6 +39,7 @@ from ..models import Job, WorkerProcess
 from ..models.transitions import TimedOut
 from .attempt import timeout_error
 from .claims import Claimer
+from .clock import DatabaseClock
 from .completer import Completer
 from .heartbeat import Heartbeat
 from .hooks import Hooks
@@ -117,6 +118,7 @@ class Worker:
             concurrency=options.concurrency,
             ledger=self.ledger,
         )
+        self.clock = DatabaseClock()
         self.claimer = Claimer(
             ledger=self.ledger,
             using=self.using,
@@ -204,6 +206,12 @@ class Worker:
         )
         if registered is None:
             return
+        retry_until_done(
+            lambda: self.clock.sync(self.using),
+            using=self.using,
+            what="reading the database's clock",
+            give_up=self._stopping,
+        )
         sync_at_start(using=self.using, give_up=self._stopping)
         self._start_parts()
         try:
@@ -231,6 +239,7 @@ class Worker:
                 ledger=self.ledger,
                 completer=completer,
                 claimer=self.claimer,
+                clock=self.clock,
                 give_up=self._forced,
             ),
             "heartbeat": Heartbeat(
@@ -238,6 +247,7 @@ class Worker:
                 interval=bgtasks_settings.HEARTBEAT_INTERVAL,
                 using=self.using,
                 on_lost=self._on_row_lost,
+                clock=self.clock,
             ),
             "maintenance": Maintenance(
                 using=self.using,
@@ -328,7 +338,7 @@ class Worker:
         error = timeout_error(attempt)
         self._recycle()  # first: no job thread may record anything now
         retry_until_done(
-            lambda: job.record(TimedOut(error)),
+            lambda: job.record(TimedOut(error), now=self.clock.now()),
             using=self.using,
             what=f"recording the timeout of job {job.pk}",
             give_up=threading.Event(),
