@@ -97,6 +97,17 @@ def wait_for_file(path, timeout=30.0):
     return "released"
 
 
+@task(takes_context=True)
+def steps(context, path, pause=0.01, until=None):
+    """Append a line ``pid attempt time`` to ``path`` every ``pause`` s,
+    until the file ``until`` exists: a run that can be seen running."""
+    with open(path, "a", buffering=1) as log:
+        while until is None or not Path(until).exists():
+            log.write(f"{os.getpid()} {context.attempt} {time.time():.6f}\n")
+            time.sleep(pause)
+    return "stepped"
+
+
 @task
 def sleep_for(seconds):
     time.sleep(seconds)

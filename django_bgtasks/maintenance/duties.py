@@ -42,9 +42,21 @@ class Duty:
 
 
 class Maintenance(threading.Thread):
-    def __init__(self, *, using: str, scheduler: bool, housekeeping: bool):
+    """``may_judge_others``: whether this worker may judge other workers dead
+    now (the heartbeat's: see ``Heartbeat.may_judge_others``); the rescue
+    waits until it may."""
+
+    def __init__(
+        self,
+        *,
+        using: str,
+        scheduler: bool,
+        housekeeping: bool,
+        may_judge_others: Callable[[], bool] = lambda: True,
+    ):
         super().__init__(name="bgtasks-maintenance", daemon=True)
         self.using = using
+        self.may_judge_others = may_judge_others
         self.duties: list[Duty] = []
         if scheduler:
             self.duties.append(
@@ -96,7 +108,8 @@ class Maintenance(threading.Thread):
             logger.info("Scheduler enqueued %d job(s)", fired)
 
     def _rescue(self) -> None:
-        rescue_dead_workers(using=self.using)
+        if self.may_judge_others():
+            rescue_dead_workers(using=self.using)
 
     def _prune(self) -> float | None:
         deleted = prune_finished_jobs(

@@ -232,6 +232,13 @@ class Worker:
             hooks=self.hooks,
             give_up=self._forced,
         )
+        heartbeat = Heartbeat(
+            process=self.lease.row,
+            interval=bgtasks_settings.HEARTBEAT_INTERVAL,
+            using=self.using,
+            on_lost=self._on_row_lost,
+            clock=self.clock,
+        )
         parts = {
             "completer": completer,
             "job threads": JobThreads(
@@ -242,17 +249,12 @@ class Worker:
                 clock=self.clock,
                 give_up=self._forced,
             ),
-            "heartbeat": Heartbeat(
-                process=self.lease.row,
-                interval=bgtasks_settings.HEARTBEAT_INTERVAL,
-                using=self.using,
-                on_lost=self._on_row_lost,
-                clock=self.clock,
-            ),
+            "heartbeat": heartbeat,
             "maintenance": Maintenance(
                 using=self.using,
                 scheduler=self.options.scheduler,
                 housekeeping=self.options.maintenance,
+                may_judge_others=heartbeat.may_judge_others,
             ),
         }
         if self.uses_notify:

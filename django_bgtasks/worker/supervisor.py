@@ -14,6 +14,7 @@ at once.
 from __future__ import annotations
 
 import logging
+import signal
 import subprocess
 import threading
 import time
@@ -139,6 +140,8 @@ class Supervisor:
         slot.crashes = 1 if lived > STABLE_AFTER else slot.crashes + 1
         delay = min(MAX_RESTART_DELAY, 2.0 ** (slot.crashes - 1))
         reason = f"signal {-code}" if code < 0 else f"exit status {code}"
+        if code == -signal.SIGALRM:
+            reason += ": it stalled past its stall limit and ended as it resumed"
         logger.error(
             "Worker process %d died (%s); restarting it in %.0f s",
             slot.number,

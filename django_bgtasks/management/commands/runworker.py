@@ -18,6 +18,7 @@ from django_bgtasks.exceptions import WorkerIdInUse
 from django_bgtasks.maintenance.schedule_sync import InvalidSchedule
 from django_bgtasks.worker import Worker, WorkerExit, WorkerOptions
 from django_bgtasks.worker.process import settle_garbage_collector
+from django_bgtasks.worker.stall import StallGuard
 from django_bgtasks.worker.supervisor import Supervisor
 
 LOG_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
@@ -79,7 +80,8 @@ class Command(BaseCommand):
             worker.stop_requests.watch_supervisor(sys.stdin)
         settle_garbage_collector()  # this process is the worker's
         try:
-            ended = worker.run()
+            with StallGuard():  # this process is the worker's
+                ended = worker.run()
         except (WorkerIdInUse, InvalidSchedule) as exc:
             raise CommandError(str(exc)) from None
         finally:
