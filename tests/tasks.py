@@ -36,13 +36,13 @@ def echo(*args, **kwargs):
 
 @task(takes_context=True)
 def record(context, label=""):
-    """Log this execution; the unique (job, attempt) constraint catches a job
-    run twice at once."""
+    """Log this execution; the unique (job, claim) constraint catches a job
+    claimed twice at once."""
     result = context.task_result
     Execution.objects.create(
         job_id=int(result.id),
         label=label,
-        attempt=context.attempt,
+        claim=len(result.worker_ids),
         worker_id=result.worker_ids[-1],
         pid=os.getpid(),
     )
@@ -109,6 +109,15 @@ def steps(context, path, pause=0.01, until=None):
 
 
 @task
+def crashes(after=0.0):
+    """Crash the process (a segmentation fault) after ``after`` seconds."""
+    import ctypes
+
+    time.sleep(after)
+    ctypes.string_at(0)  # reads address 0
+
+
+@task
 def sleep_for(seconds):
     time.sleep(seconds)
     return seconds
@@ -154,7 +163,7 @@ def chaos(context, label, pause=0.0):
     Execution.objects.create(
         job_id=int(result.id),
         label=label,
-        attempt=context.attempt,
+        claim=len(result.worker_ids),
         worker_id=result.worker_ids[-1],
         pid=os.getpid(),
     )

@@ -179,3 +179,50 @@ def test_closing_after_the_loop_forgets_a_reservation_it_left():
     ledger.reserve_for_loop()  # and never returned
     assert ledger.close(wait=0, loop_done=True)
     assert ledger.counts()["reserved"] == 0
+
+
+def alone(pk: int, priority: int = 0) -> Job:
+    held = job(pk, priority)
+    held.runs_alone = True
+    return held
+
+
+def test_a_job_that_runs_alone_waits_for_the_running_ones_and_sets_the_rest_aside():
+    ledger = Ledger(Slots(threads=3, prefetch=2))
+    claimed(ledger, job(1, 9), alone(2, 5), job(3), job(4))
+    first = ledger.next_attempt()  # job 1 outranks it: starts
+    taker = Taker(ledger)
+    taker.start()
+    assert not taker.done.wait(0.2)  # job 2 waits for job 1 to end
+    ledger.finished(first, 0.001)
+    assert taker.done.wait(5)
+    started = taker.taken[0]
+    assert started.job.pk == 2
+    # Jobs 3 and 4 are put back by its thread, unstarted: no longer held.
+    assert [held.pk for held in started.set_aside] == [3, 4]
+    assert ledger.unfinished_ids() == {2}
+    assert ledger.counts()["waiting"] == 0
+
+
+def test_nothing_starts_beside_a_job_that_runs_alone():
+    ledger = Ledger(Slots(threads=2, prefetch=2))
+    loops = ledger.reserve_for_loop()
+    listeners = ledger.reserve_urgent()  # a claim under way meanwhile
+    ledger.claimed(loops, [alone(1, 5)])
+    running_alone = ledger.next_attempt()
+    assert running_alone.set_aside == []
+    ledger.claimed(listeners, [job(2, 9)])
+    taker = Taker(ledger)
+    taker.start()
+    assert not taker.done.wait(0.2)
+    ledger.finished(running_alone, 0.001)
+    assert taker.done.wait(5) and taker.taken[0].job.pk == 2
+
+
+def test_threads_told_to_exit_skip_the_jobs_set_aside():
+    ledger = Ledger(Slots(threads=1, prefetch=3))
+    claimed(ledger, alone(1, 5), job(2), job(3))
+    running_alone = ledger.next_attempt()
+    ledger.finished(running_alone, 0.001)
+    ledger.release_threads(1)
+    assert ledger.next_attempt() is None  # jobs 2 and 3 are not this worker's

@@ -53,7 +53,7 @@ def test_other_databases_apply_and_unapply_it_as_a_no_op():
         assert applied() == {"0001_initial"}
     finally:
         call_command("migrate", APP, verbosity=0)
-    assert applied() == {"0001_initial", "0002_postgresql_autovacuum"}
+    assert {"0001_initial", "0002_postgresql_autovacuum"} <= applied()
 
 
 def index_definitions() -> dict[str, str]:

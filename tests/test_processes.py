@@ -239,14 +239,19 @@ def test_chaos(workers):
     jobs = Job.objects.all()
     assert jobs.count() == 5000
     assert not jobs.exclude(status=JobStatus.SUCCESSFUL).exists()
-    # Exactly one run recorded for each job's successful attempt; no run of
-    # an attempt the job never had.
-    final = {job.pk: job.attempts for job in jobs.only("pk", "attempts")}
-    runs = list(Execution.objects.values_list("job_id", "attempt"))
+    # Exactly one run recorded for each job's last claim; no run of a claim
+    # the job never had.
+    final = {job.pk: len(job.worker_ids) for job in jobs.only("pk", "worker_ids")}
+    runs = list(Execution.objects.values_list("job_id", "claim"))
     assert len(runs) == len(set(runs))
     assert set(final.items()) <= set(runs)
-    assert all(attempt <= final[pk] for pk, attempt in runs)
-    rescued = sum(1 for attempts in final.values() if attempts > 1)
+    assert all(claim <= final[pk] for pk, claim in runs)
+    rescued = sum(1 for claims in final.values() if claims > 1)
+    # A rescued job ran beside others: its attempt was given back, and it
+    # ran alone after. Only a kill while it ran alone counts an attempt.
+    for attempts, alone in jobs.values_list("attempts", "runs_alone"):
+        assert attempts == 1 or alone
+    assert jobs.filter(runs_alone=True).count() >= 1
     print(
         f"chaos on {connection.vendor}: {kills} kills, {rescued} jobs rescued; "
         f"the last victim's jobs back {recovery:.1f} s after its kill "
@@ -331,3 +336,48 @@ def test_workers_survive_a_postgresql_restart(workers):
         process.send_signal(signal.SIGTERM)
         assert workers.wait(process) == 0
     assert not Job.objects.running().exists()
+
+
+def test_a_crashing_task_fails_alone_and_the_jobs_beside_it_succeed(workers):
+    """A task that crashes its process (a segmentation fault) while five
+    jobs run beside it, each with one attempt: the five get their attempt
+    back and run alone, and succeed; the crasher runs alone, crashes again,
+    and fails."""
+    one = {"max_attempts": 1}
+    innocents = [tasks.sleep_for.using(**one).enqueue(1.5) for _ in range(2)]
+    crasher = tasks.crashes.using(**one).enqueue(0.5)
+    innocents += [tasks.sleep_for.using(**one).enqueue(1.5) for _ in range(3)]
+    supervisor = workers.start(
+        "--processes", "1", "--concurrency", "6", env=FAST_RESCUE
+    )  # fmt: skip
+    started = time.monotonic()
+    wait_until(
+        lambda: (
+            not Job.objects.exclude(
+                status__in=[JobStatus.SUCCESSFUL, JobStatus.FAILED]
+            ).exists()
+        ),
+        timeout=120,
+        message="every job ended",
+    )
+    ended = time.monotonic() - started
+    supervisor.send_signal(signal.SIGTERM)
+    assert workers.wait(supervisor) == 0
+
+    output = workers.output(supervisor)
+    print(
+        f"crash isolation: every job ended {ended:.1f} s after the start; "
+        f"{output.count('died (signal 11')} crash(es) ({connection.vendor})"
+    )
+    assert output.count("died (signal 11") == 2  # beside the others, then alone
+    crashed = Job.objects.get(pk=crasher.id)
+    assert crashed.status == JobStatus.FAILED and crashed.runs_alone
+    assert [error["exception_class_path"] for error in crashed.errors] == [
+        "django_bgtasks.exceptions.WorkerLost"
+    ] * 2
+    for result in innocents:
+        job = Job.objects.get(pk=result.id)
+        assert (job.status, job.attempts, job.return_value) == (
+            JobStatus.SUCCESSFUL, 1, 1.5,
+        )  # fmt: skip
+        assert job.runs_alone  # its first run was cut short by the crash

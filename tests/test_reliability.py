@@ -16,7 +16,7 @@ from django_bgtasks.maintenance.rescue import rescue_dead_workers
 from django_bgtasks.models import Job, JobStatus, WorkerProcess
 from django_bgtasks.worker import Worker, WorkerExit
 from tests import tasks
-from tests.conftest import wait_until
+from tests.conftest import run_in_process, wait_until
 from tests.factories import make_job, make_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -34,28 +34,45 @@ def held_by(worker_id, **fields) -> Job:
 
 
 def test_dead_workers_jobs_are_put_back_or_failed():
-    make_worker("dead", silent_for=timedelta(minutes=5))
+    """A job that ran beside others gets its attempt back and runs alone
+    from now on (any of them may have crashed the process); one that ran
+    alone crashed it itself: the attempt counts."""
+    make_worker("dead", silent_for=timedelta(minutes=5), concurrency=4)
     make_worker("alive")
-    retry = held_by("dead", max_attempts=3)
-    spent = held_by("dead", attempts=3, max_attempts=3)
+    beside = held_by("dead", attempts=3, max_attempts=3)
+    retry = held_by("dead", max_attempts=3, runs_alone=True)
+    spent = held_by("dead", attempts=3, max_attempts=3, runs_alone=True)
     safe = held_by("alive")
 
     rescue = rescue_dead_workers()
 
-    assert rescue.workers == ["dead"] and rescue.jobs == 2
-    retry.refresh_from_db()
-    spent.refresh_from_db()
-    safe.refresh_from_db()
-    assert retry.status == JobStatus.READY and retry.worker_id is None
-    assert retry.run_after <= timezone.now()
+    assert rescue.workers == ["dead"] and rescue.jobs == 3
+    for job in (beside, retry, spent, safe):
+        job.refresh_from_db()
+    assert (beside.status, beside.attempts, beside.runs_alone) == (
+        JobStatus.READY, 2, True,
+    )  # fmt: skip
+    assert (retry.status, retry.attempts) == (JobStatus.READY, 1)
+    for job in (beside, retry):
+        assert job.worker_id is None and job.run_after <= timezone.now()
     assert spent.status == JobStatus.FAILED and spent.finished_at is not None
-    for job in (retry, spent):
+    for job in (beside, retry, spent):
         assert job.errors[-1]["exception_class_path"] == (
             "django_bgtasks.exceptions.WorkerLost"
         )
         assert "stopped heartbeating" in job.errors[-1]["traceback"]
     assert safe.status == JobStatus.RUNNING
     assert list(WorkerProcess.objects.values_list("pk", flat=True)) == ["alive"]
+
+
+def test_a_one_thread_workers_job_ran_alone_and_its_attempt_counts():
+    make_worker("dead", silent_for=timedelta(minutes=5), concurrency=1)
+    job = held_by("dead", attempts=1, max_attempts=3)
+
+    assert rescue_dead_workers().jobs == 1
+
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.runs_alone) == (JobStatus.READY, 1, False)
 
 
 def test_orphaned_running_jobs_are_rescued():
@@ -229,3 +246,18 @@ def test_worker_timeout_must_leave_room_for_heartbeats():
 
     errors = [m for m in checks.run_checks() if m.id == "bgtasks.E007"]
     assert errors and "less than twice" in errors[0].msg
+
+
+def test_the_jobs_claimed_with_a_job_that_runs_alone_are_put_back_unstarted():
+    suspect = int(tasks.add.enqueue(1, 1).id)
+    Job.objects.filter(pk=suspect).update(runs_alone=True, priority=5)
+    others = [tasks.add.enqueue(number, 1) for number in range(3)]
+
+    run_in_process(concurrency=2, prefetch=8)  # one claim takes all four
+
+    assert Job.objects.get(pk=suspect).return_value == 2
+    for result in others:
+        job = Job.objects.get(pk=result.id)
+        assert job.status == JobStatus.SUCCESSFUL and job.attempts == 1
+        # Claimed with the suspect, put back as it started, claimed again.
+        assert len(job.worker_ids) == 2 and job.errors == []

@@ -331,3 +331,27 @@ def test_the_mark_follows_a_prefetch_that_shrank():
     assert slots.held == 3
     assert slots.loop_has_work()
     assert slots.reserve_for_loop().count == 1
+
+
+# Rule 7: isolation -------------------------------------------------------------
+
+
+def test_while_a_job_that_runs_alone_is_held_nothing_is_claimed():
+    slots = Slots(threads=4, prefetch=0)
+    reservation = slots.reserve_for_loop()
+    slots.claim_returned(reservation, [0, 0], alone=1)
+    assert slots.free() == 0 and slots.free(beyond=1) == 0
+    assert slots.reserve_for_loop() is None and slots.reserve_urgent() is None
+    slots.set_aside([0])  # the one held with it, put back as it starts
+    slots.job_started(0)
+    assert slots.reserve_for_loop() is None
+    assert slots.job_finished(alone=True)  # the main loop may claim again
+    assert slots.alone == 0 and slots.free() == 4
+
+
+def test_a_job_that_runs_alone_dropped_while_exiting_frees_the_worker():
+    slots = Slots(threads=2, prefetch=0)
+    slots.claim_returned(slots.reserve_for_loop(), [0], alone=1)
+    slots.job_started(0)
+    slots.job_dropped(alone=True)
+    assert slots.alone == 0 and slots.idle

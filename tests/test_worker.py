@@ -54,7 +54,7 @@ def test_context_reports_the_attempt_and_worker():
     result = tasks.record.enqueue(label="ctx")
     worker = run_in_process()
     execution = Execution.objects.get()
-    assert (execution.job_id, execution.attempt) == (int(result.id), 1)
+    assert (execution.job_id, execution.claim) == (int(result.id), 1)
     assert execution.worker_id == worker.worker_id
 
 

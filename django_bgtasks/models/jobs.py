@@ -47,6 +47,7 @@ TRANSITION_FIELDS = (
     "worker_id",
     "errors",
     "backoff",
+    "runs_alone",
 )
 
 
@@ -78,9 +79,9 @@ class JobQuerySet(models.QuerySet):
         except Exception:
             pass  # a row whose errors or backoff cannot be read: one by one
         rows = self.values_list(
-            "pk", "queue_name", "attempts", "max_attempts", "worker_id"
+            "pk", "queue_name", "attempts", "max_attempts", "worker_id", "runs_alone"
         )
-        for pk, queue_name, attempts, max_attempts, worker_id in list(rows):
+        for pk, queue_name, attempts, max_attempts, worker_id, alone in list(rows):
             try:
                 yield lean.get(pk=pk)
                 continue
@@ -94,6 +95,7 @@ class JobQuerySet(models.QuerySet):
                 worker_id=worker_id,
                 errors=[],
                 backoff={},
+                runs_alone=alone,
             )
             job._state.adding = False
             job._state.db = self.db
@@ -195,6 +197,19 @@ class Job(models.Model):
     )
     worker_ids = models.JSONField(
         _("worker ids"), default=list, help_text=_("The worker of each attempt.")
+    )
+    # Set when the job's process died while it ran beside other jobs: any of
+    # them may have crashed it, so that attempt was not counted, and from
+    # then on the job runs with nothing beside it, where a crash is its own.
+    # A default in the database too: rows inserted by hand may leave it out.
+    runs_alone = models.BooleanField(
+        _("runs alone"),
+        default=False,
+        db_default=False,
+        help_text=_(
+            "Its process died while it ran beside other jobs: it now runs with "
+            "none beside it."
+        ),
     )
     # The schedule that made the job, and for which planned time; unique
     # together, so a schedule fires once per planned time.

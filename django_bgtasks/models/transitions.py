@@ -86,9 +86,13 @@ class Interrupted:
 
 @dataclass(frozen=True, slots=True)
 class Lost:
-    """The job's worker died (it stopped heartbeating) while running it."""
+    """The job's worker died (it stopped heartbeating) while running it. If
+    the job ran beside others, the attempt does not count and the job runs
+    alone from then on; if it ran alone (it had to, or ``alone``: its
+    worker had one thread), the crash was its own."""
 
     error: BaseException
+    alone: bool = False
 
 
 # Outcomes an operator decides, for many jobs at once ------------------------
@@ -149,7 +153,8 @@ def transition(job, outcome: Outcome, *, now: datetime) -> Transition:
     """The verdict and column changes ``outcome`` makes of ``job``.
 
     ``job`` is the job as its holder knows it (``attempts``,
-    ``max_attempts``, ``backoff``, ``errors``, ``worker_id``); an operator's
+    ``max_attempts``, ``backoff``, ``errors``, ``worker_id``,
+    ``runs_alone``); an operator's
     outcome needs none and may be given None.
     """
     match outcome:
@@ -182,8 +187,19 @@ def transition(job, outcome: Outcome, *, now: datetime) -> Transition:
                 attempts=max(job.attempts - 1, 0),
                 errors=errors,
             )
-        case Lost(error):
+        case Lost(error, alone):
             errors = _with_error(job, error, now)
+            if not (alone or job.runs_alone):
+                # Its process died while it ran beside other jobs, and any
+                # of them may have crashed it: the attempt is given back,
+                # and from now on it runs alone, where a crash is its own.
+                return _ended(
+                    Verdict.PUT_BACK,
+                    status=JobStatus.READY,
+                    attempts=max(job.attempts - 1, 0),
+                    errors=errors,
+                    runs_alone=True,
+                )
             if job.attempts < job.max_attempts:
                 # Its place kept: a rescued job is not sent behind the jobs
                 # enqueued while its worker was dying.

@@ -138,16 +138,19 @@ class WorkerProcess(models.Model):
         )
 
     def release_jobs(self, reason: BaseException | None = None) -> int:
-        """Put the RUNNING jobs this worker holds back to READY, due now (it
-        is stopping). The attempt stays counted; ``reason`` (if given) is
-        recorded as the attempt's error. Returns how many were put back."""
+        """Put the RUNNING jobs this worker holds back to READY, keeping
+        their place (it is stopping). The attempt does not count;
+        ``reason`` (if given) is recorded as the attempt's error. Returns
+        how many were put back."""
         return self._each_job(Interrupted(reason))
 
     def rescue_jobs(self, reason: BaseException) -> int:
         """Give up the RUNNING jobs of this (dead) worker: READY again where
         attempts remain, else FAILED, with ``reason`` as the attempt's error.
-        Returns how many jobs were changed."""
-        return self._each_job(Lost(reason))
+        Returns how many jobs were changed. A job that ran beside others
+        (this worker had more than one thread) gets the attempt back, and
+        runs alone from then on: any of them may have crashed the process."""
+        return self._each_job(Lost(reason, alone=self.concurrency == 1))
 
     def _each_job(self, outcome: Interrupted | Lost) -> int:
         """Apply ``outcome`` to each job this worker holds, one row at a

@@ -22,6 +22,13 @@ is ``Slots``, called under the lock; the ledger keeps the jobs themselves:
 the ones waiting for a thread in start order (best first, so an urgent job
 claimed late starts next), the running ones with their deadlines, the ones
 whose outcome is being written.
+
+A job that must run alone (``Job.runs_alone``: its last process died while
+it ran beside others, and any of them may have crashed it) starts once the
+running jobs have ended, and nothing starts beside it: the threads wait
+their turn (``_turn``). As it starts, the jobs still waiting are set aside,
+for its thread to put back: the process holds no other job while it runs,
+so a crash while it runs is its own.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ class Stage(enum.Enum):
     WAITING = "waiting"  # claimed, waiting for a thread
     RUNNING = "running"  # on a thread
     WRITING = "writing"  # ended; its outcome is being written
+    SET_ASIDE = "set aside"  # put back unstarted, for a job that runs alone
 
 
 @dataclass(slots=True, eq=False)
@@ -54,6 +62,9 @@ class Attempt:
     thread_id: int = 0  # that thread's ident
     deadline: float = math.inf  # when it has run past its timeout
     seconds: float = 0.0  # how long it ran, once ended
+    # For a job that runs alone: the jobs it was held with, unstarted, which
+    # its thread puts back before it starts (see Ledger.next_attempt).
+    set_aside: list[Job] | None = None
 
 
 class Ledger:
@@ -66,6 +77,10 @@ class Ledger:
     def __init__(self, slots: Slots):
         self._lock = threading.Lock()
         self._claim_landed = threading.Condition(self._lock)
+        # Job threads held back by a job that runs alone (rule 7 of Slots).
+        self._turn = threading.Condition(self._lock)
+        self._held_back = 0  # threads waiting on _turn
+        self._alone: Attempt | None = None  # running alone
         self._slots = slots
         # Waiting attempts, best first: (order, -priority, run_after, id,
         # attempt); order 1 entries (attempt None) tell a thread to exit.
@@ -103,11 +118,15 @@ class Ledger:
         ]
         with self._lock:
             look_again = self._slots.claim_returned(
-                reservation, [job.priority for job in jobs], seconds
+                reservation,
+                [job.priority for job in jobs],
+                seconds,
+                alone=sum(job.runs_alone for job in jobs),
             )
             for entry in entries:
                 heapq.heappush(self._waiting, entry)
             self._claim_landed.notify_all()
+            self._next_turn()
         for _ in entries:
             self._tokens.put(None)
         if look_again:
@@ -219,42 +238,103 @@ class Ledger:
         ones that would run twice if the database gave them to another
         worker (an attempt that has ended cannot)."""
         with self._lock:
-            waiting = {entry[3] for entry in self._waiting if entry[0] == 0}
+            waiting = {
+                entry[3]
+                for entry in self._waiting
+                if entry[0] == 0 and entry[-1].stage is Stage.WAITING
+            }
             return waiting | self._running.keys()
 
     # Job threads ------------------------------------------------------------------
 
     def next_attempt(self) -> Attempt | None:
         """The best waiting attempt, now running on this thread; blocks until
-        there is one. None: the thread is to exit (``release_threads``)."""
-        self._tokens.get()
-        if not self._may_start.is_set():
-            # Which job is next is decided after the pause: the urgent one,
-            # if its claim has come in.
-            self._may_start.wait(self.MAX_PAUSE)
-        now = time.monotonic()
-        with self._lock:
-            attempt = heapq.heappop(self._waiting)[-1]
-            if attempt is None:
-                return None
-            job = attempt.job
-            attempt.stage = Stage.RUNNING
-            attempt.started = now
-            attempt.thread_id = threading.get_ident()
-            self._running[job.pk] = attempt
-            self._slots.job_started(job.priority)
-            # A timeout that is not a positive number (a row written around
-            # the API) sets no deadline: the attempt fails on its row first.
-            if job.timeout is not None and 0 < job.timeout < math.inf:
-                attempt.deadline = now + job.timeout
-                self._timed[job.pk] = attempt
-                # Its deadline comes before the main loop would look.
-                wake = attempt.deadline < self._looks_at
-            else:
-                wake = False
-        if wake:
-            self._wake.set()
-        return attempt
+        there is one. None: the thread is to exit (``release_threads``). An
+        attempt that runs alone comes with the jobs set aside for it
+        (``Attempt.set_aside``), which the thread must put back first."""
+        while True:
+            self._tokens.get()
+            if not self._may_start.is_set():
+                # Which job is next is decided after the pause: the urgent
+                # one, if its claim has come in.
+                self._may_start.wait(self.MAX_PAUSE)
+            with self._lock:
+                while not self._may_take_next():
+                    self._held_back += 1
+                    self._turn.wait()
+                    self._held_back -= 1
+                attempt = heapq.heappop(self._waiting)[-1]
+                if attempt is None:
+                    return None
+                if attempt.stage is Stage.SET_ASIDE:
+                    continue  # no longer this worker's: the next one
+                now = time.monotonic()
+                job = attempt.job
+                attempt.stage = Stage.RUNNING
+                attempt.started = now
+                attempt.thread_id = threading.get_ident()
+                self._running[job.pk] = attempt
+                self._slots.job_started(job.priority)
+                if job.runs_alone:
+                    self._alone = attempt
+                    attempt.set_aside = self._set_aside_waiting()
+                # A timeout that is not a positive number (a row written
+                # around the API) sets no deadline: the attempt fails on its
+                # row first.
+                if job.timeout is not None and 0 < job.timeout < math.inf:
+                    attempt.deadline = now + job.timeout
+                    self._timed[job.pk] = attempt
+                    # Its deadline comes before the main loop would look.
+                    wake = attempt.deadline < self._looks_at
+                else:
+                    wake = False
+            if wake:
+                self._wake.set()
+            return attempt
+
+    def _set_aside_waiting(self) -> list[Job]:
+        """Under the lock: the waiting attempts leave the ledger, unstarted
+        (their entries stay in the queue, to be skipped)."""
+        jobs = []
+        for entry in self._waiting:
+            attempt = entry[-1]
+            if attempt is not None and attempt.stage is Stage.WAITING:
+                attempt.stage = Stage.SET_ASIDE
+                jobs.append(attempt.job)
+        if jobs:
+            self._slots.set_aside(
+                [job.priority for job in jobs], alone=sum(j.runs_alone for j in jobs)
+            )
+        return jobs
+
+    def _may_take_next(self) -> bool:
+        """Whether the best waiting attempt may start now: not beside a job
+        that runs alone, and, if it runs alone, not beside any. (A thread
+        told to exit always may.)"""
+        attempt = self._waiting[0][-1]
+        if attempt is None or attempt.stage is Stage.SET_ASIDE:
+            return True
+        if self._alone is not None:
+            return False
+        return not (attempt.job.runs_alone and self._running)
+
+    def _next_turn(self) -> None:
+        """Under the lock: the running jobs or the best waiting one changed;
+        threads held back look again."""
+        if self._held_back:
+            self._turn.notify_all()
+
+    def _left(self, attempt: Attempt) -> bool:
+        """Under the lock: ``attempt`` left the running ones. Returns whether
+        it ran alone."""
+        pk = attempt.job.pk
+        del self._running[pk]
+        self._timed.pop(pk, None)
+        alone = attempt is self._alone
+        if alone:
+            self._alone = None
+        self._next_turn()
+        return alone
 
     def finished(self, attempt: Attempt, seconds: float) -> None:
         """The attempt ended after ``seconds`` on its thread; its outcome is
@@ -262,11 +342,10 @@ class Ledger:
         pk = attempt.job.pk
         attempt.seconds = seconds  # read once the outcome is written
         with self._lock:
-            del self._running[pk]
-            self._timed.pop(pk, None)
+            alone = self._left(attempt)
             attempt.stage = Stage.WRITING
             self._writing[pk] = attempt
-            wake = self._slots.job_finished()
+            wake = self._slots.job_finished(alone)
         if wake:
             self._wake.set()
 
@@ -276,9 +355,7 @@ class Ledger:
         pk = attempt.job.pk
         with self._lock:
             if attempt.stage is Stage.RUNNING:
-                del self._running[pk]
-                self._timed.pop(pk, None)
-                wake = self._slots.job_dropped()
+                wake = self._slots.job_dropped(self._left(attempt))
             elif self._writing.pop(pk, None) is not None:
                 wake = self._slots.outcomes_written(1)
             else:
@@ -292,6 +369,7 @@ class Ledger:
         with self._lock:
             for number in range(count):
                 heapq.heappush(self._waiting, (1, number, None, None, None))
+            self._next_turn()
         self.resume_starts()
         for _ in range(count):
             self._tokens.put(None)

@@ -10,8 +10,10 @@ import time
 from django.conf import settings
 from django.db import connections, reset_queries
 
-from ..db import tidy_connections
-from ..models.transitions import transition
+from .. import notify
+from ..db import retry_until_done, tidy_connections
+from ..models import Job, JobStatus
+from ..models.transitions import Interrupted, transition
 from .attempt import describe, run_attempt
 from .claims import Claimer
 from .clock import DatabaseClock
@@ -84,6 +86,11 @@ class JobThreads:
         if self.give_up.is_set():
             self.ledger.dropped(attempt)  # the worker gave the job back
             return
+        if attempt.set_aside is not None:
+            self._put_back(job, attempt.set_aside)
+            if self.give_up.is_set():
+                self.ledger.dropped(attempt)
+                return
         if logger.isEnabledFor(logging.INFO):
             logger.info("Job %s started: %s", job.pk, describe(job))
         started = time.monotonic()
@@ -107,4 +114,31 @@ class JobThreads:
         self.ledger.finished(attempt, seconds)
         self.completer.submit(
             Finished(attempt, task, outcome, change, task_result, seconds * 1000)
+        )
+
+    def _put_back(self, alone: Job, jobs: list[Job]) -> None:
+        """Before ``alone`` runs alone: put back the jobs it was held with,
+        unstarted (the attempt does not count), for any worker to take."""
+        logger.warning(
+            "Job %s runs alone (its last process died while it ran beside "
+            "other jobs)%s",
+            alone.pk,
+            f": putting back {len(jobs)} job(s) held with it" if jobs else "",
+        )
+        if not jobs:
+            return
+        using = alone._state.db
+
+        def put_back() -> None:
+            now = self.clock.now()
+            woken = {
+                job.queue_name
+                for job in jobs
+                if job.status == JobStatus.RUNNING
+                and job.record(Interrupted(), now=now) is not None
+            }
+            notify.wake(using, woken)
+
+        retry_until_done(
+            put_back, using=using, what="putting back jobs", give_up=self.give_up
         )

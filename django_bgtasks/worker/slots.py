@@ -35,6 +35,11 @@ The rules:
    itself, in one slot beyond the capacity (the main loop's claim under way
    may hold all the free ones).
 6. **Closing.** Once the worker stops, nothing more is claimed.
+7. **Isolation.** A job that must run alone (its last process died while
+   it ran beside others: ``Job.runs_alone``) starts when nothing else runs,
+   and nothing starts beside it (the ledger sees to that). While the worker
+   holds one, it claims nothing: jobs claimed would wait behind it, where
+   another worker could be running them.
 """
 
 from __future__ import annotations
@@ -99,6 +104,7 @@ class Slots:
     urgent: bool = False  # an urgent job may be due (rule 5)
     loop_claiming: bool = False  # the main loop's claim is under way
     closed: bool = False  # nothing more is claimed (rule 6)
+    alone: int = 0  # held jobs that must run alone (rule 7)
     # The lowest priority of the main loop's last claim: the head of the
     # backlog.
     last_claimed_priority: int | None = None
@@ -184,6 +190,8 @@ class Slots:
         )
         if self.max_jobs is not None:
             free = min(free, self.max_jobs - self.claimed - self.reserved)
+        if self.alone:
+            return 0
         return max(free, 0)
 
     # Claims --------------------------------------------------------------------
@@ -230,12 +238,15 @@ class Slots:
         reservation: Reservation,
         priorities: list[int],
         seconds: float | None = None,
+        alone: int = 0,
     ) -> bool:
         """A claim came back with jobs of ``priorities`` (``seconds``: its
-        round trip). Returns whether the main loop must look again before it
-        waits: it now claims at fewer free slots, and the jobs that ended
-        during the claim were held to the old mark."""
+        round trip; ``alone``: how many of them must run alone). Returns
+        whether the main loop must look again before it waits: it now
+        claims at fewer free slots, and the jobs that ended during the claim
+        were held to the old mark."""
         self._release(reservation)
+        self.alone += alone
         self.waiting += len(priorities)
         self.claimed += len(priorities)
         self._waiting_priorities.update(priorities)
@@ -267,10 +278,12 @@ class Slots:
         self.running += 1
         self._forget_priority(priority)
 
-    def job_finished(self) -> bool:
-        """A job's attempt ended and its outcome waits to be written; returns
-        whether the main loop has work (``loop_has_work``)."""
+    def job_finished(self, alone: bool = False) -> bool:
+        """A job's attempt ended and its outcome waits to be written
+        (``alone``: a job that ran alone); returns whether the main loop has
+        work (``loop_has_work``)."""
         self.running -= 1
+        self.alone -= alone
         self.writing += 1
         return self.loop_has_work()
 
@@ -300,10 +313,19 @@ class Slots:
         if not tuned_for or abs(self.job_seconds - tuned_for) > tuned_for / 4:
             self.retune()
 
-    def job_dropped(self) -> bool:
+    def set_aside(self, priorities: list[int], alone: int = 0) -> None:
+        """Waiting jobs of ``priorities`` are put back unstarted, for a job
+        that runs alone (rule 7); ``alone`` of them must run alone too."""
+        self.waiting -= len(priorities)
+        self.alone -= alone
+        for priority in priorities:
+            self._forget_priority(priority)
+
+    def job_dropped(self, alone: bool = False) -> bool:
         """A running job leaves without an outcome to write (the worker is
         exiting); returns ``loop_has_work()``."""
         self.running -= 1
+        self.alone -= alone
         return self.loop_has_work()
 
     def _forget_priority(self, priority: int) -> None:

@@ -17,13 +17,13 @@ class Migration(migrations.Migration):
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('job_id', models.BigIntegerField()),
                 ('label', models.CharField(blank=True, max_length=50)),
-                ('attempt', models.PositiveIntegerField()),
+                ('claim', models.PositiveIntegerField()),
                 ('worker_id', models.CharField(max_length=100)),
                 ('pid', models.PositiveIntegerField()),
                 ('at', models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('job_id', 'attempt'), name='tests_execution_once')],
+                'constraints': [models.UniqueConstraint(fields=('job_id', 'claim'), name='tests_execution_once')],
             },
         ),
     ]
