@@ -138,7 +138,9 @@ def test_a_job_past_its_timeout_ends_the_process_and_its_neighbour_goes_back(
     tmp_path,
 ):
     overrun = tasks.overruns.enqueue(3.0)
-    neighbour = tasks.wait_for_file.enqueue(str(tmp_path / "never"), timeout=5)
+    neighbour = tasks.wait_for_file.using(max_attempts=1).enqueue(
+        str(tmp_path / "never"), timeout=5
+    )
     worker = Worker(concurrency=2, maintenance=False, scheduler=False)
     assert worker.run() == WorkerExit.RECYCLE
 
@@ -151,6 +153,8 @@ def test_a_job_past_its_timeout_ends_the_process_and_its_neighbour_goes_back(
     neighbour.refresh()
     assert neighbour.status == TaskResultStatus.READY
     assert neighbour.errors[0].exception_class_path.endswith("JobInterrupted")
+    # Not its doing: its one attempt is given back, to run as attempt 1 of 1.
+    assert Job.objects.get(pk=neighbour.id).attempts == 0
     assert not WorkerProcess.objects.exists()
 
 
