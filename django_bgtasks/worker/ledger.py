@@ -81,6 +81,10 @@ class Ledger:
         self._turn = threading.Condition(self._lock)
         self._held_back = 0  # threads waiting on _turn
         self._alone: Attempt | None = None  # running alone
+        # Jobs that run alone, waiting or running, and entries set aside
+        # still in the queue: while none, a thread takes the best waiting
+        # attempt without looking (the common case, kept cheap).
+        self._isolating = 0
         self._slots = slots
         # Waiting attempts, best first: (order, -priority, run_after, id,
         # attempt); order 1 entries (attempt None) tell a thread to exit.
@@ -117,11 +121,10 @@ class Ledger:
             (0, -job.priority, job.run_after, job.pk, Attempt(job)) for job in jobs
         ]
         with self._lock:
+            alone = sum(job.runs_alone for job in jobs)
+            self._isolating += alone
             look_again = self._slots.claim_returned(
-                reservation,
-                [job.priority for job in jobs],
-                seconds,
-                alone=sum(job.runs_alone for job in jobs),
+                reservation, [job.priority for job in jobs], seconds, alone=alone
             )
             for entry in entries:
                 heapq.heappush(self._waiting, entry)
@@ -259,14 +262,16 @@ class Ledger:
                 # one, if its claim has come in.
                 self._may_start.wait(self.MAX_PAUSE)
             with self._lock:
-                while not self._may_take_next():
-                    self._held_back += 1
-                    self._turn.wait()
-                    self._held_back -= 1
+                if self._isolating:
+                    while not self._may_take_next():
+                        self._held_back += 1
+                        self._turn.wait()
+                        self._held_back -= 1
                 attempt = heapq.heappop(self._waiting)[-1]
                 if attempt is None:
                     return None
                 if attempt.stage is Stage.SET_ASIDE:
+                    self._isolating -= 1
                     continue  # no longer this worker's: the next one
                 now = time.monotonic()
                 job = attempt.job
@@ -301,6 +306,7 @@ class Ledger:
             if attempt is not None and attempt.stage is Stage.WAITING:
                 attempt.stage = Stage.SET_ASIDE
                 jobs.append(attempt.job)
+                self._isolating += 1 - attempt.job.runs_alone
         if jobs:
             self._slots.set_aside(
                 [job.priority for job in jobs], alone=sum(j.runs_alone for j in jobs)
@@ -333,7 +339,9 @@ class Ledger:
         alone = attempt is self._alone
         if alone:
             self._alone = None
-        self._next_turn()
+            self._isolating -= 1
+        if self._held_back:  # an attempt that runs alone may start now
+            self._turn.notify_all()
         return alone
 
     def finished(self, attempt: Attempt, seconds: float) -> None:
