@@ -160,20 +160,22 @@ class DatabaseBackend(BaseTaskBackend):
 
     def _task_columns(self, task) -> dict[str, Any]:
         """The columns of a new job of ``task``, but its arguments and times
-        (``run_after`` is None unless the task sets it)."""
+        (``run_after`` is None unless the task sets it: see ``_with_times``)."""
         max_attempts = getattr(task, "max_attempts", None)
         if max_attempts is None:
             max_attempts = bgtasks_settings.MAX_ATTEMPTS
         backoff = getattr(task, "backoff", None) or Backoff.coerce(
             bgtasks_settings.BACKOFF
         )
+        run_after = task.run_after.astimezone(UTC) if task.run_after else None
         return {
             "task_path": task.module_path,
             "backend": self.alias,
             "queue_name": task.queue_name,
             "priority": task.priority,
             "status": JobStatus.READY.value,
-            "run_after": task.run_after.astimezone(UTC) if task.run_after else None,
+            "run_after": run_after,
+            "task_run_after": run_after,
             "enqueued_at": None,
             "attempts": 0,
             "max_attempts": max_attempts,
@@ -211,14 +213,17 @@ class DatabaseBackend(BaseTaskBackend):
         )
 
     def get_result(self, result_id: str) -> DatabaseTaskResult:
-        """The result of job ``result_id``; TaskResultDoesNotExist if none."""
+        """The result of job ``result_id`` enqueued on this backend;
+        TaskResultDoesNotExist if none. Its task is the task as enqueued,
+        ``run_after`` included (None if it had none)."""
         try:
-            job = Job.objects.get(pk=int(result_id))
+            job = Job.objects.get(pk=int(result_id), backend=self.alias)
         except (TypeError, ValueError, OverflowError, Job.DoesNotExist):
             raise TaskResultDoesNotExist(result_id) from None
         task = task_for_job(job)
-        with contextlib.suppress(InvalidTask):
-            task = replace(task, run_after=job.run_after)
+        if task.run_after != job.task_run_after:
+            with contextlib.suppress(InvalidTask):
+                task = replace(task, run_after=job.task_run_after)
         return job_result(job, task)
 
     def check(self, **kwargs):

@@ -6,6 +6,8 @@ for ``InvalidTask``). Everything in django_bgtasks imports the framework from
 here and nowhere else.
 """
 
+import logging
+
 from django.core.exceptions import ImproperlyConfigured
 
 try:
@@ -71,6 +73,31 @@ except ImportError:
     BACKPORT = True
     FRAMEWORK_LOGGER = "django_tasks"
 
+logger = logging.getLogger("django_bgtasks")
+_unloadable_said: set[str] = set()
+
+
+def loadable_backends() -> list:
+    """The backends of ``TASKS`` that load, in order. One that cannot (a
+    missing module, bad options) is left out with a warning, once per
+    process, instead of taking down everything that lists the backends:
+    ``task_backends.all()`` raises on the first."""
+    backends = []
+    for alias in task_backends:
+        try:
+            backends.append(task_backends[alias])
+        except Exception as exc:
+            if alias not in _unloadable_said:
+                _unloadable_said.add(alias)
+                logger.warning(
+                    "Task backend %r cannot be loaded and is left out: %s: %s",
+                    alias,
+                    type(exc).__name__,
+                    exc,
+                )
+    return backends
+
+
 __all__ = [
     "BACKPORT",
     "DEFAULT_TASK_BACKEND_ALIAS",
@@ -88,6 +115,7 @@ __all__ = [
     "TaskResultDoesNotExist",
     "TaskResultMismatch",
     "TaskResultStatus",
+    "loadable_backends",
     "normalize_json",
     "task_backends",
     "task_enqueued",

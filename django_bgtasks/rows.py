@@ -11,10 +11,13 @@ import contextlib
 import functools
 from dataclasses import replace
 
+from django.core.signals import setting_changed
+
 from . import registry
 from .backoff import Backoff
 from .base import DatabaseTask, DatabaseTaskResult
 from .compat import InvalidTask, TaskError, TaskResultStatus
+from .conf import bgtasks_settings
 from .exceptions import JobCancelled
 from .models import Job, JobStatus
 from .models.transitions import class_path
@@ -48,16 +51,33 @@ def _task_with_options(
         "backend": backend,
     }
     if isinstance(task, DatabaseTask):
-        options.update(max_attempts=max_attempts, timeout=timeout)
+        # An option the job has as the task (or, where the task leaves it
+        # None, the settings) would give it is left as the task has it: the
+        # result's task is then the task as enqueued.
+        if max_attempts != (task.max_attempts or bgtasks_settings.MAX_ATTEMPTS):
+            options["max_attempts"] = max_attempts
+        if timeout != (task.timeout or bgtasks_settings.TIMEOUT):
+            options["timeout"] = timeout
         # A corrupt stored backoff leaves the task's own.
         with contextlib.suppress(InvalidTask):
-            options["backoff"] = Backoff.coerce(dict(backoff)) if backoff else None
+            stored = Backoff.coerce(dict(backoff)) if backoff else None
+            default = task.backoff or Backoff.coerce(bgtasks_settings.BACKOFF)
+            if stored is not None and stored != default:
+                options["backoff"] = stored
     try:
         return replace(task, **options)
     except InvalidTask:
         # The settings changed since (say, a queue was removed): keep the
         # task as declared rather than fail to read the result.
         return task
+
+
+def _settings_changed(*, setting: str, **kwargs) -> None:
+    if setting in ("TASKS", "BGTASKS"):
+        _task_with_options.cache_clear()
+
+
+setting_changed.connect(_settings_changed)
 
 
 def job_result(job: Job, task) -> DatabaseTaskResult:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from django_bgtasks import Backoff
 from django_bgtasks.compat import TaskResultStatus
+from django_bgtasks.conf import bgtasks_settings
 from django_bgtasks.models import Job, JobStatus
 from tests import tasks
 from tests.properties import (
@@ -285,7 +286,8 @@ def test_get_result_gives_the_task_with_the_jobs_options(
     priority, run_after, max_attempts, backoff, timeout
 ):
     """``get_result(id).task`` is the task with the options its job was given
-    (``task_for_job``): the job's, with the defaults filled in at enqueue."""
+    (``task_for_job``): an option left to the settings stays None, and with
+    the settings' default it is what the job has."""
     with rolled_back():
         task = tasks.echo.using(
             priority=priority,
@@ -304,11 +306,22 @@ def test_get_result_gives_the_task_with_the_jobs_options(
             "backoff": Backoff(**job.backoff),
             "timeout": job.timeout,
         }
+        defaults = {
+            "max_attempts": bgtasks_settings.MAX_ATTEMPTS,
+            "backoff": Backoff.coerce(bgtasks_settings.BACKOFF),
+            "timeout": bgtasks_settings.TIMEOUT,
+        }
         lost = [
-            name for name, value in stored.items() if getattr(fetched, name) != value
+            name
+            for name, value in stored.items()
+            if _or_default(getattr(fetched, name), defaults.get(name)) != value
         ]
         if result.task.run_after and not (
             fetched.run_after and same_instant(fetched.run_after, result.task.run_after)
         ):
             lost.append("run_after")
         assert not lost, f"get_result().task lost the job's {', '.join(lost)}"
+
+
+def _or_default(value, default):
+    return default if value is None else value

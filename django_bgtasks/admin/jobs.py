@@ -23,7 +23,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from .. import registry
-from ..compat import task_backends
+from ..compat import loadable_backends
 from ..models import Job, JobStatus
 from .base import ReadOnlyAdmin
 from .stats import tally
@@ -106,7 +106,7 @@ class QueueFilter(ChoicesFilter):
 
     def lookups(self, request, model_admin):
         names = set()
-        for backend in task_backends.all():
+        for backend in loadable_backends():
             names |= set(getattr(backend, "queues", ()) or ())
         names |= {task.queue_name for task in registry.registered_tasks().values()}
         return [(name, name) for name in sorted(names)]

@@ -20,6 +20,7 @@ from django.utils.translation import ngettext
 from .. import registry
 from ..cron import describe_cron
 from ..models import Job, Schedule
+from ..models.schedules import default_timezone
 
 UPCOMING_COUNT = 5
 # What a schedule declared in code takes from BGTASKS["SCHEDULES"]: read-only
@@ -78,6 +79,10 @@ class ScheduleForm(forms.ModelForm):
             self.fields["timezone"].choices = [
                 (name, name) for name in sorted(available_timezones())
             ]
+            if not self.initial.get("timezone"):
+                # A new schedule's zone is the project's, as the model's
+                # default says, not the first of the list.
+                self.initial["timezone"] = self.instance.timezone or default_timezone()
 
 
 @admin.register(Schedule)

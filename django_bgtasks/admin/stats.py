@@ -16,7 +16,7 @@ from django.db.models import Avg, Count, DurationField, ExpressionWrapper, F, Mi
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
-from ..compat import task_backends
+from ..compat import loadable_backends
 from ..models import Job, JobStatus, WorkerProcess
 
 COUNT_CAP = 10_000
@@ -85,7 +85,7 @@ def queue_states(now: datetime | None = None) -> list[QueueState]:
     job is. Every configured queue is listed, plus any queue with jobs."""
     now = now or timezone.now()
     names = set()
-    for backend in task_backends.all():
+    for backend in loadable_backends():
         names |= set(getattr(backend, "queues", ()) or ())
     running = dict(
         Job.objects.running()

@@ -163,6 +163,11 @@ class Job(models.Model):
     kwargs = models.JSONField(_("keyword arguments"), default=dict)
 
     run_after = models.DateTimeField(_("run after"))
+    # The task's own run_after at enqueue (None: as soon as possible), for
+    # the TaskResult's task; run_after above is when the job is due now.
+    task_run_after = models.DateTimeField(
+        _("run after, as enqueued"), null=True, blank=True
+    )
     enqueued_at = models.DateTimeField(_("enqueued at"))
     started_at = models.DateTimeField(_("started at"), null=True, blank=True)
     last_attempted_at = models.DateTimeField(

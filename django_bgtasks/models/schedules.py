@@ -129,6 +129,7 @@ class Schedule(models.Model):
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
     objects = ScheduleQuerySet.as_manager()
+    _rescheduled = False  # reschedule() ran on this instance
 
     class Meta:
         verbose_name = _("schedule")
@@ -156,6 +157,18 @@ class Schedule(models.Model):
         return self.name
 
     # Validation --------------------------------------------------------------
+
+    def save(self, *args, **kwargs):
+        """Save; a new enabled schedule without a next run (made with the
+        ORM, say) gets one first, so that it fires."""
+        if (
+            self._state.adding
+            and self.enabled
+            and self.next_run_at is None
+            and not self._rescheduled
+        ):
+            self.reschedule(keep_phase=True)
+        super().save(*args, **kwargs)
 
     def clean(self):
         """Check the definition: timing, zone, task, queue, priority, arguments.
@@ -298,6 +311,7 @@ class Schedule(models.Model):
         end, say, does not move them).
         """
         now = now or timezone.now()
+        self._rescheduled = True  # a next run of None is then meant
         if not self.enabled:
             self.next_run_at = None
             return

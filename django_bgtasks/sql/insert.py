@@ -38,6 +38,7 @@ COMMON = {
     "priority": "smallint",
     "status": "text",
     "run_after": "timestamptz",
+    "task_run_after": "timestamptz",
     "enqueued_at": "timestamptz",
     "attempts": "integer",
     "max_attempts": "integer",

@@ -12,7 +12,7 @@ from django.db import connections
 
 from django_bgtasks import __version__
 from django_bgtasks.backend import DatabaseBackend
-from django_bgtasks.compat import FRAMEWORK_LOGGER, task_backends
+from django_bgtasks.compat import FRAMEWORK_LOGGER, loadable_backends
 from django_bgtasks.conf import bgtasks_settings
 from django_bgtasks.exceptions import WorkerIdInUse
 from django_bgtasks.maintenance.schedule_sync import InvalidSchedule
@@ -139,7 +139,7 @@ class Command(BaseCommand):
     def _check_queues(self, queues: list[str] | None) -> None:
         """Refuse to start without a DatabaseBackend, or with queues none of
         them accepts (a typo would leave the worker idle forever)."""
-        backends = [b for b in task_backends.all() if isinstance(b, DatabaseBackend)]
+        backends = [b for b in loadable_backends() if isinstance(b, DatabaseBackend)]
         if not backends:
             raise CommandError(
                 "No backend in the TASKS setting uses "
