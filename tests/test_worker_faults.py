@@ -15,7 +15,7 @@ from django_bgtasks.worker import Worker
 from django_bgtasks.worker.clock import DatabaseClock
 from django_bgtasks.worker.heartbeat import Heartbeat
 from tests import tasks
-from tests.conftest import run_in_process, wait_until
+from tests.conftest import requires_server_database, run_in_process, wait_until
 from tests.factories import make_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -153,6 +153,20 @@ def test_burst_workers_do_not_exit_while_jobs_are_due(workers):
     for process in processes:
         assert workers.wait(process, timeout=120) == 0, workers.output(process)
     assert Job.objects.filter(status=JobStatus.SUCCESSFUL).count() == 300
+
+
+@requires_server_database
+def test_a_burst_worker_returns_past_a_due_job_another_transaction_holds(workers):
+    """A READY row locked by an open transaction (an operator's, say) is not
+    work the burst worker can do: it drains the rest and returns."""
+    held = tasks.add.enqueue(1, 1)
+    free = tasks.add.enqueue(2, 2)
+    with transaction.atomic():
+        Job.objects.select_for_update().get(pk=held.id)  # held until the end
+        code, output = workers.run("--burst", timeout=30)
+        assert code == 0, output
+        assert Job.objects.get(pk=free.id).status == JobStatus.SUCCESSFUL
+    assert Job.objects.get(pk=held.id).status == JobStatus.READY
 
 
 def idle_in_its_loop(workers, process) -> bool:

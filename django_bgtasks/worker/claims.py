@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 
-from django.db import DatabaseError
+from django.db import DatabaseError, transaction
 
 from ..backend import DatabaseBackend
 from ..compat import task_started
@@ -61,11 +61,22 @@ class Claimer:
         return self._claim(reservation)
 
     def due_left(self) -> bool:
-        """Whether due jobs remain in this worker's queues (a claim may come
-        back empty while other workers hold them locked, about to claim
-        them); True if the database cannot say."""
+        """Whether due jobs that this worker could claim remain in its
+        queues: a claim may come back empty while such a job is being
+        written. Rows another transaction holds locked (another worker's
+        claim under way, an operator's open transaction) are skipped, as the
+        claim skips them: a burst worker does not wait on them. True if the
+        database cannot say."""
+        due = (
+            Job.objects.using(self.using)
+            .due()
+            .in_queues(self.queues)
+            .select_for_update(skip_locked=True)
+            .values_list("pk", flat=True)
+        )
         try:
-            return Job.objects.using(self.using).due().in_queues(self.queues).exists()
+            with transaction.atomic(using=self.using):
+                return bool(list(due[:1]))
         except CONNECTION_ERRORS:
             discard_connection(self.using)
             return True
