@@ -39,6 +39,13 @@ class DatabaseTask(Task):
     backoff: Backoff | None = None
     timeout: float | None = None
 
+    def __post_init__(self):
+        # The framework's own @task passes its keywords through as they
+        # are: a backoff given as seconds or a dict is made a Backoff here.
+        if self.backoff is not None and not isinstance(self.backoff, Backoff):
+            object.__setattr__(self, "backoff", Backoff.coerce(self.backoff))
+        Task.__post_init__(self)
+
     def using(
         self,
         *,
@@ -100,10 +107,16 @@ def task(
 
     Works on every supported Django; Django 6.1's own ``@task`` forwards
     ``max_attempts`` and ``backoff`` the same way, Django 6.0's does not.
+    Under a backend whose tasks are the framework's plain ``Task`` (its
+    ``ImmediateBackend`` and ``DummyBackend``, say, in a project's tests) the
+    task is a ``DatabaseTask`` still: the options are kept, and that backend
+    ignores them.
     """
 
     def wrapper(func):
         task_class = task_backends[backend].task_class
+        if task_class is Task:
+            task_class = DatabaseTask
         options: dict[str, Any] = {}
         if max_attempts is not None:
             options["max_attempts"] = max_attempts

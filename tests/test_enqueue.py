@@ -13,6 +13,7 @@ from django_bgtasks import Backoff, DatabaseTask, DatabaseTaskResult, backend, n
 from django_bgtasks import task as bg_task
 from django_bgtasks.compat import (
     InvalidTask,
+    Task,
     TaskResultDoesNotExist,
     TaskResultMismatch,
     TaskResultStatus,
@@ -20,6 +21,7 @@ from django_bgtasks.compat import (
 )
 from django_bgtasks.exceptions import InvalidTaskArguments
 from django_bgtasks.models import Job, JobStatus
+from django_bgtasks.testing import ImmediateBackend
 from tests import tasks
 from tests.conftest import run_in_process
 
@@ -272,23 +274,20 @@ def test_task_enqueued_signal_for_each_job_of_enqueue_many():
     ]
 
 
-def test_own_decorator_refuses_options_for_other_backends():
+def test_own_decorator_refuses_options_for_a_backend_with_its_own_task_class():
+    """A backend whose tasks are a class of its own cannot carry them; one
+    whose tasks are the framework's plain Task gets a DatabaseTask
+    (``tests/test_other_backends.py``)."""
     with (
         override_settings(
             TASKS={
                 "default": {"BACKEND": "django_bgtasks.backend.DatabaseBackend"},
-                "immediate": {
-                    "BACKEND": (
-                        "django.tasks.backends.immediate.ImmediateBackend"
-                        if not _backport()
-                        else "django_tasks.backends.immediate.ImmediateBackend"
-                    )
-                },
+                "own": {"BACKEND": "tests.test_enqueue.OwnTaskBackend"},
             }
         ),
         pytest.raises(InvalidTask, match="does not take max_attempts"),
     ):
-        bg_task(backend="immediate", max_attempts=2)(tasks.plain_function)
+        bg_task(backend="own", max_attempts=2)(tasks.plain_function)
 
 
 def _backport():
@@ -483,3 +482,11 @@ def test_the_whole_64_bit_range_round_trips_and_no_more():
     for beyond in (-(2**63) - 1, 2**63):
         with pytest.raises(InvalidTaskArguments, match="does not fit in 64 bits"):
             tasks.echo.enqueue(beyond)
+
+
+class OwnTask(Task):
+    """A backend's own task class (test_own_decorator_refuses_...)."""
+
+
+class OwnTaskBackend(ImmediateBackend):
+    task_class = OwnTask
