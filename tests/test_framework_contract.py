@@ -102,3 +102,53 @@ def test_a_disabled_schedule_made_with_the_orm_has_no_next_run():
 @override_settings(TIME_ZONE="Europe/Paris")
 def test_the_add_schedule_form_starts_in_the_projects_time_zone():
     assert ScheduleForm()["timezone"].value() == "Europe/Paris"
+
+
+# What a first user saw ------------------------------------------------------
+
+
+def test_the_worker_list_says_every_queue_as_the_dashboard_does(admin_client):
+    from django.urls import reverse
+
+    from tests.factories import make_worker
+
+    make_worker("everywhere", queues=[])
+    make_worker("some", queues=["images", "other"])
+    page = admin_client.get(
+        reverse("admin:django_bgtasks_workerprocess_changelist")
+    ).content.decode()
+    assert '<td class="field-queue_list">*</td>' in page
+    assert '<td class="field-queue_list">images, other</td>' in page
+
+
+def test_the_empty_schedule_form_says_how_to_see_its_times(admin_client):
+    from django.urls import reverse
+
+    page = admin_client.get(reverse("admin:django_bgtasks_schedule_add")).content
+    assert b"Save to see them" not in page
+    assert b"Give it a cron expression or an interval to see them." in page
+
+
+def test_a_normal_stop_is_logged_at_info(caplog):
+    from django_bgtasks.worker import Worker
+
+    worker = Worker(concurrency=1, burst=True)
+    with caplog.at_level(logging.INFO, logger="django_bgtasks"):
+        worker._on_stop_request("SIGTERM", 1)
+        worker._on_stop_request("SIGTERM", 2)
+    levels = {
+        record.getMessage().split(":")[0]: record.levelname
+        for record in caplog.records
+        if record.getMessage().startswith("SIGTERM")
+    }
+    assert levels == {"SIGTERM received": "INFO", "SIGTERM received again": "WARNING"}
+
+
+def test_the_admin_names_a_jobs_duration_for_what_it_measures(admin_client):
+    from django.urls import reverse
+
+    result = tasks.add.enqueue(1, 1)
+    page = admin_client.get(
+        reverse("admin:django_bgtasks_job_change", args=[result.id])
+    ).content
+    assert b"claim to finish" in page.lower()

@@ -336,7 +336,7 @@ class JobAdmin(ReadOnlyAdmin):
     def attempts_of(self, job):
         return f"{job.attempts}/{job.max_attempts}"
 
-    @admin.display(description=_("duration"))
+    @admin.display(description=_("claim to finish"))
     def duration(self, job):
         return format_duration(job.duration)
 

@@ -215,7 +215,10 @@ class ScheduleAdmin(admin.ModelAdmin):
         rows = (
             format_html_join("", "<li>{} <small>({})</small></li>", items)
             if items
-            else format_html("<li>{}</li>", _("Save to see them."))
+            else format_html(
+                "<li>{}</li>",
+                _("Give it a cron expression or an interval to see them."),
+            )
         )
         return format_html(
             '<ul id="bgtasks-upcoming" data-preview-url="{}">{}</ul>',

@@ -14,13 +14,18 @@ class WorkerProcessAdmin(ReadOnlyAdmin):
         "id",
         "hostname",
         "pid",
-        "queues",
+        "queue_list",
         "concurrency",
         "state",
         "started_at",
         "last_heartbeat_at",
     ]
     ordering = ["-started_at"]
+
+    @admin.display(description=_("queues"))
+    def queue_list(self, worker):
+        """Its queues, or "*" for every queue (as the dashboard says)."""
+        return ", ".join(worker.queues) if worker.queues else "*"
 
     @admin.display(description=_("alive"), boolean=True)
     def alive(self, worker):

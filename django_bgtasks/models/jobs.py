@@ -311,7 +311,9 @@ class Job(models.Model):
 
     @property
     def duration(self) -> timedelta | None:
-        """Time from the last attempt's start to the finish."""
+        """Time from the last attempt's claim to the finish: it includes any
+        wait for a thread after the claim, so it may be longer than the time
+        the worker logs for the attempt (its time on a thread)."""
         if self.finished_at and self.last_attempted_at:
             return self.finished_at - self.last_attempted_at
         return None

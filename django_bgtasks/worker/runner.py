@@ -173,7 +173,7 @@ class Worker:
     def _on_stop_request(self, source: str, count: int) -> None:
         if count == 1:
             counts = self.ledger.counts()
-            logger.warning(
+            logger.info(  # a normal stop: nothing is wrong
                 "%s received: finishing %d running job(s) within %.0f s, then "
                 "exiting (send it again to exit at once)",
                 source,

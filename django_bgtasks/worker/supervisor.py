@@ -81,7 +81,7 @@ class Supervisor:
 
     def _on_stop_request(self, source: str, count: int) -> None:
         if count == 1:
-            logger.warning("%s received: stopping the worker processes", source)
+            logger.info("%s received: stopping the worker processes", source)
             self._stopping = True
             self._tell_children("stop")
         else:
