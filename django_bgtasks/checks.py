@@ -99,6 +99,11 @@ _RULES = [
         "a positive whole number",
     ),
     ("NOTIFY", lambda v: isinstance(v, bool), "True or False"),
+    (
+        "LISTEN_DATABASE",
+        lambda v: v is None or (isinstance(v, str) and v in settings.DATABASES),
+        "None or an alias in DATABASES",
+    ),
     ("POLL_INTERVAL", _number(0, above=True), "a number of seconds above 0"),
     ("HEARTBEAT_INTERVAL", _number(0, above=True), "a number of seconds above 0"),
     ("WORKER_TIMEOUT", _number(0, above=True), "a number of seconds above 0"),

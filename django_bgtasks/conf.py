@@ -19,8 +19,14 @@ DEFAULTS: dict[str, Any] = {
     # Largest JSON-encoded args + kwargs accepted at enqueue, in bytes.
     "MAX_PAYLOAD_BYTES": 1024 * 1024,
     # PostgreSQL: enqueue sends NOTIFY and idle workers LISTEN, so they start
-    # new jobs at once. Turn off behind PgBouncer in transaction mode.
+    # new jobs at once.
     "NOTIFY": True,
+    # The alias in DATABASES whose connection the workers LISTEN on (None:
+    # the one they claim through). Behind a pooler in transaction mode, such
+    # as PgBouncer, name one that reaches PostgreSQL directly: a pooled
+    # connection does not receive notifications (a worker checks at start
+    # and falls back to polling, with a warning).
+    "LISTEN_DATABASE": None,
     # Seconds an idle worker waits before looking for due jobs again.
     "POLL_INTERVAL": 1.0,
     # Seconds between a worker's heartbeats (and its checks for dead workers).

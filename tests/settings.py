@@ -13,8 +13,13 @@ TASKS = {
     "default": {**TASKS["default"], "QUEUES": ["default", "images", "other"]},
 }
 
+# The PgBouncer test's workers: LISTEN over a direct connection.
+if env.str("BGTASKS_TEST_LISTEN_URL", default=""):
+    DATABASES["listen"] = env.db_url("BGTASKS_TEST_LISTEN_URL")
+
 BGTASKS = {
     "NOTIFY": env.bool("BGTASKS_NOTIFY", default=True),
+    "LISTEN_DATABASE": "listen" if "listen" in DATABASES else None,
     # Worker subprocesses of the schedule tests get their schedules this way.
     "SCHEDULES": env.json("BGTASKS_TEST_SCHEDULES", default={}),
     "POLL_INTERVAL": 0.2,

@@ -6,9 +6,12 @@ import contextlib
 import logging
 import select
 import threading
+import time
 
 from django.db import connections
+from django.utils.crypto import get_random_string
 
+from ..conf import bgtasks_settings
 from ..notify import CHANNEL, parse
 
 logger = logging.getLogger("django_bgtasks.worker")
@@ -27,10 +30,14 @@ class Listener(threading.Thread):
         super().__init__(name="bgtasks-listener", daemon=True)
         # This thread's own but the stop event, set from any thread.
         self.using = using
+        # LISTEN goes over this alias's connection: the claims' own, or one
+        # that reaches PostgreSQL directly where they go through a pooler.
+        self.listen_using = bgtasks_settings.LISTEN_DATABASE or using
         self.queues = None if queues is None else set(queues)
         self.on_notify = on_notify
         self._stop_event = threading.Event()
         self._connection = None
+        self._checked = False  # it heard a notification sent from elsewhere
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -45,6 +52,19 @@ class Listener(threading.Thread):
         while not self._stop_event.is_set():
             try:
                 self._connect()
+                if not self._checked:
+                    if not self._hears_others():
+                        logger.warning(
+                            "LISTEN on database %r does not hear a NOTIFY sent "
+                            "through %r (a pooler in transaction mode, such as "
+                            "PgBouncer?): this worker polls only. Set "
+                            "BGTASKS['LISTEN_DATABASE'] to an alias that "
+                            "reaches PostgreSQL directly.",
+                            self.listen_using,
+                            self.using,
+                        )
+                        return
+                    self._checked = True
                 pause = 0.5
                 self.on_notify(None)
                 while not self._stop_event.is_set():
@@ -61,25 +81,54 @@ class Listener(threading.Thread):
         connections.close_all()
 
     def _connect(self) -> None:
-        wrapper = connections[self.using]
-        conn = wrapper.get_new_connection(wrapper.get_connection_params())
-        conn.autocommit = True
-        with conn.cursor() as cursor:
+        self._connection = _new_connection(self.listen_using)
+        with self._connection.cursor() as cursor:
             cursor.execute(f'LISTEN "{CHANNEL}"')
-        self._connection = conn
+
+    def _hears_others(self, within: float = 5.0) -> bool:
+        """Whether this connection hears a NOTIFY that another connection
+        (through the claims' alias, as enqueues send theirs) sends on a
+        channel of its own: a pooled connection in transaction mode does
+        not. The notifications of the jobs that come meanwhile are passed
+        on."""
+        probe = f"{CHANNEL}_probe_{get_random_string(12).lower()}"
+        with self._connection.cursor() as cursor:
+            cursor.execute(f'LISTEN "{probe}"')
+        sender = _new_connection(self.using)
+        try:
+            with sender.cursor() as cursor:
+                cursor.execute("SELECT pg_notify(%s, %s)", [probe, "probe"])
+        finally:
+            sender.close()
+        deadline = time.monotonic() + within
+        heard = False
+        while not heard and (left := deadline - time.monotonic()) > 0:
+            notes = self._receive(left)
+            heard = any(channel == probe for channel, _ in notes)
+            self._pass_on([text for channel, text in notes if channel == CHANNEL])
+        with self._connection.cursor() as cursor:
+            cursor.execute(f'UNLISTEN "{probe}"')
+        return heard
 
     def _wait(self, timeout: float) -> None:
+        self._pass_on([text for _, text in self._receive(timeout)])
+
+    def _receive(self, timeout: float) -> list[tuple[str, str]]:
+        """The notifications that come within ``timeout`` seconds (at least
+        one, or none at the timeout): (channel, text)."""
         conn = self._connection
         if callable(getattr(conn, "notifies", None)):  # psycopg 3.2+
             notifies = conn.notifies(timeout=timeout, stop_after=1)
-            payloads = [n.payload for n in notifies]
-        else:  # psycopg2
-            readable, _, _ = select.select([conn], [], [], timeout)
-            if not readable:
-                return
-            conn.poll()
-            payloads = [n.payload for n in conn.notifies]
-            conn.notifies.clear()
+            return [(n.channel, n.payload) for n in notifies]
+        readable, _, _ = select.select([conn], [], [], timeout)  # psycopg2
+        if not readable:
+            return []
+        conn.poll()
+        notes = [(n.channel, n.payload) for n in conn.notifies]
+        conn.notifies.clear()
+        return notes
+
+    def _pass_on(self, payloads: list[str]) -> None:
         ours = [
             priority
             for queue_name, priority in map(parse, payloads)
@@ -93,6 +142,15 @@ class Listener(threading.Thread):
             with contextlib.suppress(Exception):
                 self._connection.close()
             self._connection = None
+
+
+def _new_connection(using: str):
+    """A new autocommit connection of alias ``using``, outside Django's
+    connection handling (it is this thread's alone)."""
+    wrapper = connections[using]
+    conn = wrapper.get_new_connection(wrapper.get_connection_params())
+    conn.autocommit = True
+    return conn
 
 
 def _psycopg_version() -> tuple[int, ...]:
