@@ -35,6 +35,17 @@ def test_bad_settings_are_reported():
     ) in messages
 
 
+@override_settings(BGTASKS={"LISTEN_DATABASE": "nowhere"})
+def test_a_listen_database_must_be_an_alias_in_databases():
+    assert {(m.id, m.msg) for m in run_checks()} == {
+        (
+            "bgtasks.E003",
+            "BGTASKS['LISTEN_DATABASE'] is 'nowhere'; it must be None or an alias "
+            "in DATABASES.",
+        )
+    }
+
+
 @override_settings(BGTASKS={"BACKOFF": {"factor": 0}})
 def test_bad_backoff_setting_is_reported():
     assert [m.id for m in run_checks()] == ["bgtasks.E003"]
