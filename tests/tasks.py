@@ -2,6 +2,7 @@
 ``django.tasks``, or the backport on Django 5.2); the options of the database
 backend come through it or through ``django_bgtasks.task``."""
 
+import inspect
 import os
 import sys
 import time
@@ -18,8 +19,17 @@ else:
 
 from .models import Execution
 
+# Django 6.1 and the backport pass @task's extra keywords to the backend's
+# task class; Django 6.0's @task takes none.
+FRAMEWORK_FORWARDS_OPTIONS = any(
+    parameter.kind is parameter.VAR_KEYWORD
+    for parameter in inspect.signature(task).parameters.values()
+)
 
-@task(max_attempts=7, backoff=Backoff(initial=5))
+
+@(task if FRAMEWORK_FORWARDS_OPTIONS else bg_task)(
+    max_attempts=7, backoff=Backoff(initial=5)
+)
 def with_framework_options():
     return "framework"
 

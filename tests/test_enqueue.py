@@ -63,6 +63,9 @@ def test_task_options_and_per_call_overrides():
     assert third.backoff == {"initial": 30, "factor": 1, "maximum": 30, "jitter": 0}
 
 
+@pytest.mark.skipif(
+    not tasks.FRAMEWORK_FORWARDS_OPTIONS, reason="Django 6.0's @task takes none"
+)
 def test_extra_options_pass_through_the_frameworks_own_decorator():
     """Django 6.1 and the django-tasks 0.12 backport forward extra @task
     keyword arguments to the backend's task_class."""

@@ -10,8 +10,12 @@ from django.test import override_settings
 from django_bgtasks import Backoff
 from django_bgtasks.base import DatabaseTask
 from django_bgtasks.compat import BACKPORT, TaskResultStatus, task_backends
+from tests.tasks import FRAMEWORK_FORWARDS_OPTIONS
 
 FRAMEWORK = "django_tasks" if BACKPORT else "django.tasks"
+needs_forwarding = pytest.mark.skipif(
+    not FRAMEWORK_FORWARDS_OPTIONS, reason="Django 6.0's @task takes no options"
+)
 
 
 def backend(name: str) -> dict:
@@ -44,6 +48,7 @@ def test_our_decorator_keeps_its_options_under_the_frameworks_immediate_backend(
     assert (result.status, result.return_value) == (TaskResultStatus.SUCCESSFUL, 42)
 
 
+@needs_forwarding
 def test_tasks_with_our_options_run_under_our_immediate_backend():
     setting = backend("django_bgtasks.testing.ImmediateBackend")
     module = declared_under(setting)
@@ -58,6 +63,7 @@ def test_tasks_with_our_options_run_under_our_immediate_backend():
         assert later.enqueue(5).return_value == 10
 
 
+@needs_forwarding
 def test_tasks_with_our_options_are_collected_by_our_dummy_backend():
     setting = backend("django_bgtasks.testing.DummyBackend")
     framework = declared_under(setting, MODULES[1])
@@ -67,6 +73,7 @@ def test_tasks_with_our_options_are_collected_by_our_dummy_backend():
         assert [r.args for r in task_backends["default"].results] == [[3]]
 
 
+@needs_forwarding
 def test_a_backoff_in_seconds_or_a_dict_through_the_frameworks_decorator():
     setting = backend("django_bgtasks.backend.DatabaseBackend")
     assert declared_under(setting, MODULES[1]).tripled.backoff == Backoff(initial=1)
