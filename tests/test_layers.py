@@ -24,7 +24,9 @@ BASE = {
 }
 # Where an import inside a function is on purpose: the AppConfig, which
 # loads the rest once Django is ready, and the package's lazy public names.
-LAZY = {"apps", "__init__"}
+# Modules that must import lazily: the app config, the package, and the
+# pytest plugin (loaded before Django is set up).
+LAZY = {"apps", "__init__", "pytest_plugin"}
 
 
 def module_name(path: Path) -> str:
