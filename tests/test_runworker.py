@@ -296,8 +296,10 @@ def test_notify_wakes_an_idle_worker_at_once(workers, notify):
 
         def listening():
             with connection.cursor() as cursor:
+                # Its last statement: the LISTEN, or the UNLISTEN of the
+                # probe that checks it hears others (after the LISTEN).
                 cursor.execute(
-                    "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'LISTEN%%'"
+                    "SELECT 1 FROM pg_stat_activity WHERE query LIKE '%%LISTEN %%'"
                 )
                 return cursor.fetchone()
 
