@@ -226,3 +226,21 @@ def test_threads_told_to_exit_skip_the_jobs_set_aside():
     ledger.finished(running_alone, 0.001)
     ledger.release_threads(1)
     assert ledger.next_attempt() is None  # jobs 2 and 3 are not this worker's
+
+
+def test_a_job_retried_before_its_first_outcome_is_marked_written_frees_both_slots():
+    """The completer commits an outcome (the job READY again, no backoff)
+    and only then tells the ledger: the job can be claimed and end again in
+    between. Each attempt's write frees its own slot, not the other's."""
+    ledger = Ledger(Slots(threads=1))
+    claimed(ledger, job(1))
+    first = ledger.next_attempt()
+    ledger.finished(first, 0.001)
+    # (its outcome is committed here; the ledger hears of it below)
+    claimed(ledger, job(1))  # the same job, claimed again
+    second = ledger.next_attempt()
+    ledger.finished(second, 0.001)
+    ledger.written([first])
+    ledger.written([second])
+    assert ledger.counts()["writing"] == 0
+    assert ledger.idle

@@ -90,7 +90,10 @@ class Ledger:
         # attempt); order 1 entries (attempt None) tell a thread to exit.
         self._waiting: list[tuple] = []
         self._running: dict[int, Attempt] = {}
-        self._writing: dict[int, Attempt] = {}
+        # Attempts, not job ids: the completer commits an outcome before it
+        # reports it written, and meanwhile the same job (READY again, with
+        # no backoff) may be claimed and end once more.
+        self._writing: set[Attempt] = set()
         self._timed: dict[int, Attempt] = {}  # running, with a timeout
         self._looks_at = 0.0  # when the main loop looks at deadlines next
         # One token per waiting attempt: a thread takes a token, then the
@@ -347,12 +350,11 @@ class Ledger:
     def finished(self, attempt: Attempt, seconds: float) -> None:
         """The attempt ended after ``seconds`` on its thread; its outcome is
         on its way to the database."""
-        pk = attempt.job.pk
         attempt.seconds = seconds  # read once the outcome is written
         with self._lock:
             alone = self._left(attempt)
             attempt.stage = Stage.WRITING
-            self._writing[pk] = attempt
+            self._writing.add(attempt)
             wake = self._slots.job_finished(alone)
         if wake:
             self._wake.set()
@@ -360,11 +362,11 @@ class Ledger:
     def dropped(self, attempt: Attempt) -> None:
         """An attempt taken by a thread leaves without an outcome to write
         (the worker is exiting, or failed around it)."""
-        pk = attempt.job.pk
         with self._lock:
             if attempt.stage is Stage.RUNNING:
                 wake = self._slots.job_dropped(self._left(attempt))
-            elif self._writing.pop(pk, None) is not None:
+            elif attempt in self._writing:
+                self._writing.remove(attempt)
                 wake = self._slots.outcomes_written(1)
             else:
                 return
@@ -392,7 +394,8 @@ class Ledger:
             count = 0
             for attempt in attempts:
                 # An attempt the worker dropped meanwhile is written already.
-                if writing.pop(attempt.job.pk, None) is not None:
+                if attempt in writing:
+                    writing.remove(attempt)
                     count += 1
             wake = self._slots.outcomes_written(count, seconds)
         if wake:
