@@ -52,10 +52,6 @@ from tests.conftest import run_in_process
 EXPLORE = os.environ.get("BGTASKS_PROPERTIES_EXPLORE") == "1"
 PROPERTIES = settings(
     max_examples=100,
-    # In CI, the same examples every run: a run that fails can be run again
-    # as it was (one hung once on the Django 6.0 leg and could not be
-    # reproduced; BGTASKS_PROPERTIES_EXPLORE and local runs keep exploring).
-    derandomize=bool(os.environ.get("CI")) and not EXPLORE,
     phases=[phase for phase in Phase if not (EXPLORE and phase is Phase.explicit)],
     deadline=None,
     suppress_health_check=[
