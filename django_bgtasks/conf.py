@@ -91,3 +91,16 @@ def _bgtasks_setting_changed(*, setting: str, **kwargs: Any) -> None:
 
 
 setting_changed.connect(_bgtasks_setting_changed)
+
+
+def cleared_when_settings_change(cached):
+    """Decorate an ``functools.lru_cache``'d function worked out from the
+    ``TASKS`` or ``BGTASKS`` setting: its cache is cleared when either
+    changes (``override_settings`` in tests)."""
+
+    def clear(*, setting: str, **kwargs: Any) -> None:
+        if setting in ("TASKS", "BGTASKS"):
+            cached.cache_clear()
+
+    setting_changed.connect(clear, weak=False)
+    return cached

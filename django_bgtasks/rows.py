@@ -11,13 +11,11 @@ import contextlib
 import functools
 from dataclasses import replace
 
-from django.core.signals import setting_changed
-
 from . import registry
 from .backoff import Backoff
 from .base import DatabaseTask, DatabaseTaskResult
 from .compat import InvalidTask, TaskError, TaskResultStatus
-from .conf import bgtasks_settings
+from .conf import bgtasks_settings, cleared_when_settings_change
 from .exceptions import JobCancelled
 from .models import Job, JobStatus
 from .models.transitions import class_path
@@ -39,6 +37,7 @@ def task_for_job(job: Job):
     )
 
 
+@cleared_when_settings_change
 @functools.lru_cache(maxsize=1024)
 def _task_with_options(
     task_path, priority, queue_name, backend, max_attempts, timeout, backoff
@@ -70,14 +69,6 @@ def _task_with_options(
         # The settings changed since (say, a queue was removed): keep the
         # task as declared rather than fail to read the result.
         return task
-
-
-def _settings_changed(*, setting: str, **kwargs) -> None:
-    if setting in ("TASKS", "BGTASKS"):
-        _task_with_options.cache_clear()
-
-
-setting_changed.connect(_settings_changed)
 
 
 def job_result(job: Job, task) -> DatabaseTaskResult:

@@ -52,14 +52,12 @@ from django.utils import timezone
 from .backend import DatabaseBackend
 from .base import DatabaseTask
 from .compat import BACKPORT, Task, TaskResult, task_finished, task_started
-from .exceptions import OutcomeNotStored
 from .models import Job, JobStatus
-from .models.transitions import Failed
 from .private_api import Receivers
 from .rows import job_result, update_result
 from .serialization import NotJSON, to_json
-from .worker.attempt import chained, describe, run_attempt
-from .worker.completer import Finished, report
+from .worker.attempt import describe, run_attempt
+from .worker.completer import Finished, not_stored, report
 from .worker.ledger import Attempt
 
 if BACKPORT:
@@ -296,14 +294,7 @@ def _record(using: str, job: Job, outcome, now: datetime):
         with transaction.atomic(using=using):
             return job.record(outcome, now=now), outcome
     except DatabaseError as exc:
-        logger.exception("Job %s: its outcome could not be stored", job.pk)
-        error = chained(
-            OutcomeNotStored(
-                f"The job's outcome could not be stored: {type(exc).__name__}: {exc}"
-            ),
-            exc,
-        )
-        outcome = Failed(error, retryable=False)
+        outcome = not_stored(job, exc)
         with transaction.atomic(using=using):
             return job.record(outcome, now=now), outcome
 

@@ -60,9 +60,8 @@ def claim_jobs(
             f"django_bgtasks cannot claim jobs on {connection.display_name}; "
             f"it supports PostgreSQL, MySQL/MariaDB and SQLite."
         )
-    now = timezone.now()
     jobs, unreadable = claim(
-        connection, worker_id=worker_id, queues=queues, limit=limit, now=now
+        connection, worker_id=worker_id, queues=queues, limit=limit
     )
     for pk, exc in unreadable.items():
         _fail_unreadable(using, pk, worker_id, exc)
@@ -103,7 +102,7 @@ def _set_params(worker_id):
     return [JobStatus.RUNNING.value, worker_id, worker_id]
 
 
-def _claim_postgresql(connection, *, worker_id, queues, limit, now):
+def _claim_postgresql(connection, *, worker_id, queues, limit):
     table = connection.ops.quote_name(Job._meta.db_table)
     params = [JobStatus.READY.value]
     if queues is None:
@@ -116,11 +115,11 @@ def _claim_postgresql(connection, *, worker_id, queues, limit, now):
         params.append(list(queues))
     params.append(limit)
     params += _set_params(worker_id)
-    now = now_sql(connection)
+    db_now = now_sql(connection)
     sql = f"""
         WITH claimable AS (
             SELECT id FROM {table}
-            WHERE status = %s AND run_after <= {now} {queue_filter}
+            WHERE status = %s AND run_after <= {db_now} {queue_filter}
             ORDER BY priority DESC, run_after, id
             LIMIT %s
             FOR UPDATE SKIP LOCKED
@@ -128,7 +127,7 @@ def _claim_postgresql(connection, *, worker_id, queues, limit, now):
         UPDATE {table} AS job SET {
         _CLAIM_SET.format(
             job="job",
-            now=now,
+            now=db_now,
             append="job.worker_ids || jsonb_build_array(%s::text)",
         )
     }
@@ -227,23 +226,23 @@ def _job(using: str, row, moments: dict[float, datetime]) -> Job:
 _decode_json = json.JSONDecoder().decode  # json.loads, without its checks
 
 
-def _claim_sqlite(connection, *, worker_id, queues, limit, now):
+def _claim_sqlite(connection, *, worker_id, queues, limit):
     table = connection.ops.quote_name(Job._meta.db_table)
     queue_filter = ""
     queue_params = []
     if queues is not None:
         queue_filter = f"AND queue_name IN ({', '.join(['%s'] * len(queues))})"
         queue_params = list(queues)
-    now = now_sql(connection)
+    db_now = now_sql(connection)
     sql = f"""
         UPDATE {table} SET {
         _CLAIM_SET.format(
-            job=table, now=now, append="json_insert(worker_ids, '$[#]', %s)"
+            job=table, now=db_now, append="json_insert(worker_ids, '$[#]', %s)"
         )
     }
         WHERE id IN (
             SELECT id FROM {table}
-            WHERE status = %s AND run_after <= {now} {queue_filter}
+            WHERE status = %s AND run_after <= {db_now} {queue_filter}
             ORDER BY priority DESC, run_after, id
             LIMIT %s
         )
@@ -256,7 +255,7 @@ def _claim_sqlite(connection, *, worker_id, queues, limit, now):
     return _load(connection.alias, ids)
 
 
-def _claim_mysql(connection, *, worker_id, queues, limit, now):
+def _claim_mysql(connection, *, worker_id, queues, limit):
     table = connection.ops.quote_name(Job._meta.db_table)
     due = (
         Job.objects.using(connection.alias)
@@ -282,20 +281,20 @@ def _claim_mysql(connection, *, worker_id, queues, limit, now):
             return [], {}
         try:
             with transaction.atomic(using=connection.alias):
-                _mark_claimed(connection, table, ids, worker_id, now)
+                _mark_claimed(connection, table, ids, worker_id)
         except IntegrityError:
             # MariaDB checks a row's JSON again on every update: a row whose
             # JSON was corrupted behind its back (constraint checks off)
             # cannot be claimed. Fail those rows; claim the others.
-            bad = _fail_corrupt(connection, ids, now)
+            bad = _fail_corrupt(connection, ids)
             ids = [pk for pk in ids if pk not in bad]
             if not ids:
                 return [], {}
-            _mark_claimed(connection, table, ids, worker_id, now)
+            _mark_claimed(connection, table, ids, worker_id)
     return _load(connection.alias, ids)
 
 
-def _mark_claimed(connection, table, ids, worker_id, now) -> None:
+def _mark_claimed(connection, table, ids, worker_id) -> None:
     claim_set = _CLAIM_SET.format(
         job=table,
         now=now_sql(connection),
@@ -320,7 +319,7 @@ _JSON_COLUMNS = {
 }
 
 
-def _fail_corrupt(connection, ids, now) -> set[int]:
+def _fail_corrupt(connection, ids) -> set[int]:
     """Fail the jobs among ``ids`` whose stored JSON MariaDB finds invalid,
     replacing it with empty values it accepts; return their ids."""
     table = connection.ops.quote_name(Job._meta.db_table)
@@ -341,7 +340,7 @@ def _fail_corrupt(connection, ids, now) -> set[int]:
             ),
             attempt=1,
             worker_id=None,
-            at=now,
+            at=timezone.now(),
         )
         repair = ", ".join(
             f"{c} = IF({c} IS NULL OR JSON_VALID({c}), {c}, {default})"

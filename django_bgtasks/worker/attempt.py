@@ -9,11 +9,9 @@ import sys
 import traceback
 from typing import Any
 
-from django.core.signals import setting_changed
-
 from ..backend import MAX_ATTEMPTS_LIMIT, MAX_TIMEOUT, DatabaseBackend
 from ..compat import TaskContext, task_backends
-from ..conf import bgtasks_settings
+from ..conf import bgtasks_settings, cleared_when_settings_change
 from ..exceptions import (
     InvalidJobRow,
     InvalidReturnValue,
@@ -96,6 +94,7 @@ def check_row(job: Job) -> None:
         )
 
 
+@cleared_when_settings_change
 @functools.lru_cache(maxsize=256)
 def _options_problem(alias, queue_name, max_attempts, timeout) -> str | None:
     """What is wrong with these options of a job, or None (cached: the
@@ -124,14 +123,6 @@ def _options_problem(alias, queue_name, max_attempts, timeout) -> str | None:
             f"queue_name: {queue_name!r} is not one of the QUEUES of backend {alias!r}."
         )
     return None
-
-
-def _settings_changed(*, setting: str, **kwargs) -> None:
-    if setting in ("TASKS", "BGTASKS"):
-        _options_problem.cache_clear()
-
-
-setting_changed.connect(_settings_changed)
 
 
 def timeout_error(attempt) -> JobTimeout:

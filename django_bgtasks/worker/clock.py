@@ -5,8 +5,8 @@ retry's, a schedule's) is the database server's, so a host whose own clock
 is wrong neither starts jobs early nor judges live workers dead. Statements
 use the server's time where they can (``db.DatabaseNow``); what the worker
 works out itself (a retry's due time, a finish) uses this clock: the host's
-time plus its offset from the server's, measured at start and at every
-heartbeat (to within half a round trip).
+time plus its offset from the server's, measured at start and by the
+heartbeat every minute (to within half a round trip).
 """
 
 from __future__ import annotations

@@ -142,15 +142,7 @@ class Completer(threading.Thread):
         except DatabaseError as exc:
             # Refused again: fail the job with an error it will take, rather
             # than leave it RUNNING.
-            logger.exception("Job %s: its outcome could not be stored", job.pk)
-            error = chained(
-                OutcomeNotStored(
-                    f"The job's outcome could not be stored: "
-                    f"{type(exc).__name__}: {exc}"
-                ),
-                exc,
-            )
-            finished.outcome = Failed(error, retryable=False)
+            finished.outcome = not_stored(job, exc)
             change = self._record(job, finished.outcome)
         if change is None and self.give_up.is_set():
             return  # the worker is exiting: nothing was recorded
@@ -163,6 +155,20 @@ class Completer(threading.Thread):
             what=f"recording the outcome of job {job.pk}",
             give_up=self.give_up,
         )
+
+
+def not_stored(job, exc: Exception) -> Failed:
+    """The outcome that replaces one the database refused to store for
+    ``job`` (``exc``): the job fails for good, with an error it will take,
+    rather than stay RUNNING."""
+    logger.exception("Job %s: its outcome could not be stored", job.pk)
+    error = chained(
+        OutcomeNotStored(
+            f"The job's outcome could not be stored: {type(exc).__name__}: {exc}"
+        ),
+        exc,
+    )
+    return Failed(error, retryable=False)
 
 
 def report(finished: Finished, change: Transition | None, receivers: Receivers) -> None:

@@ -13,6 +13,11 @@ from ..db import CONNECTION_ERRORS, discard_connection
 
 logger = logging.getLogger("django_bgtasks.worker")
 
+# Seconds between two readings of the database's clock: two clocks drift
+# apart by milliseconds a day, not a minute (a jump of the host's clock is
+# caught within this).
+CLOCK_SYNC_INTERVAL = 60.0
+
 
 class Heartbeat(threading.Thread):
     """Refresh the worker's row every ``interval`` seconds.
@@ -35,12 +40,13 @@ class Heartbeat(threading.Thread):
         self.interval = interval
         self.using = using
         self.on_lost = on_lost
-        self.clock = clock  # synced with the database's at each beat
+        self.clock = clock  # synced with the database's every minute
         self._stop_event = threading.Event()
         # Monotonic times, written by this thread, read by the maintenance
         # thread (float swaps). The registration was the first beat.
         self._last_beat = time.monotonic()
         self._steady_since: float | None = self._last_beat
+        self._synced_at = self._last_beat  # the worker synced it at start
 
     def may_judge_others(self) -> bool:
         """Whether this worker's beats have gone through without a break
@@ -71,7 +77,9 @@ class Heartbeat(threading.Thread):
         try:
             if self.process.beat() or self._stop_event.is_set():
                 self._went_through()
-                self.clock.sync(self.using)
+                if time.monotonic() - self._synced_at >= CLOCK_SYNC_INTERVAL:
+                    self.clock.sync(self.using)
+                    self._synced_at = time.monotonic()
                 return
             logger.error("Worker %s: its row is gone (judged dead?)", self.process.pk)
             process = self.on_lost()
