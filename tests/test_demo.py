@@ -144,6 +144,39 @@ def test_failure_after_enqueue_in_the_view_leaves_no_job(client, media_root):
     assert not Photo.objects.exists()
 
 
+def registered_in_the_test_project(**environment) -> list[str]:
+    """The task paths a process of the test project registers."""
+    script = (
+        "import django; django.setup()\n"
+        "from django_bgtasks import registry\n"
+        "registry.autodiscover()\n"
+        "print(' '.join(sorted(registry.registered_tasks())))\n"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "testproject.settings"}
+    env.pop("BGTASKS_TASK_MODULES", None)
+    output = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**env, **environment},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return output.split()
+
+
+def test_the_demo_registers_only_its_own_tasks():
+    """The admin's task filter lists registered tasks: the benchmark's no-op
+    is not one of the demo's, and only the benchmark's workers load it."""
+    demo = registered_in_the_test_project()
+    assert demo and all(path.startswith("testproject.demo.") for path in demo)
+    bench = registered_in_the_test_project(
+        BGTASKS_TASK_MODULES="testproject.bench.noop"
+    )
+    assert set(bench) == {*demo, "testproject.bench.noop.noop"}
+
+
 # rundemo's parts --------------------------------------------------------------
 
 

@@ -52,7 +52,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from django_bgtasks.models import Job, JobStatus, WorkerProcess
-from testproject.bench.tasks import noop
+from testproject.bench.noop import noop
 
 MANAGE_PY = os.path.join(os.path.dirname(__file__), *[os.pardir] * 4, "manage.py")
 
@@ -155,6 +155,9 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options):
+        # The workers started below register the no-op task from here
+        # (testproject/settings.py reads it).
+        os.environ["BGTASKS_TASK_MODULES"] = "testproject.bench.noop"
         if options["quick"]:
             options.update(
                 runs=1, enqueue=200, bulk=2000, drain=1000, latency=20, backlog=500,
