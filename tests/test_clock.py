@@ -4,7 +4,10 @@ worker dead, starts no delayed job early and fires no schedule early or
 twice."""
 
 import glob
+import os
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,7 +16,7 @@ from django.db import connection
 from django_bgtasks.db import database_now
 from django_bgtasks.models import Job, JobStatus, Schedule, WorkerProcess
 from tests import tasks
-from tests.conftest import requires_server_database, wait_until
+from tests.conftest import ROOT, database_url, requires_server_database, wait_until
 
 pytestmark = [pytest.mark.slow, requires_server_database]
 
@@ -117,3 +120,35 @@ def test_a_worker_with_a_clock_ahead_starts_nothing_early_and_rescues_no_one(
 
 def normal_id(process) -> str:
     return WorkerProcess.objects.get(pid=process.pid).pk
+
+
+def test_prune_jobs_on_a_host_days_ahead_keeps_what_is_not_due_to_go(transactional_db):
+    """``manage.py prune_jobs`` counts a job's age by the database's clock:
+    a host two days ahead does not delete a SUCCESSFUL job finished six
+    days ago (kept seven)."""
+    now = database_now(connection.alias)
+    kept, old = tasks.add.enqueue(1, 2), tasks.add.enqueue(3, 4)
+    Job.objects.filter(pk=kept.id).update(
+        status=JobStatus.SUCCESSFUL, finished_at=now - timedelta(days=6)
+    )
+    Job.objects.filter(pk=old.id).update(
+        status=JobStatus.SUCCESSFUL, finished_at=now - timedelta(days=8)
+    )
+    environment = {
+        **os.environ,
+        **skewed(),
+        "FAKETIME": "+2d",
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": database_url(),
+    }
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "prune_jobs"],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "SUCCESSFUL: 1 job(s) deleted" in done.stdout
+    assert list(Job.objects.values_list("pk", flat=True)) == [int(kept.id)]

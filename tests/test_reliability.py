@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from django_bgtasks.compat import TaskResultStatus
 from django_bgtasks.maintenance import duties as maintenance
-from django_bgtasks.maintenance.prune import prune_finished_jobs
+from django_bgtasks.maintenance.prune import prune_finished_jobs, retention
 from django_bgtasks.maintenance.rescue import rescue_dead_workers
 from django_bgtasks.models import Job, JobStatus, WorkerProcess
 from django_bgtasks.worker import Worker, WorkerExit
@@ -207,6 +207,15 @@ def test_prune_deletes_old_finished_jobs_only():
     assert deleted == {"SUCCESSFUL": 5, "FAILED": 1, "CANCELLED": 0}
     assert sorted(Job.objects.values_list("pk", flat=True)) == [j.pk for j in kept]
     assert not Job.objects.filter(pk__in=[j.pk for j in gone]).exists()
+
+
+@override_settings(BGTASKS={"PRUNE_AFTER": {"SUCCESSFUL": 1}})
+def test_a_status_left_out_of_prune_after_keeps_its_default():
+    assert retention() == {
+        "SUCCESSFUL": timedelta(days=1),
+        "FAILED": timedelta(days=30),
+        "CANCELLED": timedelta(days=7),
+    }
 
 
 @override_settings(BGTASKS={"PRUNE_AFTER": PRUNE, "PRUNE_INTERVAL": 3600})

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from django.db import connections, router, transaction
 
-from ..conf import bgtasks_settings
+from ..conf import DEFAULTS, bgtasks_settings
 from ..db import database_now
 from ..locking import lock_for_writing
 from ..models import FINISHED_STATUSES, Job
@@ -27,11 +27,12 @@ SQLITE_PAUSE_BETWEEN_BATCHES = 0.05
 
 
 def retention() -> dict[str, timedelta | None]:
-    """How long each final status is kept, from the setting."""
-    setting = bgtasks_settings.PRUNE_AFTER
+    """How long each final status is kept, from the setting; a status the
+    setting leaves out keeps its default (None, given, keeps forever)."""
+    setting = {**DEFAULTS["PRUNE_AFTER"], **bgtasks_settings.PRUNE_AFTER}
     kept = {}
     for status in FINISHED_STATUSES:
-        value = setting.get(status.value)
+        value = setting[status.value]
         if value is None or isinstance(value, timedelta):
             kept[status.value] = value
         else:

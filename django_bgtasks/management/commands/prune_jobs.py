@@ -2,8 +2,8 @@
 
 from django.core.management.base import BaseCommand
 from django.db import router
-from django.utils import timezone
 
+from django_bgtasks.db import database_now
 from django_bgtasks.maintenance.prune import prunable, prune_finished_jobs, retention
 from django_bgtasks.models import FINISHED_STATUSES, Job
 
@@ -23,7 +23,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, dry_run, **options):
         using = router.db_for_write(Job)
-        now = timezone.now()
+        # The database's clock, as the workers' pruning: not this host's.
+        now = database_now(using)
         kept = retention()
         if dry_run:
             for status in FINISHED_STATUSES:
