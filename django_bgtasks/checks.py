@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import importlib
+
 from django.conf import settings
 from django.core import checks
 from django.db import connections, router
 
 from . import registry
+from .backend import MAX_TIMEOUT
 from .backoff import Backoff
 from .compat import InvalidTask
 from .conf import DEFAULTS, bgtasks_settings
@@ -112,8 +115,8 @@ _RULES = [
     ("MISFIRE_GRACE_TIME", _number(0), "a number of seconds, 0 or more"),
     (
         "TIMEOUT",
-        lambda v: v is None or _number(0, above=True)(v),
-        "None or a number of seconds above 0",
+        lambda v: v is None or (_number(0, above=True)(v) and v <= MAX_TIMEOUT),
+        f"None or a number of seconds above 0, at most {MAX_TIMEOUT} (a week)",
     ),
     ("PRUNE_INTERVAL", _number(0, above=True), "a number of seconds above 0"),
     (
@@ -133,6 +136,8 @@ _RULES = [
     ),
 ]
 
+_RULES_BY_NAME = {name: valid for name, valid, _ in _RULES}
+
 
 @checks.register()
 def check_declared_schedules(app_configs=None, **kwargs):
@@ -143,6 +148,21 @@ def check_declared_schedules(app_configs=None, **kwargs):
     declared = value.get("SCHEDULES", {})
     if not isinstance(declared, dict):
         return [checks.Error("BGTASKS['SCHEDULES'] must be a dict.", id="bgtasks.E006")]
+    modules = value.get("TASK_MODULES", [])
+    if not _RULES_BY_NAME["TASK_MODULES"](modules):
+        return []  # bgtasks.E003 says so
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            # The schedules' tasks cannot be looked up without it.
+            return [
+                checks.Error(
+                    f"BGTASKS['TASK_MODULES'] names {module!r}, which cannot be "
+                    f"imported: {exc}",
+                    id="bgtasks.E003",
+                )
+            ]
     registry.autodiscover()
     errors = []
     for name, spec in declared.items():

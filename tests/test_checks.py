@@ -51,6 +51,20 @@ def test_bad_backoff_setting_is_reported():
     assert [m.id for m in run_checks()] == ["bgtasks.E003"]
 
 
+@override_settings(BGTASKS={"TIMEOUT": 7 * 24 * 3600 + 1})
+def test_a_timeout_over_a_week_is_reported():
+    # The worker refuses a stored timeout over a week (InvalidJobRow).
+    assert [m.id for m in run_checks()] == ["bgtasks.E003"]
+
+
+@pytest.mark.parametrize("modules", [["no_such_module_here"], "tests.tasks", [3]])
+def test_task_modules_that_cannot_load_are_reported_not_raised(modules):
+    with override_settings(BGTASKS={"TASK_MODULES": modules}):
+        messages = run_checks()
+    assert [m.id for m in messages] == ["bgtasks.E003"]
+    assert "TASK_MODULES" in messages[0].msg
+
+
 @override_settings(BGTASKS=["not", "a", "dict"])
 def test_settings_must_be_a_dict():
     assert [m.id for m in run_checks()] == ["bgtasks.E001"]
