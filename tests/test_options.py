@@ -59,6 +59,7 @@ def test_a_childs_command_line_carries_its_supervisors_options():
         (["--concurrency", "0"], "is not 1 or more"),
         (["--prefetch", "-1"], "is not 0 or more"),
         (["--poll-interval", "nan"], "is not 0 or more seconds"),
+        (["--poll-interval", "0"], "is not more than 0 seconds"),
         (["--queues", "a,*"], "'*' means every queue"),
         (["--worker-id", "x" * 96], "must be 1 to 95 characters"),
     ],

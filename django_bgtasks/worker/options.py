@@ -55,6 +55,14 @@ def seconds(value: str) -> float:
     return number
 
 
+def positive_seconds(value: str) -> float:
+    number = seconds(value)
+    if number == 0:
+        # An idle worker would query the database without a pause.
+        raise argparse.ArgumentTypeError(f"{value!r} is not more than 0 seconds")
+    return number
+
+
 def queue_list(value: str) -> tuple[str, ...] | None:
     """``a,b`` -> ("a", "b"); ``*`` -> None (every queue)."""
     names = [name.strip() for name in value.split(",") if name.strip()]
@@ -141,7 +149,7 @@ class WorkerOptions:
     )
     poll_interval: float | None = _option(
         "--poll-interval",
-        type=seconds,
+        type=positive_seconds,
         help="Seconds between looks for due jobs when idle "
         "(default: BGTASKS['POLL_INTERVAL'], 1).",
     )
