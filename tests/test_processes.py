@@ -91,6 +91,41 @@ def test_one_ctrl_c_drains_the_children(workers, tmp_path):
     assert "exiting at once" not in workers.output(supervisor)
 
 
+def test_a_child_signalled_with_its_supervisor_drains_its_jobs(workers, tmp_path):
+    """SIGTERM to the supervisor and to its child as well (a signal to the
+    whole process group, as systemd's default KillMode sends it) is one
+    stop request for the child: it finishes its job. Sent in that order on
+    purpose: the child hears the supervisor's "stop" first, the order in
+    which it once took its own signal for a second request."""
+    gate = tmp_path / "gate"
+    result = tasks.wait_for_file.enqueue(str(gate))
+    supervisor = workers.start("--processes", "1", "--concurrency", "1")
+    wait_until(
+        lambda: f"Job {result.id} started" in workers.output(supervisor),
+        timeout=60,
+        message="the job started",
+    )
+    [child] = WorkerProcess.objects.values_list("pid", flat=True)
+    supervisor.send_signal(signal.SIGTERM)
+    wait_until(
+        lambda: (
+            "the supervisor received: finishing 1 running job(s)"
+            in workers.output(supervisor)
+        ),
+        message="the child draining at its supervisor's request",
+    )
+    os.kill(child, signal.SIGTERM)
+    wait_until(
+        lambda: "SIGTERM received: already stopping" in workers.output(supervisor),
+        message="the child seeing its own SIGTERM",
+    )
+    gate.touch()
+    assert workers.wait(supervisor, timeout=30) == 0, workers.output(supervisor)
+    result.refresh()
+    assert result.status == "SUCCESSFUL", workers.output(supervisor)
+    assert "exiting at once" not in workers.output(supervisor)
+
+
 def test_the_supervisor_runs_the_system_checks_and_its_children_do_not(
     workers, tmp_path
 ):
@@ -103,6 +138,22 @@ def test_the_supervisor_runs_the_system_checks_and_its_children_do_not(
     assert workers.wait(supervisor) == 0
     assert Execution.objects.count() == 4
     assert log.read_text().split() == [str(supervisor.pid)]
+
+
+def test_children_get_the_supervisors_settings_and_pythonpath(workers, tmp_path):
+    """Settings found only through ``--pythonpath`` reach the children too
+    (without it they could not import them, and crashed in a loop)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "settings_elsewhere.py").write_text("from tests.settings import *\n")
+    for number in range(2):
+        tasks.record.enqueue(label=str(number))
+    supervisor = workers.start(
+        "--processes", "1", "--burst",
+        "--settings", "settings_elsewhere", "--pythonpath", str(elsewhere),
+    )  # fmt: skip
+    assert workers.wait(supervisor) == 0, workers.output(supervisor)
+    assert Execution.objects.count() == 2
 
 
 def test_max_jobs_per_child_recycles_children(workers):

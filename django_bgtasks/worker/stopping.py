@@ -5,15 +5,22 @@ arrive as SIGTERM/SIGINT, or, for a child of ``runworker --processes``, as
 lines on its standard input from the supervisor ("stop", "now"; the end of
 the stream, when the supervisor is gone, means "stop"). Children listen to
 their supervisor rather than to the terminal, so one Ctrl-C is one request.
+A child that gets SIGTERM itself as well as its supervisor's "stop" (a
+signal sent to the whole process group, as systemd's default KillMode
+does) has had one request, not two: each source's requests are counted
+apart, and the worker goes by the larger count.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
 from collections.abc import Callable
 from typing import TextIO
+
+logger = logging.getLogger("django_bgtasks.worker")
 
 
 class ForcedExit(Exception):
@@ -34,12 +41,19 @@ class StopRequests:
         self.count = 0
         self._lock = threading.Lock()
         self._signals_seen = 0
+        self._from = {"signals": 0, "supervisor": 0}
 
-    def _request(self, source: str) -> None:
+    def _request(self, kind: str, source: str, *, up_to: int | None = None) -> None:
+        """One more request from ``kind`` (or as many as make ``up_to``)."""
         with self._lock:
-            self.count += 1
-            count = self.count
-        self.on_request(source, count)
+            made = self._from[kind] + 1 if up_to is None else up_to
+            self._from[kind] = max(self._from[kind], made)
+            before, self.count = self.count, max(self.count, *self._from.values())
+            counts = range(before + 1, self.count + 1)
+        if not counts and kind == "signals":
+            logger.info("%s received: already stopping, as asked", source)
+        for count in counts:
+            self.on_request(source, count)
 
     # Signals -------------------------------------------------------------------
 
@@ -84,7 +98,7 @@ class StopRequests:
             while data := os.read(read_end, 64):
                 for signum in data:
                     if signum in (signal.SIGTERM, signal.SIGINT):
-                        self._request(signal.Signals(signum).name)
+                        self._request("signals", signal.Signals(signum).name)
         finally:
             os.close(read_end)
 
@@ -102,10 +116,9 @@ class StopRequests:
     def _read_supervisor(self, stream: TextIO) -> None:
         for line in stream:
             message = line.strip()
-            if message == "stop" and self.count == 0:
-                self._request("the supervisor")
+            if message == "stop":
+                self._request("supervisor", "the supervisor", up_to=1)
             elif message == "now":
-                while self.count < 2:
-                    self._request("the supervisor")
-        if self.count == 0:  # the supervisor is gone: do not run on alone
-            self._request("the supervisor's exit")
+                self._request("supervisor", "the supervisor", up_to=2)
+        # The supervisor is gone: do not run on alone.
+        self._request("supervisor", "the supervisor's exit", up_to=1)

@@ -67,7 +67,9 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         self._check_queues(worker_options.queue_list)
         if worker_options.supervises:
-            self._supervise(worker_options, options["verbosity"])
+            self._supervise(
+                worker_options, options["verbosity"], options.get("pythonpath")
+            )
             return
         worker = Worker(worker_options)
         if options["verbosity"]:
@@ -109,11 +111,18 @@ class Command(BaseCommand):
         if ended != WorkerExit.STOPPED:
             sys.exit(int(ended))
 
-    def _supervise(self, options: WorkerOptions, verbosity: int) -> None:
+    def _supervise(
+        self, options: WorkerOptions, verbosity: int, pythonpath: str | None
+    ) -> None:
         # The system checks ran here; in each child they would only load the
         # URLconf and its views (3 MB a process).
         program = [sys.executable, sys.argv[0], "runworker", "--skip-checks"]
         program += ["--verbosity", str(verbosity)]
+        # --settings reaches the children through DJANGO_SETTINGS_MODULE,
+        # which Django sets from it; --pythonpath only changes this
+        # process's sys.path.
+        if pythonpath:
+            program += ["--pythonpath", pythonpath]
         supervisor = Supervisor(options, program=program)
         if verbosity:
             recycling = [
