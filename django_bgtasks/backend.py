@@ -38,10 +38,10 @@ from .compat import (
     task_enqueued,
 )
 from .conf import bgtasks_settings, settings_generation
-from .exceptions import InvalidTaskArguments
+from .exceptions import InvalidTaskArguments, TaskNotRegistered
 from .models import Job, JobStatus
 from .private_api import send_to_each
-from .rows import job_result, task_for_job
+from .rows import job_result, task_for_job, unregistered_task
 from .serialization import NotJSON, check_size, to_json, to_json_sized
 from .sql.insert import CHUNK, insert_job_chunks, insert_jobs
 
@@ -215,12 +215,17 @@ class DatabaseBackend(BaseTaskBackend):
     def get_result(self, result_id: str) -> DatabaseTaskResult:
         """The result of job ``result_id`` enqueued on this backend;
         TaskResultDoesNotExist if none. Its task is the task as enqueued,
-        ``run_after`` included (None if it had none)."""
+        ``run_after`` included (None if it had none). A job whose task is
+        no longer registered still has its result, with a stand-in task
+        that raises TaskNotRegistered when called."""
         try:
             job = Job.objects.get(pk=int(result_id), backend=self.alias)
         except (TypeError, ValueError, OverflowError, Job.DoesNotExist):
             raise TaskResultDoesNotExist(result_id) from None
-        task = task_for_job(job)
+        try:
+            task = task_for_job(job)
+        except TaskNotRegistered:
+            return job_result(job, unregistered_task(job))
         if task.run_after != job.task_run_after:
             with contextlib.suppress(InvalidTask):
                 task = replace(task, run_after=job.task_run_after)

@@ -8,8 +8,11 @@ of an attempt, by their class path.
 from .compat import InvalidTask
 
 
-class InvalidTaskArguments(InvalidTask, ValueError):
-    """Arguments that do not survive a JSON round trip, or are too large."""
+class InvalidTaskArguments(InvalidTask, ValueError, TypeError):
+    """Arguments that do not survive a JSON round trip, or are too large.
+
+    A TypeError too: the framework's docs show a non-JSON argument raising
+    one, as its own backends do."""
 
 
 class TaskNotRegistered(InvalidTask):

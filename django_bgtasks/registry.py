@@ -20,12 +20,18 @@ from .conf import bgtasks_settings
 from .exceptions import TaskNotRegistered
 
 _tasks: dict[str, Task] = {}
+# Marks the function of a stand-in task (see ``register``).
+STAND_IN = "_bgtasks_stand_in"
 _import_lock = threading.Lock()
 
 
 def register(task: Task) -> None:
     """Record ``task`` as runnable under its ``module_path``. The first Task
-    of a path is kept: later ones are ``using()`` variants of it."""
+    of a path is kept: later ones are ``using()`` variants of it. A
+    stand-in for a task that is not registered (``rows.unregistered_task``)
+    is never recorded: it would make the path look registered."""
+    if getattr(task.func, STAND_IN, False):
+        return
     _tasks.setdefault(task.module_path, task)
 
 

@@ -16,7 +16,7 @@ from .backoff import Backoff
 from .base import DatabaseTask, DatabaseTaskResult
 from .compat import InvalidTask, TaskError, TaskResultStatus
 from .conf import bgtasks_settings, cleared_when_settings_change
-from .exceptions import JobCancelled
+from .exceptions import JobCancelled, TaskNotRegistered
 from .models import Job, JobStatus
 from .models.transitions import class_path
 from .private_api import set_field
@@ -69,6 +69,34 @@ def _task_with_options(
         # The settings changed since (say, a queue was removed): keep the
         # task as declared rather than fail to read the result.
         return task
+
+
+def unregistered_task(job: Job) -> DatabaseTask:
+    """A stand-in for the task of ``job`` when that is not registered
+    (removed in a deploy, say), so that the job's result can still be read:
+    its ``module_path`` is the job's ``task_path``, and calling it raises
+    TaskNotRegistered. Raises TaskNotRegistered if the job's options no
+    longer make a valid task either."""
+    module, _, name = job.task_path.rpartition(".")
+
+    def not_registered(*args, **kwargs):
+        raise TaskNotRegistered(f"{job.task_path!r} is not a registered task.")
+
+    setattr(not_registered, registry.STAND_IN, True)
+    not_registered.__module__ = module
+    not_registered.__name__ = not_registered.__qualname__ = name
+    try:
+        return DatabaseTask(
+            func=not_registered,
+            priority=job.priority,
+            queue_name=job.queue_name,
+            backend=job.backend,
+            run_after=job.task_run_after,
+        )
+    except InvalidTask:
+        raise TaskNotRegistered(
+            f"{job.task_path!r} is not a registered task."
+        ) from None
 
 
 def job_result(job: Job, task) -> DatabaseTaskResult:
