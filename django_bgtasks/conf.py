@@ -34,7 +34,7 @@ DEFAULTS: dict[str, Any] = {
     # A worker silent for this many seconds is dead: its running jobs are
     # put back (READY, or FAILED without attempts left). At least twice the
     # heartbeat interval. With the heartbeat's 5 s, a dead worker's jobs are
-    # back within about 25 s (the README's "Rescue"): four beats missed in a
+    # back within about 25 s (docs/topics/guarantees.rst): four beats missed in a
     # row, not one slow moment, make a worker dead.
     "WORKER_TIMEOUT": 20.0,
     # Seconds an attempt may run (None: no limit); per task with timeout=.

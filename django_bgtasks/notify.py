@@ -3,8 +3,10 @@
 
 NOTIFY is transactional, so a worker is woken when the job's transaction
 commits, never before. Workers also poll, so a missed notification (or
-``BGTASKS["NOTIFY"] = False``, needed behind PgBouncer in transaction mode)
-only costs latency. A notification's text is its queue and, where one
+``BGTASKS["NOTIFY"] = False``) only costs latency. Behind PgBouncer in
+transaction mode a pooled connection hears nothing: workers listen on
+``BGTASKS["LISTEN_DATABASE"]``, a direct connection, or find at start that
+they cannot hear and poll only. A notification's text is its queue and, where one
 applies to all its jobs, their priority.
 """
 

@@ -6,7 +6,7 @@ PostgreSQL's defaults vacuum a table once a fifth of it is dead, which for a
 queue means dead index entries piling up in the claims' index between
 vacuums. These make autovacuum visit the table after about 1% of its rows
 (and at least every 1,000) have changed, and let it work at ten times the
-default pace. README.rst ("Performance") explains them; change them with
+default pace. docs/topics/performance.rst explains them; change them with
 ``ALTER TABLE django_bgtasks_job SET (...)`` where your workload differs.
 """
 

@@ -53,12 +53,15 @@ TRANSITION_FIELDS = (
 
 class JobQuerySet(models.QuerySet):
     def ready(self):
+        """Jobs waiting to run (due or not)."""
         return self.filter(status=JobStatus.READY)
 
     def running(self):
+        """Jobs claimed by a worker (running, or prefetched and about to)."""
         return self.filter(status=JobStatus.RUNNING)
 
     def finished(self):
+        """SUCCESSFUL, FAILED and CANCELLED jobs."""
         return self.filter(status__in=FINISHED_STATUSES)
 
     def due(self, now: datetime | None = None):
@@ -291,6 +294,7 @@ class Job(models.Model):
 
     @property
     def is_finished(self) -> bool:
+        """Whether the job has ended: SUCCESSFUL, FAILED or CANCELLED."""
         return self.status in FINISHED_STATUSES
 
     @property

@@ -322,11 +322,15 @@ class Schedule(models.Model):
         )
 
     def enable(self) -> None:
+        """Turn the schedule on; it fires next at its next planned time
+        from now (missed times while it was off are not made up)."""
         self.enabled = True
         self.reschedule()
         self.save(update_fields=["enabled", "next_run_at", "updated_at"])
 
     def disable(self) -> None:
+        """Turn the schedule off: no more jobs until it is enabled again
+        (jobs it already made are left alone)."""
         self.enabled = False
         self.next_run_at = None
         self.save(update_fields=["enabled", "next_run_at", "updated_at"])
