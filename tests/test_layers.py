@@ -1,4 +1,4 @@
-"""The package's layers (``docs/architecture.rst``), read from its imports:
+"""The package's layers (``docs/internals/architecture.rst``), read from its imports:
 no import circle, none hidden in a function, nothing imported from above."""
 
 import ast

@@ -2,7 +2,7 @@
 
 The main loop lives here; the other threads (job threads, completer,
 listener, heartbeat, maintenance) each have a module, and all report to the
-ledger, the one owner of what the worker holds (``docs/architecture.rst``).
+ledger, the one owner of what the worker holds (``docs/internals/architecture.rst``).
 
 Stopping: the first SIGTERM/SIGINT (or ``stop()``) ends claiming; running
 jobs get ``shutdown_timeout`` seconds to finish; those still running are put
