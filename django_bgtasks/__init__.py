@@ -8,7 +8,17 @@ retried with backoff.
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["Backoff", "DatabaseTask", "DatabaseTaskResult", "report_progress", "task"]
+__all__ = [
+    "Backoff",
+    "CancelJob",
+    "DatabaseTask",
+    "DatabaseTaskResult",
+    "FailJob",
+    "RetryJob",
+    "SnoozeJob",
+    "report_progress",
+    "task",
+]
 
 
 def __getattr__(name):
@@ -22,6 +32,10 @@ def __getattr__(name):
         from .progress import report_progress
 
         return report_progress
+    if name in {"CancelJob", "FailJob", "RetryJob", "SnoozeJob"}:
+        from . import control
+
+        return getattr(control, name)
     if name == "Backoff":
         from .backoff import Backoff
 

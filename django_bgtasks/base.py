@@ -33,17 +33,26 @@ class DatabaseTask(Task):
     ``backoff``: the delay before each retry, a :class:`Backoff`;
     ``timeout``: seconds an attempt may run before its process is ended.
     ``None`` takes the ``BGTASKS`` setting when the job is enqueued.
+    ``retry_on``: the exception classes that may be retried (``None``:
+    every one); ``fail_on``: those that end the job FAILED at once, even
+    if listed in ``retry_on``.
     """
 
     max_attempts: int | None = None
     backoff: Backoff | None = None
     timeout: float | None = None
+    retry_on: tuple[type[BaseException], ...] | None = None
+    fail_on: tuple[type[BaseException], ...] = ()
 
     def __post_init__(self):
         # The framework's own @task passes its keywords through as they
-        # are: a backoff given as seconds or a dict is made a Backoff here.
+        # are: a backoff given as seconds or a dict is made a Backoff here,
+        # and one exception class a tuple of one.
         if self.backoff is not None and not isinstance(self.backoff, Backoff):
             object.__setattr__(self, "backoff", Backoff.coerce(self.backoff))
+        if self.retry_on is not None:
+            object.__setattr__(self, "retry_on", exception_classes(self.retry_on))
+        object.__setattr__(self, "fail_on", exception_classes(self.fail_on))
         Task.__post_init__(self)
 
     def using(
@@ -92,6 +101,16 @@ class DatabaseTask(Task):
         return self.get_backend().enqueue_many(self, calls)
 
 
+def exception_classes(value, option: str = "retry_on and fail_on") -> tuple:
+    """``value`` (an exception class, or several) as a tuple of classes;
+    InvalidTask if it is anything else."""
+    classes = value if isinstance(value, tuple | list) else (value,)
+    for cls in classes:
+        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+            raise InvalidTask(f"{option} take exception classes, not {cls!r}.")
+    return tuple(classes)
+
+
 def task(
     function=None,
     *,
@@ -102,6 +121,8 @@ def task(
     max_attempts: int | None = None,
     backoff: Backoff | dict | float | None = None,
     timeout: float | None = None,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+    fail_on: type[BaseException] | tuple[type[BaseException], ...] = (),
 ):
     """Make a function a task, like ``django.tasks.task``, with our options.
 
@@ -124,11 +145,15 @@ def task(
             options["backoff"] = Backoff.coerce(backoff)
         if timeout is not None:
             options["timeout"] = timeout
+        if retry_on is not None:
+            options["retry_on"] = retry_on
+        if fail_on:
+            options["fail_on"] = fail_on
         if options and not issubclass(task_class, DatabaseTask):
             raise InvalidTask(
-                f"Task backend {backend!r} does not take max_attempts, backoff or "
-                f"timeout: "
-                f"they belong to django_bgtasks.backend.DatabaseBackend."
+                f"Task backend {backend!r} does not take max_attempts, backoff, "
+                f"timeout, retry_on or fail_on: they belong to "
+                f"django_bgtasks.backend.DatabaseBackend."
             )
         return task_class(
             func=func,

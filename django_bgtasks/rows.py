@@ -151,6 +151,8 @@ def _status_and_errors(job: Job) -> tuple[TaskResultStatus, list[TaskError]]:
     status = job.status
     if status == JobStatus.CANCELLED:
         status = JobStatus.FAILED
+        if errors and errors[-1].exception_class_path == class_path(JobCancelled):
+            return TaskResultStatus(status), errors  # the task said why
         errors.append(
             TaskError(
                 exception_class_path=class_path(JobCancelled),

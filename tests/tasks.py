@@ -210,3 +210,52 @@ def connection_identity(break_it: bool = False) -> str:
             connection.connection.close()  # behind Django's back
             cursor.execute("SELECT 1")  # fails: errors_occurred
     return identity
+
+
+SLOW_BACKOFF = {"initial": 600, "factor": 2, "jitter": 0}
+
+
+@bg_task(max_attempts=3, backoff=SLOW_BACKOFF, takes_context=True)
+def steered(context, steps):
+    """At its n-th claim, does what ``steps[n - 1]`` says: "retry" (after its
+    backoff), "retry:SECONDS", "retry-at:ISO", "snooze:SECONDS", "fail",
+    "cancel", "error"; anything else is returned."""
+    from datetime import datetime
+
+    from django_bgtasks import CancelJob, FailJob, RetryJob, SnoozeJob
+
+    step = steps[context.attempt - 1]
+    verb, _, value = step.partition(":")
+    match verb:
+        case "retry" if value:
+            raise RetryJob("later, please", delay=float(value))
+        case "retry":
+            raise RetryJob("after the backoff")
+        case "retry-at":
+            raise RetryJob(at=datetime.fromisoformat(value))
+        case "snooze":
+            raise SnoozeJob(delay=float(value))
+        case "fail":
+            raise FailJob("this input will never work")
+        case "cancel":
+            try:
+                raise LookupError("the order is gone")
+            except LookupError as exc:
+                raise CancelJob("nothing left to do") from exc
+        case "error":
+            raise RuntimeError("an ordinary error")
+    return step
+
+
+@(task if FRAMEWORK_FORWARDS_OPTIONS else bg_task)(
+    max_attempts=3,
+    backoff=SLOW_BACKOFF,
+    retry_on=ConnectionError,
+    fail_on=ConnectionRefusedError,
+)
+def raises_builtin(name):
+    """Raises the built-in exception called ``name``: ConnectionErrors are
+    retried, but ConnectionRefusedError (one of them) and the rest fail."""
+    import builtins
+
+    raise getattr(builtins, name)(name)

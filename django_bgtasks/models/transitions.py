@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import traceback
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from django.db.models import F, Q
@@ -39,6 +39,7 @@ class Verdict(enum.StrEnum):
     RETRYING = "retrying"  # READY again, due after its backoff
     FAILED = "failed"
     PUT_BACK = "put back"  # READY again, due now: its worker stopped or died
+    SNOOZED = "snoozed"  # READY again, later, the attempt given back
     CANCELLED = "cancelled"
     RETRIED = "retried"  # by an operator: READY again, due now
     MADE_DUE = "made due"  # by an operator: a delayed job due now
@@ -66,6 +67,33 @@ class Failed:
 
     error: BaseException
     retryable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class RetryRequested:
+    """The task asked to be retried (``RetryJob``): after ``delay`` or at
+    ``at`` (neither: its backoff). The attempt counts."""
+
+    error: BaseException
+    delay: timedelta | None = None
+    at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Snoozed:
+    """The task asked to run again later (``SnoozeJob``), after ``delay`` or
+    at ``at``; the attempt does not count and no error is recorded."""
+
+    error: BaseException
+    delay: timedelta | None = None
+    at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelledItself:
+    """The task cancelled its job (``CancelJob``); ``error`` records why."""
+
+    error: BaseException
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +157,16 @@ class MadeDue:
         return Q(status=JobStatus.READY, run_after__gt=now)
 
 
-WorkerOutcome = Succeeded | Failed | TimedOut | Interrupted | Lost
+WorkerOutcome = (
+    Succeeded
+    | Failed
+    | RetryRequested
+    | Snoozed
+    | CancelledItself
+    | TimedOut
+    | Interrupted
+    | Lost
+)
 OperatorOutcome = Cancelled | Retried | MadeDue
 Outcome = WorkerOutcome | OperatorOutcome
 
@@ -174,6 +211,34 @@ def transition(job, outcome: Outcome, *, now: datetime) -> Transition:
                 return _retry(job, errors, now)
             return _ended(
                 Verdict.FAILED, status=JobStatus.FAILED, errors=errors, finished_at=now
+            )
+        case RetryRequested(error, delay, at):
+            errors = _with_error(job, error, now)
+            if job.attempts < job.max_attempts:
+                if delay is None and at is None:
+                    return _retry(job, errors, now)
+                return _ended(
+                    Verdict.RETRYING,
+                    status=JobStatus.READY,
+                    run_after=_later(now, delay, at),
+                    errors=errors,
+                )
+            return _ended(
+                Verdict.FAILED, status=JobStatus.FAILED, errors=errors, finished_at=now
+            )
+        case Snoozed(_, delay, at):
+            return _ended(
+                Verdict.SNOOZED,
+                status=JobStatus.READY,
+                attempts=max(job.attempts - 1, 0),
+                run_after=_later(now, delay, at),
+            )
+        case CancelledItself(error):
+            return _ended(
+                Verdict.CANCELLED,
+                status=JobStatus.CANCELLED,
+                errors=_with_error(job, error, now),
+                finished_at=now,
             )
         case TimedOut(error):
             return transition(job, Failed(error), now=now)
@@ -231,6 +296,14 @@ def transition(job, outcome: Outcome, *, now: datetime) -> Transition:
 def _ended(verdict: Verdict, **changes: Any) -> Transition:
     """The end of an attempt: the job leaves its worker."""
     return Transition(verdict, {**changes, "worker_id": None})
+
+
+def _later(now: datetime, delay: timedelta | None, at: datetime | None) -> datetime:
+    """When a job asked to run again is due: ``at``, or ``delay`` from
+    ``now`` (the database's clock)."""
+    if at is not None:
+        return at
+    return now + (delay or timedelta(0))
 
 
 def _retry(job, errors: list[dict], now: datetime) -> Transition:

@@ -12,15 +12,23 @@ from typing import Any
 from ..backend import MAX_ATTEMPTS_LIMIT, MAX_TIMEOUT, DatabaseBackend
 from ..compat import TaskContext, task_backends
 from ..conf import bgtasks_settings, cleared_when_settings_change
+from ..control import CancelJob, JobControl, RetryJob, SnoozeJob
 from ..exceptions import (
     InvalidJobRow,
     InvalidReturnValue,
     InvalidTaskArguments,
+    JobCancelled,
     JobTimeout,
     TaskExited,
 )
 from ..models import Job
-from ..models.transitions import Failed, Succeeded
+from ..models.transitions import (
+    CancelledItself,
+    Failed,
+    RetryRequested,
+    Snoozed,
+    Succeeded,
+)
 from ..private_api import Receivers
 from ..progress import current_job
 from ..rows import job_result, task_for_job
@@ -65,8 +73,10 @@ def run_attempt(job: Job, started: Receivers) -> tuple[Succeeded | Failed, Any, 
             exc,
         )
         return Failed(error), task, task_result
+    except JobControl as exc:
+        return controlled(exc), task, task_result
     except BaseException as exc:
-        return Failed(exc), task, task_result
+        return Failed(exc, retryable=_retries(task, exc)), task, task_result
     finally:
         current_job.reset(progress_token)
     try:
@@ -76,6 +86,31 @@ def run_attempt(job: Job, started: Receivers) -> tuple[Succeeded | Failed, Any, 
         error = InvalidReturnValue(f"The task's {exc} It must be JSON.")
         return Failed(error, retryable=False), task, task_result
     return Succeeded(value), task, task_result
+
+
+def controlled(request: JobControl):
+    """The outcome a task asked for by raising ``request``."""
+    match request:
+        case RetryJob():
+            return RetryRequested(request, request.delay, request.at)
+        case SnoozeJob():
+            return Snoozed(request, request.delay, request.at)
+        case CancelJob():
+            reason = f": {request}" if str(request) else ""
+            return CancelledItself(
+                chained(JobCancelled(f"The task cancelled its job{reason}"), request)
+            )
+    return Failed(request, retryable=False)  # FailJob
+
+
+def _retries(task, error: BaseException) -> bool:
+    """Whether ``error`` may be retried, by the task's ``retry_on`` and
+    ``fail_on`` (a plain framework Task has neither: every error may)."""
+    fail_on = getattr(task, "fail_on", ())
+    if fail_on and isinstance(error, fail_on):
+        return False
+    retry_on = getattr(task, "retry_on", None)
+    return retry_on is None or isinstance(error, retry_on)
 
 
 def check_row(job: Job) -> None:

@@ -15,7 +15,7 @@ from ..backend import DatabaseBackend
 from ..compat import task_finished
 from ..db import retry_until_done
 from ..exceptions import OutcomeNotStored
-from ..models.transitions import Failed, Succeeded, Transition, Verdict
+from ..models.transitions import Failed, Transition, Verdict, WorkerOutcome
 from ..private_api import Receivers
 from ..rows import job_result, update_result
 from ..sql.complete import Completion, complete_jobs
@@ -33,7 +33,7 @@ class Finished:
 
     attempt: Attempt
     task: Any  # None if the job's task could not be found
-    outcome: Succeeded | Failed
+    outcome: WorkerOutcome
     change: Transition  # what the outcome writes to the job
     task_result: Any  # the one task_started was sent with, if it was
     elapsed_ms: float
@@ -194,6 +194,17 @@ def report(finished: Finished, change: Transition | None, receivers: Receivers) 
         logger.error(
             "Job %s failed in %.1f ms: %s: %s: %s",
             job.pk, elapsed_ms, describe(job), type(error).__name__, error,
+        )  # fmt: skip
+    elif verdict is Verdict.SNOOZED:
+        logger.info(
+            "Job %s snoozed in %.1f ms until %s: %s",
+            job.pk, elapsed_ms, job.run_after.isoformat(timespec="seconds"),
+            describe(job),
+        )  # fmt: skip
+    elif verdict is Verdict.CANCELLED:
+        logger.info(
+            "Job %s cancelled itself in %.1f ms: %s: %s",
+            job.pk, elapsed_ms, describe(job), error,
         )  # fmt: skip
     elif verdict is None:
         logger.warning(
