@@ -36,6 +36,9 @@ class DatabaseTask(Task):
     ``retry_on``: the exception classes that may be retried (``None``:
     every one); ``fail_on``: those that end the job FAILED at once, even
     if listed in ``retry_on``.
+    ``store_result``: False stores no return value (the job's result has
+    None); ``delete_on_success``: True deletes the job's row once it has
+    succeeded, in the transaction that records its success.
     """
 
     max_attempts: int | None = None
@@ -43,6 +46,8 @@ class DatabaseTask(Task):
     timeout: float | None = None
     retry_on: tuple[type[BaseException], ...] | None = None
     fail_on: tuple[type[BaseException], ...] = ()
+    store_result: bool = True
+    delete_on_success: bool = False
 
     def __post_init__(self):
         # The framework's own @task passes its keywords through as they
@@ -53,6 +58,9 @@ class DatabaseTask(Task):
         if self.retry_on is not None:
             object.__setattr__(self, "retry_on", exception_classes(self.retry_on))
         object.__setattr__(self, "fail_on", exception_classes(self.fail_on))
+        for name in ("store_result", "delete_on_success"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidTask(f"{name} must be True or False.")
         Task.__post_init__(self)
 
     def using(
@@ -123,6 +131,8 @@ def task(
     timeout: float | None = None,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
     fail_on: type[BaseException] | tuple[type[BaseException], ...] = (),
+    store_result: bool = True,
+    delete_on_success: bool = False,
 ):
     """Make a function a task, like ``django.tasks.task``, with our options.
 
@@ -149,11 +159,14 @@ def task(
             options["retry_on"] = retry_on
         if fail_on:
             options["fail_on"] = fail_on
+        if store_result is not True:
+            options["store_result"] = store_result
+        if delete_on_success is not False:
+            options["delete_on_success"] = delete_on_success
         if options and not issubclass(task_class, DatabaseTask):
             raise InvalidTask(
-                f"Task backend {backend!r} does not take max_attempts, backoff, "
-                f"timeout, retry_on or fail_on: they belong to "
-                f"django_bgtasks.backend.DatabaseBackend."
+                f"Task backend {backend!r} does not take the options of "
+                f"django_bgtasks.backend.DatabaseBackend ({', '.join(options)})."
             )
         return task_class(
             func=func,

@@ -259,3 +259,15 @@ def raises_builtin(name):
     import builtins
 
     raise getattr(builtins, name)(name)
+
+
+@bg_task(store_result=False)
+def result_not_stored():
+    return object()  # not JSON: neither stored nor checked
+
+
+@bg_task(delete_on_success=True, max_attempts=1)
+def deleted_on_success(fail=False):
+    if fail:
+        raise RuntimeError("kept: it failed")
+    return "gone"

@@ -332,7 +332,27 @@ class Job(models.Model):
         back, rescued) and the outcome was discarded."""
         now = now or database_now(self._state.db or "default")
         change = transition(self, outcome, now=now)
+        if change.deletes:
+            return change if self._delete_if_held(change.changes) else None
         return change if self._update_if_held(**change.changes) else None
+
+    def _delete_if_held(self, last_state: dict[str, Any]) -> bool:
+        """Delete this job's row if its worker still holds it; this object
+        keeps ``last_state`` (its success) for the signals sent after."""
+        deleted, _ = (
+            Job.objects.using(self._state.db)
+            .filter(
+                pk=self.pk,
+                status=JobStatus.RUNNING,
+                worker_id=self.worker_id,
+                attempts=self.attempts,
+            )
+            .delete()
+        )
+        if deleted:
+            for name, value in last_state.items():
+                setattr(self, name, value)
+        return bool(deleted)
 
     def set_progress(
         self, current: float, total: float | None = None, message: str = ""

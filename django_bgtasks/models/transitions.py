@@ -54,9 +54,11 @@ FINISHING = frozenset({Verdict.SUCCEEDED, Verdict.FAILED, Verdict.CANCELLED})
 
 @dataclass(frozen=True, slots=True)
 class Succeeded:
-    """The task returned ``return_value`` (JSON, checked)."""
+    """The task returned ``return_value`` (JSON, checked). ``delete``: the
+    job's row goes once its success is recorded (``delete_on_success``)."""
 
     return_value: Any = None
+    delete: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +181,7 @@ class Transition:
 
     verdict: Verdict
     changes: dict[str, Any]
+    deletes: bool = False  # the row goes instead (the changes are its last state)
 
     @property
     def finishes(self) -> bool:
@@ -204,6 +207,7 @@ def transition(job, outcome: Outcome, *, now: datetime) -> Transition:
                     "finished_at": now,
                     "worker_id": None,
                 },
+                outcome.delete,
             )
         case Failed(error, retryable):
             errors = _with_error(job, error, now)

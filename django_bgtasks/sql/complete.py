@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connections, transaction
+from django.db.models import Q
 
 from ..models import Job, JobStatus
 
@@ -35,6 +36,7 @@ class Completion:
     job_id: int
     attempts: int  # the attempt that ended: the job must still be on it
     changes: dict[str, Any]  # by field name (or attname): JSON-able values
+    deletes: bool = False  # the row is deleted instead (delete_on_success)
 
 
 def complete_jobs(
@@ -44,9 +46,33 @@ def complete_jobs(
     if not completions:
         return set()
     connection = connections[using]
+    if any(c.deletes for c in completions):
+        # Rare (delete_on_success): the deletions and the updates in one
+        # transaction, the updates on the usual path.
+        with transaction.atomic(using=using):
+            deleted = _delete_held(
+                using, worker_id, [c for c in completions if c.deletes]
+            )
+            kept = [c for c in completions if not c.deletes]
+            return deleted | complete_jobs(using, worker_id, kept)
     if connection.vendor == "postgresql":
         return _complete_postgresql(connection, worker_id, completions)
     return _complete_each(using, worker_id, completions)
+
+
+def _delete_held(using: str, worker_id: str, completions) -> set[int]:
+    """Delete the jobs of ``completions`` this worker still holds (on their
+    attempt); their ids."""
+    held = Q()
+    for completion in completions:
+        held |= Q(pk=completion.job_id, attempts=completion.attempts)
+    jobs = Job.objects.using(using).filter(
+        held, status=JobStatus.RUNNING, worker_id=worker_id
+    )
+    with transaction.atomic(using=using):
+        ids = set(jobs.select_for_update().values_list("pk", flat=True))
+        Job.objects.using(using).filter(pk__in=ids).delete()
+    return ids
 
 
 def _complete_postgresql(connection, worker_id, completions) -> set[int]:

@@ -79,6 +79,10 @@ def run_attempt(job: Job, started: Receivers) -> tuple[Succeeded | Failed, Any, 
         return Failed(exc, retryable=_retries(task, exc)), task, task_result
     finally:
         current_job.reset(progress_token)
+    delete = getattr(task, "delete_on_success", False)
+    if delete or not getattr(task, "store_result", True):
+        # Not stored: not checked either (it need not be JSON).
+        return Succeeded(None, delete=delete), task, task_result
     try:
         value, bound = to_json_sized(value, "return value")
         check_size(value, "Return values", bgtasks_settings.MAX_PAYLOAD_BYTES, bound)

@@ -106,7 +106,12 @@ class Completer(threading.Thread):
             )  # fmt: skip
             return
         completions = [
-            Completion(f.attempt.job.pk, f.attempt.job.attempts, f.change.changes)
+            Completion(
+                f.attempt.job.pk,
+                f.attempt.job.attempts,
+                f.change.changes,
+                f.change.deletes,
+            )
             for f in batch
         ]
         try:
