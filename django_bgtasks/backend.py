@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.apps import apps
+from django.conf import settings
 from django.core import checks
 from django.db import router
 from django.utils import timezone
@@ -49,6 +50,7 @@ MAX_ATTEMPTS_LIMIT = 1000
 MIN_RUN_AFTER = datetime(1, 1, 2)
 MAX_RUN_AFTER = datetime(9999, 12, 30)
 MAX_TIMEOUT = 7 * 24 * 3600  # a week
+MAX_EXPIRES = timedelta(days=3653)  # ten years
 QUEUE_NAME_MAX_LENGTH = Job._meta.get_field("queue_name").max_length
 
 
@@ -85,6 +87,7 @@ class DatabaseBackend(BaseTaskBackend):
         if backoff is not None and not isinstance(backoff, Backoff):
             raise InvalidTask(f"backoff must be a Backoff, not {backoff!r}.")
         _check_timeout(getattr(task, "timeout", None))
+        _check_expires(getattr(task, "expires", None))
         registry.register(task)
 
     def enqueue(self, task, args, kwargs) -> DatabaseTaskResult:
@@ -176,6 +179,8 @@ class DatabaseBackend(BaseTaskBackend):
             "status": JobStatus.READY.value,
             "run_after": run_after,
             "task_run_after": run_after,
+            # A timedelta until _with_times makes it a time.
+            "expires_at": getattr(task, "expires", None),
             "enqueued_at": None,
             "attempts": 0,
             "max_attempts": max_attempts,
@@ -190,10 +195,17 @@ class DatabaseBackend(BaseTaskBackend):
     @staticmethod
     def _with_times(columns: dict[str, Any], now) -> dict[str, Any]:
         """``columns`` of jobs enqueued ``now`` (due now unless the task has
-        a ``run_after``)."""
+        a ``run_after``; expiring ``expires`` after now if that is a
+        timedelta)."""
+        expires = columns["expires_at"]
+        if isinstance(expires, timedelta):
+            expires = now + expires
+        elif expires is not None:
+            expires = expires.astimezone(UTC) if timezone.is_aware(expires) else expires
         return {
             **columns,
             "run_after": columns["run_after"] or now,
+            "expires_at": expires,
             "enqueued_at": now,
         }
 
@@ -229,6 +241,12 @@ class DatabaseBackend(BaseTaskBackend):
         if task.run_after != job.task_run_after:
             with contextlib.suppress(InvalidTask):
                 task = replace(task, run_after=job.task_run_after)
+        expires = getattr(task, "expires", None)
+        if isinstance(expires, timedelta) and job.expires_at is not None:
+            expires = job.enqueued_at + expires  # as the task's own gives it
+        if job.expires_at != expires:
+            with contextlib.suppress(InvalidTask):
+                task = replace(task, expires=job.expires_at)
         return job_result(job, task)
 
     def check(self, **kwargs):
@@ -287,6 +305,26 @@ def _check_run_after(value: Any) -> None:
             raise InvalidTask(f"run_after {value} is out of range.") from None
         if not MIN_RUN_AFTER <= utc.replace(tzinfo=None) <= MAX_RUN_AFTER:
             raise InvalidTask(f"run_after {value} is out of range.")
+
+
+def _check_expires(value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, timedelta):
+        if not timedelta(0) < value <= MAX_EXPIRES:
+            raise InvalidTask(
+                f"expires must be a timedelta above 0 and at most ten years, not "
+                f"{value!r}."
+            )
+        return
+    if not isinstance(value, datetime):
+        raise InvalidTask(f"expires must be a datetime or a timedelta, not {value!r}.")
+    if settings.USE_TZ and timezone.is_naive(value):
+        raise InvalidTask(f"expires must be an aware datetime under USE_TZ: {value}.")
+    try:
+        _check_run_after(value)
+    except InvalidTask:
+        raise InvalidTask(f"expires {value} is out of range.") from None
 
 
 def _check_timeout(value: Any) -> None:

@@ -36,6 +36,8 @@ class DatabaseTask(Task):
     ``retry_on``: the exception classes that may be retried (``None``:
     every one); ``fail_on``: those that end the job FAILED at once, even
     if listed in ``retry_on``.
+    ``expires``: a job not started by then never runs (a datetime, or a
+    timedelta counted from each enqueue).
     ``store_result``: False stores no return value (the job's result has
     None); ``delete_on_success``: True deletes the job's row once it has
     succeeded, in the transaction that records its success.
@@ -44,6 +46,7 @@ class DatabaseTask(Task):
     max_attempts: int | None = None
     backoff: Backoff | None = None
     timeout: float | None = None
+    expires: datetime | timedelta | None = None
     retry_on: tuple[type[BaseException], ...] | None = None
     fail_on: tuple[type[BaseException], ...] = ()
     store_result: bool = True
@@ -73,9 +76,11 @@ class DatabaseTask(Task):
         max_attempts: int | None = None,
         backoff: Backoff | dict | float | None = None,
         timeout: float | None = None,
+        expires: datetime | timedelta | None = None,
     ) -> DatabaseTask:
-        """Return a copy with other options; ``run_after`` may be a timedelta,
-        counted from now."""
+        """Return a copy with other options; ``run_after`` and ``expires``
+        may be timedeltas, counted from now (as given to ``@task``,
+        ``expires`` counts from each enqueue)."""
         if isinstance(run_after, timedelta):
             try:
                 run_after = timezone.now() + run_after
@@ -88,6 +93,17 @@ class DatabaseTask(Task):
             changes["backoff"] = Backoff.coerce(backoff)
         if timeout is not None:
             changes["timeout"] = timeout
+        if isinstance(expires, timedelta):
+            if expires <= timedelta(0):
+                raise InvalidTask(
+                    f"expires must be a timedelta above 0, not {expires!r}."
+                )
+            try:
+                expires = timezone.now() + expires
+            except OverflowError:
+                raise InvalidTask(f"expires {expires!r} is too far away.") from None
+        if expires is not None:
+            changes["expires"] = expires
         task = Task.using(
             self,
             priority=priority,
@@ -129,6 +145,7 @@ def task(
     max_attempts: int | None = None,
     backoff: Backoff | dict | float | None = None,
     timeout: float | None = None,
+    expires: timedelta | None = None,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
     fail_on: type[BaseException] | tuple[type[BaseException], ...] = (),
     store_result: bool = True,
@@ -155,6 +172,8 @@ def task(
             options["backoff"] = Backoff.coerce(backoff)
         if timeout is not None:
             options["timeout"] = timeout
+        if expires is not None:
+            options["expires"] = expires
         if retry_on is not None:
             options["retry_on"] = retry_on
         if fail_on:

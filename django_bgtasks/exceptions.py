@@ -52,5 +52,9 @@ class JobCancelled(Exception):
     """The job was cancelled; ``django.tasks`` reads it as FAILED with this error."""
 
 
+class JobExpired(JobCancelled):
+    """The job was not started before its ``expires`` time; it never ran."""
+
+
 class WorkerIdInUse(Exception):
     """Another live worker already registered under this worker id."""

@@ -16,7 +16,7 @@ from .backoff import Backoff
 from .base import DatabaseTask, DatabaseTaskResult
 from .compat import InvalidTask, TaskError, TaskResultStatus
 from .conf import bgtasks_settings, cleared_when_settings_change
-from .exceptions import JobCancelled, TaskNotRegistered
+from .exceptions import JobCancelled, JobExpired, TaskNotRegistered
 from .models import Job, JobStatus
 from .models.transitions import class_path
 from .private_api import set_field
@@ -136,6 +136,11 @@ def update_result(task_result, job: Job) -> None:
     set_field(task_result, "_return_value", job.return_value)
 
 
+# The errors that say why a job ended CANCELLED (its task cancelled it, or
+# it expired); one cancelled from outside has none, and is given one.
+CANCELLED_ERRORS = frozenset({class_path(JobCancelled), class_path(JobExpired)})
+
+
 def _status_and_errors(job: Job) -> tuple[TaskResultStatus, list[TaskError]]:
     errors = (
         [
@@ -151,8 +156,8 @@ def _status_and_errors(job: Job) -> tuple[TaskResultStatus, list[TaskError]]:
     status = job.status
     if status == JobStatus.CANCELLED:
         status = JobStatus.FAILED
-        if errors and errors[-1].exception_class_path == class_path(JobCancelled):
-            return TaskResultStatus(status), errors  # the task said why
+        if errors and errors[-1].exception_class_path in CANCELLED_ERRORS:
+            return TaskResultStatus(status), errors  # the task, or expiry, said why
         errors.append(
             TaskError(
                 exception_class_path=class_path(JobCancelled),

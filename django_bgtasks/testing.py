@@ -250,7 +250,7 @@ def _run_one(using: str, job: Job, clock: Callable[[], datetime]) -> TaskResult:
     started = time.monotonic()
     savepoint = _savepoint_create(using=using)
     outcome, task, task_result = run_attempt(
-        job, Receivers(task_started, DatabaseBackend)
+        job, Receivers(task_started, DatabaseBackend), clock
     )
     _end_savepoint(using, savepoint)
     elapsed_ms = (time.monotonic() - started) * 1000

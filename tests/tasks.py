@@ -6,6 +6,7 @@ import inspect
 import os
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 from django_bgtasks import Backoff
@@ -271,3 +272,8 @@ def deleted_on_success(fail=False):
     if fail:
         raise RuntimeError("kept: it failed")
     return "gone"
+
+
+@bg_task(expires=timedelta(minutes=10))
+def expires_soon():
+    return "in time"

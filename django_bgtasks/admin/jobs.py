@@ -157,7 +157,8 @@ class JobAdmin(ReadOnlyAdmin):
         ]}),
         (_("Progress"), {"fields": ["progress_bar"]}),
         (_("Timeline"), {"fields": [
-            "enqueued", "due", "started", "last_attempted", "finished", "duration",
+            "enqueued", "due", "expires", "started", "last_attempted", "finished",
+            "duration",
         ]}),
         (_("Arguments"), {"fields": ["arguments"]}),
         (_("Result"), {"fields": ["result"]}),
@@ -312,6 +313,10 @@ class JobAdmin(ReadOnlyAdmin):
     @admin.display(description=_("run after"), ordering="run_after")
     def due(self, job):
         return format_moment(job.run_after)
+
+    @admin.display(description=_("expires"), ordering="expires_at")
+    def expires(self, job):
+        return format_moment(job.expires_at) if job.expires_at else _("never")
 
     @admin.display(description=_("started"), ordering="started_at")
     def started(self, job):

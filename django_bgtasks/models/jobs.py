@@ -171,6 +171,9 @@ class Job(models.Model):
     task_run_after = models.DateTimeField(
         _("run after, as enqueued"), null=True, blank=True
     )
+    # A job not started by then never runs: it ends CANCELLED with a
+    # JobExpired error when a worker takes it.
+    expires_at = models.DateTimeField(_("expires at"), null=True, blank=True)
     enqueued_at = models.DateTimeField(_("enqueued at"))
     started_at = models.DateTimeField(_("started at"), null=True, blank=True)
     last_attempted_at = models.DateTimeField(

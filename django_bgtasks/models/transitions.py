@@ -92,6 +92,14 @@ class Snoozed:
 
 
 @dataclass(frozen=True, slots=True)
+class Expired:
+    """The job's ``expires_at`` had passed when its worker came to start
+    it: it never runs. The claim's attempt is given back."""
+
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
 class CancelledItself:
     """The task cancelled its job (``CancelJob``); ``error`` records why."""
 
@@ -165,6 +173,7 @@ WorkerOutcome = (
     | RetryRequested
     | Snoozed
     | CancelledItself
+    | Expired
     | TimedOut
     | Interrupted
     | Lost
@@ -236,6 +245,14 @@ def transition(job, outcome: Outcome, *, now: datetime) -> Transition:
                 status=JobStatus.READY,
                 attempts=max(job.attempts - 1, 0),
                 run_after=_later(now, delay, at),
+            )
+        case Expired(error):
+            return _ended(
+                Verdict.CANCELLED,
+                status=JobStatus.CANCELLED,
+                attempts=max(job.attempts - 1, 0),
+                errors=_with_error(job, error, now),
+                finished_at=now,
             )
         case CancelledItself(error):
             return _ended(

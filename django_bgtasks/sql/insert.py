@@ -39,6 +39,7 @@ COMMON = {
     "status": "text",
     "run_after": "timestamptz",
     "task_run_after": "timestamptz",
+    "expires_at": "timestamptz",
     "enqueued_at": "timestamptz",
     "attempts": "integer",
     "max_attempts": "integer",

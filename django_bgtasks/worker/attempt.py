@@ -7,6 +7,8 @@ from __future__ import annotations
 import functools
 import sys
 import traceback
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from ..backend import MAX_ATTEMPTS_LIMIT, MAX_TIMEOUT, DatabaseBackend
@@ -18,16 +20,19 @@ from ..exceptions import (
     InvalidReturnValue,
     InvalidTaskArguments,
     JobCancelled,
+    JobExpired,
     JobTimeout,
     TaskExited,
 )
 from ..models import Job
 from ..models.transitions import (
     CancelledItself,
+    Expired,
     Failed,
     RetryRequested,
     Snoozed,
     Succeeded,
+    WorkerOutcome,
 )
 from ..private_api import Receivers
 from ..progress import current_job
@@ -35,11 +40,20 @@ from ..rows import job_result, task_for_job
 from ..serialization import NotJSON, check_size, to_json_sized
 
 
-def run_attempt(job: Job, started: Receivers) -> tuple[Succeeded | Failed, Any, Any]:
+def run_attempt(
+    job: Job, started: Receivers, now: Callable[[], datetime]
+) -> tuple[WorkerOutcome, Any, Any]:
     """Run the task of a claimed job once, sending ``task_started`` to
-    ``started``. Returns the outcome, the task (None if the job's task
-    could not be found) and the TaskResult ``task_started`` was sent with
+    ``started``, unless it has expired by ``now()`` (the database's clock).
+    Returns the outcome, the task (None if the job's task could not be
+    found or it expired) and the TaskResult ``task_started`` was sent with
     (None if the task did not get that far)."""
+    if job.expires_at is not None and job.expires_at <= now():
+        error = JobExpired(
+            f"The job expired at {job.expires_at.isoformat()} before it started; "
+            f"it did not run."
+        )
+        return Expired(error), None, None
     try:
         check_row(job)
         task = task_for_job(job)

@@ -208,7 +208,7 @@ def report(finished: Finished, change: Transition | None, receivers: Receivers) 
         )  # fmt: skip
     elif verdict is Verdict.CANCELLED:
         logger.info(
-            "Job %s cancelled itself in %.1f ms: %s: %s",
+            "Job %s ended CANCELLED in %.1f ms: %s: %s",
             job.pk, elapsed_ms, describe(job), error,
         )  # fmt: skip
     elif verdict is None:

@@ -94,7 +94,9 @@ class JobThreads:
         if logger.isEnabledFor(logging.INFO):
             logger.info("Job %s started: %s", job.pk, describe(job))
         started = time.monotonic()
-        outcome, task, task_result = run_attempt(job, self.claimer.started_receivers)
+        outcome, task, task_result = run_attempt(
+            job, self.claimer.started_receivers, self.clock.now
+        )
         seconds = time.monotonic() - started
         # After each job: a connection the task left unusable is not handed
         # to the next job on this thread; the others stay open.
