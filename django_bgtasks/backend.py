@@ -25,7 +25,7 @@ from typing import Any
 from django.apps import apps
 from django.conf import settings
 from django.core import checks
-from django.db import router
+from django.db import IntegrityError, router, transaction
 from django.utils import timezone
 
 from . import registry
@@ -39,7 +39,7 @@ from .compat import (
     task_enqueued,
 )
 from .conf import bgtasks_settings, settings_generation
-from .exceptions import InvalidTaskArguments, TaskNotRegistered
+from .exceptions import DuplicateJob, InvalidTaskArguments, TaskNotRegistered
 from .models import Job, JobStatus
 from .private_api import send_to_each
 from .rows import job_result, task_for_job, unregistered_task
@@ -51,6 +51,9 @@ MIN_RUN_AFTER = datetime(1, 1, 2)
 MAX_RUN_AFTER = datetime(9999, 12, 30)
 MAX_TIMEOUT = 7 * 24 * 3600  # a week
 MAX_EXPIRES = timedelta(days=3653)  # ten years
+# Inserts of a unique job whose duplicate left its span between the
+# refused insert and the look-up, before giving up.
+UNIQUE_TRIES = 5
 QUEUE_NAME_MAX_LENGTH = Job._meta.get_field("queue_name").max_length
 
 
@@ -108,6 +111,8 @@ class DatabaseBackend(BaseTaskBackend):
     def _enqueue_one(self, task, columns, args, kwargs) -> DatabaseTaskResult:
         common = self._with_times(columns, timezone.now())
         arguments = [_json_arguments(args, kwargs, bgtasks_settings.MAX_PAYLOAD_BYTES)]
+        if task.unique is not None:
+            return self._enqueue_unique(task, common, arguments[0])
         [pk] = insert_jobs(router.db_for_write(Job), common, arguments)
         [result] = self._results(task, common, [pk], arguments)
         task_enqueued.send(type(self), task_result=result)
@@ -128,6 +133,15 @@ class DatabaseBackend(BaseTaskBackend):
             ]
 
         using = router.db_for_write(Job)
+        if task.unique is not None:
+            # One job at a time, each checked against the unique index
+            # (a duplicate within the calls gets the first one's result).
+            everything = checked(0) if len(calls) <= CHUNK else [
+                argument for start in range(0, len(calls), CHUNK)
+                for argument in checked(start)
+            ]  # fmt: skip
+            with transaction.atomic(using=using):
+                return [self._enqueue_unique(task, common, a) for a in everything]
         if len(calls) <= CHUNK:
             arguments = checked(0)
             ids = insert_jobs(using, common, arguments)
@@ -143,6 +157,47 @@ class DatabaseBackend(BaseTaskBackend):
             insert_job_chunks(using, common, chunks, inserted)
         send_to_each(task_enqueued, type(self), results)
         return results
+
+    def _enqueue_unique(self, task, common, arguments) -> DatabaseTaskResult:
+        """Enqueue one job of ``task`` (whose ``unique`` is set) unless a job
+        with its key holds it: then that job's result, or DuplicateJob."""
+        unique = task.unique
+        args, kwargs = arguments
+        key = unique.key_for(
+            f"{self.alias}:{common['task_path']}", args, kwargs, common["enqueued_at"]
+        )
+        row = {**common, "unique_key": key}
+        using = router.db_for_write(Job)
+        for _ in range(UNIQUE_TRIES):
+            try:
+                # A savepoint: a duplicate leaves the caller's transaction
+                # usable.
+                with transaction.atomic(using=using):
+                    [pk] = insert_jobs(using, row, [arguments])
+            except IntegrityError as exc:
+                existing = (
+                    Job.objects.using(using)
+                    .filter(unique_key=key)
+                    .values_list("pk", flat=True)
+                    .first()
+                )
+                if existing is None:
+                    # Another constraint, or the holder left its span
+                    # meanwhile: try again (and raise if it was not that).
+                    error = exc
+                    continue
+                result = self.get_result(str(existing))
+                if unique.on_duplicate == "error":
+                    raise DuplicateJob(
+                        f"Job {existing} has the same unique key (task "
+                        f"{common['task_path']!r}).",
+                        result,
+                    ) from None
+                return result
+            [result] = self._results(task, row, [pk], [arguments])
+            task_enqueued.send(type(self), task_result=result)
+            return result
+        raise error
 
     def _validated_columns(self, task) -> dict[str, Any]:
         """``validate_task(task)``, then the columns of a new job of
@@ -181,6 +236,7 @@ class DatabaseBackend(BaseTaskBackend):
             "task_run_after": run_after,
             # A timedelta until _with_times makes it a time.
             "expires_at": getattr(task, "expires", None),
+            "unique_key": None,  # per job, where the task asks (_enqueue_unique)
             "enqueued_at": None,
             "attempts": 0,
             "max_attempts": max_attempts,

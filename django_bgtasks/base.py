@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,6 +23,7 @@ from .compat import (
     task_backends,
 )
 from .private_api import new_result
+from .unique import Unique
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -38,6 +39,9 @@ class DatabaseTask(Task):
     if listed in ``retry_on``.
     ``expires``: a job not started by then never runs (a datetime, or a
     timedelta counted from each enqueue).
+    ``unique``: at most one job with the same key (a :class:`Unique`, or
+    True for its defaults); not part of the task's identity (results'
+    tasks compare equal whatever it is).
     ``store_result``: False stores no return value (the job's result has
     None); ``delete_on_success``: True deletes the job's row once it has
     succeeded, in the transaction that records its success.
@@ -47,6 +51,7 @@ class DatabaseTask(Task):
     backoff: Backoff | None = None
     timeout: float | None = None
     expires: datetime | timedelta | None = None
+    unique: Unique | None = field(default=None, compare=False)
     retry_on: tuple[type[BaseException], ...] | None = None
     fail_on: tuple[type[BaseException], ...] = ()
     store_result: bool = True
@@ -58,6 +63,7 @@ class DatabaseTask(Task):
         # and one exception class a tuple of one.
         if self.backoff is not None and not isinstance(self.backoff, Backoff):
             object.__setattr__(self, "backoff", Backoff.coerce(self.backoff))
+        object.__setattr__(self, "unique", Unique.coerce(self.unique))
         if self.retry_on is not None:
             object.__setattr__(self, "retry_on", exception_classes(self.retry_on))
         object.__setattr__(self, "fail_on", exception_classes(self.fail_on))
@@ -77,6 +83,7 @@ class DatabaseTask(Task):
         backoff: Backoff | dict | float | None = None,
         timeout: float | None = None,
         expires: datetime | timedelta | None = None,
+        unique: Unique | bool | None = None,
     ) -> DatabaseTask:
         """Return a copy with other options; ``run_after`` and ``expires``
         may be timedeltas, counted from now (as given to ``@task``,
@@ -104,6 +111,8 @@ class DatabaseTask(Task):
                 raise InvalidTask(f"expires {expires!r} is too far away.") from None
         if expires is not None:
             changes["expires"] = expires
+        if unique is not None:
+            changes["unique"] = Unique.coerce(unique)
         task = Task.using(
             self,
             priority=priority,
@@ -146,6 +155,7 @@ def task(
     backoff: Backoff | dict | float | None = None,
     timeout: float | None = None,
     expires: timedelta | None = None,
+    unique: Unique | bool | None = None,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
     fail_on: type[BaseException] | tuple[type[BaseException], ...] = (),
     store_result: bool = True,
@@ -174,6 +184,8 @@ def task(
             options["timeout"] = timeout
         if expires is not None:
             options["expires"] = expires
+        if unique:
+            options["unique"] = unique
         if retry_on is not None:
             options["retry_on"] = retry_on
         if fail_on:

@@ -15,6 +15,15 @@ class InvalidTaskArguments(InvalidTask, ValueError, TypeError):
     one, as its own backends do."""
 
 
+class DuplicateJob(Exception):
+    """An enqueue with ``unique=Unique(on_duplicate="error")`` found a job
+    with the same key; ``result`` is that job's result."""
+
+    def __init__(self, message: str, result=None):
+        super().__init__(message)
+        self.result = result
+
+
 class TaskNotRegistered(InvalidTask):
     """A job's ``task_path`` does not name a registered task."""
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from django_bgtasks import Backoff
 from django_bgtasks import task as bg_task
 from django_bgtasks.compat import BACKPORT
+from django_bgtasks.unique import Unique
 
 if BACKPORT:
     from django_tasks import task
@@ -277,3 +278,31 @@ def deleted_on_success(fail=False):
 @bg_task(expires=timedelta(minutes=10))
 def expires_soon():
     return "in time"
+
+
+@bg_task(unique=True)
+def unique_while_active(n):
+    return n
+
+
+@bg_task(unique=Unique(until="started"))
+def unique_until_started(label):
+    """Enqueues its own duplicate while it is the only job of its task: a
+    new job, since a claimed job no longer holds its key."""
+    from django_bgtasks.models import Job
+
+    if Job.objects.filter(task_path=unique_until_started.module_path).count() == 1:
+        return unique_until_started.enqueue(label).id
+    return None
+
+
+@bg_task(unique=True, takes_context=True)
+def unique_enqueues_itself(context, label):
+    """Enqueues its own duplicate while it runs: itself, since a running
+    job holds its key until it finishes."""
+    return unique_enqueues_itself.enqueue(label).id
+
+
+@bg_task(unique=Unique(period=timedelta(hours=1)))
+def once_an_hour(n):
+    return n

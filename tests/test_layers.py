@@ -13,6 +13,7 @@ BASE = {
     "backoff",
     "compat",
     "conf",
+    "control",
     "cron",
     "db",
     "exceptions",
@@ -21,6 +22,7 @@ BASE = {
     "private_api",
     "registry",
     "serialization",
+    "unique",
 }
 # Where an import inside a function is on purpose: the AppConfig, which
 # loads the rest once Django is ready, and the package's lazy public names.

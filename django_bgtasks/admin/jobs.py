@@ -153,7 +153,7 @@ class JobAdmin(ReadOnlyAdmin):
     fieldsets = [
         (None, {"fields": [
             "id", "task_path", "status_badge", "queue_name", "priority",
-            "attempts_of", "runs_alone", "holder", "schedule_link",
+            "attempts_of", "runs_alone", "holder", "schedule_link", "unique_key",
         ]}),
         (_("Progress"), {"fields": ["progress_bar"]}),
         (_("Timeline"), {"fields": [

@@ -48,6 +48,7 @@ TRANSITION_FIELDS = (
     "errors",
     "backoff",
     "runs_alone",
+    "unique_key",
 )
 
 
@@ -171,6 +172,12 @@ class Job(models.Model):
     task_run_after = models.DateTimeField(
         _("run after, as enqueued"), null=True, blank=True
     )
+    # Set while the job is in the span its ``unique`` option covers
+    # (django_bgtasks.unique): the unique index refuses a duplicate. NULL,
+    # not "", when unset: NULLs never clash in a unique index.
+    unique_key = models.CharField(  # noqa: DJ001
+        _("unique key"), max_length=100, null=True, blank=True
+    )
     # A job not started by then never runs: it ends CANCELLED with a
     # JobExpired error when a worker takes it.
     expires_at = models.DateTimeField(_("expires at"), null=True, blank=True)
@@ -290,6 +297,7 @@ class Job(models.Model):
                 fields=["schedule", "scheduled_for"],
                 name="bgtasks_job_schedule_once",
             ),
+            UniqueWhenSet(fields=["unique_key"], name="bgtasks_job_unique_key"),
         ]
 
     def __str__(self):

@@ -40,6 +40,7 @@ COMMON = {
     "run_after": "timestamptz",
     "task_run_after": "timestamptz",
     "expires_at": "timestamptz",
+    "unique_key": "text",
     "enqueued_at": "timestamptz",
     "attempts": "integer",
     "max_attempts": "integer",
