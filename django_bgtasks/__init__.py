@@ -16,6 +16,7 @@ __all__ = [
     "FailJob",
     "RetryJob",
     "SnoozeJob",
+    "Unique",
     "report_progress",
     "task",
 ]
@@ -36,6 +37,10 @@ def __getattr__(name):
         from . import control
 
         return getattr(control, name)
+    if name == "Unique":
+        from .unique import Unique
+
+        return Unique
     if name == "Backoff":
         from .backoff import Backoff
 
