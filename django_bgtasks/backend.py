@@ -39,12 +39,14 @@ from .compat import (
     task_enqueued,
 )
 from .conf import bgtasks_settings, settings_generation
+from .db import database_now
 from .exceptions import DuplicateJob, InvalidTaskArguments, TaskNotRegistered
 from .models import Job, JobStatus
 from .private_api import send_to_each
 from .rows import job_result, task_for_job, unregistered_task
 from .serialization import NotJSON, check_size, to_json, to_json_sized
 from .sql.insert import CHUNK, insert_job_chunks, insert_jobs
+from .unique import held_while
 
 MAX_ATTEMPTS_LIMIT = 1000
 MIN_RUN_AFTER = datetime(1, 1, 2)
@@ -91,6 +93,12 @@ class DatabaseBackend(BaseTaskBackend):
             raise InvalidTask(f"backoff must be a Backoff, not {backoff!r}.")
         _check_timeout(getattr(task, "timeout", None))
         _check_expires(getattr(task, "expires", None))
+        unique = getattr(task, "unique", None)
+        if unique is not None and unique.period and task.delete_on_success:
+            raise InvalidTask(
+                "A unique period and delete_on_success cannot go together: "
+                "deleting the job would release the period's key."
+            )
         registry.register(task)
 
     def enqueue(self, task, args, kwargs) -> DatabaseTaskResult:
@@ -140,8 +148,17 @@ class DatabaseBackend(BaseTaskBackend):
                 argument for start in range(0, len(calls), CHUNK)
                 for argument in checked(start)
             ]  # fmt: skip
+            now = database_now(using) if task.unique.period else None
+            keys = [self._unique_key(task, common, a, using, now) for a in everything]
+            results = [None] * len(everything)
             with transaction.atomic(using=using):
-                return [self._enqueue_unique(task, common, a) for a in everything]
+                # In key order: two such calls wait on each other's keys in
+                # one order, and cannot deadlock.
+                for n in sorted(range(len(everything)), key=keys.__getitem__):
+                    results[n] = self._enqueue_unique(
+                        task, common, everything[n], keys[n]
+                    )
+            return results
         if len(calls) <= CHUNK:
             arguments = checked(0)
             ids = insert_jobs(using, common, arguments)
@@ -158,16 +175,28 @@ class DatabaseBackend(BaseTaskBackend):
         send_to_each(task_enqueued, type(self), results)
         return results
 
-    def _enqueue_unique(self, task, common, arguments) -> DatabaseTaskResult:
-        """Enqueue one job of ``task`` (whose ``unique`` is set) unless a job
-        with its key holds it: then that job's result, or DuplicateJob."""
+    def _unique_key(self, task, common, arguments, using: str, now=None) -> str:
+        """The unique key of a job of ``task`` with ``arguments``."""
         unique = task.unique
+        # A period's number by the database's clock, as every time two
+        # hosts compare.
+        if unique.period and now is None:
+            now = database_now(using)
         args, kwargs = arguments
-        key = unique.key_for(
-            f"{self.alias}:{common['task_path']}", args, kwargs, common["enqueued_at"]
-        )
-        row = {**common, "unique_key": key}
+        return unique.key_for(f"{self.alias}:{common['task_path']}", args, kwargs, now)
+
+    def _enqueue_unique(
+        self, task, common, arguments, key: str | None = None
+    ) -> DatabaseTaskResult:
+        """Enqueue one job of ``task`` (whose ``unique`` is set) unless a job
+        holds its key: then that job's result, or DuplicateJob. A holder
+        that has left the span of its key (``unique.held_while``) gives it
+        up here."""
         using = router.db_for_write(Job)
+        key = key or self._unique_key(task, common, arguments, using)
+        row = {**common, "unique_key": key}
+        jobs = Job.objects.using(using)
+        error = None
         for _ in range(UNIQUE_TRIES):
             try:
                 # A savepoint: a duplicate leaves the caller's transaction
@@ -175,21 +204,26 @@ class DatabaseBackend(BaseTaskBackend):
                 with transaction.atomic(using=using):
                     [pk] = insert_jobs(using, row, [arguments])
             except IntegrityError as exc:
-                existing = (
-                    Job.objects.using(using)
-                    .filter(unique_key=key)
-                    .values_list("pk", flat=True)
-                    .first()
-                )
-                if existing is None:
-                    # Another constraint, or the holder left its span
-                    # meanwhile: try again (and raise if it was not that).
-                    error = exc
+                error = exc
+                holder = jobs.filter(unique_key=key).values_list("pk", "status").first()
+                if holder is None:
+                    continue  # released meanwhile (or another constraint)
+                held_pk, status = holder
+                statuses = held_while(key)
+                if statuses is not None and status not in statuses:
+                    # Out of its span: the key is free. Conditional, so two
+                    # enqueues releasing it at once release it once.
+                    jobs.filter(pk=held_pk, unique_key=key).exclude(
+                        status__in=statuses
+                    ).update(unique_key=None)
                     continue
-                result = self.get_result(str(existing))
-                if unique.on_duplicate == "error":
+                try:
+                    result = self._result_of(jobs.get(pk=held_pk))
+                except Job.DoesNotExist:
+                    continue  # deleted meanwhile
+                if task.unique.on_duplicate == "error":
                     raise DuplicateJob(
-                        f"Job {existing} has the same unique key (task "
+                        f"Job {held_pk} holds the same unique key (task "
                         f"{common['task_path']!r}).",
                         result,
                     ) from None
@@ -290,6 +324,10 @@ class DatabaseBackend(BaseTaskBackend):
             job = Job.objects.get(pk=int(result_id), backend=self.alias)
         except (TypeError, ValueError, OverflowError, Job.DoesNotExist):
             raise TaskResultDoesNotExist(result_id) from None
+        return self._result_of(job)
+
+    def _result_of(self, job: Job) -> DatabaseTaskResult:
+        """``job`` as the result of the task it was enqueued with."""
         try:
             task = task_for_job(job)
         except TaskNotRegistered:

@@ -2,17 +2,22 @@
 
 A job enqueued with ``unique`` stores a key in ``Job.unique_key``, and a
 unique index on that column refuses a second row with the same key. The
-key is cleared when the job leaves the span it covers, so the index holds
-only the jobs that are in it:
+job holds its key while it is in the span the key covers, by its status:
 
 ``until="started"``
-    while the job waits: the claim clears the key (prefix ``w:``);
+    while it waits (READY; prefix ``w:``);
 ``until="finished"`` (the default)
-    while it waits or runs: the outcome that ends it clears the key
-    (prefix ``a:``);
+    while it waits or runs (READY or RUNNING; prefix ``a:``);
 ``period=timedelta``
     one job per period, the periods counted from the Unix epoch: the key
-    holds the period's number and is never cleared (prefix ``p:``).
+    holds the period's number, and its job holds it whatever its status
+    (prefix ``p:``).
+
+A key is released lazily: an enqueue refused by the index looks at the
+holder, and clears its key if it has left its span (in the same statement
+that checks it), then inserts again. No path that moves a job (a claim, an
+outcome, an operator's action, a row written around the API) has to
+remember to release a key, and none costs the hot path anything.
 
 The key is a hash of the task's path and either the caller's ``key`` or the
 job's arguments (as stored: JSON).
@@ -29,10 +34,17 @@ from typing import Any
 from .compat import InvalidTask
 
 UNTIL = {"started": "w", "finished": "a"}
+# The statuses in which a job holds a key of each kind (a period's: any).
+HELD_WHILE = {"w": ("READY",), "a": ("READY", "RUNNING")}
 ON_DUPLICATE = ("existing", "error")
 # Keys that are never cleared: their period is their span.
 PERIOD_PREFIX = "p:"
-WAITING_PREFIX = "w:"
+
+
+def held_while(key: str) -> tuple[str, ...] | None:
+    """The statuses in which a job holds ``key`` (None: whatever its
+    status, a period's key)."""
+    return HELD_WHILE.get(key.partition(":")[0])
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,3 +108,27 @@ def test_the_admin_shows_when_a_job_expires(admin_client):
         reverse("admin:django_bgtasks_job_change", args=[never.id])
     ).content.decode()
     assert "never" in page
+
+
+def test_a_retry_after_the_expiry_is_not_started_and_an_operator_retry_clears_it():
+    soon = now() + timedelta(seconds=3)
+    # (A claim that found it expired counts in context.attempt: three steps.)
+    result = tasks.steered.using(expires=soon).enqueue(["retry:60", "-", "done"])
+    run_in_process()
+    assert Job.objects.get(pk=result.id).status == JobStatus.READY  # retrying
+    # Its retry comes due after its expiry: not started again.
+    Job.objects.filter(pk=result.id).update(run_after=soon - timedelta(seconds=1))
+    ran = run_jobs(now=soon + timedelta(seconds=1))
+    assert [r.status for r in ran] == [TaskResultStatus.FAILED]
+    job = Job.objects.get(pk=result.id)
+    assert (job.status, job.attempts) == (JobStatus.CANCELLED, 1)
+    assert job.errors[-1]["exception_class_path"].endswith("JobExpired")
+    # The operator wants it run after all.
+    assert Job.objects.filter(pk=result.id).retry() == 1
+    run_jobs(now=soon + timedelta(seconds=2))
+    job = Job.objects.get(pk=result.id)
+    assert (job.status, job.return_value, job.expires_at) == (
+        JobStatus.SUCCESSFUL,
+        "done",
+        None,
+    )

@@ -43,10 +43,10 @@ def test_a_running_job_holds_its_key_until_it_finishes():
     job = Job.objects.get(pk=first.id)
     # While it ran, enqueueing its duplicate gave back the job itself.
     assert (job.status, job.return_value) == (JobStatus.SUCCESSFUL, first.id)
-    assert job.unique_key is None  # released when it finished
     assert Job.objects.count() == 1
-    # Now a new one may be enqueued.
+    # Now a new one may be enqueued: the finished job gives up its key.
     assert tasks.unique_enqueues_itself.enqueue("x").id != first.id
+    assert Job.objects.get(pk=first.id).unique_key is None
 
 
 def test_a_claimed_job_no_longer_holds_a_key_until_started():
@@ -72,12 +72,39 @@ def test_a_failed_or_cancelled_job_releases_its_key():
 
 
 def test_a_period_allows_one_job_per_period_even_after_it_finished():
-    first = tasks.once_an_hour.enqueue(1)
+    first = tasks.once_per_period.enqueue(1)
     run_in_process()
     assert Job.objects.get(pk=first.id).status == JobStatus.SUCCESSFUL
-    again = tasks.once_an_hour.enqueue(1)
+    again = tasks.once_per_period.enqueue(1)
     assert again.id == first.id
     assert Job.objects.get(pk=first.id).unique_key.startswith("p:")
+
+
+def test_a_key_left_on_a_finished_job_is_released_by_the_next_enqueue():
+    """However a job ended (here a row written around the API), a job out
+    of its key's span does not hold it."""
+    first = tasks.unique_while_active.enqueue(9)
+    Job.objects.filter(pk=first.id).update(status=JobStatus.FAILED)
+    second = tasks.unique_while_active.enqueue(9)
+    assert second.id != first.id
+    assert Job.objects.get(pk=first.id).unique_key is None
+    assert tasks.unique_while_active.enqueue(9).id == second.id
+
+
+def test_the_test_helpers_release_a_started_key_as_a_worker_does():
+    from django_bgtasks.testing import run_jobs
+
+    first = tasks.unique_until_started.enqueue("z")
+    run_jobs()
+    job = Job.objects.get(pk=first.id)
+    assert job.return_value not in (None, first.id)  # a new job, while it ran
+
+
+def test_a_period_and_delete_on_success_are_refused_together():
+    with pytest.raises(InvalidTask, match="cannot go together"):
+        task(unique=Unique(period=timedelta(hours=1)), delete_on_success=True)(
+            tasks.plain_function
+        )
 
 
 def test_a_callers_key_replaces_the_arguments():

@@ -48,7 +48,6 @@ TRANSITION_FIELDS = (
     "errors",
     "backoff",
     "runs_alone",
-    "unique_key",
 )
 
 
@@ -172,9 +171,9 @@ class Job(models.Model):
     task_run_after = models.DateTimeField(
         _("run after, as enqueued"), null=True, blank=True
     )
-    # Set while the job is in the span its ``unique`` option covers
-    # (django_bgtasks.unique): the unique index refuses a duplicate. NULL,
-    # not "", when unset: NULLs never clash in a unique index.
+    # The job's key if it was enqueued ``unique`` (django_bgtasks.unique):
+    # the unique index refuses a duplicate; an enqueue releases the key of
+    # a job out of its span. NULL, not "", when unset: NULLs never clash.
     unique_key = models.CharField(  # noqa: DJ001
         _("unique key"), max_length=100, null=True, blank=True
     )

@@ -23,13 +23,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
-from django.db.models import Case, F, Q, Value, When
+from django.db.models import F, Q
 from django.db.models.functions import Greatest
 
 from ..backoff import Backoff
 from ..compat import InvalidTask
 from ..conf import bgtasks_settings
-from ..unique import PERIOD_PREFIX
 from .status import JobStatus
 
 
@@ -204,23 +203,9 @@ def transition(job, outcome: Outcome, *, now: datetime) -> Transition:
 
     ``job`` is the job as its holder knows it (``attempts``,
     ``max_attempts``, ``backoff``, ``errors``, ``worker_id``,
-    ``runs_alone``, ``unique_key``); an operator's outcome needs none and
-    may be given None.
+    ``runs_alone``); an operator's outcome needs none and may be given
+    None.
     """
-    change = _transition(job, outcome, now=now)
-    key = getattr(job, "unique_key", None)
-    if (
-        key is not None
-        and change.verdict in FINISHING
-        and not key.startswith(PERIOD_PREFIX)
-    ):
-        # The job leaves the span its unique key covers (a period's key
-        # stays: its span is the period).
-        change.changes["unique_key"] = None
-    return change
-
-
-def _transition(job, outcome: Outcome, *, now: datetime) -> Transition:
     match outcome:
         case Succeeded():  # the common case, kept cheap: one dict
             return Transition(
@@ -311,18 +296,7 @@ def _transition(job, outcome: Outcome, *, now: datetime) -> Transition:
         case Cancelled():
             return Transition(
                 Verdict.CANCELLED,
-                {
-                    "status": JobStatus.CANCELLED,
-                    "finished_at": now,
-                    # Its unique key is released, but a period's.
-                    "unique_key": Case(
-                        When(
-                            unique_key__startswith=PERIOD_PREFIX,
-                            then=F("unique_key"),
-                        ),
-                        default=Value(None),
-                    ),
-                },
+                {"status": JobStatus.CANCELLED, "finished_at": now},
             )
         case Retried():
             return Transition(
@@ -334,6 +308,8 @@ def _transition(job, outcome: Outcome, *, now: datetime) -> Transition:
                     "return_value": None,
                     "progress": None,
                     "max_attempts": Greatest("max_attempts", F("attempts") + 1),
+                    # An operator's retry runs it, whatever its expiry said.
+                    "expires_at": None,
                 },
             )
         case MadeDue():

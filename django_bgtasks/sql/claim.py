@@ -40,9 +40,7 @@ _CLAIM_SET = """
     started_at = COALESCE({job}.started_at, {now}),
     last_attempted_at = {now},
     worker_id = %s,
-    worker_ids = {append},
-    unique_key = CASE WHEN {job}.unique_key LIKE 'w:%%' THEN NULL
-        ELSE {job}.unique_key END
+    worker_ids = {append}
 """
 
 

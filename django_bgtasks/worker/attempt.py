@@ -50,10 +50,14 @@ def run_attempt(
     (None if the task did not get that far)."""
     if job.expires_at is not None and job.expires_at <= now():
         error = JobExpired(
-            f"The job expired at {job.expires_at.isoformat()} before it started; "
-            f"it did not run."
+            f"The job expired at {job.expires_at.isoformat()}; it was not started "
+            f"(again)."
         )
-        return Expired(error), None, None
+        try:
+            task = task_for_job(job)  # for its result; it is not called
+        except Exception:
+            task = None
+        return Expired(error), task, None
     try:
         check_row(job)
         task = task_for_job(job)
@@ -86,7 +90,7 @@ def run_attempt(
             ),
             exc,
         )
-        return Failed(error), task, task_result
+        return Failed(error, retryable=_retries(task, error)), task, task_result
     except JobControl as exc:
         return controlled(exc), task, task_result
     except BaseException as exc:

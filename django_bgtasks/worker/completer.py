@@ -15,7 +15,7 @@ from ..backend import DatabaseBackend
 from ..compat import task_finished
 from ..db import retry_until_done
 from ..exceptions import OutcomeNotStored
-from ..models.transitions import Failed, Transition, Verdict, WorkerOutcome
+from ..models.transitions import Expired, Failed, Transition, Verdict, WorkerOutcome
 from ..private_api import Receivers
 from ..rows import job_result, update_result
 from ..sql.complete import Completion, complete_jobs
@@ -216,7 +216,13 @@ def report(finished: Finished, change: Transition | None, receivers: Receivers) 
             "Job %s was taken from this worker before it finished (%s); its "
             "outcome is discarded", job.pk, describe(job),
         )  # fmt: skip
-    if finished.task is not None and change is not None and change.finishes:
+    if (
+        finished.task is not None
+        and change is not None
+        and change.finishes
+        # Never started: no task_started was sent, so no task_finished.
+        and not isinstance(finished.outcome, Expired)
+    ):
         task_result = finished.task_result
         if task_result is None:
             task_result = job_result(job, finished.task)
