@@ -39,7 +39,7 @@ from .compat import (
     task_enqueued,
 )
 from .conf import bgtasks_settings, settings_generation
-from .db import database_now
+from .db import DatabaseNow, database_now
 from .exceptions import DuplicateJob, InvalidTaskArguments, TaskNotRegistered
 from .models import Job, JobStatus
 from .private_api import send_to_each
@@ -205,16 +205,34 @@ class DatabaseBackend(BaseTaskBackend):
                     [pk] = insert_jobs(using, row, [arguments])
             except IntegrityError as exc:
                 error = exc
-                holder = jobs.filter(unique_key=key).values_list("pk", "status").first()
+                holder = (
+                    jobs.filter(unique_key=key)
+                    .values_list("pk", "status", "expires_at")
+                    .first()
+                )
                 if holder is None:
                     continue  # released meanwhile (or another constraint)
-                held_pk, status = holder
+                held_pk, status, expires_at = holder
                 statuses = held_while(key)
                 if statuses is not None and status not in statuses:
                     # Out of its span: the key is free. Conditional, so two
                     # enqueues releasing it at once release it once.
                     jobs.filter(pk=held_pk, unique_key=key).exclude(
                         status__in=statuses
+                    ).update(unique_key=None)
+                    continue
+                if (
+                    status == JobStatus.READY
+                    and expires_at is not None
+                    and expires_at <= database_now(using)
+                ):
+                    # Expired, not judged yet (a worker will cancel it): it
+                    # will never run, so it holds nothing.
+                    jobs.filter(
+                        pk=held_pk,
+                        unique_key=key,
+                        status=JobStatus.READY,
+                        expires_at__lte=DatabaseNow(),
                     ).update(unique_key=None)
                     continue
                 try:

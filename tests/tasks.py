@@ -168,6 +168,12 @@ def overruns(seconds=30.0):
     return "finished"
 
 
+@bg_task(max_attempts=3, timeout=0.5, retry_on=ConnectionError)
+def overruns_once(seconds=30.0):
+    """Sleeps past its timeout, which its retry_on does not list."""
+    time.sleep(seconds)
+
+
 @bg_task(max_attempts=10, takes_context=True)
 def chaos(context, label, pause=0.0):
     """Record the run, maybe pause: the chaos test kills workers meanwhile."""

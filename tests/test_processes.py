@@ -235,6 +235,25 @@ def test_a_standalone_worker_replaces_itself_after_a_timeout(workers):
     assert workers.wait(process) == 0
 
 
+def test_a_timeout_is_judged_by_retry_on_too(workers):
+    result = tasks.overruns_once.enqueue(120.0)  # retries ConnectionError only
+    process = workers.start("--concurrency", "1")
+    wait_until(
+        lambda: Job.objects.get(pk=result.id).status == JobStatus.FAILED,
+        timeout=60,
+        message="the job failed after its first timeout",
+    )
+    job = Job.objects.get(pk=result.id)
+    assert job.attempts == 1
+    assert job.errors[0]["exception_class_path"].endswith("JobTimeout")
+    wait_until(  # it started afresh in place: its handlers are back
+        lambda: WorkerProcess.objects.filter(pid=process.pid).exists(),
+        message="the fresh worker registered",
+    )
+    process.send_signal(signal.SIGTERM)
+    assert workers.wait(process) == 0
+
+
 @requires_server_database
 def test_chaos(workers):
     """Two supervisors with two children each drain 5,000 jobs while a random

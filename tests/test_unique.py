@@ -10,6 +10,7 @@ import pytest
 
 from django_bgtasks import task
 from django_bgtasks.compat import InvalidTask
+from django_bgtasks.db import database_now
 from django_bgtasks.exceptions import DuplicateJob
 from django_bgtasks.models import Job, JobStatus
 from django_bgtasks.unique import Unique
@@ -89,6 +90,18 @@ def test_a_key_left_on_a_finished_job_is_released_by_the_next_enqueue():
     assert second.id != first.id
     assert Job.objects.get(pk=first.id).unique_key is None
     assert tasks.unique_while_active.enqueue(9).id == second.id
+
+
+def test_an_expired_job_not_yet_judged_holds_no_key():
+    """It will never run: a new job takes its key at once."""
+    soon = tasks.unique_while_active.using(expires=timedelta(seconds=30))
+    first = soon.enqueue(11)
+    Job.objects.filter(pk=first.id).update(
+        expires_at=database_now("default") - timedelta(seconds=1)
+    )
+    second = tasks.unique_while_active.enqueue(11)
+    assert second.id != first.id
+    assert Job.objects.get(pk=first.id).status == JobStatus.READY  # unjudged
 
 
 def test_the_test_helpers_release_a_started_key_as_a_worker_does():

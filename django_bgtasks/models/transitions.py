@@ -108,9 +108,11 @@ class CancelledItself:
 
 @dataclass(frozen=True, slots=True)
 class TimedOut:
-    """The attempt ran past the job's timeout; its process is ended."""
+    """The attempt ran past the job's timeout; its process is ended.
+    ``retryable`` False: the task's ``retry_on``/``fail_on`` say not."""
 
     error: BaseException
+    retryable: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,8 +263,8 @@ def transition(job, outcome: Outcome, *, now: datetime) -> Transition:
                 errors=_with_error(job, error, now),
                 finished_at=now,
             )
-        case TimedOut(error):
-            return transition(job, Failed(error), now=now)
+        case TimedOut(error, retryable):
+            return transition(job, Failed(error, retryable), now=now)
         case Interrupted(error):
             # Not the job's doing: the attempt is given back, and the job
             # keeps its place in the queue (its priority and run_after).

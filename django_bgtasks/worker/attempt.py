@@ -125,6 +125,16 @@ def controlled(request: JobControl):
     return Failed(request, retryable=False)  # FailJob
 
 
+def retries(job: Job, error: BaseException) -> bool:
+    """Whether ``error`` of ``job`` may be retried, by its task's
+    ``retry_on`` and ``fail_on`` (a task that cannot be found: yes)."""
+    try:
+        task = task_for_job(job)
+    except Exception:
+        return True
+    return _retries(task, error)
+
+
 def _retries(task, error: BaseException) -> bool:
     """Whether ``error`` may be retried, by the task's ``retry_on`` and
     ``fail_on`` (a plain framework Task has neither: every error may)."""

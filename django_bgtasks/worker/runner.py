@@ -37,7 +37,7 @@ from ..maintenance.duties import Maintenance
 from ..maintenance.schedule_sync import sync_at_start
 from ..models import Job, WorkerProcess
 from ..models.transitions import TimedOut
-from .attempt import timeout_error
+from .attempt import retries, timeout_error
 from .claims import Claimer
 from .clock import DatabaseClock
 from .completer import Completer
@@ -339,8 +339,9 @@ class Worker:
         )
         error = timeout_error(attempt)
         self._recycle()  # first: no job thread may record anything now
+        outcome = TimedOut(error, retryable=retries(job, error))
         retry_until_done(
-            lambda: job.record(TimedOut(error), now=self.clock.now()),
+            lambda: job.record(outcome, now=self.clock.now()),
             using=self.using,
             what=f"recording the timeout of job {job.pk}",
             give_up=threading.Event(),
