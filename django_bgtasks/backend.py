@@ -144,10 +144,11 @@ class DatabaseBackend(BaseTaskBackend):
         if task.unique is not None:
             # One job at a time, each checked against the unique index
             # (a duplicate within the calls gets the first one's result).
-            everything = checked(0) if len(calls) <= CHUNK else [
-                argument for start in range(0, len(calls), CHUNK)
+            everything = [
+                argument
+                for start in range(0, len(calls), CHUNK)
                 for argument in checked(start)
-            ]  # fmt: skip
+            ]
             now = database_now(using) if task.unique.period else None
             keys = [self._unique_key(task, common, a, using, now) for a in everything]
             results = [None] * len(everything)
@@ -205,43 +206,31 @@ class DatabaseBackend(BaseTaskBackend):
                     [pk] = insert_jobs(using, row, [arguments])
             except IntegrityError as exc:
                 error = exc
-                holder = (
-                    jobs.filter(unique_key=key)
-                    .values_list("pk", "status", "expires_at")
-                    .first()
-                )
+                holder = jobs.filter(unique_key=key).first()
                 if holder is None:
                     continue  # released meanwhile (or another constraint)
-                held_pk, status, expires_at = holder
+                # Releases are conditional, so two enqueues releasing one
+                # key at once release it once.
+                held = jobs.filter(pk=holder.pk, unique_key=key)
                 statuses = held_while(key)
-                if statuses is not None and status not in statuses:
-                    # Out of its span: the key is free. Conditional, so two
-                    # enqueues releasing it at once release it once.
-                    jobs.filter(pk=held_pk, unique_key=key).exclude(
-                        status__in=statuses
-                    ).update(unique_key=None)
+                if statuses is not None and holder.status not in statuses:
+                    # Out of its span: the key is free.
+                    held.exclude(status__in=statuses).update(unique_key=None)
                     continue
                 if (
-                    status == JobStatus.READY
-                    and expires_at is not None
-                    and expires_at <= database_now(using)
+                    holder.status == JobStatus.READY
+                    and holder.expires_at is not None
+                    and held.filter(
+                        status=JobStatus.READY, expires_at__lte=DatabaseNow()
+                    ).update(unique_key=None)
                 ):
                     # Expired, not judged yet (a worker will cancel it): it
-                    # will never run, so it holds nothing.
-                    jobs.filter(
-                        pk=held_pk,
-                        unique_key=key,
-                        status=JobStatus.READY,
-                        expires_at__lte=DatabaseNow(),
-                    ).update(unique_key=None)
+                    # will never run, so it held nothing.
                     continue
-                try:
-                    result = self._result_of(jobs.get(pk=held_pk))
-                except Job.DoesNotExist:
-                    continue  # deleted meanwhile
+                result = self._result_of(holder)
                 if task.unique.on_duplicate == "error":
                     raise DuplicateJob(
-                        f"Job {held_pk} holds the same unique key (task "
+                        f"Job {holder.pk} holds the same unique key (task "
                         f"{common['task_path']!r}).",
                         result,
                     ) from None

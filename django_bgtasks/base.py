@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -89,10 +89,7 @@ class DatabaseTask(Task):
         may be timedeltas, counted from now (as given to ``@task``,
         ``expires`` counts from each enqueue)."""
         if isinstance(run_after, timedelta):
-            try:
-                run_after = timezone.now() + run_after
-            except OverflowError:
-                raise InvalidTask(f"run_after {run_after!r} is too far away.") from None
+            run_after = _from_now(run_after, "run_after")
         changes: dict[str, Any] = {}
         if max_attempts is not None:
             changes["max_attempts"] = max_attempts
@@ -105,10 +102,7 @@ class DatabaseTask(Task):
                 raise InvalidTask(
                     f"expires must be a timedelta above 0, not {expires!r}."
                 )
-            try:
-                expires = timezone.now() + expires
-            except OverflowError:
-                raise InvalidTask(f"expires {expires!r} is too far away.") from None
+            expires = _from_now(expires, "expires")
         if expires is not None:
             changes["expires"] = expires
         if unique is not None:
@@ -134,13 +128,32 @@ class DatabaseTask(Task):
         return self.get_backend().enqueue_many(self, calls)
 
 
-def exception_classes(value, option: str = "retry_on and fail_on") -> tuple:
+def _from_now(delta: timedelta, option: str) -> datetime:
+    """An option given as a timedelta, counted from now."""
+    try:
+        return timezone.now() + delta
+    except OverflowError:
+        raise InvalidTask(f"{option} {delta!r} is too far away.") from None
+
+
+# The database backend's options and their defaults (the framework's Task
+# has the others).
+_OPTION_DEFAULTS = {
+    option.name: option.default
+    for option in fields(DatabaseTask)
+    if option.name not in {f.name for f in fields(Task)}
+}
+
+
+def exception_classes(value) -> tuple:
     """``value`` (an exception class, or several) as a tuple of classes;
     InvalidTask if it is anything else."""
     classes = value if isinstance(value, tuple | list) else (value,)
     for cls in classes:
         if not (isinstance(cls, type) and issubclass(cls, BaseException)):
-            raise InvalidTask(f"{option} take exception classes, not {cls!r}.")
+            raise InvalidTask(
+                f"retry_on and fail_on take exception classes, not {cls!r}."
+            )
     return tuple(classes)
 
 
@@ -175,25 +188,23 @@ def task(
         task_class = task_backends[backend].task_class
         if task_class is Task:
             task_class = DatabaseTask
-        options: dict[str, Any] = {}
-        if max_attempts is not None:
-            options["max_attempts"] = max_attempts
-        if backoff is not None:
-            options["backoff"] = Backoff.coerce(backoff)
-        if timeout is not None:
-            options["timeout"] = timeout
-        if expires is not None:
-            options["expires"] = expires
-        if unique:
-            options["unique"] = unique
-        if retry_on is not None:
-            options["retry_on"] = retry_on
-        if fail_on:
-            options["fail_on"] = fail_on
-        if store_result is not True:
-            options["store_result"] = store_result
-        if delete_on_success is not False:
-            options["delete_on_success"] = delete_on_success
+        given = {
+            "max_attempts": max_attempts,
+            "backoff": backoff,
+            "timeout": timeout,
+            "expires": expires,
+            "unique": unique or None,
+            "retry_on": retry_on,
+            "fail_on": fail_on,
+            "store_result": store_result,
+            "delete_on_success": delete_on_success,
+        }
+        # Only the options given (DatabaseTask checks and coerces them).
+        options = {
+            name: value
+            for name, value in given.items()
+            if value != _OPTION_DEFAULTS[name]
+        }
         if options and not issubclass(task_class, DatabaseTask):
             raise InvalidTask(
                 f"Task backend {backend!r} does not take the options of "

@@ -78,9 +78,10 @@ def unregistered_task(job: Job) -> DatabaseTask:
     TaskNotRegistered. Raises TaskNotRegistered if the job's options no
     longer make a valid task either."""
     module, _, name = job.task_path.rpartition(".")
+    message = f"{job.task_path!r} is not a registered task."
 
     def not_registered(*args, **kwargs):
-        raise TaskNotRegistered(f"{job.task_path!r} is not a registered task.")
+        raise TaskNotRegistered(message)
 
     setattr(not_registered, registry.STAND_IN, True)
     not_registered.__module__ = module
@@ -94,9 +95,7 @@ def unregistered_task(job: Job) -> DatabaseTask:
             run_after=job.task_run_after,
         )
     except InvalidTask:
-        raise TaskNotRegistered(
-            f"{job.task_path!r} is not a registered task."
-        ) from None
+        raise TaskNotRegistered(message) from None
 
 
 def job_result(job: Job, task) -> DatabaseTaskResult:

@@ -177,7 +177,7 @@ def run_jobs(
         moment = clock()
         due = (
             Job.objects.using(using)
-            .filter(status=JobStatus.READY, run_after__lte=moment)
+            .due(moment)
             .in_queues(queues)
             .order_by("-priority", "run_after", "id")
             .first()

@@ -3,7 +3,6 @@ enforced by a unique index on every database, race-free across processes."""
 
 import subprocess
 import sys
-import time
 from datetime import timedelta
 
 import pytest
@@ -161,21 +160,19 @@ def test_unique_takes_a_unique_or_true():
 
 
 ENQUEUE = """
-import os, sys, time
+import sys
 import django
 django.setup()
 from django.db import connection
 from tests import tasks
-start = float(sys.argv[1])
-while time.time() < start:
-    time.sleep(0.001)
-result = tasks.unique_while_active.enqueue(7)
-print(result.id)
+connection.ensure_connection()
+print("ready", flush=True)
+sys.stdin.readline()  # the go: every process is ready by then
+print(tasks.unique_while_active.enqueue(7).id)
 """
 
 
 def test_processes_enqueueing_one_key_at_once_make_one_job():
-    start = time.time() + 3
     environment = {
         "DJANGO_SETTINGS_MODULE": "tests.settings",
         "DATABASE_URL": database_url(),
@@ -183,15 +180,21 @@ def test_processes_enqueueing_one_key_at_once_make_one_job():
     }
     processes = [
         subprocess.Popen(
-            [sys.executable, "-c", ENQUEUE, str(start)],
+            [sys.executable, "-c", ENQUEUE],
             cwd=ROOT,
             env=environment,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         for _ in range(6)
     ]
+    for process in processes:
+        assert process.stdout.readline().strip() == "ready", process.stderr.read()
+    for process in processes:
+        process.stdin.write("go\n")
+        process.stdin.flush()
     outputs = [process.communicate(timeout=60) for process in processes]
     assert all(p.returncode == 0 for p in processes), outputs
     ids = {out.strip() for out, _ in outputs}

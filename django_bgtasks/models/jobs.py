@@ -342,27 +342,25 @@ class Job(models.Model):
         back, rescued) and the outcome was discarded."""
         now = now or database_now(self._state.db or "default")
         change = transition(self, outcome, now=now)
-        if change.deletes:
-            return change if self._delete_if_held(change.changes) else None
-        return change if self._update_if_held(**change.changes) else None
+        if not change.deletes:
+            return change if self._update_if_held(**change.changes) else None
+        # delete_on_success: the row goes; this object keeps its last state
+        # (its success) for the signals sent after.
+        deleted, _ = self._held().delete()
+        if not deleted:
+            return None
+        for name, value in change.changes.items():
+            setattr(self, name, value)
+        return change
 
-    def _delete_if_held(self, last_state: dict[str, Any]) -> bool:
-        """Delete this job's row if its worker still holds it; this object
-        keeps ``last_state`` (its success) for the signals sent after."""
-        deleted, _ = (
-            Job.objects.using(self._state.db)
-            .filter(
-                pk=self.pk,
-                status=JobStatus.RUNNING,
-                worker_id=self.worker_id,
-                attempts=self.attempts,
-            )
-            .delete()
+    def _held(self) -> models.QuerySet:
+        """This job, if its worker still holds it (on this attempt)."""
+        return Job.objects.using(self._state.db).filter(
+            pk=self.pk,
+            status=JobStatus.RUNNING,
+            worker_id=self.worker_id,
+            attempts=self.attempts,
         )
-        if deleted:
-            for name, value in last_state.items():
-                setattr(self, name, value)
-        return bool(deleted)
 
     def set_progress(
         self, current: float, total: float | None = None, message: str = ""
@@ -380,16 +378,7 @@ class Job(models.Model):
 
     def _update_if_held(self, **changes: Any) -> bool:
         """Apply ``changes`` only if this job's worker still holds it."""
-        updated = (
-            Job.objects.using(self._state.db)
-            .filter(
-                pk=self.pk,
-                status=JobStatus.RUNNING,
-                worker_id=self.worker_id,
-                attempts=self.attempts,
-            )
-            .update(**changes)
-        )
+        updated = self._held().update(**changes)
         if updated:
             for name, value in changes.items():
                 setattr(self, name, value)

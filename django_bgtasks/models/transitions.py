@@ -224,23 +224,12 @@ def transition(job, outcome: Outcome, *, now: datetime) -> Transition:
             errors = _with_error(job, error, now)
             if retryable and job.attempts < job.max_attempts:
                 return _retry(job, errors, now)
-            return _ended(
-                Verdict.FAILED, status=JobStatus.FAILED, errors=errors, finished_at=now
-            )
+            return _failed(errors, now)
         case RetryRequested(error, delay, at):
             errors = _with_error(job, error, now)
             if job.attempts < job.max_attempts:
-                if delay is None and at is None:
-                    return _retry(job, errors, now)
-                return _ended(
-                    Verdict.RETRYING,
-                    status=JobStatus.READY,
-                    run_after=_later(now, delay, at),
-                    errors=errors,
-                )
-            return _ended(
-                Verdict.FAILED, status=JobStatus.FAILED, errors=errors, finished_at=now
-            )
+                return _retry(job, errors, now, _later(now, delay, at))
+            return _failed(errors, now)
         case Snoozed(_, delay, at):
             return _ended(
                 Verdict.SNOOZED,
@@ -292,9 +281,7 @@ def transition(job, outcome: Outcome, *, now: datetime) -> Transition:
                 # Its place kept: a rescued job is not sent behind the jobs
                 # enqueued while its worker was dying.
                 return _ended(Verdict.PUT_BACK, status=JobStatus.READY, errors=errors)
-            return _ended(
-                Verdict.FAILED, status=JobStatus.FAILED, errors=errors, finished_at=now
-            )
+            return _failed(errors, now)
         case Cancelled():
             return Transition(
                 Verdict.CANCELLED,
@@ -324,24 +311,34 @@ def _ended(verdict: Verdict, **changes: Any) -> Transition:
     return Transition(verdict, {**changes, "worker_id": None})
 
 
-def _later(now: datetime, delay: timedelta | None, at: datetime | None) -> datetime:
+def _later(
+    now: datetime, delay: timedelta | None, at: datetime | None
+) -> datetime | None:
     """When a job asked to run again is due: ``at``, or ``delay`` from
-    ``now`` (the database's clock)."""
+    ``now`` (the database's clock); None if it named no time."""
     if at is not None:
         return at
-    return now + (delay or timedelta(0))
+    return None if delay is None else now + delay
 
 
-def _retry(job, errors: list[dict], now: datetime) -> Transition:
-    try:
-        backoff = Backoff.coerce(job.backoff or bgtasks_settings.BACKOFF)
-    except InvalidTask:  # a corrupt stored backoff: the default
-        backoff = Backoff.coerce(bgtasks_settings.BACKOFF)
+def _failed(errors: list[dict], now: datetime) -> Transition:
     return _ended(
-        Verdict.RETRYING,
-        status=JobStatus.READY,
-        run_after=now + backoff.delay(job.attempts),
-        errors=errors,
+        Verdict.FAILED, status=JobStatus.FAILED, errors=errors, finished_at=now
+    )
+
+
+def _retry(
+    job, errors: list[dict], now: datetime, due: datetime | None = None
+) -> Transition:
+    """READY again, due at ``due`` or else after the job's backoff."""
+    if due is None:
+        try:
+            backoff = Backoff.coerce(job.backoff or bgtasks_settings.BACKOFF)
+        except InvalidTask:  # a corrupt stored backoff: the default
+            backoff = Backoff.coerce(bgtasks_settings.BACKOFF)
+        due = now + backoff.delay(job.attempts)
+    return _ended(
+        Verdict.RETRYING, status=JobStatus.READY, run_after=due, errors=errors
     )
 
 

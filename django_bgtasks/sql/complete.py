@@ -62,16 +62,15 @@ def complete_jobs(
 
 def _delete_held(using: str, worker_id: str, completions) -> set[int]:
     """Delete the jobs of ``completions`` this worker still holds (on their
-    attempt); their ids."""
+    attempt); their ids. Called inside the batch's transaction."""
     held = Q()
     for completion in completions:
         held |= Q(pk=completion.job_id, attempts=completion.attempts)
     jobs = Job.objects.using(using).filter(
         held, status=JobStatus.RUNNING, worker_id=worker_id
     )
-    with transaction.atomic(using=using):
-        ids = set(jobs.select_for_update().values_list("pk", flat=True))
-        Job.objects.using(using).filter(pk__in=ids).delete()
+    ids = set(jobs.select_for_update().values_list("pk", flat=True))
+    Job.objects.using(using).filter(pk__in=ids).delete()
     return ids
 
 
