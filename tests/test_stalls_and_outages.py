@@ -34,6 +34,16 @@ def step_lines(path) -> list[tuple[int, int, float]]:
     return lines
 
 
+def all_threads_stopped(pid: int) -> bool:
+    """Whether the kernel reports every thread of a process stopped ("T")."""
+    states = []
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{thread}/stat") as stat:
+            # The name in parentheses may hold spaces; the state follows it.
+            states.append(stat.read().rsplit(")", 1)[1].split()[0])
+    return all(state == "T" for state in states)
+
+
 def reachable_now():
     """The database's time, or None while it cannot be reached."""
     try:
@@ -53,6 +63,9 @@ def test_a_stalled_worker_ends_as_it_resumes_and_runs_nothing_beside_the_new_run
     wait_until(lambda: len(step_lines(log)) > 10, timeout=30, message="the first run")
 
     os.kill(stalled.pid, signal.SIGSTOP)
+    # kill() returns before the process is off its CPU: the stall starts
+    # when the kernel reports it stopped, not when the signal was sent.
+    wait_until(lambda: all_threads_stopped(stalled.pid), timeout=10, message="the stop")
     stopped = time.time()
     rescuer = workers.start("--concurrency", "1", env=FAST)
     wait_until(
