@@ -7,7 +7,10 @@ INSTALLED_APPS = [*INSTALLED_APPS, "tests"]
 
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # A file, not memory: worker subprocesses must open the same database.
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test_db.sqlite3")}
+    # BGTASKS_TEST_SQLITE names another file, for two runs side by side.
+    DATABASES["default"]["TEST"] = {
+        "NAME": env.str("BGTASKS_TEST_SQLITE", default=str(BASE_DIR / "test_db.sqlite3"))
+    }
 
 TASKS = {
     "default": {**TASKS["default"], "QUEUES": ["default", "images", "other"]},
