@@ -16,7 +16,13 @@ __all__ = [
     "FailJob",
     "RetryJob",
     "SnoozeJob",
+    "Step",
     "Unique",
+    "WorkflowResult",
+    "chain",
+    "chord",
+    "get_workflow",
+    "group",
     "report_progress",
     "task",
 ]
@@ -37,6 +43,14 @@ def __getattr__(name):
         from . import control
 
         return getattr(control, name)
+    if name in {"Step", "chain", "chord", "group"}:
+        from . import steps
+
+        return getattr(steps, name)
+    if name in {"WorkflowResult", "get_workflow"}:
+        from . import workflows
+
+        return getattr(workflows, name)
     if name == "Unique":
         from .unique import Unique
 

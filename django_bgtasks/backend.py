@@ -18,6 +18,8 @@ before any row is written.
 from __future__ import annotations
 
 import contextlib
+import uuid
+from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,7 +30,7 @@ from django.core import checks
 from django.db import IntegrityError, router, transaction
 from django.utils import timezone
 
-from . import registry
+from . import notify, registry
 from .backoff import Backoff
 from .base import DatabaseTask, DatabaseTaskResult
 from .compat import (
@@ -41,12 +43,14 @@ from .compat import (
 from .conf import bgtasks_settings, settings_generation
 from .db import DatabaseNow, database_now
 from .exceptions import DuplicateJob, InvalidTaskArguments, TaskNotRegistered
-from .models import Job, JobStatus
+from .models import Job, JobDependency, JobStatus
 from .private_api import send_to_each
 from .rows import job_result, task_for_job, unregistered_task
 from .serialization import NotJSON, check_size, to_json, to_json_sized
-from .sql.insert import CHUNK, insert_job_chunks, insert_jobs
+from .sql.insert import CHUNK, insert_job_chunks, insert_jobs, insert_rows
+from .steps import Node
 from .unique import held_while
+from .workflows import WorkflowResult, plan
 
 MAX_ATTEMPTS_LIMIT = 1000
 MIN_RUN_AFTER = datetime(1, 1, 2)
@@ -175,6 +179,75 @@ class DatabaseBackend(BaseTaskBackend):
             insert_job_chunks(using, common, chunks, inserted)
         send_to_each(task_enqueued, type(self), results)
         return results
+
+    def enqueue_workflow(self, workflow: Node) -> WorkflowResult:
+        """Write every job of ``workflow`` (``django_bgtasks.steps``) and
+        its edges, in one transaction (the caller's, if one is open): one
+        statement for the jobs (MySQL: one per job), one for the edges.
+        Every step is checked first, as ``enqueue`` checks a job: nothing
+        is written if one is invalid."""
+        laid = plan(workflow)
+        waiting_for = Counter(edge.job for edge in laid.edges)
+        with_dependents = {edge.waits_for for edge in laid.edges}
+        workflow_id = uuid.uuid4()
+        now = timezone.now()
+        limit = bgtasks_settings.MAX_PAYLOAD_BYTES
+        jobs = []
+        for n, step in enumerate(laid.steps):
+            task = step.task
+            where = f"Step {n} ({task.module_path})"
+            if task.backend != self.alias:
+                raise InvalidTask(
+                    f"{where} uses backend {task.backend!r}: every step of a "
+                    f"workflow must use the workflow's, {self.alias!r}."
+                )
+            columns = self._validated_columns(task)
+            if getattr(task, "unique", None) is not None:
+                raise InvalidTask(f"{where} is unique: a workflow's steps cannot be.")
+            if getattr(task, "delete_on_success", False):
+                raise InvalidTask(
+                    f"{where} deletes its job on success: a workflow's steps "
+                    f"cannot (its result reads them)."
+                )
+            try:
+                args, kwargs = _json_arguments(step.args, step.kwargs, limit)
+            except InvalidTaskArguments as exc:
+                raise InvalidTaskArguments(f"{where}: {exc}") from None
+            waits = waiting_for[n]
+            row = {
+                **self._with_times(columns, now),
+                "status": JobStatus.WAITING if waits else JobStatus.READY,
+                "workflow_id": workflow_id,
+                "waiting_for": waits,
+                "has_dependents": n in with_dependents,
+            }
+            jobs.append({**row, "args": args, "kwargs": kwargs})
+        using = router.db_for_write(Job)
+        with transaction.atomic(using=using):
+            ids = insert_rows(using, Job, jobs)
+            insert_rows(
+                using,
+                JobDependency,
+                [
+                    {
+                        "job_id": ids[edge.job],
+                        "waits_for_id": ids[edge.waits_for],
+                        "position": edge.position,
+                        "passes": edge.passes,
+                        "needs_success": edge.needs_success,
+                        "ended_as": "",
+                    }
+                    for edge in laid.edges
+                ],
+            )
+            notify.wake(
+                using, {j["queue_name"] for j in jobs if j["status"] == "READY"}
+            )
+        jobs = [Job(pk=pk, **row) for pk, row in zip(ids, jobs, strict=True)]
+        result = WorkflowResult(str(workflow_id), [], self.alias)
+        result._set(jobs)
+        send_to_each(task_enqueued, type(self), result.members)
+        return result
 
     def _unique_key(self, task, common, arguments, using: str, now=None) -> str:
         """The unique key of a job of ``task`` with ``arguments``."""

@@ -23,6 +23,7 @@ from .compat import (
     task_backends,
 )
 from .private_api import new_result
+from .steps import Step
 from .unique import Unique
 
 
@@ -115,6 +116,11 @@ class DatabaseTask(Task):
             backend=backend,
         )
         return replace(task, **changes) if changes else task
+
+    def step(self, *args: Any, **kwargs: Any) -> Step:
+        """This task called with ``args`` and ``kwargs``, as a step of a
+        workflow (``django_bgtasks.chain``, ``group``, ``chord``)."""
+        return Step(self, args, kwargs)
 
     def enqueue_many(self, calls) -> list[DatabaseTaskResult]:
         """Enqueue this task once per ``(args, kwargs)`` pair in ``calls``,

@@ -65,5 +65,10 @@ class JobExpired(JobCancelled):
     """The job was not started before its ``expires`` time; it never ran."""
 
 
+class DependencyFailed(JobCancelled):
+    """A job of a workflow this job waited for ended FAILED or CANCELLED, so
+    this job never ran."""
+
+
 class WorkerIdInUse(Exception):
     """Another live worker already registered under this worker id."""

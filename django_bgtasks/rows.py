@@ -16,7 +16,7 @@ from .backoff import Backoff
 from .base import DatabaseTask, DatabaseTaskResult
 from .compat import InvalidTask, TaskError, TaskResultStatus
 from .conf import bgtasks_settings, cleared_when_settings_change
-from .exceptions import JobCancelled, JobExpired, TaskNotRegistered
+from .exceptions import DependencyFailed, JobCancelled, JobExpired, TaskNotRegistered
 from .models import Job, JobStatus
 from .models.transitions import class_path
 from .private_api import set_field
@@ -137,7 +137,9 @@ def update_result(task_result, job: Job) -> None:
 
 # The errors that say why a job ended CANCELLED (its task cancelled it, or
 # it expired); one cancelled from outside has none, and is given one.
-CANCELLED_ERRORS = frozenset({class_path(JobCancelled), class_path(JobExpired)})
+CANCELLED_ERRORS = frozenset(
+    {class_path(JobCancelled), class_path(JobExpired), class_path(DependencyFailed)}
+)
 
 
 def _status_and_errors(job: Job) -> tuple[TaskResultStatus, list[TaskError]]:
@@ -153,7 +155,9 @@ def _status_and_errors(job: Job) -> tuple[TaskResultStatus, list[TaskError]]:
         else []
     )
     status = job.status
-    if status == JobStatus.CANCELLED:
+    if status == JobStatus.WAITING:
+        status = JobStatus.READY  # not due yet: its workflow's steps first
+    elif status == JobStatus.CANCELLED:
         status = JobStatus.FAILED
         if errors and errors[-1].exception_class_path in CANCELLED_ERRORS:
             return TaskResultStatus(status), errors  # the task, or expiry, said why

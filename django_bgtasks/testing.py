@@ -94,7 +94,9 @@ RUN_JOBS_GUARD = 10_000
 # How many jobs an assertion's message lists.
 _LISTED = 50
 
-_READY = "READY"  # JobStatus.READY, without importing the models here
+# READY and WAITING (a workflow's step, waiting for the steps before it):
+# jobs waiting to run.
+_WAITING_TO_RUN = ("READY", "WAITING")
 
 
 class _EnqueueMany:
@@ -309,7 +311,7 @@ def enqueued(
     kwargs: dict | None = None,
     queue: str | None = None,
     priority: int | None = None,
-    status: str | None = _READY,
+    status: str | tuple[str, ...] | None = _WAITING_TO_RUN,
     using: str | None = None,
 ) -> list[Job]:
     """The jobs enqueued that match, oldest first.
@@ -317,8 +319,9 @@ def enqueued(
     ``task``: a Task or its dotted path (only the path is compared: pass
     ``queue`` or ``priority`` for those); None matches every task.
     ``args`` and ``kwargs`` are compared as stored: normalised as at enqueue
-    (tuples become lists), the whole of them. ``status``: READY (waiting to
-    run) by default, any other status, or None for every status. Each
+    (tuples become lists), the whole of them. ``status``: READY or WAITING
+    (waiting to run; WAITING: a workflow's step) by default, any status or
+    tuple of statuses, or None for every status. Each
     criterion left None matches anything. ``using``: the database (default:
     where jobs are written).
     """
@@ -330,7 +333,9 @@ def enqueued(
         jobs = jobs.filter(queue_name=queue)
     if priority is not None:
         jobs = jobs.filter(priority=priority)
-    if status is not None:
+    if isinstance(status, tuple):
+        jobs = jobs.filter(status__in=[getattr(s, "value", s) for s in status])
+    elif status is not None:
         jobs = jobs.filter(status=getattr(status, "value", status))
     found = list(jobs.order_by("id"))
     if args is not None:
@@ -350,11 +355,12 @@ def assert_enqueued(
     queue: str | None = None,
     priority: int | None = None,
     count: int | None = None,
-    status: str | None = _READY,
+    status: str | tuple[str, ...] | None = _WAITING_TO_RUN,
     using: str | None = None,
 ) -> list[Job]:
-    """Assert that jobs matching were enqueued (READY, by default): at least
-    one, or exactly ``count``. Returns them, oldest first.
+    """Assert that jobs matching were enqueued (READY or WAITING, by
+    default): at least one, or exactly ``count``. Returns them, oldest
+    first.
 
     The criteria are :func:`enqueued`'s. The AssertionError lists every job
     there is (task, arguments, queue, priority, status), so a failure shows
@@ -385,11 +391,11 @@ def assert_not_enqueued(
     kwargs: dict | None = None,
     queue: str | None = None,
     priority: int | None = None,
-    status: str | None = _READY,
+    status: str | tuple[str, ...] | None = _WAITING_TO_RUN,
     using: str | None = None,
 ) -> None:
-    """Assert that no job matching was enqueued (READY, by default); with no
-    criteria, that no job is waiting at all. The criteria are
+    """Assert that no job matching was enqueued (READY or WAITING, by
+    default); with no criteria, that no job is waiting at all. The criteria are
     :func:`enqueued`'s; the AssertionError lists the jobs that match."""
     found = enqueued(
         task,
@@ -451,9 +457,7 @@ def _criteria(task, args, kwargs, queue, priority, status) -> str:
     """What an assertion looked for, in words."""
     parts = [
         "of any task" if task is None else f"of {_task_path(task)}",
-        "in any status"
-        if status is None
-        else f"with status {getattr(status, 'value', status)}",
+        "in any status" if status is None else f"with status {_statuses(status)}",
     ]
     if args is not None:
         parts.append(f"with args {_as_stored(args, 'args')!r}")
@@ -464,6 +468,12 @@ def _criteria(task, args, kwargs, queue, priority, status) -> str:
     if priority is not None:
         parts.append(f"with priority {priority}")
     return " ".join(parts)
+
+
+def _statuses(status) -> str:
+    if isinstance(status, tuple):
+        return " or ".join(getattr(one, "value", one) for one in status)
+    return getattr(status, "value", status)
 
 
 def _listing(using: str | None) -> str:

@@ -313,3 +313,56 @@ def unique_enqueues_itself(context, label):
 @bg_task(unique=Unique(period=timedelta(days=3650)))
 def once_per_period(n):
     return n
+
+
+@task
+def total(values, extra=0):
+    """A chord's callback: the sum of its members' results (None counts 0)."""
+    return sum(value or 0 for value in values) + extra
+
+
+@bg_task(max_attempts=1)
+def fails_at_once(*args):
+    raise ValueError("this step fails")
+
+
+@bg_task(max_attempts=10, takes_context=True)
+def workflow_step(context, *values, label="", pause=0.0):
+    """A workflow step for the kill tests: records each run, maybe pauses,
+    and returns its label with what it was handed."""
+    result = context.task_result
+    Execution.objects.create(
+        job_id=int(result.id),
+        label=label,
+        claim=len(result.worker_ids),
+        worker_id=result.worker_ids[-1],
+        pid=os.getpid(),
+    )
+    if pause:
+        time.sleep(pause)
+    return [label, *values]
+
+
+@bg_task(max_attempts=10, takes_context=True)
+def claimed_step(context, *values, label="", pause=0.0, gate=""):
+    """workflow_step that also names the claim that ran it: returns
+    ``[label, claim, *values]``, so a step handed a result from a run whose
+    end was never recorded (a killed one) shows it. ``gate``: a file to wait
+    for (at most 30 s) before returning."""
+    result = context.task_result
+    claim = len(result.worker_ids)
+    Execution.objects.create(
+        job_id=int(result.id),
+        label=label,
+        claim=claim,
+        worker_id=result.worker_ids[-1],
+        pid=os.getpid(),
+    )
+    if pause:
+        time.sleep(pause)
+    deadline = time.monotonic() + 30
+    while gate and not Path(gate).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{gate} did not appear")
+        time.sleep(0.01)
+    return [label, claim, *values]

@@ -22,6 +22,7 @@ BASE = {
     "private_api",
     "registry",
     "serialization",
+    "steps",
     "unique",
 }
 # Where an import inside a function is on purpose: the AppConfig, which

@@ -10,8 +10,8 @@ from django.db import connection
 from django.test import TestCase
 from django.utils import timezone
 
+from django_bgtasks import chain, testing
 from django_bgtasks import task as bg_task
-from django_bgtasks import testing
 from django_bgtasks.compat import TaskResultStatus, task_finished, task_started
 from django_bgtasks.models import Job, JobStatus
 from django_bgtasks.pytest_plugin import bgtasks  # noqa: F401
@@ -359,8 +359,8 @@ def test_assert_enqueued_names_what_was_enqueued_when_it_fails():
 
     message = str(failure.value)
     assert message.startswith(
-        "Expected at least one job of tests.tasks.add with status READY with args "
-        "[9, 9]; found 0.\nJobs enqueued (2, oldest first):\n"
+        "Expected at least one job of tests.tasks.add with status READY or WAITING "
+        "with args [9, 9]; found 0.\nJobs enqueued (2, oldest first):\n"
     )
     assert "tests.tasks.add args=[1, 2] kwargs={} queue='default' priority=0" in (
         message
@@ -395,7 +395,7 @@ def test_assert_not_enqueued():
         assert_not_enqueued(add)
     message = str(failure.value)
     assert message.startswith(
-        "Expected no job of tests.tasks.add with status READY; found 1:\n"
+        "Expected no job of tests.tasks.add with status READY or WAITING; found 1:\n"
     )
     assert "tests.tasks.add args=[1, 2]" in message
 
@@ -460,3 +460,12 @@ def test_the_pytest_fixture(bgtasks):  # noqa: F811
     with pytest.raises(AssertionError, match=r"tests\.tasks\.always_fails"):
         bgtasks.assert_enqueued(echo)
     assert running_jobs() == []
+
+
+@pytest.mark.django_db
+def test_a_workflows_waiting_steps_count_as_enqueued():
+    chain(add.step(1, 2), echo.step("x")).enqueue()
+    assert_enqueued(echo, args=["x"], count=1)
+    assert enqueued(echo, status="READY") == []
+    run_jobs()
+    assert_not_enqueued()

@@ -17,7 +17,7 @@ from django.db import connections, router, transaction
 from ..conf import DEFAULTS, bgtasks_settings
 from ..db import database_now
 from ..locking import lock_for_writing
-from ..models import FINISHED_STATUSES, Job
+from ..models import FINISHED_STATUSES, Job, JobDependency
 
 BATCH_SIZE = 1000
 # Seconds between batches on SQLite, where a batch holds the one write lock:
@@ -79,6 +79,9 @@ def prune_finished_jobs(
                 count, _ = (
                     Job.objects.using(using).filter(pk__in=ids, status=status).delete()
                 )
+                # A workflow step's edges go with it (they hold what it was
+                # handed); the edges of the jobs it waited for stay theirs.
+                JobDependency.objects.using(using).filter(job_id__in=ids).delete()
             deleted[status] += count
             batches += 1
             if len(ids) < batch_size:

@@ -7,7 +7,8 @@ imports from the rest of django_bgtasks but its base modules (settings,
 exceptions, the framework's names, arguments, cron times).
 """
 
-from .indexes import StatusIndex, UniqueWhenSet
+from .dependencies import JobDependency, Passes
+from .indexes import IndexWhenSet, StatusIndex, UniqueWhenSet
 from .jobs import Job, JobDashboard
 from .schedules import MisfirePolicy, Schedule
 from .status import FINISHED_STATUSES, JobStatus
@@ -16,10 +17,13 @@ from .workers import WorkerProcess, WorkerState
 
 __all__ = [
     "FINISHED_STATUSES",
+    "IndexWhenSet",
     "Job",
     "JobDashboard",
+    "JobDependency",
     "JobStatus",
     "MisfirePolicy",
+    "Passes",
     "Schedule",
     "StatusIndex",
     "UniqueWhenSet",

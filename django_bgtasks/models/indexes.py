@@ -46,6 +46,18 @@ class StatusIndex(models.Index):
         return index.create_sql(model, schema_editor, using=using, **kwargs)
 
 
+class IndexWhenSet(models.Index):
+    """An index of the rows where its first field is set, on the databases
+    with partial indexes (elsewhere, of every row): a job that leaves it
+    NULL, as most do, costs it no write there."""
+
+    def create_sql(self, model, schema_editor, using="", **kwargs):
+        partial = schema_editor.connection.features.supports_partial_indexes
+        condition = Q((f"{self.fields[0]}__isnull", False)) if partial else None
+        index = models.Index(fields=self.fields, name=self.name, condition=condition)
+        return index.create_sql(model, schema_editor, using=using, **kwargs)
+
+
 class UniqueWhenSet(models.UniqueConstraint):
     """A unique constraint whose index holds only the rows where its first
     field is set, on the databases with partial indexes.

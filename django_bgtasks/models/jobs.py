@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import models
+from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -23,7 +23,9 @@ from django.utils.translation import gettext_lazy as _
 from .. import notify
 from ..compat import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY
 from ..db import DatabaseNow, database_now
-from .indexes import StatusIndex, UniqueWhenSet
+from ..locking import lock_for_writing
+from .dependencies import Ended, handed, jobs_ended, jobs_reopened, steps_retried
+from .indexes import IndexWhenSet, StatusIndex, UniqueWhenSet
 from .status import FINISHED_STATUSES, JobStatus
 from .transitions import (
     Cancelled,
@@ -48,6 +50,7 @@ TRANSITION_FIELDS = (
     "errors",
     "backoff",
     "runs_alone",
+    "has_dependents",
 )
 
 
@@ -82,9 +85,17 @@ class JobQuerySet(models.QuerySet):
         except Exception:
             pass  # a row whose errors or backoff cannot be read: one by one
         rows = self.values_list(
-            "pk", "queue_name", "attempts", "max_attempts", "worker_id", "runs_alone"
+            "pk",
+            "queue_name",
+            "attempts",
+            "max_attempts",
+            "worker_id",
+            "runs_alone",
+            "has_dependents",
         )
-        for pk, queue_name, attempts, max_attempts, worker_id, alone in list(rows):
+        for pk, queue, attempts, max_attempts, worker_id, alone, dependents in list(
+            rows
+        ):
             try:
                 yield lean.get(pk=pk)
                 continue
@@ -92,13 +103,14 @@ class JobQuerySet(models.QuerySet):
                 pass
             job = self.model(
                 pk=pk,
-                queue_name=queue_name,
+                queue_name=queue,
                 attempts=attempts,
                 max_attempts=max_attempts,
                 worker_id=worker_id,
                 errors=[],
                 backoff={},
                 runs_alone=alone,
+                has_dependents=dependents,
             )
             job._state.adding = False
             job._state.db = self.db
@@ -128,7 +140,8 @@ class JobQuerySet(models.QuerySet):
         return self.apply(Retried())
 
     def cancel(self) -> int:
-        """Cancel READY jobs (a RUNNING job cannot be cancelled)."""
+        """Cancel READY and WAITING jobs (a RUNNING job cannot be
+        cancelled); the workflow steps waiting for them are cancelled too."""
         return self.apply(Cancelled())
 
     def run_now(self) -> int:
@@ -141,13 +154,66 @@ class JobQuerySet(models.QuerySet):
         many jobs changed."""
         now = database_now(self.db)
         jobs = self.filter(outcome.condition(now))
-        changes = transition(None, outcome, now=now).changes
+        change = transition(None, outcome, now=now)
+        changes = change.changes
+        if change.finishes:
+            with transaction.atomic(using=self.db):
+                # Its workflow's steps after each job it ends, in the same
+                # transaction; those jobs locked, so no worker claims one
+                # meanwhile.
+                lock_for_writing(Job, self.db)
+                ending = jobs.filter(has_dependents=True).select_for_update()
+                ended = [
+                    Ended(pk, changes["status"])
+                    for pk in ending.values_list("pk", flat=True)
+                ]
+                count = jobs.update(**changes)
+                jobs_ended(self.db, ended, now)
+            return count
+        if isinstance(outcome, Retried):
+            return self._retry(jobs, changes, now)
         if not outcome.wakes_workers:
             return jobs.update(**changes)
         queues = set(jobs.values_list("queue_name", flat=True).distinct())
         count = jobs.update(**changes)
         if count:
             notify.wake(self.db, queues)
+        return count
+
+    def _retry(self, jobs, changes: dict, now: datetime) -> int:
+        """Retry ``jobs`` (``changes``: what Retried writes); a workflow's
+        step never released waits again for what it still needs (or runs
+        now with what it is handed, or, if a job it needs failed, is not
+        retried), and the steps after a retried job wait for its new run."""
+        with transaction.atomic(using=self.db):
+            lock_for_writing(Job, self.db)
+            chosen = list(
+                jobs.select_for_update().values_list(
+                    "pk", "queue_name", "has_dependents"
+                )
+            )
+            steps = steps_retried(self.db, [pk for pk, _, _ in chosen])
+            retried = {pk for pk, _, _ in chosen if pk not in steps}
+            count = Job.objects.using(self.db).filter(pk__in=retried).update(**changes)
+            for pk, pending in steps.items():
+                if pending is None:
+                    continue  # a job it needs failed: retry that one
+                step = Job.objects.using(self.db).filter(pk=pk)
+                if pending:
+                    waits = {"status": JobStatus.WAITING, "waiting_for": pending}
+                    step.update(**{**changes, **waits})
+                else:
+                    step.update(**changes, waiting_for=0, args=handed(self.db, pk))
+                retried.add(pk)
+                count += 1
+            jobs_reopened(
+                self.db,
+                [pk for pk, _, dependents in chosen if dependents and pk in retried],
+                now,
+            )
+            queues = {queue for pk, queue, _ in chosen if pk in retried}
+            if queues:
+                notify.wake(self.db, queues)
         return count
 
 
@@ -180,6 +246,15 @@ class Job(models.Model):
     # A job not started by then never runs: it ends CANCELLED with a
     # JobExpired error when a worker takes it.
     expires_at = models.DateTimeField(_("expires at"), null=True, blank=True)
+    # Workflows (django_bgtasks.workflows, models/dependencies.py): the
+    # workflow the job is a step of; how many jobs it still waits for
+    # (while WAITING); whether jobs wait for it (its end is then recorded
+    # with theirs, in one transaction).
+    workflow_id = models.UUIDField(_("workflow"), null=True, blank=True)
+    waiting_for = models.PositiveIntegerField(_("waiting for"), default=0, db_default=0)
+    has_dependents = models.BooleanField(
+        _("has dependents"), default=False, db_default=False
+    )
     enqueued_at = models.DateTimeField(_("enqueued at"))
     started_at = models.DateTimeField(_("started at"), null=True, blank=True)
     last_attempted_at = models.DateTimeField(
@@ -254,7 +329,7 @@ class Job(models.Model):
         verbose_name_plural = _("jobs")
         permissions = [
             ("retry_job", _("Can retry a failed or cancelled job")),
-            ("cancel_job", _("Can cancel a ready job")),
+            ("cancel_job", _("Can cancel a job that has not started")),
             ("run_job", _("Can run a delayed job now")),
         ]
         indexes = [
@@ -281,6 +356,7 @@ class Job(models.Model):
                 name="bgtasks_job_status_idx",
                 status=[status.value for status in FINISHED_STATUSES],
             ),
+            IndexWhenSet(fields=["workflow_id"], name="bgtasks_job_workflow_idx"),
         ]
         constraints = [
             models.CheckConstraint(
@@ -342,6 +418,14 @@ class Job(models.Model):
         back, rescued) and the outcome was discarded."""
         now = now or database_now(self._state.db or "default")
         change = transition(self, outcome, now=now)
+        if change.finishes and self.has_dependents:
+            # The steps waiting for it move in the same transaction.
+            with transaction.atomic(using=self._state.db):
+                if not self._update_if_held(**change.changes):
+                    return None
+                ended = Ended(self.pk, self.status, change.changes.get("return_value"))
+                jobs_ended(self._state.db, [ended], now)
+            return change
         if not change.deletes:
             return change if self._update_if_held(**change.changes) else None
         # delete_on_success: the row goes; this object keeps its last state

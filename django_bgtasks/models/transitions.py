@@ -140,12 +140,13 @@ class Lost:
 
 @dataclass(frozen=True, slots=True)
 class Cancelled:
-    """A waiting job will not run."""
+    """A job that has not started (READY, or WAITING in a workflow) will
+    not run."""
 
     wakes_workers: ClassVar[bool] = False
 
     def condition(self, now: datetime) -> Q:
-        return Q(status=JobStatus.READY)
+        return Q(status__in=[JobStatus.READY, JobStatus.WAITING])
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from django.db import connections, transaction
 from django.db.models import Q
 
 from ..models import Job, JobStatus
+from ..models.dependencies import Ended, jobs_ended
 
 
 @dataclass(slots=True)
@@ -37,6 +38,9 @@ class Completion:
     attempts: int  # the attempt that ended: the job must still be on it
     changes: dict[str, Any]  # by field name (or attname): JSON-able values
     deletes: bool = False  # the row is deleted instead (delete_on_success)
+    # The job ends here and workflow steps wait for it: they are counted
+    # down, released or cancelled in the same transaction.
+    ends_dependencies: bool = False
 
 
 def complete_jobs(
@@ -45,6 +49,28 @@ def complete_jobs(
     """Write the completions; return the ids of the jobs they applied to."""
     if not completions:
         return set()
+    if any(c.ends_dependencies for c in completions):
+        with transaction.atomic(using=using):
+            applied = _complete(using, worker_id, completions)
+            ending = [
+                c for c in completions if c.ends_dependencies and c.job_id in applied
+            ]
+            if ending:
+                jobs_ended(
+                    using,
+                    [
+                        Ended(
+                            c.job_id, c.changes["status"], c.changes.get("return_value")
+                        )
+                        for c in ending
+                    ],
+                    now=ending[0].changes["finished_at"],
+                )
+            return applied
+    return _complete(using, worker_id, completions)
+
+
+def _complete(using: str, worker_id: str, completions: list[Completion]) -> set[int]:
     connection = connections[using]
     if any(c.deletes for c in completions):
         # Rare (delete_on_success): the deletions and the updates in one
@@ -54,7 +80,7 @@ def complete_jobs(
                 using, worker_id, [c for c in completions if c.deletes]
             )
             kept = [c for c in completions if not c.deletes]
-            return deleted | complete_jobs(using, worker_id, kept)
+            return deleted | _complete(using, worker_id, kept)
     if connection.vendor == "postgresql":
         return _complete_postgresql(connection, worker_id, completions)
     return _complete_each(using, worker_id, completions)

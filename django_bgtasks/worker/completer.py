@@ -111,6 +111,7 @@ class Completer(threading.Thread):
                 f.attempt.job.attempts,
                 f.change.changes,
                 f.change.deletes,
+                f.attempt.job.has_dependents and f.change.finishes,
             )
             for f in batch
         ]

@@ -12,3 +12,9 @@ def noop(number: int) -> int | float:
     if number < 0:
         return time.time()
     return number
+
+
+@task
+def count_results(values: list) -> int:
+    """The benchmark chord's callback: how many results it was handed."""
+    return len(values)
