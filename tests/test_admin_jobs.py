@@ -152,7 +152,7 @@ def test_retry_extends_attempts_and_skips_what_it_does_not_apply_to(admin_client
         admin_client, "retry_jobs", [failed, cancelled, succeeded]
     ).content.decode()
     assert "2 jobs will run again." in page
-    assert "1 skipped: only FAILED or CANCELLED jobs can be retried." in page
+    assert "1 skipped: only FAILED or CANCELLED jobs can be retried" in page
     failed.refresh_from_db()
     assert failed.status == JobStatus.READY and failed.finished_at is None
     assert failed.run_after >= before

@@ -2,7 +2,8 @@
 
 Logs into the admin of a live test server, opens the dashboard and a failed
 job, retries it and sees it READY; types a cron expression and sees its next
-planned times. Screenshots go to the folder printed at the end of the run.
+planned times; follows a workflow from one step's page to another's.
+Screenshots go to the folder printed at the end of the run.
 """
 
 import shutil
@@ -12,7 +13,10 @@ import pytest
 from django.contrib.auth.models import User
 from django.utils import timezone
 
+from django_bgtasks import chain, group
 from django_bgtasks.models import Job, JobStatus
+from django_bgtasks.testing import run_jobs
+from tests import tasks
 from tests.factories import make_job
 
 webdriver = pytest.importorskip(
@@ -137,3 +141,50 @@ def test_schedule_form_previews_planned_times(browser, live_server, screenshots)
     cron.clear()
     cron.send_keys("99 * * * *")
     wait_for(browser, lambda driver: "not a valid cron expression" in upcoming.text)
+
+
+def test_a_workflow_step_links_to_the_other_steps(browser, live_server, screenshots):
+    workflow = chain(
+        group(tasks.add.step(1, 1), tasks.add.step(2, 2), tasks.add.step(3, 3)),
+        tasks.total.step(),
+        tasks.add.step(100),
+    ).enqueue()
+    first, second, third, callback, last = (int(m.id) for m in workflow.members)
+    run_jobs(limit=1)  # the first member succeeds; the callback waits for two
+    log_in(browser, live_server)
+
+    browser.get(f"{live_server.url}/admin/django_bgtasks/job/{callback}/change/")
+    table = browser.find_element(By.CSS_SELECTOR, "table.bgtasks-workflow")
+    rows = table.find_elements(By.CSS_SELECTOR, "tbody tr")
+    assert [
+        (
+            row.find_element(By.CSS_SELECTOR, "td a").text,
+            row.find_element(By.CSS_SELECTOR, ".bgtasks-badge").text,
+        )
+        for row in rows
+    ] == [
+        (f"#{first}", "Successful"),
+        (f"#{second}", "Ready"),
+        (f"#{third}", "Ready"),
+        (f"#{callback}", "Waiting"),
+        (f"#{last}", "Waiting"),
+    ]
+    current = table.find_element(By.CSS_SELECTOR, "tr.bgtasks-current")
+    assert current.text.startswith(f"#{callback} (this job)")
+    waiting = browser.find_element(By.CSS_SELECTOR, ".field-waiting_note .readonly")
+    assert waiting.text == f"2 jobs: #{second}, #{third}"
+    browser.save_screenshot(str(screenshots / "workflow-step.png"))
+
+    rows[0].find_element(By.LINK_TEXT, f"#{first}").click()
+    wait_for(browser, expected_conditions.title_contains(f"Job {first} "))
+    assert browser.current_url.endswith(f"/job/{first}/change/")
+    current = browser.find_element(By.CSS_SELECTOR, "tr.bgtasks-current")
+    assert current.text.startswith(f"#{first} (this job)")
+    assert not browser.find_elements(By.CSS_SELECTOR, ".field-waiting_note")
+
+    browser.find_element(By.LINK_TEXT, "all jobs of this workflow").click()
+    wait_for(browser, expected_conditions.url_contains(f"workflow_id={workflow.id}"))
+    ids = browser.find_elements(By.CSS_SELECTOR, "#result_list tbody th a")
+    assert [link.text for link in ids] == [
+        str(pk) for pk in reversed([first, second, third, callback, last])
+    ]

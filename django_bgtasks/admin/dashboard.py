@@ -11,7 +11,7 @@ from django.utils.translation import gettext as _
 
 from ..models import JobDashboard, JobStatus
 from . import stats
-from .jobs import STATUS_COLOURS, format_duration, status_badge
+from .display import STATUS_COLOURS, format_duration, status_badge
 
 CHART_WIDTH, CHART_HEIGHT, CHART_MARGIN = 720, 160, 24
 

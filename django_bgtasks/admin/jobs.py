@@ -6,6 +6,9 @@ and needs its own permission (``retry_job``, ``cancel_job``, ``run_job``), so
 a staff user with only ``view_job`` can look but not act. Lists stay fast on
 large tables: counts are bounded (see ``stats.tally``) and the filters offer
 known tasks and queues instead of scanning the table for them.
+
+A workflow's step shows its workflow on its page (``workflows.py``); a
+job that steps wait for is not deleted until it has ended.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ import json
 from django.contrib import admin, messages
 from django.contrib.admin.actions import delete_selected
 from django.core.paginator import Paginator
+from django.db import transaction
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
@@ -24,52 +27,33 @@ from django.utils.translation import ngettext
 
 from .. import registry
 from ..compat import loadable_backends
-from ..models import Job, JobStatus
+from ..models import Job, JobDependency, JobStatus
 from .base import ReadOnlyAdmin
-from .stats import tally
-
-STATUS_COLOURS = {
-    JobStatus.READY: "#5b6770",
-    JobStatus.RUNNING: "#1f6fb2",
-    JobStatus.SUCCESSFUL: "#2e7d32",
-    JobStatus.FAILED: "#c62828",
-    JobStatus.CANCELLED: "#8d6e63",
-}
-
-
-def status_badge(status: str):
-    return format_html(
-        '<span class="bgtasks-badge" style="background:{}">{}</span>',
-        STATUS_COLOURS.get(status, "#555"),
-        JobStatus(status).label if status in JobStatus.values else status,
-    )
-
-
-def pretty_json(value):
-    text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
-    return format_html('<pre class="bgtasks-json">{}</pre>', text)
-
-
-def format_moment(moment) -> str:
-    """A timestamp to the millisecond, in the current time zone."""
-    if moment is None:
-        return "-"
-    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-
-
-def format_duration(duration) -> str:
-    if duration is None:
-        return "-"
-    seconds = duration.total_seconds()
-    if seconds < 1:
-        return f"{seconds * 1000:.1f} ms"
-    if seconds < 120:
-        return f"{seconds:.2f} s"
-    return str(duration).split(".")[0]
+from .display import (
+    format_duration,
+    format_moment,
+    pretty_json,
+    status_badge,
+    task_label,
+)
+from .stats import STATUSES, tally, waiting_jobs
+from .workflows import WorkflowFilter, WorkflowSection
 
 
 def _number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+NOT_STARTED = (JobStatus.READY, JobStatus.WAITING)
+
+
+def _awaited(queryset):
+    """The jobs of ``queryset`` that workflow steps still wait for."""
+    return queryset.filter(has_dependents=True, status__in=NOT_STARTED)
+
+
+def _is_awaited(job) -> bool:
+    return job.has_dependents and job.status in NOT_STARTED
 
 
 class BoundedCountPaginator(Paginator):
@@ -97,7 +81,12 @@ class StatusFilter(ChoicesFilter):
     parameter_name = field_name = "status"
 
     def lookups(self, request, model_admin):
-        return JobStatus.choices
+        return [(status, status.label) for status in STATUSES]
+
+    def queryset(self, request, queryset):
+        if self.value() == JobStatus.WAITING:
+            return queryset & waiting_jobs()  # through the workflow index
+        return super().queryset(request, queryset)
 
 
 class QueueFilter(ChoicesFilter):
@@ -122,7 +111,7 @@ class TaskFilter(ChoicesFilter):
 
 
 @admin.register(Job)
-class JobAdmin(ReadOnlyAdmin):
+class JobAdmin(WorkflowSection, ReadOnlyAdmin):
     list_display = [
         "id",
         "task",
@@ -140,6 +129,7 @@ class JobAdmin(ReadOnlyAdmin):
         StatusFilter,
         QueueFilter,
         TaskFilter,
+        WorkflowFilter,
         ("enqueued_at", admin.DateFieldListFilter),
         ("finished_at", admin.DateFieldListFilter),
     ]
@@ -164,7 +154,10 @@ class JobAdmin(ReadOnlyAdmin):
         (_("Result"), {"fields": ["result"]}),
         (_("Errors"), {"fields": ["error_list", "worker_list"]}),
     ]  # fmt: skip
-    readonly_fields = [name for _, options in fieldsets for name in options["fields"]]
+    readonly_fields = [
+        *(name for _, options in fieldsets for name in options["fields"]),
+        *WorkflowSection.workflow_fields,
+    ]
 
     class Media:
         css = {"all": ["django_bgtasks/admin.css"]}
@@ -201,8 +194,10 @@ class JobAdmin(ReadOnlyAdmin):
         return self._has(request, "run")
 
     def has_delete_permission(self, request, obj=None):
-        # A running job belongs to its worker until it ends.
-        if obj is not None and obj.status == JobStatus.RUNNING:
+        # A running job belongs to its worker until it ends; a job that
+        # workflow steps wait for, until it ends or is cancelled (deleted,
+        # it would leave them waiting for ever).
+        if obj is not None and (obj.status == JobStatus.RUNNING or _is_awaited(obj)):
             return False
         return super().has_delete_permission(request, obj)
 
@@ -237,20 +232,31 @@ class JobAdmin(ReadOnlyAdmin):
                 "%(count)d jobs will run again.",
                 changed,
             ),
-            _("%(count)d skipped: only FAILED or CANCELLED jobs can be retried."),
+            _(
+                "%(count)d skipped: only FAILED or CANCELLED jobs can be retried, "
+                "and a workflow step cancelled by a failure only with the job "
+                "that failed."
+            ),
         )
 
-    @admin.action(description=_("Cancel selected ready jobs"), permissions=["cancel"])
+    @admin.action(
+        description=_("Cancel selected ready or waiting jobs"), permissions=["cancel"]
+    )
     def cancel_jobs(self, request, queryset):
         selected = queryset.count()
+        awaited = _awaited(queryset).exists()
         changed = queryset.cancel()
         self._report(
             request,
             changed,
             selected,
             ngettext("%(count)d job cancelled.", "%(count)d jobs cancelled.", changed),
-            _("%(count)d skipped: only READY jobs can be cancelled."),
+            _("%(count)d skipped: only READY and WAITING jobs can be cancelled."),
         )
+        if awaited and changed:
+            self.message_user(
+                request, _("The workflow steps waiting for them were cancelled too.")
+            )
 
     @admin.action(description=_("Run selected delayed jobs now"), permissions=["run"])
     def run_jobs_now(self, request, queryset):
@@ -275,7 +281,7 @@ class JobAdmin(ReadOnlyAdmin):
     )
     def delete_jobs(self, request, queryset):
         """Django's delete, with its confirmation page, for the selected jobs
-        that are not running."""
+        that are not running and that no workflow step waits for."""
         running = queryset.filter(status=JobStatus.RUNNING).count()
         if running:
             self.message_user(
@@ -288,19 +294,47 @@ class JobAdmin(ReadOnlyAdmin):
                 % {"count": running},
                 messages.WARNING,
             )
+        awaited = _awaited(queryset).count()
+        if awaited:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d job that workflow steps wait for is left alone: "
+                    "cancel it to cancel them.",
+                    "%(count)d jobs that workflow steps wait for are left alone: "
+                    "cancel them to cancel the steps.",
+                    awaited,
+                )
+                % {"count": awaited},
+                messages.WARNING,
+            )
         return delete_selected(
-            self, request, queryset.exclude(status=JobStatus.RUNNING)
+            self,
+            request,
+            queryset.exclude(status=JobStatus.RUNNING).exclude(
+                has_dependents=True, status__in=NOT_STARTED
+            ),
+        )
+
+    def delete_queryset(self, request, queryset):
+        """The jobs, with the edges of the workflow steps among them (what
+        each was handed), as pruning deletes them."""
+        with transaction.atomic(using=queryset.db):
+            JobDependency.objects.using(queryset.db).filter(
+                job_id__in=queryset.values("pk")
+            ).delete()
+            queryset.delete()
+
+    def delete_model(self, request, obj):
+        self.delete_queryset(
+            request, Job.objects.using(obj._state.db).filter(pk=obj.pk)
         )
 
     # Columns and fields ------------------------------------------------------
 
     @admin.display(description=_("task"), ordering="task_path")
     def task(self, job):
-        return format_html(
-            '<span title="{}">{}</span>',
-            job.task_path,
-            job.task_path.rsplit(".", 1)[-1],
-        )
+        return task_label(job.task_path)
 
     @admin.display(description=_("status"), ordering="status")
     def status_badge(self, job):

@@ -67,22 +67,49 @@ def estimate_count(queryset) -> int | None:
         return int(rows[0].get("rows") or 0) if rows else None
 
 
+# Every status, in the order a job goes through them (a workflow's step
+# WAITING before it is READY): the dashboard's rows, the list's filter.
+STATUSES = (
+    JobStatus.WAITING,
+    *(status for status in JobStatus if status != JobStatus.WAITING),
+)
+
+
+def waiting_jobs():
+    """The WAITING jobs. Each is a workflow's step: the condition on its
+    workflow lets the database read them through the workflow index, where
+    no index holds jobs by that status (a full scan of the table)."""
+    return Job.objects.filter(status=JobStatus.WAITING, workflow_id__isnull=False)
+
+
 def status_counts() -> dict[str, Tally]:
-    return {status: tally(Job.objects.filter(status=status)) for status in JobStatus}
+    return {
+        status: tally(
+            waiting_jobs()
+            if status == JobStatus.WAITING
+            else Job.objects.filter(status=status)
+        )
+        for status in STATUSES
+    }
 
 
 @dataclass
 class QueueState:
     name: str
-    ready: Tally
+    ready: Tally  # READY, due or not
     due: Tally
+    # Workflow steps WAITING for other jobs: like READY jobs not yet due,
+    # they are neither due nor in the lag, whatever their run_after. An
+    # exact count: the workflow index is read whole for it anyway.
+    waiting: Tally
     running: int
     lag: timedelta | None  # age of the oldest due READY job
 
 
 def queue_states(now: datetime | None = None) -> list[QueueState]:
-    """Per queue: jobs waiting, due, running, and how late the oldest due
-    job is. Every configured queue is listed, plus any queue with jobs."""
+    """Per queue: jobs ready, due, waiting for other jobs and running, and
+    how late the oldest due job is. Every configured queue is listed, plus
+    any queue with jobs that have not ended."""
     now = now or timezone.now()
     names = set()
     for backend in loadable_backends():
@@ -93,7 +120,13 @@ def queue_states(now: datetime | None = None) -> list[QueueState]:
         .annotate(n=Count("id"))
         .values_list("queue_name", "n")
     )
-    names |= set(running)
+    waiting = dict(
+        waiting_jobs()
+        .values_list("queue_name")
+        .annotate(n=Count("id"))
+        .values_list("queue_name", "n")
+    )
+    names |= set(running) | set(waiting)
     names |= set(Job.objects.ready().values_list("queue_name", flat=True).distinct())
     states = []
     for name in sorted(names):
@@ -105,6 +138,7 @@ def queue_states(now: datetime | None = None) -> list[QueueState]:
                 ready=tally(Job.objects.ready().filter(queue_name=name)),
                 due=tally(due),
                 running=running.get(name, 0),
+                waiting=Tally(waiting.get(name, 0)),
                 lag=(now - oldest) if oldest else None,
             )
         )
