@@ -28,6 +28,10 @@ Scenarios, each run ``--runs`` times (medians printed), on the database of
   finished job at once (``testproject.bench.settings``), the backlog topped
   up as it drains; throughput of the first and the last tenth of them, and
   the table's size, show whether the table bloats and slows the queue;
+- chord: a chord of ``--chord`` no-op members and one callback, drained
+  by 2 tuned worker processes: its enqueue (one call, every row), its drain,
+  and the time from the last member's end to the callback's start, by the
+  database's clock;
 - many-idle (only when named): ``--idle-workers`` idle worker processes,
   their connections and transactions, and the CPU of the PostgreSQL server
   where it runs on this host.
@@ -51,8 +55,9 @@ from django.db import connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from django_bgtasks.models import Job, JobStatus, WorkerProcess
-from testproject.bench.noop import noop
+from django_bgtasks import chord
+from django_bgtasks.models import Job, JobDependency, JobStatus, WorkerProcess
+from testproject.bench.noop import count_results, noop
 
 MANAGE_PY = os.path.join(os.path.dirname(__file__), *[os.pardir] * 4, "manage.py")
 
@@ -98,7 +103,7 @@ def percentile(values, fraction):
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-SCENARIOS = ("enqueue", "bulk", "workers", "untuned", "steady", "celery")
+SCENARIOS = ("enqueue", "bulk", "workers", "untuned", "chord", "steady", "celery")
 # Run only when asked for: PostgreSQL's default max_connections (100) holds
 # about 30 idle worker processes (three connections each).
 OPTIONAL_SCENARIOS = ("many-idle",)
@@ -111,6 +116,7 @@ SIZES = [  # the integer options: name, default, help
     ("prefetch", 48, "runworker --prefetch."),
     ("latency", 200, "Jobs timed one at a time."),
     ("backlog", 10_000, "Jobs ahead of the high-priority one."),
+    ("chord", 1000, "Members of the chord scenario's chord."),
     ("steady", 1_000_000, "Jobs through the table in the steady-state scenario."),
     ("idle_workers", 50, "Worker processes in the many-idle scenario."),
 ]
@@ -161,7 +167,7 @@ class Command(BaseCommand):
         if options["quick"]:
             options.update(
                 runs=1, enqueue=200, bulk=2000, drain=1000, latency=20, backlog=500,
-                processes="1", steady=20_000, idle_workers=2,
+                processes="1", steady=20_000, idle_workers=2, chord=200,
             )  # fmt: skip
         scenarios = options["scenarios"].split(",")
         unknown = set(scenarios) - set(SCENARIOS + OPTIONAL_SCENARIOS)
@@ -212,6 +218,8 @@ class Command(BaseCommand):
                     f"{untuned / ours['drain']:.2f}",
                     "x (2 processes each)",
                 )
+        if "chord" in scenarios:
+            self.chord(row)
         if "steady" in scenarios:
             self.steady(row)
         if "celery" in scenarios:
@@ -237,9 +245,12 @@ class Command(BaseCommand):
     def clear(self):
         with connection.cursor() as cursor:
             if connection.vendor == "postgresql":
-                cursor.execute(f"TRUNCATE {Job._meta.db_table}")
+                cursor.execute(
+                    f"TRUNCATE {Job._meta.db_table}, {JobDependency._meta.db_table}"
+                )
             else:
                 Job.objects.all().delete()
+                JobDependency.objects.all().delete()
 
     # Enqueueing --------------------------------------------------------------
 
@@ -351,6 +362,53 @@ class Command(BaseCommand):
             return drain
         finally:
             self.stop_workers()
+
+    # Workflows ---------------------------------------------------------------
+
+    def chord(self, row) -> None:
+        """A chord of ``--chord`` members and its callback through 2 tuned
+        worker processes."""
+        count = self.options["chord"]
+        self.start_workers(2)
+        try:
+            figures = [self.one_chord(count) for _ in range(self.options["runs"])]
+        finally:
+            self.stop_workers()
+        enqueue, drain, gap = (statistics.median(f) for f in zip(*figures, strict=True))
+        row(f"chord of {count:,}: enqueue, one call", f"{enqueue:.1f}", "ms")
+        row(f"chord of {count:,}: drain, 2 process(es)", drain, "jobs/s")
+        row(
+            f"chord of {count:,}: last member's end to the callback's start",
+            f"{gap:.1f}",
+            "ms",
+        )
+
+    def one_chord(self, count: int) -> tuple[float, float, float]:
+        """Enqueue one chord and wait for its callback: the enqueue's time
+        in ms, the drain's rate (from the enqueue's commit to the callback's
+        end), and from the last member's end to the
+        callback's start in ms (the database's clock: both are its times)."""
+        self.clear()
+        started = time.perf_counter()
+        workflow = chord(
+            [noop.step(n) for n in range(count)], count_results.step()
+        ).enqueue()
+        enqueued = time.perf_counter() - started
+        started += enqueued  # the drain counts from the commit
+        callback = Job.objects.filter(workflow_id=workflow.id, has_dependents=False)
+        deadline = time.monotonic() + 600
+        while callback.filter(finished_at__isnull=True).exists():
+            self.check_workers(deadline)
+            time.sleep(0.01)
+        drained = time.perf_counter() - started
+        last_end = Job.objects.filter(
+            workflow_id=workflow.id, has_dependents=True
+        ).aggregate(last=Max("finished_at"))["last"]
+        [(start, handed)] = callback.values_list("started_at", "return_value")
+        if handed != count:
+            raise SystemExit(f"The chord's callback was handed {handed} results.")
+        gap = (start - last_end).total_seconds() * 1000
+        return enqueued * 1000, (count + 1) / drained, gap
 
     def start_workers(
         self, count: int, *, maintenance: bool = False, tuned: bool = True
