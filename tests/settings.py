@@ -9,7 +9,9 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # A file, not memory: worker subprocesses must open the same database.
     # BGTASKS_TEST_SQLITE names another file, for two runs side by side.
     DATABASES["default"]["TEST"] = {
-        "NAME": env.str("BGTASKS_TEST_SQLITE", default=str(BASE_DIR / "test_db.sqlite3"))
+        "NAME": env.str(
+            "BGTASKS_TEST_SQLITE", default=str(BASE_DIR / "test_db.sqlite3")
+        )
     }
 
 TASKS = {
