@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
@@ -46,6 +47,9 @@ class DatabaseTask(Task):
     ``store_result``: False stores no return value (the job's result has
     None); ``delete_on_success``: True deletes the job's row once it has
     succeeded, in the transaction that records its success.
+    ``atomic``: True runs the task inside a transaction on the job's
+    database that also records its success: its writes there and the job's
+    SUCCESSFUL commit together, or not at all (a synchronous function only).
     """
 
     max_attempts: int | None = None
@@ -57,6 +61,7 @@ class DatabaseTask(Task):
     fail_on: tuple[type[BaseException], ...] = ()
     store_result: bool = True
     delete_on_success: bool = False
+    atomic: bool = False
 
     def __post_init__(self):
         # The framework's own @task passes its keywords through as they
@@ -68,9 +73,13 @@ class DatabaseTask(Task):
         if self.retry_on is not None:
             object.__setattr__(self, "retry_on", exception_classes(self.retry_on))
         object.__setattr__(self, "fail_on", exception_classes(self.fail_on))
-        for name in ("store_result", "delete_on_success"):
+        for name in ("store_result", "delete_on_success", "atomic"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidTask(f"{name} must be True or False.")
+        if self.atomic and inspect.iscoroutinefunction(self.func):
+            # Its queries would run on other threads' connections, outside
+            # the transaction.
+            raise InvalidTask("An atomic task must be a synchronous function.")
         Task.__post_init__(self)
 
     def using(
@@ -179,6 +188,7 @@ def task(
     fail_on: type[BaseException] | tuple[type[BaseException], ...] = (),
     store_result: bool = True,
     delete_on_success: bool = False,
+    atomic: bool = False,
 ):
     """Make a function a task, like ``django.tasks.task``, with our options.
 
@@ -204,6 +214,7 @@ def task(
             "fail_on": fail_on,
             "store_result": store_result,
             "delete_on_success": delete_on_success,
+            "atomic": atomic,
         }
         # Only the options given (DatabaseTask checks and coerces them).
         options = {

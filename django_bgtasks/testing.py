@@ -56,7 +56,7 @@ from .models import Job, JobStatus
 from .private_api import Receivers
 from .rows import job_result, update_result
 from .serialization import NotJSON, to_json
-from .worker.attempt import describe, run_attempt
+from .worker.attempt import Recorded, describe, run_attempt
 from .worker.completer import Finished, not_stored, report
 from .worker.ledger import Attempt
 
@@ -256,7 +256,10 @@ def _run_one(using: str, job: Job, clock: Callable[[], datetime]) -> TaskResult:
     )
     _end_savepoint(using, savepoint)
     elapsed_ms = (time.monotonic() - started) * 1000
-    change, outcome = _record(using, job, outcome, clock())
+    if isinstance(outcome, Recorded):  # an atomic task's, written already
+        change, outcome = outcome.change, outcome.outcome
+    else:
+        change, outcome = _record(using, job, outcome, clock())
     report(
         Finished(Attempt(job), task, outcome, change, task_result, elapsed_ms),
         change,

@@ -24,3 +24,14 @@ class Execution(models.Model):
 
     def __str__(self):
         return f"job {self.job_id} claim {self.claim} on {self.worker_id}"
+
+
+class Effect(models.Model):
+    """What an atomic task wrote: one row per run whose transaction
+    committed."""
+
+    job_id = models.BigIntegerField()
+    label = models.CharField(max_length=50, blank=True)
+
+    def __str__(self):
+        return f"effect of job {self.job_id}"

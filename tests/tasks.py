@@ -5,13 +5,17 @@ backend come through it or through ``django_bgtasks.task``."""
 import inspect
 import os
 import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
 
+from django.db import connections
+
 from django_bgtasks import Backoff
 from django_bgtasks import task as bg_task
 from django_bgtasks.compat import BACKPORT
+from django_bgtasks.models import Job
 from django_bgtasks.unique import Unique
 
 if BACKPORT:
@@ -19,7 +23,7 @@ if BACKPORT:
 else:
     from django.tasks import task
 
-from .models import Execution
+from .models import Effect, Execution
 
 # Django 6.1 and the backport pass @task's extra keywords to the backend's
 # task class; Django 6.0's @task takes none.
@@ -366,3 +370,33 @@ def claimed_step(context, *values, label="", pause=0.0, gate=""):
             raise TimeoutError(f"{gate} did not appear")
         time.sleep(0.01)
     return [label, claim, *values]
+
+
+@bg_task(atomic=True, max_attempts=10, takes_context=True)
+def counts_once(context, label="", pause=0.0, fail=False, unstorable=False):
+    """An atomic task: its Effect row commits with its success, or not at all."""
+    Effect.objects.create(job_id=int(context.task_result.id), label=label)
+    if pause:
+        time.sleep(pause)
+    if fail:
+        raise ValueError("this run's writes are rolled back")
+    if unstorable:
+        return object()
+    return label
+
+
+@bg_task(atomic=True, takes_context=True)
+def taken_away_while_it_runs(context):
+    """An atomic task whose job another worker takes (a rescue, as seen
+    from a second connection) before it ends."""
+    job_id = int(context.task_result.id)
+
+    def take_it():
+        Job.objects.filter(pk=job_id).update(worker_id="another-worker")
+        connections.close_all()
+
+    thread = threading.Thread(target=take_it)
+    thread.start()
+    thread.join()
+    Effect.objects.create(job_id=job_id, label="taken away")
+    return "done"

@@ -8,8 +8,11 @@ import functools
 import sys
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+from django.db import transaction
 
 from ..backend import MAX_ATTEMPTS_LIMIT, MAX_TIMEOUT, DatabaseBackend
 from ..compat import TaskContext, task_backends
@@ -32,6 +35,7 @@ from ..models.transitions import (
     RetryRequested,
     Snoozed,
     Succeeded,
+    Transition,
     WorkerOutcome,
 )
 from ..private_api import Receivers
@@ -42,11 +46,12 @@ from ..serialization import NotJSON, check_size, to_json_sized
 
 def run_attempt(
     job: Job, started: Receivers, now: Callable[[], datetime]
-) -> tuple[WorkerOutcome, Any, Any]:
+) -> tuple[WorkerOutcome | Recorded, Any, Any]:
     """Run the task of a claimed job once, sending ``task_started`` to
     ``started``, unless it has expired by ``now()`` (the database's clock).
-    Returns the outcome, the task (None if the job's task could not be
-    found or it expired) and the TaskResult ``task_started`` was sent with
+    Returns the outcome (an atomic task's success: ``Recorded``, already
+    written), the task (None if the job's task could not be found or it
+    expired) and the TaskResult ``task_started`` was sent with
     (None if the task did not get that far)."""
     if job.expires_at is not None and job.expires_at <= now():
         error = JobExpired(
@@ -76,12 +81,9 @@ def run_attempt(
     try:
         # A receiver that raises fails the attempt like the task would.
         started.send(task_result=task_result)
-        if task.takes_context:
-            value = task.call(
-                TaskContext(task_result=task_result), *job.args, **job.kwargs
-            )
-        else:
-            value = task.call(*job.args, **job.kwargs)
+        if getattr(task, "atomic", False):
+            return _call_atomic(job, task, task_result, now), task, task_result
+        value = _call(job, task, task_result)
     except SystemExit as exc:
         error = chained(
             TaskExited(
@@ -97,17 +99,64 @@ def run_attempt(
         return Failed(exc, retryable=_retries(task, exc)), task, task_result
     finally:
         current_job.reset(progress_token)
+    return succeeded(task, value), task, task_result
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """An atomic task's outcome, already recorded in the transaction that
+    ran it: ``change`` is what it made of the job (None: the job had been
+    taken from this worker, and the task's writes were rolled back)."""
+
+    outcome: WorkerOutcome
+    change: Transition | None
+
+
+class _RolledBack(Exception):
+    """Leaves an atomic task's transaction, rolling back its writes."""
+
+    def __init__(self, outcome):
+        self.outcome = outcome
+
+
+def _call(job: Job, task, task_result):
+    if task.takes_context:
+        return task.call(TaskContext(task_result=task_result), *job.args, **job.kwargs)
+    return task.call(*job.args, **job.kwargs)
+
+
+def _call_atomic(job: Job, task, task_result, now) -> Recorded | Failed:
+    """Call an atomic task inside a transaction on the job's database that
+    also records its success, if this worker still holds the job. Anything
+    else rolls its writes back: an error (raised, as any task's), a return
+    value that cannot be stored, a job taken from this worker meanwhile."""
+    try:
+        with transaction.atomic(using=job._state.db):
+            outcome = succeeded(task, _call(job, task, task_result))
+            if isinstance(outcome, Failed):
+                raise _RolledBack(outcome)
+            change = job.record(outcome, now=now())
+            if change is None:
+                raise _RolledBack(Recorded(outcome, None))
+            return Recorded(outcome, change)
+    except _RolledBack as rolled_back:
+        return rolled_back.outcome
+
+
+def succeeded(task, value) -> Succeeded | Failed:
+    """The outcome of a task that returned ``value``: it must be JSON, if
+    it is stored."""
     delete = getattr(task, "delete_on_success", False)
     if delete or not getattr(task, "store_result", True):
         # Not stored: not checked either (it need not be JSON).
-        return Succeeded(None, delete=delete), task, task_result
+        return Succeeded(None, delete=delete)
     try:
         value, bound = to_json_sized(value, "return value")
         check_size(value, "Return values", bgtasks_settings.MAX_PAYLOAD_BYTES, bound)
     except NotJSON as exc:
         error = InvalidReturnValue(f"The task's {exc} It must be JSON.")
-        return Failed(error, retryable=False), task, task_result
-    return Succeeded(value), task, task_result
+        return Failed(error, retryable=False)
+    return Succeeded(value)
 
 
 def controlled(request: JobControl):

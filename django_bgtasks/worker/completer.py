@@ -34,9 +34,13 @@ class Finished:
     attempt: Attempt
     task: Any  # None if the job's task could not be found
     outcome: WorkerOutcome
-    change: Transition  # what the outcome writes to the job
+    # What the outcome writes to the job; if ``recorded``, what it wrote
+    # (None: nothing, the job was taken from this worker).
+    change: Transition | None
     task_result: Any  # the one task_started was sent with, if it was
     elapsed_ms: float
+    # Written already, by an atomic task's own transaction: only reported.
+    recorded: bool = False
 
 
 class Completer(threading.Thread):
@@ -99,6 +103,13 @@ class Completer(threading.Thread):
             connections.close_all()
 
     def _complete(self, batch: list[Finished]) -> None:
+        receivers = Receivers(task_finished, DatabaseBackend)
+        for finished in batch:
+            if finished.recorded:  # an atomic task's: its transaction wrote it
+                report(finished, finished.change, receivers)
+        batch = [finished for finished in batch if not finished.recorded]
+        if not batch:
+            return
         if self.give_up.is_set():
             logger.warning(
                 "%d job(s) ended while their worker was exiting; outcomes "
@@ -131,7 +142,6 @@ class Completer(threading.Thread):
             return
         if applied is None:  # gave up: the worker is exiting
             return
-        receivers = Receivers(task_finished, DatabaseBackend)
         for finished in batch:
             job = finished.attempt.job
             if job.pk in applied:

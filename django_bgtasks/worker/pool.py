@@ -14,7 +14,7 @@ from .. import notify
 from ..db import retry_until_done, tidy_connections
 from ..models import Job, JobStatus
 from ..models.transitions import Interrupted, transition
-from .attempt import describe, run_attempt
+from .attempt import Recorded, describe, run_attempt
 from .claims import Claimer
 from .clock import DatabaseClock
 from .completer import Completer, Finished
@@ -112,11 +112,18 @@ class JobThreads:
             )
             self.ledger.dropped(attempt)
             return
-        change = transition(job, outcome, now=self.clock.now())
+        if isinstance(outcome, Recorded):  # an atomic task's, written already
+            finished = Finished(
+                attempt, task, outcome.outcome, outcome.change, task_result,
+                seconds * 1000, recorded=True,
+            )  # fmt: skip
+        else:
+            change = transition(job, outcome, now=self.clock.now())
+            finished = Finished(
+                attempt, task, outcome, change, task_result, seconds * 1000
+            )
         self.ledger.finished(attempt, seconds)
-        self.completer.submit(
-            Finished(attempt, task, outcome, change, task_result, seconds * 1000)
-        )
+        self.completer.submit(finished)
 
     def _put_back(self, alone: Job, jobs: list[Job]) -> None:
         """Before ``alone`` runs alone: put back the jobs it was held with,
