@@ -179,7 +179,7 @@ def run_jobs(
         moment = clock()
         due = (
             Job.objects.using(using)
-            .due(moment)
+            .claimable(moment)
             .in_queues(queues)
             .order_by("-priority", "run_after", "id")
             .first()

@@ -10,6 +10,7 @@ exceptions, the framework's names, arguments, cron times).
 from .dependencies import JobDependency, Passes
 from .indexes import IndexWhenSet, StatusIndex, UniqueWhenSet
 from .jobs import Job, JobDashboard
+from .queues import Queue
 from .schedules import MisfirePolicy, Schedule
 from .status import FINISHED_STATUSES, JobStatus
 from .transitions import error_entry
@@ -24,6 +25,7 @@ __all__ = [
     "JobStatus",
     "MisfirePolicy",
     "Passes",
+    "Queue",
     "Schedule",
     "StatusIndex",
     "UniqueWhenSet",

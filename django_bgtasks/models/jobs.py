@@ -26,6 +26,7 @@ from ..db import DatabaseNow, database_now
 from ..locking import lock_for_writing
 from .dependencies import Ended, handed, jobs_ended, jobs_reopened, steps_retried
 from .indexes import IndexWhenSet, StatusIndex, UniqueWhenSet
+from .queues import Queue
 from .status import FINISHED_STATUSES, JobStatus
 from .transitions import (
     Cancelled,
@@ -71,6 +72,11 @@ class JobQuerySet(models.QuerySet):
         """READY jobs whose ``run_after`` has come (by the database's clock,
         unless ``now`` is given)."""
         return self.ready().filter(run_after__lte=now or DatabaseNow())
+
+    def claimable(self, now: datetime | None = None):
+        """Due jobs that a claim may take: those of queues not paused."""
+        paused = Queue.objects.using(self.db).paused().values("name")
+        return self.due(now).exclude(queue_name__in=paused)
 
     def for_transitions(self) -> Iterator[Job]:
         """These jobs with only the columns an outcome's transition reads,

@@ -27,10 +27,13 @@ from django.utils import timezone
 
 from ..db import now_sql
 from ..exceptions import InvalidJobRow, InvalidTaskArguments
-from ..models import Job, JobStatus, error_entry
+from ..models import Job, JobStatus, Queue, error_entry
 from ..private_api import model_from_row
 
 logger = logging.getLogger("django_bgtasks.worker")
+
+# The queues paused now (models/queues.py): a claim takes none of their jobs.
+_PAUSED = f"SELECT name FROM {Queue._meta.db_table} WHERE paused_at IS NOT NULL"
 
 # Columns every claim sets; {now} is the database's time (its clock is the
 # one all hosts compare), {append} the vendor's "append to a JSON array".
@@ -120,6 +123,7 @@ def _claim_postgresql(connection, *, worker_id, queues, limit):
         WITH claimable AS (
             SELECT id FROM {table}
             WHERE status = %s AND run_after <= {db_now} {queue_filter}
+                AND queue_name <> ALL (ARRAY({_PAUSED}))
             ORDER BY priority DESC, run_after, id
             LIMIT %s
             FOR UPDATE SKIP LOCKED
@@ -243,6 +247,7 @@ def _claim_sqlite(connection, *, worker_id, queues, limit):
         WHERE id IN (
             SELECT id FROM {table}
             WHERE status = %s AND run_after <= {db_now} {queue_filter}
+                AND queue_name NOT IN ({_PAUSED})
             ORDER BY priority DESC, run_after, id
             LIMIT %s
         )
@@ -265,6 +270,13 @@ def _claim_mysql(connection, *, worker_id, queues, limit):
         .values_list("id", "priority", "run_after")
     )
     with transaction.atomic(using=connection.alias):
+        # The paused queues, read apart: a locking read would lock (and
+        # SKIP LOCKED skip) their rows too.
+        paused = Queue.objects.using(connection.alias).paused_names()
+        if paused:
+            due = due.exclude(queue_name__in=paused)
+            if queues is not None:
+                queues = [queue for queue in queues if queue not in paused]
         # One index-ordered scan per queue (or one over all queues): InnoDB
         # locks every row a locking read examines, so an ORDER BY that no
         # index serves (several queues at once) would lock every due job.

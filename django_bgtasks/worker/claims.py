@@ -69,7 +69,7 @@ class Claimer:
         database cannot say."""
         due = (
             Job.objects.using(self.using)
-            .due()
+            .claimable()
             .in_queues(self.queues)
             .select_for_update(skip_locked=True)
             .values_list("pk", flat=True)
