@@ -44,8 +44,13 @@ class Node:
     def enqueue(self):
         """Write the whole workflow, in the caller's transaction; its
         :class:`~django_bgtasks.workflows.WorkflowResult`."""
-        first = next(self.steps())
-        return first.task.get_backend().enqueue_workflow(self)
+        backend = next(self.steps()).task.get_backend()
+        if not hasattr(backend, "enqueue_workflow"):
+            raise InvalidTask(
+                f"Workflows need django_bgtasks' DatabaseBackend; backend "
+                f"{backend.alias!r} is a {type(backend).__name__}."
+            )
+        return backend.enqueue_workflow(self)
 
     def steps(self):
         """The workflow's steps, in the order they are written."""
@@ -119,7 +124,11 @@ class Chord(Node):
 
 def chain(*parts: Node) -> Chain:
     """Run ``parts`` one after another, each taking the last one's result."""
-    return Chain(_parts("chain", parts))
+    flat = []
+    for part in _parts("chain", parts):
+        # A chain in a chain is its parts: ``a | b | c`` nests no deeper.
+        flat.extend(part.parts if isinstance(part, Chain) else [part])
+    return Chain(tuple(flat))
 
 
 def group(*parts: Node | Iterable[Node]) -> Group:

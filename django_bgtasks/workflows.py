@@ -125,13 +125,19 @@ class WorkflowResult:
 
     @property
     def return_value(self) -> Any:
-        """What the workflow's last steps returned: the value of the last
-        one, or the list of values of the last ones (a group's, in order)."""
+        """What the workflow's last steps returned, once it is SUCCESSFUL:
+        the value of its last step, or the list of values of its last steps
+        if it ends with several (a group's, in order). ValueError before,
+        as a TaskResult's."""
+        if self.status != WorkflowStatus.SUCCESSFUL:
+            raise ValueError(
+                f"The workflow is {self.status}: it has a return value once it "
+                f"is SUCCESSFUL."
+            )
         last = [
             member.return_value
             for member in self.members
             if not self._jobs[member.id].has_dependents
-            and self._jobs[member.id].status == JobStatus.SUCCESSFUL
         ]
         return last[0] if len(last) == 1 else last
 

@@ -375,3 +375,89 @@ def test_retrying_a_chords_failed_member_reopens_its_cancelled_callback():
     assert workflow.status == WorkflowStatus.SUCCESSFUL
     assert workflow.members[2].args == [[2, 10]]
     assert workflow.return_value == 1012
+
+
+def test_a_workflow_has_a_return_value_once_it_succeeded():
+    workflow = chain(tasks.add.step(1, 2), tasks.fails_at_once.step()).enqueue()
+    with pytest.raises(ValueError, match="READY"):
+        _ = workflow.return_value
+    run_jobs()
+    workflow.refresh()
+    with pytest.raises(ValueError, match="FAILED"):
+        _ = workflow.return_value
+
+
+def test_a_chain_of_pipes_is_flat():
+    steps = [tasks.add.step(1)] * 1500
+    piped = tasks.add.step(0, 0)
+    for step in steps:
+        piped = piped | step
+    assert len(piped.parts) == 1501
+    workflow = piped.enqueue()
+    run_jobs()
+    workflow.refresh()
+    assert workflow.return_value == 1500
+
+
+def test_a_failure_before_a_chord_that_runs_whatever_cancels_it_too():
+    workflow = chain(
+        tasks.fails_at_once.step(),
+        chord(
+            [tasks.add.step(1), tasks.add.step(2)], tasks.echo.step(), on_failure="run"
+        ),
+        tasks.add.step(100),
+    ).enqueue()
+    run_jobs()
+    assert statuses(workflow) == ["FAILED", *["CANCELLED"] * 4]
+
+
+def test_a_chord_that_runs_whatever_runs_after_a_failure_inside_a_member():
+    workflow = chord(
+        [chain(tasks.fails_at_once.step(), tasks.add.step(1)), tasks.add.step(2, 2)],
+        tasks.echo.step(),
+        on_failure="run",
+    ).enqueue()
+    run_jobs()
+    assert statuses(workflow) == ["FAILED", "CANCELLED", "SUCCESSFUL", "SUCCESSFUL"]
+    workflow.refresh()
+    assert workflow.members[-1].args == [[None, 4]]
+
+
+def test_retrying_two_failed_members_one_at_a_time_runs_the_step_after_them():
+    workflow = chain(
+        group(tasks.fails_at_once.step(), tasks.fails_at_once.step()),
+        tasks.total.step(),
+    ).enqueue()
+    run_jobs()
+    first, second, after = (Job.objects.filter(pk=m.id) for m in workflow.members)
+    for n, member in enumerate((first, second)):
+        member.update(task_path=tasks.add.module_path, args=[n, 10])
+    assert first.retry() == 1
+    run_jobs()
+    # The other failure still stops it...
+    assert statuses(workflow) == ["SUCCESSFUL", "FAILED", "CANCELLED"]
+    assert second.retry() == 1
+    run_jobs()
+    # ...until it is retried too.
+    assert statuses(workflow) == ["SUCCESSFUL"] * 3
+    assert after.get().args == [[10, 11]]
+
+
+def test_retrying_a_step_does_not_reopen_a_step_an_operator_cancelled():
+    workflow = chain(tasks.fails_at_once.step(), tasks.add.step(1)).enqueue()
+    first, second = (Job.objects.filter(pk=m.id) for m in workflow.members)
+    assert second.cancel() == 1
+    run_jobs()
+    first.update(task_path=tasks.add.module_path, args=[1, 1])
+    assert first.retry() == 1
+    run_jobs()
+    assert statuses(workflow) == ["SUCCESSFUL", "CANCELLED"]
+
+
+def test_retry_and_cancel_change_many_jobs_in_one_statement_outside_workflows():
+    tasks.add.enqueue_many(((n, n), {}) for n in range(3000))
+    with CaptureQueriesContext(connection) as queries:
+        assert Job.objects.all().cancel() == 3000
+    updates = [q for q in queries if q["sql"].lstrip().upper().startswith("UPDATE")]
+    assert len(updates) <= 2  # the jobs, and SQLite's write lock
+    assert Job.objects.all().retry() == 3000

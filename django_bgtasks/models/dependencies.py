@@ -23,7 +23,7 @@ jobs costs no look-up of their edges.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,7 +35,7 @@ from django.utils.translation import gettext_lazy as _
 from .. import notify
 from ..exceptions import DependencyFailed
 from .status import JobStatus
-from .transitions import error_entry
+from .transitions import class_path, error_entry
 
 
 class Passes(models.TextChoices):
@@ -104,6 +104,8 @@ class Ended:
     job_id: int
     status: str
     result: Any = None
+    # Cancelled because a job it waited for failed (DependencyFailed).
+    cascaded: bool = False
 
     @property
     def passed(self) -> Any:
@@ -121,6 +123,9 @@ def jobs_ended(using: str, ended: Iterable[Ended], now: datetime) -> None:
     jobs = JobDependency._meta.get_field("job").related_model.objects.using(using)
     woken: set[str] = set()
     frontier = {end.job_id: end for end in ended}
+    # By job: how many of the jobs it waits for (on edges that need no
+    # success) this transaction cancelled because of an earlier failure.
+    cascaded_into: Counter[int] = Counter()
     while frontier:
         by_job: dict[int, list[tuple[int, bool, str]]] = defaultdict(list)
         for job_id, waits_for_id, needs_success, ended_as in _record_ends(
@@ -129,19 +134,37 @@ def jobs_ended(using: str, ended: Iterable[Ended], now: datetime) -> None:
             by_job[job_id].append((waits_for_id, needs_success, ended_as))
         cancelled = {}
         # Locked in id order: two transactions counting down the same jobs
-        # take their locks in one order and cannot deadlock on them.
-        waiting = (
+        # take their locks in one order and cannot deadlock on them. Locked
+        # whatever their status, so an operator's retry making one WAITING
+        # again waits for this transaction, and then counts its edges done.
+        dependents = (
             jobs.select_for_update()
-            .filter(pk__in=sorted(by_job), status=JobStatus.WAITING)
+            .filter(pk__in=sorted(by_job))
             .order_by("pk")
-            .only("id", "queue_name", "waiting_for", "has_dependents", "run_after")
-        )
-        for job in waiting:
+            .only(
+                "id", "status", "queue_name", "waiting_for", "has_dependents",
+                "run_after",
+            )
+        )  # fmt: skip
+        for job in dependents:
+            if job.status != JobStatus.WAITING:
+                continue  # cancelled meanwhile (or retried: not waiting)
             mine = by_job[job.pk]
             failed = next(
                 (edge for edge in mine if edge[1] and edge[2] != JobStatus.SUCCESSFUL),
                 None,
             )
+            cascaded_into[job.pk] += sum(
+                not needs and frontier[waited].cascaded for waited, needs, _ in mine
+            )
+            remaining = job.waiting_for - len(mine)
+            if failed is None and remaining <= 0 and cascaded_into[job.pk]:
+                # A callback that runs whatever its members did, all of
+                # whose members were cancelled by a failure before them:
+                # nothing of its chord ran, and the failure stops it too.
+                edges = JobDependency.objects.using(using).filter(job_id=job.pk)
+                if cascaded_into[job.pk] == edges.count():
+                    failed = next(iter(mine))
             if failed is not None:
                 error = DependencyFailed(
                     f"Job {failed[0]}, which this job waited for, ended {failed[2]}."
@@ -152,9 +175,10 @@ def jobs_ended(using: str, ended: Iterable[Ended], now: datetime) -> None:
                     errors=[error_entry(error, attempt=0, worker_id=None, at=now)],
                 )
                 if job.has_dependents:
-                    cancelled[job.pk] = Ended(job.pk, JobStatus.CANCELLED)
+                    cancelled[job.pk] = Ended(
+                        job.pk, JobStatus.CANCELLED, cascaded=True
+                    )
                 continue
-            remaining = job.waiting_for - len(mine)
             if remaining > 0:
                 jobs.filter(pk=job.pk).update(waiting_for=remaining)
                 continue
@@ -223,10 +247,14 @@ def handed(using: str, job_id: int) -> list:
     they hand it first (see ``Passes``), then its own."""
     jobs = JobDependency._meta.get_field("job").related_model.objects.using(using)
     args = jobs.filter(pk=job_id).values_list("args", flat=True).get()
+    # A locking read: under REPEATABLE READ (MySQL's default, if a project
+    # sets it) a plain one would miss the edges others committed since
+    # this transaction's first read. All are done, so none is locked now.
     handed = list(
         JobDependency.objects.using(using)
         .filter(job_id=job_id)
         .order_by("position")
+        .select_for_update()
         .values_list("passes", "result")
     )
     passes = handed[0][0] if handed else Passes.NOTHING
@@ -244,14 +272,17 @@ def steps_retried(using: str, ids: list[int]) -> dict[int, int | None]:
     they need ended FAILED or CANCELLED (they cannot run until it is
     retried). Other jobs are not in it."""
     jobs = JobDependency._meta.get_field("job").related_model.objects.using(using)
-    waiting = list(
-        jobs.filter(pk__in=ids, waiting_for__gt=0).values_list("pk", flat=True)
-    )
-    states: dict[int, int | None] = dict.fromkeys(waiting, 0)
-    edges = JobDependency.objects.using(using).filter(job_id__in=waiting)
-    for job_id, needs_success, ended_as in edges.values_list(
-        "job_id", "needs_success", "ended_as"
-    ):
+    states: dict[int, int | None] = {}
+    found = []
+    for start in range(0, len(ids), 1000):  # within every database's limit
+        chunk = ids[start : start + 1000]
+        waiting = jobs.filter(pk__in=chunk, waiting_for__gt=0)
+        states.update(dict.fromkeys(waiting.values_list("pk", flat=True), 0))
+        edges = JobDependency.objects.using(using).filter(job_id__in=chunk)
+        found += edges.values_list("job_id", "needs_success", "ended_as")
+    for job_id, needs_success, ended_as in found:
+        if job_id not in states:
+            continue
         if states[job_id] is None:
             continue
         if ended_as == "":
@@ -283,7 +314,7 @@ def jobs_reopened(using: str, ids: list[int], now: datetime) -> None:
             jobs.select_for_update()
             .filter(pk__in=sorted(by_job))
             .order_by("pk")
-            .only("id", "status", "waiting_for", "has_dependents")
+            .only("id", "status", "waiting_for", "has_dependents", "errors")
         ):
             mine = by_job[job.pk]
             if job.status == JobStatus.WAITING:
@@ -292,14 +323,19 @@ def jobs_reopened(using: str, ids: list[int], now: datetime) -> None:
                 continue
             if job.status != JobStatus.CANCELLED or job.waiting_for == 0:
                 continue  # released already: it ran, or runs, as it was handed
+            # Never released: its edges from these jobs wait for their new
+            # runs, whether it waits again now or once the others it needs
+            # are retried too.
+            edges.filter(pk__in=mine).update(ended_as="", result=None)
             others = edges.filter(job_id=job.pk).exclude(pk__in=mine)
-            if (
+            if not _cancelled_by_a_failure(job) or (
                 others.filter(needs_success=True)
                 .exclude(ended_as__in=["", JobStatus.SUCCESSFUL])
                 .exists()
             ):
-                continue  # another job it needs failed: it stays cancelled
-            edges.filter(pk__in=mine).update(ended_as="", result=None)
+                # An operator cancelled it, or another job it needs failed:
+                # it stays cancelled.
+                continue
             jobs.filter(pk=job.pk).update(
                 status=JobStatus.WAITING,
                 waiting_for=others.filter(ended_as="").count() + len(mine),
@@ -308,3 +344,13 @@ def jobs_reopened(using: str, ids: list[int], now: datetime) -> None:
             if job.has_dependents:
                 reopened.add(job.pk)
         frontier = reopened
+
+
+def _cancelled_by_a_failure(job) -> bool:
+    """Whether ``job`` was cancelled because a job it waited for failed
+    (not by an operator)."""
+    errors = job.errors if isinstance(job.errors, list) else []
+    return bool(errors) and (
+        isinstance(errors[-1], dict)
+        and errors[-1].get("exception_class_path") == class_path(DependencyFailed)
+    )

@@ -157,70 +157,93 @@ class JobQuerySet(models.QuerySet):
     def apply(self, outcome: OperatorOutcome) -> int:
         """Apply an operator's outcome to the jobs it applies to among these;
         wake the workers of their queues if it makes jobs due. Returns how
-        many jobs changed."""
+        many jobs changed.
+
+        Jobs of no workflow change in one statement. A workflow's steps are
+        locked first, in id order, and exactly those locked are changed, in
+        the transaction that moves the steps after them (a cancel cancels
+        them, a retry makes them wait for its new run)."""
         now = database_now(self.db)
         jobs = self.filter(outcome.condition(now))
-        change = transition(None, outcome, now=now)
-        changes = change.changes
-        if change.finishes:
-            with transaction.atomic(using=self.db):
-                # Its workflow's steps after each job it ends, in the same
-                # transaction; those jobs locked, so no worker claims one
-                # meanwhile.
-                lock_for_writing(Job, self.db)
-                ending = jobs.filter(has_dependents=True).select_for_update()
-                ended = [
-                    Ended(pk, changes["status"])
-                    for pk in ending.values_list("pk", flat=True)
-                ]
-                count = jobs.update(**changes)
-                jobs_ended(self.db, ended, now)
-            return count
-        if isinstance(outcome, Retried):
-            return self._retry(jobs, changes, now)
-        if not outcome.wakes_workers:
-            return jobs.update(**changes)
-        queues = set(jobs.values_list("queue_name", flat=True).distinct())
-        count = jobs.update(**changes)
-        if count:
-            notify.wake(self.db, queues)
-        return count
-
-    def _retry(self, jobs, changes: dict, now: datetime) -> int:
-        """Retry ``jobs`` (``changes``: what Retried writes); a workflow's
-        step never released waits again for what it still needs (or runs
-        now with what it is handed, or, if a job it needs failed, is not
-        retried), and the steps after a retried job wait for its new run."""
+        changes = transition(None, outcome, now=now).changes
         with transaction.atomic(using=self.db):
             lock_for_writing(Job, self.db)
-            chosen = list(
-                jobs.select_for_update().values_list(
-                    "pk", "queue_name", "has_dependents"
-                )
+            steps = jobs.filter(workflow_id__isnull=False)
+            # Never a workflow's step, whatever happens meanwhile: its
+            # workflow_id is set when it is written, or never.
+            alone = jobs.filter(workflow_id__isnull=True)
+            woken = set()
+            if outcome.wakes_workers:
+                woken = set(alone.values_list("queue_name", flat=True).distinct())
+            count = alone.update(**changes)
+            if not count:
+                woken = set()
+            locked = list(
+                steps.select_for_update()
+                .order_by("pk")
+                .values_list("pk", "queue_name", "has_dependents", "waiting_for")
             )
-            steps = steps_retried(self.db, [pk for pk, _, _ in chosen])
-            retried = {pk for pk, _, _ in chosen if pk not in steps}
-            count = Job.objects.using(self.db).filter(pk__in=retried).update(**changes)
-            for pk, pending in steps.items():
-                if pending is None:
-                    continue  # a job it needs failed: retry that one
-                step = Job.objects.using(self.db).filter(pk=pk)
-                if pending:
-                    waits = {"status": JobStatus.WAITING, "waiting_for": pending}
-                    step.update(**{**changes, **waits})
+            if locked:
+                if isinstance(outcome, Retried):
+                    changed = self._retry_steps(locked, changes, now)
                 else:
-                    step.update(**changes, waiting_for=0, args=handed(self.db, pk))
-                retried.add(pk)
-                count += 1
-            jobs_reopened(
-                self.db,
-                [pk for pk, _, dependents in chosen if dependents and pk in retried],
-                now,
-            )
-            queues = {queue for pk, queue, _ in chosen if pk in retried}
-            if queues:
-                notify.wake(self.db, queues)
+                    changed = self._apply_to_steps(locked, changes, now)
+                count += len(changed)
+                if outcome.wakes_workers:
+                    woken |= {queue for pk, queue, *_ in locked if pk in changed}
+            if woken:
+                notify.wake(self.db, woken)
         return count
+
+    def _apply_to_steps(self, locked, changes: dict, now: datetime) -> set[int]:
+        """Apply ``changes`` to the workflow steps ``locked``; end the steps
+        waiting for them if it ends them."""
+        ids = [pk for pk, *_ in locked]
+        steps = Job.objects.using(self.db)
+        for chunk in _chunks(ids):
+            steps.filter(pk__in=chunk).update(**changes)
+        if changes.get("status") in FINISHED_STATUSES:
+            ended = [
+                Ended(pk, changes["status"]) for pk, _, dependents, _ in locked
+                if dependents
+            ]  # fmt: skip
+            jobs_ended(self.db, ended, now)
+        return set(ids)
+
+    def _retry_steps(self, locked, changes: dict, now: datetime) -> set[int]:
+        """Retry the workflow steps ``locked`` (``changes``: what Retried
+        writes). A step never released waits again for what it still needs
+        (or runs now with what it is handed; if a job it needs failed, it is
+        not retried: retry that one), and the steps after a retried job wait
+        for its new run. Returns the ids retried."""
+        steps = steps_retried(self.db, [pk for pk, _, _, waiting in locked if waiting])
+        retried = {pk for pk, *_ in locked if pk not in steps}
+        jobs = Job.objects.using(self.db)
+        for chunk in _chunks(sorted(retried)):
+            jobs.filter(pk__in=chunk).update(**changes)
+        for pk, pending in steps.items():
+            if pending is None:
+                continue  # a job it needs failed: retry that one
+            step = jobs.filter(pk=pk)
+            if pending:
+                waits = {"status": JobStatus.WAITING, "waiting_for": pending}
+                step.update(**{**changes, **waits})
+            else:
+                step.update(**changes, waiting_for=0, args=handed(self.db, pk))
+            retried.add(pk)
+        jobs_reopened(
+            self.db,
+            [pk for pk, _, dependents, _ in locked if dependents and pk in retried],
+            now,
+        )
+        return retried
+
+
+def _chunks(ids: list[int], size: int = 1000):
+    """``ids`` in lists of at most ``size``: a statement's parameters stay
+    within every database's limit."""
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
 
 
 class Job(models.Model):

@@ -25,9 +25,10 @@ from datetime import UTC, datetime
 from django.db import IntegrityError, NotSupportedError, connections, transaction
 from django.utils import timezone
 
-from ..db import now_sql
+from ..db import database_now, now_sql
 from ..exceptions import InvalidJobRow, InvalidTaskArguments
 from ..models import Job, JobStatus, Queue, error_entry
+from ..models.dependencies import Ended, jobs_ended
 from ..private_api import model_from_row
 
 logger = logging.getLogger("django_bgtasks.worker")
@@ -364,6 +365,15 @@ def _fail_corrupt(connection, ids) -> set[int]:
             f"finished_at = {now_sql(connection)}, attempts = attempts + 1 "
             f"WHERE id IN ({', '.join(['%s'] * len(bad))})",
             [json.dumps([error]), JobStatus.FAILED.value, *bad],
+        )
+    # The workflow steps waiting for them end with them (they fail alone).
+    jobs = Job.objects.using(connection.alias)
+    ended = jobs.filter(pk__in=bad, has_dependents=True).values_list("pk", flat=True)
+    if ended:
+        jobs_ended(
+            connection.alias,
+            [Ended(pk, JobStatus.FAILED) for pk in ended],
+            database_now(connection.alias),
         )
     return set(bad)
 

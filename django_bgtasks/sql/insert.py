@@ -304,8 +304,12 @@ def _rows_sql(using: str, model, names: tuple[str, ...]) -> str:
     for n, field in enumerate(fields):
         kind = field.db_type(connection)
         if kind == "jsonb":
-            values.append(f"row.value -> {n}")
+            # None is SQL NULL, as the ORM stores it, not JSON null.
+            values.append(f"NULLIF(row.value -> {n}, 'null'::jsonb)")
         else:
+            # Text, not varchar(n): a value too long is the column's error,
+            # not cut short by the cast.
+            kind = "text" if kind.startswith("varchar") else kind
             values.append(f"(row.value ->> {n})::{kind}")
     return f"""
         INSERT INTO {quote(model._meta.db_table)}
