@@ -2,7 +2,8 @@
 
 Logs into the admin of a live test server, opens the dashboard and a failed
 job, retries it and sees it READY; types a cron expression and sees its next
-planned times; follows a workflow from one step's page to another's.
+planned times; follows a workflow from one step's page to another's; pauses
+a queue and sees the dashboard mark it.
 Screenshots go to the folder printed at the end of the run.
 """
 
@@ -14,7 +15,7 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from django_bgtasks import chain, group
-from django_bgtasks.models import Job, JobStatus
+from django_bgtasks.models import Job, JobStatus, Queue
 from django_bgtasks.testing import run_jobs
 from tests import tasks
 from tests.factories import make_job
@@ -188,3 +189,36 @@ def test_a_workflow_step_links_to_the_other_steps(browser, live_server, screensh
     assert [link.text for link in ids] == [
         str(pk) for pk in reversed([first, second, third, callback, last])
     ]
+
+
+def test_pause_a_queue_and_see_it_on_the_dashboard(browser, live_server, screenshots):
+    make_job(queue_name="images")
+    log_in(browser, live_server)
+
+    browser.get(f"{live_server.url}/admin/")
+    browser.find_element(By.LINK_TEXT, "Queues").click()
+    wait_for(browser, expected_conditions.title_contains("Queues"))
+    browser.find_element(By.CSS_SELECTOR, "input[value='images']").click()
+    Select(browser.find_element(By.NAME, "action")).select_by_value("pause_queues")
+    browser.find_element(By.NAME, "index").click()
+    message = wait_for(
+        browser,
+        expected_conditions.visibility_of_element_located(
+            (By.CSS_SELECTOR, ".messagelist")
+        ),
+    )
+    assert "1 queue paused" in message.text
+    row = browser.find_element(By.CSS_SELECTOR, "input[value='images']")
+    row = row.find_element(By.XPATH, "./ancestor::tr")
+    assert row.find_element(By.CSS_SELECTOR, "img").get_attribute("alt") == "True"
+    assert "admin (admin)" in row.text
+    browser.save_screenshot(str(screenshots / "queues-paused.png"))
+    assert Queue.objects.paused_names() == {"images"}
+
+    browser.get(f"{live_server.url}/admin/django_bgtasks/jobdashboard/")
+    queues = browser.find_element(By.ID, "bgtasks-queues")
+    images = queues.find_element(By.CSS_SELECTOR, "tr.bgtasks-paused")
+    assert images.text.startswith("images paused since ")
+    note = browser.find_element(By.ID, "bgtasks-paused")
+    assert "images (since " in note.text and "by admin (admin)" in note.text
+    browser.save_screenshot(str(screenshots / "dashboard-paused.png"))

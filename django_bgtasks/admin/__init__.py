@@ -1,3 +1,3 @@
-"""The Django admin is the dashboard: jobs, schedules and worker processes."""
+"""The Django admin is the dashboard: jobs, queues, schedules and worker processes."""
 
-from . import dashboard, jobs, schedules, workers  # noqa: F401  (registers them)
+from . import dashboard, jobs, queues, schedules, workers  # noqa: F401  (registers them)

@@ -1,10 +1,12 @@
-"""The dashboard: jobs per status and queue, queue lag, throughput, the
-slowest and most failing tasks, and the workers with what they run."""
+"""The dashboard: jobs per status and queue, queue lag and pauses,
+throughput, the slowest and most failing tasks, and the workers with what
+they run."""
 
 from __future__ import annotations
 
 from django.contrib import admin
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext as _
@@ -100,6 +102,7 @@ class DashboardAdmin(admin.ModelAdmin):
             raise PermissionDenied
         now = timezone.now()
         minutes = stats.throughput(now)
+        queues = stats.queue_states(now)
         context = {
             **self.admin_site.each_context(request),
             "title": _("Background tasks dashboard"),
@@ -111,8 +114,14 @@ class DashboardAdmin(admin.ModelAdmin):
             ],
             "queues": [
                 (queue, format_duration(queue.lag) if queue.lag else "-")
-                for queue in stats.queue_states(now)
+                for queue in queues
             ],
+            "paused_queues": [queue.paused for queue in queues if queue.paused],
+            "queues_url": (
+                reverse("admin:django_bgtasks_queue_changelist")
+                if request.user.has_perm("django_bgtasks.view_queue")
+                else None
+            ),
             "chart": throughput_chart(minutes),
             "finished_last_hour": sum(m.succeeded for m in minutes),
             "failed_last_hour": sum(m.failed for m in minutes),

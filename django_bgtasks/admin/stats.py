@@ -11,13 +11,13 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from django.db import connections
+from django.db import connections, router
 from django.db.models import Avg, Count, DurationField, ExpressionWrapper, F, Min
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
 from ..compat import loadable_backends
-from ..models import Job, JobStatus, WorkerProcess
+from ..models import Job, JobStatus, Queue, WorkerProcess
 
 COUNT_CAP = 10_000
 
@@ -104,16 +104,26 @@ class QueueState:
     waiting: Tally
     running: int
     lag: timedelta | None  # age of the oldest due READY job
+    paused: Queue | None = None  # its row, if the queue is paused
 
 
-def queue_states(now: datetime | None = None) -> list[QueueState]:
-    """Per queue: jobs ready, due, waiting for other jobs and running, and
-    how late the oldest due job is. Every configured queue is listed, plus
-    any queue with jobs that have not ended."""
-    now = now or timezone.now()
+def configured_queue_names() -> set[str]:
+    """The queues the task backends declare (their ``QUEUES``)."""
     names = set()
     for backend in loadable_backends():
         names |= set(getattr(backend, "queues", ()) or ())
+    return names
+
+
+def queue_states(now: datetime | None = None) -> list[QueueState]:
+    """Per queue: jobs ready, due, waiting for other jobs and running, how
+    late the oldest due job is, and whether it is paused. Every configured
+    queue is listed, plus any paused queue or queue with jobs that have not
+    ended."""
+    now = now or timezone.now()
+    names = configured_queue_names()
+    paused = {queue.name: queue for queue in Queue.objects.paused()}
+    names |= set(paused)
     running = dict(
         Job.objects.running()
         .values_list("queue_name")
@@ -140,9 +150,59 @@ def queue_states(now: datetime | None = None) -> list[QueueState]:
                 running=running.get(name, 0),
                 waiting=Tally(waiting.get(name, 0)),
                 lag=(now - oldest) if oldest else None,
+                paused=paused.get(name),
             )
         )
     return states
+
+
+def active_queue_names() -> set[str]:
+    """The configured queues and those with READY, RUNNING or WAITING jobs,
+    in one query that reads those statuses' indexes, never the finished
+    jobs."""
+    jobs = (
+        queryset.order_by().values_list("queue_name")
+        for queryset in (Job.objects.ready(), Job.objects.running(), waiting_jobs())
+    )
+    union = next(jobs).union(*jobs)  # without ALL: each name once
+    return configured_queue_names() | {name for (name,) in union}
+
+
+def ready_counts(names, cap: int = COUNT_CAP) -> dict[str, Tally]:
+    """The READY jobs of each queue of ``names``, in one query however many
+    queues: each queue's count reads at most ``cap + 1`` entries of the READY
+    index (a paused queue's backlog can be large). Above the cap, the
+    planner's estimate, as ``tally`` gives it."""
+    names = sorted(set(names))
+    if not names:
+        return {}
+    using = router.db_for_read(Job)
+    connection = connections[using]
+    parts, params = [], []
+    for index, name in enumerate(names):
+        queue = Job.objects.using(using).ready().filter(queue_name=name).order_by()
+        sql, part_params = (
+            queue.values_list("queue_name")[: cap + 1]
+            .query.get_compiler(using)
+            .as_sql()
+        )
+        parts.append(f"SELECT * FROM ({sql}) {connection.ops.quote_name(f'q{index}')}")
+        params.extend(part_params)
+    sql = (
+        f"SELECT queue_name, COUNT(*) FROM ({' UNION ALL '.join(parts)}) "
+        f"{connection.ops.quote_name('ready')} GROUP BY queue_name"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        counted = dict(cursor.fetchall())
+    return {
+        name: (
+            tally(Job.objects.using(using).ready().filter(queue_name=name), cap)
+            if counted.get(name, 0) > cap
+            else Tally(counted.get(name, 0))
+        )
+        for name in names
+    }
 
 
 @dataclass

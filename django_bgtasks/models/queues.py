@@ -1,5 +1,5 @@
-"""Queues that are paused: a row per queue an operator has paused or
-resumed, read by every claim.
+"""Queues that are paused: a row per queue (one an operator paused, or
+that the admin's Queues page lists), read by every claim.
 
 No worker keeps the state: each claim leaves out the jobs of the queues
 paused when it runs (``sql/claim.py``), so a pause takes effect at every
@@ -27,17 +27,16 @@ class QueueQuerySet(models.QuerySet):
 
     def pause(self, *names: str, by: str = "") -> int:
         """Pause the queues ``names`` (nothing new starts in them); ``by``
-        says who, for the record. Returns how many were not paused
-        already."""
-        queues = Queue.objects.using(self._db or router.db_for_write(Queue))
-        changed = 0
+        says who, for the record (cut to its column's length). Returns how
+        many were not paused already."""
         for name in names:
             _check_name(name)
-            queues.bulk_create([Queue(name=name)], ignore_conflicts=True)
-            changed += queues.filter(name=name, paused_at__isnull=True).update(
-                paused_at=DatabaseNow(), paused_by=by
-            )
-        return changed
+        queues = Queue.objects.using(self._db or router.db_for_write(Queue))
+        queues.bulk_create([Queue(name=name) for name in names], ignore_conflicts=True)
+        by = by[: Queue._meta.get_field("paused_by").max_length]
+        return queues.filter(name__in=names, paused_at__isnull=True).update(
+            paused_at=DatabaseNow(), paused_by=by
+        )
 
     def resume(self, *names: str) -> int:
         """Resume the queues ``names`` and wake their workers; returns how
@@ -64,7 +63,7 @@ def _check_name(name) -> None:
 
 
 class Queue(models.Model):
-    """A queue an operator has paused (``paused_at`` set) or resumed."""
+    """A queue, paused while ``paused_at`` is set."""
 
     name = models.CharField(_("name"), max_length=64, primary_key=True)
     paused_at = models.DateTimeField(_("paused at"), null=True, blank=True)
