@@ -28,6 +28,7 @@ from django.utils.translation import ngettext
 from .. import registry
 from ..compat import loadable_backends
 from ..models import Job, JobDependency, JobStatus
+from ..waits import why_waiting
 from .base import ReadOnlyAdmin
 from .display import (
     format_duration,
@@ -157,7 +158,27 @@ class JobAdmin(WorkflowSection, ReadOnlyAdmin):
     readonly_fields = [
         *(name for _, options in fieldsets for name in options["fields"]),
         *WorkflowSection.workflow_fields,
+        "waits_because",
     ]
+
+    def get_fieldsets(self, request, obj=None):
+        """A job that has not started says why it waits, after its status."""
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None or obj.status not in (JobStatus.READY, JobStatus.WAITING):
+            return fieldsets
+        (name, options), *rest = fieldsets
+        fields = list(options["fields"])
+        fields.insert(fields.index("status_badge") + 1, "waits_because")
+        return [(name, {**options, "fields": fields}), *rest]
+
+    @admin.display(description=_("why it waits"))
+    def waits_because(self, job):
+        reasons = why_waiting(job)
+        if not reasons:
+            return _("Nothing: a worker takes it at its next claim.")
+        return format_html_join(
+            "", "<p>{}</p>", ((reason.message,) for reason in reasons)
+        )
 
     class Media:
         css = {"all": ["django_bgtasks/admin.css"]}
