@@ -27,6 +27,19 @@ logger = logging.getLogger("django_bgtasks.worker")
 CONNECTION_ERRORS = (OperationalError, InterfaceError)
 
 
+def is_deadlock(exc: Exception) -> bool:
+    """Whether ``exc`` is the database breaking a deadlock (PostgreSQL's
+    SQLSTATE 40P01, MySQL's error 1213): this transaction was rolled back
+    and may be tried again."""
+    cause = exc.__cause__
+    if getattr(cause, "sqlstate", None) == "40P01":  # psycopg 3
+        return True
+    if getattr(cause, "pgcode", None) == "40P01":  # psycopg 2
+        return True
+    args = getattr(cause, "args", ())
+    return bool(args) and args[0] == 1213  # MySQLdb
+
+
 def discard_connection(using: str) -> None:
     """Close this thread's connection so the next query opens a new one."""
     # Closing a dead connection can fail; it is gone either way.

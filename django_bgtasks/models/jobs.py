@@ -15,14 +15,14 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import models, transaction
+from django.db import OperationalError, connections, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from .. import notify
 from ..compat import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY
-from ..db import DatabaseNow, database_now
+from ..db import DatabaseNow, database_now, is_deadlock
 from ..locking import lock_for_writing
 from .dependencies import Ended, handed, jobs_ended, jobs_reopened, steps_retried
 from .indexes import IndexWhenSet, StatusIndex, UniqueWhenSet
@@ -38,6 +38,10 @@ from .transitions import (
     WorkerOutcome,
     transition,
 )
+
+# An operator's change rolled back by the database to break a deadlock is
+# tried again this many times in all.
+DEADLOCK_TRIES = 3
 
 # What an outcome's transition reads of a job (models/transitions.py), and
 # its queue (whose workers a job put back wakes).
@@ -159,16 +163,35 @@ class JobQuerySet(models.QuerySet):
         wake the workers of their queues if it makes jobs due. Returns how
         many jobs changed.
 
-        Jobs of no workflow change in one statement. A workflow's steps are
-        locked first, in id order, and exactly those locked are changed, in
-        the transaction that moves the steps after them (a cancel cancels
-        them, a retry makes them wait for its new run)."""
+        A workflow's steps are locked first, in id order, and exactly those
+        locked are changed, in the transaction that moves the steps after
+        them (a cancel cancels them, a retry makes them wait for its new
+        run); jobs of no workflow change in one statement. Outside a
+        transaction of the caller's, a deadlock the database breaks by
+        rolling this back is retried."""
+        tries = 1 if connections[self.db].in_atomic_block else DEADLOCK_TRIES
+        for attempt in range(1, tries + 1):
+            try:
+                return self._apply(outcome)
+            except OperationalError as exc:
+                if attempt == tries or not is_deadlock(exc):
+                    raise
+
+    def _apply(self, outcome: OperatorOutcome) -> int:
         now = database_now(self.db)
         jobs = self.filter(outcome.condition(now))
         changes = transition(None, outcome, now=now).changes
         with transaction.atomic(using=self.db):
             lock_for_writing(Job, self.db)
-            steps = jobs.filter(workflow_id__isnull=False)
+            # The steps' locks first, before any plain read: under
+            # REPEATABLE READ that read fixes what the rest sees, and it
+            # must see the ends committed before the locks were had.
+            locked = list(
+                jobs.filter(workflow_id__isnull=False)
+                .select_for_update()
+                .order_by("pk")
+                .values_list("pk", "queue_name", "has_dependents", "waiting_for")
+            )
             # Never a workflow's step, whatever happens meanwhile: its
             # workflow_id is set when it is written, or never.
             alone = jobs.filter(workflow_id__isnull=True)
@@ -178,11 +201,6 @@ class JobQuerySet(models.QuerySet):
             count = alone.update(**changes)
             if not count:
                 woken = set()
-            locked = list(
-                steps.select_for_update()
-                .order_by("pk")
-                .values_list("pk", "queue_name", "has_dependents", "waiting_for")
-            )
             if locked:
                 if isinstance(outcome, Retried):
                     changed = self._retry_steps(locked, changes, now)
