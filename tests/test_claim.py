@@ -3,8 +3,11 @@
 import pytest
 from django.db import connection
 
+from django_bgtasks import chain, group
 from django_bgtasks.models import Job, JobStatus
 from django_bgtasks.sql.claim import claim_jobs
+from tests import tasks
+from tests.conftest import run_in_process
 from tests.tasks import echo
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -58,3 +61,28 @@ def test_with_stale_statistics_a_claim_keeps_its_order_and_the_settings():
         assert claimed(["default"]) == [ids[0], ids[-1], ids[-2]]
         cursor.execute("SHOW enable_sort")
         assert cursor.fetchone() == ("on",)
+
+
+def test_the_worker_reads_no_column_the_claim_leaves_out(monkeypatch):
+    """A PostgreSQL claim returns no column the worker does not read
+    (``NOT_RETURNED``): reading one on a claimed job would cost a query
+    per job. Jobs of every kind run through a real worker, and none loads
+    a field after its claim."""
+    loads = []
+    original = Job.refresh_from_db
+
+    def recording(self, *args, **kwargs):
+        loads.append((self.pk, kwargs.get("fields")))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Job, "refresh_from_db", recording)
+    tasks.echo.enqueue("plain")
+    tasks.always_fails.using(max_attempts=2, backoff=0).enqueue()
+    tasks.expires_soon.enqueue()
+    tasks.unique_while_active.enqueue(1)
+    tasks.counts_once.enqueue("atomic")
+    tasks.result_not_stored.enqueue()
+    chain(tasks.add.step(1, 2), group(tasks.add.step(3), tasks.add.step(4))).enqueue()
+    run_in_process(concurrency=2)
+    assert not Job.objects.filter(status__in=["READY", "RUNNING", "WAITING"]).exists()
+    assert loads == []

@@ -186,8 +186,11 @@ def _can_pin_plan(connection, cursor) -> bool:
 
 
 # A claimed row comes back lean: the JSON columns as one JSON array (one
-# parse), the times as seconds since the epoch (no per-column loaders).
-_FIELDS = Job._meta.concrete_fields
+# parse), the times as seconds since the epoch (no per-column loaders), and
+# without the columns no worker reads (deferred on the Job: one read of
+# such a field would cost a query; test_claim.py checks none is read).
+NOT_RETURNED = {"task_run_after", "unique_key", "workflow_id", "waiting_for"}
+_FIELDS = [f for f in Job._meta.concrete_fields if f.name not in NOT_RETURNED]
 _JSON = [f for f in _FIELDS if f.get_internal_type() == "JSONField"]
 _TIMES = [f for f in _FIELDS if f.get_internal_type() == "DateTimeField"]
 _PLAIN = [f for f in _FIELDS if f not in _JSON and f not in _TIMES]
