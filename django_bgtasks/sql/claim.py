@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import UTC, datetime
 
 from django.db import IntegrityError, NotSupportedError, connections, transaction
 from django.utils import timezone
 
-from ..db import database_now, now_sql
+from ..db import CONNECTION_ERRORS, database_now, discard_connection, now_sql
 from ..exceptions import InvalidJobRow, InvalidTaskArguments
 from ..models import Job, JobStatus, Queue, error_entry
 from ..models.dependencies import Ended, jobs_ended
@@ -87,19 +88,44 @@ def _fail_unreadable(using: str, pk: int, worker_id: str, exc: Exception) -> Non
 
 def _load(using: str, ids: list[int]) -> tuple[list[Job], dict[int, Exception]]:
     """The claimed jobs of ``ids``, with the ORM; the ids of those that
-    cannot be read, with why."""
+    cannot be read, with why. The jobs are this worker's now: a connection
+    lost meanwhile is opened again and the read tried again (a few times,
+    then the error is raised), never taken for a row that cannot be read."""
+    pause = 0.2
+    for attempt in range(1, LOAD_TRIES + 1):
+        try:
+            return _read(using, ids)
+        except CONNECTION_ERRORS:
+            if attempt == LOAD_TRIES:
+                raise
+            discard_connection(using)
+            time.sleep(pause)
+            pause *= 2
+    raise AssertionError("unreachable")
+
+
+def _read(using: str, ids: list[int]) -> tuple[list[Job], dict[int, Exception]]:
     jobs = Job.objects.using(using)
     try:
         return list(jobs.filter(id__in=ids)), {}
+    except CONNECTION_ERRORS:
+        raise
     except Exception:
         pass  # one row the ORM cannot read: read them one by one
     loaded, unreadable = [], {}
     for pk in ids:
         try:
             loaded.append(jobs.get(pk=pk))
+        except CONNECTION_ERRORS:
+            raise
         except Exception as exc:
             unreadable[pk] = exc
     return loaded, unreadable
+
+
+# Reads of the claimed jobs (MySQL, SQLite) before a lost connection's error
+# is raised: about 3 s of pauses in all.
+LOAD_TRIES = 5
 
 
 def _set_params(worker_id):
