@@ -27,6 +27,13 @@ logger = logging.getLogger("django_bgtasks.worker")
 CONNECTION_ERRORS = (OperationalError, InterfaceError)
 
 
+def chunks(ids: list, size: int = 1000):
+    """``ids`` in lists of at most ``size``: a statement's parameters stay
+    within every database's limit."""
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
+
+
 def is_deadlock(exc: Exception) -> bool:
     """Whether ``exc`` is the database breaking a deadlock (PostgreSQL's
     SQLSTATE 40P01, MySQL's error 1213): this transaction was rolled back

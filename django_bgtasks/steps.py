@@ -84,25 +84,26 @@ class Step(Node):
 
 
 @dataclass(frozen=True, slots=True)
-class Chain(Node):
+class Parts(Node):
+    """A part made of parts, written in their order."""
+
+    parts: tuple[Node, ...]
+
+    def steps(self):
+        for part in self.parts:
+            yield from part.steps()
+
+
+class Chain(Parts):
     """Parts run one after another."""
 
-    parts: tuple[Node, ...]
-
-    def steps(self):
-        for part in self.parts:
-            yield from part.steps()
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Group(Node):
+class Group(Parts):
     """Parts run side by side."""
 
-    parts: tuple[Node, ...]
-
-    def steps(self):
-        for part in self.parts:
-            yield from part.steps()
+    __slots__ = ()
 
 
 ON_FAILURE = ("cancel", "run")

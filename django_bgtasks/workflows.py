@@ -38,12 +38,6 @@ class Plan:
     steps: list[Step] = field(default_factory=list)
     edges: list[Edge] = field(default_factory=list)
 
-    def waiting_for(self, n: int) -> int:
-        return sum(edge.job == n for edge in self.edges)
-
-    def with_dependents(self) -> set[int]:
-        return {edge.waits_for for edge in self.edges}
-
 
 def plan(node: Node) -> Plan:
     """Lay ``node`` out as jobs and edges."""

@@ -40,6 +40,21 @@ def with_framework_options():
     return "framework"
 
 
+def record_execution(result, label: str) -> int:
+    """Record this run of the job of ``result`` as an Execution; its claim
+    number (the unique (job, claim) constraint catches a job claimed twice
+    at once)."""
+    claim = len(result.worker_ids)
+    Execution.objects.create(
+        job_id=int(result.id),
+        label=label,
+        claim=claim,
+        worker_id=result.worker_ids[-1],
+        pid=os.getpid(),
+    )
+    return claim
+
+
 @task
 def add(a, b):
     return a + b
@@ -55,13 +70,7 @@ def record(context, label=""):
     """Log this execution; the unique (job, claim) constraint catches a job
     claimed twice at once."""
     result = context.task_result
-    Execution.objects.create(
-        job_id=int(result.id),
-        label=label,
-        claim=len(result.worker_ids),
-        worker_id=result.worker_ids[-1],
-        pid=os.getpid(),
-    )
+    record_execution(result, label)
     return label
 
 
@@ -182,13 +191,7 @@ def overruns_once(seconds=30.0):
 def chaos(context, label, pause=0.0):
     """Record the run, maybe pause: the chaos test kills workers meanwhile."""
     result = context.task_result
-    Execution.objects.create(
-        job_id=int(result.id),
-        label=label,
-        claim=len(result.worker_ids),
-        worker_id=result.worker_ids[-1],
-        pid=os.getpid(),
-    )
+    record_execution(result, label)
     if pause:
         time.sleep(pause)
     return label
@@ -335,13 +338,7 @@ def workflow_step(context, *values, label="", pause=0.0):
     """A workflow step for the kill tests: records each run, maybe pauses,
     and returns its label with what it was handed."""
     result = context.task_result
-    Execution.objects.create(
-        job_id=int(result.id),
-        label=label,
-        claim=len(result.worker_ids),
-        worker_id=result.worker_ids[-1],
-        pid=os.getpid(),
-    )
+    record_execution(result, label)
     if pause:
         time.sleep(pause)
     return [label, *values]
@@ -354,14 +351,7 @@ def claimed_step(context, *values, label="", pause=0.0, gate=""):
     end was never recorded (a killed one) shows it. ``gate``: a file to wait
     for (at most 30 s) before returning."""
     result = context.task_result
-    claim = len(result.worker_ids)
-    Execution.objects.create(
-        job_id=int(result.id),
-        label=label,
-        claim=claim,
-        worker_id=result.worker_ids[-1],
-        pid=os.getpid(),
-    )
+    claim = record_execution(result, label)
     if pause:
         time.sleep(pause)
     deadline = time.monotonic() + 30

@@ -2,7 +2,7 @@
 dashboard's paused marker."""
 
 import pytest
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -10,6 +10,7 @@ from django.urls import reverse
 from django_bgtasks.admin import stats
 from django_bgtasks.models import JobStatus, Queue
 from tests.factories import make_job
+from tests.test_admin_jobs import user_with
 
 pytestmark = pytest.mark.django_db
 
@@ -34,14 +35,6 @@ def act(client, action, *names):
 
 def messages_of(response) -> list[str]:
     return [str(message) for message in response.context["messages"]]
-
-
-def user_with(client, *codenames):
-    user = User.objects.create_user("operator", password="pw", is_staff=True)
-    for codename in codenames:
-        user.user_permissions.add(Permission.objects.get(codename=codename))
-    client.force_login(user)
-    return client
 
 
 def test_lists_configured_queues_and_queues_with_jobs(admin_client):

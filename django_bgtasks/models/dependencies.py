@@ -33,6 +33,7 @@ from django.db import connections, models
 from django.utils.translation import gettext_lazy as _
 
 from .. import notify
+from ..db import chunks
 from ..exceptions import DependencyFailed
 from .status import JobStatus
 from .transitions import class_path, error_entry
@@ -96,6 +97,12 @@ class JobDependency(models.Model):
         return f"Job {self.job_id} waits for job {self.waits_for_id}"
 
 
+def _jobs(using: str):
+    """The Job manager on ``using``, by the edge's foreign key (jobs.py
+    imports this module)."""
+    return JobDependency._meta.get_field("job").related_model.objects.using(using)
+
+
 @dataclass(frozen=True, slots=True)
 class Ended:
     """A job with dependents that has just ended: its status, and what it
@@ -119,8 +126,7 @@ def jobs_ended(using: str, ended: Iterable[Ended], now: datetime) -> None:
     jobs, and so on down the workflow for the jobs this cancels. Call it in
     the transaction that records their ends; ``now`` is the database's
     time."""
-    # The Job model by the edge's foreign key: jobs.py imports this module.
-    jobs = JobDependency._meta.get_field("job").related_model.objects.using(using)
+    jobs = _jobs(using)
     woken: set[str] = set()
     frontier = {end.job_id: end for end in ended}
     # By job: how many of the jobs it waits for (on edges that need no
@@ -245,7 +251,7 @@ def _record_ends(using: str, ended: dict[int, Ended]) -> list[tuple]:
 def handed(using: str, job_id: int) -> list:
     """The arguments of job ``job_id`` once all its edges are done: what
     they hand it first (see ``Passes``), then its own."""
-    jobs = JobDependency._meta.get_field("job").related_model.objects.using(using)
+    jobs = _jobs(using)
     args = jobs.filter(pk=job_id).values_list("args", flat=True).get()
     # A locking read: under REPEATABLE READ (MySQL's default, if a project
     # sets it) a plain one would miss the edges others committed since
@@ -271,11 +277,10 @@ def steps_retried(using: str, ids: list[int]) -> dict[int, int | None]:
     their edges are still to end (0: they can run now), or None if one
     they need ended FAILED or CANCELLED (they cannot run until it is
     retried). Other jobs are not in it."""
-    jobs = JobDependency._meta.get_field("job").related_model.objects.using(using)
+    jobs = _jobs(using)
     states: dict[int, int | None] = {}
     found = []
-    for start in range(0, len(ids), 1000):  # within every database's limit
-        chunk = ids[start : start + 1000]
+    for chunk in chunks(ids):
         waiting = jobs.filter(pk__in=chunk, waiting_for__gt=0)
         states.update(dict.fromkeys(waiting.values_list("pk", flat=True), 0))
         edges = JobDependency.objects.using(using).filter(job_id__in=chunk)
@@ -297,7 +302,7 @@ def jobs_reopened(using: str, ids: list[int], now: datetime) -> None:
     waiting for them wait for their new run, and those their end cancelled
     wait again (unless another job they need has failed), and so on down
     the workflow. Call it in the transaction that retries them."""
-    jobs = JobDependency._meta.get_field("job").related_model.objects.using(using)
+    jobs = _jobs(using)
     edges = JobDependency.objects.using(using)
     frontier = set(ids)
     while frontier:

@@ -22,7 +22,7 @@ from django.utils.translation import gettext_lazy as _
 
 from .. import notify
 from ..compat import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY
-from ..db import DatabaseNow, database_now, is_deadlock
+from ..db import DatabaseNow, chunks, database_now, is_deadlock
 from ..locking import lock_for_writing
 from .dependencies import Ended, handed, jobs_ended, jobs_reopened, steps_retried
 from .indexes import IndexWhenSet, StatusIndex, UniqueWhenSet
@@ -218,7 +218,7 @@ class JobQuerySet(models.QuerySet):
         waiting for them if it ends them."""
         ids = [pk for pk, *_ in locked]
         steps = Job.objects.using(self.db)
-        for chunk in _chunks(ids):
+        for chunk in chunks(ids):
             steps.filter(pk__in=chunk).update(**changes)
         if changes.get("status") in FINISHED_STATUSES:
             ended = [
@@ -237,7 +237,7 @@ class JobQuerySet(models.QuerySet):
         steps = steps_retried(self.db, [pk for pk, _, _, waiting in locked if waiting])
         retried = {pk for pk, *_ in locked if pk not in steps}
         jobs = Job.objects.using(self.db)
-        for chunk in _chunks(sorted(retried)):
+        for chunk in chunks(sorted(retried)):
             jobs.filter(pk__in=chunk).update(**changes)
         for pk, pending in steps.items():
             if pending is None:
@@ -255,13 +255,6 @@ class JobQuerySet(models.QuerySet):
             now,
         )
         return retried
-
-
-def _chunks(ids: list[int], size: int = 1000):
-    """``ids`` in lists of at most ``size``: a statement's parameters stay
-    within every database's limit."""
-    for start in range(0, len(ids), size):
-        yield ids[start : start + size]
 
 
 class Job(models.Model):

@@ -92,16 +92,14 @@ def _load(using: str, ids: list[int]) -> tuple[list[Job], dict[int, Exception]]:
     lost meanwhile is opened again and the read tried again (a few times,
     then the error is raised), never taken for a row that cannot be read."""
     pause = 0.2
-    for attempt in range(1, LOAD_TRIES + 1):
+    for _ in range(LOAD_TRIES - 1):
         try:
             return _read(using, ids)
         except CONNECTION_ERRORS:
-            if attempt == LOAD_TRIES:
-                raise
             discard_connection(using)
             time.sleep(pause)
             pause *= 2
-    raise AssertionError("unreachable")
+    return _read(using, ids)  # the last try: its error is raised
 
 
 def _read(using: str, ids: list[int]) -> tuple[list[Job], dict[int, Exception]]:
