@@ -14,6 +14,8 @@ __all__ = [
     "DatabaseTask",
     "DatabaseTaskResult",
     "FailJob",
+    "Limit",
+    "Rate",
     "RetryJob",
     "SnoozeJob",
     "Step",
@@ -51,6 +53,10 @@ def __getattr__(name):
         from . import workflows
 
         return getattr(workflows, name)
+    if name in {"Limit", "Rate"}:
+        from . import limits
+
+        return getattr(limits, name)
     if name == "Unique":
         from .unique import Unique
 

@@ -43,6 +43,7 @@ from .compat import (
 from .conf import bgtasks_settings, settings_generation
 from .db import DatabaseNow, database_now
 from .exceptions import DuplicateJob, InvalidTaskArguments, TaskNotRegistered
+from .limits import task_limit_name
 from .models import Job, JobDependency, JobStatus
 from .private_api import send_to_each
 from .rows import job_result, task_for_job, unregistered_task
@@ -123,6 +124,8 @@ class DatabaseBackend(BaseTaskBackend):
     def _enqueue_one(self, task, columns, args, kwargs) -> DatabaseTaskResult:
         common = self._with_times(columns, timezone.now())
         arguments = [_json_arguments(args, kwargs, bgtasks_settings.MAX_PAYLOAD_BYTES)]
+        if _keyed_limit(task):
+            common = _with_limit_key(task, common, arguments[0])
         if task.unique is not None:
             return self._enqueue_unique(task, common, arguments[0])
         [pk] = insert_jobs(router.db_for_write(Job), common, arguments)
@@ -160,9 +163,34 @@ class DatabaseBackend(BaseTaskBackend):
                 # In key order: two such calls wait on each other's keys in
                 # one order, and cannot deadlock.
                 for n in sorted(range(len(everything)), key=keys.__getitem__):
+                    columns = common
+                    if _keyed_limit(task):
+                        columns = _with_limit_key(task, common, everything[n])
                     results[n] = self._enqueue_unique(
-                        task, common, everything[n], keys[n]
+                        task, columns, everything[n], keys[n]
                     )
+            return results
+        if _keyed_limit(task):
+            # Jobs of one limit key share their columns: a statement per key.
+            everything = [
+                argument
+                for start in range(0, len(calls), CHUNK)
+                for argument in checked(start)
+            ]
+            by_key: dict[str, list[int]] = {}
+            rows = [_with_limit_key(task, common, a) for a in everything]
+            for n, row in enumerate(rows):
+                by_key.setdefault(row["limit_key"], []).append(n)
+            results = [None] * len(everything)
+            with transaction.atomic(using=using):
+                for numbers in by_key.values():
+                    arguments = [everything[n] for n in numbers]
+                    row = rows[numbers[0]]
+                    ids = insert_jobs(using, row, arguments)
+                    made = self._results(task, row, ids, arguments)
+                    for n, result in zip(numbers, made, strict=True):
+                        results[n] = result
+            send_to_each(task_enqueued, type(self), results)
             return results
         if len(calls) <= CHUNK:
             arguments = checked(0)
@@ -214,6 +242,8 @@ class DatabaseBackend(BaseTaskBackend):
             except InvalidTaskArguments as exc:
                 raise InvalidTaskArguments(f"{where}: {exc}") from None
             waits = waiting_for[n]
+            if _keyed_limit(task):
+                columns = _with_limit_key(task, columns, (args, kwargs))
             row = {
                 **self._with_times(columns, now),
                 "status": JobStatus.WAITING if waits else JobStatus.READY,
@@ -351,6 +381,8 @@ class DatabaseBackend(BaseTaskBackend):
             # A timedelta until _with_times makes it a time.
             "expires_at": getattr(task, "expires", None),
             "unique_key": None,  # per job, where the task asks (_enqueue_unique)
+            # Per job where the limit has a key (_with_limit_key).
+            "limit_key": task_limit_name(task),
             "enqueued_at": None,
             "attempts": 0,
             "max_attempts": max_attempts,
@@ -440,6 +472,19 @@ class DatabaseBackend(BaseTaskBackend):
                     f"{QUEUE_NAME_MAX_LENGTH} characters.",
                     id="bgtasks.E011",
                 )
+
+
+def _keyed_limit(task) -> bool:
+    limit = getattr(task, "limit", None)
+    return limit is not None and limit.key is not None
+
+
+def _with_limit_key(task, columns: dict[str, Any], arguments) -> dict[str, Any]:
+    """``columns`` with the limit key of a job of ``task`` (whose limit has
+    a key) called with ``arguments``."""
+    args, kwargs = arguments
+    key = task.limit.key_for(task_limit_name(task), task.func, args, kwargs)
+    return {**columns, "limit_key": key}
 
 
 def _check_max_attempts(value: Any) -> None:

@@ -23,6 +23,7 @@ from .compat import (
     TaskResult,
     task_backends,
 )
+from .limits import Limit
 from .private_api import new_result
 from .steps import Step
 from .unique import Unique
@@ -50,6 +51,9 @@ class DatabaseTask(Task):
     ``atomic``: True runs the task inside a transaction on the job's
     database that also records its success: its writes there and the job's
     SUCCESSFUL commit together, or not at all (a synchronous function only).
+    ``limit``: at most so many of its jobs running at once, or starting per
+    period, across every worker (a :class:`Limit`, or a dict of its
+    arguments); not part of the task's identity.
     """
 
     max_attempts: int | None = None
@@ -62,6 +66,7 @@ class DatabaseTask(Task):
     store_result: bool = True
     delete_on_success: bool = False
     atomic: bool = False
+    limit: Limit | None = field(default=None, compare=False)
 
     def __post_init__(self):
         # The framework's own @task passes its keywords through as they
@@ -70,6 +75,7 @@ class DatabaseTask(Task):
         if self.backoff is not None and not isinstance(self.backoff, Backoff):
             object.__setattr__(self, "backoff", Backoff.coerce(self.backoff))
         object.__setattr__(self, "unique", Unique.coerce(self.unique))
+        object.__setattr__(self, "limit", Limit.coerce(self.limit))
         if self.retry_on is not None:
             object.__setattr__(self, "retry_on", exception_classes(self.retry_on))
         object.__setattr__(self, "fail_on", exception_classes(self.fail_on))
@@ -189,6 +195,7 @@ def task(
     store_result: bool = True,
     delete_on_success: bool = False,
     atomic: bool = False,
+    limit: Limit | dict | None = None,
 ):
     """Make a function a task, like ``django.tasks.task``, with our options.
 
@@ -215,6 +222,7 @@ def task(
             "store_result": store_result,
             "delete_on_success": delete_on_success,
             "atomic": atomic,
+            "limit": limit,
         }
         # Only the options given (DatabaseTask checks and coerces them).
         options = {

@@ -59,6 +59,9 @@ DEFAULTS: dict[str, Any] = {
     # Modules the worker imports at start, besides each installed app's
     # ``tasks`` module, so the tasks they define are registered.
     "TASK_MODULES": [],
+    # Limits per queue, across every worker: {queue: {"concurrency": n,
+    # "rate": "100/m"}} (or a django_bgtasks.Limit); see docs/topics/limits.
+    "QUEUE_LIMITS": {},
 }
 
 

@@ -40,6 +40,11 @@ def registered_tasks() -> dict[str, Task]:
     return dict(_tasks)
 
 
+def registered_count() -> int:
+    """How many tasks are registered (it only grows)."""
+    return len(_tasks)
+
+
 def autodiscover() -> None:
     """Import every installed app's ``tasks`` module and ``TASK_MODULES``."""
     autodiscover_modules("tasks")

@@ -31,6 +31,10 @@ BGTASKS = {
     "HEARTBEAT_INTERVAL": env.float("BGTASKS_HEARTBEAT_INTERVAL", default=1.0),
     "WORKER_TIMEOUT": env.float("BGTASKS_WORKER_TIMEOUT", default=30.0),
     "BACKOFF": {"initial": 0.0, "factor": 1.0, "maximum": 0.0, "jitter": 0.0},
+    # The limit tests' workers: their tasks (tests/limited_tasks.py, kept
+    # out of the other tests' registry) and queue limits.
+    "TASK_MODULES": env.list("BGTASKS_TEST_TASK_MODULES", default=[]),
+    "QUEUE_LIMITS": env.json("BGTASKS_TEST_QUEUE_LIMITS", default={}),
 }
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

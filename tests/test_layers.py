@@ -17,6 +17,7 @@ BASE = {
     "cron",
     "db",
     "exceptions",
+    "limits",
     "locking",
     "notify",
     "private_api",

@@ -10,6 +10,7 @@ exceptions, the framework's names, arguments, cron times).
 from .dependencies import JobDependency, Passes
 from .indexes import IndexWhenSet, StatusIndex, UniqueWhenSet
 from .jobs import Job, JobDashboard
+from .limits import LimitState
 from .queues import Queue
 from .schedules import MisfirePolicy, Schedule
 from .status import FINISHED_STATUSES, JobStatus
@@ -23,6 +24,7 @@ __all__ = [
     "JobDashboard",
     "JobDependency",
     "JobStatus",
+    "LimitState",
     "MisfirePolicy",
     "Passes",
     "Queue",

@@ -283,6 +283,11 @@ class Job(models.Model):
     unique_key = models.CharField(  # noqa: DJ001
         _("unique key"), max_length=100, null=True, blank=True
     )
+    # The limit the job counts against (django_bgtasks.limits): its name,
+    # with the value of the argument it is kept per, if any.
+    limit_key = models.CharField(  # noqa: DJ001
+        _("limit key"), max_length=210, null=True, blank=True
+    )
     # A job not started by then never runs: it ends CANCELLED with a
     # JobExpired error when a worker takes it.
     expires_at = models.DateTimeField(_("expires at"), null=True, blank=True)

@@ -28,9 +28,11 @@ from django.utils import timezone
 
 from ..db import CONNECTION_ERRORS, database_now, discard_connection, now_sql
 from ..exceptions import InvalidJobRow, InvalidTaskArguments
+from ..limits import declared_limits
 from ..models import Job, JobStatus, Queue, error_entry
 from ..models.dependencies import Ended, jobs_ended
 from ..private_api import model_from_row
+from .limited import claim_limited
 
 logger = logging.getLogger("django_bgtasks.worker")
 
@@ -65,9 +67,21 @@ def claim_jobs(
             f"django_bgtasks cannot claim jobs on {connection.display_name}; "
             f"it supports PostgreSQL, MySQL/MariaDB and SQLite."
         )
-    jobs, unreadable = claim(
-        connection, worker_id=worker_id, queues=queues, limit=limit
-    )
+    declared = declared_limits()
+    if declared:
+        jobs, unreadable = claim_limited(
+            connection,
+            worker_id=worker_id,
+            queues=queues,
+            limit=limit,
+            declared=declared,
+            claim_ids=_CLAIM_IDS[connection.vendor],
+            load=_load,
+        )
+    else:
+        jobs, unreadable = claim(
+            connection, worker_id=worker_id, queues=queues, limit=limit
+        )
     for pk, exc in unreadable.items():
         _fail_unreadable(using, pk, worker_id, exc)
     # RETURNING gives rows in no particular order; start them in claim order.
@@ -179,14 +193,20 @@ def _claim_postgresql(connection, *, worker_id, queues, limit):
                 pass
         else:
             cursor.execute(sql, params)
-        moments = {}
-        jobs, unreadable = [], {}
-        for row in cursor.fetchall():
-            try:
-                jobs.append(_job(connection.alias, row, moments))
-            except Exception as exc:  # a time or JSON it cannot read
-                unreadable[row[_ID_AT]] = exc
-        return jobs, unreadable
+        return _jobs_from(connection, cursor.fetchall())
+
+
+def _jobs_from(connection, rows):
+    """The Jobs of the claimed ``rows`` (PostgreSQL's lean RETURNING), and
+    the ids of those that cannot be read, with why."""
+    moments = {}
+    jobs, unreadable = [], {}
+    for row in rows:
+        try:
+            jobs.append(_job(connection.alias, row, moments))
+        except Exception as exc:  # a time or JSON it cannot read
+            unreadable[row[_ID_AT]] = exc
+    return jobs, unreadable
 
 
 _NO_SORT = "SET LOCAL enable_sort = off; "
@@ -213,7 +233,13 @@ def _can_pin_plan(connection, cursor) -> bool:
 # parse), the times as seconds since the epoch (no per-column loaders), and
 # without the columns no worker reads (deferred on the Job: one read of
 # such a field would cost a query; test_claim.py checks none is read).
-NOT_RETURNED = {"task_run_after", "unique_key", "workflow_id", "waiting_for"}
+NOT_RETURNED = {
+    "task_run_after",
+    "unique_key",
+    "workflow_id",
+    "waiting_for",
+    "limit_key",
+}
 _FIELDS = [f for f in Job._meta.concrete_fields if f.name not in NOT_RETURNED]
 _JSON = [f for f in _FIELDS if f.get_internal_type() == "JSONField"]
 _TIMES = [f for f in _FIELDS if f.get_internal_type() == "DateTimeField"]
@@ -289,7 +315,6 @@ def _claim_sqlite(connection, *, worker_id, queues, limit):
 
 
 def _claim_mysql(connection, *, worker_id, queues, limit):
-    table = connection.ops.quote_name(Job._meta.db_table)
     due = (
         Job.objects.using(connection.alias)
         .due()
@@ -319,19 +344,26 @@ def _claim_mysql(connection, *, worker_id, queues, limit):
         ids = [row[0] for row in candidates[:limit]]
         if not ids:
             return [], {}
-        try:
-            with transaction.atomic(using=connection.alias):
-                _mark_claimed(connection, table, ids, worker_id)
-        except IntegrityError:
-            # MariaDB checks a row's JSON again on every update: a row whose
-            # JSON was corrupted behind its back (constraint checks off)
-            # cannot be claimed. Fail those rows; claim the others.
-            bad = _fail_corrupt(connection, ids)
-            ids = [pk for pk in ids if pk not in bad]
-            if not ids:
-                return [], {}
-            _mark_claimed(connection, table, ids, worker_id)
+        ids = _mark_ids_mysql(connection, ids, worker_id)
     return _load(connection.alias, ids)
+
+
+def _mark_ids_mysql(connection, ids, worker_id) -> list[int]:
+    """Mark the jobs ``ids``, locked by this transaction, claimed; return
+    the ids of those claimed (to read once it commits)."""
+    table = connection.ops.quote_name(Job._meta.db_table)
+    try:
+        with transaction.atomic(using=connection.alias):
+            _mark_claimed(connection, table, ids, worker_id)
+    except IntegrityError:
+        # MariaDB checks a row's JSON again on every update: a row whose
+        # JSON was corrupted behind its back (constraint checks off)
+        # cannot be claimed. Fail those rows; claim the others.
+        bad = _fail_corrupt(connection, ids)
+        ids = [pk for pk in ids if pk not in bad]
+        if ids:
+            _mark_claimed(connection, table, ids, worker_id)
+    return ids
 
 
 def _mark_claimed(connection, table, ids, worker_id) -> None:
@@ -404,6 +436,51 @@ def _fail_corrupt(connection, ids) -> set[int]:
         )
     return set(bad)
 
+
+# Marking claimed the jobs a limited claim chose (sql/limited.py), locked
+# by its transaction: each returns the jobs and the ids of those that
+# cannot be read (PostgreSQL, from its RETURNING), or else the ids to read
+# once the transaction commits.
+
+
+def _claim_ids_postgresql(connection, ids, worker_id):
+    table = connection.ops.quote_name(Job._meta.db_table)
+    db_now = now_sql(connection)
+    set_sql = _CLAIM_SET.format(
+        job="job",
+        now=db_now,
+        append="job.worker_ids || jsonb_build_array(%s::text)",
+    )
+    sql = f"""
+        UPDATE {table} AS job SET {set_sql}
+        WHERE job.id = ANY(%s) RETURNING {_RETURNING}
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*_set_params(worker_id), list(ids)])
+        return _jobs_from(connection, cursor.fetchall())
+
+
+def _claim_ids_sqlite(connection, ids, worker_id):
+    table = connection.ops.quote_name(Job._meta.db_table)
+    set_sql = _CLAIM_SET.format(
+        job=table,
+        now=now_sql(connection),
+        append="json_insert(worker_ids, '$[#]', %s)",
+    )
+    marks = ", ".join(["%s"] * len(ids))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET {set_sql} WHERE id IN ({marks})",
+            [*_set_params(worker_id), *ids],
+        )
+    return ids
+
+
+_CLAIM_IDS = {
+    "postgresql": _claim_ids_postgresql,
+    "mysql": _mark_ids_mysql,
+    "sqlite": _claim_ids_sqlite,
+}
 
 _CLAIMS = {
     "postgresql": _claim_postgresql,

@@ -41,6 +41,7 @@ COMMON = {
     "task_run_after": "timestamptz",
     "expires_at": "timestamptz",
     "unique_key": "text",
+    "limit_key": "text",
     "enqueued_at": "timestamptz",
     "attempts": "integer",
     "max_attempts": "integer",

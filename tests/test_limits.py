@@ -1,0 +1,289 @@
+"""Limits: never more jobs of a limit RUNNING than it allows, never more
+starts than its rate, across every worker; held-back jobs do not block the
+ones behind them. Claims in this process, then several real workers."""
+
+import importlib
+import time
+
+import pytest
+from django.db.models import F
+from django.test import override_settings
+
+from django_bgtasks import Limit, Rate, registry
+from django_bgtasks.compat import InvalidTask
+from django_bgtasks.models import Job, JobStatus, LimitState
+from django_bgtasks.models.transitions import Succeeded
+from django_bgtasks.sql.claim import claim_jobs
+from tests.conftest import requires_server_database, wait_until
+from tests.settings import BGTASKS
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def limited(monkeypatch):
+    """tests/limited_tasks.py's tasks registered for this test only: a
+    process that knows of a limit claims through the limited claim."""
+    monkeypatch.setattr(registry, "_tasks", dict(registry._tasks))
+    module = importlib.import_module("tests.limited_tasks")
+    for task in module.TASKS:
+        registry.register(task)
+    return module
+
+
+def claim(limit=10, queues=None, worker_id="w1"):
+    return claim_jobs("default", worker_id=worker_id, queues=queues, limit=limit)
+
+
+def finish(job):
+    assert job.record(Succeeded(None)) is not None
+
+
+# Declaring limits ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {},
+        {"concurrency": 0},
+        {"concurrency": True},
+        {"rate": "ten a minute"},
+        {"rate": "0/m"},
+        {"concurrency": 1, "rate": "5/s", "key": "account_id"},
+        {"concurrency": 1, "name": "has:colon"},
+        {"concurrency": 1, "key": 3},
+    ],
+)
+def test_a_limit_that_makes_no_sense_is_refused(arguments):
+    with pytest.raises(InvalidTask):
+        Limit(**arguments)
+
+
+def test_rates_read_as_written():
+    assert Rate.coerce("100/m") == Rate(100, 60)
+    assert Rate.coerce("10/5m") == Rate(10, 300)
+    assert Rate.coerce("3 / s") == Rate(3, 1)
+    assert str(Rate.coerce("2/h")) == "2/h"
+    bucket = Rate(10, 60)
+    assert bucket.refilled(None, 0) == 10  # never used: full
+    assert bucket.refilled(0.0, 6) == pytest.approx(1.0)
+    assert bucket.refilled(9.5, 600) == 10  # never more than its count
+
+
+def test_a_job_stores_the_key_of_its_limit(limited):
+    two = limited.two_at_a_time.enqueue()
+    account = limited.one_per_account.enqueue(42)
+    named = limited.one_per_account.enqueue(account_id={"id": 7})
+    shared = limited.shared_b.enqueue()
+    free = limited.free.enqueue()
+    keys = dict(Job.objects.values_list("pk", "limit_key"))
+    assert keys[int(two.id)] == "tests.limited_tasks.two_at_a_time"
+    assert keys[int(account.id)] == "tests.limited_tasks.one_per_account:42"
+    assert keys[int(named.id)] == 'tests.limited_tasks.one_per_account:{"id":7}'
+    assert keys[int(shared.id)] == "shared"
+    assert keys[int(free.id)] is None
+
+
+def test_a_call_without_the_limits_argument_is_refused(limited):
+    with pytest.raises(InvalidTask, match="account_id"):
+        limited.one_per_account.enqueue()
+    assert not Job.objects.exists()
+
+
+def test_enqueue_many_keys_each_job_and_keeps_the_calls_order(limited):
+    results = limited.one_per_account.enqueue_many(
+        ((account,), {}) for account in [1, 2, 1, 3, 2]
+    )
+    keys = [Job.objects.get(pk=r.id).limit_key.rpartition(":")[2] for r in results]
+    assert keys == ["1", "2", "1", "3", "2"]
+    assert [r.args for r in results] == [[1], [2], [1], [3], [2]]
+
+
+# Claims ------------------------------------------------------------------------
+
+
+def test_a_claim_takes_no_more_than_the_limit_has_room_for(limited):
+    for _ in range(5):
+        limited.two_at_a_time.enqueue()
+    first = claim()
+    assert len(first) == 2
+    assert claim(worker_id="w2") == []  # another worker: still full
+    finish(first[0])
+    assert len(claim(worker_id="w2")) == 1
+    assert Job.objects.filter(status=JobStatus.RUNNING).count() == 2
+
+
+def test_jobs_held_back_do_not_block_the_jobs_behind_them(limited):
+    held = [limited.two_at_a_time.using(priority=10).enqueue() for _ in range(30)]
+    behind = [limited.free.enqueue() for _ in range(3)]
+    claimed = {job.pk for job in claim(limit=10)}
+    assert len(claimed & {int(r.id) for r in held}) == 2
+    assert {int(r.id) for r in behind} <= claimed
+
+
+def test_a_limit_with_a_key_is_one_limit_per_value(limited):
+    for account in [1, 1, 1, 2, 2, 3]:
+        limited.one_per_account.enqueue(account)
+    claimed = claim()
+    assert sorted(job.args[0] for job in claimed) == [1, 2, 3]
+    assert claim(worker_id="w2") == []
+
+
+def test_tasks_that_share_a_limits_name_share_its_room(limited):
+    for _ in range(2):
+        limited.shared_a.enqueue()
+        limited.shared_b.enqueue()
+    assert len(claim()) == 1
+
+
+def test_a_queues_limit_counts_every_job_of_the_queue(limited):
+    settings = {**BGTASKS, "QUEUE_LIMITS": {"images": {"concurrency": 2}}}
+    with override_settings(BGTASKS=settings):
+        for _ in range(4):
+            limited.free.using(queue_name="images").enqueue()
+        # Its own limit and the queue's: the stricter wins.
+        limited.two_at_a_time.using(queue_name="images").enqueue()
+        others = [limited.free.enqueue() for _ in range(3)]
+        claimed = claim()
+        assert [j.queue_name for j in claimed].count("images") == 2
+        assert {int(r.id) for r in others} <= {j.pk for j in claimed}
+        assert claim(queues=["images"], worker_id="w2") == []
+
+
+def test_a_job_leaving_running_any_way_frees_its_place(limited):
+    for _ in range(4):
+        limited.two_at_a_time.enqueue()
+    first = claim()
+    assert len(first) == 2
+    # Written around the API: the count is of rows, so nothing leaks.
+    Job.objects.filter(pk=first[0].pk).update(status=JobStatus.FAILED)
+    Job.objects.filter(pk=first[1].pk).update(
+        status=JobStatus.READY, attempts=F("attempts") - 1
+    )
+    assert len(claim(worker_id="w2")) == 2
+
+
+def test_a_rate_allows_its_count_then_one_per_share_of_its_period(limited):
+    ids = {int(limited.five_a_second.enqueue().id) for _ in range(12)}
+    assert len(claim()) == 5  # a full bucket
+    assert claim(worker_id="w2") == []  # empty: nothing until a token comes
+    state = LimitState.objects.get(name="tests.limited_tasks.five_a_second")
+    assert state.tokens < 1
+    more = wait_until(lambda: claim(worker_id="w3"), timeout=5, message="a token")
+    assert len(more) == 1  # 0.2 s a token
+    started = sorted(
+        Job.objects.filter(pk__in=ids, started_at__isnull=False).values_list(
+            "started_at", flat=True
+        )
+    )
+    assert len(started) == 6
+    assert (started[5] - started[4]).total_seconds() >= 0.15
+
+
+def test_a_worker_that_knows_no_limit_claims_as_before():
+    from tests import tasks
+
+    tasks.echo.enqueue(1)
+    assert len(claim()) == 1
+    assert not LimitState.objects.exists()
+
+
+def test_a_rated_job_waits_without_spinning_the_worker(limited):
+    """The claims a worker makes while its jobs wait for tokens: about one
+    per poll, not a claim-and-release loop."""
+    from django_bgtasks.worker import Worker
+    from django_bgtasks.worker.hooks import RecordedHooks
+
+    count = 12
+    for _ in range(count):
+        limited.five_a_second.enqueue()
+    hooks = RecordedHooks()
+    poll = 0.1
+    began = time.monotonic()
+    Worker(concurrency=4, burst=True, poll_interval=poll, hooks=hooks).run()
+    elapsed = time.monotonic() - began
+    assert Job.objects.filter(status=JobStatus.SUCCESSFUL).count() == count
+    assert elapsed >= (count - 5) / 5 - 0.2  # 5 at once, then 5 a second
+    claims = hooks["claims"] + hooks["urgent_claims"]
+    print(f"{claims} claims in {elapsed:.2f} s")
+    assert claims <= elapsed / poll + count + 10
+
+
+# Several workers -------------------------------------------------------------------
+
+# How much later than its tokens' moment a claim may stamp started_at.
+STAMP_LAG = 0.02
+WORKER_ENV = {"BGTASKS_TEST_TASK_MODULES": "tests.limited_tasks"}
+
+
+def most_at_once(results) -> int:
+    """The most runs of ``results`` that overlapped, from their spans."""
+    moments = []
+    for result in results:
+        began, ended = Job.objects.get(pk=result.id).return_value
+        moments += [(began, 1), (ended, -1)]
+    running = most = 0
+    for _, change in sorted(moments):  # an end before a start at one time
+        running += change
+        most = max(most, running)
+    return most
+
+
+@pytest.mark.slow
+def test_several_workers_never_run_more_than_a_limit_allows(workers, limited):
+    two = limited.two_at_a_time.enqueue_many(((), {"pause": 0.03}) for _ in range(40))
+    by_account = {
+        account: limited.one_per_account.enqueue_many(
+            ((account,), {"pause": 0.03}) for _ in range(8)
+        )
+        for account in range(3)
+    }
+    free = limited.free.enqueue_many(((), {}) for _ in range(60))
+    started = [
+        workers.start("--concurrency", "4", env=WORKER_ENV) for _ in range(3)
+    ]
+    everything = [*two, *free, *(r for rs in by_account.values() for r in rs)]
+    jobs = Job.objects.filter(pk__in=[r.id for r in everything])
+    wait_until(
+        lambda: jobs.filter(status=JobStatus.SUCCESSFUL).count() == len(everything),
+        timeout=120,
+        message="every job done",
+    )
+    for process in started:
+        process.terminate()
+        workers.wait(process)
+    assert most_at_once(two) == 2  # never more, and the room was used
+    for results in by_account.values():
+        assert most_at_once(results) == 1
+    assert most_at_once([r for rs in by_account.values() for r in rs]) >= 2
+    ran_on = {worker for job in jobs for worker in job.worker_ids}
+    assert len(ran_on) >= 2
+
+
+@pytest.mark.slow
+def test_several_workers_keep_to_a_rate(workers, limited):
+    count = 16
+    results = limited.five_a_second.enqueue_many(((), {}) for _ in range(count))
+    started = [
+        workers.start("--concurrency", "4", env=WORKER_ENV) for _ in range(3)
+    ]
+    jobs = Job.objects.filter(pk__in=[r.id for r in results])
+    wait_until(
+        lambda: jobs.filter(status=JobStatus.SUCCESSFUL).count() == count,
+        timeout=60,
+        message="every job done",
+    )
+    for process in started:
+        process.terminate()
+        workers.wait(process)
+    # Claimed by the database's clock: in any span of t seconds, at most
+    # the bucket (5) and what refills in t (5 a second). A claim takes its
+    # tokens at one moment and stamps started_at a few milliseconds later
+    # (its UPDATE's own time): the span is read with that much leeway.
+    starts = sorted(jobs.values_list("started_at", flat=True))
+    for first in range(count):
+        for last in range(first, count):
+            span = (starts[last] - starts[first]).total_seconds()
+            assert last - first + 1 <= 5 + 5 * (span + STAMP_LAG), (first, last, span)
+    assert (starts[-1] - starts[0]).total_seconds() >= (count - 5) / 5 - 0.05
