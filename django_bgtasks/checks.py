@@ -14,6 +14,7 @@ from .backend import MAX_TIMEOUT
 from .backoff import Backoff
 from .compat import InvalidTask
 from .conf import DEFAULTS, bgtasks_settings
+from .limits import conflicting_limits, queue_limits
 from .maintenance.schedule_sync import InvalidSchedule, build_schedule
 from .models import Job
 from .sql import SUPPORTED_VENDORS
@@ -136,7 +137,45 @@ _RULES = [
     ),
 ]
 
+
+
+def _queue_limits(value):
+    if not isinstance(value, dict):
+        return False
+    try:
+        queue_limits(value)
+    except InvalidTask:
+        return False
+    return all(isinstance(queue, str) and queue for queue in value)
+
+
+_RULES.append(
+    (
+        "QUEUE_LIMITS",
+        _queue_limits,
+        "a dict of queue names to limits: {'concurrency': n, 'rate': '100/m'} "
+        "(or django_bgtasks.Limit(concurrency=, rate=))",
+    )
+)
+
 _RULES_BY_NAME = {name: valid for name, valid, _ in _RULES}
+
+
+@checks.register()
+def check_limits(app_configs=None, **kwargs):
+    """bgtasks.E012: tasks that share a limit's name declare the same limit."""
+    try:
+        registry.autodiscover()
+    except Exception:
+        return []  # check_declared_schedules says why the modules do not load
+    return [
+        checks.Error(
+            f"Tasks share the limit name {name!r} but declare different limits.",
+            hint="Give each the same Limit, or each its own name.",
+            id="bgtasks.E012",
+        )
+        for name in conflicting_limits()
+    ]
 
 
 @checks.register()

@@ -227,10 +227,13 @@ class DeclaredLimits:
         return None if limit is None else limit.rate
 
 
-def queue_limits() -> dict[str, Limit]:
-    """``BGTASKS["QUEUE_LIMITS"]``, as Limits (checked by ``checks.py``)."""
+def queue_limits(declared: dict | None = None) -> dict[str, Limit]:
+    """``BGTASKS["QUEUE_LIMITS"]`` (or ``declared``), as Limits; InvalidTask
+    for one that is not a limit of a queue (``checks.py`` says so)."""
     limits = {}
-    for queue, value in (bgtasks_settings.QUEUE_LIMITS or {}).items():
+    if declared is None:
+        declared = bgtasks_settings.QUEUE_LIMITS or {}
+    for queue, value in declared.items():
         limit = Limit.coerce(value)
         if limit.key is not None or limit.name is not None:
             raise InvalidTask(

@@ -287,3 +287,25 @@ def test_several_workers_keep_to_a_rate(workers, limited):
             span = (starts[last] - starts[first]).total_seconds()
             assert last - first + 1 <= 5 + 5 * (span + STAMP_LAG), (first, last, span)
     assert (starts[-1] - starts[0]).total_seconds() >= (count - 5) / 5 - 0.05
+
+
+def test_the_checks_refuse_queue_limits_that_are_not_limits():
+    from django.core.checks import run_checks
+
+    bad = {**BGTASKS, "QUEUE_LIMITS": {"images": {"concurrency": 2, "key": "x"}}}
+    with override_settings(BGTASKS=bad):
+        ids = [e.id for e in run_checks()]
+    assert "bgtasks.E003" in ids
+    good = {**BGTASKS, "QUEUE_LIMITS": {"images": {"rate": "10/s"}}}
+    with override_settings(BGTASKS=good):
+        assert "bgtasks.E003" not in [e.id for e in run_checks()]
+
+
+def test_the_checks_refuse_two_limits_under_one_name(limited):
+    from django.core.checks import run_checks
+
+    assert "bgtasks.E012" not in [e.id for e in run_checks()]
+    clash = importlib.import_module("tests.limited_clash")
+    registry.register(clash.another_shared)
+    errors = [e for e in run_checks() if e.id == "bgtasks.E012"]
+    assert len(errors) == 1 and "'shared'" in errors[0].msg
