@@ -3,8 +3,9 @@ code (``why_waiting(job)``).
 
 Each reason is read from the rows that decide it, as a claim would see
 them now: the job's ``run_after`` against the database's clock, its
-workflow's edges, its queue's pause, the live workers' queues, and the due
-jobs a claim of its queue takes before it.
+workflow's edges, its queue's pause, the RUNNING jobs and tokens of the
+limits it counts against, the live workers' queues, and the due jobs a
+claim of its queue takes before it.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from dataclasses import dataclass, field
 from django.db.models import Q
 
 from .db import database_now
-from .models import Job, JobDependency, JobStatus, Queue, WorkerProcess
+from .limits import QUEUE_PREFIX, declared_limits, limit_name
+from .models import Job, JobDependency, JobStatus, LimitState, Queue, WorkerProcess
 
+# The jobs holding a full limit, listed up to this many.
+HOLDERS_LISTED = 20
 # Jobs ahead of it counted up to this many: the count reads the READY
 # index, and "more than 10,000" says enough.
 AHEAD_COUNTED = 10_000
@@ -24,7 +28,8 @@ AHEAD_COUNTED = 10_000
 @dataclass(frozen=True, slots=True)
 class WaitReason:
     """One reason a job waits: ``code`` for code (``not_due``,
-    ``waiting_for_jobs``, ``queue_paused``, ``no_worker``, ``behind``),
+    ``waiting_for_jobs``, ``queue_paused``, ``limit_full``,
+    ``rate_limited``, ``no_worker``, ``behind``),
     ``message`` for people, and the ids of the jobs it is about, if any."""
 
     code: str
@@ -75,6 +80,7 @@ def why_waiting(job: Job) -> list[WaitReason]:
                 f"{queue.paused_at.isoformat(timespec='seconds')}{by}).",
             )
         )
+    reasons += _limit_reasons(job, using, now)
     serving = [
         queues
         for queues in WorkerProcess.objects.using(using)
@@ -111,4 +117,64 @@ def why_waiting(job: Job) -> list[WaitReason]:
                     f"priority, or older).",
                 )
             )
+    return reasons
+
+
+def _limit_reasons(job: Job, using: str, now) -> list[WaitReason]:
+    """The limits ``job`` counts against that have no room now."""
+    declared = declared_limits()
+    jobs = Job.objects.using(using)
+    limits = []  # (limit, what it is, its jobs, its row's name)
+    limit = declared.for_key(job.limit_key)
+    if limit is not None:
+        limits.append(
+            (
+                limit,
+                f"limit {job.limit_key!r}",
+                jobs.filter(limit_key=job.limit_key),
+                limit_name(job.limit_key),
+            )
+        )
+    queue_limit = declared.by_queue.get(job.queue_name)
+    if queue_limit is not None:
+        limits.append(
+            (
+                queue_limit,
+                f"the limit of queue {job.queue_name!r}",
+                jobs.filter(queue_name=job.queue_name),
+                QUEUE_PREFIX + job.queue_name,
+            )
+        )
+    reasons = []
+    for limit, what, its_jobs, row in limits:
+        if limit.concurrency is not None:
+            holders = list(
+                its_jobs.filter(status=JobStatus.RUNNING)
+                .order_by("pk")
+                .values_list("pk", flat=True)
+            )
+            if len(holders) >= limit.concurrency:
+                listed = ", ".join(f"#{pk}" for pk in holders[:HOLDERS_LISTED])
+                reasons.append(
+                    WaitReason(
+                        "limit_full",
+                        f"{what[0].upper()}{what[1:]} is full: "
+                        f"{len(holders)} of {limit.concurrency} running ({listed}).",
+                        holders[:HOLDERS_LISTED],
+                    )
+                )
+        if limit.rate is not None:
+            state = LimitState.objects.using(using).filter(name=row).first()
+            if state is not None and state.refilled_at is not None:
+                seconds = (now - state.refilled_at).total_seconds()
+                tokens = limit.rate.refilled(state.tokens, seconds)
+                if tokens < 1:
+                    wait = limit.rate.seconds_to_token(tokens)
+                    reasons.append(
+                        WaitReason(
+                            "rate_limited",
+                            f"The rate of {what} ({limit.rate}) is used up: "
+                            f"its next start is allowed in {wait:.1f} s.",
+                        )
+                    )
     return reasons

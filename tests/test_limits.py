@@ -14,7 +14,7 @@ from django_bgtasks.compat import InvalidTask
 from django_bgtasks.models import Job, JobStatus, LimitState
 from django_bgtasks.models.transitions import Succeeded
 from django_bgtasks.sql.claim import claim_jobs
-from tests.conftest import requires_server_database, wait_until
+from tests.conftest import wait_until
 from tests.settings import BGTASKS
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -240,9 +240,7 @@ def test_several_workers_never_run_more_than_a_limit_allows(workers, limited):
         for account in range(3)
     }
     free = limited.free.enqueue_many(((), {}) for _ in range(60))
-    started = [
-        workers.start("--concurrency", "4", env=WORKER_ENV) for _ in range(3)
-    ]
+    started = [workers.start("--concurrency", "4", env=WORKER_ENV) for _ in range(3)]
     everything = [*two, *free, *(r for rs in by_account.values() for r in rs)]
     jobs = Job.objects.filter(pk__in=[r.id for r in everything])
     wait_until(
@@ -265,9 +263,7 @@ def test_several_workers_never_run_more_than_a_limit_allows(workers, limited):
 def test_several_workers_keep_to_a_rate(workers, limited):
     count = 16
     results = limited.five_a_second.enqueue_many(((), {}) for _ in range(count))
-    started = [
-        workers.start("--concurrency", "4", env=WORKER_ENV) for _ in range(3)
-    ]
+    started = [workers.start("--concurrency", "4", env=WORKER_ENV) for _ in range(3)]
     jobs = Job.objects.filter(pk__in=[r.id for r in results])
     wait_until(
         lambda: jobs.filter(status=JobStatus.SUCCESSFUL).count() == count,
@@ -309,3 +305,41 @@ def test_the_checks_refuse_two_limits_under_one_name(limited):
     registry.register(clash.another_shared)
     errors = [e for e in run_checks() if e.id == "bgtasks.E012"]
     assert len(errors) == 1 and "'shared'" in errors[0].msg
+
+
+def test_why_a_job_waits_names_the_full_limit_and_its_holders(limited):
+    from django_bgtasks.waits import why_waiting
+
+    for _ in range(3):
+        limited.two_at_a_time.enqueue()
+    holders = sorted(job.pk for job in claim())
+    waiting = Job.objects.get(status=JobStatus.READY)
+    [reason] = [r for r in why_waiting(waiting) if r.code == "limit_full"]
+    assert reason.jobs == holders
+    assert "2 of 2 running" in reason.message
+
+
+def test_why_a_job_waits_names_a_used_up_rate(limited):
+    from django_bgtasks.waits import why_waiting
+
+    for _ in range(6):
+        limited.five_a_second.enqueue()
+    assert len(claim()) == 5
+    waiting = Job.objects.get(status=JobStatus.READY)
+    codes = [r.code for r in why_waiting(waiting)]
+    assert "rate_limited" in codes
+    assert "limit_full" not in codes
+
+
+def test_why_a_job_waits_names_its_queues_full_limit(limited):
+    from django_bgtasks.waits import why_waiting
+
+    settings = {**BGTASKS, "QUEUE_LIMITS": {"images": {"concurrency": 1}}}
+    with override_settings(BGTASKS=settings):
+        for _ in range(2):
+            limited.free.using(queue_name="images").enqueue()
+        [held] = claim()
+        waiting = Job.objects.get(status=JobStatus.READY)
+        [reason] = [r for r in why_waiting(waiting) if r.code == "limit_full"]
+        assert reason.jobs == [held.pk]
+        assert "queue 'images'" in reason.message
