@@ -343,3 +343,56 @@ def test_why_a_job_waits_names_its_queues_full_limit(limited):
         [reason] = [r for r in why_waiting(waiting) if r.code == "limit_full"]
         assert reason.jobs == [held.pk]
         assert "queue 'images'" in reason.message
+
+
+# The admin ---------------------------------------------------------------------
+
+
+def test_the_dashboard_shows_each_limit_and_whether_it_is_full(limited, admin_client):
+    from django.urls import reverse
+
+    settings = {**BGTASKS, "QUEUE_LIMITS": {"images": {"rate": "10/m"}}}
+    with override_settings(BGTASKS=settings):
+        for _ in range(3):
+            limited.two_at_a_time.enqueue()
+        for account in [1, 1, 2]:
+            limited.one_per_account.enqueue(account)
+        claim()
+        page = admin_client.get(
+            reverse("admin:django_bgtasks_jobdashboard_changelist")
+        ).content.decode()
+    section = page[page.index('id="bgtasks-limits"') :]
+    section = section[: section.index("</section>")]
+    rows = {
+        row.split("<td>")[1].split("<")[0].strip(): row
+        for row in section.split("<tr")[2:]
+    }
+    assert set(rows) == {
+        "tests.limited_tasks.two_at_a_time",
+        "tests.limited_tasks.one_per_account",
+        "tests.limited_tasks.five_a_second",
+        "shared",
+        "queue:images",
+    }
+    two = rows["tests.limited_tasks.two_at_a_time"]
+    assert "bgtasks-full" in two and "2 / 2" in two
+    assert ">1</td>" in two  # one due job counts against it
+    per_account = rows["tests.limited_tasks.one_per_account"]
+    assert "2 (1 per value; 2 at most)" in per_account
+    assert "bgtasks-full" not in per_account  # other values have room
+    assert "10/m (10.0)" in rows["queue:images"]
+
+
+def test_a_waiting_jobs_page_links_the_jobs_holding_its_limit(limited, admin_client):
+    from django.urls import reverse
+
+    for _ in range(2):
+        limited.shared_a.enqueue()
+    [holder] = claim()
+    waiting = Job.objects.get(status=JobStatus.READY)
+    page = admin_client.get(
+        reverse("admin:django_bgtasks_job_change", args=[waiting.pk])
+    ).content.decode()
+    assert "Limit &#x27;shared&#x27; is full: 1 of 1 running" in page
+    holder_url = reverse("admin:django_bgtasks_job_change", args=[holder.pk])
+    assert f'<a href="{holder_url}">#{holder.pk}</a>' in page

@@ -117,6 +117,7 @@ class DashboardAdmin(admin.ModelAdmin):
                 for queue in queues
             ],
             "paused_queues": [queue.paused for queue in queues if queue.paused],
+            "limits": stats.limit_figures(),
             "queues_url": (
                 reverse("admin:django_bgtasks_queue_changelist")
                 if request.user.has_perm("django_bgtasks.view_queue")

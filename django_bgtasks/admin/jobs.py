@@ -177,8 +177,22 @@ class JobAdmin(WorkflowSection, ReadOnlyAdmin):
         if not reasons:
             return _("Nothing: a worker takes it at its next claim.")
         return format_html_join(
-            "", "<p>{}</p>", ((reason.message,) for reason in reasons)
+            "",
+            "<p>{}{}</p>",
+            ((reason.message, self._job_links(reason.jobs)) for reason in reasons),
         )
+
+    @staticmethod
+    def _job_links(pks):
+        """Links to the jobs a reason is about."""
+        if not pks:
+            return ""
+        links = format_html_join(
+            ", ",
+            '<a href="{}">#{}</a>',
+            ((reverse("admin:django_bgtasks_job_change", args=[pk]), pk) for pk in pks),
+        )
+        return format_html(" {} {}", _("Jobs:"), links)
 
     class Media:
         css = {"all": ["django_bgtasks/admin.css"]}

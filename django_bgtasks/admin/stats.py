@@ -17,7 +17,9 @@ from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
 from ..compat import loadable_backends
-from ..models import Job, JobStatus, Queue, WorkerProcess
+from ..db import database_now
+from ..limits import QUEUE_PREFIX, Limit, declared_limits, limit_name
+from ..models import Job, JobStatus, LimitState, Queue, WorkerProcess
 
 COUNT_CAP = 10_000
 
@@ -307,3 +309,81 @@ def worker_states(now: datetime | None = None) -> list[WorkerState]:
         WorkerState(worker, worker.is_alive(now), running.get(worker.pk, []))
         for worker in workers
     ]
+
+
+@dataclass(frozen=True)
+class LimitFigures:
+    """A limit in force now: ``name`` (a task's limit, or ``queue:`` and
+    the queue's name), what it allows, its RUNNING jobs (with a key: how
+    many values are at their most), its tokens now (with a rate), and the
+    due jobs that count against it."""
+
+    name: str
+    limit: Limit
+    running: int
+    full: bool
+    keys_full: int
+    tokens: float | None
+    due: Tally
+
+
+def limit_figures() -> list[LimitFigures]:
+    """Every declared limit, with what holds it now: two queries and one
+    capped count per limit, reading only unfinished jobs."""
+    declared = declared_limits()
+    if not declared:
+        return []
+    using = router.db_for_read(Job)
+    running = list(
+        Job.objects.running()
+        .values_list("queue_name", "limit_key")
+        .annotate(n=Count("id"))
+        .values_list("queue_name", "limit_key", "n")
+    )
+    rated = declared.rated_names()
+    now = database_now(using) if rated else None
+    buckets = {state.name: state for state in LimitState.objects.filter(name__in=rated)}
+    figures = []
+    limits = [(name, limit) for name, limit in declared.by_name.items()]
+    limits += [(QUEUE_PREFIX + q, limit) for q, limit in declared.by_queue.items()]
+    for name, limit in sorted(limits):
+        due = Job.objects.due(now)
+        if name.startswith(QUEUE_PREFIX):
+            queue = name.removeprefix(QUEUE_PREFIX)
+            per_key = {queue: sum(n for q, _, n in running if q == queue)}
+            due = due.filter(queue_name=queue)
+        else:
+            per_key = {}
+            for _, key, n in running:
+                if key is not None and limit_name(key) == name:
+                    per_key[key] = per_key.get(key, 0) + n
+            if limit.key is None:
+                due = due.filter(limit_key=name)
+            else:
+                due = due.filter(limit_key__startswith=f"{name}:")
+        keys_full = sum(
+            limit.concurrency is not None and n >= limit.concurrency
+            for n in per_key.values()
+        )
+        tokens = None
+        if limit.rate is not None:
+            state = buckets.get(name)
+            tokens = limit.rate.refilled(
+                state.tokens if state else None,
+                (now - state.refilled_at).total_seconds()
+                if state and state.refilled_at
+                else 0.0,
+            )
+        figures.append(
+            LimitFigures(
+                name=name,
+                limit=limit,
+                running=sum(per_key.values()),
+                full=(limit.key is None and keys_full > 0)
+                or (tokens is not None and tokens < 1),
+                keys_full=keys_full,
+                tokens=tokens,
+                due=tally(due),
+            )
+        )
+    return figures
