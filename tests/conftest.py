@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import importlib
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from urllib.parse import quote
 import pytest
 from django.db import connection
 
+from django_bgtasks import registry
 from django_bgtasks.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,3 +193,15 @@ requires_postgresql = pytest.mark.skipif(
     not os.environ.get("DATABASE_URL", "").startswith(("postgres", "pgsql")),
     reason="PostgreSQL only",
 )
+
+
+@pytest.fixture
+def limited(monkeypatch):
+    """tests/limited_tasks.py's tasks, registered for this test only: a
+    process that knows of a limit claims through the limited claim, which
+    the other tests' claims should not."""
+    monkeypatch.setattr(registry, "_tasks", dict(registry._tasks))
+    module = importlib.import_module("tests.limited_tasks")
+    for task in module.TASKS:
+        registry.register(task)
+    return module

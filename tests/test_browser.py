@@ -3,7 +3,8 @@
 Logs into the admin of a live test server, opens the dashboard and a failed
 job, retries it and sees it READY; types a cron expression and sees its next
 planned times; follows a workflow from one step's page to another's; pauses
-a queue and sees the dashboard mark it.
+a queue and sees the dashboard mark it; sees a full limit on the dashboard
+and follows a held-back job to the jobs holding its limit.
 Screenshots go to the folder printed at the end of the run.
 """
 
@@ -222,3 +223,30 @@ def test_pause_a_queue_and_see_it_on_the_dashboard(browser, live_server, screens
     note = browser.find_element(By.ID, "bgtasks-paused")
     assert "images (since " in note.text and "by admin (admin)" in note.text
     browser.save_screenshot(str(screenshots / "dashboard-paused.png"))
+
+
+def test_a_job_held_by_a_limit_links_to_the_jobs_holding_it(
+    browser, live_server, screenshots, limited
+):
+    from django_bgtasks.sql.claim import claim_jobs
+
+    for _ in range(3):
+        limited.two_at_a_time.enqueue()
+    holders = claim_jobs("default", worker_id="w", queues=None, limit=10)
+    assert len(holders) == 2
+    waiting = Job.objects.get(status=JobStatus.READY)
+    log_in(browser, live_server)
+
+    browser.get(f"{live_server.url}/admin/django_bgtasks/jobdashboard/")
+    limits = browser.find_element(By.ID, "bgtasks-limits")
+    full = limits.find_element(By.CSS_SELECTOR, "tr.bgtasks-full")
+    assert full.text.startswith("tests.limited_tasks.two_at_a_time full 2 / 2")
+    browser.save_screenshot(str(screenshots / "dashboard-limits.png"))
+
+    browser.get(f"{live_server.url}/admin/django_bgtasks/job/{waiting.pk}/change/")
+    reason = browser.find_element(By.CSS_SELECTOR, ".field-waits_because")
+    assert "is full: 2 of 2 running" in reason.text
+    browser.save_screenshot(str(screenshots / "job-held-by-limit.png"))
+    reason.find_element(By.LINK_TEXT, f"#{holders[0].pk}").click()
+    wait_for(browser, expected_conditions.url_contains(f"/job/{holders[0].pk}/"))
+    assert "RUNNING" in browser.find_element(By.ID, "content").text

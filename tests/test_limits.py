@@ -20,17 +20,6 @@ from tests.settings import BGTASKS
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def limited(monkeypatch):
-    """tests/limited_tasks.py's tasks registered for this test only: a
-    process that knows of a limit claims through the limited claim."""
-    monkeypatch.setattr(registry, "_tasks", dict(registry._tasks))
-    module = importlib.import_module("tests.limited_tasks")
-    for task in module.TASKS:
-        registry.register(task)
-    return module
-
-
 def claim(limit=10, queues=None, worker_id="w1"):
     return claim_jobs("default", worker_id=worker_id, queues=queues, limit=limit)
 
@@ -395,4 +384,4 @@ def test_a_waiting_jobs_page_links_the_jobs_holding_its_limit(limited, admin_cli
     ).content.decode()
     assert "Limit &#x27;shared&#x27; is full: 1 of 1 running" in page
     holder_url = reverse("admin:django_bgtasks_job_change", args=[holder.pk])
-    assert f'<a href="{holder_url}">#{holder.pk}</a>' in page
+    assert f'running (<a href="{holder_url}">#{holder.pk}</a>)' in page

@@ -14,6 +14,7 @@ job that steps wait for is not deleted until it has ended.
 from __future__ import annotations
 
 import json
+import re
 
 from django.contrib import admin, messages
 from django.contrib.admin.actions import delete_selected
@@ -21,7 +22,8 @@ from django.core.paginator import Paginator
 from django.db import transaction
 from django.urls import reverse
 from django.utils.functional import cached_property
-from django.utils.html import format_html, format_html_join
+from django.utils.html import conditional_escape, format_html, format_html_join
+from django.utils.safestring import mark_safe
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
@@ -46,6 +48,8 @@ def _number(value) -> bool:
 
 
 NOT_STARTED = (JobStatus.READY, JobStatus.WAITING)
+# A job named in a reason it waits: "#123".
+JOB_MENTION = re.compile(r"#(\d+)")
 
 
 def _awaited(queryset):
@@ -178,21 +182,22 @@ class JobAdmin(WorkflowSection, ReadOnlyAdmin):
             return _("Nothing: a worker takes it at its next claim.")
         return format_html_join(
             "",
-            "<p>{}{}</p>",
-            ((reason.message, self._job_links(reason.jobs)) for reason in reasons),
+            "<p>{}</p>",
+            ((self._linked(reason.message, reason.jobs),) for reason in reasons),
         )
 
-    @staticmethod
-    def _job_links(pks):
-        """Links to the jobs a reason is about."""
-        if not pks:
-            return ""
-        links = format_html_join(
-            ", ",
-            '<a href="{}">#{}</a>',
-            ((reverse("admin:django_bgtasks_job_change", args=[pk]), pk) for pk in pks),
-        )
-        return format_html(" {} {}", _("Jobs:"), links)
+    def _linked(self, message: str, pks: list[int]):
+        """``message`` with each ``#id`` of the jobs ``pks`` a link to it."""
+        ids = {str(pk) for pk in pks}
+
+        def link(match):
+            pk = match.group(1)
+            if pk not in ids:
+                return match.group(0)
+            url = reverse("admin:django_bgtasks_job_change", args=[pk])
+            return format_html('<a href="{}">#{}</a>', url, pk)
+
+        return mark_safe(JOB_MENTION.sub(link, conditional_escape(message)))
 
     class Media:
         css = {"all": ["django_bgtasks/admin.css"]}
