@@ -138,7 +138,6 @@ _RULES = [
 ]
 
 
-
 def _queue_limits(value):
     if not isinstance(value, dict):
         return False

@@ -22,7 +22,8 @@ from django_bgtasks.private_api import (
     wrap_cursor,
 )
 from django_bgtasks.rows import job_result, task_for_job, update_result
-from django_bgtasks.sql.claim import NOT_RETURNED, claim_jobs
+from django_bgtasks.sql.claim import claim_jobs
+from django_bgtasks.sql.claimed import NOT_RETURNED
 from tests import tasks
 
 # Signals: receivers looked up once per batch ------------------------------------

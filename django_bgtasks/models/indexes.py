@@ -58,6 +58,24 @@ class IndexWhenSet(models.Index):
         return index.create_sql(model, schema_editor, using=using, **kwargs)
 
 
+class LimitedReadyIndex(models.Index):
+    """The READY jobs that count against a limit, in claim order: where
+    partial indexes exist, an index of those rows alone (a job of no limit
+    costs it nothing), so a limited claim finds them without walking the
+    other READY jobs. MySQL and MariaDB (whose limited claim does not use
+    it) get an index of ``limit_key``, written once per row."""
+
+    def create_sql(self, model, schema_editor, using="", **kwargs):
+        if schema_editor.connection.features.supports_partial_indexes:
+            condition = Q(status="READY", limit_key__isnull=False)
+            index = models.Index(
+                fields=self.fields, name=self.name, condition=condition
+            )
+        else:
+            index = models.Index(fields=["limit_key"], name=self.name)
+        return index.create_sql(model, schema_editor, using=using, **kwargs)
+
+
 class UniqueWhenSet(models.UniqueConstraint):
     """A unique constraint whose index holds only the rows where its first
     field is set, on the databases with partial indexes.

@@ -25,7 +25,7 @@ from ..compat import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY
 from ..db import DatabaseNow, chunks, database_now, is_deadlock
 from ..locking import lock_for_writing
 from .dependencies import Ended, handed, jobs_ended, jobs_reopened, steps_retried
-from .indexes import IndexWhenSet, StatusIndex, UniqueWhenSet
+from .indexes import IndexWhenSet, LimitedReadyIndex, StatusIndex, UniqueWhenSet
 from .queues import Queue
 from .status import FINISHED_STATUSES, JobStatus
 from .transitions import (
@@ -402,6 +402,11 @@ class Job(models.Model):
                 status=[status.value for status in FINISHED_STATUSES],
             ),
             IndexWhenSet(fields=["workflow_id"], name="bgtasks_job_workflow_idx"),
+            # The READY jobs of limits, for the limited claim (sql/limited.py).
+            LimitedReadyIndex(
+                fields=["-priority", "run_after", "id"],
+                name="bgtasks_job_limited_ready_idx",
+            ),
         ]
         constraints = [
             models.CheckConstraint(

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import UTC, datetime
 
 from django.db import IntegrityError, NotSupportedError, connections, transaction
 from django.utils import timezone
@@ -31,24 +30,18 @@ from ..exceptions import InvalidJobRow, InvalidTaskArguments
 from ..limits import declared_limits
 from ..models import Job, JobStatus, Queue, error_entry
 from ..models.dependencies import Ended, jobs_ended
-from ..private_api import model_from_row
+from .claimed import (
+    CLAIM_SET,
+    NO_SORT,
+    PAUSED_QUEUES,
+    RETURNING,
+    can_pin_plan,
+    jobs_from,
+    set_params,
+)
 from .limited import claim_limited
 
 logger = logging.getLogger("django_bgtasks.worker")
-
-# The queues paused now (models/queues.py): a claim takes none of their jobs.
-_PAUSED = f"SELECT name FROM {Queue._meta.db_table} WHERE paused_at IS NOT NULL"
-
-# Columns every claim sets; {now} is the database's time (its clock is the
-# one all hosts compare), {append} the vendor's "append to a JSON array".
-_CLAIM_SET = """
-    status = %s,
-    attempts = {job}.attempts + 1,
-    started_at = COALESCE({job}.started_at, {now}),
-    last_attempted_at = {now},
-    worker_id = %s,
-    worker_ids = {append}
-"""
 
 
 def claim_jobs(
@@ -140,10 +133,6 @@ def _read(using: str, ids: list[int]) -> tuple[list[Job], dict[int, Exception]]:
 LOAD_TRIES = 5
 
 
-def _set_params(worker_id):
-    return [JobStatus.RUNNING.value, worker_id, worker_id]
-
-
 def _claim_postgresql(connection, *, worker_id, queues, limit):
     table = connection.ops.quote_name(Job._meta.db_table)
     params = [JobStatus.READY.value]
@@ -156,29 +145,29 @@ def _claim_postgresql(connection, *, worker_id, queues, limit):
         queue_filter = "AND queue_name = ANY(%s)"
         params.append(list(queues))
     params.append(limit)
-    params += _set_params(worker_id)
+    params += set_params(worker_id)
     db_now = now_sql(connection)
     sql = f"""
         WITH claimable AS (
             SELECT id FROM {table}
             WHERE status = %s AND run_after <= {db_now} {queue_filter}
-                AND queue_name <> ALL (ARRAY({_PAUSED}))
+                AND queue_name <> ALL (ARRAY({PAUSED_QUEUES}))
             ORDER BY priority DESC, run_after, id
             LIMIT %s
             FOR UPDATE SKIP LOCKED
         )
         UPDATE {table} AS job SET {
-        _CLAIM_SET.format(
+        CLAIM_SET.format(
             job="job",
             now=db_now,
             append="job.worker_ids || jsonb_build_array(%s::text)",
         )
     }
         FROM claimable WHERE job.id = claimable.id
-        RETURNING {_RETURNING}
+        RETURNING {RETURNING}
     """
     with connection.cursor() as cursor:
-        if len(queues or ()) < 2 and _can_pin_plan(connection, cursor):
+        if len(queues or ()) < 2 and can_pin_plan(connection, cursor):
             # The claim must walk its READY index in claim order and stop at
             # the limit. With stale statistics (a burst of jobs into a table
             # of finished ones, before the next ANALYZE) the planner expects
@@ -188,100 +177,12 @@ def _claim_postgresql(connection, *, worker_id, queues, limit):
             # transaction of one query string), leaving the ordered index
             # scan as the plan. (Several queues need a sort whatever the
             # plan: the planner chooses.)
-            cursor.execute(_NO_SORT + sql, params)
+            cursor.execute(NO_SORT + sql, params)
             while cursor.description is None and cursor.nextset():
                 pass
         else:
             cursor.execute(sql, params)
-        return _jobs_from(connection, cursor.fetchall())
-
-
-def _jobs_from(connection, rows):
-    """The Jobs of the claimed ``rows`` (PostgreSQL's lean RETURNING), and
-    the ids of those that cannot be read, with why."""
-    moments = {}
-    jobs, unreadable = [], {}
-    for row in rows:
-        try:
-            jobs.append(_job(connection.alias, row, moments))
-        except Exception as exc:  # a time or JSON it cannot read
-            unreadable[row[_ID_AT]] = exc
-    return jobs, unreadable
-
-
-_NO_SORT = "SET LOCAL enable_sort = off; "
-
-
-def _can_pin_plan(connection, cursor) -> bool:
-    """Whether ``_NO_SORT`` can lead the claim's query string: the cursor
-    binds parameters on the client and sends the text as one simple query
-    (psycopg 2, and psycopg 3's ClientCursor, Django's default), and no
-    transaction is open that SET LOCAL would outlast the claim in."""
-    if connection.in_atomic_block or not connection.get_autocommit():
-        return False
-    raw = cursor.cursor
-    if type(raw).__module__.startswith("psycopg2"):
-        return True
-    try:
-        from psycopg import ClientCursor
-    except ImportError:
-        return False
-    return isinstance(raw, ClientCursor)
-
-
-# A claimed row comes back lean: the JSON columns as one JSON array (one
-# parse), the times as seconds since the epoch (no per-column loaders), and
-# without the columns no worker reads (deferred on the Job: one read of
-# such a field would cost a query; test_claim.py checks none is read).
-NOT_RETURNED = {
-    "task_run_after",
-    "unique_key",
-    "workflow_id",
-    "waiting_for",
-    "limit_key",
-}
-_FIELDS = [f for f in Job._meta.concrete_fields if f.name not in NOT_RETURNED]
-_JSON = [f for f in _FIELDS if f.get_internal_type() == "JSONField"]
-_TIMES = [f for f in _FIELDS if f.get_internal_type() == "DateTimeField"]
-_PLAIN = [f for f in _FIELDS if f not in _JSON and f not in _TIMES]
-_RETURNING = ", ".join(
-    [
-        *(f"job.{f.column}" for f in _PLAIN),
-        # date_part gives float8 directly: half the server's time of
-        # extract's numeric cast to float8 (2 µs less per claimed row).
-        *(f"date_part('epoch', job.{f.column})" for f in _TIMES),
-        f"jsonb_build_array({', '.join(f'job.{f.column}' for f in _JSON)})::text",
-    ]
-)
-
-
-_PLAIN_NAMES = [f.attname for f in _PLAIN]
-_ID_AT = _PLAIN_NAMES.index("id")
-_TIME_NAMES = [f.attname for f in _TIMES]
-_JSON_NAMES = [f.attname for f in _JSON]
-_TIMES_AT = slice(len(_PLAIN), len(_PLAIN) + len(_TIMES))
-
-
-def _job(using: str, row, moments: dict[float, datetime]) -> Job:
-    """A Job from a claimed row, built without the ORM's per-column loaders
-    and converters: the claim is the worker's hottest query. ``moments``:
-    the times made so far for this claim's rows, by their seconds (the
-    claim's own time is on every row, and jobs enqueued together share
-    theirs)."""
-    values = dict(zip(_PLAIN_NAMES, row, strict=False))  # the row goes on
-    for name, seconds in zip(_TIME_NAMES, row[_TIMES_AT], strict=True):
-        if seconds is None:
-            values[name] = None
-            continue
-        moment = moments.get(seconds)
-        if moment is None:
-            moment = moments[seconds] = datetime.fromtimestamp(seconds, UTC)
-        values[name] = moment
-    values.update(zip(_JSON_NAMES, _decode_json(row[-1]), strict=True))
-    return model_from_row(Job, using, values)
-
-
-_decode_json = json.JSONDecoder().decode  # json.loads, without its checks
+        return jobs_from(connection, cursor.fetchall())
 
 
 def _claim_sqlite(connection, *, worker_id, queues, limit):
@@ -294,20 +195,20 @@ def _claim_sqlite(connection, *, worker_id, queues, limit):
     db_now = now_sql(connection)
     sql = f"""
         UPDATE {table} SET {
-        _CLAIM_SET.format(
+        CLAIM_SET.format(
             job=table, now=db_now, append="json_insert(worker_ids, '$[#]', %s)"
         )
     }
         WHERE id IN (
             SELECT id FROM {table}
             WHERE status = %s AND run_after <= {db_now} {queue_filter}
-                AND queue_name NOT IN ({_PAUSED})
+                AND queue_name NOT IN ({PAUSED_QUEUES})
             ORDER BY priority DESC, run_after, id
             LIMIT %s
         )
         RETURNING id
     """
-    params = [*_set_params(worker_id), JobStatus.READY.value, *queue_params, limit]
+    params = [*set_params(worker_id), JobStatus.READY.value, *queue_params, limit]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         ids = [row[0] for row in cursor.fetchall()]
@@ -367,7 +268,7 @@ def _mark_ids_mysql(connection, ids, worker_id) -> list[int]:
 
 
 def _mark_claimed(connection, table, ids, worker_id) -> None:
-    claim_set = _CLAIM_SET.format(
+    claim_set = CLAIM_SET.format(
         job=table,
         now=now_sql(connection),
         append="JSON_ARRAY_APPEND(worker_ids, '$', %s)",
@@ -376,7 +277,7 @@ def _mark_claimed(connection, table, ids, worker_id) -> None:
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {table} SET {claim_set} WHERE id IN ({marks})",
-            [*_set_params(worker_id), *ids],
+            [*set_params(worker_id), *ids],
         )
 
 
@@ -446,23 +347,23 @@ def _fail_corrupt(connection, ids) -> set[int]:
 def _claim_ids_postgresql(connection, ids, worker_id):
     table = connection.ops.quote_name(Job._meta.db_table)
     db_now = now_sql(connection)
-    set_sql = _CLAIM_SET.format(
+    set_sql = CLAIM_SET.format(
         job="job",
         now=db_now,
         append="job.worker_ids || jsonb_build_array(%s::text)",
     )
     sql = f"""
         UPDATE {table} AS job SET {set_sql}
-        WHERE job.id = ANY(%s) RETURNING {_RETURNING}
+        WHERE job.id = ANY(%s) RETURNING {RETURNING}
     """
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*_set_params(worker_id), list(ids)])
-        return _jobs_from(connection, cursor.fetchall())
+        cursor.execute(sql, [*set_params(worker_id), list(ids)])
+        return jobs_from(connection, cursor.fetchall())
 
 
 def _claim_ids_sqlite(connection, ids, worker_id):
     table = connection.ops.quote_name(Job._meta.db_table)
-    set_sql = _CLAIM_SET.format(
+    set_sql = CLAIM_SET.format(
         job=table,
         now=now_sql(connection),
         append="json_insert(worker_ids, '$[#]', %s)",
@@ -471,7 +372,7 @@ def _claim_ids_sqlite(connection, ids, worker_id):
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {table} SET {set_sql} WHERE id IN ({marks})",
-            [*_set_params(worker_id), *ids],
+            [*set_params(worker_id), *ids],
         )
     return ids
 

@@ -25,14 +25,27 @@ by hand) frees its place, and nothing can leak one.
 
 from __future__ import annotations
 
+import json
+
 from django.db import transaction
 from django.db.models import Count, Q
 
-from ..db import database_now
+from ..db import database_now, now_sql
 from ..limits import QUEUE_PREFIX, Admission, DeclaredLimits, limit_name
 from ..locking import lock_for_writing
 from ..models import Job, JobStatus, LimitState, Queue
+from .claimed import (
+    CLAIM_SET,
+    ID_AT,
+    NO_SORT,
+    PAUSED_QUEUES,
+    RETURNING,
+    can_pin_plan,
+    jobs_from,
+    set_params,
+)
 
+NO_JIT = "SET LOCAL jit = off; "
 # Due jobs a limited claim looks at beyond its free slots: room to pass
 # over jobs of limits that fill up in this very claim.
 EXTRA_SCANNED = 16
@@ -49,8 +62,9 @@ def claim_limited(connection, *, worker_id, queues, limit, declared, claim_ids, 
     ``load(using, ids)`` reads after the commit (``sql/claim.py``). Returns
     the jobs and the ids of those that cannot be read, with why."""
     jobs, unreadable = [], {}
+    claim_round = _round_postgresql if connection.vendor == "postgresql" else _round
     for _ in range(ROUNDS):
-        claimed, held_back = _claim_round(
+        claimed, held_back = claim_round(
             connection,
             worker_id,
             queues,
@@ -58,16 +72,19 @@ def claim_limited(connection, *, worker_id, queues, limit, declared, claim_ids, 
             declared,
             claim_ids,
         )
-        if isinstance(claimed, list):  # ids, read now it has committed
-            claimed = load(connection.alias, claimed) if claimed else ([], {})
-        jobs += claimed[0]
-        unreadable.update(claimed[1])
+        for part in claimed:
+            if isinstance(part, list):  # ids, read now that it has committed
+                part = load(connection.alias, part) if part else ([], {})
+            jobs += part[0]
+            unreadable.update(part[1])
         if not held_back or len(jobs) + len(unreadable) >= limit:
             break
     return jobs, unreadable
 
 
-def _claim_round(connection, worker_id, queues, limit, declared, claim_ids):
+def _round(connection, worker_id, queues, limit, declared, claim_ids):
+    """One claim of MySQL/MariaDB or SQLite: what it claimed, and whether
+    it held back jobs it had slots for."""
     using = connection.alias
     paused = Queue.objects.using(using).paused_names()
     tokens, _ = _tokens(using, declared)
@@ -87,35 +104,234 @@ def _claim_round(connection, worker_id, queues, limit, declared, claim_ids):
         # take turns (and the reads below current).
         lock_for_writing(Job, using)
         candidates = _candidates(connection, due, queues, limit + EXTRA_SCANNED)
-        rows = _limit_rows(candidates, declared)
-        admission = held  # jobs of no limit only: nothing to count again
-        if rows:
-            _lock(using, rows)
-            # Counted again behind the locks: every claim of these limits
-            # before this one has committed, and none other is under way.
-            tokens, now = _tokens(using, declared)
-            keys = {key for _, _, key, *_ in candidates if key is not None}
-            queues_in_play = {q for _, q, *_ in candidates if q in declared.by_queue}
-            admission = Admission(
-                declared, _running(using, declared, keys, queues_in_play), tokens
+        if not _limit_rows(candidates, declared):
+            # Jobs of no limit only: nothing to count again.
+            ids = [row[0] for row in candidates[:limit]]
+            return [claim_ids(connection, ids, worker_id)] if ids else [], False
+        return _admit(connection, candidates, limit, declared, claim_ids, worker_id)
+
+
+def _admit(connection, candidates, limit, declared, claim_ids, worker_id):
+    """In the caller's transaction, which holds ``candidates`` (id, queue,
+    limit key) locked: lock their limits, count again, claim in order the
+    jobs every limit has room for. Returns what it claimed, and whether it
+    held back jobs it had slots for."""
+    using = connection.alias
+    _lock(using, _limit_rows(candidates, declared))
+    # Counted again behind the locks: every claim of these limits before
+    # this one has committed, and none other is under way.
+    tokens, now = _tokens(using, declared)
+    keys = {key for _, _, key, *_ in candidates if key is not None}
+    queues = {queue for _, queue, *_ in candidates if queue in declared.by_queue}
+    admission = Admission(declared, _running(using, declared, keys, queues), tokens)
+    chosen = []
+    for pk, queue, key, *_ in candidates:
+        if len(chosen) == limit:
+            break
+        if admission.admit(queue, key):
+            chosen.append(pk)
+    held_back = len(chosen) < min(limit, len(candidates))
+    if not chosen:
+        return [], held_back
+    claimed = claim_ids(connection, chosen, worker_id)
+    states = LimitState.objects.using(using)
+    for name in admission.taken:
+        states.filter(name=name).update(tokens=admission.tokens[name], refilled_at=now)
+    return [claimed], held_back
+
+
+def _round_postgresql(connection, worker_id, queues, limit, declared, claim_ids):
+    """One claim on PostgreSQL: one statement leaves out the full limits,
+    claims the jobs of no limit among the best due ones, and returns the
+    others; only if there are some does a transaction lock their limits
+    and take those with room (``_admit``)."""
+    sql, params = _front_statement(connection, queues, limit, declared, worker_id)
+    with connection.cursor() as cursor:
+        if len(queues or ()) < 2 and can_pin_plan(connection, cursor):
+            # As the plain claim does; this statement sorts what it merges
+            # whatever the plan, and sorting "off" makes its cost so large
+            # that PostgreSQL would compile it (JIT: a second, each claim).
+            cursor.execute(NO_JIT + NO_SORT + sql, params)
+            while cursor.description is None and cursor.nextset():
+                pass
+        else:
+            cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    limited = json.loads(rows[0][-1]) if rows[0][-1] else []
+    returned = [row[:-1] for row in rows if row[ID_AT] is not None]
+    claimed = [jobs_from(connection, returned)]
+    free = limit - len(returned)
+    if not limited or free <= 0:
+        return claimed, bool(limited)
+    table = connection.ops.quote_name(Job._meta.db_table)
+    order = {pk: n for n, (pk, _, _) in enumerate(limited)}
+    with transaction.atomic(using=connection.alias):
+        with connection.cursor() as cursor:
+            # Locked again: another claim may have taken some meanwhile.
+            cursor.execute(
+                f"SELECT id FROM {table} WHERE id = ANY(%s) AND status = %s "
+                f"FOR UPDATE SKIP LOCKED",
+                [list(order), JobStatus.READY.value],
             )
-        chosen = []
-        for pk, queue, key, *_ in candidates:
-            if len(chosen) == limit:
-                break
-            if admission.admit(queue, key):
-                chosen.append(pk)
-        held_back = len(chosen) < min(limit, len(candidates))
-        if not chosen:
-            return [], held_back
-        claimed = claim_ids(connection, chosen, worker_id)
-        if admission.taken:
-            states = LimitState.objects.using(using)
-            for name in admission.taken:
-                states.filter(name=name).update(
-                    tokens=admission.tokens[name], refilled_at=now
-                )
-    return claimed, held_back
+            still = {row[0] for row in cursor.fetchall()}
+        candidates = [row for row in limited if row[0] in still]
+        more, _ = _admit(connection, candidates, free, declared, claim_ids, worker_id)
+    # No second round: the statement took no more per key than it had room
+    # for, so what _admit held back, another claim took meanwhile (or a
+    # rate's tokens ran out); the next claim sees it.
+    return claimed + more, False
+
+
+def _front_statement(connection, queues, limit, declared, worker_id):
+    """The PostgreSQL statement of ``_round_postgresql``, with its
+    parameters. It returns the claimed rows (``RETURNING``), each with the
+    due jobs of some limit among the best ``limit`` (as JSON [id, queue,
+    key], in claim order) in its last column; one row with only that
+    column if it claimed none.
+
+    The best due jobs of no limit come from the claim's READY index (past
+    the READY jobs of limits, which it reads and leaves); those of limits
+    from their own index, leaving out the limits with no room (the RUNNING
+    jobs it counts are read only once it finds such a job), and at most as
+    many per key as the key had room for when the statement began."""
+    table = connection.ops.quote_name(Job._meta.db_table)
+    states = connection.ops.quote_name(LimitState._meta.db_table)
+    db_now = now_sql(connection)
+    # Named parameters: some of the text below appears in several places.
+    params: dict = {}
+
+    def param(value) -> str:
+        name = f"p{len(params)}"
+        params[name] = value
+        return f"%({name})s"
+
+    by_name = declared.by_name
+    concurrent = {n: lim.concurrency for n, lim in by_name.items() if lim.concurrency}
+    by_queue = {q: lim.concurrency for q, lim in declared.by_queue.items()}
+    rated = [(name, declared.rate_of(name)) for name in declared.rated_names()]
+    limited_names, limited_queues = list(by_name), list(by_queue)
+    if queues is None:
+        queue_filter = ""
+    elif len(queues) == 1:  # "= %s": the index's order holds for one queue
+        queue_filter = f"AND queue_name = {param(queues[0])}"
+    else:
+        queue_filter = f"AND queue_name = ANY({param(list(queues))})"
+    due = f"status = 'READY' AND run_after <= {db_now} {queue_filter}"
+    not_paused = f"queue_name <> ALL (ARRAY({PAUSED_QUEUES}))"
+    order = "ORDER BY priority DESC, run_after, id"
+    columns = "id, limit_key, queue_name, priority, run_after"
+    ctes = [
+        f"""c_free AS (
+            SELECT {columns} FROM {table}
+            WHERE {due} AND {not_paused}
+                AND queue_name <> ALL({param(limited_queues)})
+                AND (limit_key IS NULL
+                     OR split_part(limit_key, ':', 1) <> ALL({param(limited_names)}))
+            {order} LIMIT {param(limit)} FOR UPDATE SKIP LOCKED
+        )"""
+    ]
+    full_keys = f"""full_keys AS (
+            SELECT r.limit_key AS key FROM {table} r
+            JOIN unnest({param(list(concurrent))}::text[],
+                        {param(list(concurrent.values()))}::int[]) AS d(name, most)
+                ON split_part(r.limit_key, ':', 1) = d.name
+            WHERE r.status = 'RUNNING' AND r.limit_key IS NOT NULL
+            GROUP BY r.limit_key, d.most HAVING count(*) >= d.most
+            UNION ALL
+            SELECT s.name FROM {states} s
+            JOIN unnest({param([n for n, _ in rated])}::text[],
+                        {param([float(r.count) for _, r in rated])}::float8[],
+                        {param([float(r.per) for _, r in rated])}::float8[])
+                AS b(name, n, per) ON s.name = b.name
+            WHERE s.refilled_at IS NOT NULL AND LEAST(b.n, s.tokens
+                + EXTRACT(EPOCH FROM ({db_now} - s.refilled_at)) * b.n / b.per) < 1
+        )"""
+    ctes.insert(0, full_keys)
+    free_keys = "limit_key <> ALL (ARRAY(SELECT key FROM full_keys))"
+    parts = ["SELECT *, true AS free FROM c_free"]
+    if limited_names:
+        ctes.append(
+            f"""c_limited AS (
+            SELECT {columns} FROM {table}
+            WHERE {due} AND limit_key IS NOT NULL AND {not_paused}
+                AND split_part(limit_key, ':', 1) = ANY({param(limited_names)})
+                AND queue_name <> ALL({param(limited_queues)})
+                AND {free_keys}
+            {order} LIMIT {param(limit)} FOR UPDATE SKIP LOCKED
+        )"""
+        )
+        # At most as many per key as it has room for (by this statement's
+        # snapshot: the transaction that claims them counts again).
+        ctes.append(
+            f"""c_room AS (
+            SELECT k.{columns.replace(", ", ", k.")} FROM (
+                SELECT *, row_number() OVER (PARTITION BY limit_key {order}) AS n
+                FROM c_limited
+            ) AS k
+            LEFT JOIN unnest({param(list(concurrent))}::text[],
+                             {param(list(concurrent.values()))}::int[]) AS d(name, most)
+                ON split_part(k.limit_key, ':', 1) = d.name
+            WHERE d.most IS NULL OR k.n <= d.most - (
+                SELECT count(*) FROM {table} r
+                WHERE r.status = 'RUNNING' AND r.limit_key = k.limit_key)
+        )"""
+        )
+        parts.append("SELECT *, false FROM c_room")
+    if limited_queues:
+        ctes.insert(
+            1,
+            f"""full_queues AS (
+            SELECT r.queue_name AS queue FROM {table} r
+            JOIN unnest({param(list(by_queue))}::text[],
+                        {param(list(by_queue.values()))}::int[]) AS d(name, most)
+                ON r.queue_name = d.name
+            WHERE r.status = 'RUNNING' AND d.most IS NOT NULL
+            GROUP BY r.queue_name, d.most HAVING count(*) >= d.most
+            UNION ALL
+            SELECT substr(key, {len(QUEUE_PREFIX) + 1}) FROM full_keys
+            WHERE left(key, {len(QUEUE_PREFIX)}) = '{QUEUE_PREFIX}'
+        )""",
+        )
+        ctes.append(
+            f"""c_queue AS (
+            SELECT {columns} FROM {table}
+            WHERE {due} AND {not_paused}
+                AND queue_name = ANY({param(limited_queues)})
+                AND queue_name <> ALL (ARRAY(SELECT queue FROM full_queues))
+                AND (limit_key IS NULL OR {free_keys})
+            {order} LIMIT {param(limit)} FOR UPDATE SKIP LOCKED
+        )"""
+        )
+        parts.append("SELECT *, false FROM c_queue")
+    ctes.append(
+        f"""top AS (
+            {" UNION ALL ".join(parts)}
+            {order} LIMIT {param(limit)}
+        )"""
+    )
+    claim_set = CLAIM_SET.format(
+        job="job", now=db_now, append="job.worker_ids || jsonb_build_array(%s::text)"
+    )
+    # CLAIM_SET's placeholders, in order: the status, then the worker twice.
+    status, worker, _ = set_params(worker_id)
+    claim_set = claim_set.replace("%s", param(status), 1)
+    claim_set = claim_set.replace("%s", param(worker))
+    ctes.append(
+        f"""claimed AS (
+            UPDATE {table} AS job SET {claim_set}
+            FROM top WHERE job.id = top.id AND top.free
+            RETURNING {RETURNING}
+        )"""
+    )
+    sql = f"""
+        WITH {", ".join(ctes)}
+        SELECT claimed.*, held.jobs FROM (
+            SELECT json_agg(json_build_array(id, queue_name, limit_key)
+                            {order})::text AS jobs
+            FROM top WHERE NOT free
+        ) AS held LEFT JOIN claimed ON true
+    """
+    return sql, params
 
 
 def _candidates(connection, due, queues, count):

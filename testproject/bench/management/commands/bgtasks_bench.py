@@ -32,6 +32,12 @@ Scenarios, each run ``--runs`` times (medians printed), on the database of
   by 2 tuned worker processes: its enqueue (one call, every row), its drain,
   and the time from the last member's end to the callback's start, by the
   database's clock;
+- limited: the drain of 2 tuned worker processes that know of a limit
+  (``testproject/bench/limited.py``, so every claim is a limited claim),
+  beside the same workers without it; then that drain with ``--limited``
+  jobs limited to 2 at once (10 ms each, of higher priority) enqueued ahead
+  of the no-ops: the no-ops' rate, and the most limited jobs seen running
+  at once (from their spans);
 - many-idle (only when named): ``--idle-workers`` idle worker processes,
   their connections and transactions, and the CPU of the PostgreSQL server
   where it runs on this host.
@@ -103,7 +109,16 @@ def percentile(values, fraction):
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-SCENARIOS = ("enqueue", "bulk", "workers", "untuned", "chord", "steady", "celery")
+SCENARIOS = (
+    "enqueue",
+    "bulk",
+    "workers",
+    "untuned",
+    "chord",
+    "limited",
+    "steady",
+    "celery",
+)
 # Run only when asked for: PostgreSQL's default max_connections (100) holds
 # about 30 idle worker processes (three connections each).
 OPTIONAL_SCENARIOS = ("many-idle",)
@@ -117,6 +132,7 @@ SIZES = [  # the integer options: name, default, help
     ("latency", 200, "Jobs timed one at a time."),
     ("backlog", 10_000, "Jobs ahead of the high-priority one."),
     ("chord", 1000, "Members of the chord scenario's chord."),
+    ("limited", 200, "Limited jobs ahead of the no-ops in the limited scenario."),
     ("steady", 1_000_000, "Jobs through the table in the steady-state scenario."),
     ("idle_workers", 50, "Worker processes in the many-idle scenario."),
 ]
@@ -168,6 +184,7 @@ class Command(BaseCommand):
             options.update(
                 runs=1, enqueue=200, bulk=2000, drain=1000, latency=20, backlog=500,
                 processes="1", steady=20_000, idle_workers=2, chord=200,
+                limited=20,
             )  # fmt: skip
         scenarios = options["scenarios"].split(",")
         unknown = set(scenarios) - set(SCENARIOS + OPTIONAL_SCENARIOS)
@@ -220,6 +237,8 @@ class Command(BaseCommand):
                 )
         if "chord" in scenarios:
             self.chord(row)
+        if "limited" in scenarios:
+            self.limited(row)
         if "steady" in scenarios:
             self.steady(row)
         if "celery" in scenarios:
@@ -410,12 +429,89 @@ class Command(BaseCommand):
         gap = (start - last_end).total_seconds() * 1000
         return enqueued * 1000, (count + 1) / drained, gap
 
+    # Limits ------------------------------------------------------------------
+
+    def limited(self, row) -> None:
+        """Drains with and without a limit known to the workers, and with
+        limited jobs ahead of the no-ops."""
+        runs = self.options["runs"]
+        plain, known, beside, most = [], [], [], []
+        for _ in range(runs):
+            # Alternated, so that both see the machine of the same minutes.
+            self.start_workers(2)
+            try:
+                plain.append(self.drain()[0])
+            finally:
+                self.stop_workers()
+            self.start_workers(2, limits=True)
+            try:
+                known.append(self.drain()[0])
+                rate, seen = self.drain_beside_limited()
+                beside.append(rate)
+                most.append(seen)
+            finally:
+                self.stop_workers()
+        drain = self.options["drain"]
+        plain, known, beside = (statistics.median(f) for f in (plain, known, beside))
+        row(f"drain {drain:,}, 2 processes, no limit known", plain, "jobs/s")
+        row(f"drain {drain:,}, 2 processes, a limit known", known, "jobs/s")
+        row(
+            f"drain {drain:,} beside {self.options['limited']:,} jobs limited to 2",
+            beside,
+            "jobs/s (the unlimited ones)",
+        )
+        row(
+            "  limit known / none; beside limited / none",
+            f"{known / plain:.2f}; {beside / plain:.2f}",
+            "x",
+        )
+        row("  most limited jobs running at once", max(most), "(limit: 2)")
+
+    def drain_beside_limited(self) -> tuple[float, int]:
+        """The no-ops' rate with limited jobs ahead of them, and the most
+        limited jobs that ran at once."""
+        from testproject.bench.limited import two_at_a_time
+
+        self.clear()
+        count = self.options["drain"]
+        with transaction.atomic():
+            limited = two_at_a_time.enqueue_many(
+                ((n,), {}) for n in range(self.options["limited"])
+            )
+            noop.enqueue_many(((n,), {}) for n in range(count))
+        started = time.perf_counter()
+        free = Job.objects.filter(task_path=noop.module_path).exclude(
+            status=JobStatus.SUCCESSFUL
+        )
+        deadline = time.monotonic() + 600
+        while free.exists():
+            self.check_workers(deadline)
+            time.sleep(0.01)
+        rate = count / (time.perf_counter() - started)
+        self.wait_for_workers()
+        moments = []
+        for began, ended in Job.objects.filter(
+            pk__in=[result.id for result in limited]
+        ).values_list("return_value", flat=True):
+            moments += [(began, 1), (ended, -1)]
+        running = most = 0
+        for _, change in sorted(moments):
+            running += change
+            most = max(most, running)
+        return rate, most
+
     def start_workers(
-        self, count: int, *, maintenance: bool = False, tuned: bool = True
+        self,
+        count: int,
+        *,
+        maintenance: bool = False,
+        tuned: bool = True,
+        limits: bool = False,
     ) -> None:
         """Start ``runworker --processes count``; with ``maintenance``, its
         workers prune every finished job at once. Not ``tuned``: without
-        ``--concurrency`` and ``--prefetch``, on ``CONN_MAX_AGE = 0``."""
+        ``--concurrency`` and ``--prefetch``, on ``CONN_MAX_AGE = 0``. With
+        ``limits``: they know of the limited task's limit."""
         self.clear()
         WorkerProcess.objects.all().delete()
         command = [
@@ -423,6 +519,8 @@ class Command(BaseCommand):
             "--no-scheduler", "-v", "0",
         ]  # fmt: skip
         environment = dict(os.environ)
+        if limits:
+            environment["BGTASKS_TASK_MODULES"] += ",testproject.bench.limited"
         if tuned:
             command += ["--concurrency", str(self.options["concurrency"])]
             command += ["--prefetch", str(self.options["prefetch"])]
