@@ -3,20 +3,23 @@ more jobs of a limit RUNNING than it allows, never more starts than its
 rate, across every worker, decided in the claim.
 
 A claim of a worker that knows of any limit runs here instead of the
-single statement of ``sql/claim.py``:
+single statement of ``sql/claim.py``.
 
-1. Outside a transaction, it reads what the limits hold now: the RUNNING
-   jobs per limit key and per limited queue, and the rated limits' tokens.
-   The limits with no room are left out of the next step's scan, so jobs
-   held back by a full limit never block the ones behind them.
-2. In one transaction: the due jobs in claim order (``FOR UPDATE SKIP
-   LOCKED``; a few more than the free slots), then the rows of the limits
-   those jobs count against, locked in name order (``LimitState``): two
-   claims of one limit take turns here. Then it counts again, now that no
-   other claim of these limits is under way, takes in claim order the jobs
-   every limit has room for, marks them RUNNING, and takes their tokens.
-   The limits' rows stay locked until the commit that makes the jobs
-   RUNNING, so the next claim of a limit counts them.
+PostgreSQL (``_round_postgresql``): one statement takes the best due jobs
+of no limit from the claim's READY index and those of limits from their own
+partial index, leaving out the limits with no room and taking at most as
+many per key as it had room for, claims the first kind and returns the
+second. Only if there are some does one transaction lock the rows of their
+limits (``LimitState``, in name order: two claims of one limit take turns
+here), count their RUNNING jobs again, take in claim order those every
+limit has room for, and take their tokens. The rows stay locked until the
+commit that makes the jobs RUNNING, so the next claim of a limit counts
+them.
+
+MySQL/MariaDB and SQLite (``_round``): the same in one transaction per
+claim, the full limits read first and left out of its scan; a claim that
+held back jobs it had slots for claims again (up to ``ROUNDS``), leaving
+out the limits it filled.
 
 The count is of job rows, not a counter kept beside them: a job leaving
 RUNNING by any path (success, retry, a rescue, an operator, a row written
