@@ -385,3 +385,46 @@ def test_a_waiting_jobs_page_links_the_jobs_holding_its_limit(limited, admin_cli
     assert "Limit &#x27;shared&#x27; is full: 1 of 1 running" in page
     holder_url = reverse("admin:django_bgtasks_job_change", args=[holder.pk])
     assert f'running (<a href="{holder_url}">#{holder.pk}</a>)' in page
+
+
+@pytest.mark.slow
+def test_a_dead_workers_job_holds_its_limit_until_it_is_rescued(workers, limited):
+    """A worker killed while it runs a job of a limit: the job stays RUNNING
+    (its worker's, until a rescue), so no other worker starts another job
+    of that key meanwhile; the rescued job runs first, then the others."""
+    import os
+    import signal
+
+    results = limited.one_per_account.enqueue_many(
+        ((7,), {"pause": 0.5}) for _ in range(3)
+    )
+    first = Job.objects.get(pk=results[0].id)
+    env = {
+        **WORKER_ENV,
+        "BGTASKS_HEARTBEAT_INTERVAL": "0.3",
+        "BGTASKS_WORKER_TIMEOUT": "1.5",
+    }
+    doomed = workers.start("--concurrency", "2", env=env)
+    wait_until(
+        lambda: Job.objects.filter(pk=first.pk, status=JobStatus.RUNNING).exists(),
+        timeout=30,
+        message="the first job running",
+    )
+    os.kill(doomed.pid, signal.SIGKILL)
+    doomed.wait()
+    survivor = workers.start("--concurrency", "2", env=env)
+    jobs = Job.objects.filter(pk__in=[r.id for r in results])
+    wait_until(
+        lambda: jobs.filter(status=JobStatus.SUCCESSFUL).count() == 3,
+        timeout=60,
+        message="every job done",
+    )
+    survivor.terminate()
+    workers.wait(survivor)
+    first.refresh_from_db()
+    assert len(first.worker_ids) == 2  # run again after the rescue
+    others = jobs.exclude(pk=first.pk)
+    # None of the others started before the rescued job's second start.
+    assert all(job.started_at >= first.last_attempted_at for job in others)
+    assert all(len(job.worker_ids) == 1 for job in others)
+    assert most_at_once(results[1:]) == 1
