@@ -111,6 +111,21 @@ def test_jobs_held_back_do_not_block_the_jobs_behind_them(limited):
     assert {int(r.id) for r in behind} <= claimed
 
 
+def test_a_claim_of_several_queues_keeps_to_the_limits(limited):
+    settings = {**BGTASKS, "QUEUE_LIMITS": {"images": {"concurrency": 1}}}
+    with override_settings(BGTASKS=settings):
+        for account in [1, 1, 2]:
+            limited.one_per_account.using(queue_name="other").enqueue(account)
+        for _ in range(3):
+            limited.free.using(queue_name="images").enqueue()
+        free = [limited.free.enqueue() for _ in range(2)]
+        claimed = claim(queues=["images", "other", "default"])
+        queues = sorted(job.queue_name for job in claimed)
+        assert queues == ["default", "default", "images", "other", "other"]
+        assert {int(r.id) for r in free} <= {job.pk for job in claimed}
+        assert claim(queues=["images", "other"], worker_id="w2") == []
+
+
 def test_a_limit_with_a_key_is_one_limit_per_value(limited):
     for account in [1, 1, 1, 2, 2, 3]:
         limited.one_per_account.enqueue(account)
