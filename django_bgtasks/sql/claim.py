@@ -214,7 +214,15 @@ def _can_pin_plan(connection, cursor) -> bool:
 # without the columns no worker reads (deferred on the Job: one read of
 # such a field would cost a query; test_claim.py checks none is read).
 NOT_RETURNED = {"task_run_after", "unique_key", "workflow_id", "waiting_for"}
-_FIELDS = [f for f in Job._meta.concrete_fields if f.name not in NOT_RETURNED]
+# Nor the stop request, NULL on every claimed row (a READY job never
+# carries one: models/transitions.py): set so, not read. The worker sets it
+# when it hears of one.
+UNSET_WHEN_CLAIMED = {"cancel_requested_at": None, "cancel_requested_by": None}
+_FIELDS = [
+    f
+    for f in Job._meta.concrete_fields
+    if f.name not in NOT_RETURNED and f.name not in UNSET_WHEN_CLAIMED
+]
 _JSON = [f for f in _FIELDS if f.get_internal_type() == "JSONField"]
 _TIMES = [f for f in _FIELDS if f.get_internal_type() == "DateTimeField"]
 _PLAIN = [f for f in _FIELDS if f not in _JSON and f not in _TIMES]
@@ -252,6 +260,7 @@ def _job(using: str, row, moments: dict[float, datetime]) -> Job:
             moment = moments[seconds] = datetime.fromtimestamp(seconds, UTC)
         values[name] = moment
     values.update(zip(_JSON_NAMES, _decode_json(row[-1]), strict=True))
+    values.update(UNSET_WHEN_CLAIMED)
     return model_from_row(Job, using, values)
 
 
