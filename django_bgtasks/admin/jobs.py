@@ -179,7 +179,7 @@ class JobAdmin(WorkflowSection, ReadOnlyAdmin):
             fields.insert(after_status, "cancel_request")
         return [(name, {**options, "fields": fields}), *rest]
 
-    @admin.display(description=_("cancelled"))
+    @admin.display(description=_("cancel requested"))
     def cancel_request(self, job):
         return cancel_request(job)
 
