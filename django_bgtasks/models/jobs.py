@@ -167,7 +167,7 @@ class JobQuerySet(models.QuerySet):
         """
         return self.apply(Retried())
 
-    def cancel(self, *, by: str = "") -> Cancellation:
+    def cancel(self, *, by: str | None = None) -> Cancellation:
         """Cancel READY and WAITING jobs (the workflow steps waiting for
         them are cancelled too), and ask RUNNING ones to stop: their worker
         hears of it within a second on PostgreSQL (else within its
@@ -179,7 +179,7 @@ class JobQuerySet(models.QuerySet):
         Returns how many jobs changed (an int), with each count apart.
         """
         cancelled = self.apply(Cancelled())
-        by = (by or "")[: Job._meta.get_field("cancel_requested_by").max_length]
+        by = by[: Job._meta.get_field("cancel_requested_by").max_length] if by else None
         return Cancellation(cancelled, self.apply(StopRequested(by)))
 
     def run_now(self) -> int:

@@ -159,7 +159,7 @@ class StopRequested:
     hears of it and the job ends CANCELLED (see ``transition``). The job is
     asked once: a second request keeps the first's time and author."""
 
-    by: str = ""
+    by: str | None = None
 
     wakes_workers: ClassVar[bool] = False
 
