@@ -21,6 +21,7 @@ __all__ = [
     "Step",
     "Unique",
     "WorkflowResult",
+    "cancel_requested",
     "chain",
     "chord",
     "get_workflow",
@@ -41,6 +42,10 @@ def __getattr__(name):
         from .progress import report_progress
 
         return report_progress
+    if name == "cancel_requested":
+        from .context import cancel_requested
+
+        return cancel_requested
     if name in {"CancelJob", "FailJob", "RetryJob", "SnoozeJob"}:
         from . import control
 

@@ -119,6 +119,7 @@ _RULES = [
         lambda v: v is None or (_number(0, above=True)(v) and v <= MAX_TIMEOUT),
         f"None or a number of seconds above 0, at most {MAX_TIMEOUT} (a week)",
     ),
+    ("CANCEL_GRACE_PERIOD", _number(0), "a number of seconds, 0 or more"),
     ("PRUNE_INTERVAL", _number(0, above=True), "a number of seconds above 0"),
     (
         "VACUUM_INTERVAL",

@@ -39,6 +39,11 @@ DEFAULTS: dict[str, Any] = {
     "WORKER_TIMEOUT": 20.0,
     # Seconds an attempt may run (None: no limit); per task with timeout=.
     "TIMEOUT": None,
+    # Seconds a running job asked to stop (an operator's cancel) has, once
+    # its worker hears of it, to stop by itself; then its process is ended
+    # as for a timeout (its other jobs go back to READY) and it ends
+    # CANCELLED.
+    "CANCEL_GRACE_PERIOD": 10.0,
     # How long finished jobs are kept, per status: days, a timedelta, or None
     # to keep them forever. Pruned by the workers and by prune_jobs.
     "PRUNE_AFTER": {"SUCCESSFUL": 7, "FAILED": 30, "CANCELLED": 7},

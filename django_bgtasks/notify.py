@@ -1,5 +1,6 @@
 """Wake-ups on PostgreSQL: enqueue sends NOTIFY, workers LISTEN
-(``worker/listener.py``).
+(``worker/listener.py``); and stop requests: an operator's cancel of running
+jobs tells their workers, on a channel of its own.
 
 NOTIFY is transactional, so a worker is woken when the job's transaction
 commits, never before. Workers also poll, so a missed notification (or
@@ -17,6 +18,10 @@ from django.db import connections
 from .conf import bgtasks_settings
 
 CHANNEL = "django_bgtasks"
+# A notification's text is the id of a worker holding jobs asked to stop:
+# it reads which (JobQuerySet.cancel_requests). Its heartbeat reads them
+# too, so a missed one costs at most a heartbeat's interval.
+STOP_CHANNEL = "django_bgtasks_stop"
 
 
 def payload(queue_name: str, priority: int | None = None) -> str:
@@ -50,3 +55,13 @@ def send(connection, queue_name: str) -> None:
     """Notify listeners that ``queue_name`` has a new job (at commit)."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, payload(queue_name)])
+
+
+def ask_to_stop(using: str, worker_ids) -> None:
+    """Tell these workers that jobs they hold were asked to stop, if NOTIFY
+    is on (at commit)."""
+    connection = connections[using]
+    if notify_enabled(connection):
+        with connection.cursor() as cursor:
+            for worker_id in sorted(worker_ids):
+                cursor.execute("SELECT pg_notify(%s, %s)", [STOP_CHANNEL, worker_id])

@@ -1,17 +1,12 @@
-"""Progress reports from running tasks, shown in the admin."""
+"""Progress reports from running tasks, shown in the admin. A report hears of
+the job's cancel and stops the task."""
 
 from __future__ import annotations
 
-import contextvars
 import math
 import numbers
 
-from .models import Job
-
-# The job the current task runs for; set by the worker around each attempt.
-current_job: contextvars.ContextVar[Job | None] = contextvars.ContextVar(
-    "django_bgtasks_current_job", default=None
-)
+from .context import current_job, stop_error
 
 MESSAGE_MAX_LENGTH = 200
 
@@ -26,6 +21,10 @@ def report_progress(
     item. Outside a worker (say, a test calling the function directly) it
     does nothing and returns False; it also returns False if the job was
     taken from this worker.
+
+    If an operator has asked the job to stop (cancelled it while it runs),
+    it raises ``JobCancelled`` instead: a task that reports its progress
+    stops by itself, and its job ends CANCELLED.
     """
     if not _number(current) or current < 0:
         raise ValueError(f"current must be a number, 0 or more, not {current!r}.")
@@ -36,7 +35,12 @@ def report_progress(
     job = current_job.get()
     if job is None:
         return False
-    return job.set_progress(current, total, message[:MESSAGE_MAX_LENGTH])
+    if job.cancel_requested_at is None:
+        if job.set_progress(current, total, message[:MESSAGE_MAX_LENGTH]):
+            return True
+        if job.cancel_requested_at is None:
+            return False  # taken from this worker
+    raise stop_error(job)
 
 
 def _number(value) -> bool:

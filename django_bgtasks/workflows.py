@@ -145,9 +145,9 @@ class WorkflowResult:
         self._set(jobs)
 
     def cancel(self) -> int:
-        """Cancel the jobs of the workflow that have not started (running
-        ones finish; the jobs after them are cancelled with them). Returns
-        how many were cancelled."""
+        """Cancel the jobs of the workflow that have not started, and ask
+        the running ones to stop (they end CANCELLED, and the jobs after
+        them with them). Returns how many jobs it changed."""
         count = (
             Job.objects.using(router.db_for_write(Job))
             .filter(workflow_id=self.id)

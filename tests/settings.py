@@ -30,6 +30,7 @@ BGTASKS = {
     "POLL_INTERVAL": 0.2,
     "HEARTBEAT_INTERVAL": env.float("BGTASKS_HEARTBEAT_INTERVAL", default=1.0),
     "WORKER_TIMEOUT": env.float("BGTASKS_WORKER_TIMEOUT", default=30.0),
+    "CANCEL_GRACE_PERIOD": env.float("BGTASKS_CANCEL_GRACE_PERIOD", default=10.0),
     "BACKOFF": {"initial": 0.0, "factor": 1.0, "maximum": 0.0, "jitter": 0.0},
     # The limit tests' workers: their tasks (tests/limited_tasks.py, kept
     # out of the other tests' registry) and queue limits.

@@ -390,3 +390,44 @@ def taken_away_while_it_runs(context):
     thread.join()
     Effect.objects.create(job_id=job_id, label="taken away")
     return "done"
+
+
+@bg_task(max_attempts=3, takes_context=True)
+def until_cancelled(context, path, via="context", timeout=60.0):
+    """Record the run, then run until its job is asked to stop (read from the
+    context, or with ``django_bgtasks.cancel_requested()``); write the time
+    it noticed (``time.time()``) to ``path`` and return. A later attempt (a
+    retry) returns at once."""
+    from django_bgtasks import cancel_requested
+
+    record_execution(context.task_result, "until_cancelled")
+    if context.attempt > 1:
+        return "ran again"
+    asked = (lambda: context.cancel_requested) if via == "context" else cancel_requested
+    deadline = time.monotonic() + timeout
+    while not asked():
+        if time.monotonic() > deadline:
+            raise TimeoutError("never asked to stop")
+        time.sleep(0.005)
+    Path(path).write_text(f"{time.time():.6f}")
+    return "noticed"
+
+
+@bg_task(max_attempts=3, takes_context=True)
+def reports_until_stopped(context, steps=6000, pause=0.01):
+    """Record the run, then report progress step by step (a minute in all)."""
+    from django_bgtasks import report_progress
+
+    record_execution(context.task_result, "reports")
+    for step in range(steps):
+        report_progress(step, steps, "working")
+        time.sleep(pause)
+    return "all reported"
+
+
+@bg_task(max_attempts=3, takes_context=True)
+def ignores_cancel(context, seconds=60.0):
+    """Record the run, then sleep, deaf to any request to stop."""
+    record_execution(context.task_result, "ignores")
+    time.sleep(seconds)
+    return "slept"

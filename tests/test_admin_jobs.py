@@ -176,15 +176,52 @@ def test_retried_job_runs_again(admin_client):
     assert result.status == "FAILED" and result.attempts == 2
 
 
-def test_cancel_applies_to_ready_jobs_only(admin_client):
+def test_cancel_ends_ready_jobs_and_asks_running_ones_to_stop(admin_client):
     ready = make_job()
     running = make_job(JobStatus.RUNNING, worker_id="w", attempts=1)
-    page = act(admin_client, "cancel_jobs", [ready, running]).content.decode()
+    finished = make_job(JobStatus.SUCCESSFUL)
+    jobs = [ready, running, finished]
+    page = act(admin_client, "cancel_jobs", jobs).content.decode()
     assert "1 job cancelled." in page and "1 skipped" in page
-    ready.refresh_from_db()
-    running.refresh_from_db()
+    assert "1 running job was asked to stop; it ends CANCELLED." in page
+    for job in jobs:
+        job.refresh_from_db()
     assert ready.status == JobStatus.CANCELLED and ready.finished_at is not None
+    assert ready.cancel_requested_at is None
+    # A running job is not ended by the cancel: its worker stops it.
     assert running.status == JobStatus.RUNNING
+    assert running.cancel_requested_by == "admin"
+    assert running.cancel_requested_at is not None
+    assert finished.status == JobStatus.SUCCESSFUL
+    assert finished.cancel_requested_at is None
+    # Asked once: a second cancel keeps the first request.
+    first = running.cancel_requested_at
+    page = act(admin_client, "cancel_jobs", [running]).content.decode()
+    assert "1 skipped" in page and "was asked to stop" not in page
+    running.refresh_from_db()
+    assert running.cancel_requested_at == first
+
+
+def test_a_cancelled_running_jobs_page_says_who_cancelled_it_and_when(admin_client):
+    job = make_job(JobStatus.RUNNING, worker_id="w", attempts=1)
+    Job.objects.filter(pk=job.pk).cancel(by="alice")
+    job.refresh_from_db()
+    url = reverse("admin:django_bgtasks_job_change", args=[job.pk])
+    page = admin_client.get(url).content.decode()
+    when = timezone.localtime(job.cancel_requested_at).strftime("%Y-%m-%d %H:%M:%S")
+    assert "by alice at " + when in page
+    # A job never cancelled has no such line.
+    other = make_job(JobStatus.RUNNING, worker_id="w", attempts=1)
+    url = reverse("admin:django_bgtasks_job_change", args=[other.pk])
+    assert "by alice" not in admin_client.get(url).content.decode()
+
+
+def test_cancel_of_running_jobs_needs_the_cancel_permission(client):
+    running = make_job(JobStatus.RUNNING, worker_id="w", attempts=1)
+    user_with(client, "view_job")
+    act(client, "cancel_jobs", [running])
+    running.refresh_from_db()
+    assert running.cancel_requested_at is None
 
 
 def test_run_now_makes_delayed_jobs_due(admin_client):

@@ -253,7 +253,7 @@ def test_cancel_takes_waiting_steps_and_the_steps_after_them(admin_client):
     first, second, third = members_of(workflow)
     done = make_job(JobStatus.SUCCESSFUL)
     page = admin_client.get(reverse(JOBS)).content.decode()
-    assert "Cancel selected ready or waiting jobs" in page
+    assert "Cancel selected jobs (running ones are asked to stop)" in page
 
     response = admin_client.post(
         reverse(JOBS),
@@ -262,7 +262,7 @@ def test_cancel_takes_waiting_steps_and_the_steps_after_them(admin_client):
     )
     page = response.content.decode()
     assert "1 job cancelled." in page
-    assert "1 skipped: only READY and WAITING jobs can be cancelled." in page
+    assert "1 skipped: only READY, WAITING and RUNNING jobs can be cancelled" in page
     assert "The workflow steps waiting for them were cancelled too." in page
     statuses = dict(Job.objects.values_list("pk", "status"))
     assert [statuses[pk] for pk in (first, second, third)] == [

@@ -4,7 +4,8 @@ Logs into the admin of a live test server, opens the dashboard and a failed
 job, retries it and sees it READY; types a cron expression and sees its next
 planned times; follows a workflow from one step's page to another's; pauses
 a queue and sees the dashboard mark it; sees a full limit on the dashboard
-and follows a held-back job to the jobs holding its limit.
+and follows a held-back job to the jobs holding its limit; cancels a running
+job and sees who asked on its page.
 Screenshots go to the folder printed at the end of the run.
 """
 
@@ -250,3 +251,28 @@ def test_a_job_held_by_a_limit_links_to_the_jobs_holding_it(
     reason.find_element(By.LINK_TEXT, f"#{holders[0].pk}").click()
     wait_for(browser, expected_conditions.url_contains(f"/job/{holders[0].pk}/"))
     assert "RUNNING" in browser.find_element(By.ID, "content").text
+
+
+def test_cancel_a_running_job_and_see_who_asked(browser, live_server, screenshots):
+    running = make_job(JobStatus.RUNNING, worker_id="web1.123.abc", attempts=1)
+    log_in(browser, live_server)
+
+    browser.get(f"{live_server.url}/admin/django_bgtasks/job/?status=RUNNING")
+    browser.find_element(By.CSS_SELECTOR, f"input[value='{running.pk}']").click()
+    Select(browser.find_element(By.NAME, "action")).select_by_value("cancel_jobs")
+    browser.find_element(By.NAME, "index").click()
+    message = wait_for(
+        browser,
+        expected_conditions.visibility_of_element_located(
+            (By.CSS_SELECTOR, ".messagelist")
+        ),
+    )
+    assert "1 running job was asked to stop; it ends CANCELLED." in message.text
+    running.refresh_from_db()
+    assert running.status == JobStatus.RUNNING
+    assert running.cancel_requested_by == "admin"
+
+    browser.get(f"{live_server.url}/admin/django_bgtasks/job/{running.pk}/change/")
+    field = browser.find_element(By.CSS_SELECTOR, ".field-cancel_request")
+    assert "by admin at " in field.text
+    browser.save_screenshot(str(screenshots / "running-job-cancelled.png"))

@@ -7,6 +7,7 @@ import json
 
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.translation import gettext as _
 
 from ..models import JobStatus
 
@@ -56,3 +57,16 @@ def format_duration(duration) -> str:
     if seconds < 120:
         return f"{seconds:.2f} s"
     return str(duration).split(".")[0]
+
+
+def cancel_request(job) -> str:
+    """Who asked a running job to stop (cancelled it), and when."""
+    if job.cancel_requested_at is None:
+        return "-"
+    moment = format_moment(job.cancel_requested_at)
+    if job.cancel_requested_by:
+        return _("by %(user)s at %(moment)s") % {
+            "user": job.cancel_requested_by,
+            "moment": moment,
+        }
+    return _("at %(moment)s") % {"moment": moment}

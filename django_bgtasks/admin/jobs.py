@@ -1,4 +1,5 @@
-"""Admin for jobs: find them, read everything about one, retry, cancel, run now.
+"""Admin for jobs: find them, read everything about one, retry, cancel (a
+running one: ask it to stop), run now.
 
 Jobs are never edited by hand: every action is a model verb
 (``JobQuerySet.retry`` ...), applies only to the jobs in the statuses it fits,
@@ -33,6 +34,7 @@ from ..models import Job, JobDependency, JobStatus
 from ..waits import why_waiting
 from .base import ReadOnlyAdmin
 from .display import (
+    cancel_request,
     format_duration,
     format_moment,
     pretty_json,
@@ -163,17 +165,27 @@ class JobAdmin(WorkflowSection, ReadOnlyAdmin):
         *(name for _, options in fieldsets for name in options["fields"]),
         *WorkflowSection.workflow_fields,
         "waits_because",
+        "cancel_request",
     ]
 
     def get_fieldsets(self, request, obj=None):
         """A job that has not started says why it waits, after its status."""
         fieldsets = super().get_fieldsets(request, obj)
-        if obj is None or obj.status not in (JobStatus.READY, JobStatus.WAITING):
+        if obj is None:
             return fieldsets
         (name, options), *rest = fieldsets
         fields = list(options["fields"])
-        fields.insert(fields.index("status_badge") + 1, "waits_because")
+        after_status = fields.index("status_badge") + 1
+        if obj.status in (JobStatus.READY, JobStatus.WAITING):
+            fields.insert(after_status, "waits_because")
+        elif obj.cancel_requested_at is not None:
+            # Who cancelled it while it ran, and when.
+            fields.insert(after_status, "cancel_request")
         return [(name, {**options, "fields": fields}), *rest]
+
+    @admin.display(description=_("cancel requested"))
+    def cancel_request(self, job):
+        return cancel_request(job)
 
     @admin.display(description=_("why it waits"))
     def waits_because(self, job):
@@ -280,20 +292,38 @@ class JobAdmin(WorkflowSection, ReadOnlyAdmin):
         )
 
     @admin.action(
-        description=_("Cancel selected ready or waiting jobs"), permissions=["cancel"]
+        description=_("Cancel selected jobs (running ones are asked to stop)"),
+        permissions=["cancel"],
     )
     def cancel_jobs(self, request, queryset):
         selected = queryset.count()
         awaited = _awaited(queryset).exists()
-        changed = queryset.cancel()
+        changed = queryset.cancel(by=request.user.get_username())
         self._report(
             request,
-            changed,
-            selected,
-            ngettext("%(count)d job cancelled.", "%(count)d jobs cancelled.", changed),
-            _("%(count)d skipped: only READY and WAITING jobs can be cancelled."),
+            changed.cancelled,
+            selected - changed.asked_to_stop,
+            ngettext(
+                "%(count)d job cancelled.",
+                "%(count)d jobs cancelled.",
+                changed.cancelled,
+            ),
+            _(
+                "%(count)d skipped: only READY, WAITING and RUNNING jobs can be "
+                "cancelled, and a running job is asked to stop once."
+            ),
         )
-        if awaited and changed:
+        if changed.asked_to_stop:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d running job was asked to stop; it ends CANCELLED.",
+                    "%(count)d running jobs were asked to stop; they end CANCELLED.",
+                    changed.asked_to_stop,
+                )
+                % {"count": changed.asked_to_stop},
+            )
+        if awaited and changed.cancelled:
             self.message_user(
                 request, _("The workflow steps waiting for them were cancelled too.")
             )

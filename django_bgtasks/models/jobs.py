@@ -34,6 +34,7 @@ from .transitions import (
     MadeDue,
     OperatorOutcome,
     Retried,
+    StopRequested,
     Transition,
     WorkerOutcome,
     transition,
@@ -56,6 +57,8 @@ TRANSITION_FIELDS = (
     "backoff",
     "runs_alone",
     "has_dependents",
+    "cancel_requested_at",
+    "cancel_requested_by",
 )
 
 
@@ -102,10 +105,13 @@ class JobQuerySet(models.QuerySet):
             "worker_id",
             "runs_alone",
             "has_dependents",
+            "cancel_requested_at",
+            "cancel_requested_by",
         )
-        for pk, queue, attempts, max_attempts, worker_id, alone, dependents in list(
-            rows
-        ):
+        for (
+            pk, queue, attempts, max_attempts, worker_id, alone, dependents,
+            cancel_at, cancel_by,
+        ) in list(rows):  # fmt: skip
             try:
                 yield lean.get(pk=pk)
                 continue
@@ -121,6 +127,8 @@ class JobQuerySet(models.QuerySet):
                 backoff={},
                 runs_alone=alone,
                 has_dependents=dependents,
+                cancel_requested_at=cancel_at,
+                cancel_requested_by=cancel_by,
             )
             job._state.adding = False
             job._state.db = self.db
@@ -132,6 +140,16 @@ class JobQuerySet(models.QuerySet):
         for job in self.filter(pk=pk, worker_id=worker_id).for_transitions():
             return job.record(Failed(error, retryable=False)) is not None
         return False
+
+    def cancel_requests(self, worker_id: str) -> list[tuple[int, datetime, str]]:
+        """``(id, cancel_requested_at, cancel_requested_by)`` of the running
+        jobs of worker ``worker_id`` asked to stop: a read of the running
+        jobs' index (a worker holds a few)."""
+        return list(
+            self.running()
+            .filter(worker_id=worker_id, cancel_requested_at__isnull=False)
+            .values_list("pk", "cancel_requested_at", "cancel_requested_by")
+        )
 
     def in_queues(self, queues: list[str] | None):
         """Jobs in these queues; ``None`` means every queue."""
@@ -149,10 +167,20 @@ class JobQuerySet(models.QuerySet):
         """
         return self.apply(Retried())
 
-    def cancel(self) -> int:
-        """Cancel READY and WAITING jobs (a RUNNING job cannot be
-        cancelled); the workflow steps waiting for them are cancelled too."""
-        return self.apply(Cancelled())
+    def cancel(self, *, by: str | None = None) -> Cancellation:
+        """Cancel READY and WAITING jobs (the workflow steps waiting for
+        them are cancelled too), and ask RUNNING ones to stop: their worker
+        hears of it within a second on PostgreSQL (else within its
+        heartbeat), the task may check (``cancel_requested()``), and the job
+        ends CANCELLED (``transitions.py``), stopped by its worker if it has
+        not stopped within ``CANCEL_GRACE_PERIOD``. ``by``: who cancels
+        (the admin's user), recorded with the request.
+
+        Returns how many jobs changed (an int), with each count apart.
+        """
+        cancelled = self.apply(Cancelled())
+        by = by[: Job._meta.get_field("cancel_requested_by").max_length] if by else None
+        return Cancellation(cancelled, self.apply(StopRequested(by)))
 
     def run_now(self) -> int:
         """Make delayed READY jobs due now."""
@@ -181,6 +209,8 @@ class JobQuerySet(models.QuerySet):
         now = database_now(self.db)
         jobs = self.filter(outcome.condition(now))
         changes = transition(None, outcome, now=now).changes
+        if isinstance(outcome, StopRequested):
+            return self._ask_to_stop(jobs, changes)
         with transaction.atomic(using=self.db):
             lock_for_writing(Job, self.db)
             # The steps' locks first, before any plain read: under
@@ -211,6 +241,21 @@ class JobQuerySet(models.QuerySet):
                     woken |= {queue for pk, queue, *_ in locked if pk in changed}
             if woken:
                 notify.wake(self.db, woken)
+        return count
+
+    def _ask_to_stop(self, jobs, changes: dict) -> int:
+        """Write a stop request on the running ``jobs`` (one statement) and
+        tell the workers that hold them (at commit): read in the same
+        transaction, after the write, so they are the holders. A step's
+        request changes nothing of its workflow until its job ends."""
+        with transaction.atomic(using=self.db):
+            count = jobs.update(**changes)
+            if count:
+                asked = self.running().filter(
+                    cancel_requested_at=changes["cancel_requested_at"]
+                )
+                workers = asked.values_list("worker_id", flat=True).distinct()
+                notify.ask_to_stop(self.db, set(workers) - {None})
         return count
 
     def _apply_to_steps(self, locked, changes: dict, now: datetime) -> set[int]:
@@ -255,6 +300,21 @@ class JobQuerySet(models.QuerySet):
             now,
         )
         return retried
+
+
+class Cancellation(int):
+    """What ``JobQuerySet.cancel()`` did: how many jobs it changed, with
+    how many were ``cancelled`` (not started) and how many ``asked_to_stop``
+    (running)."""
+
+    cancelled: int
+    asked_to_stop: int
+
+    def __new__(cls, cancelled: int, asked_to_stop: int):
+        count = super().__new__(cls, cancelled + asked_to_stop)
+        count.cancelled = cancelled
+        count.asked_to_stop = asked_to_stop
+        return count
 
 
 class Job(models.Model):
@@ -363,6 +423,16 @@ class Job(models.Model):
     return_value = models.JSONField(_("return value"), null=True, blank=True)
     # What a running task last reported: {"current", "total", "message", "at"}.
     progress = models.JSONField(_("progress"), null=True, blank=True)
+    # An operator asked the running job to stop (JobQuerySet.cancel): when,
+    # by the database's clock, and who. Never set on a READY job: whatever
+    # way the job leaves RUNNING, it ends (transitions.py); a retry clears
+    # them.
+    cancel_requested_at = models.DateTimeField(
+        _("cancel requested at"), null=True, blank=True
+    )
+    cancel_requested_by = models.CharField(  # noqa: DJ001
+        _("cancel requested by"), max_length=150, null=True, blank=True
+    )
     errors = models.JSONField(
         _("errors"), default=list, help_text=_("The error of each failed attempt.")
     )
@@ -374,7 +444,7 @@ class Job(models.Model):
         verbose_name_plural = _("jobs")
         permissions = [
             ("retry_job", _("Can retry a failed or cancelled job")),
-            ("cancel_job", _("Can cancel a job that has not started")),
+            ("cancel_job", _("Can cancel a job, or ask a running one to stop")),
             ("run_job", _("Can run a delayed job now")),
         ]
         indexes = [
@@ -468,16 +538,41 @@ class Job(models.Model):
         back, rescued) and the outcome was discarded."""
         now = now or database_now(self._state.db or "default")
         change = transition(self, outcome, now=now)
+        unasked = change.void_if_asked_to_stop
+        recorded = self._record(change, now, unasked=unasked)
+        if recorded is None and unasked and self.heard_stop_request():
+            change = transition(self, outcome, now=now)
+            return self._record(change, now, unasked=False)
+        return recorded
+
+    def heard_stop_request(self) -> bool:
+        """Whether an operator asked this job to stop, while its worker holds
+        it: the request read from its row (one query), and kept here."""
+        request = (
+            self._held()
+            .filter(cancel_requested_at__isnull=False)
+            .values_list("cancel_requested_at", "cancel_requested_by")
+            .first()
+        )
+        if request is None:
+            return False
+        self.cancel_requested_at, self.cancel_requested_by = request
+        return True
+
+    def _record(
+        self, change: Transition, now: datetime, *, unasked: bool
+    ) -> Transition | None:
         if change.finishes and self.has_dependents:
             # The steps waiting for it move in the same transaction.
             with transaction.atomic(using=self._state.db):
-                if not self._update_if_held(**change.changes):
+                if not self._update_if_held(change.changes, unasked=unasked):
                     return None
                 ended = Ended(self.pk, self.status, change.changes.get("return_value"))
                 jobs_ended(self._state.db, [ended], now)
             return change
         if not change.deletes:
-            return change if self._update_if_held(**change.changes) else None
+            held = self._update_if_held(change.changes, unasked=unasked)
+            return change if held else None
         # delete_on_success: the row goes; this object keeps its last state
         # (its success) for the signals sent after.
         deleted, _ = self._held().delete()
@@ -487,32 +582,41 @@ class Job(models.Model):
             setattr(self, name, value)
         return change
 
-    def _held(self) -> models.QuerySet:
-        """This job, if its worker still holds it (on this attempt)."""
-        return Job.objects.using(self._state.db).filter(
+    def _held(self, *, unasked: bool = False) -> models.QuerySet:
+        """This job, if its worker still holds it (on this attempt);
+        ``unasked``: and no operator has asked it to stop."""
+        held = Job.objects.using(self._state.db).filter(
             pk=self.pk,
             status=JobStatus.RUNNING,
             worker_id=self.worker_id,
             attempts=self.attempts,
         )
+        return held.filter(cancel_requested_at__isnull=True) if unasked else held
 
     def set_progress(
         self, current: float, total: float | None = None, message: str = ""
     ) -> bool:
         """Record how far the running job has got. False if it was taken
-        from this worker."""
-        return self._update_if_held(
-            progress={
-                "current": current,
-                "total": total,
-                "message": message,
-                "at": timezone.now().isoformat(),
-            }
-        )
+        from this worker, or if an operator has asked it to stop (then
+        ``cancel_requested_at`` is set here: see ``heard_stop_request``)."""
+        progress = {
+            "current": current,
+            "total": total,
+            "message": message,
+            "at": timezone.now().isoformat(),
+        }
+        if self._update_if_held({"progress": progress}, unasked=True):
+            return True
+        if self.cancel_requested_at is None:
+            self.heard_stop_request()
+        return False
 
-    def _update_if_held(self, **changes: Any) -> bool:
-        """Apply ``changes`` only if this job's worker still holds it."""
-        updated = self._held().update(**changes)
+    def _update_if_held(
+        self, changes: dict[str, Any], *, unasked: bool = False
+    ) -> bool:
+        """Apply ``changes`` only if this job's worker still holds it (and,
+        if ``unasked``, no operator has asked it to stop)."""
+        updated = self._held(unasked=unasked).update(**changes)
         if updated:
             for name, value in changes.items():
                 setattr(self, name, value)

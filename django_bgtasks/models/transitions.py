@@ -8,7 +8,9 @@ completion (``sql/complete.py``) and its one-row fallback (``Job.record``),
 the rescue of a dead worker's jobs and the put-back of a stopping worker's
 (``WorkerProcess``), and the operator's actions (``JobQuerySet.retry``,
 ``.cancel``, ``.run_now``: the admin's). Where a failed job becomes READY
-again is decided here and nowhere else.
+again is decided here and nowhere else, and so is the end of a running job
+an operator asked to stop (``StopRequested``): whatever way it leaves
+RUNNING, it ends CANCELLED, unless it succeeded before its worker heard.
 
 A worker's outcome applies only to a job its worker still holds (RUNNING,
 that worker, that attempt): the caller's update is conditional on it. An
@@ -29,6 +31,7 @@ from django.db.models.functions import Greatest
 from ..backoff import Backoff
 from ..compat import InvalidTask
 from ..conf import bgtasks_settings
+from ..exceptions import JobCancelled
 from .status import JobStatus
 
 
@@ -42,6 +45,7 @@ class Verdict(enum.StrEnum):
     SNOOZED = "snoozed"  # READY again, later, the attempt given back
     CANCELLED = "cancelled"
     RETRIED = "retried"  # by an operator: READY again, due now
+    STOP_REQUESTED = "stop requested"  # by an operator: a running job's cancel
     MADE_DUE = "made due"  # by an operator: a delayed job due now
 
 
@@ -150,6 +154,20 @@ class Cancelled:
 
 
 @dataclass(frozen=True, slots=True)
+class StopRequested:
+    """A running job is asked to stop (its cancel, by ``by``): its worker
+    hears of it and the job ends CANCELLED (see ``transition``). The job is
+    asked once: a second request keeps the first's time and author."""
+
+    by: str | None = None
+
+    wakes_workers: ClassVar[bool] = False
+
+    def condition(self, now: datetime) -> Q:
+        return Q(status=JobStatus.RUNNING, cancel_requested_at__isnull=True)
+
+
+@dataclass(frozen=True, slots=True)
 class Retried:
     """A failed or cancelled job runs again, due now. Its attempts are
     extended, not reset: a job that used them all gets one more."""
@@ -181,7 +199,7 @@ WorkerOutcome = (
     | Interrupted
     | Lost
 )
-OperatorOutcome = Cancelled | Retried | MadeDue
+OperatorOutcome = Cancelled | StopRequested | Retried | MadeDue
 Outcome = WorkerOutcome | OperatorOutcome
 
 
@@ -200,17 +218,29 @@ class Transition:
         """Whether the job ends here (the framework's ``task_finished``)."""
         return self.verdict in FINISHING
 
+    @property
+    def void_if_asked_to_stop(self) -> bool:
+        """Whether this end of an attempt must not be written if an operator
+        has asked the job to stop since its holder last looked: the write is
+        conditional on no request, and the outcome decided again with one.
+        A success stands, and so does an end CANCELLED."""
+        return self.verdict not in (Verdict.SUCCEEDED, Verdict.CANCELLED)
+
 
 def transition(job, outcome: Outcome, *, now: datetime) -> Transition:
     """The verdict and column changes ``outcome`` makes of ``job``.
 
     ``job`` is the job as its holder knows it (``attempts``,
     ``max_attempts``, ``backoff``, ``errors``, ``worker_id``,
-    ``runs_alone``); an operator's outcome needs none and may be given
-    None.
+    ``runs_alone``, ``cancel_requested_at`` and ``_by``); an operator's
+    outcome needs none and may be given None.
+
+    A job its holder knows was asked to stop (``cancel_requested_at`` set)
+    ends CANCELLED, however the attempt ended: it is not retried, put back or
+    failed, and a task that returns once it was asked returns because it was.
     """
     match outcome:
-        case Succeeded():  # the common case, kept cheap: one dict
+        case Succeeded() if job.cancel_requested_at is None:  # the common case
             return Transition(
                 Verdict.SUCCEEDED,
                 {
@@ -221,6 +251,12 @@ def transition(job, outcome: Outcome, *, now: datetime) -> Transition:
                 },
                 outcome.delete,
             )
+        case _ if (
+            job is not None
+            and job.cancel_requested_at is not None
+            and isinstance(outcome, WorkerOutcome)
+        ):
+            return _cancelled_on_request(job, outcome, now)
         case Failed(error, retryable):
             errors = _with_error(job, error, now)
             if retryable and job.attempts < job.max_attempts:
@@ -300,11 +336,35 @@ def transition(job, outcome: Outcome, *, now: datetime) -> Transition:
                     "max_attempts": Greatest("max_attempts", F("attempts") + 1),
                     # An operator's retry runs it, whatever its expiry said.
                     "expires_at": None,
+                    # Nor is it still asked to stop.
+                    "cancel_requested_at": None,
+                    "cancel_requested_by": None,
                 },
+            )
+        case StopRequested(by):
+            return Transition(
+                Verdict.STOP_REQUESTED,
+                {"cancel_requested_at": now, "cancel_requested_by": by},
             )
         case MadeDue():
             return Transition(Verdict.MADE_DUE, {"run_after": now})
     raise TypeError(f"Not an outcome: {outcome!r}")
+
+
+def _cancelled_on_request(job, outcome: WorkerOutcome, now: datetime) -> Transition:
+    """A job asked to stop has left RUNNING without succeeding: CANCELLED,
+    with an error that says who asked and when (raised from what ended the
+    attempt, if anything did)."""
+    by = f" by {job.cancel_requested_by}" if job.cancel_requested_by else ""
+    at = job.cancel_requested_at.isoformat()
+    error = JobCancelled(f"The job was cancelled{by} (asked at {at}).")
+    error.__cause__ = getattr(outcome, "error", None)
+    return _ended(
+        Verdict.CANCELLED,
+        status=JobStatus.CANCELLED,
+        errors=_with_error(job, error, now),
+        finished_at=now,
+    )
 
 
 def _ended(verdict: Verdict, **changes: Any) -> Transition:

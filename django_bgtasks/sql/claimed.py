@@ -73,7 +73,15 @@ NOT_RETURNED = {
     "waiting_for",
     "limit_key",
 }
-_FIELDS = [f for f in Job._meta.concrete_fields if f.name not in NOT_RETURNED]
+# Nor the stop request, NULL on every claimed row (a READY job never
+# carries one: models/transitions.py): set so, not read. The worker sets it
+# when it hears of one.
+UNSET_WHEN_CLAIMED = {"cancel_requested_at": None, "cancel_requested_by": None}
+_FIELDS = [
+    f
+    for f in Job._meta.concrete_fields
+    if f.name not in NOT_RETURNED and f.name not in UNSET_WHEN_CLAIMED
+]
 _JSON = [f for f in _FIELDS if f.get_internal_type() == "JSONField"]
 _TIMES = [f for f in _FIELDS if f.get_internal_type() == "DateTimeField"]
 _PLAIN = [f for f in _FIELDS if f not in _JSON and f not in _TIMES]
@@ -111,6 +119,7 @@ def _job(using: str, row, moments: dict[float, datetime]) -> Job:
             moment = moments[seconds] = datetime.fromtimestamp(seconds, UTC)
         values[name] = moment
     values.update(zip(_JSON_NAMES, _decode_json(row[-1]), strict=True))
+    values.update(UNSET_WHEN_CLAIMED)
     return model_from_row(Job, using, values)
 
 

@@ -41,6 +41,9 @@ class Completion:
     # The job ends here and workflow steps wait for it: they are counted
     # down, released or cancelled in the same transaction.
     ends_dependencies: bool = False
+    # Written only if no operator has asked the job to stop (Transition.
+    # void_if_asked_to_stop): the caller decides again for the ones not.
+    unasked: bool = False
 
 
 def complete_jobs(
@@ -101,9 +104,10 @@ def _delete_held(using: str, worker_id: str, completions) -> set[int]:
 
 
 def _complete_postgresql(connection, worker_id, completions) -> set[int]:
-    by_columns: dict[tuple[str, ...], list[Completion]] = {}
+    by_columns: dict[tuple[tuple[str, ...], bool], list[Completion]] = {}
     for completion in completions:
-        by_columns.setdefault(tuple(completion.changes), []).append(completion)
+        key = (tuple(completion.changes), completion.unasked)
+        by_columns.setdefault(key, []).append(completion)
     applied = set()
     # One statement commits alone; several, together.
     with (
@@ -112,11 +116,11 @@ def _complete_postgresql(connection, worker_id, completions) -> set[int]:
         else contextlib.nullcontext(),
         connection.cursor() as cursor,
     ):
-        for names, group in by_columns.items():
+        for (names, unasked), group in by_columns.items():
             # The batch goes as one JSON document: one parameter to send,
             # parsed by the server, cheaper than a column of arrays.
             cursor.execute(
-                _update_sql(connection.alias, names),
+                _update_sql(connection.alias, names, unasked),
                 [
                     _json_batch(group),
                     JobStatus.RUNNING.value,
@@ -128,9 +132,10 @@ def _complete_postgresql(connection, worker_id, completions) -> set[int]:
 
 
 @functools.cache
-def _update_sql(using: str, names: tuple[str, ...]) -> str:
+def _update_sql(using: str, names: tuple[str, ...], unasked: bool = False) -> str:
     """The UPDATE writing the fields ``names`` from a JSON array of records
-    ``{"_id", "_attempts", name...}``."""
+    ``{"_id", "_attempts", name...}``; ``unasked``: only to jobs no operator
+    has asked to stop."""
     connection = connections[using]
     quote = connection.ops.quote_name
     fields = {name: Job._meta.get_field(name) for name in names}
@@ -149,11 +154,12 @@ def _update_sql(using: str, names: tuple[str, ...]) -> str:
             ),
         ]
     )
+    unasked_sql = "AND job.cancel_requested_at IS NULL" if unasked else ""
     return f"""
         UPDATE {quote(Job._meta.db_table)} AS job SET {assignments}
         FROM jsonb_to_recordset(%s::jsonb) AS done({record})
         WHERE job.id = done._id AND job.status = %s AND job.worker_id = %s
-            AND job.attempts = done._attempts
+            AND job.attempts = done._attempts {unasked_sql}
         RETURNING job.id
     """
 
@@ -181,12 +187,15 @@ def _complete_each(using, worker_id, completions) -> set[int]:
     jobs = Job.objects.using(using)
     with transaction.atomic(using=using):
         for completion in completions:
-            updated = jobs.filter(
+            held = jobs.filter(
                 pk=completion.job_id,
                 status=JobStatus.RUNNING,
                 worker_id=worker_id,
                 attempts=completion.attempts,
-            ).update(**completion.changes)
+            )
+            if completion.unasked:
+                held = held.filter(cancel_requested_at__isnull=True)
+            updated = held.update(**completion.changes)
             if updated:
                 applied.add(completion.job_id)
     return applied

@@ -15,8 +15,9 @@ from typing import Any
 from django.db import transaction
 
 from ..backend import MAX_ATTEMPTS_LIMIT, MAX_TIMEOUT, DatabaseBackend
-from ..compat import TaskContext, task_backends
+from ..compat import task_backends
 from ..conf import bgtasks_settings, cleared_when_settings_change
+from ..context import JobContext, current_job, stop_error
 from ..control import CancelJob, JobControl, RetryJob, SnoozeJob
 from ..exceptions import (
     InvalidJobRow,
@@ -39,7 +40,6 @@ from ..models.transitions import (
     WorkerOutcome,
 )
 from ..private_api import Receivers
-from ..progress import current_job
 from ..rows import job_result, task_for_job
 from ..serialization import NotJSON, check_size, to_json_sized
 
@@ -53,6 +53,9 @@ def run_attempt(
     written), the task (None if the job's task could not be found or it
     expired) and the TaskResult ``task_started`` was sent with
     (None if the task did not get that far)."""
+    if job.cancel_requested_at is not None:
+        # Asked to stop while it waited for a thread: it does not start.
+        return CancelledItself(stop_error(job)), None, None
     if job.expires_at is not None and job.expires_at <= now():
         error = JobExpired(
             f"The job expired at {job.expires_at.isoformat()}; it was not started "
@@ -121,7 +124,8 @@ class _RolledBack(Exception):
 
 def _call(job: Job, task, task_result):
     if task.takes_context:
-        return task.call(TaskContext(task_result=task_result), *job.args, **job.kwargs)
+        context = JobContext(task_result=task_result, job=job)
+        return task.call(context, *job.args, **job.kwargs)
     return task.call(*job.args, **job.kwargs)
 
 
@@ -133,7 +137,8 @@ def _call_atomic(job: Job, task, task_result, now) -> Recorded | Failed:
     try:
         with transaction.atomic(using=job._state.db):
             outcome = succeeded(task, _call(job, task, task_result))
-            if isinstance(outcome, Failed):
+            if isinstance(outcome, Failed) or job.cancel_requested_at is not None:
+                # A task asked to stop ends CANCELLED, its writes undone.
                 raise _RolledBack(outcome)
             change = job.record(outcome, now=now())
             if change is None:
@@ -250,6 +255,17 @@ def timeout_error(attempt) -> JobTimeout:
     return JobTimeout(
         f"The job ran past its timeout of {job.timeout:g} s and its process "
         f"was ended.\nWhere the task was:\n{where}"
+    )
+
+
+def grace_error(attempt) -> JobCancelled:
+    """The error of an attempt asked to stop that did not within the grace
+    period, saying where its thread was."""
+    frame = sys._current_frames().get(attempt.thread_id)
+    where = "".join(traceback.format_stack(frame)) if frame else ""
+    return JobCancelled(
+        f"The task did not stop within {bgtasks_settings.CANCEL_GRACE_PERIOD:g} s "
+        f"of its cancel, and its process was ended.\nWhere the task was:\n{where}"
     )
 
 

@@ -123,6 +123,7 @@ class Completer(threading.Thread):
                 f.change.changes,
                 f.change.deletes,
                 f.attempt.job.has_dependents and f.change.finishes,
+                f.change.void_if_asked_to_stop,
             )
             for f in batch
         ]
@@ -148,6 +149,9 @@ class Completer(threading.Thread):
                 for name, value in finished.change.changes.items():
                     setattr(job, name, value)
                 report(finished, finished.change, receivers)
+            elif finished.change.void_if_asked_to_stop:
+                # Taken away, or asked to stop meanwhile: decided again.
+                self._complete_one(finished)
             else:
                 report(finished, None, receivers)
 

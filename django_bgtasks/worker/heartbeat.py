@@ -1,4 +1,6 @@
-"""The worker process's heartbeat: its row's ``last_heartbeat_at`` kept fresh."""
+"""The worker process's heartbeat: its row's ``last_heartbeat_at`` kept fresh,
+and the stop requests of its jobs read (where NOTIFY does not bring them, or
+missed one)."""
 
 from __future__ import annotations
 
@@ -24,7 +26,9 @@ class Heartbeat(threading.Thread):
 
     If the row has gone (another worker judged this one dead), ``on_lost``
     is called: it returns the row registered again, or None to end the
-    heartbeat. Errors are logged and the beat retried at the next interval.
+    heartbeat. After each beat that went through, ``after_beat`` (if given)
+    is called: the worker reads its jobs' stop requests. Errors are logged
+    and the beat retried at the next interval.
 
     It also says whether this worker may judge others dead
     (``may_judge_others``): only once its own beats have gone through
@@ -33,13 +37,16 @@ class Heartbeat(threading.Thread):
     it waits until they have had a timeout's time to beat again.
     """
 
-    def __init__(self, *, process, interval: float, using: str, on_lost, clock):
+    def __init__(
+        self, *, process, interval: float, using: str, on_lost, clock, after_beat=None
+    ):
         super().__init__(name="bgtasks-heartbeat", daemon=True)
         # This thread's own but the stop event, set from any thread.
         self.process = process
         self.interval = interval
         self.using = using
         self.on_lost = on_lost
+        self.after_beat = after_beat
         self.clock = clock  # synced with the database's every minute
         self._stop_event = threading.Event()
         # Monotonic times, written by this thread, read by the maintenance
@@ -80,6 +87,8 @@ class Heartbeat(threading.Thread):
                 if time.monotonic() - self._synced_at >= CLOCK_SYNC_INTERVAL:
                     self.clock.sync(self.using)
                     self._synced_at = time.monotonic()
+                if self.after_beat is not None:
+                    self.after_beat()
                 return
             logger.error("Worker %s: its row is gone (judged dead?)", self.process.pk)
             process = self.on_lost()

@@ -12,7 +12,8 @@ main loop          claim reserved / returned / failed,    ``wait``, what is
 listener           notified; its own claims, as above     claim here?
 job threads        an attempt taken, finished, dropped    the next attempt
 completer          outcomes written
-heartbeat                                                 the unfinished jobs
+heartbeat,         stop requests heard                    the unfinished jobs
+listener
 =================  =====================================  ===================
 
 Every field is private to the ledger and read or written only under its
@@ -40,6 +41,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
 from ..models import Job
 from .slots import Notice, Reservation, Slots
@@ -60,7 +62,7 @@ class Attempt:
     stage: Stage = Stage.WAITING
     started: float = 0.0  # time.monotonic() when a thread took it
     thread_id: int = 0  # that thread's ident
-    deadline: float = math.inf  # when it has run past its timeout
+    deadline: float = math.inf  # when it has run past its timeout (or grace)
     seconds: float = 0.0  # how long it ran, once ended
     # For a job that runs alone: the jobs it was held with, unstarted, which
     # its thread puts back before it starts (see Ledger.next_attempt).
@@ -238,6 +240,39 @@ class Ledger:
                 "writing": slots.writing,
                 "reserved": slots.reserved,
             }
+
+    def stop_requested(
+        self, requests: list[tuple[int, datetime, str | None]], grace: float
+    ) -> list[Attempt]:
+        """Operators asked these jobs (``(id, at, by)``) to stop. Each held
+        job not yet told learns it (its ``cancel_requested_at`` and ``_by``,
+        which the task reads and its outcome is decided with); one running
+        must stop within ``grace`` seconds, or it is overdue as if past its
+        timeout. Returns the attempts told."""
+        told = []
+        now = time.monotonic()
+        wake = False
+        with self._lock:
+            waiting = {
+                entry[3]: entry[-1]
+                for entry in self._waiting
+                if entry[0] == 0 and entry[-1].stage is Stage.WAITING
+            }
+            for pk, at, by in requests:
+                attempt = self._running.get(pk) or waiting.get(pk)
+                if attempt is None or attempt.job.cancel_requested_at is not None:
+                    continue
+                job = attempt.job
+                job.cancel_requested_by = by
+                job.cancel_requested_at = at  # last: the flag the task reads
+                told.append(attempt)
+                if attempt.stage is Stage.RUNNING:
+                    attempt.deadline = min(attempt.deadline, now + grace)
+                    self._timed[pk] = attempt
+                    wake = wake or attempt.deadline < self._looks_at
+        if wake:
+            self._wake.set()
+        return told
 
     def unfinished_ids(self) -> set[int]:
         """The ids of the jobs claimed that wait for a thread or run: the

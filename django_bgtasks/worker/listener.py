@@ -1,4 +1,5 @@
-"""The worker's LISTEN connection: NOTIFY wake-ups on PostgreSQL."""
+"""The worker's LISTEN connection: NOTIFY wake-ups and stop requests on
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -12,21 +13,31 @@ from django.db import connections
 from django.utils.crypto import get_random_string
 
 from ..conf import bgtasks_settings
-from ..notify import CHANNEL, parse
+from ..notify import CHANNEL, STOP_CHANNEL, parse
 
 logger = logging.getLogger("django_bgtasks.worker")
 
 
 class Listener(threading.Thread):
     """LISTEN on a dedicated connection; call ``on_notify(priority)`` for our
-    queues (``priority``: the highest notified, None if any came without).
+    queues (``priority``: the highest notified, None if any came without),
+    and ``on_stop_request()`` when jobs of worker ``worker_id`` were asked
+    to stop.
 
     Reconnects with a growing pause when the connection drops, and calls
-    ``on_notify`` after reconnecting, since notifications may have been
-    missed meanwhile.
+    both after reconnecting, since notifications may have been missed
+    meanwhile.
     """
 
-    def __init__(self, using: str, queues: list[str] | None, on_notify):
+    def __init__(
+        self,
+        using: str,
+        queues: list[str] | None,
+        on_notify,
+        *,
+        worker_id: str = "",
+        on_stop_request=None,
+    ):
         super().__init__(name="bgtasks-listener", daemon=True)
         # This thread's own but the stop event, set from any thread.
         self.using = using
@@ -35,6 +46,8 @@ class Listener(threading.Thread):
         self.listen_using = bgtasks_settings.LISTEN_DATABASE or using
         self.queues = None if queues is None else set(queues)
         self.on_notify = on_notify
+        self.worker_id = worker_id
+        self.on_stop_request = on_stop_request
         self._stop_event = threading.Event()
         self._connection = None
         self._checked = False  # it heard a notification sent from elsewhere
@@ -67,6 +80,8 @@ class Listener(threading.Thread):
                     self._checked = True
                 pause = 0.5
                 self.on_notify(None)
+                if self.on_stop_request is not None:
+                    self.on_stop_request()
                 while not self._stop_event.is_set():
                     self._wait(timeout=1.0)
             except Exception as exc:
@@ -84,6 +99,8 @@ class Listener(threading.Thread):
         self._connection = _new_connection(self.listen_using)
         with self._connection.cursor() as cursor:
             cursor.execute(f'LISTEN "{CHANNEL}"')
+            if self.on_stop_request is not None:
+                cursor.execute(f'LISTEN "{STOP_CHANNEL}"')
 
     def _hears_others(self, within: float = 5.0) -> bool:
         """Whether this connection hears a NOTIFY that another connection
@@ -105,13 +122,13 @@ class Listener(threading.Thread):
         while not heard and (left := deadline - time.monotonic()) > 0:
             notes = self._receive(left)
             heard = any(channel == probe for channel, _ in notes)
-            self._pass_on([text for channel, text in notes if channel == CHANNEL])
+            self._pass_on([note for note in notes if note[0] != probe])
         with self._connection.cursor() as cursor:
             cursor.execute(f'UNLISTEN "{probe}"')
         return heard
 
     def _wait(self, timeout: float) -> None:
-        self._pass_on([text for _, text in self._receive(timeout)])
+        self._pass_on(self._receive(timeout))
 
     def _receive(self, timeout: float) -> list[tuple[str, str]]:
         """The notifications that come within ``timeout`` seconds (at least
@@ -128,14 +145,21 @@ class Listener(threading.Thread):
         conn.notifies.clear()
         return notes
 
-    def _pass_on(self, payloads: list[str]) -> None:
+    def _pass_on(self, notes: list[tuple[str, str]]) -> None:
         ours = [
             priority
-            for queue_name, priority in map(parse, payloads)
+            for queue_name, priority in (
+                parse(text) for channel, text in notes if channel == CHANNEL
+            )
             if self.queues is None or queue_name in self.queues
         ]
         if ours:
             self.on_notify(None if None in ours else max(ours))
+        if any(
+            channel == STOP_CHANNEL and text == self.worker_id
+            for channel, text in notes
+        ):
+            self.on_stop_request()
 
     def _close(self) -> None:
         if self._connection is not None:

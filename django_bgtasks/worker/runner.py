@@ -25,7 +25,7 @@ import time
 from dataclasses import replace
 from typing import Protocol
 
-from django.db import connections, router
+from django.db import DatabaseError, connections, router
 
 from .. import notify, registry
 from ..conf import bgtasks_settings
@@ -37,7 +37,7 @@ from ..maintenance.duties import Maintenance
 from ..maintenance.schedule_sync import sync_at_start
 from ..models import Job, WorkerProcess
 from ..models.transitions import TimedOut
-from .attempt import retries, timeout_error
+from .attempt import grace_error, retries, timeout_error
 from .claims import Claimer
 from .clock import DatabaseClock
 from .completer import Completer
@@ -238,6 +238,7 @@ class Worker:
             using=self.using,
             on_lost=self._on_row_lost,
             clock=self.clock,
+            after_beat=self._hear_stop_requests,
         )
         parts = {
             "completer": completer,
@@ -258,7 +259,13 @@ class Worker:
             ),
         }
         if self.uses_notify:
-            parts["listener"] = Listener(self.using, self.queues, self.claimer.notified)
+            parts["listener"] = Listener(
+                self.using,
+                self.queues,
+                self.claimer.notified,
+                worker_id=self.worker_id,
+                on_stop_request=self._hear_stop_requests,
+            )
         for part in parts.values():
             part.start()
         self._parts = parts
@@ -319,7 +326,30 @@ class Worker:
             )
             self.stop()
 
-    # Timeouts and lost jobs ------------------------------------------------
+    # Stop requests, timeouts and lost jobs ------------------------------------
+
+    def _hear_stop_requests(self) -> None:
+        """Read which jobs this worker holds were asked to stop (an indexed
+        read, skipped when it holds none) and tell the ledger; for the
+        listener, on a NOTIFY, and for the heartbeat, after each beat."""
+        if not self.ledger.unfinished_ids():
+            return
+        try:
+            requests = Job.objects.using(self.using).cancel_requests(self.worker_id)
+        except DatabaseError as exc:
+            logger.warning("Reading stop requests failed (%s); retrying later", exc)
+            return
+        if not requests:
+            return
+        grace = bgtasks_settings.CANCEL_GRACE_PERIOD
+        for attempt in self.ledger.stop_requested(requests, grace):
+            job = attempt.job
+            logger.warning(
+                "Job %s was asked to stop%s: it has %g s to stop by itself",
+                job.pk,
+                f" by {job.cancel_requested_by}" if job.cancel_requested_by else "",
+                grace,
+            )
 
     def _check_deadlines(self) -> float:
         """End the process if a job ran past its timeout. Returns how long
@@ -331,13 +361,24 @@ class Worker:
 
     def _time_out(self, attempt: Attempt) -> None:
         job = attempt.job
-        logger.error(
-            "Job %s ran past its timeout of %g s: ending this process, the "
-            "job's other neighbours go back to READY",
-            job.pk,
-            job.timeout,
-        )
-        error = timeout_error(attempt)
+        if job.cancel_requested_at is not None:
+            # Asked to stop, it did not within its grace period (or ran past
+            # its timeout meanwhile): stopped the same way, it ends CANCELLED.
+            logger.error(
+                "Job %s did not stop within %g s of its cancel: ending this "
+                "process, the job's neighbours go back to READY",
+                job.pk,
+                bgtasks_settings.CANCEL_GRACE_PERIOD,
+            )
+            error = grace_error(attempt)
+        else:
+            logger.error(
+                "Job %s ran past its timeout of %g s: ending this process, the "
+                "job's other neighbours go back to READY",
+                job.pk,
+                job.timeout,
+            )
+            error = timeout_error(attempt)
         self._recycle()  # first: no job thread may record anything now
         outcome = TimedOut(error, retryable=retries(job, error))
         retry_until_done(

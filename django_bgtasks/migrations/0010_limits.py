@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('django_bgtasks', '0008_queue'),
+        ('django_bgtasks', '0009_job_cancel_requested'),
     ]
 
     operations = [
