@@ -443,3 +443,17 @@ def test_a_dead_workers_job_holds_its_limit_until_it_is_rescued(workers, limited
     assert all(job.started_at >= first.last_attempted_at for job in others)
     assert all(len(job.worker_ids) == 1 for job in others)
     assert most_at_once(results[1:]) == 1
+
+
+def test_a_claim_prepares_its_statement_again_on_a_connection_that_lost_it(limited):
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL only: its claim is a prepared statement")
+    for _ in range(3):
+        limited.two_at_a_time.enqueue()
+    assert len(claim(limit=1)) == 1
+    with connection.cursor() as cursor:
+        cursor.execute("DEALLOCATE ALL")  # as a pooler's other connection would
+    assert len(claim(limit=1)) == 1
+    assert claim(worker_id="w2") == []  # and still keeps to the limit

@@ -28,9 +28,12 @@ by hand) frees its place, and nothing can leak one.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import re
 
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Count, Q
 
 from ..db import database_now, now_sql
@@ -151,12 +154,7 @@ def _round_postgresql(connection, worker_id, queues, limit, declared, claim_ids)
     sql, params = _front_statement(connection, queues, limit, declared, worker_id)
     with connection.cursor() as cursor:
         if len(queues or ()) < 2 and can_pin_plan(connection, cursor):
-            # As the plain claim does; this statement sorts what it merges
-            # whatever the plan, and sorting "off" makes its cost so large
-            # that PostgreSQL would compile it (JIT: a second, each claim).
-            cursor.execute(NO_JIT + NO_SORT + sql, params)
-            while cursor.description is None and cursor.nextset():
-                pass
+            _execute_prepared(connection, cursor, sql, params)
         else:
             cursor.execute(sql, params)
         rows = cursor.fetchall()
@@ -186,8 +184,98 @@ def _round_postgresql(connection, worker_id, queues, limit, declared, claim_ids)
 
 
 def _front_statement(connection, queues, limit, declared, worker_id):
-    """The PostgreSQL statement of ``_round_postgresql``, with its
-    parameters. It returns the claimed rows (``RETURNING``), each with the
+    """The PostgreSQL statement of ``_round_postgresql`` (its text made
+    once per shape of claim and limits in force), with its parameters."""
+    shape = None if queues is None else ("one" if len(queues) == 1 else "many")
+    key = (connection.alias, shape, id(declared))
+    made = _FRONT_TEXTS.get(key)
+    if made is None or made[0] is not declared:
+        if len(_FRONT_TEXTS) > 64:
+            _FRONT_TEXTS.clear()
+        made = _FRONT_TEXTS[key] = (declared, *_front_text(connection, shape, declared))
+    _, text, constants = made
+    status, worker, _ = set_params(worker_id)
+    params = {
+        **constants,
+        "limit": limit,
+        "status": status,
+        "worker": worker,
+        "worker_text": worker,
+    }
+    if shape is not None:
+        params["queue"] = queues[0] if shape == "one" else list(queues)
+    return text, params
+
+
+def _execute_prepared(connection, cursor, sql: str, params: dict) -> None:
+    """Run the front statement as a statement prepared on this connection:
+    planning its dozen parts took about as long as running it, on every
+    claim. Planned once, as the plain claim is on every run: sorting
+    switched off (the READY index's order, whatever the statistics say),
+    and JIT off (sorting "off" makes a plan's cost so large that PostgreSQL
+    would compile it, a second each time). A connection that loses it (a
+    pooler in transaction mode hands out another) runs the text instead."""
+    name, prepare, execute = _prepared_forms(sql)
+    state = getattr(connection, "_bgtasks_prepared", None)
+    raw = id(connection.connection)
+    if state is None or state[0] != raw:
+        state = connection._bgtasks_prepared = (raw, set())
+    names = state[1]
+    if None in names:  # this connection keeps no prepared statement
+        cursor.execute(NO_JIT + NO_SORT + sql, params)
+    else:
+        for attempt in (1, 2):
+            if name not in names:
+                cursor.execute(NO_JIT + NO_SORT + prepare)
+                names.add(name)
+            try:
+                # Set for each run too: a plan is made again when PostgreSQL
+                # sees fit (new statistics), under the settings of that run.
+                cursor.execute(NO_JIT + NO_SORT + execute, params)
+                break
+            except DatabaseError as exc:
+                if _sqlstate(exc) != "26000":  # not "no such prepared statement"
+                    raise
+                names.discard(name)
+                if attempt == 2:
+                    names.add(None)
+                    cursor.execute(NO_JIT + NO_SORT + sql, params)
+    while cursor.description is None and cursor.nextset():
+        pass
+
+
+def _sqlstate(exc) -> str | None:
+    cause = exc.__cause__
+    return getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+
+
+@functools.lru_cache(maxsize=64)
+def _prepared_forms(sql: str) -> tuple[str, str, str]:
+    """The name, ``PREPARE`` and ``EXECUTE`` of ``sql`` (named parameters
+    become $1, $2...)."""
+    order: list[str] = []
+
+    def number(match) -> str:
+        key = match.group(1)
+        if key not in order:
+            order.append(key)
+        return f"${order.index(key) + 1}"
+
+    body = re.sub(r"%\((\w+)\)s", number, sql)
+    name = "bgtasks_limited_" + hashlib.sha1(sql.encode()).hexdigest()[:16]
+    arguments = ", ".join(f"%({key})s" for key in order)
+    return name, f"PREPARE {name} AS {body}", f"EXECUTE {name}({arguments})"
+
+
+# Texts of the front statement by (alias, shape of queues, limits in force);
+# the limits are held in the entry, so their id is not reused meanwhile.
+_FRONT_TEXTS: dict = {}
+
+
+def _front_text(connection, shape, declared) -> tuple[str, dict]:
+    """The text of the front statement, and its parameters that the limits
+    in force decide (the others: ``limit``, ``status``, ``worker``,
+    ``worker_text`` and, by ``shape``, ``queue``). It returns the claimed rows (``RETURNING``), each with the
     due jobs of some limit among the best ``limit`` (as JSON [id, queue,
     key], in claim order) in its last column; one row with only that
     column if it claimed none.
@@ -208,17 +296,20 @@ def _front_statement(connection, queues, limit, declared, worker_id):
         params[name] = value
         return f"%({name})s"
 
+    def var(name: str) -> str:  # a parameter given by each claim
+        return f"%({name})s"
+
     by_name = declared.by_name
     concurrent = {n: lim.concurrency for n, lim in by_name.items() if lim.concurrency}
     by_queue = {q: lim.concurrency for q, lim in declared.by_queue.items()}
     rated = [(name, declared.rate_of(name)) for name in declared.rated_names()]
     limited_names, limited_queues = list(by_name), list(by_queue)
-    if queues is None:
+    if shape is None:
         queue_filter = ""
-    elif len(queues) == 1:  # "= %s": the index's order holds for one queue
-        queue_filter = f"AND queue_name = {param(queues[0])}"
+    elif shape == "one":  # "= %s": the index's order holds for one queue
+        queue_filter = f"AND queue_name = {var('queue')}"
     else:
-        queue_filter = f"AND queue_name = ANY({param(list(queues))})"
+        queue_filter = f"AND queue_name = ANY({var('queue')})"
     due = f"status = 'READY' AND run_after <= {db_now} {queue_filter}"
     not_paused = f"queue_name <> ALL (ARRAY({PAUSED_QUEUES}))"
     order = "ORDER BY priority DESC, run_after, id"
@@ -230,7 +321,7 @@ def _front_statement(connection, queues, limit, declared, worker_id):
                 AND queue_name <> ALL({param(limited_queues)})
                 AND (limit_key IS NULL
                      OR split_part(limit_key, ':', 1) <> ALL({param(limited_names)}))
-            {order} LIMIT {param(limit)} FOR UPDATE SKIP LOCKED
+            {order} LIMIT {var("limit")} FOR UPDATE SKIP LOCKED
         )"""
     ]
     full_keys = f"""full_keys AS (
@@ -260,7 +351,7 @@ def _front_statement(connection, queues, limit, declared, worker_id):
                 AND split_part(limit_key, ':', 1) = ANY({param(limited_names)})
                 AND queue_name <> ALL({param(limited_queues)})
                 AND {free_keys}
-            {order} LIMIT {param(limit)} FOR UPDATE SKIP LOCKED
+            {order} LIMIT {var("limit")} FOR UPDATE SKIP LOCKED
         )"""
         )
         # At most as many per key as it has room for (by this statement's
@@ -302,23 +393,24 @@ def _front_statement(connection, queues, limit, declared, worker_id):
                 AND queue_name = ANY({param(limited_queues)})
                 AND queue_name <> ALL (ARRAY(SELECT queue FROM full_queues))
                 AND (limit_key IS NULL OR {free_keys})
-            {order} LIMIT {param(limit)} FOR UPDATE SKIP LOCKED
+            {order} LIMIT {var("limit")} FOR UPDATE SKIP LOCKED
         )"""
         )
         parts.append("SELECT *, false FROM c_queue")
     ctes.append(
         f"""top AS (
             {" UNION ALL ".join(parts)}
-            {order} LIMIT {param(limit)}
+            {order} LIMIT {var("limit")}
         )"""
     )
     claim_set = CLAIM_SET.format(
         job="job", now=db_now, append="job.worker_ids || jsonb_build_array(%s::text)"
     )
-    # CLAIM_SET's placeholders, in order: the status, then the worker twice.
-    status, worker, _ = set_params(worker_id)
-    claim_set = claim_set.replace("%s", param(status), 1)
-    claim_set = claim_set.replace("%s", param(worker))
+    # CLAIM_SET's placeholders, in order: the status, then the worker twice
+    # (as two parameters: one a varchar, one text, for the PREPARE).
+    claim_set = claim_set.replace("%s", var("status"), 1)
+    claim_set = claim_set.replace("%s", var("worker"), 1)
+    claim_set = claim_set.replace("%s", var("worker_text"))
     ctes.append(
         f"""claimed AS (
             UPDATE {table} AS job SET {claim_set}
