@@ -164,23 +164,88 @@ def _round_postgresql(connection, worker_id, queues, limit, declared, claim_ids)
     free = limit - len(returned)
     if not limited or free <= 0:
         return claimed, bool(limited)
-    table = connection.ops.quote_name(Job._meta.db_table)
-    order = {pk: n for n, (pk, _, _) in enumerate(limited)}
-    with transaction.atomic(using=connection.alias):
-        with connection.cursor() as cursor:
-            # Locked again: another claim may have taken some meanwhile.
-            cursor.execute(
-                f"SELECT id FROM {table} WHERE id = ANY(%s) AND status = %s "
-                f"FOR UPDATE SKIP LOCKED",
-                [list(order), JobStatus.READY.value],
-            )
-            still = {row[0] for row in cursor.fetchall()}
-        candidates = [row for row in limited if row[0] in still]
-        more, _ = _admit(connection, candidates, free, declared, claim_ids, worker_id)
+    more = _admit_postgresql(connection, limited, free, declared, claim_ids, worker_id)
     # No second round: the statement took no more per key than it had room
     # for, so what _admit held back, another claim took meanwhile (or a
     # rate's tokens ran out); the next claim sees it.
     return claimed + more, False
+
+
+def _admit_postgresql(connection, limited, limit, declared, claim_ids, worker_id):
+    """``_admit`` for the jobs of limits the front statement returned, in
+    three statements: lock their limits' rows; lock the jobs again (another
+    claim may have taken some meanwhile) and count the limits' RUNNING jobs
+    and tokens, behind those locks; claim the jobs with room."""
+    table = connection.ops.quote_name(Job._meta.db_table)
+    states = connection.ops.quote_name(LimitState._meta.db_table)
+    rows = _limit_rows(limited, declared)
+    rated = [name for name in rows if declared.rate_of(name) is not None]
+    keys = sorted({key for _, _, key in limited if key is not None})
+    queues = sorted({queue for _, queue, _ in limited if queue in declared.by_queue})
+    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+        lock = (
+            f"SELECT name FROM {states} WHERE name = ANY(%s) ORDER BY name FOR UPDATE"
+        )
+        cursor.execute(lock, [rows])
+        if len(cursor.fetchall()) < len(rows):  # first used: made, then locked
+            cursor.execute(
+                f"INSERT INTO {states} (name) SELECT unnest(%s::text[]) "
+                f"ON CONFLICT DO NOTHING",
+                [rows],
+            )
+            cursor.execute(lock, [rows])
+        cursor.execute(
+            f"""
+            WITH c AS (
+                SELECT id FROM {table}
+                WHERE id = ANY(%s) AND status = 'READY' FOR UPDATE SKIP LOCKED
+            ), r AS (
+                SELECT queue_name, limit_key, count(*) AS n FROM {table}
+                WHERE status = 'RUNNING'
+                    AND (limit_key = ANY(%s) OR queue_name = ANY(%s))
+                GROUP BY queue_name, limit_key
+            )
+            SELECT
+                (SELECT array_agg(id) FROM c),
+                (SELECT json_agg(json_build_array(queue_name, limit_key, n))
+                 FROM r)::text,
+                (SELECT json_agg(json_build_array(name, tokens, date_part(
+                    'epoch', STATEMENT_TIMESTAMP() - refilled_at)))
+                 FROM {states} WHERE name = ANY(%s))::text,
+                STATEMENT_TIMESTAMP()
+            """,
+            [[pk for pk, _, _ in limited], keys, queues, rated],
+        )
+        still, running, buckets, now = cursor.fetchone()
+        still = set(still or ())
+        running = {(q, k): n for q, k, n in json.loads(running or "[]")}
+        tokens = {}
+        stored = {name: (t, age) for name, t, age in json.loads(buckets or "[]")}
+        for name in rated:
+            bucket, age = stored.get(name, (None, None))
+            tokens[name] = declared.rate_of(name).refilled(bucket, age or 0.0)
+        admission = Admission(declared, running, tokens)
+        chosen = []
+        for pk, queue, key in limited:
+            if len(chosen) == limit:
+                break
+            if pk in still and admission.admit(queue, key):
+                chosen.append(pk)
+        if not chosen:
+            return []
+        claimed = claim_ids(connection, chosen, worker_id)
+        if admission.taken:
+            cursor.execute(
+                f"UPDATE {states} AS s SET tokens = v.tokens, refilled_at = %s "
+                f"FROM unnest(%s::text[], %s::float8[]) AS v(name, tokens) "
+                f"WHERE s.name = v.name",
+                [
+                    now,
+                    list(admission.taken),
+                    [admission.tokens[name] for name in admission.taken],
+                ],
+            )
+    return [claimed]
 
 
 def _front_statement(connection, queues, limit, declared, worker_id):
@@ -275,10 +340,12 @@ _FRONT_TEXTS: dict = {}
 def _front_text(connection, shape, declared) -> tuple[str, dict]:
     """The text of the front statement, and its parameters that the limits
     in force decide (the others: ``limit``, ``status``, ``worker``,
-    ``worker_text`` and, by ``shape``, ``queue``). It returns the claimed rows (``RETURNING``), each with the
-    due jobs of some limit among the best ``limit`` (as JSON [id, queue,
-    key], in claim order) in its last column; one row with only that
-    column if it claimed none.
+    ``worker_text`` and, by ``shape``, ``queue``).
+
+    It returns the claimed rows (``RETURNING``), each with the due jobs of
+    some limit among the best ``limit`` (as JSON [id, queue, key], in claim
+    order) in its last column; one row with only that column if it claimed
+    none.
 
     The best due jobs of no limit come from the claim's READY index (past
     the READY jobs of limits, which it reads and leaves); those of limits
