@@ -410,6 +410,14 @@ def _front_text(connection, shape, declared) -> tuple[str, dict]:
     ctes.insert(0, full_keys)
     free_keys = "limit_key <> ALL (ARRAY(SELECT key FROM full_keys))"
     parts = ["SELECT *, true AS free FROM c_free"]
+    some_room = ""
+    if limited_names and not any(lim.key for lim in by_name.values()):
+        # Every limit one key: when all are full, the scan is not made at
+        # all (it would read every READY job of theirs, to take none).
+        some_room = (
+            f"AND (SELECT count(DISTINCT key) FROM full_keys "
+            f"WHERE key = ANY({param(limited_names)})) < {len(limited_names)}"
+        )
     if limited_names:
         ctes.append(
             f"""c_limited AS (
@@ -417,7 +425,7 @@ def _front_text(connection, shape, declared) -> tuple[str, dict]:
             WHERE {due} AND limit_key IS NOT NULL AND {not_paused}
                 AND split_part(limit_key, ':', 1) = ANY({param(limited_names)})
                 AND queue_name <> ALL({param(limited_queues)})
-                AND {free_keys}
+                AND {free_keys} {some_room}
             {order} LIMIT {var("limit")} FOR UPDATE SKIP LOCKED
         )"""
         )
