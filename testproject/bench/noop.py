@@ -18,3 +18,12 @@ def noop(number: int) -> int | float:
 def count_results(values: list) -> int:
     """The benchmark chord's callback: how many results it was handed."""
     return len(values)
+
+
+@task(priority=10)
+def sleep_10ms(number: int) -> list[float]:
+    """The limited scenario's 10 ms job, unlimited (``limited.py`` has it
+    limited); returns its span."""
+    began = time.time()
+    time.sleep(0.01)
+    return [began, time.time()]

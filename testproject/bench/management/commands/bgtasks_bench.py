@@ -34,10 +34,10 @@ Scenarios, each run ``--runs`` times (medians printed), on the database of
   database's clock;
 - limited: the drain of 2 tuned worker processes that know of a limit
   (``testproject/bench/limited.py``, so every claim is a limited claim),
-  beside the same workers without it; then that drain with ``--limited``
-  jobs limited to 2 at once (10 ms each, of higher priority) enqueued ahead
-  of the no-ops: the no-ops' rate, and the most limited jobs seen running
-  at once (from their spans);
+  beside the same workers without it; then the no-ops' drain behind
+  ``--limited`` jobs of 10 ms (of higher priority), unlimited on the first
+  workers, limited to 2 at once on the second, and the most limited jobs
+  seen running at once (from their spans);
 - many-idle (only when named): ``--idle-workers`` idle worker processes,
   their connections and transactions, and the CPU of the PostgreSQL server
   where it runs on this host.
@@ -63,7 +63,7 @@ from django.utils import timezone
 
 from django_bgtasks import chord
 from django_bgtasks.models import Job, JobDependency, JobStatus, WorkerProcess
-from testproject.bench.noop import count_results, noop
+from testproject.bench.noop import count_results, noop, sleep_10ms
 
 MANAGE_PY = os.path.join(os.path.dirname(__file__), *[os.pardir] * 4, "manage.py")
 
@@ -432,50 +432,57 @@ class Command(BaseCommand):
     # Limits ------------------------------------------------------------------
 
     def limited(self, row) -> None:
-        """Drains with and without a limit known to the workers, and with
-        limited jobs ahead of the no-ops."""
+        """Drains of no-ops by workers that know of no limit and by workers
+        that know of one; and of no-ops behind ``--limited`` 10 ms jobs, by
+        the first kind (the jobs unlimited) and by the second (the jobs
+        limited to 2 at once)."""
         runs = self.options["runs"]
-        plain, known, beside, most = [], [], [], []
+        plain, known, mixed, beside, most = [], [], [], [], []
         for _ in range(runs):
             # Alternated, so that both see the machine of the same minutes.
             self.start_workers(2)
             try:
                 plain.append(self.drain()[0])
+                mixed.append(self.drain_behind(sleep_10ms)[0])
             finally:
                 self.stop_workers()
             self.start_workers(2, limits=True)
             try:
+                from testproject.bench.limited import two_at_a_time
+
                 known.append(self.drain()[0])
-                rate, seen = self.drain_beside_limited()
+                rate, seen = self.drain_behind(two_at_a_time)
                 beside.append(rate)
                 most.append(seen)
             finally:
                 self.stop_workers()
         drain = self.options["drain"]
-        plain, known, beside = (statistics.median(f) for f in (plain, known, beside))
+        plain, known, mixed, beside = (
+            statistics.median(f) for f in (plain, known, mixed, beside)
+        )
+        ahead = self.options["limited"]
         row(f"drain {drain:,}, 2 processes, no limit known", plain, "jobs/s")
         row(f"drain {drain:,}, 2 processes, a limit known", known, "jobs/s")
+        row(f"drain {drain:,} behind {ahead:,} 10 ms jobs", mixed, "jobs/s (no-ops)")
         row(
-            f"drain {drain:,} beside {self.options['limited']:,} jobs limited to 2",
+            f"drain {drain:,} behind {ahead:,} 10 ms jobs limited to 2",
             beside,
-            "jobs/s (the unlimited ones)",
+            "jobs/s (no-ops)",
         )
         row(
-            "  limit known / none; beside limited / none",
-            f"{known / plain:.2f}; {beside / plain:.2f}",
+            "  limit known / none; behind limited / unlimited",
+            f"{known / plain:.2f}; {beside / mixed:.2f}",
             "x",
         )
         row("  most limited jobs running at once", max(most), "(limit: 2)")
 
-    def drain_beside_limited(self) -> tuple[float, int]:
-        """The no-ops' rate with limited jobs ahead of them, and the most
-        limited jobs that ran at once."""
-        from testproject.bench.limited import two_at_a_time
-
+    def drain_behind(self, task) -> tuple[float, int]:
+        """The no-ops' rate behind ``--limited`` jobs of ``task`` (10 ms
+        each, of higher priority), and the most of those that ran at once."""
         self.clear()
         count = self.options["drain"]
         with transaction.atomic():
-            limited = two_at_a_time.enqueue_many(
+            ahead = task.enqueue_many(
                 ((n,), {}) for n in range(self.options["limited"])
             )
             noop.enqueue_many(((n,), {}) for n in range(count))
@@ -491,7 +498,7 @@ class Command(BaseCommand):
         self.wait_for_workers()
         moments = []
         for began, ended in Job.objects.filter(
-            pk__in=[result.id for result in limited]
+            pk__in=[result.id for result in ahead]
         ).values_list("return_value", flat=True):
             moments += [(began, 1), (ended, -1)]
         running = most = 0
