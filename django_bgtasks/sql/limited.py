@@ -175,25 +175,51 @@ def _admit_postgresql(connection, limited, limit, declared, claim_ids, worker_id
     """``_admit`` for the jobs of limits the front statement returned, in
     three statements: lock their limits' rows; lock the jobs again (another
     claim may have taken some meanwhile) and count the limits' RUNNING jobs
-    and tokens, behind those locks; claim the jobs with room."""
+    and tokens, behind those locks; claim the jobs with room.
+
+    A limit whose row another claim holds is passed over (``SKIP LOCKED``),
+    not waited for: that claim is taking what it has room for, and the jobs
+    of no limit this claim has taken already are not held up behind it."""
     table = connection.ops.quote_name(Job._meta.db_table)
     states = connection.ops.quote_name(LimitState._meta.db_table)
     rows = _limit_rows(limited, declared)
-    rated = [name for name in rows if declared.rate_of(name) is not None]
-    keys = sorted({key for _, _, key in limited if key is not None})
-    queues = sorted({queue for _, queue, _ in limited if queue in declared.by_queue})
-    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
-        lock = (
-            f"SELECT name FROM {states} WHERE name = ANY(%s) ORDER BY name FOR UPDATE"
-        )
-        cursor.execute(lock, [rows])
-        if len(cursor.fetchall()) < len(rows):  # first used: made, then locked
+    with connection.cursor() as cursor:
+        new = [name for name in rows if (connection.alias, name) not in _MADE]
+        if new:  # a limit's first use here: its row made if need be
             cursor.execute(
                 f"INSERT INTO {states} (name) SELECT unnest(%s::text[]) "
                 f"ON CONFLICT DO NOTHING",
-                [rows],
+                [new],
             )
-            cursor.execute(lock, [rows])
+            _MADE.update((connection.alias, name) for name in new)
+    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT name FROM {states} WHERE name = ANY(%s) "
+            f"ORDER BY name FOR UPDATE SKIP LOCKED",
+            [rows],
+        )
+        held = {row[0] for row in cursor.fetchall()}
+        if len(held) < len(rows):
+            # Held by another claim, or not there (deleted by hand, or a
+            # test's flush): made again and locked, as at its first use.
+            missing = [name for name in rows if name not in held]
+            cursor.execute(
+                f"INSERT INTO {states} (name) SELECT unnest(%s::text[]) "
+                f"ON CONFLICT DO NOTHING RETURNING name",
+                [missing],
+            )
+            held |= {row[0] for row in cursor.fetchall()}
+            limited = [
+                job for job in limited if set(_limit_rows([job], declared)) <= held
+            ]
+            if not limited:
+                return []
+        rows = sorted(held)
+        rated = [name for name in rows if declared.rate_of(name) is not None]
+        keys = sorted({key for _, _, key in limited if key is not None})
+        queues = sorted(
+            {queue for _, queue, _ in limited if queue in declared.by_queue}
+        )
         cursor.execute(
             f"""
             WITH c AS (
@@ -331,6 +357,9 @@ def _prepared_forms(sql: str) -> tuple[str, str, str]:
     arguments = ", ".join(f"%({key})s" for key in order)
     return name, f"PREPARE {name} AS {body}", f"EXECUTE {name}({arguments})"
 
+
+# The limits' rows this process knows exist, by (alias, name).
+_MADE: set[tuple[str, str]] = set()
 
 # Texts of the front statement by (alias, shape of queues, limits in force);
 # the limits are held in the entry, so their id is not reused meanwhile.
