@@ -455,11 +455,12 @@ def _front_text(connection, shape, declared) -> tuple[str, dict]:
                 AND split_part(limit_key, ':', 1) = ANY({param(limited_names)})
                 AND queue_name <> ALL({param(limited_queues)})
                 AND {free_keys} {some_room}
-            {order} LIMIT {var("limit")} FOR UPDATE SKIP LOCKED
+            {order} LIMIT {var("limit")}
         )"""
         )
         # At most as many per key as it has room for (by this statement's
-        # snapshot: the transaction that claims them counts again).
+        # snapshot: the transaction that claims them counts again). The
+        # jobs of limits are not locked here: that transaction locks them.
         ctes.append(
             f"""c_room AS (
             SELECT k.{columns.replace(", ", ", k.")} FROM (
@@ -469,9 +470,13 @@ def _front_text(connection, shape, declared) -> tuple[str, dict]:
             LEFT JOIN unnest({param(list(concurrent))}::text[],
                              {param(list(concurrent.values()))}::int[]) AS d(name, most)
                 ON split_part(k.limit_key, ':', 1) = d.name
-            WHERE d.most IS NULL OR k.n <= d.most - (
-                SELECT count(*) FROM {table} r
-                WHERE r.status = 'RUNNING' AND r.limit_key = k.limit_key)
+            LEFT JOIN (
+                SELECT limit_key, count(*) AS n FROM {table}
+                WHERE status = 'RUNNING'
+                    AND limit_key IN (SELECT limit_key FROM c_limited)
+                GROUP BY limit_key
+            ) AS r ON r.limit_key = k.limit_key
+            WHERE d.most IS NULL OR k.n <= d.most - coalesce(r.n, 0)
         )"""
         )
         parts.append("SELECT *, false FROM c_room")
@@ -497,7 +502,7 @@ def _front_text(connection, shape, declared) -> tuple[str, dict]:
                 AND queue_name = ANY({param(limited_queues)})
                 AND queue_name <> ALL (ARRAY(SELECT queue FROM full_queues))
                 AND (limit_key IS NULL OR {free_keys})
-            {order} LIMIT {var("limit")} FOR UPDATE SKIP LOCKED
+            {order} LIMIT {var("limit")}
         )"""
         )
         parts.append("SELECT *, false FROM c_queue")
