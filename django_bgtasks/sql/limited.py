@@ -5,13 +5,14 @@ rate, across every worker, decided in the claim.
 A claim of a worker that knows of any limit runs here instead of the
 single statement of ``sql/claim.py``.
 
-PostgreSQL (``_round_postgresql``): one statement takes the best due jobs
-of no limit from the claim's READY index and those of limits from their own
-partial index, leaving out the limits with no room and taking at most as
-many per key as it had room for, claims the first kind and returns the
-second. Only if there are some does one transaction lock the rows of their
-limits (``LimitState``, in name order: two claims of one limit take turns
-here), count their RUNNING jobs again, take in claim order those every
+PostgreSQL (``_round_postgresql``): one statement (prepared once per
+connection) takes the best due jobs of no limit from the claim's READY
+index and those of limits from their own partial index, leaving out the
+limits with no room and taking at most as many per key as it had room for;
+it claims the first kind and returns the second. Only if there are some
+does a short transaction lock the rows of their limits (``LimitState``, in
+name order; a limit another claim is taking is passed over), lock those
+jobs, count the limits' RUNNING jobs again, take in claim order those every
 limit has room for, and take their tokens. The rows stay locked until the
 commit that makes the jobs RUNNING, so the next claim of a limit counts
 them.
