@@ -178,6 +178,7 @@ def test_the_demo_registers_only_its_own_tasks():
         *demo,
         "testproject.bench.noop.noop",
         "testproject.bench.noop.count_results",
+        "testproject.bench.noop.sleep_10ms",
     }
 
 
