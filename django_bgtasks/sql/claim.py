@@ -267,11 +267,20 @@ def _mark_ids_mysql(connection, ids, worker_id) -> list[int]:
     return ids
 
 
+# Each vendor's "append the worker to worker_ids" (MySQL/MariaDB, SQLite).
+_APPEND_WORKER = {
+    "mysql": "JSON_ARRAY_APPEND(worker_ids, '$', %s)",
+    "sqlite": "json_insert(worker_ids, '$[#]', %s)",
+}
+
+
 def _mark_claimed(connection, table, ids, worker_id) -> None:
+    """Mark the jobs ``ids`` claimed by ``worker_id`` (MySQL/MariaDB,
+    SQLite), in one UPDATE."""
     claim_set = CLAIM_SET.format(
         job=table,
         now=now_sql(connection),
-        append="JSON_ARRAY_APPEND(worker_ids, '$', %s)",
+        append=_APPEND_WORKER[connection.vendor],
     )
     marks = ", ".join(["%s"] * len(ids))
     with connection.cursor() as cursor:
@@ -363,17 +372,7 @@ def _claim_ids_postgresql(connection, ids, worker_id):
 
 def _claim_ids_sqlite(connection, ids, worker_id):
     table = connection.ops.quote_name(Job._meta.db_table)
-    set_sql = CLAIM_SET.format(
-        job=table,
-        now=now_sql(connection),
-        append="json_insert(worker_ids, '$[#]', %s)",
-    )
-    marks = ", ".join(["%s"] * len(ids))
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} SET {set_sql} WHERE id IN ({marks})",
-            [*set_params(worker_id), *ids],
-        )
+    _mark_claimed(connection, table, ids, worker_id)
     return ids
 
 
