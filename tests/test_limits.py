@@ -4,6 +4,7 @@ ones behind them. Claims in this process, then several real workers."""
 
 import importlib
 import time
+from contextlib import nullcontext
 
 import pytest
 from django.db.models import F
@@ -109,6 +110,44 @@ def test_jobs_held_back_do_not_block_the_jobs_behind_them(limited):
     claimed = {job.pk for job in claim(limit=10)}
     assert len(claimed & {int(r.id) for r in held}) == 2
     assert {int(r.id) for r in behind} <= claimed
+
+
+@pytest.mark.parametrize("in_transaction", [False, True])
+def test_a_claim_fills_the_places_of_limited_jobs_it_cannot_start(
+    limited, in_transaction
+):
+    """A claim sees room in a limit, but another claim is taking it (holds
+    its row): the jobs behind take the places, so the claim comes back full
+    (a short claim tells the worker the backlog is gone). In a transaction,
+    PostgreSQL's claim runs its statements one by one: the same outcome."""
+    from django.db import connection, connections, transaction
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL only: elsewhere a claim waits for that row")
+    held = [limited.two_at_a_time.using(priority=10).enqueue() for _ in range(2)]
+    behind = [limited.free.enqueue() for _ in range(5)]
+    [name] = {Job.objects.get(pk=r.id).limit_key for r in held}
+    LimitState.objects.create(name=name)
+    other = connections.create_connection("default")
+    try:
+        other.set_autocommit(False)
+        with other.cursor() as cursor:
+            cursor.execute(
+                f"SELECT name FROM {LimitState._meta.db_table} WHERE name = %s "
+                f"FOR UPDATE",
+                [name],
+            )
+        with transaction.atomic(durable=True) if in_transaction else nullcontext():
+            claimed = {job.pk for job in claim(limit=4)}
+    finally:
+        other.rollback()
+        other.close()
+    assert claimed == {int(r.id) for r in behind[:4]}
+    # With the row free again, the limited jobs start.
+    with transaction.atomic(durable=True) if in_transaction else nullcontext():
+        claimed = {job.pk for job in claim(limit=4)}
+        assert claimed == {int(r.id) for r in held} | {int(behind[4].id)}
+        assert claim(worker_id="w2") == []  # full now
 
 
 def test_a_claim_of_several_queues_keeps_to_the_limits(limited):
@@ -459,15 +498,27 @@ def test_a_dead_workers_job_holds_its_limit_until_it_is_rescued(workers, limited
     assert most_at_once(results[1:]) == 1
 
 
-def test_a_claim_prepares_its_statement_again_on_a_connection_that_lost_it(limited):
+@pytest.mark.parametrize("lost", ["all", "some"])
+def test_a_claim_prepares_its_statements_again_on_a_connection_that_lost_them(
+    limited, lost
+):
+    """As behind a pooler in transaction mode, which hands out another
+    server connection: one with none of them, or with some only."""
     from django.db import connection
 
     if connection.vendor != "postgresql":
-        pytest.skip("PostgreSQL only: its claim is a prepared statement")
-    for _ in range(3):
+        pytest.skip("PostgreSQL only: its claim is prepared statements")
+    for _ in range(4):
         limited.two_at_a_time.enqueue()
     assert len(claim(limit=1)) == 1
     with connection.cursor() as cursor:
-        cursor.execute("DEALLOCATE ALL")  # as a pooler's other connection would
+        cursor.execute("SELECT name, statement FROM pg_prepared_statements")
+        prepared = dict(cursor.fetchall())
+        assert len(prepared) >= 3  # the front, the lock and the admit
+        for name, statement in prepared.items():
+            if lost == "all" or "claimed.*" in statement:  # "some": the front
+                cursor.execute(f"DEALLOCATE {name}")
     assert len(claim(limit=1)) == 1
     assert claim(worker_id="w2") == []  # and still keeps to the limit
+    finish(Job.objects.filter(status=JobStatus.RUNNING).first())
+    assert len(claim(limit=3)) == 1  # the room of the job that ended

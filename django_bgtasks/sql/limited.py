@@ -6,16 +6,19 @@ A claim of a worker that knows of any limit runs here instead of the
 single statement of ``sql/claim.py``.
 
 PostgreSQL (``_round_postgresql``): one statement (prepared once per
-connection) takes the best due jobs of no limit from the claim's READY
-index and those of limits from their own partial index, leaving out the
-limits with no room and taking at most as many per key as it had room for;
-it claims the first kind and returns the second. Only if there are some
-does a short transaction lock the rows of their limits (``LimitState``, in
-name order; a limit another claim is taking is passed over), lock those
-jobs, count the limits' RUNNING jobs again, take in claim order those every
-limit has room for, and take their tokens. The rows stay locked until the
-commit that makes the jobs RUNNING, so the next claim of a limit counts
-them.
+connection, its plan made once) takes the best due jobs of no limit from
+the claim's READY index and those of limits from their own partial index,
+leaving out the limits with no room and taking at most as many per key as
+it had room for; it claims the first kind and keeps the second aside. If
+it kept some, two more statements in one transaction lock the rows of
+their limits (``LimitState``, in name order; a limit another claim is
+taking is passed over) and then, seeing every claim that held those rows
+before, count the limits' RUNNING jobs again and claim in claim order the
+kept jobs every limit has room for, taking their tokens, and as many of
+the jobs of no limit the first passed over for them as they leave places
+(a claim comes back full while jobs are due). Where the driver allows,
+those two go as one message, and with the first while this connection's
+claims keep finding jobs of limits: one round trip.
 
 MySQL/MariaDB and SQLite (``_round``): the same in one transaction per
 claim, the full limits read first and left out of its scan; a claim that
@@ -31,7 +34,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import re
 
 from django.db import DatabaseError, transaction
@@ -53,6 +55,11 @@ from .claimed import (
 )
 
 NO_JIT = "SET LOCAL jit = off; "
+# A prepared statement's plan made once, for any parameters: left to
+# itself, PostgreSQL planned the front anew at each run (its estimate of
+# the generic plan's cost was no better than a custom one's), as long as
+# running it.
+GENERIC_PLAN = "SET LOCAL plan_cache_mode = force_generic_plan; "
 # Due jobs a limited claim looks at beyond its free slots: room to pass
 # over jobs of limits that fill up in this very claim.
 EXTRA_SCANNED = 16
@@ -148,144 +155,76 @@ def _admit(connection, candidates, limit, declared, claim_ids, worker_id):
 
 
 def _round_postgresql(connection, worker_id, queues, limit, declared, claim_ids):
-    """One claim on PostgreSQL: one statement leaves out the full limits,
-    claims the jobs of no limit among the best due ones, and returns the
-    others; only if there are some does a transaction lock their limits
-    and take those with room (``_admit``)."""
-    sql, params = _front_statement(connection, queues, limit, declared, worker_id)
+    """One claim on PostgreSQL (``_statements``): the front claims the jobs
+    of no limit among the best due ones and keeps those of limits aside;
+    the lock takes their limits' rows; the admit counts again behind those
+    locks and claims the jobs with room.
+
+    Where the driver allows, they go as one message, one transaction (a
+    claiming thread that waits on the network once, not at each statement,
+    in a busy worker also waits once for Python's GIL): all three while
+    this connection's claims find jobs of limits, else the front alone,
+    and the other two (with the kept jobs handed in by ``keep``) only if it
+    kept some. Elsewhere, those two run one by one in a transaction."""
+    statements, params = _statements(connection, queues, limit, declared, worker_id)
+    front, keep, lock, admit = statements
+    admitted = None
     with connection.cursor() as cursor:
-        if len(queues or ()) < 2 and can_pin_plan(connection, cursor):
-            _execute_prepared(connection, cursor, sql, params)
+        together = can_pin_plan(connection, cursor)
+        # One queue (or all): prepared, as the plain claim's plan is
+        # pinned. Several: a list the plan depends on, planned each time.
+        prepared = together and len(queues or ()) < 2
+        if (
+            together
+            and getattr(connection, "_bgtasks_kept", False)
+            and not _last_result_only(cursor)
+        ):
+            rows, _, admitted = _execute(
+                connection, cursor, [front, lock, admit], params, prepared
+            )
+        elif together:
+            [rows] = _execute(connection, cursor, [front], params, prepared)
         else:
-            cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    limited = json.loads(rows[0][-1]) if rows[0][-1] else []
-    returned = [row[:-1] for row in rows if row[ID_AT] is not None]
-    claimed = [jobs_from(connection, returned)]
-    free = limit - len(returned)
-    if not limited or free <= 0:
-        return claimed, bool(limited)
-    more = _admit_postgresql(connection, limited, free, declared, claim_ids, worker_id)
-    # No second round: the statement took no more per key than it had room
-    # for, so what _admit held back, another claim took meanwhile (or a
-    # rate's tokens ran out); the next claim sees it.
-    return claimed + more, False
+            cursor.execute(front, params)
+            rows = cursor.fetchall()
+        params["kept"] = rows[0][-1]
+        connection._bgtasks_kept = bool(params["kept"])
+        if params["kept"] and together and admitted is None:
+            statements = [keep, lock, admit]
+            *_, admitted = _execute(connection, cursor, statements, params, prepared)
+    claimed = [_claimed(connection, rows)]
+    if params["kept"] and not together:
+        with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+            for statement in (keep, lock, admit):
+                cursor.execute(statement, params)
+            admitted = cursor.fetchall()
+    if admitted:
+        claimed.append(jobs_from(connection, admitted))
+    # No second round: the front took no more per key than it had room for,
+    # so what the admit left, another claim took meanwhile (or a rate's
+    # tokens ran out); the next claim sees it.
+    return claimed, False
 
 
-def _admit_postgresql(connection, limited, limit, declared, claim_ids, worker_id):
-    """``_admit`` for the jobs of limits the front statement returned, in
-    three statements: lock their limits' rows; lock the jobs again (another
-    claim may have taken some meanwhile) and count the limits' RUNNING jobs
-    and tokens, behind those locks; claim the jobs with room.
-
-    A limit whose row another claim holds is passed over (``SKIP LOCKED``),
-    not waited for: that claim is taking what it has room for, and the jobs
-    of no limit this claim has taken already are not held up behind it."""
-    table = connection.ops.quote_name(Job._meta.db_table)
-    states = connection.ops.quote_name(LimitState._meta.db_table)
-    rows = _limit_rows(limited, declared)
-    with connection.cursor() as cursor:
-        new = [name for name in rows if (connection.alias, name) not in _MADE]
-        if new:  # a limit's first use here: its row made if need be
-            cursor.execute(
-                f"INSERT INTO {states} (name) SELECT unnest(%s::text[]) "
-                f"ON CONFLICT DO NOTHING",
-                [new],
-            )
-            _MADE.update((connection.alias, name) for name in new)
-    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT name FROM {states} WHERE name = ANY(%s) "
-            f"ORDER BY name FOR UPDATE SKIP LOCKED",
-            [rows],
-        )
-        held = {row[0] for row in cursor.fetchall()}
-        if len(held) < len(rows):
-            # Held by another claim, or not there (deleted by hand, or a
-            # test's flush): made again and locked, as at its first use.
-            missing = [name for name in rows if name not in held]
-            cursor.execute(
-                f"INSERT INTO {states} (name) SELECT unnest(%s::text[]) "
-                f"ON CONFLICT DO NOTHING RETURNING name",
-                [missing],
-            )
-            held |= {row[0] for row in cursor.fetchall()}
-            limited = [
-                job for job in limited if set(_limit_rows([job], declared)) <= held
-            ]
-            if not limited:
-                return []
-        rows = sorted(held)
-        rated = [name for name in rows if declared.rate_of(name) is not None]
-        keys = sorted({key for _, _, key in limited if key is not None})
-        queues = sorted(
-            {queue for _, queue, _ in limited if queue in declared.by_queue}
-        )
-        cursor.execute(
-            f"""
-            WITH c AS (
-                SELECT id FROM {table}
-                WHERE id = ANY(%s) AND status = 'READY' FOR UPDATE SKIP LOCKED
-            ), r AS (
-                SELECT queue_name, limit_key, count(*) AS n FROM {table}
-                WHERE status = 'RUNNING'
-                    AND (limit_key = ANY(%s) OR queue_name = ANY(%s))
-                GROUP BY queue_name, limit_key
-            )
-            SELECT
-                (SELECT array_agg(id) FROM c),
-                (SELECT json_agg(json_build_array(queue_name, limit_key, n))
-                 FROM r)::text,
-                (SELECT json_agg(json_build_array(name, tokens, date_part(
-                    'epoch', STATEMENT_TIMESTAMP() - refilled_at)))
-                 FROM {states} WHERE name = ANY(%s))::text,
-                STATEMENT_TIMESTAMP()
-            """,
-            [[pk for pk, _, _ in limited], keys, queues, rated],
-        )
-        still, running, buckets, now = cursor.fetchone()
-        still = set(still or ())
-        running = {(q, k): n for q, k, n in json.loads(running or "[]")}
-        tokens = {}
-        stored = {name: (t, age) for name, t, age in json.loads(buckets or "[]")}
-        for name in rated:
-            bucket, age = stored.get(name, (None, None))
-            tokens[name] = declared.rate_of(name).refilled(bucket, age or 0.0)
-        admission = Admission(declared, running, tokens)
-        chosen = []
-        for pk, queue, key in limited:
-            if len(chosen) == limit:
-                break
-            if pk in still and admission.admit(queue, key):
-                chosen.append(pk)
-        if not chosen:
-            return []
-        claimed = claim_ids(connection, chosen, worker_id)
-        if admission.taken:
-            cursor.execute(
-                f"UPDATE {states} AS s SET tokens = v.tokens, refilled_at = %s "
-                f"FROM unnest(%s::text[], %s::float8[]) AS v(name, tokens) "
-                f"WHERE s.name = v.name",
-                [
-                    now,
-                    list(admission.taken),
-                    [admission.tokens[name] for name in admission.taken],
-                ],
-            )
-    return [claimed]
+def _claimed(connection, front_rows):
+    """The jobs the front statement claimed (its rows but for the last
+    column; one row of NULLs but that when it claimed none)."""
+    return jobs_from(
+        connection, [row[:-1] for row in front_rows if row[ID_AT] is not None]
+    )
 
 
-def _front_statement(connection, queues, limit, declared, worker_id):
-    """The PostgreSQL statement of ``_round_postgresql`` (its text made
-    once per shape of claim and limits in force), with its parameters."""
+def _statements(connection, queues, limit, declared, worker_id):
+    """The PostgreSQL statements of ``_round_postgresql`` (their texts made
+    once per shape of claim and limits in force), with their parameters."""
     shape = None if queues is None else ("one" if len(queues) == 1 else "many")
     key = (connection.alias, shape, id(declared))
-    made = _FRONT_TEXTS.get(key)
+    made = _TEXTS.get(key)
     if made is None or made[0] is not declared:
-        if len(_FRONT_TEXTS) > 64:
-            _FRONT_TEXTS.clear()
-        made = _FRONT_TEXTS[key] = (declared, *_front_text(connection, shape, declared))
-    _, text, constants = made
+        if len(_TEXTS) > 64:
+            _TEXTS.clear()
+        made = _TEXTS[key] = (declared, *_texts(connection, shape, declared))
+    _, texts, constants = made
     status, worker, _ = set_params(worker_id)
     params = {
         **constants,
@@ -296,44 +235,83 @@ def _front_statement(connection, queues, limit, declared, worker_id):
     }
     if shape is not None:
         params["queue"] = queues[0] if shape == "one" else list(queues)
-    return text, params
+    return texts, params
 
 
-def _execute_prepared(connection, cursor, sql: str, params: dict) -> None:
-    """Run the front statement as a statement prepared on this connection:
-    planning its dozen parts took about as long as running it, on every
-    claim. Planned once, as the plain claim is on every run: sorting
-    switched off (the READY index's order, whatever the statistics say),
-    and JIT off (sorting "off" makes a plan's cost so large that PostgreSQL
-    would compile it, a second each time). A connection that loses it (a
-    pooler in transaction mode hands out another) runs the text instead."""
-    name, prepare, execute = _prepared_forms(sql)
+def _execute(connection, cursor, statements, params, prepared):
+    """Run ``statements`` as one message (one implicit transaction: a
+    failure in any undoes them all), each as a statement prepared on this
+    connection if ``prepared``, and return each one's rows.
+
+    Prepared: planning the front's dozen parts took about as long as
+    running it, on every claim. Planned once (``GENERIC_PLAN``), under the
+    settings of the plain claim's every run: sorting off (the READY index's
+    order, whatever the statistics say) and JIT off (sorting "off" makes a
+    plan's cost so large that PostgreSQL would compile it, a second each
+    time). A connection that loses them (a pooler in transaction mode hands
+    out another) prepares them again, and one that cannot keep them runs
+    the texts.
+
+    psycopg 2 keeps the rows of the last statement only (the one result
+    returned then): ``_round_postgresql`` sends it no message whose other
+    rows it needs."""
+    settings = NO_JIT + NO_SORT
+    if not prepared:
+        cursor.execute(settings + "; ".join(statements), params)
+        return _results(cursor)
+    settings += GENERIC_PLAN
     state = getattr(connection, "_bgtasks_prepared", None)
     raw = id(connection.connection)
     if state is None or state[0] != raw:
         state = connection._bgtasks_prepared = (raw, set())
     names = state[1]
     if None in names:  # this connection keeps no prepared statement
-        cursor.execute(NO_JIT + NO_SORT + sql, params)
-    else:
-        for attempt in (1, 2):
+        cursor.execute(settings + "; ".join(statements), params)
+        return _results(cursor)
+    forms = [_prepared_forms(sql) for sql in statements]
+    for _ in (1, 2):
+        for name, prepare, _ in forms:
             if name not in names:
-                cursor.execute(NO_JIT + NO_SORT + prepare)
+                try:
+                    cursor.execute(prepare)
+                except DatabaseError as exc:
+                    # Prepared already (by this process, under this name
+                    # made of the text): behind a pooler, a connection may
+                    # hold some of them and not others.
+                    if _sqlstate(exc) != "42P05":
+                        raise
                 names.add(name)
-            try:
-                # Set for each run too: a plan is made again when PostgreSQL
-                # sees fit (new statistics), under the settings of that run.
-                cursor.execute(NO_JIT + NO_SORT + execute, params)
-                break
-            except DatabaseError as exc:
-                if _sqlstate(exc) != "26000":  # not "no such prepared statement"
-                    raise
-                names.discard(name)
-                if attempt == 2:
-                    names.add(None)
-                    cursor.execute(NO_JIT + NO_SORT + sql, params)
-    while cursor.description is None and cursor.nextset():
-        pass
+        try:
+            # The settings are sent with each run: a plan is made again
+            # when PostgreSQL sees fit (new statistics), under that run's.
+            cursor.execute(settings + "; ".join(run for _, _, run in forms), params)
+            return _results(cursor)
+        except DatabaseError as exc:
+            if _sqlstate(exc) != "26000":  # not "no such prepared statement"
+                raise
+            names.clear()
+    names.add(None)
+    cursor.execute(settings + "; ".join(statements), params)
+    return _results(cursor)
+
+
+def _results(cursor) -> list[list]:
+    """The rows of each statement of the message just run that returns
+    rows (the settings before them return none)."""
+    if _last_result_only(cursor):
+        return [cursor.fetchall()]
+    results = []
+    while True:
+        if cursor.description is not None:
+            results.append(cursor.fetchall())
+        if not cursor.nextset():
+            return results
+
+
+def _last_result_only(cursor) -> bool:
+    """Whether the driver keeps only the last result of a message of
+    several statements (psycopg 2)."""
+    return type(cursor.cursor).__module__.startswith("psycopg2")
 
 
 def _sqlstate(exc) -> str | None:
@@ -356,32 +334,62 @@ def _prepared_forms(sql: str) -> tuple[str, str, str]:
     body = re.sub(r"%\((\w+)\)s", number, sql)
     name = "bgtasks_limited_" + hashlib.sha1(sql.encode()).hexdigest()[:16]
     arguments = ", ".join(f"%({key})s" for key in order)
-    return name, f"PREPARE {name} AS {body}", f"EXECUTE {name}({arguments})"
+    execute = f"EXECUTE {name}({arguments})" if order else f"EXECUTE {name}"
+    return name, f"PREPARE {name} AS {body}", execute
 
 
-# The limits' rows this process knows exist, by (alias, name).
-_MADE: set[tuple[str, str]] = set()
+# Texts of the statements by (alias, shape of queues, limits in force); the
+# limits are held in the entry, so their id is not reused meanwhile.
+_TEXTS: dict = {}
 
-# Texts of the front statement by (alias, shape of queues, limits in force);
-# the limits are held in the entry, so their id is not reused meanwhile.
-_FRONT_TEXTS: dict = {}
+# Where the front statement leaves the jobs of limits it kept aside, and
+# the lock statement the names of the limits' rows it holds, for the next
+# statement of the transaction (settings local to it: set_config's third
+# argument).
+_KEPT = "bgtasks.kept"
+_HELD = "bgtasks.held"
 
 
-def _front_text(connection, shape, declared) -> tuple[str, dict]:
-    """The text of the front statement, and its parameters that the limits
-    in force decide (the others: ``limit``, ``status``, ``worker``,
-    ``worker_text`` and, by ``shape``, ``queue``).
+def _setting(name: str) -> str:
+    """A JSON array set earlier in this transaction ([] if none)."""
+    return f"coalesce(nullif(current_setting('{name}', true), ''), '[]')::json"
 
-    It returns the claimed rows (``RETURNING``), each with the due jobs of
-    some limit among the best ``limit`` (as JSON [id, queue, key], in claim
-    order) in its last column; one row with only that column if it claimed
-    none.
 
-    The best due jobs of no limit come from the claim's READY index (past
-    the READY jobs of limits, which it reads and leaves); those of limits
-    from their own index, leaving out the limits with no room (the RUNNING
-    jobs it counts are read only once it finds such a job), and at most as
-    many per key as the key had room for when the statement began."""
+def _texts(connection, shape, declared) -> tuple[list[str], dict]:
+    """The texts of the front, keep, lock and admit statements, and their
+    parameters that the limits in force decide (the others: ``limit``,
+    ``status``, ``worker``, ``worker_text``, by ``shape`` ``queue``, and
+    for the keep statement ``kept``).
+
+    The front returns the rows it claimed (``RETURNING``), each with, in
+    its last column, the jobs it kept aside: the due jobs of limits among
+    the best ``limit`` and the jobs of no limit it passed over for them
+    (JSON [[[id, queue, key], ...], [id, ...]], in claim order; '' if it
+    kept none), also set as ``_KEPT`` for the statements after it in the
+    transaction (the keep statement sets it from ``kept`` in another); one
+    row with only that column if it claimed none. The best due jobs of no
+    limit come
+    from the claim's READY index (past the READY jobs of limits, which it
+    reads and leaves); those of limits from their own index, leaving out
+    the limits with no room (the RUNNING jobs it counts are read only once
+    it finds such a job), and at most as many per key as the key had room
+    for when the statement began. They are not locked: the admit does.
+
+    The lock makes the rows of those jobs' limits (``LimitState``) that do
+    not exist, and locks the others in name order, passing over those
+    another claim holds (``SKIP LOCKED``: that claim is taking what it has
+    room for, and the jobs of no limit the front took are not held up
+    behind it); their names go to ``_HELD``.
+
+    The admit, a statement of its own so that it sees every claim that
+    held those rows before: of the kept jobs whose limits' rows are held,
+    locks those still READY, counts their limits' RUNNING jobs and tokens,
+    and claims in claim order those every limit has room for (a job's
+    place in line is counted against each of its limits: where a job
+    counts against two, one may be left for the next claim that one had
+    room for), taking their tokens; and in the places of those it does
+    not claim, the jobs of no limit the front passed over, those still
+    READY (locked here too: another claim may have taken some)."""
     table = connection.ops.quote_name(Job._meta.db_table)
     states = connection.ops.quote_name(LimitState._meta.db_table)
     db_now = now_sql(connection)
@@ -401,6 +409,14 @@ def _front_text(connection, shape, declared) -> tuple[str, dict]:
     by_queue = {q: lim.concurrency for q, lim in declared.by_queue.items()}
     rated = [(name, declared.rate_of(name)) for name in declared.rated_names()]
     limited_names, limited_queues = list(by_name), list(by_queue)
+    names_param, queues_param = param(limited_names), param(limited_queues)
+    concurrent_names = param(list(concurrent))
+    concurrent_most = param(list(concurrent.values()))
+    rates = (
+        f"unnest({param([n for n, _ in rated])}::text[], "
+        f"{param([float(r.count) for _, r in rated])}::float8[], "
+        f"{param([float(r.per) for _, r in rated])}::float8[]) AS b(name, n, per)"
+    )
     if shape is None:
         queue_filter = ""
     elif shape == "one":  # "= %s": the index's order holds for one queue
@@ -415,25 +431,20 @@ def _front_text(connection, shape, declared) -> tuple[str, dict]:
         f"""c_free AS (
             SELECT {columns} FROM {table}
             WHERE {due} AND {not_paused}
-                AND queue_name <> ALL({param(limited_queues)})
+                AND queue_name <> ALL({queues_param})
                 AND (limit_key IS NULL
-                     OR split_part(limit_key, ':', 1) <> ALL({param(limited_names)}))
+                     OR split_part(limit_key, ':', 1) <> ALL({names_param}))
             {order} LIMIT {var("limit")} FOR UPDATE SKIP LOCKED
         )"""
     ]
     full_keys = f"""full_keys AS (
             SELECT r.limit_key AS key FROM {table} r
-            JOIN unnest({param(list(concurrent))}::text[],
-                        {param(list(concurrent.values()))}::int[]) AS d(name, most)
-                ON split_part(r.limit_key, ':', 1) = d.name
+            JOIN unnest({concurrent_names}::text[], {concurrent_most}::int[])
+                AS d(name, most) ON split_part(r.limit_key, ':', 1) = d.name
             WHERE r.status = 'RUNNING' AND r.limit_key IS NOT NULL
             GROUP BY r.limit_key, d.most HAVING count(*) >= d.most
             UNION ALL
-            SELECT s.name FROM {states} s
-            JOIN unnest({param([n for n, _ in rated])}::text[],
-                        {param([float(r.count) for _, r in rated])}::float8[],
-                        {param([float(r.per) for _, r in rated])}::float8[])
-                AS b(name, n, per) ON s.name = b.name
+            SELECT s.name FROM {states} s JOIN {rates} ON s.name = b.name
             WHERE s.refilled_at IS NOT NULL AND LEAST(b.n, s.tokens
                 + EXTRACT(EPOCH FROM ({db_now} - s.refilled_at)) * b.n / b.per) < 1
         )"""
@@ -446,31 +457,29 @@ def _front_text(connection, shape, declared) -> tuple[str, dict]:
         # all (it would read every READY job of theirs, to take none).
         some_room = (
             f"AND (SELECT count(DISTINCT key) FROM full_keys "
-            f"WHERE key = ANY({param(limited_names)})) < {len(limited_names)}"
+            f"WHERE key = ANY({names_param})) < {len(limited_names)}"
         )
     if limited_names:
         ctes.append(
             f"""c_limited AS (
             SELECT {columns} FROM {table}
             WHERE {due} AND limit_key IS NOT NULL AND {not_paused}
-                AND split_part(limit_key, ':', 1) = ANY({param(limited_names)})
-                AND queue_name <> ALL({param(limited_queues)})
+                AND split_part(limit_key, ':', 1) = ANY({names_param})
+                AND queue_name <> ALL({queues_param})
                 AND {free_keys} {some_room}
             {order} LIMIT {var("limit")}
         )"""
         )
         # At most as many per key as it has room for (by this statement's
-        # snapshot: the transaction that claims them counts again). The
-        # jobs of limits are not locked here: that transaction locks them.
+        # snapshot: the admit counts again).
         ctes.append(
             f"""c_room AS (
             SELECT k.{columns.replace(", ", ", k.")} FROM (
                 SELECT *, row_number() OVER (PARTITION BY limit_key {order}) AS n
                 FROM c_limited
             ) AS k
-            LEFT JOIN unnest({param(list(concurrent))}::text[],
-                             {param(list(concurrent.values()))}::int[]) AS d(name, most)
-                ON split_part(k.limit_key, ':', 1) = d.name
+            LEFT JOIN unnest({concurrent_names}::text[], {concurrent_most}::int[])
+                AS d(name, most) ON split_part(k.limit_key, ':', 1) = d.name
             LEFT JOIN (
                 SELECT limit_key, count(*) AS n FROM {table}
                 WHERE status = 'RUNNING'
@@ -481,14 +490,14 @@ def _front_text(connection, shape, declared) -> tuple[str, dict]:
         )"""
         )
         parts.append("SELECT *, false FROM c_room")
+    queue_most = param(list(by_queue.values()))
     if limited_queues:
         ctes.insert(
             1,
             f"""full_queues AS (
             SELECT r.queue_name AS queue FROM {table} r
-            JOIN unnest({param(list(by_queue))}::text[],
-                        {param(list(by_queue.values()))}::int[]) AS d(name, most)
-                ON r.queue_name = d.name
+            JOIN unnest({queues_param}::text[], {queue_most}::int[])
+                AS d(name, most) ON r.queue_name = d.name
             WHERE r.status = 'RUNNING' AND d.most IS NOT NULL
             GROUP BY r.queue_name, d.most HAVING count(*) >= d.most
             UNION ALL
@@ -500,7 +509,7 @@ def _front_text(connection, shape, declared) -> tuple[str, dict]:
             f"""c_queue AS (
             SELECT {columns} FROM {table}
             WHERE {due} AND {not_paused}
-                AND queue_name = ANY({param(limited_queues)})
+                AND queue_name = ANY({queues_param})
                 AND queue_name <> ALL (ARRAY(SELECT queue FROM full_queues))
                 AND (limit_key IS NULL OR {free_keys})
             {order} LIMIT {var("limit")}
@@ -528,15 +537,133 @@ def _front_text(connection, shape, declared) -> tuple[str, dict]:
             RETURNING {RETURNING}
         )"""
     )
-    sql = f"""
+    front = f"""
         WITH {", ".join(ctes)}
-        SELECT claimed.*, held.jobs FROM (
+        SELECT claimed.*, set_config('{_KEPT}', CASE
+            WHEN kept.jobs IS NULL THEN ''
+            ELSE json_build_array(kept.jobs, (
+                SELECT coalesce(json_agg(id {order}), '[]') FROM c_free
+                WHERE id NOT IN (SELECT id FROM top)
+            ))::text END, true)
+        FROM (
             SELECT json_agg(json_build_array(id, queue_name, limit_key)
-                            {order})::text AS jobs
+                            {order}) AS jobs
             FROM top WHERE NOT free
-        ) AS held LEFT JOIN claimed ON true
+        ) AS kept LEFT JOIN claimed ON true
     """
-    return sql, params
+    # Each kept job's limits' rows: its queue's and its task's (by name).
+    kept = f"""kept AS (
+            SELECT (e->>0)::bigint AS id, e->>1 AS queue_name, e->>2 AS limit_key,
+                ord,
+                CASE WHEN e->>1 = ANY({queues_param})
+                     THEN '{QUEUE_PREFIX}' || (e->>1) END AS queue_row,
+                CASE WHEN split_part(e->>2, ':', 1) = ANY({names_param})
+                     THEN split_part(e->>2, ':', 1) END AS key_row
+            FROM json_array_elements({_setting(_KEPT)} -> 0)
+                WITH ORDINALITY AS t(e, ord)
+        )"""
+    lock = f"""
+        WITH {kept}, named AS (
+            SELECT queue_row AS name FROM kept WHERE queue_row IS NOT NULL
+            UNION SELECT key_row FROM kept WHERE key_row IS NOT NULL
+        ), made AS (
+            INSERT INTO {states} (name) SELECT name FROM named ORDER BY name
+            ON CONFLICT DO NOTHING RETURNING name
+        ), locked AS (
+            SELECT name FROM {states} WHERE name = ANY (ARRAY(SELECT name FROM named))
+            ORDER BY name FOR UPDATE SKIP LOCKED
+        )
+        SELECT set_config('{_HELD}', coalesce((
+            SELECT json_agg(name) FROM (
+                SELECT name FROM locked UNION SELECT name FROM made
+            ) AS h)::text, ''), true)
+    """
+    admit = f"""
+        WITH {kept}, held AS (
+            SELECT json_array_elements_text({_setting(_HELD)}) AS name
+        ), ours AS (
+            SELECT * FROM kept
+            WHERE (queue_row IS NULL OR queue_row IN (SELECT name FROM held))
+                AND (key_row IS NULL OR key_row IN (SELECT name FROM held))
+        ), locked AS (
+            -- Not "AND status = 'READY'" here: the READY indexes would
+            -- match it, and be read whole for these ids. Locked, a row
+            -- gives its latest status.
+            SELECT id, status FROM {table}
+            WHERE id = ANY (ARRAY(SELECT id FROM ours))
+            FOR UPDATE SKIP LOCKED
+        ), c AS (
+            SELECT ours.* FROM ours JOIN locked USING (id)
+            WHERE locked.status = 'READY'
+        ), running_keys AS (
+            SELECT limit_key, count(*) AS n FROM {table}
+            WHERE status = 'RUNNING'
+                AND limit_key IN (SELECT limit_key FROM c WHERE key_row IS NOT NULL)
+            GROUP BY limit_key
+        ), running_queues AS (
+            SELECT queue_name, count(*) AS n FROM {table}
+            WHERE status = 'RUNNING'
+                AND queue_name IN (SELECT queue_name FROM c WHERE queue_row IS NOT NULL)
+            GROUP BY queue_name
+        ), buckets AS (
+            SELECT s.name, CASE WHEN s.tokens IS NULL THEN b.n
+                ELSE LEAST(b.n, s.tokens + GREATEST(coalesce(
+                    date_part('epoch', {db_now} - s.refilled_at), 0), 0) * b.n / b.per)
+                END AS tokens
+            FROM {states} s JOIN {rates} ON s.name = b.name
+            WHERE s.name IN (SELECT name FROM held)
+        ), ranked AS (
+            SELECT c.*,
+                row_number() OVER (PARTITION BY limit_key ORDER BY ord) AS key_place,
+                row_number() OVER (PARTITION BY queue_name ORDER BY ord) AS queue_place
+            FROM c
+        ), chosen AS (
+            SELECT r.id, r.key_row, r.queue_row FROM ranked r
+            LEFT JOIN unnest({concurrent_names}::text[], {concurrent_most}::int[])
+                AS dk(name, most) ON dk.name = r.key_row
+            LEFT JOIN running_keys AS rk ON rk.limit_key = r.limit_key
+            LEFT JOIN unnest({queues_param}::text[], {queue_most}::int[])
+                AS dq(name, most) ON dq.name = r.queue_name AND r.queue_row IS NOT NULL
+            LEFT JOIN running_queues AS rq ON rq.queue_name = r.queue_name
+            LEFT JOIN buckets AS bk ON bk.name = r.key_row
+            LEFT JOIN buckets AS bq ON bq.name = r.queue_row
+            WHERE (dk.most IS NULL OR r.key_place <= dk.most - coalesce(rk.n, 0))
+                AND (dq.most IS NULL OR r.queue_place <= dq.most - coalesce(rq.n, 0))
+                AND (bk.name IS NULL OR r.key_place <= floor(bk.tokens))
+                AND (bq.name IS NULL OR r.queue_place <= floor(bq.tokens))
+        ), spare AS (
+            SELECT (e #>> '{{}}')::bigint AS id, ord
+            FROM json_array_elements({_setting(_KEPT)} -> 1)
+                WITH ORDINALITY AS t(e, ord)
+        ), spare_locked AS (
+            SELECT id, status FROM {table}
+            WHERE id = ANY (ARRAY(SELECT id FROM spare))
+            FOR UPDATE SKIP LOCKED
+        ), fill AS (
+            SELECT id FROM spare JOIN spare_locked AS l USING (id)
+            WHERE l.status = 'READY'
+            ORDER BY ord
+            LIMIT (SELECT count(*) FROM kept) - (SELECT count(*) FROM chosen)
+        ), claimed AS (
+            UPDATE {table} AS job SET {claim_set}
+            WHERE job.id = ANY (ARRAY(
+                SELECT id FROM chosen UNION ALL SELECT id FROM fill
+            ))
+            RETURNING {RETURNING}
+        ), spent AS (
+            UPDATE {states} AS s SET tokens = b.tokens - t.n, refilled_at = {db_now}
+            FROM buckets AS b JOIN (
+                SELECT name, count(*) AS n FROM (
+                    SELECT key_row AS name FROM chosen
+                    UNION ALL SELECT queue_row FROM chosen
+                ) AS taken GROUP BY name
+            ) AS t ON t.name = b.name
+            WHERE s.name = b.name
+        )
+        SELECT * FROM claimed
+    """
+    keep = f"SELECT set_config('{_KEPT}', {var('kept')}, true)"
+    return [front, keep, lock, admit], params
 
 
 def _candidates(connection, due, queues, count):

@@ -36,8 +36,10 @@ Scenarios, each run ``--runs`` times (medians printed), on the database of
   (``testproject/bench/limited.py``, so every claim is a limited claim),
   beside the same workers without it; then the no-ops' drain behind
   ``--limited`` jobs of 10 ms (of higher priority), unlimited on the first
-  workers, limited to 2 at once on the second, and the most limited jobs
-  seen running at once (from their spans);
+  workers, limited to 2 at once on the second, the most limited jobs
+  seen running at once (from their spans), and the CPU per no-op of the
+  workers and of PostgreSQL until the last no-op ended (steadier than the
+  rates on a machine whose speed varies by the minute);
 - many-idle (only when named): ``--idle-workers`` idle worker processes,
   their connections and transactions, and the CPU of the PostgreSQL server
   where it runs on this host.
@@ -102,6 +104,26 @@ def database_cpu_seconds() -> float | None:
         # holds those of ended connections).
         total += sum(int(field) for field in fields[11:15])
     return total / os.sysconf("SC_CLK_TCK") if total else None
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """The CPU time of process ``root`` and of every process under it, in
+    seconds (the workers of a supervisor)."""
+    parents = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(pid)] = (int(fields[1]), sum(int(f) for f in fields[11:13]))
+    tree, total = {root}, 0
+    for pid in sorted(parents):  # children have higher pids, mostly
+        parent, ticks = parents[pid]
+        if pid == root or parent in tree:
+            tree.add(pid)
+            total += ticks
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values, fraction):
@@ -438,12 +460,17 @@ class Command(BaseCommand):
         limited to 2 at once)."""
         runs = self.options["runs"]
         plain, known, mixed, beside, most = [], [], [], [], []
+        # CPU per no-op job (ms), of the workers and of PostgreSQL: steadier
+        # than a rate on a machine whose speed varies by the minute.
+        cpu = {"unlimited": [], "limited": []}
         for _ in range(runs):
             # Alternated, so that both see the machine of the same minutes.
             self.start_workers(2)
             try:
                 plain.append(self.drain()[0])
-                mixed.append(self.drain_behind(sleep_10ms)[0])
+                rate, _, spent = self.drain_behind(sleep_10ms)
+                mixed.append(rate)
+                cpu["unlimited"].append(spent)
             finally:
                 self.stop_workers()
             self.start_workers(2, limits=True)
@@ -451,9 +478,10 @@ class Command(BaseCommand):
                 from testproject.bench.limited import two_at_a_time
 
                 known.append(self.drain()[0])
-                rate, seen = self.drain_behind(two_at_a_time)
+                rate, seen, spent = self.drain_behind(two_at_a_time)
                 beside.append(rate)
                 most.append(seen)
+                cpu["limited"].append(spent)
             finally:
                 self.stop_workers()
         drain = self.options["drain"]
@@ -475,10 +503,19 @@ class Command(BaseCommand):
             "x",
         )
         row("  most limited jobs running at once", max(most), "(limit: 2)")
+        for kind, spent in cpu.items():
+            workers = statistics.median(w for w, _ in spent)
+            database = [d for _, d in spent if d is not None]
+            figure = f"{workers:.3f}"
+            if database:
+                figure += f" + {statistics.median(database):.3f}"
+            row(f"  CPU per no-op behind {kind}, workers + database", figure, "ms")
 
-    def drain_behind(self, task) -> tuple[float, int]:
+    def drain_behind(self, task) -> tuple[float, int, tuple]:
         """The no-ops' rate behind ``--limited`` jobs of ``task`` (10 ms
-        each, of higher priority), and the most of those that ran at once."""
+        each, of higher priority), the most of those that ran at once, and
+        the workers' and the database's CPU per no-op (ms; the database's
+        None where it cannot be read)."""
         self.clear()
         count = self.options["drain"]
         with transaction.atomic():
@@ -486,6 +523,8 @@ class Command(BaseCommand):
                 ((n,), {}) for n in range(self.options["limited"])
             )
             noop.enqueue_many(((n,), {}) for n in range(count))
+        workers_before = tree_cpu_seconds(self.supervisor.pid)
+        database_before = database_cpu_seconds()
         started = time.perf_counter()
         free = Job.objects.filter(task_path=noop.module_path).exclude(
             status=JobStatus.SUCCESSFUL
@@ -495,7 +534,13 @@ class Command(BaseCommand):
             self.check_workers(deadline)
             time.sleep(0.01)
         rate = count / (time.perf_counter() - started)
+        # Until the last no-op: the limited jobs may run on alone after it.
+        workers = (tree_cpu_seconds(self.supervisor.pid) - workers_before) * 1000
+        database_after = database_cpu_seconds()
         self.wait_for_workers()
+        database = None
+        if database_before is not None and database_after is not None:
+            database = (database_after - database_before) * 1000 / count
         moments = []
         for began, ended in Job.objects.filter(
             pk__in=[result.id for result in ahead]
@@ -505,7 +550,7 @@ class Command(BaseCommand):
         for _, change in sorted(moments):
             running += change
             most = max(most, running)
-        return rate, most
+        return rate, most, (workers / count, database)
 
     def start_workers(
         self,
