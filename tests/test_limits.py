@@ -194,6 +194,18 @@ def test_a_queues_limit_counts_every_job_of_the_queue(limited):
         assert claim(queues=["images"], worker_id="w2") == []
 
 
+def test_a_queues_limit_of_a_rate_only_counts_starts(limited):
+    settings = {**BGTASKS, "QUEUE_LIMITS": {"images": {"rate": "3/m"}}}
+    with override_settings(BGTASKS=settings):
+        for _ in range(5):
+            limited.free.using(queue_name="images").enqueue()
+        others = [limited.free.enqueue() for _ in range(2)]
+        claimed = claim()
+        assert [j.queue_name for j in claimed].count("images") == 3
+        assert {int(r.id) for r in others} <= {j.pk for j in claimed}
+        assert claim(queues=["images"], worker_id="w2") == []
+
+
 def test_a_job_leaving_running_any_way_frees_its_place(limited):
     for _ in range(4):
         limited.two_at_a_time.enqueue()
@@ -222,6 +234,18 @@ def test_a_rate_allows_its_count_then_one_per_share_of_its_period(limited):
     )
     assert len(started) == 6
     assert (started[5] - started[4]).total_seconds() >= 0.15
+
+
+def test_a_rate_counts_every_key_of_its_limit_as_one(limited):
+    """Rows written around the API (or queued before a limit with a key
+    became a rate): jobs of one rated limit under several keys draw on the
+    one bucket of its name."""
+    ids = [int(limited.five_a_second.enqueue().id) for _ in range(8)]
+    name = "tests.limited_tasks.five_a_second"
+    for n, pk in enumerate(ids):
+        Job.objects.filter(pk=pk).update(limit_key=f"{name}:{n}")
+    assert len(claim()) == 5
+    assert LimitState.objects.get(name=name).tokens < 1
 
 
 def test_a_worker_that_knows_no_limit_claims_as_before():

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import re
 
 from django.db import DatabaseError, transaction
@@ -53,6 +54,8 @@ from .claimed import (
     jobs_from,
     set_params,
 )
+
+logger = logging.getLogger("django_bgtasks.worker")
 
 NO_JIT = "SET LOCAL jit = off; "
 # A prepared statement's plan made once, for any parameters: left to
@@ -167,7 +170,7 @@ def _round_postgresql(connection, worker_id, queues, limit, declared, claim_ids)
     and the other two (with the kept jobs handed in by ``keep``) only if it
     kept some. Elsewhere, those two run one by one in a transaction."""
     statements, params = _statements(connection, queues, limit, declared, worker_id)
-    front, keep, lock, admit = statements
+    front, _, lock, admit = statements
     admitted = None
     with connection.cursor() as cursor:
         together = can_pin_plan(connection, cursor)
@@ -187,23 +190,39 @@ def _round_postgresql(connection, worker_id, queues, limit, declared, claim_ids)
         else:
             cursor.execute(front, params)
             rows = cursor.fetchall()
-        params["kept"] = rows[0][-1]
-        connection._bgtasks_kept = bool(params["kept"])
-        if params["kept"] and together and admitted is None:
-            statements = [keep, lock, admit]
-            *_, admitted = _execute(connection, cursor, statements, params, prepared)
     claimed = [_claimed(connection, rows)]
-    if params["kept"] and not together:
-        with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
-            for statement in (keep, lock, admit):
-                cursor.execute(statement, params)
-            admitted = cursor.fetchall()
+    params["kept"] = rows[0][-1]
+    connection._bgtasks_kept = bool(params["kept"])
+    if params["kept"] and admitted is None:
+        try:
+            admitted = _admit_kept(connection, together, prepared, statements, params)
+        except DatabaseError as exc:
+            # The front's jobs are claimed (committed, unless in the
+            # caller's transaction): they must reach the worker, or they
+            # would wait RUNNING for a rescue. The kept jobs stay READY.
+            logger.warning("Claiming jobs of limits failed: %s", exc)
     if admitted:
         claimed.append(jobs_from(connection, admitted))
     # No second round: the front took no more per key than it had room for,
     # so what the admit left, another claim took meanwhile (or a rate's
     # tokens ran out); the next claim sees it.
     return claimed, False
+
+
+def _admit_kept(connection, together, prepared, statements, params):
+    """The keep, lock and admit statements, for the jobs the front kept
+    aside (``params["kept"]``): the rows the admit claimed."""
+    _, keep, lock, admit = statements
+    if together:
+        with connection.cursor() as cursor:
+            *_, admitted = _execute(
+                connection, cursor, [keep, lock, admit], params, prepared
+            )
+        return admitted
+    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+        for statement in (keep, lock, admit):
+            cursor.execute(statement, params)
+        return cursor.fetchall()
 
 
 def _claimed(connection, front_rows):
@@ -490,7 +509,9 @@ def _texts(connection, shape, declared) -> tuple[list[str], dict]:
         )"""
         )
         parts.append("SELECT *, false FROM c_room")
-    queue_most = param(list(by_queue.values()))
+    # 0 for a queue's limit of a rate only: a list of NULLs alone is sent
+    # as text[] by some drivers, which a prepared int[] does not take.
+    queue_most = param([most or 0 for most in by_queue.values()])
     if limited_queues:
         ctes.insert(
             1,
@@ -498,7 +519,7 @@ def _texts(connection, shape, declared) -> tuple[list[str], dict]:
             SELECT r.queue_name AS queue FROM {table} r
             JOIN unnest({queues_param}::text[], {queue_most}::int[])
                 AS d(name, most) ON r.queue_name = d.name
-            WHERE r.status = 'RUNNING' AND d.most IS NOT NULL
+            WHERE r.status = 'RUNNING' AND d.most > 0
             GROUP BY r.queue_name, d.most HAVING count(*) >= d.most
             UNION ALL
             SELECT substr(key, {len(QUEUE_PREFIX) + 1}) FROM full_keys
@@ -578,6 +599,10 @@ def _texts(connection, shape, declared) -> tuple[list[str], dict]:
                 SELECT name FROM locked UNION SELECT name FROM made
             ) AS h)::text, ''), true)
     """
+    still_claimable = (
+        f"locked.status = 'READY' AND locked.run_after <= {db_now} "
+        f"AND queue_name <> ALL (ARRAY({PAUSED_QUEUES}))"
+    )
     admit = f"""
         WITH {kept}, held AS (
             SELECT json_array_elements_text({_setting(_HELD)}) AS name
@@ -589,12 +614,14 @@ def _texts(connection, shape, declared) -> tuple[list[str], dict]:
             -- Not "AND status = 'READY'" here: the READY indexes would
             -- match it, and be read whole for these ids. Locked, a row
             -- gives its latest status.
-            SELECT id, status FROM {table}
+            SELECT id, status, run_after FROM {table}
             WHERE id = ANY (ARRAY(SELECT id FROM ours))
             FOR UPDATE SKIP LOCKED
         ), c AS (
+            -- Still claimable: another claim may have run a kept job
+            -- meanwhile, and it be READY again, not yet due (a retry).
             SELECT ours.* FROM ours JOIN locked USING (id)
-            WHERE locked.status = 'READY'
+            WHERE {still_claimable}
         ), running_keys AS (
             SELECT limit_key, count(*) AS n FROM {table}
             WHERE status = 'RUNNING'
@@ -609,12 +636,16 @@ def _texts(connection, shape, declared) -> tuple[list[str], dict]:
             SELECT s.name, CASE WHEN s.tokens IS NULL THEN b.n
                 ELSE LEAST(b.n, s.tokens + GREATEST(coalesce(
                     date_part('epoch', {db_now} - s.refilled_at), 0), 0) * b.n / b.per)
-                END AS tokens
+                END AS tokens,
+                -- This message's time may be before that of the claim that
+                -- wrote the row last: the bucket's clock never goes back.
+                GREATEST(s.refilled_at, {db_now}) AS refilled_at
             FROM {states} s JOIN {rates} ON s.name = b.name
             WHERE s.name IN (SELECT name FROM held)
         ), ranked AS (
             SELECT c.*,
                 row_number() OVER (PARTITION BY limit_key ORDER BY ord) AS key_place,
+                row_number() OVER (PARTITION BY key_row ORDER BY ord) AS rated_place,
                 row_number() OVER (PARTITION BY queue_name ORDER BY ord) AS queue_place
             FROM c
         ), chosen AS (
@@ -628,20 +659,21 @@ def _texts(connection, shape, declared) -> tuple[list[str], dict]:
             LEFT JOIN buckets AS bk ON bk.name = r.key_row
             LEFT JOIN buckets AS bq ON bq.name = r.queue_row
             WHERE (dk.most IS NULL OR r.key_place <= dk.most - coalesce(rk.n, 0))
-                AND (dq.most IS NULL OR r.queue_place <= dq.most - coalesce(rq.n, 0))
-                AND (bk.name IS NULL OR r.key_place <= floor(bk.tokens))
+                AND (coalesce(dq.most, 0) = 0
+                     OR r.queue_place <= dq.most - coalesce(rq.n, 0))
+                AND (bk.name IS NULL OR r.rated_place <= floor(bk.tokens))
                 AND (bq.name IS NULL OR r.queue_place <= floor(bq.tokens))
         ), spare AS (
             SELECT (e #>> '{{}}')::bigint AS id, ord
             FROM json_array_elements({_setting(_KEPT)} -> 1)
                 WITH ORDINALITY AS t(e, ord)
         ), spare_locked AS (
-            SELECT id, status FROM {table}
+            SELECT id, status, run_after, queue_name FROM {table}
             WHERE id = ANY (ARRAY(SELECT id FROM spare))
             FOR UPDATE SKIP LOCKED
         ), fill AS (
-            SELECT id FROM spare JOIN spare_locked AS l USING (id)
-            WHERE l.status = 'READY'
+            SELECT id FROM spare JOIN spare_locked AS locked USING (id)
+            WHERE {still_claimable}
             ORDER BY ord
             LIMIT (SELECT count(*) FROM kept) - (SELECT count(*) FROM chosen)
         ), claimed AS (
@@ -651,7 +683,8 @@ def _texts(connection, shape, declared) -> tuple[list[str], dict]:
             ))
             RETURNING {RETURNING}
         ), spent AS (
-            UPDATE {states} AS s SET tokens = b.tokens - t.n, refilled_at = {db_now}
+            UPDATE {states} AS s
+            SET tokens = b.tokens - t.n, refilled_at = b.refilled_at
             FROM buckets AS b JOIN (
                 SELECT name, count(*) AS n FROM (
                     SELECT key_row AS name FROM chosen
