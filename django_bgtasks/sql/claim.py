@@ -68,7 +68,7 @@ def claim_jobs(
             queues=queues,
             limit=limit,
             declared=declared,
-            claim_ids=_CLAIM_IDS[connection.vendor],
+            claim_ids=_CLAIM_IDS.get(connection.vendor),
             load=_load,
         )
     else:
@@ -347,27 +347,9 @@ def _fail_corrupt(connection, ids) -> set[int]:
     return set(bad)
 
 
-# Marking claimed the jobs a limited claim chose (sql/limited.py), locked
-# by its transaction: each returns the jobs and the ids of those that
-# cannot be read (PostgreSQL, from its RETURNING), or else the ids to read
-# once the transaction commits.
-
-
-def _claim_ids_postgresql(connection, ids, worker_id):
-    table = connection.ops.quote_name(Job._meta.db_table)
-    db_now = now_sql(connection)
-    set_sql = CLAIM_SET.format(
-        job="job",
-        now=db_now,
-        append="job.worker_ids || jsonb_build_array(%s::text)",
-    )
-    sql = f"""
-        UPDATE {table} AS job SET {set_sql}
-        WHERE job.id = ANY(%s) RETURNING {RETURNING}
-    """
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*set_params(worker_id), list(ids)])
-        return jobs_from(connection, cursor.fetchall())
+# Marking claimed the jobs a limited claim chose (sql/limited.py, MySQL/
+# MariaDB and SQLite; PostgreSQL's marks them in its own statement), locked
+# by its transaction: each returns the ids to read once it commits.
 
 
 def _claim_ids_sqlite(connection, ids, worker_id):
@@ -377,7 +359,6 @@ def _claim_ids_sqlite(connection, ids, worker_id):
 
 
 _CLAIM_IDS = {
-    "postgresql": _claim_ids_postgresql,
     "mysql": _mark_ids_mysql,
     "sqlite": _claim_ids_sqlite,
 }

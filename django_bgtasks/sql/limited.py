@@ -76,10 +76,14 @@ def claim_limited(connection, *, worker_id, queues, limit, declared, claim_ids, 
     """Claim up to ``limit`` due jobs of ``queues`` for ``worker_id``
     within the ``declared`` limits. ``claim_ids(connection, ids,
     worker_id)`` marks jobs claimed and returns them, or the ids that
-    ``load(using, ids)`` reads after the commit (``sql/claim.py``). Returns
-    the jobs and the ids of those that cannot be read, with why."""
+    ``load(using, ids)`` reads after the commit (``sql/claim.py``; not
+    on PostgreSQL, whose claim marks them itself). Returns the jobs and the
+    ids of those that cannot be read, with why."""
     jobs, unreadable = [], {}
-    claim_round = _round_postgresql if connection.vendor == "postgresql" else _round
+    if connection.vendor == "postgresql":
+        claim_round = _round_postgresql
+    else:
+        claim_round = functools.partial(_round, claim_ids=claim_ids)
     for _ in range(ROUNDS):
         claimed, held_back = claim_round(
             connection,
@@ -87,7 +91,6 @@ def claim_limited(connection, *, worker_id, queues, limit, declared, claim_ids, 
             queues,
             limit - len(jobs) - len(unreadable),
             declared,
-            claim_ids,
         )
         for part in claimed:
             if isinstance(part, list):  # ids, read now that it has committed
@@ -157,7 +160,7 @@ def _admit(connection, candidates, limit, declared, claim_ids, worker_id):
     return [claimed], held_back
 
 
-def _round_postgresql(connection, worker_id, queues, limit, declared, claim_ids):
+def _round_postgresql(connection, worker_id, queues, limit, declared):
     """One claim on PostgreSQL (``_statements``): the front claims the jobs
     of no limit among the best due ones and keeps those of limits aside;
     the lock takes their limits' rows; the admit counts again behind those
@@ -274,19 +277,30 @@ def _execute(connection, cursor, statements, params, prepared):
     psycopg 2 keeps the rows of the last statement only (the one result
     returned then): ``_round_postgresql`` sends it no message whose other
     rows it needs."""
-    settings = NO_JIT + NO_SORT
-    if not prepared:
-        cursor.execute(settings + "; ".join(statements), params)
-        return _results(cursor)
-    settings += GENERIC_PLAN
+    if prepared and None not in (names := _prepared_names(connection)):
+        # (None in names: this connection keeps no prepared statement.)
+        rows = _execute_prepared(cursor, statements, params, names)
+        if rows is not None:
+            return rows
+    cursor.execute(NO_JIT + NO_SORT + "; ".join(statements), params)
+    return _results(cursor)
+
+
+def _prepared_names(connection) -> set:
+    """The statements prepared on this connection's current link to the
+    server, by name."""
     state = getattr(connection, "_bgtasks_prepared", None)
     raw = id(connection.connection)
     if state is None or state[0] != raw:
         state = connection._bgtasks_prepared = (raw, set())
-    names = state[1]
-    if None in names:  # this connection keeps no prepared statement
-        cursor.execute(settings + "; ".join(statements), params)
-        return _results(cursor)
+    return state[1]
+
+
+def _execute_prepared(cursor, statements, params, names):
+    """``_execute`` of statements prepared (made if need be): their rows,
+    or None if the connection lost them again as soon as they were made
+    (it is then marked as keeping none)."""
+    settings = NO_JIT + NO_SORT + GENERIC_PLAN
     forms = [_prepared_forms(sql) for sql in statements]
     for _ in (1, 2):
         for name, prepare, _ in forms:
@@ -310,8 +324,7 @@ def _execute(connection, cursor, statements, params, prepared):
                 raise
             names.clear()
     names.add(None)
-    cursor.execute(settings + "; ".join(statements), params)
-    return _results(cursor)
+    return None
 
 
 def _results(cursor) -> list[list]:

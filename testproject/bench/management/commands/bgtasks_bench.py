@@ -96,14 +96,25 @@ def database_cpu_seconds() -> float | None:
                 or os.path.basename(program) == b"postgres"
             ):
                 continue
-            with open(f"/proc/{pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
         except OSError:
             continue  # gone, or not ours to read
+        fields = _stat_fields(pid)
+        if fields is None:
+            continue
         # utime and stime, and of the children it has reaped (the postmaster
         # holds those of ended connections).
         total += sum(int(field) for field in fields[11:15])
     return total / os.sysconf("SC_CLK_TCK") if total else None
+
+
+def _stat_fields(pid: str) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command's name (the
+    state first), or None if the process is gone or not ours to read."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
 
 
 def tree_cpu_seconds(root: int) -> float:
@@ -111,12 +122,9 @@ def tree_cpu_seconds(root: int) -> float:
     seconds (the workers of a supervisor)."""
     parents = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(pid)] = (int(fields[1]), sum(int(f) for f in fields[11:13]))
+        fields = _stat_fields(pid)
+        if fields is not None:
+            parents[int(pid)] = (int(fields[1]), sum(int(f) for f in fields[11:13]))
     tree, total = {root}, 0
     for pid in sorted(parents):  # children have higher pids, mostly
         parent, ticks = parents[pid]
