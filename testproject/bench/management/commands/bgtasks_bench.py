@@ -493,6 +493,9 @@ class Command(BaseCommand):
             finally:
                 self.stop_workers()
         drain = self.options["drain"]
+        # Each run's pair: the machine's speed moves between runs more than
+        # within one, so the ratios of pairs say more than a ratio of medians.
+        pairs = [b / m for b, m in zip(beside, mixed, strict=True)]
         plain, known, mixed, beside = (
             statistics.median(f) for f in (plain, known, mixed, beside)
         )
@@ -510,6 +513,12 @@ class Command(BaseCommand):
             f"{known / plain:.2f}; {beside / mixed:.2f}",
             "x",
         )
+        if len(pairs) > 1:
+            row(
+                "  behind limited / unlimited, each run",
+                " ".join(f"{pair:.2f}" for pair in pairs),
+                "x",
+            )
         row("  most limited jobs running at once", max(most), "(limit: 2)")
         for kind, spent in cpu.items():
             workers = statistics.median(w for w, _ in spent)
