@@ -14,6 +14,7 @@ from .backend import MAX_TIMEOUT
 from .backoff import Backoff
 from .compat import InvalidTask
 from .conf import DEFAULTS, bgtasks_settings
+from .db import CONNECTION_ERRORS
 from .limits import conflicting_limits, queue_limits
 from .maintenance.schedule_sync import InvalidSchedule, build_schedule
 from .models import Job
@@ -238,9 +239,9 @@ def check_database_vendor(app_configs=None, **kwargs):
 def check_skip_locked(app_configs=None, databases=None, **kwargs):
     """bgtasks.E005: MySQL/MariaDB recent enough for SKIP LOCKED."""
     connection = _job_connection()
-    if connection.vendor != "mysql" or (
-        databases is not None and connection.alias not in databases
-    ):
+    # Database checks run on the databases asked for (check --database,
+    # migrate, runworker), none by default.
+    if connection.vendor != "mysql" or connection.alias not in (databases or ()):
         return []
     if connection.features.has_select_for_update_skip_locked:
         return []
@@ -251,6 +252,63 @@ def check_skip_locked(app_configs=None, databases=None, **kwargs):
             f"SKIP LOCKED.",
             hint="Use MySQL 8 or MariaDB 10.6 or later.",
             id="bgtasks.E005",
+        )
+    ]
+
+
+# The isolation level a session's transactions start at. MySQL 8 names it
+# transaction_isolation, MariaDB before 11.1 tx_isolation: SHOW, unlike
+# SELECT @@name, does not fail on a name the server lacks.
+_ISOLATION_QUERIES = {
+    "postgresql": "SHOW transaction_isolation",
+    "mysql": "SHOW SESSION VARIABLES WHERE Variable_name IN "
+    "('transaction_isolation', 'tx_isolation')",
+}
+
+
+def isolation_level(connection) -> str | None:
+    """The isolation level that ``connection``'s transactions start at, as
+    "read committed" and the like (None where it cannot be read)."""
+    query = _ISOLATION_QUERIES.get(connection.vendor)
+    if query is None:
+        return None
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(query)
+            row = cursor.fetchone()
+    except CONNECTION_ERRORS:
+        return None  # the worker waits for the database itself
+    if row is None:
+        return None
+    return str(row[-1]).lower().replace("-", " ")
+
+
+@checks.register(checks.Tags.database)
+def check_isolation_level(app_configs=None, databases=None, **kwargs):
+    """bgtasks.E013: the jobs' connection at READ COMMITTED.
+
+    A claim and a limit's count read what committed before each statement,
+    not what a transaction's snapshot held: under REPEATABLE READ a claim
+    would count RUNNING jobs of an older snapshot and let a limit be
+    exceeded, and PostgreSQL fails the claim of a row another claim has
+    changed since."""
+    connection = _job_connection()
+    if connection.vendor not in _ISOLATION_QUERIES or connection.alias not in (
+        databases or ()
+    ):
+        return []
+    level = isolation_level(connection)
+    if level is None or level == "read committed":
+        return []
+    return [
+        checks.Error(
+            f"The database {connection.alias!r} that holds the jobs runs its "
+            f"transactions at {level.upper()}; django_bgtasks needs READ "
+            f"COMMITTED.",
+            hint="Leave the database's OPTIONS['isolation_level'] unset or "
+            "set it to read committed; on PostgreSQL, where it is unset, the "
+            "server's default_transaction_isolation applies.",
+            id="bgtasks.E013",
         )
     ]
 

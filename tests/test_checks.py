@@ -118,3 +118,46 @@ def test_ready_index_matches_the_claim_order():
         ]
     if connection.features.supports_index_column_ordering:
         assert index["orders"][-3:] == ["DESC", "ASC", "ASC"]
+
+
+# The statement that makes a session's later transactions REPEATABLE READ.
+REPEATABLE_READ = {
+    "postgresql": "SET SESSION CHARACTERISTICS AS TRANSACTION "
+    "ISOLATION LEVEL REPEATABLE READ",
+    "mysql": "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_jobs_database_not_at_read_committed_is_reported():
+    if connection.vendor not in REPEATABLE_READ:
+        pytest.skip("SQLite has one writer; it has no isolation level to set")
+    assert run_checks(databases=["default"], tags=["database"]) == []
+    with connection.cursor() as cursor:
+        cursor.execute(REPEATABLE_READ[connection.vendor])
+    try:
+        [message] = run_checks(databases=["default"], tags=["database"])
+    finally:
+        connection.close()  # the next test's session starts as configured
+    assert message.id == "bgtasks.E013"
+    assert "REPEATABLE READ" in message.msg and "'default'" in message.msg
+
+
+@pytest.mark.slow
+def test_runworker_does_not_start_on_a_database_at_repeatable_read(workers):
+    if connection.vendor != "postgresql":
+        pytest.skip("the server's default is set through libpq's PGOPTIONS")
+    from tests import tasks
+
+    result = tasks.add.enqueue(1, 2)
+    code, output = workers.run(
+        "--burst",
+        env={"PGOPTIONS": r"-c default_transaction_isolation=repeatable\ read"},
+    )
+    assert code != 0
+    assert "bgtasks.E013" in output and "REPEATABLE READ" in output
+    assert Job.objects.get(pk=result.id).status == "READY"
+    # The same worker on the server's default starts, and runs the job.
+    code, output = workers.run("--burst")
+    assert code == 0, output
+    assert Job.objects.get(pk=result.id).status == "SUCCESSFUL"

@@ -8,14 +8,16 @@ import signal
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import connections
+from django.db import connections, router
 
 from django_bgtasks import __version__
 from django_bgtasks.backend import DatabaseBackend
 from django_bgtasks.compat import FRAMEWORK_LOGGER, loadable_backends
 from django_bgtasks.conf import bgtasks_settings
+from django_bgtasks.db import CONNECTION_ERRORS
 from django_bgtasks.exceptions import WorkerIdInUse
 from django_bgtasks.maintenance.schedule_sync import InvalidSchedule
+from django_bgtasks.models import Job
 from django_bgtasks.worker import Worker, WorkerExit, WorkerOptions
 from django_bgtasks.worker.process import settle_garbage_collector
 from django_bgtasks.worker.stall import StallGuard
@@ -58,6 +60,24 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         WorkerOptions.add_arguments(parser)
+
+    def check(self, *args, **kwargs):
+        """The system checks, with those of the jobs' database (its isolation
+        level, SKIP LOCKED), which Django runs only when asked: a worker
+        that would break a guarantee does not start. Not while the database
+        is down: the worker waits for it."""
+        using = router.db_for_write(Job)
+        try:
+            connections[using].ensure_connection()
+        except CONNECTION_ERRORS:
+            pass
+        else:
+            kwargs.setdefault("databases", [using])
+        try:
+            return super().check(*args, **kwargs)
+        finally:
+            # A supervisor's processes open their own; it needs none.
+            connections[using].close()
 
     def handle(self, *args, **options):
         self._configure_logging(options["verbosity"])
