@@ -7,7 +7,7 @@ import importlib
 
 from django.conf import settings
 from django.core import checks
-from django.db import connections, router
+from django.db import connections, router, transaction
 
 from . import registry
 from .backend import MAX_TIMEOUT
@@ -267,13 +267,15 @@ _ISOLATION_QUERIES = {
 
 
 def isolation_level(connection) -> str | None:
-    """The isolation level that ``connection``'s transactions start at, as
-    "read committed" and the like (None where it cannot be read)."""
+    """The isolation level of ``connection``'s transactions, as "read
+    committed" and the like (None where it cannot be read)."""
     query = _ISOLATION_QUERIES.get(connection.vendor)
     if query is None:
         return None
     try:
-        with connection.cursor() as cursor:
+        # In a transaction: PostgreSQL's drivers apply Django's
+        # OPTIONS['isolation_level'] when one begins, not to the session.
+        with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
             cursor.execute(query)
             row = cursor.fetchone()
     except CONNECTION_ERRORS:

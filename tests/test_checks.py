@@ -143,6 +143,28 @@ def test_a_jobs_database_not_at_read_committed_is_reported():
     assert "REPEATABLE READ" in message.msg and "'default'" in message.msg
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_jobs_database_set_to_repeatable_read_in_its_options_is_reported():
+    if connection.vendor == "postgresql":
+        from django.db.backends.postgresql.psycopg_any import IsolationLevel
+
+        level = IsolationLevel.REPEATABLE_READ
+    elif connection.vendor == "mysql":
+        level = "repeatable read"
+    else:
+        pytest.skip("SQLite has one writer; it has no isolation level to set")
+    options = connection.settings_dict["OPTIONS"]
+    connection.close()
+    options["isolation_level"] = level
+    try:
+        messages = run_checks(databases=["default"], tags=["database"])
+    finally:
+        del options["isolation_level"]
+        connection.close()
+    assert [message.id for message in messages] == ["bgtasks.E013"]
+    assert "REPEATABLE READ" in messages[0].msg
+
+
 @pytest.mark.slow
 def test_runworker_does_not_start_on_a_database_at_repeatable_read(workers):
     if connection.vendor != "postgresql":

@@ -32,7 +32,8 @@ def stall_before_sending(stalled: int):
     return wrapper
 
 
-@pytest.mark.parametrize("stalled", [1, 1 + SAMPLES // 2, SAMPLES])
+# The first query is the connection's warm-up: 2 stalls the first reading.
+@pytest.mark.parametrize("stalled", [2, 1 + SAMPLES // 2, SAMPLES])
 def test_a_wait_before_the_query_does_not_put_the_clock_ahead(stalled):
     # The database is on this host: its clock is the host's, offset zero.
     connection.ensure_connection()

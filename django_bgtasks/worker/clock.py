@@ -8,10 +8,11 @@ works out itself (a retry's due time, a finish) uses this clock: the host's
 time plus its offset from the server's, measured at start and by the
 heartbeat every minute: the reading with the fastest of a few round
 trips, the server's time taken as that trip's middle, so to within half of
-it. One reading is not enough: a thread that waits for the GIL between
-reading the host's time and sending the query (the job threads, the
+it. One reading was not enough: a thread that waits for the GIL between
+reading the host's time and sending the query (behind the job threads, the
 heartbeat) puts the estimate ahead of the server's by half that wait, and a
-retry due "now" would then be written as due in the server's future.
+retry due "now" is then written as due in the server's future. The fastest
+of five is that far off only if all five waited.
 """
 
 from __future__ import annotations
