@@ -220,6 +220,16 @@ def _job_connection():
     return connections[router.db_for_write(Job)]
 
 
+def _checked_job_connection(databases, vendors):
+    """For a database check: the jobs' connection if Django asked for its
+    database's checks (check --database, migrate, runworker; none by
+    default) and its vendor is among ``vendors``, else None."""
+    connection = _job_connection()
+    if connection.vendor in vendors and connection.alias in (databases or ()):
+        return connection
+    return None
+
+
 @checks.register()
 def check_database_vendor(app_configs=None, **kwargs):
     """bgtasks.E004: a database django_bgtasks can claim jobs on."""
@@ -238,12 +248,8 @@ def check_database_vendor(app_configs=None, **kwargs):
 @checks.register(checks.Tags.database)
 def check_skip_locked(app_configs=None, databases=None, **kwargs):
     """bgtasks.E005: MySQL/MariaDB recent enough for SKIP LOCKED."""
-    connection = _job_connection()
-    # Database checks run on the databases asked for (check --database,
-    # migrate, runworker), none by default.
-    if connection.vendor != "mysql" or connection.alias not in (databases or ()):
-        return []
-    if connection.features.has_select_for_update_skip_locked:
+    connection = _checked_job_connection(databases, ["mysql"])
+    if connection is None or connection.features.has_select_for_update_skip_locked:
         return []
     version = ".".join(map(str, connection.mysql_version))
     return [
@@ -294,10 +300,8 @@ def check_isolation_level(app_configs=None, databases=None, **kwargs):
     would count RUNNING jobs of an older snapshot and let a limit be
     exceeded, and PostgreSQL fails the claim of a row another claim has
     changed since."""
-    connection = _job_connection()
-    if connection.vendor not in _ISOLATION_QUERIES or connection.alias not in (
-        databases or ()
-    ):
+    connection = _checked_job_connection(databases, _ISOLATION_QUERIES)
+    if connection is None:
         return []
     level = isolation_level(connection)
     if level is None or level == "read committed":
