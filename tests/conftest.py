@@ -16,6 +16,7 @@ import pytest
 from django.db import connection
 
 from django_bgtasks import registry
+from django_bgtasks.sql import limited as limited_claim
 from django_bgtasks.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -201,6 +202,9 @@ def limited(monkeypatch):
     process that knows of a limit claims through the limited claim, which
     the other tests' claims should not."""
     monkeypatch.setattr(registry, "_tasks", dict(registry._tasks))
+    # Not what an earlier test's claims saw (sql/limited.py looks again
+    # once a minute).
+    monkeypatch.setattr(limited_claim, "_UNDECLARED", {})
     module = importlib.import_module("tests.limited_tasks")
     for task in module.TASKS:
         registry.register(task)

@@ -3,6 +3,7 @@ starts than its rate, across every worker; held-back jobs do not block the
 ones behind them. Claims in this process, then several real workers."""
 
 import importlib
+import json
 import time
 from contextlib import nullcontext
 
@@ -12,6 +13,7 @@ from django.test import override_settings
 
 from django_bgtasks import Limit, Rate, registry
 from django_bgtasks.compat import InvalidTask
+from django_bgtasks.limits import declared_limits
 from django_bgtasks.models import Job, JobStatus, LimitState
 from django_bgtasks.models.transitions import Succeeded
 from django_bgtasks.sql.claim import claim_jobs
@@ -110,6 +112,67 @@ def test_jobs_held_back_do_not_block_the_jobs_behind_them(limited):
     claimed = {job.pk for job in claim(limit=10)}
     assert len(claimed & {int(r.id) for r in held}) == 2
     assert {int(r.id) for r in behind} <= claimed
+
+
+def test_jobs_of_a_limit_no_task_declares_run_as_jobs_of_no_limit(limited):
+    """A limit taken out of the code (or one a newer version of it
+    declares): a worker runs its jobs as a worker that knows of no limit
+    does, in claim order among the others, beside the limits it knows."""
+    for _ in range(30):
+        limited.two_at_a_time.using(priority=10).enqueue()
+    orphans = [limited.free.using(priority=5).enqueue() for _ in range(3)]
+    behind = [limited.free.enqueue() for _ in range(4)]
+    Job.objects.filter(pk__in=[r.id for r in orphans]).update(limit_key="gone:7")
+    claimed = claim(limit=8)
+    assert [job.pk for job in claimed if job.priority == 5] == [
+        int(r.id) for r in orphans
+    ]
+    assert len([job for job in claimed if job.priority == 10]) == 2
+    assert [job.pk for job in claimed if job.priority == 0] == [
+        int(r.id) for r in behind[:3]
+    ]
+    assert Job.objects.filter(status=JobStatus.RUNNING, limit_key="gone:7").count() == 3
+
+
+def test_jobs_held_back_cost_the_claim_of_the_others_no_reads(limited):
+    """PostgreSQL: the front reads the jobs of no limit from their own part
+    of the READY index, so however many jobs a full limit holds back ahead
+    of them, it reads none of those rows (before, each claim read every
+    one of them from the table and passed over it)."""
+    from django.db import connection, transaction
+
+    from django_bgtasks.sql.limited import _statements
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL only: its READY index holds those jobs apart")
+    for _ in range(202):
+        limited.two_at_a_time.using(priority=10).enqueue()
+    free = [limited.free.enqueue() for _ in range(5)]
+    assert len(claim(limit=2)) == 2  # the limit is full now
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {Job._meta.db_table}")
+    [front, *_], params = _statements(
+        connection, ["default"], 10, declared_limits(), "w2"
+    )
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_sort = off")
+        cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + front, params)
+        [(plan,)] = cursor.fetchall()
+        transaction.set_rollback(True)
+    read = {}
+
+    def walk(node):
+        if node.get("Index Name", "").startswith("bgtasks_job_ready"):
+            read[node["Index Name"]] = node["Actual Rows"] + node.get(
+                "Rows Removed by Filter", 0
+            )
+        for child in node.get("Plans", []):
+            walk(child)
+
+    walk((plan if isinstance(plan, list) else json.loads(plan))[0]["Plan"])
+    # The 5 jobs of no limit, not the 200 held back ahead of them.
+    assert list(read.values()) == [5], read
+    assert {job.pk for job in claim(limit=10)} == {int(r.id) for r in free}
 
 
 @pytest.mark.parametrize("in_transaction", [False, True])
@@ -249,10 +312,17 @@ def test_a_rate_counts_every_key_of_its_limit_as_one(limited):
 
 
 def test_a_worker_that_knows_no_limit_claims_as_before():
+    """Jobs of limits too, in claim order among the others (PostgreSQL
+    reads the two kinds from two parts of its index), and those it does not
+    take are free for the next claim."""
     from tests import tasks
 
-    tasks.echo.enqueue(1)
-    assert len(claim()) == 1
+    results = [tasks.echo.using(priority=p).enqueue(p) for p in (1, 4, 3, 2, 5, 0)]
+    ids = [int(r.id) for r in results]
+    Job.objects.filter(pk__in=ids[1::2]).update(limit_key="tests.limited:x")
+    assert [job.pk for job in claim(limit=3)] == [ids[4], ids[1], ids[2]]
+    assert [job.pk for job in claim(limit=2, worker_id="w2")] == [ids[3], ids[0]]
+    assert [job.pk for job in claim(limit=5, worker_id="w3")] == [ids[5]]
     assert not LimitState.objects.exists()
 
 

@@ -86,10 +86,55 @@ def test_a_new_job_writes_only_the_ready_indexes_where_indexes_can_be_partial():
         "bgtasks_job_running_idx",
         "bgtasks_job_status_idx",
         "bgtasks_job_schedule_once",
+        "bgtasks_job_limited_ready_idx",
+        "bgtasks_job_limit_run_idx",
     }
     assert "SUCCESSFUL" in definitions["bgtasks_job_status_idx"]
+    # Of the jobs of limits only: a job of no limit writes neither.
+    for name in ("bgtasks_job_limited_ready_idx", "bgtasks_job_limit_run_idx"):
+        assert "IS NOT NULL" in definitions[name].split("WHERE")[1]
     assert "READY" not in definitions["bgtasks_job_status_idx"]
     assert "schedule_id" in definitions["bgtasks_job_schedule_once"].split("WHERE")[1]
+
+
+def test_the_ready_indexes_hold_the_jobs_of_no_limit_first_on_postgresql_only():
+    """Migration 0011 builds them again there, and leaves them be elsewhere;
+    undone, it gives back the indexes 0010 had."""
+
+    def ready_indexes():
+        with connection.cursor() as cursor:
+            found = connection.introspection.get_constraints(cursor, Job._meta.db_table)
+        return {
+            name: (found[name]["columns"], found.get(name, {}).get("definition"))
+            for name in ("bgtasks_job_ready_idx", "bgtasks_job_ready_any_idx")
+        }, "bgtasks_job_limit_run_idx" in found
+
+    now, running_index = ready_indexes()
+    postgres = connection.vendor == "postgresql"
+    assert all((None in columns) == postgres for columns, _ in now.values())
+    assert running_index == connection.features.supports_partial_indexes
+    try:
+        call_command("migrate", APP, "0010", verbosity=0)
+        before, running_index = ready_indexes()
+        assert not running_index
+        assert all(None not in columns for columns, _ in before.values())
+        assert (before == now) != postgres
+    finally:
+        call_command("migrate", APP, verbosity=0)
+    assert ready_indexes() == (now, connection.features.supports_partial_indexes)
+
+
+def test_mysql_gets_no_index_of_the_running_jobs_of_limits():
+    """No partial indexes there: one of every row's key would cost each job's
+    every change of status a write."""
+    if connection.features.supports_partial_indexes:
+        pytest.skip("partial indexes: it is made (above)")
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(
+            cursor, Job._meta.db_table
+        )
+    assert "bgtasks_job_limit_run_idx" not in constraints
+    assert "bgtasks_job_limited_ready_idx" in constraints
 
 
 def test_one_job_per_schedule_and_planned_time_on_every_database():

@@ -25,7 +25,14 @@ from ..compat import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY
 from ..db import DatabaseNow, chunks, database_now, is_deadlock
 from ..locking import lock_for_writing
 from .dependencies import Ended, handed, jobs_ended, jobs_reopened, steps_retried
-from .indexes import IndexWhenSet, LimitedReadyIndex, StatusIndex, UniqueWhenSet
+from .indexes import (
+    IndexWhenSet,
+    LimitedReadyIndex,
+    LimitedRunningIndex,
+    ReadyIndex,
+    StatusIndex,
+    UniqueWhenSet,
+)
 from .queues import Queue
 from .status import FINISHED_STATUSES, JobStatus
 from .transitions import (
@@ -450,15 +457,13 @@ class Job(models.Model):
         indexes = [
             # Claims from some queues, and from every queue (runworker's
             # default): each walks its index in claim order.
-            StatusIndex(
+            ReadyIndex(
                 fields=["queue_name", "-priority", "run_after", "id"],
                 name="bgtasks_job_ready_idx",
-                status=JobStatus.READY,
             ),
-            StatusIndex(
+            ReadyIndex(
                 fields=["-priority", "run_after", "id"],
                 name="bgtasks_job_ready_any_idx",
-                status=JobStatus.READY,
             ),
             # The jobs each worker runs now (rescue, the dashboard).
             StatusIndex(
@@ -477,6 +482,8 @@ class Job(models.Model):
                 fields=["-priority", "run_after", "id"],
                 name="bgtasks_job_limited_ready_idx",
             ),
+            # The RUNNING jobs of limits, which each limited claim counts.
+            LimitedRunningIndex(fields=["limit_key"], name="bgtasks_job_limit_run_idx"),
         ]
         constraints = [
             models.CheckConstraint(

@@ -5,7 +5,8 @@ Each function moves up to ``limit`` due READY jobs to RUNNING for one worker
 claimed twice:
 
 - PostgreSQL: a single ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED)
-  RETURNING``; the CTE keeps the planner from re-running the LIMIT subquery.
+  RETURNING``; the CTEs keep the planner from re-running the LIMIT
+  subqueries (one per part of the READY index: jobs of no limit, of limits).
 - MySQL 8 / MariaDB 10.6+: ``SELECT ... FOR UPDATE SKIP LOCKED`` and an
   ``UPDATE`` in one short transaction (there is no ``UPDATE ... RETURNING``).
 - SQLite: a single ``UPDATE ... RETURNING``. SQLite runs one writer at a time
@@ -135,26 +136,37 @@ LOAD_TRIES = 5
 
 def _claim_postgresql(connection, *, worker_id, queues, limit):
     table = connection.ops.quote_name(Job._meta.db_table)
-    params = [JobStatus.READY.value]
     if queues is None:
-        queue_filter = ""
+        queue_filter, queue_params = "", []
     elif len(queues) == 1:  # "= %s": the index's order holds for one queue
-        queue_filter = "AND queue_name = %s"
-        params.append(queues[0])
+        queue_filter, queue_params = "AND queue_name = %s", [queues[0]]
     else:
-        queue_filter = "AND queue_name = ANY(%s)"
-        params.append(list(queues))
-    params.append(limit)
-    params += set_params(worker_id)
+        queue_filter, queue_params = "AND queue_name = ANY(%s)", [list(queues)]
     db_now = now_sql(connection)
+    due = f"""
+        status = %s AND run_after <= {db_now} {queue_filter}
+            AND queue_name <> ALL (ARRAY({PAUSED_QUEUES}))
+    """
+    order = "ORDER BY priority DESC, run_after, id"
+    # The jobs of no limit and those of limits, each walked in claim order
+    # in its own index (the READY index holds the first kind ahead of the
+    # second: models/indexes.py), then merged. Each part locks as it reads:
+    # a job of a limit read but not among the best is free again at the
+    # statement's end (a claim that knows no limit starts those jobs as any
+    # other; one that knows of limits claims in sql/limited.py).
     sql = f"""
-        WITH claimable AS (
-            SELECT id FROM {table}
-            WHERE status = %s AND run_after <= {db_now} {queue_filter}
-                AND queue_name <> ALL (ARRAY({PAUSED_QUEUES}))
-            ORDER BY priority DESC, run_after, id
-            LIMIT %s
-            FOR UPDATE SKIP LOCKED
+        WITH free AS (
+            SELECT id, priority, run_after FROM {table}
+            WHERE {due} AND limit_key IS NULL
+            {order} LIMIT %s FOR UPDATE SKIP LOCKED
+        ), of_limits AS (
+            SELECT id, priority, run_after FROM {table}
+            WHERE {due} AND limit_key IS NOT NULL
+            {order} LIMIT %s FOR UPDATE SKIP LOCKED
+        ), claimable AS (
+            SELECT id FROM (
+                SELECT * FROM free UNION ALL SELECT * FROM of_limits
+            ) AS due {order} LIMIT %s
         )
         UPDATE {table} AS job SET {
         CLAIM_SET.format(
@@ -166,6 +178,8 @@ def _claim_postgresql(connection, *, worker_id, queues, limit):
         FROM claimable WHERE job.id = claimable.id
         RETURNING {RETURNING}
     """
+    part = [JobStatus.READY.value, *queue_params, limit]
+    params = [*part, *part, limit, *set_params(worker_id)]
     with connection.cursor() as cursor:
         if len(queues or ()) < 2 and can_pin_plan(connection, cursor):
             # The claim must walk its READY index in claim order and stop at

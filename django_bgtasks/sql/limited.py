@@ -7,18 +7,18 @@ single statement of ``sql/claim.py``.
 
 PostgreSQL (``_round_postgresql``): one statement (prepared once per
 connection, its plan made once) takes the best due jobs of no limit from
-the claim's READY index and those of limits from their own partial index,
-leaving out the limits with no room and taking at most as many per key as
-it had room for; it claims the first kind and keeps the second aside. If
-it kept some, two more statements in one transaction lock the rows of
-their limits (``LimitState``, in name order; a limit another claim is
-taking is passed over) and then, seeing every claim that held those rows
-before, count the limits' RUNNING jobs again and claim in claim order the
-kept jobs every limit has room for, taking their tokens, and as many of
-the jobs of no limit the first passed over for them as they leave places
-(a claim comes back full while jobs are due). Where the driver allows,
-those two go as one message, and with the first while this connection's
-claims keep finding jobs of limits: one round trip.
+their part of the claim's READY index and those of limits from their own
+partial index, leaving out the limits with no room and taking at most as
+many per key as it had room for; it claims the first kind and keeps the
+second aside. If it kept some, two more statements in one transaction
+lock the rows of their limits (``LimitState``, in name order; a limit
+another claim is taking is passed over) and then, seeing every claim that
+held those rows before, count the limits' RUNNING jobs again and claim in
+claim order the kept jobs every limit has room for, taking their tokens,
+and as many of the jobs of no limit the first passed over for them as
+they leave places (a claim comes back full while jobs are due). Where the
+driver allows, those two go as one message, and with the first while this
+connection's claims keep finding jobs of limits: one round trip.
 
 MySQL/MariaDB and SQLite (``_round``): the same in one transaction per
 claim, the full limits read first and left out of its scan; a claim that
@@ -36,6 +36,7 @@ import functools
 import hashlib
 import logging
 import re
+import time
 
 from django.db import DatabaseError, transaction
 from django.db.models import Count, Q
@@ -57,7 +58,6 @@ from .claimed import (
 
 logger = logging.getLogger("django_bgtasks.worker")
 
-NO_JIT = "SET LOCAL jit = off; "
 # A prepared statement's plan made once, for any parameters: left to
 # itself, PostgreSQL planned the front anew at each run (its estimate of
 # the generic plan's cost was no better than a custom one's), as long as
@@ -240,12 +240,14 @@ def _statements(connection, queues, limit, declared, worker_id):
     """The PostgreSQL statements of ``_round_postgresql`` (their texts made
     once per shape of claim and limits in force), with their parameters."""
     shape = None if queues is None else ("one" if len(queues) == 1 else "many")
-    key = (connection.alias, shape, id(declared))
+    undeclared = _undeclared_waiting(connection, declared)
+    key = (connection.alias, shape, id(declared), undeclared)
     made = _TEXTS.get(key)
     if made is None or made[0] is not declared:
         if len(_TEXTS) > 64:
             _TEXTS.clear()
-        made = _TEXTS[key] = (declared, *_texts(connection, shape, declared))
+        texts = _texts(connection, shape, declared, undeclared)
+        made = _TEXTS[key] = (declared, *texts)
     _, texts, constants = made
     status, worker, _ = set_params(worker_id)
     params = {
@@ -258,6 +260,42 @@ def _statements(connection, queues, limit, declared, worker_id):
     if shape is not None:
         params["queue"] = queues[0] if shape == "one" else list(queues)
     return texts, params
+
+
+def _undeclared_waiting(connection, declared: DeclaredLimits) -> bool:
+    """Whether READY jobs wait whose limit no task here declares (a limit
+    taken out of the code, or one that a newer version of it declares):
+    this worker runs them as jobs of no limit, as a worker that knows of no
+    limit does. The front then reads them too (walking past the jobs of the
+    limits it knows: ``_texts``); it reads them only then, and looks for
+    them when a worker first claims and every ``UNDECLARED_CHECK_SECONDS``
+    after (a walk of every READY job of a limit)."""
+    key = (connection.alias, id(declared))
+    seen = _UNDECLARED.get(key)
+    now = time.monotonic()
+    if (
+        seen is not None
+        and seen[0] is declared
+        and now - seen[1] < UNDECLARED_CHECK_SECONDS
+    ):
+        return seen[2]
+    table = connection.ops.quote_name(Job._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT EXISTS (SELECT FROM {table} WHERE status = 'READY' "
+            f"AND limit_key IS NOT NULL "
+            f"AND split_part(limit_key, ':', 1) <> ALL(%s))",
+            [list(declared.by_name)],
+        )
+        [(found,)] = cursor.fetchall()
+    _UNDECLARED[key] = (declared, now, found)
+    return found
+
+
+# Whether jobs of undeclared limits wait, by (alias, limits in force): the
+# limits, when it was seen (time.monotonic()), and the answer.
+_UNDECLARED: dict = {}
+UNDECLARED_CHECK_SECONDS = 60.0
 
 
 def _execute(connection, cursor, statements, params, prepared):
@@ -282,7 +320,7 @@ def _execute(connection, cursor, statements, params, prepared):
         rows = _execute_prepared(cursor, statements, params, names)
         if rows is not None:
             return rows
-    cursor.execute(NO_JIT + NO_SORT + "; ".join(statements), params)
+    cursor.execute(NO_SORT + "; ".join(statements), params)
     return _results(cursor)
 
 
@@ -300,7 +338,7 @@ def _execute_prepared(cursor, statements, params, names):
     """``_execute`` of statements prepared (made if need be): their rows,
     or None if the connection lost them again as soon as they were made
     (it is then marked as keeping none)."""
-    settings = NO_JIT + NO_SORT + GENERIC_PLAN
+    settings = NO_SORT + GENERIC_PLAN
     forms = [_prepared_forms(sql) for sql in statements]
     for _ in (1, 2):
         for name, prepare, _ in forms:
@@ -387,7 +425,7 @@ def _setting(name: str) -> str:
     return f"coalesce(nullif(current_setting('{name}', true), ''), '[]')::json"
 
 
-def _texts(connection, shape, declared) -> tuple[list[str], dict]:
+def _texts(connection, shape, declared, undeclared) -> tuple[list[str], dict]:
     """The texts of the front, keep, lock and admit statements, and their
     parameters that the limits in force decide (the others: ``limit``,
     ``status``, ``worker``, ``worker_text``, by ``shape`` ``queue``, and
@@ -400,12 +438,13 @@ def _texts(connection, shape, declared) -> tuple[list[str], dict]:
     kept none), also set as ``_KEPT`` for the statements after it in the
     transaction (the keep statement sets it from ``kept`` in another); one
     row with only that column if it claimed none. The best due jobs of no
-    limit come
-    from the claim's READY index (past the READY jobs of limits, which it
-    reads and leaves); those of limits from their own index, leaving out
-    the limits with no room (the RUNNING jobs it counts are read only once
-    it finds such a job), and at most as many per key as the key had room
-    for when the statement began. They are not locked: the admit does.
+    limit come from their part of the claim's READY index (which holds
+    them ahead of the jobs of limits: a job held back costs them nothing),
+    and with ``undeclared`` (``_undeclared_waiting``) those of limits not
+    declared here; those of limits from their own index, leaving out the
+    limits with no room (the RUNNING jobs it counts are read only once it
+    finds such a job), and at most as many per key as the key had room for
+    when the statement began. They are not locked: the admit does.
 
     The lock makes the rows of those jobs' limits (``LimitState``) that do
     not exist, and locks the others in name order, passing over those
@@ -459,16 +498,22 @@ def _texts(connection, shape, declared) -> tuple[list[str], dict]:
     not_paused = f"queue_name <> ALL (ARRAY({PAUSED_QUEUES}))"
     order = "ORDER BY priority DESC, run_after, id"
     columns = "id, limit_key, queue_name, priority, run_after"
-    ctes = [
-        f"""c_free AS (
-            SELECT {columns} FROM {table}
+    # The jobs of no limit: in the READY index, ahead of those of limits
+    # (models/indexes.py), so the jobs held back cost this nothing.
+    free = f"""SELECT {columns} FROM {table}
             WHERE {due} AND {not_paused}
+                AND queue_name <> ALL({queues_param}) AND limit_key IS NULL
+            {order} LIMIT {var("limit")} FOR UPDATE SKIP LOCKED"""
+    if undeclared:
+        # And those of limits not declared here, merged in claim order.
+        free = f"""SELECT * FROM ({free}) AS f UNION ALL SELECT * FROM (
+            SELECT {columns} FROM {table}
+            WHERE {due} AND limit_key IS NOT NULL AND {not_paused}
+                AND split_part(limit_key, ':', 1) <> ALL({names_param})
                 AND queue_name <> ALL({queues_param})
-                AND (limit_key IS NULL
-                     OR split_part(limit_key, ':', 1) <> ALL({names_param}))
             {order} LIMIT {var("limit")} FOR UPDATE SKIP LOCKED
-        )"""
-    ]
+        ) AS u {order} LIMIT {var("limit")}"""
+    ctes = [f"c_free AS ({free})"]
     full_keys = f"""full_keys AS (
             SELECT r.limit_key AS key FROM {table} r
             JOIN unnest({concurrent_names}::text[], {concurrent_most}::int[])
@@ -514,7 +559,7 @@ def _texts(connection, shape, declared) -> tuple[list[str], dict]:
                 AS d(name, most) ON split_part(k.limit_key, ':', 1) = d.name
             LEFT JOIN (
                 SELECT limit_key, count(*) AS n FROM {table}
-                WHERE status = 'RUNNING'
+                WHERE status = 'RUNNING' AND limit_key IS NOT NULL
                     AND limit_key IN (SELECT limit_key FROM c_limited)
                 GROUP BY limit_key
             ) AS r ON r.limit_key = k.limit_key
@@ -637,7 +682,7 @@ def _texts(connection, shape, declared) -> tuple[list[str], dict]:
             WHERE {still_claimable}
         ), running_keys AS (
             SELECT limit_key, count(*) AS n FROM {table}
-            WHERE status = 'RUNNING'
+            WHERE status = 'RUNNING' AND limit_key IS NOT NULL
                 AND limit_key IN (SELECT limit_key FROM c WHERE key_row IS NOT NULL)
             GROUP BY limit_key
         ), running_queues AS (
