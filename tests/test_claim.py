@@ -1,7 +1,9 @@
 """Claims: the order and the queues, whatever the planner's statistics say."""
 
+import json
+
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
 from django_bgtasks import chain, group
 from django_bgtasks.models import Job, JobStatus
@@ -55,12 +57,55 @@ def test_with_stale_statistics_a_claim_keeps_its_order_and_the_settings():
     with connection.cursor() as cursor:
         # Statistics of an empty table, then a backlog they do not know of:
         # the planner alone would sort the backlog on every claim.
+        cursor.execute("SHOW jit")
+        jit = cursor.fetchone()
         cursor.execute(f"ANALYZE {Job._meta.db_table}")
         ids = {priority: enqueue(priority, "default") for priority in range(-3, 4)}
         assert claimed(None) == [ids[3], ids[2], ids[1]]
         assert claimed(["default"]) == [ids[0], ids[-1], ids[-2]]
         cursor.execute("SHOW enable_sort")
         assert cursor.fetchone() == ("on",)
+        cursor.execute("SHOW jit")  # off for the claim alone, too
+        assert cursor.fetchone() == jit
+
+
+def test_a_claim_of_one_queue_reads_its_queues_jobs_of_limits_only():
+    """PostgreSQL: both parts of the claim (jobs of no limit, of limits)
+    walk the queue's READY index; the jobs of limits of other queues (as
+    many as wait) are not read."""
+    from django_bgtasks.sql.claim import claim_statement_postgresql
+    from django_bgtasks.sql.claimed import NO_SORT
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL only")
+    for _ in range(300):
+        enqueue(5, "other")
+    ids = [enqueue(priority, "default") for priority in (1, 4, 3, 2)]
+    Job.objects.exclude(pk__in=ids[1::2]).update(limit_key="gone")
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {Job._meta.db_table}")
+    sql, params = claim_statement_postgresql(connection, "w1", ["default"], 10)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(NO_SORT)
+        cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params)
+        [(plan,)] = cursor.fetchall()
+        transaction.set_rollback(True)
+    read = []
+
+    def walk(node):
+        if "Index Name" in node and node["Index Name"] != "django_bgtasks_job_pkey":
+            read.append(
+                (
+                    node["Index Name"],
+                    node["Actual Rows"] + node.get("Rows Removed by Filter", 0),
+                )
+            )
+        for child in node.get("Plans", []):
+            walk(child)
+
+    walk((plan if isinstance(plan, list) else json.loads(plan))[0]["Plan"])
+    assert sorted(read) == [("bgtasks_job_ready_idx", 2)] * 2, read
+    assert claimed(["default"]) == [ids[1], ids[2], ids[3]]
 
 
 def test_the_worker_reads_no_column_the_claim_leaves_out(monkeypatch):

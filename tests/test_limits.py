@@ -134,6 +134,25 @@ def test_jobs_of_a_limit_no_task_declares_run_as_jobs_of_no_limit(limited):
     assert Job.objects.filter(status=JobStatus.RUNNING, limit_key="gone:7").count() == 3
 
 
+def test_a_job_of_an_undeclared_limit_written_later_waits_one_look_at_most(
+    limited, monkeypatch
+):
+    """PostgreSQL looks for such jobs when a worker first claims and every
+    ``UNDECLARED_CHECK_SECONDS`` after: one that appears between two looks
+    waits for the next. Elsewhere they are taken at once."""
+    from django.db import connection
+
+    from django_bgtasks.sql import limited as limited_claim
+
+    assert claim() == []  # the first look: none
+    orphan = limited.free.enqueue()
+    Job.objects.filter(pk=orphan.id).update(limit_key="gone:7")
+    if connection.vendor == "postgresql":
+        assert claim() == []  # not looked for again yet
+        monkeypatch.setattr(limited_claim, "UNDECLARED_CHECK_SECONDS", 0.0)
+    assert [job.pk for job in claim()] == [int(orphan.id)]
+
+
 def test_jobs_held_back_cost_the_claim_of_the_others_no_reads(limited):
     """PostgreSQL: the front reads the jobs of no limit from their own part
     of the READY index, so however many jobs a full limit holds back ahead

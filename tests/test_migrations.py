@@ -124,19 +124,6 @@ def test_the_ready_indexes_hold_the_jobs_of_no_limit_first_on_postgresql_only():
     assert ready_indexes() == (now, connection.features.supports_partial_indexes)
 
 
-def test_mysql_gets_no_index_of_the_running_jobs_of_limits():
-    """No partial indexes there: one of every row's key would cost each job's
-    every change of status a write."""
-    if connection.features.supports_partial_indexes:
-        pytest.skip("partial indexes: it is made (above)")
-    with connection.cursor() as cursor:
-        constraints = connection.introspection.get_constraints(
-            cursor, Job._meta.db_table
-        )
-    assert "bgtasks_job_limit_run_idx" not in constraints
-    assert "bgtasks_job_limited_ready_idx" in constraints
-
-
 def test_one_job_per_schedule_and_planned_time_on_every_database():
     schedule = Schedule.objects.create(
         name="once", task_path="tests.tasks.record", cron="* * * * *"

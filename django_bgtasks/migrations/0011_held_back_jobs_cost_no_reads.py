@@ -3,70 +3,85 @@ PostgreSQL (``ReadyIndex``), and the RUNNING jobs of limits get an index of
 their own where partial indexes exist (``LimitedRunningIndex``).
 
 Elsewhere the READY indexes are as they were, so only PostgreSQL builds
-them again (each holds the READY rows alone: quick, and writes wait for it
-only that long).
+them again. There every index is built with ``CONCURRENTLY`` (the new one
+beside the old, which is then dropped and its name given to the new), so
+enqueues and claims go on meanwhile; hence not atomic. Workers of the code
+before this migration cannot walk the new READY indexes in claim order:
+stop them before migrating (docs/topics/deployment.rst).
 """
 
 from django.db import migrations
 
-import django_bgtasks.models.indexes
+from django_bgtasks.models.indexes import LimitedRunningIndex, ReadyIndex, StatusIndex
 
-INDEXES = [
+READY_INDEXES = [
     (["queue_name", "-priority", "run_after", "id"], "bgtasks_job_ready_idx"),
     (["-priority", "run_after", "id"], "bgtasks_job_ready_any_idx"),
 ]
+RUNNING_INDEX = LimitedRunningIndex(
+    fields=["limit_key"], name="bgtasks_job_limit_run_idx"
+)
 
 
-def _rebuild(apps, schema_editor, old, new) -> None:
-    if schema_editor.connection.vendor != "postgresql":
-        return
+def _old(fields, name):
+    return StatusIndex(fields=fields, name=name, status="READY")
+
+
+def _new(fields, name):
+    return ReadyIndex(fields=fields, name=name)
+
+
+def _rebuild_concurrently(schema_editor, job, make) -> None:
+    """PostgreSQL: each READY index built again as ``make`` gives it."""
+    quote = schema_editor.quote_name
+    for fields, name in READY_INDEXES:
+        building = f"{name}_building"
+        schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {quote(building)}")
+        index = make(fields, building)
+        schema_editor.execute(index.create_sql(job, schema_editor, concurrently=True))
+        schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {quote(name)}")
+        schema_editor.execute(f"ALTER INDEX {quote(building)} RENAME TO {quote(name)}")
+
+
+def forwards(apps, schema_editor):
     job = apps.get_model("django_bgtasks", "Job")
-    for fields, name in INDEXES:
-        schema_editor.remove_index(job, old(fields=fields, name=name))
-        schema_editor.add_index(job, new(fields=fields, name=name))
+    if schema_editor.connection.vendor != "postgresql":
+        schema_editor.add_index(job, RUNNING_INDEX)
+        return
+    _rebuild_concurrently(schema_editor, job, _new)
+    schema_editor.execute(
+        RUNNING_INDEX.create_sql(job, schema_editor, concurrently=True)
+    )
 
 
-def ready_jobs_of_no_limit_first(apps, schema_editor):
-    _rebuild(apps, schema_editor, _status_index, _ready_index)
-
-
-def ready_jobs_together(apps, schema_editor):
-    _rebuild(apps, schema_editor, _ready_index, _status_index)
-
-
-def _status_index(**kwargs):
-    return django_bgtasks.models.indexes.StatusIndex(status="READY", **kwargs)
-
-
-def _ready_index(**kwargs):
-    return django_bgtasks.models.indexes.ReadyIndex(**kwargs)
+def backwards(apps, schema_editor):
+    job = apps.get_model("django_bgtasks", "Job")
+    if schema_editor.connection.vendor != "postgresql":
+        schema_editor.remove_index(job, RUNNING_INDEX)
+        return
+    schema_editor.execute(
+        RUNNING_INDEX.remove_sql(job, schema_editor, concurrently=True)
+    )
+    _rebuild_concurrently(schema_editor, job, _old)
 
 
 class Migration(migrations.Migration):
+    atomic = False
     dependencies = [("django_bgtasks", "0010_limits")]
 
     operations = [
         migrations.SeparateDatabaseAndState(
-            database_operations=[
-                migrations.RunPython(ready_jobs_of_no_limit_first, ready_jobs_together)
-            ],
+            database_operations=[migrations.RunPython(forwards, backwards)],
             state_operations=[
                 *(
                     migrations.RemoveIndex(model_name="job", name=name)
-                    for _, name in INDEXES
+                    for _, name in READY_INDEXES
                 ),
                 *(
-                    migrations.AddIndex(
-                        model_name="job", index=_ready_index(fields=fields, name=name)
-                    )
-                    for fields, name in INDEXES
+                    migrations.AddIndex(model_name="job", index=_new(fields, name))
+                    for fields, name in READY_INDEXES
                 ),
+                migrations.AddIndex(model_name="job", index=RUNNING_INDEX),
             ],
-        ),
-        migrations.AddIndex(
-            model_name="job",
-            index=django_bgtasks.models.indexes.LimitedRunningIndex(
-                fields=["limit_key"], name="bgtasks_job_limit_run_idx"
-            ),
         ),
     ]

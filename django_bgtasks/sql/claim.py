@@ -135,51 +135,7 @@ LOAD_TRIES = 5
 
 
 def _claim_postgresql(connection, *, worker_id, queues, limit):
-    table = connection.ops.quote_name(Job._meta.db_table)
-    if queues is None:
-        queue_filter, queue_params = "", []
-    elif len(queues) == 1:  # "= %s": the index's order holds for one queue
-        queue_filter, queue_params = "AND queue_name = %s", [queues[0]]
-    else:
-        queue_filter, queue_params = "AND queue_name = ANY(%s)", [list(queues)]
-    db_now = now_sql(connection)
-    due = f"""
-        status = %s AND run_after <= {db_now} {queue_filter}
-            AND queue_name <> ALL (ARRAY({PAUSED_QUEUES}))
-    """
-    order = "ORDER BY priority DESC, run_after, id"
-    # The jobs of no limit and those of limits, each walked in claim order
-    # in its own index (the READY index holds the first kind ahead of the
-    # second: models/indexes.py), then merged. Each part locks as it reads:
-    # a job of a limit read but not among the best is free again at the
-    # statement's end (a claim that knows no limit starts those jobs as any
-    # other; one that knows of limits claims in sql/limited.py).
-    sql = f"""
-        WITH free AS (
-            SELECT id, priority, run_after FROM {table}
-            WHERE {due} AND limit_key IS NULL
-            {order} LIMIT %s FOR UPDATE SKIP LOCKED
-        ), of_limits AS (
-            SELECT id, priority, run_after FROM {table}
-            WHERE {due} AND limit_key IS NOT NULL
-            {order} LIMIT %s FOR UPDATE SKIP LOCKED
-        ), claimable AS (
-            SELECT id FROM (
-                SELECT * FROM free UNION ALL SELECT * FROM of_limits
-            ) AS due {order} LIMIT %s
-        )
-        UPDATE {table} AS job SET {
-        CLAIM_SET.format(
-            job="job",
-            now=db_now,
-            append="job.worker_ids || jsonb_build_array(%s::text)",
-        )
-    }
-        FROM claimable WHERE job.id = claimable.id
-        RETURNING {RETURNING}
-    """
-    part = [JobStatus.READY.value, *queue_params, limit]
-    params = [*part, *part, limit, *set_params(worker_id)]
+    sql, params = claim_statement_postgresql(connection, worker_id, queues, limit)
     with connection.cursor() as cursor:
         if len(queues or ()) < 2 and can_pin_plan(connection, cursor):
             # The claim must walk its READY index in claim order and stop at
@@ -197,6 +153,56 @@ def _claim_postgresql(connection, *, worker_id, queues, limit):
         else:
             cursor.execute(sql, params)
         return jobs_from(connection, cursor.fetchall())
+
+
+def claim_statement_postgresql(connection, worker_id, queues, limit):
+    """The PostgreSQL claim's statement and its parameters."""
+    table = connection.ops.quote_name(Job._meta.db_table)
+    if queues is None:
+        queue_filter, queue_params = "", []
+    elif len(queues) == 1:  # "= %s": the index's order holds for one queue
+        queue_filter, queue_params = "AND queue_name = %s", [queues[0]]
+    else:
+        queue_filter, queue_params = "AND queue_name = ANY(%s)", [list(queues)]
+    db_now = now_sql(connection)
+    due = f"""
+        status = %s AND run_after <= {db_now} {queue_filter}
+            AND queue_name <> ALL (ARRAY({PAUSED_QUEUES}))
+    """
+    order = "ORDER BY priority DESC, run_after, id"
+    # The jobs of no limit and those of limits, each walked in claim order
+    # in its part of the READY index (models/indexes.py: "IS FALSE" is the
+    # form of "IS NOT NULL" that finds the second part), then merged. Each
+    # part locks as it reads, up to ``limit`` rows: a job of a limit read
+    # but not among the best stays locked (other claims pass over it) until
+    # the claim's transaction ends. Only a worker that knows no limit reads
+    # such jobs here (one that knows of limits claims in sql/limited.py).
+    sql = f"""
+        WITH free AS (
+            SELECT id, priority, run_after FROM {table}
+            WHERE {due} AND limit_key IS NULL
+            {order} LIMIT %s FOR UPDATE SKIP LOCKED
+        ), of_limits AS (
+            SELECT id, priority, run_after FROM {table}
+            WHERE {due} AND (limit_key IS NULL) IS FALSE
+            {order} LIMIT %s FOR UPDATE SKIP LOCKED
+        ), claimable AS (
+            SELECT id FROM (
+                SELECT * FROM free UNION ALL SELECT * FROM of_limits
+            ) AS due {order} LIMIT %s
+        )
+        UPDATE {table} AS job SET {
+        CLAIM_SET.format(
+            job="job",
+            now=db_now,
+            append="job.worker_ids || jsonb_build_array(%s::text)",
+        )
+    }
+        FROM claimable WHERE job.id = claimable.id
+        RETURNING {RETURNING}
+    """
+    part = [JobStatus.READY.value, *queue_params, limit]
+    return sql, [*part, *part, limit, *set_params(worker_id)]
 
 
 def _claim_sqlite(connection, *, worker_id, queues, limit):

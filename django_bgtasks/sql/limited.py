@@ -269,9 +269,9 @@ def _undeclared_waiting(connection, declared: DeclaredLimits) -> bool:
     limit does. The front then reads them too (walking past the jobs of the
     limits it knows: ``_texts``); it reads them only then, and looks for
     them when a worker first claims and every ``UNDECLARED_CHECK_SECONDS``
-    after (a walk of every READY job of a limit)."""
-    key = (connection.alias, id(declared))
-    seen = _UNDECLARED.get(key)
+    after (a walk of every due READY job of a limit), so such a job may
+    wait that long (MySQL/MariaDB and SQLite take them at once)."""
+    seen = _UNDECLARED.get(connection.alias)
     now = time.monotonic()
     if (
         seen is not None
@@ -283,17 +283,19 @@ def _undeclared_waiting(connection, declared: DeclaredLimits) -> bool:
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT EXISTS (SELECT FROM {table} WHERE status = 'READY' "
+            f"AND run_after <= {now_sql(connection)} "
             f"AND limit_key IS NOT NULL "
-            f"AND split_part(limit_key, ':', 1) <> ALL(%s))",
+            f"AND split_part(limit_key, ':', 1) <> ALL(%s) "
+            f"AND queue_name <> ALL (ARRAY({PAUSED_QUEUES})))",
             [list(declared.by_name)],
         )
         [(found,)] = cursor.fetchall()
-    _UNDECLARED[key] = (declared, now, found)
+    _UNDECLARED[connection.alias] = (declared, now, found)
     return found
 
 
-# Whether jobs of undeclared limits wait, by (alias, limits in force): the
-# limits, when it was seen (time.monotonic()), and the answer.
+# Whether due jobs of undeclared limits wait, by alias: the limits in force
+# then, when it was seen (time.monotonic()), and the answer.
 _UNDECLARED: dict = {}
 UNDECLARED_CHECK_SECONDS = 60.0
 
@@ -508,7 +510,7 @@ def _texts(connection, shape, declared, undeclared) -> tuple[list[str], dict]:
         # And those of limits not declared here, merged in claim order.
         free = f"""SELECT * FROM ({free}) AS f UNION ALL SELECT * FROM (
             SELECT {columns} FROM {table}
-            WHERE {due} AND limit_key IS NOT NULL AND {not_paused}
+            WHERE {due} AND (limit_key IS NULL) IS FALSE AND {not_paused}
                 AND split_part(limit_key, ':', 1) <> ALL({names_param})
                 AND queue_name <> ALL({queues_param})
             {order} LIMIT {var("limit")} FOR UPDATE SKIP LOCKED
