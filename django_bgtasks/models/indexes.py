@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from django.db import models
-from django.db.models import BooleanField, ExpressionWrapper, F, Q
+from django.db.models import BooleanField, ExpressionWrapper, F, Func, Q, Value
 
 
 class StatusIndex(models.Index):
@@ -101,11 +101,27 @@ class LimitedReadyIndex(models.Index):
     """The READY jobs that count against a limit, in claim order: where
     partial indexes exist, an index of those rows alone (a job of no limit
     costs it nothing), so a limited claim finds them without walking the
-    other READY jobs. MySQL and MariaDB (whose limited claim does not use
-    it) get an index of ``limit_key``, written once per row."""
+    other READY jobs. On PostgreSQL it leads with the limit's name (the
+    key up to its ':'), so the claim walks each limit's jobs apart and
+    reads none of a full limit's. MySQL and MariaDB (whose limited claim
+    does not use it) get an index of ``limit_key``, written once per row."""
 
     def create_sql(self, model, schema_editor, using="", **kwargs):
-        if schema_editor.connection.features.supports_partial_indexes:
+        if schema_editor.connection.vendor == "postgresql":
+            limit_name = Func(
+                F("limit_key"),
+                Value(":"),
+                Value(1),
+                function="split_part",
+                output_field=models.TextField(),
+            )
+            index = models.Index(
+                limit_name,
+                *(F(f[1:]).desc() if f[0] == "-" else F(f) for f in self.fields),
+                name=self.name,
+                condition=Q(status="READY", limit_key__isnull=False),
+            )
+        elif schema_editor.connection.features.supports_partial_indexes:
             condition = Q(status="READY", limit_key__isnull=False)
             index = models.Index(
                 fields=self.fields, name=self.name, condition=condition

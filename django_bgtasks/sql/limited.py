@@ -530,22 +530,23 @@ def _texts(connection, shape, declared, undeclared) -> tuple[list[str], dict]:
     ctes.insert(0, full_keys)
     free_keys = "limit_key <> ALL (ARRAY(SELECT key FROM full_keys))"
     parts = ["SELECT *, true AS free FROM c_free"]
-    some_room = ""
-    if limited_names and not any(lim.key for lim in by_name.values()):
-        # Every limit one key: when all are full, the scan is not made at
-        # all (it would read every READY job of theirs, to take none).
-        some_room = (
-            f"AND (SELECT count(DISTINCT key) FROM full_keys "
-            f"WHERE key = ANY({names_param})) < {len(limited_names)}"
-        )
     if limited_names:
+        # One walk per limit, in its part of the limits' index (by name:
+        # models/indexes.py), merged: a limit of one key that is full (its
+        # key, the name, among full_keys) is not read at all, and a limit
+        # with a key reads only its own jobs, past its full keys'.
         ctes.append(
             f"""c_limited AS (
-            SELECT {columns} FROM {table}
-            WHERE {due} AND limit_key IS NOT NULL AND {not_paused}
-                AND split_part(limit_key, ':', 1) = ANY({names_param})
-                AND queue_name <> ALL({queues_param})
-                AND {free_keys} {some_room}
+            SELECT j.* FROM unnest({names_param}::text[]) AS l(name)
+            CROSS JOIN LATERAL (
+                SELECT {columns} FROM {table}
+                WHERE {due} AND limit_key IS NOT NULL AND {not_paused}
+                    AND split_part(limit_key, ':', 1) = l.name
+                    AND queue_name <> ALL({queues_param})
+                    AND {free_keys}
+                {order} LIMIT {var("limit")}
+            ) AS j
+            WHERE l.name <> ALL (ARRAY(SELECT key FROM full_keys))
             {order} LIMIT {var("limit")}
         )"""
         )
