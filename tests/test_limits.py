@@ -160,7 +160,7 @@ def test_jobs_held_back_cost_the_claim_of_the_others_no_reads(limited):
     back ahead of the others, it reads none of those rows (before, each
     claim read every one of them from the table and passed over it), with
     limits of keys declared beside it too."""
-    from django.db import connection, transaction
+    from django.db import connection
 
     from django_bgtasks.sql.limited import _statements
 
@@ -176,16 +176,72 @@ def test_jobs_held_back_cost_the_claim_of_the_others_no_reads(limited):
     [front, *_], params = _statements(
         connection, ["default"], 10, declared_limits(), "w2"
     )
+    read = _rows_read(_front_plan(front, params))
+    # The 5 jobs of no limit and the 2 RUNNING ones of the limit, not the
+    # 200 held back ahead of them.
+    [ready] = [name for name in read if name.startswith("bgtasks_job_ready")]
+    assert read.pop(ready) == 5, read
+    assert sum(read.values()) <= 2 * len(read), read
+    assert {job.pk for job in claim(limit=10)} == {int(r.id) for r in free}
+
+
+def test_a_claim_reads_no_more_jobs_of_a_limit_of_one_key_than_it_can_start(
+    limited,
+):
+    """PostgreSQL: with room for 1 in a limit of 2 (no key), a claim of 10
+    reads at most 2 of its 50 waiting jobs (it could never start more at
+    once), not 10; and starts 1 of them."""
+    from django.db import connection
+
+    from django_bgtasks.sql.limited import _statements
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL only: its limits' index is walked per limit")
+    waiting = [limited.two_at_a_time.using(priority=10).enqueue() for _ in range(51)]
+    assert len(claim(limit=1)) == 1  # room for 1 left
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {Job._meta.db_table}")
+    [front, *_], params = _statements(
+        connection, ["default"], 10, declared_limits(), "w2"
+    )
+    plan = _front_plan(front, params)
+    # What the walk of the limits kept: a walk per limit (in a loop: the
+    # plan gives its rows as an average per limit).
+    [kept] = [
+        node
+        for node in _plan_nodes(plan)
+        if node.get("Subplan Name") == "CTE c_limited"
+    ]
+    assert kept["Actual Rows"] == 2, kept
+    assert [job.pk for job in claim(limit=10)] == [int(waiting[1].id)]
+
+
+def _front_plan(front, params) -> dict:
+    """The plan of the front statement, run as the claim runs it (but that
+    it never reads the whole table): EXPLAIN ANALYZE's, as a dict."""
+    from django.db import connection, transaction
+
     with transaction.atomic(), connection.cursor() as cursor:
-        # As the claim runs; and no reading of the whole (small) table.
         cursor.execute("SET LOCAL enable_sort = off")
+        cursor.execute("SET LOCAL jit = off")
         cursor.execute("SET LOCAL enable_seqscan = off")
         cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + front, params)
         [(plan,)] = cursor.fetchall()
         transaction.set_rollback(True)
-    read = {}
+    return (plan if isinstance(plan, list) else json.loads(plan))[0]["Plan"]
 
-    def walk(node):
+
+def _plan_nodes(node):
+    yield node
+    for child in node.get("Plans", []):
+        yield from _plan_nodes(child)
+
+
+def _rows_read(plan) -> dict[str, int]:
+    """The rows of jobs a plan reads, by index (but the primary key's: the
+    claimed rows)."""
+    read: dict[str, int] = {}
+    for node in _plan_nodes(plan):
         index = node.get("Index Name", node.get("Relation Name", ""))
         if (
             "Scan" in node["Node Type"]
@@ -194,16 +250,7 @@ def test_jobs_held_back_cost_the_claim_of_the_others_no_reads(limited):
         ):
             rows = node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
             read[index] = read.get(index, 0) + rows * node["Actual Loops"]
-        for child in node.get("Plans", []):
-            walk(child)
-
-    walk((plan if isinstance(plan, list) else json.loads(plan))[0]["Plan"])
-    # The 5 jobs of no limit and the 2 RUNNING ones of the limit, not the
-    # 200 held back ahead of them.
-    [ready] = [name for name in read if name.startswith("bgtasks_job_ready")]
-    assert read.pop(ready) == 5, read
-    assert sum(read.values()) <= 2 * len(read), read
-    assert {job.pk for job in claim(limit=10)} == {int(r.id) for r in free}
+    return read
 
 
 @pytest.mark.parametrize("in_transaction", [False, True])

@@ -534,17 +534,20 @@ def _texts(connection, shape, declared, undeclared) -> tuple[list[str], dict]:
         # One walk per limit, in its part of the limits' index (by name:
         # models/indexes.py), merged: a limit of one key that is full (its
         # key, the name, among full_keys) is not read at all, and a limit
-        # with a key reads only its own jobs, past its full keys'.
+        # with a key reads only its own jobs, past its full keys'. A limit
+        # of one key reads no more jobs than it could ever start at once.
+        most_read = param([_most_started(limit) for limit in by_name.values()])
         ctes.append(
             f"""c_limited AS (
-            SELECT j.* FROM unnest({names_param}::text[]) AS l(name)
+            SELECT j.* FROM unnest({names_param}::text[], {most_read}::int[])
+                AS l(name, most)
             CROSS JOIN LATERAL (
                 SELECT {columns} FROM {table}
                 WHERE {due} AND limit_key IS NOT NULL AND {not_paused}
                     AND split_part(limit_key, ':', 1) = l.name
                     AND queue_name <> ALL({queues_param})
                     AND {free_keys}
-                {order} LIMIT {var("limit")}
+                {order} LIMIT least({var("limit")}, nullif(l.most, 0))
             ) AS j
             WHERE l.name <> ALL (ARRAY(SELECT key FROM full_keys))
             {order} LIMIT {var("limit")}
@@ -660,6 +663,17 @@ def _texts(connection, shape, declared, undeclared) -> tuple[list[str], dict]:
                 SELECT name FROM locked UNION SELECT name FROM made
             ) AS h)::text, ''), true)
     """
+    # With no queue's limit declared, no RUNNING job read to count one (the
+    # planner would walk them all to find none of those queues').
+    running_queues = (
+        f"""
+            SELECT queue_name, count(*) AS n FROM {table}
+            WHERE status = 'RUNNING'
+                AND queue_name IN (SELECT queue_name FROM c WHERE queue_row IS NOT NULL)
+            GROUP BY queue_name"""
+        if limited_queues
+        else "SELECT NULL::varchar AS queue_name, 0::bigint AS n WHERE false"
+    )
     still_claimable = (
         f"locked.status = 'READY' AND locked.run_after <= {db_now} "
         f"AND queue_name <> ALL (ARRAY({PAUSED_QUEUES}))"
@@ -688,11 +702,7 @@ def _texts(connection, shape, declared, undeclared) -> tuple[list[str], dict]:
             WHERE status = 'RUNNING' AND limit_key IS NOT NULL
                 AND limit_key IN (SELECT limit_key FROM c WHERE key_row IS NOT NULL)
             GROUP BY limit_key
-        ), running_queues AS (
-            SELECT queue_name, count(*) AS n FROM {table}
-            WHERE status = 'RUNNING'
-                AND queue_name IN (SELECT queue_name FROM c WHERE queue_row IS NOT NULL)
-            GROUP BY queue_name
+        ), running_queues AS ({running_queues}
         ), buckets AS (
             SELECT s.name, CASE WHEN s.tokens IS NULL THEN b.n
                 ELSE LEAST(b.n, s.tokens + GREATEST(coalesce(
@@ -758,6 +768,15 @@ def _texts(connection, shape, declared, undeclared) -> tuple[list[str], dict]:
     """
     keep = f"SELECT set_config('{_KEPT}', {var('kept')}, true)"
     return [front, keep, lock, admit], params
+
+
+def _most_started(limit) -> int:
+    """How many jobs of a limit one claim can start at most (0: no bound
+    but the claim's: a limit with a key, one per value)."""
+    if limit.key is not None:
+        return 0
+    bounds = [limit.concurrency, limit.rate and limit.rate.count]
+    return min(bound for bound in bounds if bound)
 
 
 def _candidates(connection, due, queues, count):
