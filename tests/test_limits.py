@@ -216,6 +216,46 @@ def test_a_claim_reads_no_more_jobs_of_a_limit_of_one_key_than_it_can_start(
     assert [job.pk for job in claim(limit=10)] == [int(waiting[1].id)]
 
 
+@pytest.mark.parametrize("queues", [["images"], ["images", "default"], None])
+def test_a_full_queues_waiting_jobs_cost_the_claim_no_reads(limited, queues):
+    """PostgreSQL: a queue's limit full, a claim reads none of its 200
+    waiting jobs to find the queue's next (a walk per limited queue, which
+    leaves out a full one), and a claim of that queue alone reads none at
+    all. A claim of several queues or of every queue still walks past them
+    to find the jobs of other queues (no index tells them apart), as the
+    plain claim walks past the jobs of queues it does not serve."""
+    from django.db import connection
+
+    from django_bgtasks.sql.limited import _statements
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL only: its claim walks each limited queue")
+    settings = {**BGTASKS, "QUEUE_LIMITS": {"images": {"concurrency": 1}}}
+    with override_settings(BGTASKS=settings):
+        for _ in range(101):
+            limited.free.using(queue_name="images").enqueue()
+            limited.one_per_account.using(queue_name="images").enqueue(1)
+        assert len(claim(queues=["images"], limit=5)) == 1  # full now
+        free = [limited.free.enqueue() for _ in range(5)]
+        with connection.cursor() as cursor:
+            cursor.execute(f"ANALYZE {Job._meta.db_table}")
+        [front, *_], params = _statements(
+            connection, queues, 10, declared_limits(), "w2"
+        )
+        read = _rows_read(_front_plan(front, params))
+        # Jobs waiting, read (from an index or the table), not RUNNING ones.
+        ready = sum(n for index, n in read.items() if "run" not in index)
+        if queues == ["images"]:
+            assert ready == 0, read
+        else:  # the 5 of no limit, past the full queue's 200 at most once
+            assert 5 <= ready <= 205, read
+        claimed = {job.pk for job in claim(queues=queues, worker_id="w2")}
+        if queues == ["images"]:
+            assert claimed == set()
+        else:
+            assert claimed == {int(r.id) for r in free}
+
+
 def _front_plan(front, params) -> dict:
     """The plan of the front statement, run as the claim runs it (but that
     it never reads the whole table): EXPLAIN ANALYZE's, as a dict."""
@@ -486,6 +526,50 @@ def test_several_workers_never_run_more_than_a_limit_allows(workers, limited):
         for worker in job.worker_ids
     }
     assert len(two_ran_on) >= 2
+
+
+@pytest.mark.slow
+def test_workers_of_every_shape_of_claim_keep_to_a_queues_limit(workers, limited):
+    """A queue's limit of 2, kept by four worker processes that claim it as
+    their one queue, as one of several, and among every queue (each walks
+    it in its own way: sql/limited.py), with jobs of a task's limit and
+    keys among its jobs and other queues' jobs beside them. Each holds one
+    job at most: the limit is reached by two processes at once, and the
+    others are kept out by the database."""
+    from django_bgtasks.models import WorkerProcess
+
+    limits = json.dumps({"images": {"concurrency": 2}})
+    env = {**WORKER_ENV, "BGTASKS_TEST_QUEUE_LIMITS": limits}
+    settings = {**BGTASKS, "QUEUE_LIMITS": json.loads(limits)}
+    started = [
+        workers.start(
+            "--queues", queues, "--concurrency", "1", "--prefetch", "0", env=env
+        )
+        for queues in ["images", "images,default", "*", "*"]
+    ]
+    wait_until(
+        lambda: WorkerProcess.objects.count() == 4, timeout=60, message="4 workers"
+    )
+    with override_settings(BGTASKS=settings):
+        images = [
+            *limited.free.using(queue_name="images").enqueue_many(
+                ((), {"pause": 0.05}) for _ in range(16)
+            ),
+            *limited.one_per_account.using(queue_name="images").enqueue_many(
+                ((account,), {"pause": 0.05}) for account in [1, 1, 2, 2]
+            ),
+        ]
+        others = limited.free.enqueue_many(((), {}) for _ in range(40))
+    jobs = Job.objects.filter(pk__in=[r.id for r in [*images, *others]])
+    wait_until(
+        lambda: jobs.filter(status=JobStatus.SUCCESSFUL).count() == len(jobs),
+        timeout=120,
+        message="every job done",
+    )
+    for process in started:
+        process.terminate()
+        workers.wait(process)
+    assert most_at_once(images) == 2
 
 
 @pytest.mark.slow

@@ -259,6 +259,8 @@ def _statements(connection, queues, limit, declared, worker_id):
     }
     if shape is not None:
         params["queue"] = queues[0] if shape == "one" else list(queues)
+    if shape == "many":  # the queues whose jobs of no limit are c_free's
+        params["free_queue"] = [q for q in queues if q not in declared.by_queue]
     return texts, params
 
 
@@ -496,15 +498,28 @@ def _texts(connection, shape, declared, undeclared) -> tuple[list[str], dict]:
         queue_filter = f"AND queue_name = {var('queue')}"
     else:
         queue_filter = f"AND queue_name = ANY({var('queue')})"
-    due = f"status = 'READY' AND run_after <= {db_now} {queue_filter}"
+    ready_due = f"status = 'READY' AND run_after <= {db_now}"
+    due = f"{ready_due} {queue_filter}"
     not_paused = f"queue_name <> ALL (ARRAY({PAUSED_QUEUES}))"
     order = "ORDER BY priority DESC, run_after, id"
     columns = "id, limit_key, queue_name, priority, run_after"
     # The jobs of no limit: in the READY index, ahead of those of limits
-    # (models/indexes.py), so the jobs held back cost this nothing.
+    # (models/indexes.py), so the jobs held back cost this nothing. Those
+    # of limited queues are c_queue's: a claim of some queues leaves those
+    # queues out of its walk (not each of their jobs out of it, which would
+    # read a limited queue's every job); a claim of every queue walks past
+    # them.
+    if shape is None:
+        free_queues = f"queue_name <> ALL({queues_param})"
+    elif shape == "one":
+        free_queues = (
+            f"queue_name = {var('queue')} AND {var('queue')} <> ALL({queues_param})"
+        )
+    else:
+        free_queues = f"queue_name = ANY({var('free_queue')})"
     free = f"""SELECT {columns} FROM {table}
-            WHERE {due} AND {not_paused}
-                AND queue_name <> ALL({queues_param}) AND limit_key IS NULL
+            WHERE {ready_due} AND {free_queues} AND {not_paused}
+                AND limit_key IS NULL
             {order} LIMIT {var("limit")} FOR UPDATE SKIP LOCKED"""
     if undeclared:
         # And those of limits not declared here, merged in claim order.
@@ -543,10 +558,9 @@ def _texts(connection, shape, declared, undeclared) -> tuple[list[str], dict]:
                 AS l(name, most)
             CROSS JOIN LATERAL (
                 SELECT {columns} FROM {table}
-                WHERE {due} AND limit_key IS NOT NULL AND {not_paused}
+                WHERE {ready_due} AND limit_key IS NOT NULL AND {not_paused}
                     AND split_part(limit_key, ':', 1) = l.name
-                    AND queue_name <> ALL({queues_param})
-                    AND {free_keys}
+                    AND {free_queues} AND {free_keys}
                 {order} LIMIT least({var("limit")}, nullif(l.most, 0))
             ) AS j
             WHERE l.name <> ALL (ARRAY(SELECT key FROM full_keys))
@@ -590,13 +604,38 @@ def _texts(connection, shape, declared, undeclared) -> tuple[list[str], dict]:
             WHERE left(key, {len(QUEUE_PREFIX)}) = '{QUEUE_PREFIX}'
         )""",
         )
+        # One walk per limited queue the claim serves, in its parts of the
+        # READY index (by queue: its jobs of no limit, and those of limits
+        # not full), merged: a full queue is not read at all, and one with
+        # room reads no more jobs than it could start at once.
+        if shape is None:
+            served = ""
+        elif shape == "one":
+            served = f"AND q.name = {var('queue')}"
+        else:
+            served = f"AND q.name = ANY({var('queue')})"
+        queue_most_read = param(
+            [_most_started(limit) for limit in declared.by_queue.values()]
+        )
+        read = f"least({var('limit')}, nullif(q.most, 0))"
         ctes.append(
             f"""c_queue AS (
-            SELECT {columns} FROM {table}
-            WHERE {due} AND {not_paused}
-                AND queue_name = ANY({queues_param})
-                AND queue_name <> ALL (ARRAY(SELECT queue FROM full_queues))
-                AND (limit_key IS NULL OR {free_keys})
+            SELECT j.* FROM unnest({queues_param}::text[], {queue_most_read}::int[])
+                AS q(name, most)
+            CROSS JOIN LATERAL (
+                SELECT * FROM (
+                    (SELECT {columns} FROM {table}
+                    WHERE {ready_due} AND queue_name = q.name AND limit_key IS NULL
+                    {order} LIMIT {read})
+                    UNION ALL
+                    (SELECT {columns} FROM {table}
+                    WHERE {ready_due} AND queue_name = q.name
+                        AND (limit_key IS NULL) IS FALSE AND {free_keys}
+                    {order} LIMIT {read})
+                ) AS b {order} LIMIT {read}
+            ) AS j
+            WHERE q.name <> ALL (ARRAY(SELECT queue FROM full_queues))
+                AND q.name <> ALL (ARRAY({PAUSED_QUEUES})) {served}
             {order} LIMIT {var("limit")}
         )"""
         )
