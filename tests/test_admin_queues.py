@@ -7,7 +7,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from django_bgtasks.admin import stats
+from django_bgtasks import stats
 from django_bgtasks.models import JobStatus, Queue
 from tests.factories import make_job
 from tests.test_admin_jobs import user_with

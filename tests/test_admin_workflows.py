@@ -9,8 +9,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from django_bgtasks import chain, chord, group
-from django_bgtasks.admin import stats
+from django_bgtasks import chain, chord, group, stats
 from django_bgtasks.models import Job, JobDependency, JobStatus
 from django_bgtasks.testing import run_jobs
 from tests import tasks

@@ -8,8 +8,7 @@ from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
-from django_bgtasks import report_progress
-from django_bgtasks.admin import stats
+from django_bgtasks import report_progress, stats
 from django_bgtasks.models import Job, JobStatus
 from tests import tasks
 from tests.conftest import run_in_process

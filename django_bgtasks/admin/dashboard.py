@@ -11,8 +11,8 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext as _
 
+from .. import stats
 from ..models import JobDashboard, JobStatus
-from . import stats
 from .display import STATUS_COLOURS, format_duration, status_badge
 
 CHART_WIDTH, CHART_HEIGHT, CHART_MARGIN = 720, 160, 24

@@ -20,7 +20,6 @@ import re
 from django.contrib import admin, messages
 from django.contrib.admin.actions import delete_selected
 from django.core.paginator import Paginator
-from django.db import transaction
 from django.urls import reverse
 from django.utils.functional import cached_property
 from django.utils.html import conditional_escape, format_html, format_html_join
@@ -30,7 +29,8 @@ from django.utils.translation import ngettext
 
 from .. import registry
 from ..compat import loadable_backends
-from ..models import Job, JobDependency, JobStatus
+from ..models import NOT_STARTED, Job, JobStatus
+from ..stats import STATUSES, tally, waiting_jobs
 from ..waits import why_waiting
 from .base import ReadOnlyAdmin
 from .display import (
@@ -41,7 +41,6 @@ from .display import (
     status_badge,
     task_label,
 )
-from .stats import STATUSES, tally, waiting_jobs
 from .workflows import WorkflowFilter, WorkflowSection
 
 
@@ -49,14 +48,8 @@ def _number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-NOT_STARTED = (JobStatus.READY, JobStatus.WAITING)
 # A job named in a reason it waits: "#123".
 JOB_MENTION = re.compile(r"#(\d+)")
-
-
-def _awaited(queryset):
-    """The jobs of ``queryset`` that workflow steps still wait for."""
-    return queryset.filter(has_dependents=True, status__in=NOT_STARTED)
 
 
 def _is_awaited(job) -> bool:
@@ -297,7 +290,7 @@ class JobAdmin(WorkflowSection, ReadOnlyAdmin):
     )
     def cancel_jobs(self, request, queryset):
         selected = queryset.count()
-        awaited = _awaited(queryset).exists()
+        awaited = queryset.awaited().exists()
         changed = queryset.cancel(by=request.user.get_username())
         self._report(
             request,
@@ -364,7 +357,7 @@ class JobAdmin(WorkflowSection, ReadOnlyAdmin):
                 % {"count": running},
                 messages.WARNING,
             )
-        awaited = _awaited(queryset).count()
+        awaited = queryset.awaited().count()
         if awaited:
             self.message_user(
                 request,
@@ -381,19 +374,13 @@ class JobAdmin(WorkflowSection, ReadOnlyAdmin):
         return delete_selected(
             self,
             request,
-            queryset.exclude(status=JobStatus.RUNNING).exclude(
-                has_dependents=True, status__in=NOT_STARTED
-            ),
+            queryset.deletable(),
         )
 
     def delete_queryset(self, request, queryset):
-        """The jobs, with the edges of the workflow steps among them (what
-        each was handed), as pruning deletes them."""
-        with transaction.atomic(using=queryset.db):
-            JobDependency.objects.using(queryset.db).filter(
-                job_id__in=queryset.values("pk")
-            ).delete()
-            queryset.delete()
+        """The jobs, with the edges of the workflow steps among them, as
+        ``manage.py bgtasks delete`` and pruning delete them."""
+        queryset.delete_jobs()
 
     def delete_model(self, request, obj):
         self.delete_queryset(

@@ -25,8 +25,8 @@ from django.utils.http import urlencode
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from .. import stats
 from ..models import JobStatus, Queue
-from . import stats
 from .base import ReadOnlyAdmin
 from .display import format_moment
 

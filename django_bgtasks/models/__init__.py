@@ -13,12 +13,13 @@ from .jobs import Job, JobDashboard
 from .limits import LimitState
 from .queues import Queue
 from .schedules import MisfirePolicy, Schedule
-from .status import FINISHED_STATUSES, JobStatus
+from .status import FINISHED_STATUSES, NOT_STARTED, JobStatus
 from .transitions import error_entry
 from .workers import WorkerProcess, WorkerState
 
 __all__ = [
     "FINISHED_STATUSES",
+    "NOT_STARTED",
     "IndexWhenSet",
     "Job",
     "JobDashboard",

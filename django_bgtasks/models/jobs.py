@@ -24,7 +24,14 @@ from .. import notify
 from ..compat import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY
 from ..db import DatabaseNow, chunks, database_now, is_deadlock
 from ..locking import lock_for_writing
-from .dependencies import Ended, handed, jobs_ended, jobs_reopened, steps_retried
+from .dependencies import (
+    Ended,
+    JobDependency,
+    handed,
+    jobs_ended,
+    jobs_reopened,
+    steps_retried,
+)
 from .indexes import (
     IndexWhenSet,
     LimitedReadyIndex,
@@ -34,7 +41,7 @@ from .indexes import (
     UniqueWhenSet,
 )
 from .queues import Queue
-from .status import FINISHED_STATUSES, JobStatus
+from .status import FINISHED_STATUSES, NOT_STARTED, JobStatus
 from .transitions import (
     Cancelled,
     Failed,
@@ -192,6 +199,41 @@ class JobQuerySet(models.QuerySet):
     def run_now(self) -> int:
         """Make delayed READY jobs due now."""
         return self.apply(MadeDue())
+
+    def awaited(self):
+        """Those of these jobs that workflow steps still wait for (they
+        have not started): deleted, they would leave the steps waiting for
+        ever; cancelled, they cancel them."""
+        return self.filter(has_dependents=True, status__in=NOT_STARTED)
+
+    def deletable(self):
+        """These jobs but those an operator may not delete: RUNNING ones
+        (their worker's until they end) and those workflow steps wait for."""
+        awaited = Q(has_dependents=True, status__in=NOT_STARTED)
+        return self.exclude(status=JobStatus.RUNNING).exclude(awaited)
+
+    def delete_jobs(self) -> int:
+        """Delete those of these jobs that may be deleted (``deletable``),
+        with the edges of the workflow steps among them (what each was
+        handed), as pruning does. Returns how many jobs it deleted."""
+        with transaction.atomic(using=self.db):
+            lock_for_writing(Job, self.db)
+            # Locked, as a claim locks: none of them starts meanwhile (a
+            # claim passes over them), and none is deleted that has.
+            ids = list(
+                self.deletable().select_for_update().values_list("pk", flat=True)
+            )
+            edges = JobDependency.objects.using(self.db)
+            deleted = 0
+            for chunk in chunks(ids):
+                edges.filter(job_id__in=chunk).delete()
+                deleted += (
+                    Job.objects.using(self.db)
+                    .filter(pk__in=chunk)
+                    .delete()[1]
+                    .get(Job._meta.label, 0)
+                )
+        return deleted
 
     def apply(self, outcome: OperatorOutcome) -> int:
         """Apply an operator's outcome to the jobs it applies to among these;

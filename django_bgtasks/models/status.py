@@ -21,3 +21,5 @@ class JobStatus(models.TextChoices):
 
 
 FINISHED_STATUSES = (JobStatus.SUCCESSFUL, JobStatus.FAILED, JobStatus.CANCELLED)
+# Not started yet: READY, or a workflow's step WAITING for others.
+NOT_STARTED = (JobStatus.READY, JobStatus.WAITING)

@@ -16,10 +16,10 @@ from django.db.models import Avg, Count, DurationField, ExpressionWrapper, F, Mi
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
-from ..compat import loadable_backends
-from ..db import database_now
-from ..limits import QUEUE_PREFIX, Limit, declared_limits, limit_name
-from ..models import Job, JobStatus, LimitState, Queue, WorkerProcess
+from .compat import loadable_backends
+from .db import database_now
+from .limits import QUEUE_PREFIX, Limit, declared_limits, limit_name
+from .models import Job, JobStatus, LimitState, Queue, WorkerProcess
 
 COUNT_CAP = 10_000
 
