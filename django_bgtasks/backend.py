@@ -46,6 +46,7 @@ from .exceptions import DuplicateJob, InvalidTaskArguments, TaskNotRegistered
 from .limits import task_limit_name
 from .models import Job, JobDependency, JobStatus
 from .private_api import send_to_each
+from .routes import route_for
 from .rows import job_result, task_for_job, unregistered_task
 from .serialization import NotJSON, check_size, to_json, to_json_sized
 from .sql.insert import CHUNK, insert_job_chunks, insert_jobs, insert_rows
@@ -370,11 +371,13 @@ class DatabaseBackend(BaseTaskBackend):
             bgtasks_settings.BACKOFF
         )
         run_after = task.run_after.astimezone(UTC) if task.run_after else None
+        queue_name, priority, route = self._routed(task)
         return {
             "task_path": task.module_path,
             "backend": self.alias,
-            "queue_name": task.queue_name,
-            "priority": task.priority,
+            "queue_name": queue_name,
+            "priority": priority,
+            "route": route,
             "status": JobStatus.READY.value,
             "run_after": run_after,
             "task_run_after": run_after,
@@ -393,6 +396,28 @@ class DatabaseBackend(BaseTaskBackend):
             "schedule_id": None,
             "scheduled_for": None,
         }
+
+    def _routed(self, task) -> tuple[str, int, str]:
+        """The queue and priority of a new job of ``task``, as the first
+        route that matches its path sets them (``routes.py``), but those
+        the call chose (``.using()``); and the route's pattern, if it set
+        any ('' if none)."""
+        route = route_for(task.module_path)
+        if route is None:
+            return task.queue_name, task.priority, ""
+        chosen = getattr(task, "chosen_options", frozenset())
+        queue_name, priority, applied = task.queue_name, task.priority, False
+        if route.queue_name is not None and "queue_name" not in chosen:
+            queue_name, applied = route.queue_name, True
+        if route.priority is not None and "priority" not in chosen:
+            priority, applied = route.priority, True
+        if self.queues and queue_name not in self.queues:
+            raise InvalidTask(
+                f"Route {route.pattern!r} sends {task.module_path} to queue "
+                f"{queue_name!r}, which backend {self.alias!r} does not accept "
+                f"(its QUEUES: {', '.join(sorted(self.queues))})."
+            )
+        return queue_name, priority, route.pattern if applied else ""
 
     @staticmethod
     def _with_times(columns: dict[str, Any], now) -> dict[str, Any]:
@@ -413,7 +438,10 @@ class DatabaseBackend(BaseTaskBackend):
 
     def _results(self, task, row: dict, ids, arguments) -> list[DatabaseTaskResult]:
         """The results of new jobs of ``task`` (with the columns ``row``),
-        one per id and ``(args, kwargs)``."""
+        one per id and ``(args, kwargs)``. A routed job's task is the task
+        as routed (its queue and priority are the row's)."""
+        if (row["queue_name"], row["priority"]) != (task.queue_name, task.priority):
+            task = replace(task, queue_name=row["queue_name"], priority=row["priority"])
         return DatabaseTaskResult.new_jobs(
             ids,
             arguments,

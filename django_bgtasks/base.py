@@ -67,6 +67,11 @@ class DatabaseTask(Task):
     delete_on_success: bool = False
     atomic: bool = False
     limit: Limit | None = field(default=None, compare=False)
+    # The options a call chose with using(): a route (routes.py) leaves
+    # those alone.
+    chosen_options: frozenset[str] = field(
+        default=frozenset(), compare=False, repr=False
+    )
 
     def __post_init__(self):
         # The framework's own @task passes its keywords through as they
@@ -130,6 +135,13 @@ class DatabaseTask(Task):
             run_after=run_after,
             backend=backend,
         )
+        chosen = {
+            name
+            for name, value in (("priority", priority), ("queue_name", queue_name))
+            if value is not None
+        }
+        if not chosen <= self.chosen_options:
+            changes["chosen_options"] = self.chosen_options | chosen
         return replace(task, **changes) if changes else task
 
     def step(self, *args: Any, **kwargs: Any) -> Step:

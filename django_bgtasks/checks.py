@@ -10,14 +10,15 @@ from django.core import checks
 from django.db import connections, router, transaction
 
 from . import registry
-from .backend import MAX_TIMEOUT
+from .backend import MAX_TIMEOUT, DatabaseBackend
 from .backoff import Backoff
-from .compat import InvalidTask
+from .compat import InvalidTask, loadable_backends
 from .conf import DEFAULTS, bgtasks_settings
 from .db import CONNECTION_ERRORS
 from .limits import conflicting_limits, queue_limits
 from .maintenance.schedule_sync import InvalidSchedule, build_schedule
 from .models import Job
+from .routes import route_from
 from .sql import SUPPORTED_VENDORS
 
 
@@ -177,6 +178,43 @@ def check_limits(app_configs=None, **kwargs):
         )
         for name in conflicting_limits()
     ]
+
+
+@checks.register()
+def check_routes(app_configs=None, **kwargs):
+    """bgtasks.E014: each route of BGTASKS["ROUTES"] sets a queue or a
+    priority a job may have, and a queue some database backend accepts."""
+    declared = bgtasks_settings.ROUTES
+    if not isinstance(declared, dict):
+        return [
+            checks.Error(
+                f"BGTASKS['ROUTES'] is {declared!r}; it must be a dict of task "
+                f"path patterns to {{'queue_name': ..., 'priority': ...}}.",
+                id="bgtasks.E014",
+            )
+        ]
+    errors = []
+    backends = [b for b in loadable_backends() if isinstance(b, DatabaseBackend)]
+    for pattern, options in declared.items():
+        try:
+            route = route_from(pattern, options)
+        except InvalidTask as exc:
+            errors.append(checks.Error(str(exc), id="bgtasks.E014"))
+            continue
+        queue = route.queue_name
+        if queue is not None and not any(
+            not backend.queues or queue in backend.queues for backend in backends
+        ):
+            errors.append(
+                checks.Error(
+                    f"Route {pattern!r} sends jobs to queue {queue!r}, which no "
+                    f"django_bgtasks backend accepts.",
+                    hint="Add it to the QUEUES of the backends in TASKS, or route "
+                    "to one of theirs.",
+                    id="bgtasks.E014",
+                )
+            )
+    return errors
 
 
 @checks.register()

@@ -67,6 +67,11 @@ DEFAULTS: dict[str, Any] = {
     # Limits per queue, across every worker: {queue: {"concurrency": n,
     # "rate": "100/m"}} (or a django_bgtasks.Limit); see docs/topics/limits.
     "QUEUE_LIMITS": {},
+    # Routes: {pattern: {"queue_name": q, "priority": n}}: the jobs of the
+    # tasks whose path matches the first pattern that does go there, over
+    # the task's own options (not over a call's .using()); see
+    # django_bgtasks.routes.
+    "ROUTES": {},
 }
 
 

@@ -150,6 +150,7 @@ def job_data(job: Job, *, whole: bool = False) -> dict:
         "task": job.task_path,
         "queue": job.queue_name,
         "priority": job.priority,
+        "route": job.route or None,
         "status": job.status,
         "attempts": job.attempts,
         "max_attempts": job.max_attempts,

@@ -22,6 +22,7 @@ BASE = {
     "notify",
     "private_api",
     "registry",
+    "routes",
     "serialization",
     "steps",
     "unique",

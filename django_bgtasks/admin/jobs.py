@@ -159,6 +159,7 @@ class JobAdmin(WorkflowSection, ReadOnlyAdmin):
         *WorkflowSection.workflow_fields,
         "waits_because",
         "cancel_request",
+        "route",
     ]
 
     def get_fieldsets(self, request, obj=None):
@@ -168,6 +169,8 @@ class JobAdmin(WorkflowSection, ReadOnlyAdmin):
             return fieldsets
         (name, options), *rest = fieldsets
         fields = list(options["fields"])
+        if obj.route:  # which of BGTASKS["ROUTES"] set its queue or priority
+            fields.insert(fields.index("priority") + 1, "route")
         after_status = fields.index("status_badge") + 1
         if obj.status in (JobStatus.READY, JobStatus.WAITING):
             fields.insert(after_status, "waits_because")

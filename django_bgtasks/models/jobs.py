@@ -374,6 +374,10 @@ class Job(models.Model):
     backend = models.CharField(_("backend"), max_length=64, default="default")
     queue_name = models.CharField(_("queue"), max_length=64, default="default")
     priority = models.SmallIntegerField(_("priority"), default=0)
+    # The pattern of the route (BGTASKS["ROUTES"]) that set its queue or
+    # priority at enqueue; '' if none. A default in the database too: code
+    # of before routes, still running during a deploy, inserts no value.
+    route = models.CharField(_("route"), max_length=200, default="", db_default="")
     status = models.CharField(
         _("status"), max_length=10, choices=JobStatus, default=JobStatus.READY
     )

@@ -36,6 +36,7 @@ COMMON = {
     "backend": "text",
     "queue_name": "text",
     "priority": "smallint",
+    "route": "text",
     "status": "text",
     "run_after": "timestamptz",
     "task_run_after": "timestamptz",
