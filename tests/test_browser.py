@@ -193,6 +193,54 @@ def test_a_workflow_step_links_to_the_other_steps(browser, live_server, screensh
     ]
 
 
+def test_the_dashboard_refreshes_itself_but_not_while_hidden(
+    browser, live_server, screenshots
+):
+    """A job enqueued after the dashboard loaded shows in its counts without
+    a reload (the page's own state outlives the refresh); a hidden tab asks
+    for nothing, and catches up as soon as it is shown."""
+    from selenium.common.exceptions import TimeoutException
+
+    make_job(queue_name="images")
+    log_in(browser, live_server)
+    browser.get(f"{live_server.url}/admin/django_bgtasks/jobdashboard/?refresh=1")
+    ready = (By.CSS_SELECTOR, "#bgtasks-statuses a[href$='status=READY']")
+    assert browser.find_element(*ready).text == "1"
+    browser.execute_script("window.bgtasksSamePage = true;")
+
+    tasks.echo.using(queue_name="images").enqueue("after the page loaded")
+    wait_for(browser, lambda b: b.find_element(*ready).text == "2")
+    assert browser.execute_script("return window.bgtasksSamePage === true;")
+    queues = browser.find_element(By.ID, "bgtasks-queues").text
+    assert "images 2 2" in queues
+    browser.save_screenshot(str(screenshots / "dashboard-live.png"))
+
+    main = browser.find_element(By.ID, "content-main")
+    browser.execute_script(
+        "Object.defineProperty(document, 'visibilityState', "
+        "{configurable: true, get: () => 'hidden'});"
+        "document.dispatchEvent(new Event('visibilitychange'));"
+    )
+    wait_for(browser, lambda b: main.get_attribute("data-loading") is None)
+    refreshes = main.get_attribute("data-refreshes")
+    make_job(queue_name="images")
+    # Three turns of the timer: no fetch while hidden.
+    with pytest.raises(TimeoutException):
+        wait_for(
+            browser,
+            lambda b: main.get_attribute("data-refreshes") != refreshes,
+            timeout=3.5,
+        )
+    assert browser.find_element(*ready).text == "2"
+    browser.execute_script(
+        "Object.defineProperty(document, 'visibilityState', "
+        "{configurable: true, get: () => 'visible'});"
+        "document.dispatchEvent(new Event('visibilitychange'));"
+    )
+    wait_for(browser, lambda b: b.find_element(*ready).text == "3", timeout=5)
+    assert browser.execute_script("return window.bgtasksSamePage === true;")
+
+
 def test_pause_a_queue_and_see_it_on_the_dashboard(browser, live_server, screenshots):
     make_job(queue_name="images")
     log_in(browser, live_server)

@@ -115,6 +115,38 @@ def test_dashboard_needs_the_view_job_permission(client):
     assert client.get(reverse(DASHBOARD)).status_code == 200
 
 
+LIVE = "admin:django_bgtasks_jobdashboard_live"
+
+
+def test_the_live_endpoint_gives_the_figures_of_now_and_no_page_around_them(
+    admin_client,
+):
+    page = admin_client.get(reverse(DASHBOARD), {"refresh": "2"}).content.decode()
+    assert f'data-live-url="{reverse(LIVE)}"' in page
+    assert 'data-refresh="2"' in page and "dashboard_live.js" in page
+    make_job(queue_name="other")
+    make_job(queue_name="other")
+    response = admin_client.get(reverse(LIVE))
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert "no-cache" in response["Cache-Control"]
+    assert 'id="bgtasks-statuses"' in body and "<html" not in body
+    assert '?status=READY">2</a>' in body
+    # A refresh interval out of range is brought within it.
+    for given, used in [("0", 1), ("9999", 300), ("x", 5)]:
+        page = admin_client.get(reverse(DASHBOARD), {"refresh": given})
+        assert f'data-refresh="{used}"' in page.content.decode()
+
+
+def test_the_live_endpoint_needs_what_the_dashboard_needs(client):
+    assert client.get(reverse(LIVE)).status_code == 302  # to the login page
+    user = User.objects.create_user("staff", password="pw", is_staff=True)
+    client.force_login(user)
+    assert client.get(reverse(LIVE)).status_code == 403
+    user.user_permissions.add(Permission.objects.get(codename="view_job"))
+    assert client.get(reverse(LIVE)).status_code == 200
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_running_task_reports_progress():
     result = tasks.reports_progress.enqueue(4)

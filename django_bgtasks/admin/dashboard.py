@@ -5,9 +5,11 @@ they run."""
 from __future__ import annotations
 
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext as _
 
@@ -95,19 +97,46 @@ class DashboardAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
-    def changelist_view(self, request, extra_context=None):
-        if not self.has_view_permission(request):
-            from django.core.exceptions import PermissionDenied
+    def get_urls(self):
+        live = path(
+            "live/",
+            self.admin_site.admin_view(self.live_view),
+            name="django_bgtasks_jobdashboard_live",
+        )
+        return [live, *super().get_urls()]
 
-            raise PermissionDenied
-        now = timezone.now()
-        minutes = stats.throughput(now)
-        queues = stats.queue_states(now)
+    def changelist_view(self, request, extra_context=None):
         context = {
             **self.admin_site.each_context(request),
             "title": _("Background tasks dashboard"),
             "opts": self.opts,
+            "live_url": reverse("admin:django_bgtasks_jobdashboard_live"),
+            **self._figures(request),
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, "admin/django_bgtasks/dashboard.html", context)
+
+    def live_view(self, request):
+        """The dashboard's figures alone (the page's body, as HTML), which
+        the page fetches every few seconds to refresh itself in place."""
+        context = {"opts": self.opts, **self._figures(request)}
+        response = TemplateResponse(
+            request, "admin/django_bgtasks/dashboard_body.html", context
+        )
+        add_never_cache_headers(response)
+        return response
+
+    def _figures(self, request) -> dict:
+        """What the dashboard shows now (``stats.py``), as its template
+        reads it."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        now = timezone.now()
+        minutes = stats.throughput(now)
+        queues = stats.queue_states(now)
+        return {
             "now": now,
+            "refresh_seconds": _refresh_seconds(request),
             "statuses": [
                 (status, status_badge(status), count)
                 for status, count in stats.status_counts().items()
@@ -132,6 +161,16 @@ class DashboardAdmin(admin.ModelAdmin):
             ],
             "failing": stats.failing_tasks(now),
             "workers": stats.worker_states(now),
-            **(extra_context or {}),
         }
-        return TemplateResponse(request, "admin/django_bgtasks/dashboard.html", context)
+
+
+# Seconds between the page's refreshes: ?refresh=N (1 to 300), else this.
+REFRESH_SECONDS = 5
+
+
+def _refresh_seconds(request) -> int:
+    try:
+        seconds = int(request.GET.get("refresh", REFRESH_SECONDS))
+    except ValueError:
+        return REFRESH_SECONDS
+    return min(max(seconds, 1), 300)
