@@ -184,7 +184,10 @@ def check_limits(app_configs=None, **kwargs):
 def check_routes(app_configs=None, **kwargs):
     """bgtasks.E014: each route of BGTASKS["ROUTES"] sets a queue or a
     priority a job may have, and a queue some database backend accepts."""
-    declared = bgtasks_settings.ROUTES
+    value = getattr(settings, "BGTASKS", {})
+    if not isinstance(value, dict):
+        return []  # bgtasks.E001 says so
+    declared = value.get("ROUTES", {})
     if not isinstance(declared, dict):
         return [
             checks.Error(

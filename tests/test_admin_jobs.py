@@ -339,3 +339,89 @@ def test_odd_stored_values_never_break_the_pages(admin_client):
 def test_the_worker_column_shows_who_ran_a_finished_job(admin_client):
     make_job(JobStatus.SUCCESSFUL, worker_ids=["web1.1.a", "web2.2.b"])
     assert "web2.2.b" in admin_client.get(reverse(JOBS)).content.decode()
+
+
+def page_of(job) -> str:
+    return reverse("admin:django_bgtasks_job_change", args=[job.pk])
+
+
+def button_url(job, button) -> str:
+    return reverse("admin:django_bgtasks_job_button", args=[job.pk, button])
+
+
+def buttons_on(client, job) -> list[str]:
+    return [name for name, _ in client.get(page_of(job)).context["job_buttons"]]
+
+
+def test_a_jobs_page_has_the_buttons_of_the_actions_that_apply_to_it(admin_client):
+    later = timezone.now() + timedelta(hours=1)
+    running = make_job(JobStatus.RUNNING, worker=make_worker())
+    assert buttons_on(admin_client, make_job(JobStatus.FAILED)) == ["retry"]
+    assert buttons_on(admin_client, make_job(JobStatus.CANCELLED)) == ["retry"]
+    assert buttons_on(admin_client, make_job(run_after=later)) == ["cancel", "run"]
+    assert buttons_on(admin_client, make_job()) == ["cancel"]  # due already
+    assert buttons_on(admin_client, running) == ["cancel"]
+    assert buttons_on(admin_client, make_job(JobStatus.SUCCESSFUL)) == []
+    Job.objects.filter(pk=running.pk).update(cancel_requested_at=timezone.now())
+    assert buttons_on(admin_client, running) == []  # asked to stop already
+    page = admin_client.get(page_of(make_job(JobStatus.FAILED))).content.decode()
+    assert 'class="bgtasks-job-button"' in page and "csrfmiddlewaretoken" in page
+
+
+def test_a_button_runs_its_action_on_the_job_as_the_list_does(admin_client):
+    failed = make_job(JobStatus.FAILED)
+    response = admin_client.post(button_url(failed, "retry"), follow=True)
+    assert response.redirect_chain[-1][0] == page_of(failed)
+    assert "1 job will run again." in response.content.decode()
+    assert Job.objects.get(pk=failed.pk).status == JobStatus.READY
+
+    later = make_job(run_after=timezone.now() + timedelta(hours=1))
+    admin_client.post(button_url(later, "run"))
+    assert Job.objects.get(pk=later.pk).run_after <= timezone.now()
+    running = make_job(JobStatus.RUNNING, worker=make_worker())
+    admin_client.post(button_url(running, "cancel"))
+    running = Job.objects.get(pk=running.pk)
+    assert (running.status, running.cancel_requested_by) == ("RUNNING", "admin")
+    # A button's action applies only where it applies.
+    done = make_job(JobStatus.SUCCESSFUL)
+    admin_client.post(button_url(done, "retry"))
+    assert Job.objects.get(pk=done.pk).status == JobStatus.SUCCESSFUL
+
+
+def test_a_button_needs_a_post_its_permission_and_a_job(client):
+    failed = make_job(JobStatus.FAILED)
+    viewer = user_with(client, "view_job")
+    assert buttons_on(viewer, failed) == []
+    assert viewer.post(button_url(failed, "retry")).status_code == 403
+    assert Job.objects.get(pk=failed.pk).status == JobStatus.FAILED
+    viewer.logout()
+    operator = User.objects.create_user("retrier", password="pw", is_staff=True)
+    for codename in ("view_job", "retry_job"):
+        operator.user_permissions.add(Permission.objects.get(codename=codename))
+    client.force_login(operator)
+    assert buttons_on(client, failed) == ["retry"]
+    assert client.get(button_url(failed, "retry")).status_code == 405
+    assert client.post(button_url(failed, "explode")).status_code == 405
+    missing = reverse("admin:django_bgtasks_job_button", args=[999999, "retry"])
+    assert client.post(missing).status_code == 404
+    assert client.post(button_url(failed, "retry")).status_code == 302
+    assert Job.objects.get(pk=failed.pk).status == JobStatus.READY
+
+
+def test_a_running_jobs_page_reads_its_progress_from_a_small_endpoint(admin_client):
+    running = make_job(
+        JobStatus.RUNNING,
+        worker=make_worker(),
+        progress={"current": 3, "total": 4, "message": "<b>rows</b>", "at": "x"},
+    )
+    page = admin_client.get(page_of(running)).content.decode()
+    url = reverse("admin:django_bgtasks_job_progress", args=[running.pk])
+    assert f'data-progress-url="{url}"' in page and "job_live.js" in page
+    response = admin_client.get(url)
+    data = response.json()
+    assert data["status"] == "RUNNING" and "no-cache" in response["Cache-Control"]
+    assert 'value="75"' in data["progress_html"]
+    assert "&lt;b&gt;rows&lt;/b&gt;" in data["progress_html"]
+    # A page of a job that is not running follows nothing.
+    done = make_job(JobStatus.SUCCESSFUL)
+    assert "data-progress-url" not in admin_client.get(page_of(done)).content.decode()

@@ -20,7 +20,7 @@ from django_bgtasks import chain, group
 from django_bgtasks.models import Job, JobStatus, Queue
 from django_bgtasks.testing import run_jobs
 from tests import tasks
-from tests.factories import make_job
+from tests.factories import make_job, make_worker
 
 webdriver = pytest.importorskip(
     "selenium.webdriver", reason="selenium is not installed"
@@ -239,6 +239,51 @@ def test_the_dashboard_refreshes_itself_but_not_while_hidden(
     )
     wait_for(browser, lambda b: b.find_element(*ready).text == "3", timeout=5)
     assert browser.execute_script("return window.bgtasksSamePage === true;")
+
+
+def test_a_running_jobs_page_follows_its_progress_and_its_buttons_act(
+    browser, live_server, screenshots
+):
+    """The page of a running job shows its progress as the task reports it,
+    without a reload, and shows how it ended once it has; a failed job's
+    Retry button puts it back to READY."""
+    running = make_job(
+        JobStatus.RUNNING,
+        worker=make_worker(),
+        progress={"current": 1, "total": 4, "message": "importing", "at": "now"},
+    )
+    log_in(browser, live_server)
+    browser.get(f"{live_server.url}/admin/django_bgtasks/job/{running.pk}/change/")
+    bar = (By.CSS_SELECTOR, ".field-progress_bar progress")
+    assert browser.find_element(*bar).get_attribute("value") == "25"
+    browser.execute_script("window.bgtasksSamePage = true;")
+
+    Job.objects.filter(pk=running.pk).update(
+        progress={"current": 3, "total": 4, "message": "importing", "at": "now"}
+    )
+    wait_for(browser, lambda b: b.find_element(*bar).get_attribute("value") == "75")
+    assert browser.execute_script("return window.bgtasksSamePage === true;")
+    browser.save_screenshot(str(screenshots / "job-progress-live.png"))
+
+    Job.objects.filter(pk=running.pk).update(
+        status=JobStatus.FAILED, finished_at=timezone.now()
+    )
+    # Ended: the page loads again and shows how, with the button that applies.
+    status = (By.CSS_SELECTOR, ".field-status_badge")
+    wait_for(browser, lambda b: "Failed" in b.find_element(*status).text)
+    button = browser.find_element(By.CSS_SELECTOR, "button.bgtasks-job-button")
+    assert button.text.lower() == "retry"
+    button.click()
+    message = wait_for(
+        browser,
+        expected_conditions.visibility_of_element_located(
+            (By.CSS_SELECTOR, ".messagelist")
+        ),
+    )
+    assert "1 job will run again." in message.text
+    assert Job.objects.get(pk=running.pk).status == JobStatus.READY
+    assert "Ready" in browser.find_element(*status).text
+    browser.save_screenshot(str(screenshots / "job-buttons.png"))
 
 
 def test_pause_a_queue_and_see_it_on_the_dashboard(browser, live_server, screenshots):

@@ -19,8 +19,12 @@ import re
 
 from django.contrib import admin, messages
 from django.contrib.admin.actions import delete_selected
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.urls import reverse
+from django.http import Http404, HttpResponseNotAllowed, JsonResponse
+from django.shortcuts import redirect
+from django.urls import path, reverse
+from django.utils.cache import add_never_cache_headers
 from django.utils.functional import cached_property
 from django.utils.html import conditional_escape, format_html, format_html_join
 from django.utils.safestring import mark_safe
@@ -29,6 +33,7 @@ from django.utils.translation import ngettext
 
 from .. import registry
 from ..compat import loadable_backends
+from ..db import database_now
 from ..models import NOT_STARTED, Job, JobStatus
 from ..stats import STATUSES, tally, waiting_jobs
 from ..waits import why_waiting
@@ -209,6 +214,87 @@ class JobAdmin(WorkflowSection, ReadOnlyAdmin):
 
     class Media:
         css = {"all": ["django_bgtasks/admin.css"]}
+        js = ["django_bgtasks/job_live.js"]
+
+    change_form_template = "admin/django_bgtasks/job/change_form.html"
+
+    # A job's own page: its actions as buttons, its progress followed live ---
+
+    # Button: (the action it runs, its label), in the order shown.
+    JOB_BUTTONS = {
+        "retry": ("retry_jobs", _("Retry")),
+        "cancel": ("cancel_jobs", _("Cancel")),
+        "run": ("run_jobs_now", _("Run now")),
+    }
+
+    def get_urls(self):
+        info = self.opts.app_label, self.opts.model_name
+        return [
+            path(
+                "<path:object_id>/do/<str:button>/",
+                self.admin_site.admin_view(self.button_view),
+                name="{}_{}_button".format(*info),
+            ),
+            path(
+                "<path:object_id>/progress/",
+                self.admin_site.admin_view(self.progress_view),
+                name="{}_{}_progress".format(*info),
+            ),
+            *super().get_urls(),
+        ]
+
+    def _buttons(self, request, job) -> list[tuple[str, str]]:
+        """The buttons of the actions that apply to ``job`` now and that
+        the user may run: (name, label)."""
+        applies = {
+            "retry": job.status in (JobStatus.FAILED, JobStatus.CANCELLED),
+            "cancel": job.status in NOT_STARTED
+            or (job.status == JobStatus.RUNNING and job.cancel_requested_at is None),
+            "run": job.status == JobStatus.READY
+            and job.run_after > database_now(job._state.db),
+        }
+        return [
+            (name, label)
+            for name, (_action, label) in self.JOB_BUTTONS.items()
+            if applies[name] and getattr(self, f"has_{name}_permission")(request)
+        ]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        job = self.get_object(request, object_id)
+        context = dict(extra_context or {})
+        if job is not None:
+            context["job_buttons"] = self._buttons(request, job)
+            if job.status == JobStatus.RUNNING:
+                context["progress_url"] = reverse(
+                    "admin:django_bgtasks_job_progress", args=[job.pk]
+                )
+        return super().change_view(request, object_id, form_url, context)
+
+    def button_view(self, request, object_id, button):
+        """Run one job's action (a button of its page), as the list's action
+        runs on the jobs selected: the same permission, verb and messages."""
+        if request.method != "POST" or button not in self.JOB_BUTTONS:
+            return HttpResponseNotAllowed(["POST"])
+        action, _label = self.JOB_BUTTONS[button]
+        if not getattr(self, f"has_{button}_permission")(request):
+            raise PermissionDenied
+        jobs = self.get_queryset(request).filter(pk=object_id)
+        if not jobs.exists():
+            raise Http404
+        getattr(self, action)(request, jobs)
+        return redirect(reverse("admin:django_bgtasks_job_change", args=[object_id]))
+
+    def progress_view(self, request, object_id):
+        """A job's status and progress (its page's progress field, as HTML),
+        which a running job's page reads every few seconds."""
+        job = self.get_object(request, object_id)
+        if job is None or not self.has_view_permission(request, job):
+            raise Http404
+        response = JsonResponse(
+            {"status": job.status, "progress_html": str(self.progress_bar(job))}
+        )
+        add_never_cache_headers(response)
+        return response
 
     def get_search_results(self, request, queryset, search_term):
         """A number finds the job with that id; text, jobs whose task path

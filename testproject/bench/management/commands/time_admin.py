@@ -21,7 +21,10 @@ from django_bgtasks.models import Job, JobStatus
 
 
 class Command(BaseCommand):
-    help = "Time the admin's job list, filtered lists, dashboard and job page."
+    help = (
+        "Time the admin's job list, filtered lists, dashboard (and its "
+        "refresh) and job page."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--repeat", type=int, default=5)
@@ -50,6 +53,7 @@ class Command(BaseCommand):
             ("search: task text", f"{jobs}?q=charge"),
             ("page 50 of the list", f"{jobs}?p=50"),
             ("dashboard", reverse("admin:django_bgtasks_jobdashboard_changelist")),
+            ("dashboard refresh", reverse("admin:django_bgtasks_jobdashboard_live")),
         ]
         if failed:
             pages.append(
