@@ -14,6 +14,7 @@ from typing import Any
 
 from django.db import transaction
 
+from .. import metrics
 from ..backend import MAX_ATTEMPTS_LIMIT, MAX_TIMEOUT, DatabaseBackend
 from ..compat import task_backends
 from ..conf import bgtasks_settings, cleared_when_settings_change
@@ -82,6 +83,7 @@ def run_attempt(
     task_result = job_result(job, task)
     progress_token = current_job.set(job)
     try:
+        metrics.attempt_started(job)
         # A receiver that raises fails the attempt like the task would.
         started.send(task_result=task_result)
         if getattr(task, "atomic", False):

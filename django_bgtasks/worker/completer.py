@@ -11,6 +11,7 @@ from typing import Any
 
 from django.db import DatabaseError, connections
 
+from .. import metrics
 from ..backend import DatabaseBackend
 from ..compat import task_finished
 from ..db import retry_until_done
@@ -191,6 +192,18 @@ def not_stored(job, exc: Exception) -> Failed:
     return Failed(error, retryable=False)
 
 
+# An attempt's outcome, as the metrics name it (``metrics.py``); an outcome
+# discarded (the job was taken from this worker) is "lost".
+OUTCOME_NAMES = {
+    Verdict.SUCCEEDED: "succeeded",
+    Verdict.RETRYING: "retried",
+    Verdict.FAILED: "failed",
+    Verdict.SNOOZED: "snoozed",
+    Verdict.CANCELLED: "cancelled",
+    Verdict.PUT_BACK: "put_back",
+}
+
+
 def report(finished: Finished, change: Transition | None, receivers: Receivers) -> None:
     """Log a recorded outcome (``change`` None: the job was taken from this
     worker, its outcome discarded); send ``task_finished`` to ``receivers``
@@ -231,6 +244,8 @@ def report(finished: Finished, change: Transition | None, receivers: Receivers) 
             "Job %s was taken from this worker before it finished (%s); its "
             "outcome is discarded", job.pk, describe(job),
         )  # fmt: skip
+    if not isinstance(finished.outcome, Expired):  # (never started)
+        metrics.attempt_ended(job, OUTCOME_NAMES.get(verdict, "lost"), elapsed_ms)
     if (
         finished.task is not None
         and change is not None

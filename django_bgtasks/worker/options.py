@@ -55,6 +55,16 @@ def seconds(value: str) -> float:
     return number
 
 
+def port(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port") from None
+    if not 0 < number < 65536:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port from 1 to 65535")
+    return number
+
+
 def positive_seconds(value: str) -> float:
     number = seconds(value)
     if number == 0:
@@ -198,9 +208,25 @@ class WorkerOptions:
         help="Replace a worker process, after its running jobs, once it uses "
         "more than this many MB (implies --processes).",
     )
+    metrics_port: int | None = _option(
+        "--metrics-port",
+        type=port,
+        help="Serve Prometheus metrics on this port (the metrics extra): this "
+        "worker's, or a supervisor's children's summed; and the database's.",
+    )
+    metrics_host: str = _option(
+        "--metrics-host",
+        type=str,
+        default="127.0.0.1",
+        help="The address the metrics are served on (default: 127.0.0.1).",
+    )
     # How a supervisor starts its children; not for people.
     supervised: bool = _option(
         "--supervised", action="store_true", default=False, help=None
+    )
+    # A supervisor's child whose counts the supervisor serves.
+    count_metrics: bool = _option(
+        "--count-metrics", action="store_true", default=False, help=None
     )
     max_memory: int | None = _option("--max-memory", type=positive_int, help=None)
 
@@ -295,6 +321,9 @@ class WorkerOptions:
             scheduler=self.scheduler and number == 1,
             maintenance=self.maintenance and number == 1,
             supervised=True,
+            metrics_port=None,
+            metrics_host="127.0.0.1",
+            count_metrics=self.metrics_port is not None,
         )
 
 

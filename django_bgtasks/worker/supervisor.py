@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from .. import metrics
 from .options import WorkerOptions
 from .runner import WorkerExit
 from .stopping import StopRequests
@@ -51,9 +52,17 @@ class Supervisor:
     (``WorkerOptions.for_child``). In burst mode, children that finish stay
     finished."""
 
-    def __init__(self, options: WorkerOptions, *, program: list[str]):
+    def __init__(
+        self,
+        options: WorkerOptions,
+        *,
+        program: list[str],
+        metrics_folder: str | None = None,
+    ):
         self.options = options
         self.program = program
+        # Where the children write their metrics' counts (metrics.py).
+        self.metrics_folder = metrics_folder
         self.slots = [Slot(number) for number in range(1, (options.processes or 1) + 1)]
         self.restart = not options.burst
         self.stop_requests = StopRequests(self._on_stop_request, lambda: False)
@@ -122,6 +131,8 @@ class Supervisor:
         code = slot.process.poll()
         if code is None:
             return
+        if self.metrics_folder is not None:
+            metrics.child_ended(slot.process.pid, self.metrics_folder)
         slot.process.stdin.close()
         slot.process = None
         if self._stopping or (not self.restart and code == WorkerExit.STOPPED):

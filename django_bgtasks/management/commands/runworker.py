@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections, router
 
-from django_bgtasks import __version__
+from django_bgtasks import __version__, metrics
 from django_bgtasks.backend import DatabaseBackend
 from django_bgtasks.compat import FRAMEWORK_LOGGER, loadable_backends
 from django_bgtasks.conf import bgtasks_settings
@@ -91,6 +94,10 @@ class Command(BaseCommand):
                 worker_options, options["verbosity"], options.get("pythonpath")
             )
             return
+        if worker_options.metrics_port or worker_options.count_metrics:
+            metrics.count_jobs()
+        if worker_options.metrics_port:
+            self._serve_metrics(worker_options)
         worker = Worker(worker_options)
         if options["verbosity"]:
             self._print_banner(f"django-bgtasks {__version__} worker", banner(worker))
@@ -143,7 +150,15 @@ class Command(BaseCommand):
         # process's sys.path.
         if pythonpath:
             program += ["--pythonpath", pythonpath]
-        supervisor = Supervisor(options, program=program)
+        folder = None
+        if options.metrics_port:
+            # The children's counts: each writes them to files here, which
+            # the supervisor sums when Prometheus scrapes it (given to the
+            # children, and read by prometheus_client, through this name).
+            folder = tempfile.mkdtemp(prefix="bgtasks-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+            self._serve_metrics(options, multiprocess_folder=folder)
+        supervisor = Supervisor(options, program=program, metrics_folder=folder)
         if verbosity:
             recycling = [
                 f"after {options.max_jobs_per_child} jobs"
@@ -161,9 +176,24 @@ class Command(BaseCommand):
                     "recycling": ", ".join(filter(None, recycling)) or "off",
                 },
             )
-        code = supervisor.run()
+        try:
+            code = supervisor.run()
+        finally:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
         if code:
             sys.exit(code)
+
+    def _serve_metrics(self, options: WorkerOptions, **kwargs) -> None:
+        try:
+            metrics.serve(options.metrics_port, options.metrics_host, **kwargs)
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from None
+        except OSError as exc:  # the port is taken, or the address unknown
+            raise CommandError(
+                f"Cannot serve metrics on {options.metrics_host}:"
+                f"{options.metrics_port}: {exc}."
+            ) from None
 
     def _check_queues(self, queues: list[str] | None) -> None:
         """Refuse to start without a DatabaseBackend, or with queues none of

@@ -1,0 +1,218 @@
+"""Prometheus metrics, with the optional ``metrics`` extra
+(``prometheus_client``): ``runworker --metrics-port PORT``.
+
+Counters come from the workers, as they run jobs: jobs enqueued (by
+workers: workflows' steps, schedules, tasks that enqueue), attempts
+started, and attempts ended by outcome, with a histogram of their run
+time, each per task and queue. A supervisor (``--processes``) serves the
+sum of its children's (``prometheus_client``'s multiprocess mode: each
+child writes its counts to files in a folder the supervisor made).
+
+Gauges come from the database when Prometheus scrapes: per queue, jobs
+READY (exact up to 10,000, then the planner's estimate), due, RUNNING, the
+lag of its oldest due job and whether it is paused; workers alive, their
+slots and how many are busy. Their queries read the READY and RUNNING
+jobs' indexes, not the finished jobs (``stats.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connections
+from django.utils import timezone
+
+from . import stats
+from .compat import task_enqueued
+
+logger = logging.getLogger("django_bgtasks.worker")
+
+try:
+    import prometheus_client
+    from prometheus_client import multiprocess
+    from prometheus_client.core import GaugeMetricFamily
+except ImportError:  # the optional extra is not installed
+    prometheus_client = None
+
+# An attempt's run time, in seconds: from a millisecond job to an hour's.
+RUN_SECONDS_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600,
+)  # fmt: skip
+
+
+def require() -> None:
+    """Raise ImproperlyConfigured unless ``prometheus_client`` is installed."""
+    if prometheus_client is None:
+        raise ImproperlyConfigured(
+            "Metrics need prometheus_client: pip install 'django-bgtasks[metrics]'."
+        )
+
+
+class JobCounters:
+    """The counters of this process's jobs (in the default registry, or in
+    the multiprocess folder under a supervisor)."""
+
+    def __init__(self):
+        labels = ["task", "queue"]
+        self.enqueued = prometheus_client.Counter(
+            "bgtasks_jobs_enqueued", "Jobs enqueued by this worker.", labels
+        )
+        self.started = prometheus_client.Counter(
+            "bgtasks_attempts_started", "Attempts started.", labels
+        )
+        self.ended = prometheus_client.Counter(
+            "bgtasks_attempts_ended",
+            "Attempts ended, by outcome: succeeded, failed (for good), retried "
+            "(READY again after its backoff), snoozed, cancelled, put_back (its "
+            "worker stopped), lost (taken from this worker).",
+            [*labels, "outcome"],
+        )
+        self.run_seconds = prometheus_client.Histogram(
+            "bgtasks_attempt_seconds",
+            "How long attempts ran, in seconds.",
+            labels,
+            buckets=RUN_SECONDS_BUCKETS,
+        )
+
+    def job_enqueued(self, sender=None, task_result=None, **kwargs) -> None:
+        task = task_result.task
+        self.enqueued.labels(task.module_path, task.queue_name).inc()
+
+
+# This process's counters, once counting (``count_jobs``); None otherwise:
+# the worker's hot paths test it and do nothing more.
+counters: JobCounters | None = None
+_counting_lock = threading.Lock()
+
+
+def count_jobs() -> JobCounters:
+    """Count this process's jobs from now on (idempotent)."""
+    global counters
+    require()
+    with _counting_lock:
+        if counters is None:
+            counters = JobCounters()
+            task_enqueued.connect(
+                counters.job_enqueued, dispatch_uid="django_bgtasks.metrics"
+            )
+    return counters
+
+
+def attempt_started(job) -> None:
+    """The worker starts an attempt of ``job`` (``worker/attempt.py``)."""
+    if counters is not None:
+        counters.started.labels(job.task_path, job.queue_name).inc()
+
+
+def attempt_ended(job, outcome: str, elapsed_ms: float) -> None:
+    """An attempt of ``job`` ended as ``outcome`` after ``elapsed_ms``
+    (``worker/completer.py``, once its outcome is written)."""
+    if counters is not None:
+        counters.ended.labels(job.task_path, job.queue_name, outcome).inc()
+        counters.run_seconds.labels(job.task_path, job.queue_name).observe(
+            elapsed_ms / 1000
+        )
+
+
+class DatabaseCollector:
+    """Gauges read from the database at each scrape (``stats.py``)."""
+
+    def __init__(self, using: str = "default"):
+        self.using = using
+
+    def describe(self):
+        return []  # read at each scrape: nothing to describe at registration
+
+    def collect(self):
+        up = GaugeMetricFamily(
+            "bgtasks_database_up", "1 if the last scrape read the database."
+        )
+        started = time.monotonic()
+        try:
+            families = list(self._read())
+        except Exception as exc:  # the database is away: say so, serve counters
+            logger.warning("Metrics: cannot read the database: %s", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        finally:
+            # The scrape's thread is the HTTP server's: its connection is
+            # not kept between scrapes.
+            connections.close_all()
+        yield from families
+        up.add_metric([], 1)
+        yield up
+        took = GaugeMetricFamily(
+            "bgtasks_scrape_seconds", "How long reading the database took."
+        )
+        took.add_metric([], time.monotonic() - started)
+        yield took
+
+    def _read(self):
+        now = timezone.now()
+        queues = {
+            name: GaugeMetricFamily(f"bgtasks_queue_{name}", text, labels=["queue"])
+            for name, text in [
+                ("ready", "READY jobs (above 10,000: the planner's estimate)."),
+                ("due", "READY jobs due now (above 10,000: an estimate)."),
+                ("running", "RUNNING jobs."),
+                ("waiting", "Workflow steps waiting for other jobs."),
+                ("lag_seconds", "Age of the oldest due job (0 if none)."),
+                ("paused", "1 if the queue is paused."),
+            ]
+        }
+        for state in stats.queue_states(now):
+            values = {
+                "ready": state.ready.value,
+                "due": state.due.value,
+                "running": state.running,
+                "waiting": state.waiting.value,
+                "lag_seconds": state.lag.total_seconds() if state.lag else 0.0,
+                "paused": 1 if state.paused else 0,
+            }
+            for name, value in values.items():
+                queues[name].add_metric([state.name], value)
+        yield from queues.values()
+        alive = [state for state in stats.worker_states(now) if state.alive]
+        for name, text, value in [
+            ("bgtasks_workers_alive", "Worker processes alive.", len(alive)),
+            (
+                "bgtasks_worker_slots",
+                "Job threads of the live workers.",
+                sum(state.worker.concurrency for state in alive),
+            ),
+            (
+                "bgtasks_worker_slots_busy",
+                "Jobs the live workers run now.",
+                sum(len(state.jobs) for state in alive),
+            ),
+        ]:
+            family = GaugeMetricFamily(name, text)
+            family.add_metric([], value)
+            yield family
+
+
+def serve(port: int, host: str, *, multiprocess_folder: str | None = None):
+    """Serve the metrics on ``host:port`` (a thread of this process): this
+    process's counters, or with ``multiprocess_folder`` those its children
+    write there, and the database's gauges. Returns the server."""
+    require()
+    if multiprocess_folder is None:
+        registry = prometheus_client.REGISTRY
+    else:
+        registry = prometheus_client.CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=multiprocess_folder)
+    registry.register(DatabaseCollector())
+    server, _thread = prometheus_client.start_http_server(port, host, registry)
+    logger.info("Metrics served on http://%s:%d/metrics", host, port)
+    return server
+
+
+def child_ended(pid: int, multiprocess_folder: str) -> None:
+    """A supervisor's child ``pid`` has ended: its live gauges go (its
+    counts stay: counters add up over the children that came and went)."""
+    if prometheus_client is not None:
+        multiprocess.mark_process_dead(pid, multiprocess_folder)
