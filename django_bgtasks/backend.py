@@ -78,6 +78,8 @@ class DatabaseBackend(BaseTaskBackend):
         super().__init__(alias, params)
         # id(task): (task, settings generation, columns); see _validated_columns.
         self._validated: dict[int, tuple[Any, int, dict[str, Any]]] = {}
+        # (id(task), queue, priority): (task, the task as routed); _as_routed.
+        self._routed_tasks: dict[tuple, tuple[Any, Any]] = {}
 
     def validate_task(self, task) -> None:
         """Refuse a task this backend cannot run; register the ones it can."""
@@ -441,7 +443,7 @@ class DatabaseBackend(BaseTaskBackend):
         one per id and ``(args, kwargs)``. A routed job's task is the task
         as routed (its queue and priority are the row's)."""
         if (row["queue_name"], row["priority"]) != (task.queue_name, task.priority):
-            task = replace(task, queue_name=row["queue_name"], priority=row["priority"])
+            task = self._as_routed(task, row["queue_name"], row["priority"])
         return DatabaseTaskResult.new_jobs(
             ids,
             arguments,
@@ -453,6 +455,20 @@ class DatabaseBackend(BaseTaskBackend):
             last_attempted_at=None,
             backend=self.alias,
         )
+
+    def _as_routed(self, task, queue_name: str, priority: int):
+        """``task`` with the queue and priority a route gave its jobs: made
+        once per task and route (a copy is checked again as it is made)."""
+        key = (id(task), queue_name, priority)
+        cached = self._routed_tasks.get(key)
+        # The task is held in the entry, so its id is not reused meanwhile.
+        if cached is not None and cached[0] is task:
+            return cached[1]
+        if len(self._routed_tasks) >= VALIDATED_TASKS_KEPT:
+            self._routed_tasks.clear()
+        routed = replace(task, queue_name=queue_name, priority=priority)
+        self._routed_tasks[key] = (task, routed)
+        return routed
 
     def get_result(self, result_id: str) -> DatabaseTaskResult:
         """The result of job ``result_id`` enqueued on this backend;

@@ -21,6 +21,7 @@ from django.utils.dateparse import parse_datetime
 from . import registry, stats
 from .db import database_now
 from .models import Job, JobStatus
+from .models.transitions import Cancelled, MadeDue, Retried, StopRequested
 from .waits import why_waiting
 
 _SPAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
@@ -104,24 +105,26 @@ class JobFilter:
         return jobs
 
 
-# What each verb changes, of the jobs it is given (the others it leaves).
-VERB_APPLIES_TO = {
-    "retry": (JobStatus.FAILED, JobStatus.CANCELLED),
-    "cancel": (JobStatus.READY, JobStatus.WAITING, JobStatus.RUNNING),
-    "run-now": (JobStatus.READY,),
-    "delete": None,  # JobQuerySet.deletable()
+# The outcome of each action (models/transitions.py): its condition says
+# which jobs it changes.
+VERB_OUTCOMES = {
+    "retry": (Retried(),),
+    "cancel": (Cancelled(), StopRequested(None)),
+    "run-now": (MadeDue(),),
 }
 
 
 def would_change(verb: str, jobs) -> int:
-    """How many of ``jobs`` the verb would change, for a dry run."""
+    """How many of ``jobs`` the action would change now, for a dry run: the
+    jobs its outcome's condition takes (a workflow's step that another
+    step's failure cancelled is counted, though a retry of it alone leaves
+    it)."""
     if verb == "delete":
         return jobs.deletable().count()
-    if verb == "run-now":
-        return jobs.filter(
-            status=JobStatus.READY, run_after__gt=database_now(jobs.db)
-        ).count()
-    return jobs.filter(status__in=VERB_APPLIES_TO[verb]).count()
+    now = database_now(jobs.db)
+    return sum(
+        jobs.filter(outcome.condition(now)).count() for outcome in VERB_OUTCOMES[verb]
+    )
 
 
 def apply_verb(verb: str, jobs, *, by: str) -> dict[str, int]:

@@ -26,6 +26,7 @@ from django.db import connections
 from django.utils import timezone
 
 from . import stats
+from .backend import DatabaseBackend
 from .compat import task_enqueued
 
 logger = logging.getLogger("django_bgtasks.worker")
@@ -78,6 +79,8 @@ class JobCounters:
         )
 
     def job_enqueued(self, sender=None, task_result=None, **kwargs) -> None:
+        if not (isinstance(sender, type) and issubclass(sender, DatabaseBackend)):
+            return  # another backend's job
         task = task_result.task
         self.enqueued.labels(task.module_path, task.queue_name).inc()
 
@@ -213,6 +216,8 @@ def serve(port: int, host: str, *, multiprocess_folder: str | None = None):
 
 def child_ended(pid: int, multiprocess_folder: str) -> None:
     """A supervisor's child ``pid`` has ended: its live gauges go (its
-    counts stay: counters add up over the children that came and went)."""
+    counts stay: counters add up over the children that came and went, and
+    each leaves its two files, read at every scrape, until the supervisor
+    stops)."""
     if prometheus_client is not None:
         multiprocess.mark_process_dead(pid, multiprocess_folder)

@@ -395,13 +395,25 @@ def test_a_button_needs_a_post_its_permission_and_a_job(client):
     assert viewer.post(button_url(failed, "retry")).status_code == 403
     assert Job.objects.get(pk=failed.pk).status == JobStatus.FAILED
     viewer.logout()
+    # The permission to act, without the one to view jobs: refused too.
+    blind = User.objects.create_user("blind", password="pw", is_staff=True)
+    blind.user_permissions.add(Permission.objects.get(codename="retry_job"))
+    client.force_login(blind)
+    assert client.post(button_url(failed, "retry")).status_code == 403
+    client.logout()
     operator = User.objects.create_user("retrier", password="pw", is_staff=True)
     for codename in ("view_job", "retry_job"):
         operator.user_permissions.add(Permission.objects.get(codename=codename))
     client.force_login(operator)
     assert buttons_on(client, failed) == ["retry"]
     assert client.get(button_url(failed, "retry")).status_code == 405
-    assert client.post(button_url(failed, "explode")).status_code == 405
+    assert client.post(button_url(failed, "explode")).status_code == 404
+    assert (
+        client.post(
+            reverse("admin:django_bgtasks_job_button", args=["abc", "retry"])
+        ).status_code
+        == 404
+    )
     missing = reverse("admin:django_bgtasks_job_button", args=[999999, "retry"])
     assert client.post(missing).status_code == 404
     assert client.post(button_url(failed, "retry")).status_code == 302

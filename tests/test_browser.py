@@ -239,6 +239,9 @@ def test_the_dashboard_refreshes_itself_but_not_while_hidden(
     )
     wait_for(browser, lambda b: b.find_element(*ready).text == "3", timeout=5)
     assert browser.execute_script("return window.bgtasksSamePage === true;")
+    # Signed out meanwhile: the page shows the login form, not it in a panel.
+    browser.delete_cookie("sessionid")
+    wait_for(browser, expected_conditions.title_contains("Log in"), timeout=10)
 
 
 def test_a_running_jobs_page_follows_its_progress_and_its_buttons_act(

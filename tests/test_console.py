@@ -226,3 +226,12 @@ def test_top_reports_what_each_queue_ended_per_second():
     ticks = [json.loads(part) for part in out.strip().split("\n\n")]
     assert len(ticks) == 2
     assert {row["queue"] for row in ticks[0]} >= {"images", "default"}
+
+
+def test_enqueue_of_a_unique_task_says_when_the_job_was_there_already():
+    first = run_json("enqueue", "tests.tasks.unique_while_active", "--args", "[1]")
+    again = run_json("enqueue", "tests.tasks.unique_while_active", "--args", "[1]")
+    assert (first["duplicate"], again["duplicate"]) == (False, True)
+    assert again["id"] == first["id"] and Job.objects.count() == 1
+    text = run("enqueue", "tests.tasks.unique_while_active", "--args", "[1]")
+    assert f"Not enqueued: job {first['id']}" in text

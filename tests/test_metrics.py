@@ -108,6 +108,16 @@ def test_without_prometheus_client_metrics_are_refused_with_the_way_to_get_them(
         metrics.require()
 
 
+@pytest.mark.django_db
+def test_runworker_with_metrics_but_no_prometheus_client_says_what_to_install(
+    monkeypatch,
+):
+    monkeypatch.setattr(metrics, "prometheus_client", None)
+    for processes in ([], ["--processes", "2"]):
+        with pytest.raises(CommandError, match=r"django-bgtasks\[metrics\]"):
+            call_command("runworker", "--metrics-port", str(free_port()), *processes)
+
+
 @pytest.mark.parametrize("port", ["0", "70000", "x"])
 def test_a_bad_metrics_port_is_a_usage_error(port):
     with pytest.raises(CommandError, match="--metrics-port"):

@@ -273,15 +273,18 @@ class JobAdmin(WorkflowSection, ReadOnlyAdmin):
     def button_view(self, request, object_id, button):
         """Run one job's action (a button of its page), as the list's action
         runs on the jobs selected: the same permission, verb and messages."""
-        if request.method != "POST" or button not in self.JOB_BUTTONS:
+        if button not in self.JOB_BUTTONS:
+            raise Http404
+        if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
         action, _label = self.JOB_BUTTONS[button]
-        if not getattr(self, f"has_{button}_permission")(request):
-            raise PermissionDenied
-        jobs = self.get_queryset(request).filter(pk=object_id)
-        if not jobs.exists():
+        job = self.get_object(request, object_id)  # None for an id not a job's
+        if job is None:
             raise Http404
-        getattr(self, action)(request, jobs)
+        allowed = getattr(self, f"has_{button}_permission")(request)
+        if not (allowed and self.has_view_permission(request, job)):
+            raise PermissionDenied
+        getattr(self, action)(request, self.get_queryset(request).filter(pk=job.pk))
         return redirect(reverse("admin:django_bgtasks_job_change", args=[object_id]))
 
     def progress_view(self, request, object_id):
@@ -472,9 +475,17 @@ class JobAdmin(WorkflowSection, ReadOnlyAdmin):
         queryset.delete_jobs()
 
     def delete_model(self, request, obj):
-        self.delete_queryset(
-            request, Job.objects.using(obj._state.db).filter(pk=obj.pk)
-        )
+        jobs = Job.objects.using(obj._state.db).filter(pk=obj.pk)
+        if not jobs.delete_jobs():
+            # Started meanwhile, or now awaited: Django still says deleted.
+            self.message_user(
+                request,
+                _(
+                    "The job was not deleted: it started, or workflow steps now "
+                    "wait for it."
+                ),
+                messages.WARNING,
+            )
 
     # Columns and fields ------------------------------------------------------
 

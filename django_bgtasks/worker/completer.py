@@ -244,7 +244,7 @@ def report(finished: Finished, change: Transition | None, receivers: Receivers) 
             "Job %s was taken from this worker before it finished (%s); its "
             "outcome is discarded", job.pk, describe(job),
         )  # fmt: skip
-    if not isinstance(finished.outcome, Expired):  # (never started)
+    if finished.task_result is not None:  # started (metrics.attempt_started)
         metrics.attempt_ended(job, OUTCOME_NAMES.get(verdict, "lost"), elapsed_ms)
     if (
         finished.task is not None

@@ -11,11 +11,12 @@ from datetime import datetime, timedelta
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import router
+from django.utils import timezone
 
 from django_bgtasks import console
 from django_bgtasks.compat import InvalidTask
 from django_bgtasks.db import database_now
-from django_bgtasks.exceptions import TaskNotRegistered
+from django_bgtasks.exceptions import DuplicateJob, TaskNotRegistered
 from django_bgtasks.models import Job
 
 VERBS = {
@@ -275,6 +276,7 @@ class Command(BaseCommand):
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise CommandError("--args is a JSON list, --kwargs a JSON object.")
         run_after = options["run_after"]
+        before = timezone.now()
         try:
             result = console.enqueue(
                 options["task"],
@@ -290,8 +292,16 @@ class Command(BaseCommand):
             )
         except (InvalidTask, TypeError) as exc:  # options or arguments refused
             raise CommandError(str(exc)) from None
-        data = {"id": int(result.id), "task": options["task"]}
-        self.emit(data, [f"Enqueued job {result.id}."])
+        except DuplicateJob as exc:  # a unique task's on_duplicate="error"
+            held = getattr(exc.result, "id", None)
+            raise CommandError(f"{exc} (job {held})" if held else str(exc)) from None
+        # A unique task's job that was there already comes back as it was.
+        duplicate = result.enqueued_at < before
+        data = {"id": int(result.id), "task": options["task"], "duplicate": duplicate}
+        line = f"Enqueued job {result.id}."
+        if duplicate:
+            line = f"Not enqueued: job {result.id}, of the same unique key, waits."
+        self.emit(data, [line])
 
     def do_top(self, options):
         interval = options["interval"]

@@ -89,12 +89,15 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         self._check_queues(worker_options.queue_list)
+        if worker_options.metrics_port:
+            self._metrics_installed()
         if worker_options.supervises:
             self._supervise(
                 worker_options, options["verbosity"], options.get("pythonpath")
             )
             return
         if worker_options.metrics_port or worker_options.count_metrics:
+            self._metrics_installed()
             metrics.count_jobs()
         if worker_options.metrics_port:
             self._serve_metrics(worker_options)
@@ -157,7 +160,6 @@ class Command(BaseCommand):
             # children, and read by prometheus_client, through this name).
             folder = tempfile.mkdtemp(prefix="bgtasks-metrics-")
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
-            self._serve_metrics(options, multiprocess_folder=folder)
         supervisor = Supervisor(options, program=program, metrics_folder=folder)
         if verbosity:
             recycling = [
@@ -177,6 +179,8 @@ class Command(BaseCommand):
                 },
             )
         try:
+            if folder is not None:
+                self._serve_metrics(options, multiprocess_folder=folder)
             code = supervisor.run()
         finally:
             if folder is not None:
@@ -184,11 +188,15 @@ class Command(BaseCommand):
         if code:
             sys.exit(code)
 
+    def _metrics_installed(self) -> None:
+        try:
+            metrics.require()
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from None
+
     def _serve_metrics(self, options: WorkerOptions, **kwargs) -> None:
         try:
             metrics.serve(options.metrics_port, options.metrics_host, **kwargs)
-        except ImproperlyConfigured as exc:
-            raise CommandError(str(exc)) from None
         except OSError as exc:  # the port is taken, or the address unknown
             raise CommandError(
                 f"Cannot serve metrics on {options.metrics_host}:"

@@ -14,6 +14,11 @@
             cache: "no-store",
         })
             .then(function (response) {
+                if (response.redirected) {
+                    // Sent to the login page (the session ended): show it.
+                    window.location.reload();
+                    throw new Error("signed out");
+                }
                 if (!response.ok) {
                     throw new Error("HTTP " + response.status);
                 }

@@ -11,6 +11,11 @@
         page.dataset.loading = "1";
         fetch(page.dataset.progressUrl, {credentials: "same-origin", cache: "no-store"})
             .then(function (response) {
+                if (response.redirected) {
+                    // Sent to the login page (the session ended): show it.
+                    window.location.reload();
+                    throw new Error("signed out");
+                }
                 if (!response.ok) {
                     throw new Error("HTTP " + response.status);
                 }
