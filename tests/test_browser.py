@@ -204,12 +204,19 @@ def test_the_dashboard_refreshes_itself_but_not_while_hidden(
     make_job(queue_name="images")
     log_in(browser, live_server)
     browser.get(f"{live_server.url}/admin/django_bgtasks/jobdashboard/?refresh=1")
-    ready = (By.CSS_SELECTOR, "#bgtasks-statuses a[href$='status=READY']")
-    assert browser.find_element(*ready).text == "1"
+
+    def ready(b) -> str:
+        # Read in one step: a refresh may swap the element between two.
+        return b.execute_script(
+            'const a = document.querySelector("#bgtasks-statuses '
+            "a[href$='status=READY']\"); return a && a.textContent.trim();"
+        )
+
+    assert ready(browser) == "1"
     browser.execute_script("window.bgtasksSamePage = true;")
 
     tasks.echo.using(queue_name="images").enqueue("after the page loaded")
-    wait_for(browser, lambda b: b.find_element(*ready).text == "2")
+    wait_for(browser, lambda b: ready(b) == "2")
     assert browser.execute_script("return window.bgtasksSamePage === true;")
     queues = browser.find_element(By.ID, "bgtasks-queues").text
     assert "images 2 2" in queues
@@ -231,13 +238,13 @@ def test_the_dashboard_refreshes_itself_but_not_while_hidden(
             lambda b: main.get_attribute("data-refreshes") != refreshes,
             timeout=3.5,
         )
-    assert browser.find_element(*ready).text == "2"
+    assert ready(browser) == "2"
     browser.execute_script(
         "Object.defineProperty(document, 'visibilityState', "
         "{configurable: true, get: () => 'visible'});"
         "document.dispatchEvent(new Event('visibilitychange'));"
     )
-    wait_for(browser, lambda b: b.find_element(*ready).text == "3", timeout=5)
+    wait_for(browser, lambda b: ready(b) == "3", timeout=5)
     assert browser.execute_script("return window.bgtasksSamePage === true;")
     # Signed out meanwhile: the page shows the login form, not it in a panel.
     browser.delete_cookie("sessionid")
@@ -257,14 +264,21 @@ def test_a_running_jobs_page_follows_its_progress_and_its_buttons_act(
     )
     log_in(browser, live_server)
     browser.get(f"{live_server.url}/admin/django_bgtasks/job/{running.pk}/change/")
-    bar = (By.CSS_SELECTOR, ".field-progress_bar progress")
-    assert browser.find_element(*bar).get_attribute("value") == "25"
+
+    def bar(b) -> str:
+        # Read in one step: a refresh may swap the element between two.
+        return b.execute_script(
+            "const p = document.querySelector('.field-progress_bar progress');"
+            "return p && p.getAttribute('value');"
+        )
+
+    assert bar(browser) == "25"
     browser.execute_script("window.bgtasksSamePage = true;")
 
     Job.objects.filter(pk=running.pk).update(
         progress={"current": 3, "total": 4, "message": "importing", "at": "now"}
     )
-    wait_for(browser, lambda b: b.find_element(*bar).get_attribute("value") == "75")
+    wait_for(browser, lambda b: bar(b) == "75")
     assert browser.execute_script("return window.bgtasksSamePage === true;")
     browser.save_screenshot(str(screenshots / "job-progress-live.png"))
 
@@ -273,7 +287,18 @@ def test_a_running_jobs_page_follows_its_progress_and_its_buttons_act(
     )
     # Ended: the page loads again and shows how, with the button that applies.
     status = (By.CSS_SELECTOR, ".field-status_badge")
-    wait_for(browser, lambda b: "Failed" in b.find_element(*status).text)
+    wait_for(
+        browser,
+        lambda b: (
+            "Failed"
+            in (
+                b.execute_script(
+                    "const s = document.querySelector('.field-status_badge');"
+                    "return s ? s.textContent : '';"
+                )
+            )
+        ),
+    )
     button = browser.find_element(By.CSS_SELECTOR, "button.bgtasks-job-button")
     assert button.text.lower() == "retry"
     button.click()
