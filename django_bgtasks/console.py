@@ -10,18 +10,19 @@ wait for is cancelled with them, never deleted.
 
 from __future__ import annotations
 
+import getpass
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from . import registry, stats
 from .db import database_now
 from .models import Job, JobStatus
-from .models.transitions import Cancelled, MadeDue, Retried, StopRequested
+from .models.transitions import OPERATOR_ACTIONS
 from .waits import why_waiting
 
 _SPAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
@@ -50,6 +51,15 @@ def moment(text: str, using: str = "default", *, ahead: bool = False) -> datetim
     if timezone.is_naive(parsed):
         parsed = timezone.make_aware(parsed)
     return parsed
+
+
+def shell_user(command: str) -> str:
+    """Who acts from a shell, for the record: its user, and the command."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name to be found (a container's uid)
+        user = "unknown"
+    return f"{user} (manage.py {command})"
 
 
 @dataclass(frozen=True)
@@ -90,12 +100,10 @@ class JobFilter:
                     "A task is a path, or a prefix of paths ending in '*' "
                     "(such as 'myapp.tasks.*')."
                 )
-            matching = Job.objects.none()
-            if exact:
-                matching = jobs.filter(task_path__in=exact)
+            matching = Q(task_path__in=exact) if exact else Q()
             for prefix in prefixes:
-                matching = matching | jobs.filter(task_path__startswith=prefix)
-            jobs = matching
+                matching |= Q(task_path__startswith=prefix)
+            jobs = jobs.filter(matching)
         if self.queues:
             jobs = jobs.filter(queue_name__in=self.queues)
         if self.since is not None:
@@ -105,26 +113,14 @@ class JobFilter:
         return jobs
 
 
-# The outcome of each action (models/transitions.py): its condition says
-# which jobs it changes.
-VERB_OUTCOMES = {
-    "retry": (Retried(),),
-    "cancel": (Cancelled(), StopRequested(None)),
-    "run-now": (MadeDue(),),
-}
-
-
 def would_change(verb: str, jobs) -> int:
     """How many of ``jobs`` the action would change now, for a dry run: the
-    jobs its outcome's condition takes (a workflow's step that another
-    step's failure cancelled is counted, though a retry of it alone leaves
-    it)."""
+    jobs its outcomes' conditions take (``OPERATOR_ACTIONS``; a workflow's
+    step that another step's failure cancelled is counted, though a retry
+    of it alone leaves it)."""
     if verb == "delete":
         return jobs.deletable().count()
-    now = database_now(jobs.db)
-    return sum(
-        jobs.filter(outcome.condition(now)).count() for outcome in VERB_OUTCOMES[verb]
-    )
+    return jobs.applicable(*OPERATOR_ACTIONS[verb.replace("-", "_")]).count()
 
 
 def apply_verb(verb: str, jobs, *, by: str) -> dict[str, int]:
@@ -229,16 +225,9 @@ def enqueue(
     """Enqueue the registered task at ``task_path`` (never a module a path
     names that no task registered: ``registry.resolve``) with these JSON
     arguments, as its code would: the task's own checks apply."""
-    task = registry.resolve(task_path)
-    options = {}
-    if queue is not None:
-        options["queue_name"] = queue
-    if priority is not None:
-        options["priority"] = priority
-    if run_after is not None:
-        options["run_after"] = run_after
-    if options:
-        task = task.using(**options)
+    task = registry.resolve(task_path).using(
+        queue_name=queue, priority=priority, run_after=run_after
+    )  # (None: the task's own)
     return task.enqueue(*args, **kwargs)
 
 
@@ -273,13 +262,7 @@ def throughput_since(since: datetime, until: datetime) -> list[Throughput]:
     ):
         ended.setdefault(queue, {})[status] = count
     ready = stats.ready_counts(stats.active_queue_names() | set(ended))
-    running = dict(
-        Job.objects.running()
-        .order_by()
-        .values_list("queue_name")
-        .annotate(n=Count("id"))
-        .values_list("queue_name", "n")
-    )
+    running = stats.running_counts()
     seconds = (until - since).total_seconds()
     return [
         Throughput(

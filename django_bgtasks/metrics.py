@@ -123,9 +123,6 @@ def attempt_ended(job, outcome: str, elapsed_ms: float) -> None:
 class DatabaseCollector:
     """Gauges read from the database at each scrape (``stats.py``)."""
 
-    def __init__(self, using: str = "default"):
-        self.using = using
-
     def describe(self):
         return []  # read at each scrape: nothing to describe at registration
 

@@ -126,12 +126,7 @@ def queue_states(now: datetime | None = None) -> list[QueueState]:
     names = configured_queue_names()
     paused = {queue.name: queue for queue in Queue.objects.paused()}
     names |= set(paused)
-    running = dict(
-        Job.objects.running()
-        .values_list("queue_name")
-        .annotate(n=Count("id"))
-        .values_list("queue_name", "n")
-    )
+    running = running_counts()
     waiting = dict(
         waiting_jobs()
         .values_list("queue_name")
@@ -156,6 +151,17 @@ def queue_states(now: datetime | None = None) -> list[QueueState]:
             )
         )
     return states
+
+
+def running_counts() -> dict[str, int]:
+    """The RUNNING jobs of each queue that has some."""
+    return dict(
+        Job.objects.running()
+        .order_by()
+        .values_list("queue_name")
+        .annotate(n=Count("id"))
+        .values_list("queue_name", "n")
+    )
 
 
 def active_queue_names() -> set[str]:

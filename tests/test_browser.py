@@ -25,6 +25,7 @@ from tests.factories import make_job, make_worker
 webdriver = pytest.importorskip(
     "selenium.webdriver", reason="selenium is not installed"
 )
+from selenium.common.exceptions import TimeoutException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions  # noqa: E402
@@ -69,6 +70,28 @@ def browser():
 
 def wait_for(driver, condition, timeout=15):
     return WebDriverWait(driver, timeout).until(condition)
+
+
+def read_now(driver, selector, attribute=None) -> str | None:
+    """The text (or ``attribute``) of the first element ``selector`` finds,
+    read in one step: a live page may swap the element between two."""
+    return driver.execute_script(
+        "const e = document.querySelector(arguments[0]);"
+        "if (!e) return null;"
+        "return arguments[1] ? e.getAttribute(arguments[1]) : e.textContent.trim();",
+        selector,
+        attribute,
+    )
+
+
+def show_tab(driver, shown: bool) -> None:
+    """Make the page take its tab for shown or hidden, as a browser tells it."""
+    driver.execute_script(
+        "Object.defineProperty(document, 'visibilityState', "
+        "{configurable: true, get: () => arguments[0]});"
+        "document.dispatchEvent(new Event('visibilitychange'));",
+        "visible" if shown else "hidden",
+    )
 
 
 def log_in(browser, live_server):
@@ -199,18 +222,12 @@ def test_the_dashboard_refreshes_itself_but_not_while_hidden(
     """A job enqueued after the dashboard loaded shows in its counts without
     a reload (the page's own state outlives the refresh); a hidden tab asks
     for nothing, and catches up as soon as it is shown."""
-    from selenium.common.exceptions import TimeoutException
-
     make_job(queue_name="images")
     log_in(browser, live_server)
     browser.get(f"{live_server.url}/admin/django_bgtasks/jobdashboard/?refresh=1")
 
     def ready(b) -> str:
-        # Read in one step: a refresh may swap the element between two.
-        return b.execute_script(
-            'const a = document.querySelector("#bgtasks-statuses '
-            "a[href$='status=READY']\"); return a && a.textContent.trim();"
-        )
+        return read_now(b, "#bgtasks-statuses a[href$='status=READY']")
 
     assert ready(browser) == "1"
     browser.execute_script("window.bgtasksSamePage = true;")
@@ -223,11 +240,7 @@ def test_the_dashboard_refreshes_itself_but_not_while_hidden(
     browser.save_screenshot(str(screenshots / "dashboard-live.png"))
 
     main = browser.find_element(By.ID, "content-main")
-    browser.execute_script(
-        "Object.defineProperty(document, 'visibilityState', "
-        "{configurable: true, get: () => 'hidden'});"
-        "document.dispatchEvent(new Event('visibilitychange'));"
-    )
+    show_tab(browser, False)
     wait_for(browser, lambda b: main.get_attribute("data-loading") is None)
     refreshes = main.get_attribute("data-refreshes")
     make_job(queue_name="images")
@@ -239,11 +252,7 @@ def test_the_dashboard_refreshes_itself_but_not_while_hidden(
             timeout=3.5,
         )
     assert ready(browser) == "2"
-    browser.execute_script(
-        "Object.defineProperty(document, 'visibilityState', "
-        "{configurable: true, get: () => 'visible'});"
-        "document.dispatchEvent(new Event('visibilitychange'));"
-    )
+    show_tab(browser, True)
     wait_for(browser, lambda b: ready(b) == "3", timeout=5)
     assert browser.execute_script("return window.bgtasksSamePage === true;")
     # Signed out meanwhile: the page shows the login form, not it in a panel.
@@ -266,11 +275,7 @@ def test_a_running_jobs_page_follows_its_progress_and_its_buttons_act(
     browser.get(f"{live_server.url}/admin/django_bgtasks/job/{running.pk}/change/")
 
     def bar(b) -> str:
-        # Read in one step: a refresh may swap the element between two.
-        return b.execute_script(
-            "const p = document.querySelector('.field-progress_bar progress');"
-            "return p && p.getAttribute('value');"
-        )
+        return read_now(b, ".field-progress_bar progress", "value")
 
     assert bar(browser) == "25"
     browser.execute_script("window.bgtasksSamePage = true;")
@@ -287,18 +292,7 @@ def test_a_running_jobs_page_follows_its_progress_and_its_buttons_act(
     )
     # Ended: the page loads again and shows how, with the button that applies.
     status = (By.CSS_SELECTOR, ".field-status_badge")
-    wait_for(
-        browser,
-        lambda b: (
-            "Failed"
-            in (
-                b.execute_script(
-                    "const s = document.querySelector('.field-status_badge');"
-                    "return s ? s.textContent : '';"
-                )
-            )
-        ),
-    )
+    wait_for(browser, lambda b: "Failed" in (read_now(b, ".field-status_badge") or ""))
     button = browser.find_element(By.CSS_SELECTOR, "button.bgtasks-job-button")
     assert button.text.lower() == "retry"
     button.click()

@@ -14,7 +14,7 @@ from django.test import override_settings
 from django_bgtasks import Limit, Rate, registry
 from django_bgtasks.compat import InvalidTask
 from django_bgtasks.limits import declared_limits
-from django_bgtasks.models import Job, JobStatus, LimitState
+from django_bgtasks.models import Job, JobStatus, LimitState, WorkerProcess
 from django_bgtasks.models.transitions import Succeeded
 from django_bgtasks.sql.claim import claim_jobs
 from tests.conftest import wait_until
@@ -472,6 +472,20 @@ STAMP_LAG = 0.02
 WORKER_ENV = {"BGTASKS_TEST_TASK_MODULES": "tests.limited_tasks"}
 
 
+def drain(workers, started, jobs, *, timeout=120) -> None:
+    """Wait until every one of ``jobs`` has succeeded, then stop the worker
+    processes ``started``."""
+    count = jobs.count()
+    wait_until(
+        lambda: jobs.filter(status=JobStatus.SUCCESSFUL).count() == count,
+        timeout=timeout,
+        message="every job done",
+    )
+    for process in started:
+        process.terminate()
+        workers.wait(process)
+
+
 def most_at_once(results) -> int:
     """The most runs of ``results`` that overlapped, from their spans."""
     moments = []
@@ -490,8 +504,6 @@ def test_several_workers_never_run_more_than_a_limit_allows(workers, limited):
     """Four worker processes that each hold one job at most: a limit of 2
     can only be reached by two processes at once, and a third must be kept
     out by the database, not by a process's own count."""
-    from django_bgtasks.models import WorkerProcess
-
     args = ("--concurrency", "1", "--prefetch", "0")
     started = [workers.start(*args, env=WORKER_ENV) for _ in range(4)]
     wait_until(
@@ -507,14 +519,7 @@ def test_several_workers_never_run_more_than_a_limit_allows(workers, limited):
     free = limited.free.enqueue_many(((), {}) for _ in range(40))
     everything = [*two, *free, *(r for rs in by_account.values() for r in rs)]
     jobs = Job.objects.filter(pk__in=[r.id for r in everything])
-    wait_until(
-        lambda: jobs.filter(status=JobStatus.SUCCESSFUL).count() == len(everything),
-        timeout=120,
-        message="every job done",
-    )
-    for process in started:
-        process.terminate()
-        workers.wait(process)
+    drain(workers, started, jobs)
     # Never more, and the room was used: by two processes at once.
     assert most_at_once(two) == 2
     for results in by_account.values():
@@ -536,8 +541,6 @@ def test_workers_of_every_shape_of_claim_keep_to_a_queues_limit(workers, limited
     keys among its jobs and other queues' jobs beside them. Each holds one
     job at most: the limit is reached by two processes at once, and the
     others are kept out by the database."""
-    from django_bgtasks.models import WorkerProcess
-
     limits = json.dumps({"images": {"concurrency": 2}})
     env = {**WORKER_ENV, "BGTASKS_TEST_QUEUE_LIMITS": limits}
     settings = {**BGTASKS, "QUEUE_LIMITS": json.loads(limits)}
@@ -561,14 +564,7 @@ def test_workers_of_every_shape_of_claim_keep_to_a_queues_limit(workers, limited
         ]
         others = limited.free.enqueue_many(((), {}) for _ in range(40))
     jobs = Job.objects.filter(pk__in=[r.id for r in [*images, *others]])
-    wait_until(
-        lambda: jobs.filter(status=JobStatus.SUCCESSFUL).count() == len(jobs),
-        timeout=120,
-        message="every job done",
-    )
-    for process in started:
-        process.terminate()
-        workers.wait(process)
+    drain(workers, started, jobs)
     assert most_at_once(images) == 2
 
 
@@ -578,14 +574,7 @@ def test_several_workers_keep_to_a_rate(workers, limited):
     results = limited.five_a_second.enqueue_many(((), {}) for _ in range(count))
     started = [workers.start("--concurrency", "4", env=WORKER_ENV) for _ in range(3)]
     jobs = Job.objects.filter(pk__in=[r.id for r in results])
-    wait_until(
-        lambda: jobs.filter(status=JobStatus.SUCCESSFUL).count() == count,
-        timeout=60,
-        message="every job done",
-    )
-    for process in started:
-        process.terminate()
-        workers.wait(process)
+    drain(workers, started, jobs, timeout=60)
     # Claimed by the database's clock: in any span of t seconds, at most
     # the bucket (5) and what refills in t (5 a second). A claim takes its
     # tokens at one moment and stamps started_at a few milliseconds later

@@ -33,8 +33,8 @@ from django.utils.translation import ngettext
 
 from .. import registry
 from ..compat import loadable_backends
-from ..db import database_now
 from ..models import NOT_STARTED, Job, JobStatus
+from ..models.transitions import OPERATOR_ACTIONS
 from ..stats import STATUSES, tally, waiting_jobs
 from ..waits import why_waiting
 from .base import ReadOnlyAdmin
@@ -214,17 +214,18 @@ class JobAdmin(WorkflowSection, ReadOnlyAdmin):
 
     class Media:
         css = {"all": ["django_bgtasks/admin.css"]}
-        js = ["django_bgtasks/job_live.js"]
+        js = ["django_bgtasks/live.js", "django_bgtasks/job_live.js"]
 
     change_form_template = "admin/django_bgtasks/job/change_form.html"
 
     # A job's own page: its actions as buttons, its progress followed live ---
 
-    # Button: (the action it runs, its label), in the order shown.
+    # Button: (the list's action it runs, its label, the operator's action
+    # it is: OPERATOR_ACTIONS), in the order shown.
     JOB_BUTTONS = {
-        "retry": ("retry_jobs", _("Retry")),
-        "cancel": ("cancel_jobs", _("Cancel")),
-        "run": ("run_jobs_now", _("Run now")),
+        "retry": ("retry_jobs", _("Retry"), "retry"),
+        "cancel": ("cancel_jobs", _("Cancel"), "cancel"),
+        "run": ("run_jobs_now", _("Run now"), "run_now"),
     }
 
     def get_urls(self):
@@ -244,19 +245,14 @@ class JobAdmin(WorkflowSection, ReadOnlyAdmin):
         ]
 
     def _buttons(self, request, job) -> list[tuple[str, str]]:
-        """The buttons of the actions that apply to ``job`` now and that
-        the user may run: (name, label)."""
-        applies = {
-            "retry": job.status in (JobStatus.FAILED, JobStatus.CANCELLED),
-            "cancel": job.status in NOT_STARTED
-            or (job.status == JobStatus.RUNNING and job.cancel_requested_at is None),
-            "run": job.status == JobStatus.READY
-            and job.run_after > database_now(job._state.db),
-        }
+        """The buttons of the actions that apply to ``job`` now (their
+        outcomes' conditions) and that the user may run: (name, label)."""
+        this_job = Job.objects.using(job._state.db).filter(pk=job.pk)
         return [
             (name, label)
-            for name, (_action, label) in self.JOB_BUTTONS.items()
-            if applies[name] and getattr(self, f"has_{name}_permission")(request)
+            for name, (_action, label, operator_action) in self.JOB_BUTTONS.items()
+            if getattr(self, f"has_{name}_permission")(request)
+            and this_job.applicable(*OPERATOR_ACTIONS[operator_action]).exists()
         ]
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
@@ -277,7 +273,7 @@ class JobAdmin(WorkflowSection, ReadOnlyAdmin):
             raise Http404
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
-        action, _label = self.JOB_BUTTONS[button]
+        action, _label, _operator_action = self.JOB_BUTTONS[button]
         job = self.get_object(request, object_id)  # None for an id not a job's
         if job is None:
             raise Http404

@@ -10,9 +10,16 @@ before this migration cannot walk the new READY indexes in claim order:
 stop them before migrating (docs/topics/deployment.rst).
 """
 
+import functools
+
 from django.db import migrations
 
-from django_bgtasks.models.indexes import LimitedRunningIndex, ReadyIndex, StatusIndex
+from django_bgtasks.models.indexes import (
+    LimitedRunningIndex,
+    ReadyIndex,
+    StatusIndex,
+    rebuild_concurrently,
+)
 
 READY_INDEXES = [
     (["queue_name", "-priority", "run_after", "id"], "bgtasks_job_ready_idx"),
@@ -33,14 +40,8 @@ def _new(fields, name):
 
 def _rebuild_concurrently(schema_editor, job, make) -> None:
     """PostgreSQL: each READY index built again as ``make`` gives it."""
-    quote = schema_editor.quote_name
     for fields, name in READY_INDEXES:
-        building = f"{name}_building"
-        schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {quote(building)}")
-        index = make(fields, building)
-        schema_editor.execute(index.create_sql(job, schema_editor, concurrently=True))
-        schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {quote(name)}")
-        schema_editor.execute(f"ALTER INDEX {quote(building)} RENAME TO {quote(name)}")
+        rebuild_concurrently(schema_editor, job, name, functools.partial(make, fields))
 
 
 def forwards(apps, schema_editor):

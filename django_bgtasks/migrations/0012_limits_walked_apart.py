@@ -7,7 +7,7 @@ and its name given to the new (not atomic). Other databases: no change.
 from django.db import migrations, models
 from django.db.models import Q
 
-from django_bgtasks.models.indexes import LimitedReadyIndex
+from django_bgtasks.models.indexes import LimitedReadyIndex, rebuild_concurrently
 
 FIELDS = ["-priority", "run_after", "id"]
 NAME = "bgtasks_job_limited_ready_idx"
@@ -22,25 +22,16 @@ def _new(name):
     return LimitedReadyIndex(fields=FIELDS, name=name)
 
 
-def _rebuild(schema_editor, job, make) -> None:
-    quote = schema_editor.quote_name
-    building = f"{NAME}_building"
-    schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {quote(building)}")
-    schema_editor.execute(
-        make(building).create_sql(job, schema_editor, concurrently=True)
-    )
-    schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {quote(NAME)}")
-    schema_editor.execute(f"ALTER INDEX {quote(building)} RENAME TO {quote(NAME)}")
-
-
 def forwards(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
-        _rebuild(schema_editor, apps.get_model("django_bgtasks", "Job"), _new)
+        job = apps.get_model("django_bgtasks", "Job")
+        rebuild_concurrently(schema_editor, job, NAME, _new)
 
 
 def backwards(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
-        _rebuild(schema_editor, apps.get_model("django_bgtasks", "Job"), _old)
+        job = apps.get_model("django_bgtasks", "Job")
+        rebuild_concurrently(schema_editor, job, NAME, _old)
 
 
 class Migration(migrations.Migration):

@@ -79,10 +79,31 @@ class ReadyIndex(StatusIndex):
         for field in self.fields:
             if field == "-priority":
                 columns.append(free_first)
-            name = field.removeprefix("-")
-            columns.append(F(name).desc() if field.startswith("-") else F(name))
+            columns.append(_ordered(field))
         index = models.Index(*columns, name=self.name, condition=Q(status=self.status))
         return index.create_sql(model, schema_editor, using=using, **kwargs)
+
+
+def _ordered(field: str):
+    """A field of an index's ``fields`` (``-name``: descending) as the
+    expression an index of expressions takes."""
+    name = field.removeprefix("-")
+    return F(name).desc() if field.startswith("-") else F(name)
+
+
+def rebuild_concurrently(schema_editor, model, name: str, index_named) -> None:
+    """PostgreSQL, for a migration: build ``index_named(name + "_building")``
+    with ``CONCURRENTLY`` beside the index ``name``, then drop that and give
+    its name to the new one; enqueues and claims go on meanwhile (so the
+    migration is not atomic). Started again after a failure, it begins
+    afresh."""
+    quote = schema_editor.quote_name
+    building = f"{name}_building"
+    schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {quote(building)}")
+    index = index_named(building)
+    schema_editor.execute(index.create_sql(model, schema_editor, concurrently=True))
+    schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {quote(name)}")
+    schema_editor.execute(f"ALTER INDEX {quote(building)} RENAME TO {quote(name)}")
 
 
 class IndexWhenSet(models.Index):
@@ -117,7 +138,7 @@ class LimitedReadyIndex(models.Index):
             )
             index = models.Index(
                 limit_name,
-                *(F(f[1:]).desc() if f[0] == "-" else F(f) for f in self.fields),
+                *(_ordered(field) for field in self.fields),
                 name=self.name,
                 condition=Q(status="READY", limit_key__isnull=False),
             )

@@ -11,6 +11,8 @@ worker's hottest statement, is per-database SQL in ``sql/claim.py``.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -74,6 +76,10 @@ TRANSITION_FIELDS = (
     "cancel_requested_at",
     "cancel_requested_by",
 )
+
+
+# A job that workflow steps wait for, and that has not started.
+AWAITED = Q(has_dependents=True, status__in=NOT_STARTED)
 
 
 class JobQuerySet(models.QuerySet):
@@ -200,17 +206,24 @@ class JobQuerySet(models.QuerySet):
         """Make delayed READY jobs due now."""
         return self.apply(MadeDue())
 
+    def applicable(self, *outcomes: OperatorOutcome):
+        """Those of these jobs that one of ``outcomes`` would change now (by
+        the database's clock): what an operator's action would act on."""
+        now = DatabaseNow()
+        return self.filter(
+            functools.reduce(operator.or_, (o.condition(now) for o in outcomes))
+        )
+
     def awaited(self):
         """Those of these jobs that workflow steps still wait for (they
         have not started): deleted, they would leave the steps waiting for
         ever; cancelled, they cancel them."""
-        return self.filter(has_dependents=True, status__in=NOT_STARTED)
+        return self.filter(AWAITED)
 
     def deletable(self):
         """These jobs but those an operator may not delete: RUNNING ones
         (their worker's until they end) and those workflow steps wait for."""
-        awaited = Q(has_dependents=True, status__in=NOT_STARTED)
-        return self.exclude(status=JobStatus.RUNNING).exclude(awaited)
+        return self.exclude(status=JobStatus.RUNNING).exclude(AWAITED)
 
     def delete_jobs(self) -> int:
         """Delete those of these jobs that may be deleted (``deletable``),

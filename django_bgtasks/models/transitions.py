@@ -202,6 +202,15 @@ WorkerOutcome = (
 OperatorOutcome = Cancelled | StopRequested | Retried | MadeDue
 Outcome = WorkerOutcome | OperatorOutcome
 
+# An operator's actions by name, with the outcomes each applies: their
+# conditions say which jobs each changes (a job's admin page offers the
+# actions that apply to it; ``manage.py bgtasks`` counts them in a dry run).
+OPERATOR_ACTIONS: dict[str, tuple[OperatorOutcome, ...]] = {
+    "retry": (Retried(),),
+    "cancel": (Cancelled(), StopRequested()),
+    "run_now": (MadeDue(),),
+}
+
 
 @dataclass(frozen=True, slots=True)
 class Transition:

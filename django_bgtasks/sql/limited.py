@@ -492,14 +492,17 @@ def _texts(connection, shape, declared, undeclared) -> tuple[list[str], dict]:
         f"{param([float(r.count) for _, r in rated])}::float8[], "
         f"{param([float(r.per) for _, r in rated])}::float8[]) AS b(name, n, per)"
     )
-    if shape is None:
-        queue_filter = ""
-    elif shape == "one":  # "= %s": the index's order holds for one queue
-        queue_filter = f"AND queue_name = {var('queue')}"
-    else:
-        queue_filter = f"AND queue_name = ANY({var('queue')})"
+
+    def served(column: str) -> str:
+        """The claim's queues, as a condition on ``column``."""
+        if shape is None:
+            return ""
+        if shape == "one":  # "= %s": the index's order holds for one queue
+            return f"AND {column} = {var('queue')}"
+        return f"AND {column} = ANY({var('queue')})"
+
     ready_due = f"status = 'READY' AND run_after <= {db_now}"
-    due = f"{ready_due} {queue_filter}"
+    due = f"{ready_due} {served('queue_name')}"
     not_paused = f"queue_name <> ALL (ARRAY({PAUSED_QUEUES}))"
     order = "ORDER BY priority DESC, run_after, id"
     columns = "id, limit_key, queue_name, priority, run_after"
@@ -608,12 +611,6 @@ def _texts(connection, shape, declared, undeclared) -> tuple[list[str], dict]:
         # READY index (by queue: its jobs of no limit, and those of limits
         # not full), merged: a full queue is not read at all, and one with
         # room reads no more jobs than it could start at once.
-        if shape is None:
-            served = ""
-        elif shape == "one":
-            served = f"AND q.name = {var('queue')}"
-        else:
-            served = f"AND q.name = ANY({var('queue')})"
         queue_most_read = param(
             [_most_started(limit) for limit in declared.by_queue.values()]
         )
@@ -635,7 +632,7 @@ def _texts(connection, shape, declared, undeclared) -> tuple[list[str], dict]:
                 ) AS b {order} LIMIT {read}
             ) AS j
             WHERE q.name <> ALL (ARRAY(SELECT queue FROM full_queues))
-                AND q.name <> ALL (ARRAY({PAUSED_QUEUES})) {served}
+                AND q.name <> ALL (ARRAY({PAUSED_QUEUES})) {served("q.name")}
             {order} LIMIT {var("limit")}
         )"""
         )

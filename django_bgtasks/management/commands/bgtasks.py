@@ -4,7 +4,6 @@ script (``--json`` on each subcommand). What it shows and does is
 
 from __future__ import annotations
 
-import getpass
 import json
 import time
 from datetime import datetime, timedelta
@@ -239,7 +238,7 @@ class Command(BaseCommand):
                 data, [f"{matching} job(s) match; {verb} would change {changes}."]
             )
             return
-        done = console.apply_verb(verb, jobs, by=_who())
+        done = console.apply_verb(verb, jobs, by=console.shell_user("bgtasks"))
         data = {"matching": matching, **done}
         self.emit(
             data,
@@ -261,7 +260,7 @@ class Command(BaseCommand):
                 [f"Purging {options['queue']} would cancel {count} job(s)."],
             )
             return
-        cancelled = jobs.cancel(by=_who()).cancelled
+        cancelled = jobs.cancel(by=console.shell_user("bgtasks")).cancelled
         self.emit(
             {"queue": options["queue"], "cancelled": cancelled},
             [f"Cancelled {cancelled} job(s) of {options['queue']}."],
@@ -339,15 +338,6 @@ class Command(BaseCommand):
             count += 1
             if options["iterations"] and count >= options["iterations"]:
                 return
-
-
-def _who() -> str:
-    """Who acts, for the record: this shell's user."""
-    try:
-        user = getpass.getuser()
-    except Exception:
-        user = "unknown"
-    return f"{user} (manage.py bgtasks)"
 
 
 def _text(value) -> str:

@@ -1,9 +1,8 @@
 """``manage.py queues``: list the paused queues, pause or resume queues."""
 
-import getpass
-
 from django.core.management.base import BaseCommand, CommandError
 
+from django_bgtasks.console import shell_user
 from django_bgtasks.models import Queue
 
 
@@ -46,7 +45,7 @@ class Command(BaseCommand):
             if action == "pause":
                 by = options["by"]
                 if by is None:
-                    by = f"{getpass.getuser()} (manage.py queues)"
+                    by = shell_user("queues")
                 changed = Queue.objects.pause(*names, by=by)
                 self.stdout.write(
                     f"Paused {changed} queue(s); {len(names) - changed} were "

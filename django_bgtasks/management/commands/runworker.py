@@ -89,7 +89,7 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         self._check_queues(worker_options.queue_list)
-        if worker_options.metrics_port:
+        if worker_options.metrics_port or worker_options.count_metrics:
             self._metrics_installed()
         if worker_options.supervises:
             self._supervise(
@@ -97,7 +97,6 @@ class Command(BaseCommand):
             )
             return
         if worker_options.metrics_port or worker_options.count_metrics:
-            self._metrics_installed()
             metrics.count_jobs()
         if worker_options.metrics_port:
             self._serve_metrics(worker_options)
