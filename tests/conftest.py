@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import glob
 import importlib
 import os
 import signal
@@ -35,8 +36,9 @@ def wait_until(predicate, *, timeout: float = 10.0, message: str = "condition"):
         time.sleep(0.02)
 
 
-def database_url() -> str:
-    """A DATABASE_URL naming the test database, for worker subprocesses."""
+def database_url(*, host: str | None = None, port: int | None = None) -> str:
+    """A DATABASE_URL naming the test database, for worker subprocesses
+    (reaching the server at ``host``:``port`` if given)."""
     settings = connection.settings_dict
     vendor = connection.vendor
     if vendor == "sqlite":
@@ -45,9 +47,10 @@ def database_url() -> str:
     user = quote(settings.get("USER") or "")
     password = settings.get("PASSWORD")
     credentials = f"{user}:{quote(password)}@" if password else f"{user}@"
-    host = settings.get("HOST") or "127.0.0.1"
-    port = f":{settings['PORT']}" if settings.get("PORT") else ""
-    return f"{scheme}://{credentials}{host}{port}/{settings['NAME']}"
+    host = host or settings.get("HOST") or "127.0.0.1"
+    port = port or settings.get("PORT")
+    port_part = f":{port}" if port else ""
+    return f"{scheme}://{credentials}{host}{port_part}/{settings['NAME']}"
 
 
 def run_in_process(**options) -> Worker:
@@ -73,12 +76,18 @@ class WorkerProcesses:
         }
 
     def start(
-        self, *args: str, env: dict | None = None, new_session: bool = False
+        self,
+        *args: str,
+        env: dict | None = None,
+        new_session: bool = False,
+        prefix: tuple[str, ...] = (),
     ) -> subprocess.Popen:
+        """Start ``runworker *args``; ``prefix``: a command that runs it
+        (and execs it, so that the process is the worker's)."""
         log = self.tmp_path / f"worker-{len(self.processes) + 1}.log"
         with log.open("wb") as output:
             process = subprocess.Popen(
-                [sys.executable, str(ROOT / "manage.py"), "runworker", *args],
+                [*prefix, sys.executable, str(ROOT / "manage.py"), "runworker", *args],
                 cwd=ROOT,
                 env={**self.env, **(env or {})},
                 stdout=output,
@@ -159,6 +168,20 @@ def kill_other_connections() -> int:
                 cursor.execute(f"KILL {int(connection_id)}")
             return len(ids)
     raise NotImplementedError(connection.vendor)
+
+
+def skewed_clock(seconds: int) -> dict[str, str]:
+    """The environment that runs a process with its clock ``seconds`` ahead
+    under libfaketime (Debian's faketime), preloaded into the process itself
+    so that signals reach it (the ``faketime`` command runs it as a child)."""
+    libraries = glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
+    if not libraries:
+        pytest.skip("faketime is not installed (apt: faketime)")
+    return {
+        "LD_PRELOAD": libraries[0],
+        "FAKETIME": f"+{seconds}s",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
 
 
 def vendor() -> str:

@@ -4,6 +4,7 @@ backend come through it or through ``django_bgtasks.task``."""
 
 import inspect
 import os
+import socket
 import sys
 import threading
 import time
@@ -131,6 +132,20 @@ def steps(context, path, pause=0.01, until=None):
             log.write(f"{os.getpid()} {context.attempt} {time.time():.6f}\n")
             time.sleep(pause)
     return "stepped"
+
+
+@task(takes_context=True)
+def on_host(context, path, pause=0.0):
+    """Write ``start``/``end`` lines ``job attempt host`` to ``path`` around
+    a pause of ``pause`` s; return this host's name."""
+    run = f"{context.task_result.id} {context.attempt} {socket.gethostname()}"
+    with open(path, "a") as log:
+        log.write(f"start {run}\n")
+    # Not time.sleep(): under libfaketime (a skewed host) it fails, EINVAL.
+    threading.Event().wait(pause)
+    with open(path, "a") as log:
+        log.write(f"end {run}\n")
+    return socket.gethostname()
 
 
 @task

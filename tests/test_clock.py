@@ -3,7 +3,6 @@ two minutes ahead (Debian's faketime) beside a normal one judges no live
 worker dead, starts no delayed job early and fires no schedule early or
 twice."""
 
-import glob
 import os
 import re
 import subprocess
@@ -16,7 +15,13 @@ from django.db import connection
 from django_bgtasks.db import database_now
 from django_bgtasks.models import Job, JobStatus, Schedule, WorkerProcess
 from tests import tasks
-from tests.conftest import ROOT, database_url, requires_server_database, wait_until
+from tests.conftest import (
+    ROOT,
+    database_url,
+    requires_server_database,
+    skewed_clock,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.slow, requires_server_database]
 
@@ -25,17 +30,7 @@ FAST = {"BGTASKS_HEARTBEAT_INTERVAL": "0.5", "BGTASKS_WORKER_TIMEOUT": "3"}
 
 
 def skewed() -> dict[str, str]:
-    """The environment that runs a process under libfaketime (Debian's
-    faketime), preloaded into the worker itself so that signals reach it
-    (the ``faketime`` command runs it as a child)."""
-    libraries = glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
-    if not libraries:
-        pytest.skip("faketime is not installed (apt: faketime)")
-    return {
-        "LD_PRELOAD": libraries[0],
-        "FAKETIME": f"+{SKEW}s",
-        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-    }
+    return skewed_clock(SKEW)
 
 
 def test_a_worker_with_a_clock_ahead_starts_nothing_early_and_rescues_no_one(
