@@ -3,9 +3,12 @@ duties'): kept open for the thread's lifetime, and survived when lost.
 
 A worker is not a request: Django closes a request's connection at its end
 (``CONN_MAX_AGE = 0``, its default) or after an age, but a worker's threads
-keep theirs whatever ``CONN_MAX_AGE`` says, and close one only when an error
-has left it unusable. Reconnecting for every job would cost the database a
-new backend per job.
+keep theirs whatever ``CONN_MAX_AGE`` says while they work, and close one
+when an error has left it unusable. Reconnecting for every job would cost
+the database a new backend per job. A thread that only works with jobs (a
+job thread, the completer) closes its connections once it has had none for
+``IDLE_CONNECTION_SECONDS``: an idle worker process holds only its claims'
+and its heartbeat's.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ logger = logging.getLogger("django_bgtasks.worker")
 # Errors a reconnect may cure: a dropped connection, a restarted server,
 # SQLite's "database is locked".
 CONNECTION_ERRORS = (OperationalError, InterfaceError)
+# Seconds without work after which a job thread, the completer and a
+# supervisor's child's message thread close their connections.
+IDLE_CONNECTION_SECONDS = 5.0
 
 
 def chunks(ids: list, size: int = 1000):

@@ -182,16 +182,20 @@ def stop(workers, process) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("via", ["context", "function"])
+@pytest.mark.parametrize(
+    ("via", "processes"),
+    [("context", []), ("function", []), ("context", ["--processes", "1"])],
+)
 def test_a_task_that_checks_stops_and_ends_cancelled_with_who_and_when(
-    workers, tmp_path, via
+    workers, tmp_path, via, processes
 ):
     """On PostgreSQL the worker hears by NOTIFY (its heartbeat is slow here,
-    and cannot be what told it); elsewhere, at its next heartbeat."""
+    and cannot be what told it), a supervisor's child through the
+    supervisor, which listens for it; elsewhere, at its next heartbeat."""
     noticed = tmp_path / "noticed"
     # On PostgreSQL a heartbeat too slow to be what brings the request.
     beat = 10.0 if POSTGRES else HEARTBEAT
-    process = start_worker(workers, HEARTBEAT_INTERVAL=beat)
+    process = start_worker(workers, *processes, HEARTBEAT_INTERVAL=beat)
     result = tasks.until_cancelled.enqueue(str(noticed), via=via)
     wait_running(result)
     before = time.time()

@@ -43,14 +43,15 @@ def test_a_childs_command_line_carries_its_supervisors_options():
     first, second = options.for_child(1), options.for_child(2)
     assert first.argv() == [
         "--queues", "q", "--concurrency", "4", "--burst", "--max-jobs", "100",
-        "--worker-id", "host-1", "--supervised", "--max-memory", "250",
+        "--worker-id", "host-1", "--no-scheduler", "--no-maintenance",
+        "--supervised", "--max-memory", "250",
     ]  # fmt: skip
     assert parse(*first.argv()) == first
-    assert first.scheduler and first.maintenance  # one of each per supervisor
+    # The supervisor runs the scheduler and the maintenance for them all.
+    assert options.scheduler and options.maintenance
+    assert not first.scheduler and not first.maintenance
     assert not second.scheduler and not second.maintenance
     assert second.worker_id == "host-2" and not second.supervises
-    no_scheduler = parse("--processes", "2", "--no-scheduler").for_child(1)
-    assert not no_scheduler.scheduler and no_scheduler.maintenance
 
 
 @pytest.mark.parametrize(

@@ -110,7 +110,9 @@ def test_after_an_outage_longer_than_the_worker_timeout_no_live_worker_is_judged
 ):
     """Three workers run six jobs; PostgreSQL is down for 10 s, longer than
     WORKER_TIMEOUT (6 s). One worker beats every 2.5 s, so it is heard
-    again up to 2.5 s after the others: they must not judge it dead."""
+    again up to 2.5 s after the others: they must not judge it dead. One
+    of the judges is a supervisor (its maintenance, which has no heartbeat
+    of its own, judges for its child)."""
     timeout = 6
     gate = tmp_path / "gate"
     with transaction.atomic():
@@ -118,8 +120,14 @@ def test_after_an_outage_longer_than_the_worker_timeout_no_live_worker_is_judged
     env = {"BGTASKS_WORKER_TIMEOUT": str(timeout), "BGTASKS_HEARTBEAT_INTERVAL": "0.5"}
     slow_beat = {**env, "BGTASKS_HEARTBEAT_INTERVAL": "2.5"}
     processes = [
-        workers.start("--concurrency", "2", "--poll-interval", "0.1", env=beat)
-        for beat in (env, env, slow_beat)
+        workers.start(
+            *supervised, "--concurrency", "2", "--poll-interval", "0.1", env=beat
+        )
+        for supervised, beat in [
+            (["--processes", "1"], env),
+            ([], env),
+            ([], slow_beat),
+        ]
     ]
     wait_until(
         lambda: Job.objects.filter(status=JobStatus.RUNNING).count() == 6,

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from django.db import connections
 
 from ..conf import bgtasks_settings
-from ..db import CONNECTION_ERRORS, discard_connection
+from ..db import CONNECTION_ERRORS, database_now, discard_connection
 from .prune import BATCH_SIZE, prune_finished_jobs
-from .rescue import rescue_dead_workers
+from .rescue import Steadiness, rescue_dead_workers
 from .scheduler import fire_due_schedules
 from .vacuum import vacuum_if_needed
 
@@ -42,9 +42,13 @@ class Duty:
 
 
 class Maintenance(threading.Thread):
-    """``may_judge_others``: whether this worker may judge other workers dead
-    now (the heartbeat's: see ``Heartbeat.may_judge_others``); the rescue
-    waits until it may."""
+    """The duties of a worker process, or of a supervisor for its children.
+
+    ``steadiness``: the heartbeat's, in a worker (see ``Steadiness``): the
+    rescue waits until it says this process may judge others dead. Without
+    it (a supervisor, which has no heartbeat), the passes' own round trips
+    make it: every pass, the rescue's included, reads the database, at
+    least every HEARTBEAT_INTERVAL."""
 
     def __init__(
         self,
@@ -52,11 +56,12 @@ class Maintenance(threading.Thread):
         using: str,
         scheduler: bool,
         housekeeping: bool,
-        may_judge_others: Callable[[], bool] = lambda: True,
+        steadiness: Steadiness | None = None,
     ):
         super().__init__(name="bgtasks-maintenance", daemon=True)
         self.using = using
-        self.may_judge_others = may_judge_others
+        self.feeds_steadiness = steadiness is None
+        self.steadiness = steadiness or Steadiness(went_through=False)
         self.duties: list[Duty] = []
         if scheduler:
             self.duties.append(
@@ -94,13 +99,23 @@ class Maintenance(threading.Thread):
 
     def _perform(self, duty: Duty) -> float | None:
         try:
-            return duty.run()
+            wait = duty.run()
         except CONNECTION_ERRORS as exc:
+            self._broke()
             logger.warning("%s pass failed (%s); retrying", duty.name.title(), exc)
             discard_connection(self.using)
         except Exception:
+            self._broke()
             logger.exception("%s pass failed", duty.name.title())
+        else:
+            if self.feeds_steadiness:
+                self.steadiness.went_through()
+            return wait
         return None
+
+    def _broke(self) -> None:
+        if self.feeds_steadiness:
+            self.steadiness.broke()
 
     def _schedule(self) -> None:
         fired = fire_due_schedules(using=self.using)
@@ -108,8 +123,10 @@ class Maintenance(threading.Thread):
             logger.info("Scheduler enqueued %d job(s)", fired)
 
     def _rescue(self) -> None:
-        if self.may_judge_others():
+        if self.steadiness.may_judge_others():
             rescue_dead_workers(using=self.using)
+        elif self.feeds_steadiness:
+            database_now(self.using)  # a round trip all the same
 
     def _prune(self) -> float | None:
         deleted = prune_finished_jobs(

@@ -16,6 +16,7 @@ it ends its process so the job does not go on running beside its new run.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -32,6 +33,42 @@ from ..models.transitions import Lost
 logger = logging.getLogger("django_bgtasks.rescue")
 
 WORKERS_PER_PASS = 50
+
+
+class Steadiness:
+    """Whether a process's round trips to the database have gone through
+    without a break (none failed, none more than half a WORKER_TIMEOUT
+    after the one before) for at least a WORKER_TIMEOUT, up to now: only
+    then may it judge other workers dead. After a database outage, or a
+    stall of this process, the others' beats are as old as its own were: it
+    waits until they have had a timeout's time to beat again.
+
+    Fed by one thread (a worker's heartbeat, a supervisor's maintenance),
+    read by another (float swaps). ``went_through``: a round trip was made
+    just now (a worker's registration), else it starts at the first."""
+
+    def __init__(self, *, went_through: bool):
+        self.last = time.monotonic()
+        self.since: float | None = self.last if went_through else None
+
+    def went_through(self) -> None:
+        now = time.monotonic()
+        if self.since is None or now - self.last > bgtasks_settings.WORKER_TIMEOUT / 2:
+            self.since = now
+        self.last = now
+
+    def broke(self) -> None:
+        self.since = None
+
+    def may_judge_others(self) -> bool:
+        timeout = bgtasks_settings.WORKER_TIMEOUT
+        now = time.monotonic()
+        since = self.since
+        return (
+            since is not None
+            and now - since >= timeout
+            and now - self.last <= timeout / 2
+        )
 
 
 @dataclass

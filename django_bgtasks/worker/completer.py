@@ -14,7 +14,7 @@ from django.db import DatabaseError, connections
 from .. import metrics
 from ..backend import DatabaseBackend
 from ..compat import task_finished
-from ..db import retry_until_done
+from ..db import IDLE_CONNECTION_SECONDS, retry_until_done
 from ..exceptions import OutcomeNotStored
 from ..models.transitions import Expired, Failed, Transition, Verdict, WorkerOutcome
 from ..private_api import Receivers
@@ -82,7 +82,7 @@ class Completer(threading.Thread):
 
     def run(self) -> None:
         try:
-            while (first := self._finished.get()) is not None:
+            while (first := self._next()) is not None:
                 batch = [first]
                 while len(batch) < self.MAX_BATCH:
                     try:
@@ -102,6 +102,14 @@ class Completer(threading.Thread):
                     self.hooks.written(len(batch))
         finally:
             connections.close_all()
+
+    def _next(self) -> Finished | None:
+        """The next outcome; the connection is closed while none comes."""
+        try:
+            return self._finished.get(timeout=IDLE_CONNECTION_SECONDS)
+        except queue.Empty:
+            connections.close_all()
+            return self._finished.get()
 
     def _complete(self, batch: list[Finished]) -> None:
         receivers = Receivers(task_finished, DatabaseBackend)

@@ -10,8 +10,8 @@ import time
 
 from django.db import connections
 
-from ..conf import bgtasks_settings
 from ..db import CONNECTION_ERRORS, discard_connection
+from ..maintenance.rescue import Steadiness
 
 logger = logging.getLogger("django_bgtasks.worker")
 
@@ -30,11 +30,8 @@ class Heartbeat(threading.Thread):
     is called: the worker reads its jobs' stop requests. Errors are logged
     and the beat retried at the next interval.
 
-    It also says whether this worker may judge others dead
-    (``may_judge_others``): only once its own beats have gone through
-    without a break for a full WORKER_TIMEOUT. After a database outage, or
-    a stall of this process, the others' beats are as old as its own were:
-    it waits until they have had a timeout's time to beat again.
+    Its beats make its ``steadiness``, which says whether this worker may
+    judge others dead.
     """
 
     def __init__(
@@ -49,24 +46,9 @@ class Heartbeat(threading.Thread):
         self.after_beat = after_beat
         self.clock = clock  # synced with the database's every minute
         self._stop_event = threading.Event()
-        # Monotonic times, written by this thread, read by the maintenance
-        # thread (float swaps). The registration was the first beat.
-        self._last_beat = time.monotonic()
-        self._steady_since: float | None = self._last_beat
-        self._synced_at = self._last_beat  # the worker synced it at start
-
-    def may_judge_others(self) -> bool:
-        """Whether this worker's beats have gone through without a break
-        (none failed, none more than half a WORKER_TIMEOUT after the one
-        before) for at least a WORKER_TIMEOUT, up to now."""
-        timeout = bgtasks_settings.WORKER_TIMEOUT
-        now = time.monotonic()
-        steady_since = self._steady_since
-        return (
-            steady_since is not None
-            and now - steady_since >= timeout
-            and now - self._last_beat <= timeout / 2
-        )
+        # The registration was the first beat.
+        self.steadiness = Steadiness(went_through=True)
+        self._synced_at = time.monotonic()  # the worker synced it at start
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -83,7 +65,7 @@ class Heartbeat(threading.Thread):
         a working worker looking dead."""
         try:
             if self.process.beat() or self._stop_event.is_set():
-                self._went_through()
+                self.steadiness.went_through()
                 if time.monotonic() - self._synced_at >= CLOCK_SYNC_INTERVAL:
                     self.clock.sync(self.using)
                     self._synced_at = time.monotonic()
@@ -97,18 +79,9 @@ class Heartbeat(threading.Thread):
             else:
                 self.process = process
         except CONNECTION_ERRORS as exc:
-            self._steady_since = None
+            self.steadiness.broke()
             logger.warning("Heartbeat failed (%s); retrying at the next beat", exc)
             discard_connection(self.using)
         except Exception:
-            self._steady_since = None
+            self.steadiness.broke()
             logger.exception("Heartbeat failed; retrying at the next beat")
-
-    def _went_through(self) -> None:
-        now = time.monotonic()
-        if (
-            self._steady_since is None
-            or now - self._last_beat > bgtasks_settings.WORKER_TIMEOUT / 2
-        ):
-            self._steady_since = now
-        self._last_beat = now

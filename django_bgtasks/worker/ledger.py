@@ -40,9 +40,11 @@ import math
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from ..db import IDLE_CONNECTION_SECONDS
 from ..models import Job
 from .slots import Notice, Reservation, Slots
 
@@ -288,13 +290,20 @@ class Ledger:
 
     # Job threads ------------------------------------------------------------------
 
-    def next_attempt(self) -> Attempt | None:
+    def next_attempt(self, on_idle: Callable[[], None] | None = None) -> Attempt | None:
         """The best waiting attempt, now running on this thread; blocks until
-        there is one. None: the thread is to exit (``release_threads``). An
-        attempt that runs alone comes with the jobs set aside for it
-        (``Attempt.set_aside``), which the thread must put back first."""
+        there is one (calling ``on_idle`` once if none comes within
+        IDLE_CONNECTION_SECONDS). None: the thread is to exit
+        (``release_threads``). An attempt that runs alone comes with the
+        jobs set aside for it (``Attempt.set_aside``), which the thread must
+        put back first."""
         while True:
-            self._tokens.get()
+            try:
+                self._tokens.get(timeout=IDLE_CONNECTION_SECONDS)
+            except queue.Empty:
+                if on_idle is not None:
+                    on_idle()
+                self._tokens.get()
             if not self._may_start.is_set():
                 # Which job is next is decided after the pause: the urgent
                 # one, if its claim has come in.

@@ -21,12 +21,13 @@ logger = logging.getLogger("django_bgtasks.worker")
 class Listener(threading.Thread):
     """LISTEN on a dedicated connection; call ``on_notify(priority)`` for our
     queues (``priority``: the highest notified, None if any came without),
-    and ``on_stop_request()`` when jobs of worker ``worker_id`` were asked
-    to stop.
+    and ``on_stop_request(worker_id)`` when jobs of worker ``worker_id``
+    were asked to stop (of any worker, if ``worker_id`` is None: a
+    supervisor's, for its children).
 
     Reconnects with a growing pause when the connection drops, and calls
-    both after reconnecting, since notifications may have been missed
-    meanwhile.
+    both after reconnecting (``on_stop_request(None)``), since
+    notifications may have been missed meanwhile.
     """
 
     def __init__(
@@ -35,7 +36,7 @@ class Listener(threading.Thread):
         queues: list[str] | None,
         on_notify,
         *,
-        worker_id: str = "",
+        worker_id: str | None = None,
         on_stop_request=None,
     ):
         super().__init__(name="bgtasks-listener", daemon=True)
@@ -81,7 +82,7 @@ class Listener(threading.Thread):
                 pause = 0.5
                 self.on_notify(None)
                 if self.on_stop_request is not None:
-                    self.on_stop_request()
+                    self.on_stop_request(None)
                 while not self._stop_event.is_set():
                     self._wait(timeout=1.0)
             except Exception as exc:
@@ -155,11 +156,15 @@ class Listener(threading.Thread):
         ]
         if ours:
             self.on_notify(None if None in ours else max(ours))
-        if any(
-            channel == STOP_CHANNEL and text == self.worker_id
+        if self.on_stop_request is None:
+            return
+        for worker_id in {
+            text
             for channel, text in notes
-        ):
-            self.on_stop_request()
+            if channel == STOP_CHANNEL
+            and (self.worker_id is None or text == self.worker_id)
+        }:
+            self.on_stop_request(worker_id)
 
     def _close(self) -> None:
         if self._connection is not None:

@@ -308,8 +308,8 @@ class WorkerOptions:
 
     def for_child(self, number: int) -> WorkerOptions:
         """The options of a supervisor's child ``number`` (1-based): its own
-        limits, an id of its own, and one scheduler and one housekeeper per
-        supervisor (child 1)."""
+        limits and an id of its own; the scheduler and the housekeeping are
+        the supervisor's."""
         return replace(
             self,
             processes=None,
@@ -318,8 +318,8 @@ class WorkerOptions:
             max_jobs=self.max_jobs_per_child,
             max_memory=self.max_memory_per_child,
             worker_id=self.worker_id and f"{self.worker_id}-{number}",
-            scheduler=self.scheduler and number == 1,
-            maintenance=self.maintenance and number == 1,
+            scheduler=False,
+            maintenance=False,
             supervised=True,
             metrics_port=None,
             metrics_host="127.0.0.1",

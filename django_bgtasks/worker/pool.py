@@ -70,7 +70,9 @@ class JobThreads:
 
     def _work(self) -> None:
         try:
-            while (attempt := self.ledger.next_attempt()) is not None:
+            while (
+                attempt := self.ledger.next_attempt(connections.close_all)
+            ) is not None:
                 try:
                     self._run(attempt)
                 except Exception:

@@ -47,6 +47,7 @@ from .lease import Lease
 from .ledger import Attempt, Ledger
 from .listener import Listener
 from .options import WorkerOptions
+from .pipe import SupervisorMessages
 from .pool import JobThreads
 from .process import TRIM_AFTER_JOBS, default_worker_id, memory_mb, release_free_memory
 from .slots import Slots
@@ -255,16 +256,17 @@ class Worker:
                 using=self.using,
                 scheduler=self.options.scheduler,
                 housekeeping=self.options.maintenance,
-                may_judge_others=heartbeat.may_judge_others,
+                steadiness=heartbeat.steadiness,
             ),
         }
-        if self.uses_notify:
+        if self.uses_notify and not self.options.supervised:
+            # A supervisor's children hear through it (``hear_supervisor``).
             parts["listener"] = Listener(
                 self.using,
                 self.queues,
                 self.claimer.notified,
                 worker_id=self.worker_id,
-                on_stop_request=self._hear_stop_requests,
+                on_stop_request=lambda worker_id: self._hear_stop_requests(),
             )
         for part in parts.values():
             part.start()
@@ -327,6 +329,21 @@ class Worker:
             self.stop()
 
     # Stop requests, timeouts and lost jobs ------------------------------------
+
+    def hear_supervisor(self, fd: int) -> None:
+        """Take stop requests, wake-ups and jobs' stop requests from the
+        supervisor's messages on ``fd`` (``pipe.py``), on a thread."""
+
+        def on_jobs_stop(worker_id: str | None) -> None:
+            if worker_id in (None, self.worker_id):
+                self._hear_stop_requests()
+
+        SupervisorMessages(
+            fd,
+            on_stop=self.stop_requests.from_supervisor,
+            on_wake=self.claimer.notified,
+            on_jobs_stop=on_jobs_stop,
+        ).start()
 
     def _hear_stop_requests(self) -> None:
         """Read which jobs this worker holds were asked to stop (an indexed

@@ -2,8 +2,8 @@
 
 The first request stops it gracefully, a second makes it exit at once. They
 arrive as SIGTERM/SIGINT, or, for a child of ``runworker --processes``, as
-lines on its standard input from the supervisor ("stop", "now"; the end of
-the stream, when the supervisor is gone, means "stop"). Children listen to
+the supervisor's messages ("stop", "now"; the end of the stream, when the
+supervisor is gone, means "stop": ``pipe.py``). Children listen to
 their supervisor rather than to the terminal, so one Ctrl-C is one request.
 A child that gets SIGTERM itself as well as its supervisor's "stop" (a
 signal sent to the whole process group, as systemd's default KillMode
@@ -18,7 +18,6 @@ import os
 import signal
 import threading
 from collections.abc import Callable
-from typing import TextIO
 
 logger = logging.getLogger("django_bgtasks.worker")
 
@@ -104,21 +103,6 @@ class StopRequests:
 
     # A supervisor's messages ----------------------------------------------------
 
-    def watch_supervisor(self, stream: TextIO) -> None:
-        """Read the supervisor's messages from ``stream`` on a thread."""
-        threading.Thread(
-            target=self._read_supervisor,
-            args=(stream,),
-            name="bgtasks-supervisor",
-            daemon=True,
-        ).start()
-
-    def _read_supervisor(self, stream: TextIO) -> None:
-        for line in stream:
-            message = line.strip()
-            if message == "stop":
-                self._request("supervisor", "the supervisor", up_to=1)
-            elif message == "now":
-                self._request("supervisor", "the supervisor", up_to=2)
-        # The supervisor is gone: do not run on alone.
-        self._request("supervisor", "the supervisor's exit", up_to=1)
+    def from_supervisor(self, count: int, source: str) -> None:
+        """The supervisor's requests come to ``count`` (``pipe.py``)."""
+        self._request("supervisor", source, up_to=count)

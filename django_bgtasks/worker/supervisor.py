@@ -3,7 +3,11 @@
 Each child is an ordinary ``runworker`` (its own row, heartbeat and threads)
 started with ``--supervised``: it takes its stop requests from the
 supervisor, through its standard input, not from the terminal, so one Ctrl-C
-is one request. The supervisor restarts a child that ends while it runs: at
+is one request. The supervisor does for all its children what needs one
+connection to the database (``pipe.py``): it holds the one LISTEN
+connection, passing wake-ups and jobs' stop requests on, and runs the
+scheduler and the maintenance (rescue, pruning), which its restarts of a
+child do not interrupt. The supervisor restarts a child that ends while it runs: at
 once after a planned exit (``--max-jobs-per-child``,
 ``--max-memory-per-child``, a job past its timeout), after a growing pause
 (1 s doubling to 30 s) after a crash. On SIGTERM/SIGINT it asks every child
@@ -20,8 +24,14 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .. import metrics
+from django.db import connections, router
+
+from .. import metrics, notify
+from ..maintenance.duties import Maintenance
+from ..models import Job
+from .listener import Listener
 from .options import WorkerOptions
+from .pipe import ChildPipe, jobs_stop, wake
 from .runner import WorkerExit
 from .stopping import StopRequests
 
@@ -40,6 +50,7 @@ PLANNED_EXITS = {
 class Slot:
     number: int
     process: subprocess.Popen | None = None
+    pipe: ChildPipe | None = None  # to its standard input
     started_at: float = 0.0
     crashes: int = 0
     restart_at: float = 0.0
@@ -72,6 +83,7 @@ class Supervisor:
 
     def run(self) -> int:
         restore = self.stop_requests.install_signal_handlers()
+        parts = self._start_parts()
         try:
             for slot in self.slots:
                 self._start(slot)
@@ -82,7 +94,40 @@ class Supervisor:
                 self._wake.clear()
         finally:
             restore()
+            for part in parts:
+                part.stop()
+            for part in parts:
+                part.join(timeout=10)
+            connections.close_all()
         return int(WorkerExit.FORCED if self._forced else WorkerExit.STOPPED)
+
+    def _start_parts(self) -> list:
+        """The threads that serve every child: the listener, on PostgreSQL
+        with NOTIFY on, and the scheduler and maintenance, unless off."""
+        using = router.db_for_write(Job)
+        parts = []
+        if notify.notify_enabled(connections[using]):
+            parts.append(
+                Listener(
+                    using,
+                    self.options.queue_list,
+                    lambda priority: self._tell_children(wake(priority)),
+                    on_stop_request=lambda worker: self._tell_children(
+                        jobs_stop(worker)
+                    ),
+                )
+            )
+        if self.options.scheduler or self.options.maintenance:
+            parts.append(
+                Maintenance(
+                    using=using,
+                    scheduler=self.options.scheduler,
+                    housekeeping=self.options.maintenance,
+                )
+            )
+        for part in parts:
+            part.start()
+        return parts
 
     def command(self, number: int) -> list[str]:
         """The command line of child ``number`` (1-based)."""
@@ -102,18 +147,17 @@ class Supervisor:
         self._wake.set()
 
     def _tell_children(self, message: str) -> None:
-        for slot in self.slots:
-            if slot.process is not None and slot.process.poll() is None:
-                try:
-                    slot.process.stdin.write(message + "\n")
-                    slot.process.stdin.flush()
-                except (BrokenPipeError, OSError):
-                    pass  # it has just ended
+        """Send ``message`` to every child (from any thread)."""
+        for slot in list(self.slots):
+            pipe = slot.pipe
+            if pipe is not None:
+                pipe.send(message)
 
     def _start(self, slot: Slot) -> None:
         slot.process = subprocess.Popen(
-            self.command(slot.number), stdin=subprocess.PIPE, text=True
+            self.command(slot.number), stdin=subprocess.PIPE
         )
+        slot.pipe = ChildPipe(slot.process.stdin)
         slot.started_at = time.monotonic()
         logger.info("Worker process %d started (pid %d)", slot.number, slot.process.pid)
         if self._stopping:  # a stop came while it started
@@ -133,7 +177,8 @@ class Supervisor:
             return
         if self.metrics_folder is not None:
             metrics.child_ended(slot.process.pid, self.metrics_folder)
-        slot.process.stdin.close()
+        slot.pipe, pipe = None, slot.pipe
+        pipe.close()
         slot.process = None
         if self._stopping or (not self.restart and code == WorkerExit.STOPPED):
             slot.done = True

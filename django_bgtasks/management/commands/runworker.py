@@ -13,7 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections, router
 
-from django_bgtasks import __version__, metrics
+from django_bgtasks import __version__, metrics, notify
 from django_bgtasks.backend import DatabaseBackend
 from django_bgtasks.compat import FRAMEWORK_LOGGER, loadable_backends
 from django_bgtasks.conf import bgtasks_settings
@@ -35,14 +35,28 @@ def banner(worker: Worker) -> dict[str, str]:
     connection = connections[worker.using]
     wakeups = f"polling every {worker.poll_interval:g} s"
     if worker.uses_notify:
-        wakeups = f"LISTEN/NOTIFY, {wakeups}"
+        heard = "through the supervisor" if options.supervised else "LISTEN/NOTIFY"
+        wakeups = f"{heard}, {wakeups}"
     prefetch = "adapts" if options.prefetch is None else str(options.prefetch)
-    return {
+    lines = {
         "worker": worker.worker_id,
         "database": f"{connection.display_name} ({worker.using})",
         "queues": ", ".join(worker.queues) if worker.queues else "* (all)",
         "concurrency": f"{options.concurrency} thread(s), prefetch {prefetch}",
         "wake-ups": wakeups,
+    }
+    if options.supervised:
+        return {
+            **lines,
+            "scheduler": "the supervisor's",
+            "maintenance": "the supervisor's",
+        }
+    return {**lines, **duties(options)}
+
+
+def duties(options: WorkerOptions) -> dict[str, str]:
+    """The banner's lines of the scheduler and the maintenance."""
+    return {
         "scheduler": (
             f"every {bgtasks_settings.SCHEDULER_INTERVAL:g} s"
             if options.scheduler
@@ -108,7 +122,7 @@ class Command(BaseCommand):
             # Stop requests come from the supervisor; the terminal's Ctrl-C
             # reaches the supervisor, which passes it on.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-            worker.stop_requests.watch_supervisor(sys.stdin)
+            worker.hear_supervisor(sys.stdin.fileno())
         settle_garbage_collector()  # this process is the worker's
         try:
             with StallGuard():  # this process is the worker's
@@ -175,6 +189,12 @@ class Command(BaseCommand):
                     "processes": f"{len(supervisor.slots)} x "
                     f"{options.concurrency} thread(s)",
                     "recycling": ", ".join(filter(None, recycling)) or "off",
+                    "wake-ups": (
+                        "LISTEN/NOTIFY, passed on to the processes"
+                        if notify.notify_enabled(connections[router.db_for_write(Job)])
+                        else "none (the processes poll)"
+                    ),
+                    **duties(options),
                 },
             )
         try:

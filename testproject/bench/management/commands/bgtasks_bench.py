@@ -7,8 +7,9 @@ Scenarios, each run ``--runs`` times (medians printed), on the database of
 - bulk: one ``task.enqueue_many()`` of ``--bulk`` jobs;
 - drain: ``runworker --processes P --concurrency 16 --prefetch 48`` (the
   tuned worker) drains jobs enqueued at once (for each P of
-  ``--processes``), with the PostgreSQL server's CPU per job where it runs on
-  this host;
+  ``--processes``), with the workers' CPU per job and the PostgreSQL
+  server's where it runs on this host, and the jobs per second one core of
+  each carries at that cost (capacity);
 - untuned: the same drain, priority and memory figures for ``runworker
   --processes 2`` with no tuning options on ``CONN_MAX_AGE = 0`` (Django's
   default): what a user who tunes nothing gets, beside the tuned worker;
@@ -41,8 +42,8 @@ Scenarios, each run ``--runs`` times (medians printed), on the database of
   workers and of PostgreSQL until the last no-op ended (steadier than the
   rates on a machine whose speed varies by the minute);
 - many-idle (only when named): ``--idle-workers`` idle worker processes,
-  their connections and transactions, and the CPU of the PostgreSQL server
-  where it runs on this host.
+  their connections (in all and per process) and transactions, and the CPU
+  of the PostgreSQL server where it runs on this host.
 
 Not a test: it asserts nothing and prints figures. Run it on a quiet
 machine; ``--quick`` runs small sizes once (CI uses it to prove it works).
@@ -369,13 +370,20 @@ class Command(BaseCommand):
                     else None
                 )
             figures = [self.drain() for _ in range(options["runs"])]
-            drain = statistics.median(rate for rate, _ in figures)
+            drain = statistics.median(rate for rate, _, _ in figures)
             row(f"{name}drain {options['drain']:,} jobs, {count} process(es)",
                 drain, "jobs/s")  # fmt: skip
-            cpu = [cpu for _, cpu in figures if cpu is not None]
+            # Capacity: what one core of each side carries at this pace.
+            workers_cpu = statistics.median(cpu for _, _, cpu in figures)
+            row(f"  {name}workers' CPU per job", f"{workers_cpu:.3f}", "ms")
+            row(f"  {name}jobs per worker core", 1000 / workers_cpu, "jobs/s")
+            cpu = [cpu for _, cpu, _ in figures if cpu is not None]
             if cpu:
-                row(f"  {name}PostgreSQL CPU per job", f"{statistics.median(cpu):.3f}",
+                database_cpu = statistics.median(cpu)
+                row(f"  {name}PostgreSQL CPU per job", f"{database_cpu:.3f}",
                     "ms")  # fmt: skip
+                row(f"  {name}jobs per PostgreSQL core", 1000 / database_cpu,
+                    "jobs/s")  # fmt: skip
             if not measured:
                 return drain
             if tuned:
@@ -611,21 +619,25 @@ class Command(BaseCommand):
         self.supervisor.send_signal(signal.SIGTERM)
         self.supervisor.wait(60)
 
-    def drain(self) -> tuple[float, float | None]:
-        """Jobs per second, and the PostgreSQL server's CPU per job in ms
-        (None where it cannot be read), while the workers drain a backlog."""
+    def drain(self) -> tuple[float, float | None, float]:
+        """Jobs per second, the PostgreSQL server's CPU per job in ms (None
+        where it cannot be read), and the workers', while the workers drain
+        a backlog."""
         self.clear()
         count = self.options["drain"]
         with transaction.atomic():
             noop.enqueue_many(((n,), {}) for n in range(count))
         cpu_before = database_cpu_seconds()
+        workers_before = tree_cpu_seconds(self.supervisor.pid)
         started = time.perf_counter()
         self.wait_for_workers()
         rate = count / (time.perf_counter() - started)
+        workers = (tree_cpu_seconds(self.supervisor.pid) - workers_before) * 1000
         cpu_after = database_cpu_seconds()
-        if cpu_before is None or cpu_after is None:
-            return rate, None
-        return rate, (cpu_after - cpu_before) * 1000 / count
+        database = None
+        if cpu_before is not None and cpu_after is not None:
+            database = (cpu_after - cpu_before) * 1000 / count
+        return rate, database, workers / count
 
     def wait_for_workers(self, timeout: float = 600) -> None:
         """Until no job is READY or RUNNING (the queue is drained)."""
@@ -778,6 +790,8 @@ class Command(BaseCommand):
             self.stop_workers()
         label = f"{count} idle worker processes"
         row(f"{label}: connections", connections_held, "")
+        row(f"  {label}: connections per process", f"{connections_held / count:.2f}",
+            "(the supervisor's included)")  # fmt: skip
         row(f"{label}: transactions", transactions, "per second, in all")
         if cpu_share is not None:
             row(f"{label}: database CPU", f"{cpu_share:.2f}", "% of one core")
