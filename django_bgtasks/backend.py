@@ -30,7 +30,7 @@ from django.core import checks
 from django.db import IntegrityError, router, transaction
 from django.utils import timezone
 
-from . import notify, registry
+from . import notify, registry, tracing
 from .backoff import Backoff
 from .base import DatabaseTask, DatabaseTaskResult
 from .compat import (
@@ -125,7 +125,15 @@ class DatabaseBackend(BaseTaskBackend):
         return self._enqueue_one(task, columns, args, kwargs)
 
     def _enqueue_one(self, task, columns, args, kwargs) -> DatabaseTaskResult:
-        common = self._with_times(columns, timezone.now())
+        with tracing.enqueued(
+            columns["task_path"], columns["queue_name"], self.alias
+        ) as trace_context:
+            return self._insert_one(task, columns, args, kwargs, trace_context)
+
+    def _insert_one(
+        self, task, columns, args, kwargs, trace_context
+    ) -> DatabaseTaskResult:
+        common = self._with_times(columns, timezone.now(), trace_context)
         arguments = [_json_arguments(args, kwargs, bgtasks_settings.MAX_PAYLOAD_BYTES)]
         if _keyed_limit(task):
             common = _with_limit_key(task, common, arguments[0])
@@ -140,8 +148,15 @@ class DatabaseBackend(BaseTaskBackend):
         """Enqueue ``task`` once per ``(args, kwargs)`` in ``calls``, in one
         transaction (one statement per ``CHUNK`` jobs); nothing is written
         if any call is invalid."""
-        common = self._with_times(self._validated_columns(task), timezone.now())
+        columns = self._validated_columns(task)
         calls = list(calls)
+        with tracing.enqueued(
+            columns["task_path"], columns["queue_name"], self.alias, len(calls)
+        ) as trace_context:
+            common = self._with_times(columns, timezone.now(), trace_context)
+            return self._insert_many(task, common, calls)
+
+    def _insert_many(self, task, common, calls) -> list[DatabaseTaskResult]:
         limit = bgtasks_settings.MAX_PAYLOAD_BYTES
 
         def checked(start: int) -> list[tuple[list, dict]]:
@@ -218,6 +233,16 @@ class DatabaseBackend(BaseTaskBackend):
         Every step is checked first, as ``enqueue`` checks a job: nothing
         is written if one is invalid."""
         laid = plan(workflow)
+        first = laid.steps[0].task
+        with tracing.enqueued(
+            f"workflow of {first.module_path}",
+            first.queue_name,
+            self.alias,
+            len(laid.steps),
+        ) as trace_context:
+            return self._insert_workflow(laid, trace_context)
+
+    def _insert_workflow(self, laid, trace_context) -> WorkflowResult:
         waiting_for = Counter(edge.job for edge in laid.edges)
         with_dependents = {edge.waits_for for edge in laid.edges}
         workflow_id = uuid.uuid4()
@@ -248,7 +273,7 @@ class DatabaseBackend(BaseTaskBackend):
             if _keyed_limit(task):
                 columns = _with_limit_key(task, columns, (args, kwargs))
             row = {
-                **self._with_times(columns, now),
+                **self._with_times(columns, now, trace_context),
                 "status": JobStatus.WAITING if waits else JobStatus.READY,
                 "workflow_id": workflow_id,
                 "waiting_for": waits,
@@ -380,6 +405,7 @@ class DatabaseBackend(BaseTaskBackend):
             "queue_name": queue_name,
             "priority": priority,
             "route": route,
+            "trace_context": None,  # the enqueue's, where traced (tracing.py)
             "status": JobStatus.READY.value,
             "run_after": run_after,
             "task_run_after": run_after,
@@ -422,10 +448,12 @@ class DatabaseBackend(BaseTaskBackend):
         return queue_name, priority, route.pattern if applied else ""
 
     @staticmethod
-    def _with_times(columns: dict[str, Any], now) -> dict[str, Any]:
+    def _with_times(
+        columns: dict[str, Any], now, trace_context: dict | None = None
+    ) -> dict[str, Any]:
         """``columns`` of jobs enqueued ``now`` (due now unless the task has
         a ``run_after``; expiring ``expires`` after now if that is a
-        timedelta)."""
+        timedelta), in the trace of ``trace_context``."""
         expires = columns["expires_at"]
         if isinstance(expires, timedelta):
             expires = now + expires
@@ -436,6 +464,7 @@ class DatabaseBackend(BaseTaskBackend):
             "run_after": columns["run_after"] or now,
             "expires_at": expires,
             "enqueued_at": now,
+            "trace_context": trace_context,
         }
 
     def _results(self, task, row: dict, ids, arguments) -> list[DatabaseTaskResult]:

@@ -59,7 +59,7 @@ class JobCounters:
     def __init__(self):
         labels = ["task", "queue"]
         self.enqueued = prometheus_client.Counter(
-            "bgtasks_jobs_enqueued", "Jobs enqueued by this worker.", labels
+            "bgtasks_jobs_enqueued", "Jobs enqueued by this process.", labels
         )
         self.started = prometheus_client.Counter(
             "bgtasks_attempts_started", "Attempts started.", labels
@@ -92,7 +92,10 @@ _counting_lock = threading.Lock()
 
 
 def count_jobs() -> JobCounters:
-    """Count this process's jobs from now on (idempotent)."""
+    """Count this process's jobs from now on (idempotent), in
+    ``prometheus_client``'s default registry: in a worker, the attempts and
+    the jobs it enqueues; in a web process (call it at start), the jobs it
+    enqueues."""
     global counters
     require()
     with _counting_lock:

@@ -391,6 +391,11 @@ class Job(models.Model):
     # priority at enqueue; '' if none. A default in the database too: code
     # of before routes, still running during a deploy, inserts no value.
     route = models.CharField(_("route"), max_length=200, default="", db_default="")
+    # The OpenTelemetry context of the enqueue (tracing.py): each attempt's
+    # span is its child. NULL without tracing.
+    trace_context = models.JSONField(
+        _("trace context"), null=True, blank=True, editable=False
+    )
     status = models.CharField(
         _("status"), max_length=10, choices=JobStatus, default=JobStatus.READY
     )

@@ -37,6 +37,7 @@ COMMON = {
     "queue_name": "text",
     "priority": "smallint",
     "route": "text",
+    "trace_context": "jsonb",
     "status": "text",
     "run_after": "timestamptz",
     "task_run_after": "timestamptz",
@@ -217,8 +218,10 @@ def _send_postgresql(cursor, common, arguments, *, notify: bool) -> None:
     """Execute the insert of one chunk on ``cursor`` (in pipeline mode, send
     it); its ids are then the cursor's rows."""
     params = [
-        json.dumps(common[name]) if kind == "jsonb" else common[name]
+        # None is SQL NULL (trace_context), as the ORM stores it.
+        json.dumps(value) if kind == "jsonb" and value is not None else value
         for name, kind in COMMON.items()
+        for value in [common[name]]
     ]
     if len(arguments) == 1:  # the common case, with the simplest statement
         args, kwargs = arguments[0]

@@ -10,7 +10,7 @@ import time
 from django.conf import settings
 from django.db import connections, reset_queries
 
-from .. import notify
+from .. import notify, tracing
 from ..db import retry_until_done, tidy_connections
 from ..models import Job, JobStatus
 from ..models.transitions import Interrupted, transition
@@ -96,9 +96,11 @@ class JobThreads:
         if logger.isEnabledFor(logging.INFO):
             logger.info("Job %s started: %s", job.pk, describe(job))
         started = time.monotonic()
-        outcome, task, task_result = run_attempt(
-            job, self.claimer.started_receivers, self.clock.now
-        )
+        with tracing.running(job) as span:
+            outcome, task, task_result = run_attempt(
+                job, self.claimer.started_receivers, self.clock.now
+            )
+            tracing.ended(span, outcome)
         seconds = time.monotonic() - started
         # After each job: a connection the task left unusable is not handed
         # to the next job on this thread; the others stay open.
