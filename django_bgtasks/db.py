@@ -60,6 +60,15 @@ def discard_connection(using: str) -> None:
         connections[using].close()
 
 
+def close_idle_connections() -> None:
+    """Close this thread's connections (it has been idle for
+    IDLE_CONNECTION_SECONDS); a dead one's error is dropped: the thread
+    must go on."""
+    for connection in connections.all(initialized_only=True):
+        with contextlib.suppress(DatabaseError):
+            connection.close()
+
+
 def tidy_connections() -> None:
     """After a job, on its thread: close the connections an error in the
     task may have left unusable (a reconnect is cheap beside a next job

@@ -5,8 +5,9 @@ Counters come from the workers, as they run jobs: jobs enqueued (by
 workers: workflows' steps, schedules, tasks that enqueue), attempts
 started, and attempts ended by outcome, with a histogram of their run
 time, each per task and queue. A supervisor (``--processes``) serves the
-sum of its children's (``prometheus_client``'s multiprocess mode: each
-child writes its counts to files in a folder the supervisor made).
+sum of its children's and its own (its scheduler's jobs), in
+``prometheus_client``'s multiprocess mode: each writes its counts to files
+in a folder the supervisor made.
 
 Gauges come from the database when Prometheus scrapes: per queue, jobs
 READY (exact up to 10,000, then the planner's estimate), due, RUNNING, the
@@ -33,7 +34,7 @@ logger = logging.getLogger("django_bgtasks.worker")
 
 try:
     import prometheus_client
-    from prometheus_client import multiprocess
+    from prometheus_client import multiprocess, values
     from prometheus_client.core import GaugeMetricFamily
 except ImportError:  # the optional extra is not installed
     prometheus_client = None
@@ -105,6 +106,17 @@ def count_jobs() -> JobCounters:
                 counters.job_enqueued, dispatch_uid="django_bgtasks.metrics"
             )
     return counters
+
+
+def count_jobs_in_folder() -> JobCounters:
+    """In a supervisor, count its jobs (its scheduler's) into the folder of
+    its children's counts (``PROMETHEUS_MULTIPROC_DIR``, set before): the
+    sum it serves is then everyone's."""
+    require()
+    # prometheus_client chose its kind of value when first imported, before
+    # the folder was named: choose again (values are made with the metric).
+    values.ValueClass = values.get_value_class()
+    return count_jobs()
 
 
 def attempt_started(job) -> None:

@@ -12,6 +12,7 @@ skip where a namespace cannot be made."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -62,6 +63,7 @@ class Hosts:
         # runs on one machine do not meet.
         self.tag = os.getpid() % 100000
         self.subnet = f"10.{200 + os.getpid() % 50}.{os.getpid() // 50 % 250}"
+        self.server = connection.settings_dict.get("HOST") or "127.0.0.1"
         self.port = (
             int(connection.settings_dict.get("PORT") or 0)
             or {
@@ -94,7 +96,7 @@ class Hosts:
             [
                 "socat",
                 f"TCP-LISTEN:{self.port},bind={host.gateway},fork,reuseaddr",
-                f"TCP:127.0.0.1:{self.port}",
+                f"TCP:{self.server}:{self.port}",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -139,14 +141,25 @@ class Hosts:
         run("ip", "link", "set", host.link, "up")
 
     def remove_all(self) -> None:
+        """Everything the hosts made, each part whatever became of the
+        others: the processes in each namespace (a supervisor's children
+        too), the forwarders with their forked children, the links, the
+        namespaces."""
         self.workers.stop_all()
         for host in self.hosts:
+            listed = subprocess.run(
+                ["ip", "netns", "pids", host.namespace], capture_output=True, text=True
+            )
+            for pid in listed.stdout.split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
             if host.forwarder is not None:
-                os.killpg(host.forwarder.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(host.forwarder.pid, signal.SIGKILL)
                 host.forwarder.wait()
             # The pair at once (the namespace's end would go with the
             # namespace, but only once the kernel gets round to it).
-            subprocess.run(["ip", "link", "delete", host.link])
+            subprocess.run(["ip", "link", "delete", host.link], capture_output=True)
             subprocess.run(["ip", "netns", "delete", host.namespace])
 
 

@@ -2,6 +2,8 @@
 (one, and a supervisor of two) are scraped over HTTP and their counts
 compared with the jobs they ran; the database's gauges with the rows."""
 
+import json
+import signal
 import socket
 import urllib.request
 from datetime import timedelta
@@ -194,3 +196,38 @@ def test_metrics_on_a_port_in_use_stop_the_worker_with_a_reason(workers):
         assert workers.wait(process) == 1
     log = workers.tmp_path / "worker-1.log"
     assert f"Cannot serve metrics on 127.0.0.1:{port}" in log.read_text()
+
+
+@pytest.mark.slow
+def test_a_supervisor_counts_the_jobs_its_scheduler_enqueued(workers):
+    """The scheduler runs in the supervisor: its jobs are in the sum too."""
+    port = free_port()
+    schedules = {
+        "tick": {
+            "task": "tests.tasks.record",
+            "cron": "* * * * * *",
+            "kwargs": {"label": "tick"},
+        }
+    }
+    process = workers.start(
+        "--metrics-port", str(port), "--processes", "1",
+        env={"BGTASKS_TEST_SCHEDULES": json.dumps(schedules)},
+    )  # fmt: skip
+    wait_until(lambda: served(port), timeout=60, message="metrics served")
+    wait_until(
+        lambda: Job.objects.filter(schedule__name="tick").count() >= 3,
+        timeout=60,
+        message="three scheduled jobs",
+    )
+    labels = task_labels(tasks.record)
+    counted = wait_until(
+        lambda: (
+            (n := value(scrape(port), "bgtasks_jobs_enqueued_total", **labels)) >= 3
+            and n
+        ),
+        timeout=30,
+        message="the scheduler's jobs counted",
+    )
+    process.send_signal(signal.SIGTERM)
+    assert workers.wait(process, timeout=30) == 0
+    assert 3 <= counted <= Job.objects.filter(schedule__name="tick").count()

@@ -104,8 +104,7 @@ class Maintenance(threading.Thread):
             self._broke()
             logger.warning("%s pass failed (%s); retrying", duty.name.title(), exc)
             discard_connection(self.using)
-        except Exception:
-            self._broke()
+        except Exception:  # the duty's own error, not a broken connection
             logger.exception("%s pass failed", duty.name.title())
         else:
             if self.feeds_steadiness:
@@ -123,10 +122,12 @@ class Maintenance(threading.Thread):
             logger.info("Scheduler enqueued %d job(s)", fired)
 
     def _rescue(self) -> None:
+        # The database's time first: a judgement is made on a time read
+        # after it knew it may judge, never on one read before an outage
+        # that this read sat through.
+        now = database_now(self.using)
         if self.steadiness.may_judge_others():
-            rescue_dead_workers(using=self.using)
-        elif self.feeds_steadiness:
-            database_now(self.using)  # a round trip all the same
+            rescue_dead_workers(using=self.using, now=now)
 
     def _prune(self) -> float | None:
         deleted = prune_finished_jobs(

@@ -14,7 +14,7 @@ from django.db import DatabaseError, connections
 from .. import metrics
 from ..backend import DatabaseBackend
 from ..compat import task_finished
-from ..db import IDLE_CONNECTION_SECONDS, retry_until_done
+from ..db import IDLE_CONNECTION_SECONDS, close_idle_connections, retry_until_done
 from ..exceptions import OutcomeNotStored
 from ..models.transitions import Expired, Failed, Transition, Verdict, WorkerOutcome
 from ..private_api import Receivers
@@ -108,7 +108,7 @@ class Completer(threading.Thread):
         try:
             return self._finished.get(timeout=IDLE_CONNECTION_SECONDS)
         except queue.Empty:
-            connections.close_all()
+            close_idle_connections()
             return self._finished.get()
 
     def _complete(self, batch: list[Finished]) -> None:

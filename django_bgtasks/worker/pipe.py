@@ -22,14 +22,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import select
 import threading
-import time
 from collections.abc import Callable
 
-from django.db import connections
-
-from ..db import IDLE_CONNECTION_SECONDS
+from ..db import IDLE_CONNECTION_SECONDS, close_idle_connections
 
 logger = logging.getLogger("django_bgtasks.worker")
 
@@ -37,9 +33,6 @@ STOP = "stop"
 NOW = "now"
 WAKE = "wake"
 JOBS_STOP = "jobs-stop"
-# How long the supervisor tries to hand a child a stop request that its full
-# pipe will not take (a child not reading: stopped, or stuck).
-STOP_WRITE_SECONDS = 5.0
 
 
 def wake(priority: int | None) -> str:
@@ -47,16 +40,21 @@ def wake(priority: int | None) -> str:
 
 
 def jobs_stop(worker_id: str | None) -> str:
-    return JOBS_STOP if worker_id is None else f"{JOBS_STOP} {worker_id}"
+    """The line for the jobs of ``worker_id`` (a notification's text): of
+    any worker's where it is not a worker's id (no line of its own)."""
+    if worker_id is None or len(worker_id) > 100 or not worker_id.isprintable():
+        return JOBS_STOP
+    return f"{JOBS_STOP} {worker_id}"
 
 
 class ChildPipe:
     """The supervisor's end of a child's standard input. A line is written
     whole or not at all (one ``write`` of at most ``PIPE_BUF`` bytes), and
-    never blocks the supervisor: a wake-up the child cannot take now is
-    dropped (its polling, and the next one, make up for it); a stop request
-    is tried again for ``STOP_WRITE_SECONDS``. Several threads send (the
-    main thread's stop requests, the listener's notifications)."""
+    never blocks the sender: a line the child's full pipe cannot take is
+    not sent (``send`` says so; the supervisor signals a stop instead, and
+    a wake-up is made up for by the child's polling and the next one).
+    Several threads send (the main thread's stop requests, the listener's
+    notifications)."""
 
     def __init__(self, stream):
         self.stream = stream
@@ -67,21 +65,13 @@ class ChildPipe:
     def send(self, line: str) -> bool:
         """Whether the child got ``line``."""
         data = (line + "\n").encode()
-        deadline = time.monotonic() + STOP_WRITE_SECONDS
-        while True:
-            with self._lock:
-                if self.fd < 0:
-                    return False  # closed: the child has ended
-                try:
-                    os.write(self.fd, data)
-                    return True
-                except BlockingIOError:
-                    pass
-                except OSError:  # the child has just ended
-                    return False
-            if line.startswith(WAKE) or time.monotonic() > deadline:
+        with self._lock:
+            if self.fd < 0:
+                return False  # closed: the child has ended
+            try:
+                return os.write(self.fd, data) == len(data)
+            except OSError:  # full (BlockingIOError), or the child has ended
                 return False
-            time.sleep(0.01)
 
     def close(self) -> None:
         with self._lock:  # no write lands on a number reused meanwhile
@@ -91,76 +81,109 @@ class ChildPipe:
 
 
 class SupervisorMessages(threading.Thread):
-    """In a child: read the supervisor's lines from ``fd`` and call
-    ``on_stop(count, source)`` (count 1: stop, 2: at once; 1 when the
-    stream ends), ``on_wake(priority)``, ``on_jobs_stop(worker_id or
-    None)``."""
+    """In a child: read the supervisor's lines from ``fd``. A stop request
+    is acted on at once, ``on_stop(count, source)`` (count 1: stop, 2: at
+    once; 1 when the stream ends); the notices, which use the database,
+    are handed to a thread of their own, so that none can keep a stop
+    unread: ``on_wake(priority)``, and ``on_jobs_stop()`` for this worker's
+    (``worker_id``) jobs or any worker's."""
 
     def __init__(
         self,
         fd: int,
         *,
+        worker_id: str,
         on_stop: Callable[[int, str], None],
         on_wake: Callable[[int | None], None],
-        on_jobs_stop: Callable[[str | None], None],
+        on_jobs_stop: Callable[[], None],
     ):
         super().__init__(name="bgtasks-supervisor", daemon=True)
         self.fd = fd
+        self.worker_id = worker_id
         self.on_stop = on_stop
-        self.on_wake = on_wake
-        self.on_jobs_stop = on_jobs_stop
+        self.notices = Notices(on_wake=on_wake, on_jobs_stop=on_jobs_stop)
 
     def run(self) -> None:
+        self.notices.start()
         pending = b""
-        # When a message last used the database (an urgent claim, a read of
-        # stop requests): its connection is closed once idle.
-        used_at: float | None = None
         try:
-            while True:
-                ready, _, _ = select.select([self.fd], [], [], 1.0)
-                if not ready:
-                    if (
-                        used_at is not None
-                        and time.monotonic() - used_at > IDLE_CONNECTION_SECONDS
-                    ):
-                        connections.close_all()
-                        used_at = None
-                    continue
-                chunk = os.read(self.fd, 65536)
-                if not chunk:
-                    break
+            while chunk := os.read(self.fd, 65536):
                 *lines, pending = (pending + chunk).split(b"\n")
-                if self._take(lines):
-                    used_at = time.monotonic()
+                for line in lines:
+                    self._dispatch(line.decode(errors="replace").strip())
         finally:
             # The supervisor is gone: do not run on alone.
             self.on_stop(1, "the supervisor's exit")
-            connections.close_all()
 
-    def _take(self, lines: list[bytes]) -> bool:
-        """Act on each line; whether one may have used the database."""
-        used = False
-        for line in lines:
-            message = line.decode(errors="replace").strip()
-            try:
-                used = self._dispatch(message) or used
-            except Exception:
-                logger.exception("Acting on %r from the supervisor failed", message)
-        return used
-
-    def _dispatch(self, message: str) -> bool:
-        """Act on one line; whether it may have used the database."""
+    def _dispatch(self, message: str) -> None:
         kind, _, argument = message.partition(" ")
         if kind == STOP:
             self.on_stop(1, "the supervisor")
         elif kind == NOW:
             self.on_stop(2, "the supervisor")
         elif kind == WAKE:
-            self.on_wake(None if argument in ("", "-") else int(argument))
-            return True
+            try:
+                priority = None if argument in ("", "-") else int(argument)
+            except ValueError:
+                priority = None
+            self.notices.wake(priority)
         elif kind == JOBS_STOP:
-            self.on_jobs_stop(argument or None)
-            return True
+            if argument in ("", self.worker_id):
+                self.notices.jobs_stop()
         elif message:
             logger.warning("Unknown message from the supervisor: %r", message)
-        return False
+
+
+class Notices(threading.Thread):
+    """The wake-ups and jobs' stop requests a child's supervisor sent, acted
+    on one after another, merged while one is acted on (the highest
+    priority of the wake-ups; one read of stop requests). Its connection
+    (an urgent claim's, a read's) is closed after IDLE_CONNECTION_SECONDS
+    without a notice."""
+
+    def __init__(self, *, on_wake, on_jobs_stop):
+        super().__init__(name="bgtasks-notices", daemon=True)
+        self.on_wake = on_wake
+        self.on_jobs_stop = on_jobs_stop
+        self._lock = threading.Lock()
+        self._came = threading.Event()
+        # Under the lock: what came since the last turn.
+        self._woken = False
+        self._priority: int | None = None  # None: a wake-up without one
+        self._jobs_stop = False
+
+    def wake(self, priority: int | None) -> None:
+        with self._lock:
+            if not self._woken:
+                self._woken, self._priority = True, priority
+            elif self._priority is not None:
+                self._priority = (
+                    None if priority is None else max(self._priority, priority)
+                )
+        self._came.set()
+
+    def jobs_stop(self) -> None:
+        with self._lock:
+            self._jobs_stop = True
+        self._came.set()
+
+    def run(self) -> None:
+        while True:
+            if not self._came.wait(IDLE_CONNECTION_SECONDS):
+                close_idle_connections()
+                self._came.wait()
+            self._came.clear()
+            with self._lock:
+                woken, priority, jobs_stop = (
+                    self._woken,
+                    self._priority,
+                    self._jobs_stop,
+                )
+                self._woken, self._priority, self._jobs_stop = False, None, False
+            try:
+                if woken:
+                    self.on_wake(priority)
+                if jobs_stop:
+                    self.on_jobs_stop()
+            except Exception:
+                logger.exception("Acting on the supervisor's notice failed")

@@ -333,16 +333,12 @@ class Worker:
     def hear_supervisor(self, fd: int) -> None:
         """Take stop requests, wake-ups and jobs' stop requests from the
         supervisor's messages on ``fd`` (``pipe.py``), on a thread."""
-
-        def on_jobs_stop(worker_id: str | None) -> None:
-            if worker_id in (None, self.worker_id):
-                self._hear_stop_requests()
-
         SupervisorMessages(
             fd,
+            worker_id=self.worker_id,
             on_stop=self.stop_requests.from_supervisor,
             on_wake=self.claimer.notified,
-            on_jobs_stop=on_jobs_stop,
+            on_jobs_stop=self._hear_stop_requests,
         ).start()
 
     def _hear_stop_requests(self) -> None:

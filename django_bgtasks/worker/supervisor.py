@@ -17,6 +17,7 @@ at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import subprocess
@@ -26,12 +27,13 @@ from dataclasses import dataclass
 
 from django.db import connections, router
 
-from .. import metrics, notify
+from .. import metrics, notify, registry
 from ..maintenance.duties import Maintenance
+from ..maintenance.schedule_sync import sync_at_start
 from ..models import Job
 from .listener import Listener
 from .options import WorkerOptions
-from .pipe import ChildPipe, jobs_stop, wake
+from .pipe import NOW, STOP, ChildPipe, jobs_stop, wake
 from .runner import WorkerExit
 from .stopping import StopRequests
 
@@ -80,11 +82,13 @@ class Supervisor:
         self._stopping = False
         self._forced = False
         self._wake = threading.Event()
+        self._given_up = threading.Event()  # set by a stop request
 
     def run(self) -> int:
         restore = self.stop_requests.install_signal_handlers()
-        parts = self._start_parts()
+        parts = []
         try:
+            self._start_parts(parts)
             for slot in self.slots:
                 self._start(slot)
             while not all(slot.done for slot in self.slots):
@@ -96,16 +100,23 @@ class Supervisor:
             restore()
             for part in parts:
                 part.stop()
+            deadline = time.monotonic() + 10
             for part in parts:
-                part.join(timeout=10)
+                if part.is_alive():
+                    part.join(timeout=max(0.0, deadline - time.monotonic()))
             connections.close_all()
         return int(WorkerExit.FORCED if self._forced else WorkerExit.STOPPED)
 
-    def _start_parts(self) -> list:
-        """The threads that serve every child: the listener, on PostgreSQL
-        with NOTIFY on, and the scheduler and maintenance, unless off."""
+    def _start_parts(self, parts: list) -> None:
+        """Start the threads that serve every child, adding each to
+        ``parts``: the listener, on PostgreSQL with NOTIFY on, and the
+        scheduler and maintenance, unless off. The scheduler fires the
+        schedules of this code, synced first (``sync_at_start``)."""
         using = router.db_for_write(Job)
-        parts = []
+        if self.options.scheduler:
+            registry.autodiscover()
+            sync_at_start(using=using, give_up=self._given_up)
+            connections.close_all()  # the main thread needs none after it
         if notify.notify_enabled(connections[using]):
             parts.append(
                 Listener(
@@ -127,31 +138,40 @@ class Supervisor:
             )
         for part in parts:
             part.start()
-        return parts
 
     def command(self, number: int) -> list[str]:
         """The command line of child ``number`` (1-based)."""
         return [*self.program, *self.options.for_child(number).argv()]
 
     def _on_stop_request(self, source: str, count: int) -> None:
+        self._given_up.set()
         if count == 1:
             logger.info("%s received: stopping the worker processes", source)
             self._stopping = True
-            self._tell_children("stop")
+            self._tell_children(STOP)
         else:
             logger.warning(
                 "%s received again: the worker processes exit at once", source
             )
             self._forced = True
-            self._tell_children("now")
+            self._tell_children(NOW)
         self._wake.set()
 
     def _tell_children(self, message: str) -> None:
-        """Send ``message`` to every child (from any thread)."""
+        """Send ``message`` to every child (from any thread). A stop request
+        a child's full pipe will not take (it has not read for a while:
+        stopped, or stuck) goes as SIGTERM, which it counts the same."""
         for slot in list(self.slots):
-            pipe = slot.pipe
-            if pipe is not None:
-                pipe.send(message)
+            pipe, process = slot.pipe, slot.process
+            if pipe is None or process is None or pipe.send(message):
+                continue
+            if message in (STOP, NOW) and process.poll() is None:
+                logger.warning(
+                    "Worker process %d does not read its messages: sending SIGTERM",
+                    slot.number,
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
 
     def _start(self, slot: Slot) -> None:
         slot.process = subprocess.Popen(
@@ -161,7 +181,7 @@ class Supervisor:
         slot.started_at = time.monotonic()
         logger.info("Worker process %d started (pid %d)", slot.number, slot.process.pid)
         if self._stopping:  # a stop came while it started
-            self._tell_children("now" if self._forced else "stop")
+            self._tell_children(NOW if self._forced else STOP)
 
     def _tend(self, slot: Slot) -> None:
         if slot.done:

@@ -173,6 +173,7 @@ class Command(BaseCommand):
             # children, and read by prometheus_client, through this name).
             folder = tempfile.mkdtemp(prefix="bgtasks-metrics-")
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+            metrics.count_jobs_in_folder()  # the scheduler's, here
         supervisor = Supervisor(options, program=program, metrics_folder=folder)
         if verbosity:
             recycling = [
@@ -201,6 +202,8 @@ class Command(BaseCommand):
             if folder is not None:
                 self._serve_metrics(options, multiprocess_folder=folder)
             code = supervisor.run()
+        except InvalidSchedule as exc:
+            raise CommandError(str(exc)) from None
         finally:
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)

@@ -151,7 +151,7 @@ SCENARIOS = (
     "celery",
 )
 # Run only when asked for: PostgreSQL's default max_connections (100) holds
-# about 30 idle worker processes (three connections each).
+# about 45 idle worker processes (two connections each).
 OPTIONAL_SCENARIOS = ("many-idle",)
 SIZES = [  # the integer options: name, default, help
     ("runs", 3, "Runs per figure."),
@@ -165,7 +165,7 @@ SIZES = [  # the integer options: name, default, help
     ("chord", 1000, "Members of the chord scenario's chord."),
     ("limited", 200, "Limited jobs ahead of the no-ops in the limited scenario."),
     ("steady", 1_000_000, "Jobs through the table in the steady-state scenario."),
-    ("idle_workers", 50, "Worker processes in the many-idle scenario."),
+    ("idle_workers", 40, "Worker processes in the many-idle scenario."),
 ]
 # High-priority jobs timed one after another in each priority run.
 PRIORITY_SAMPLES = 5
