@@ -15,6 +15,7 @@ it ends its process so the job does not go on running beside its new run.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,16 @@ logger = logging.getLogger("django_bgtasks.rescue")
 WORKERS_PER_PASS = 50
 
 
+# Steadiness's clock: one that goes on while the host is suspended (a
+# paused virtual machine, a laptop's sleep), so that the suspension is a
+# gap in its round trips; the monotonic clock stops meanwhile.
+_steady_clock = (
+    functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME)
+    if hasattr(time, "CLOCK_BOOTTIME")
+    else time.monotonic
+)
+
+
 class Steadiness:
     """Whether a process's round trips to the database have gone through
     without a break (none failed, none more than half a WORKER_TIMEOUT
@@ -48,11 +59,11 @@ class Steadiness:
     just now (a worker's registration), else it starts at the first."""
 
     def __init__(self, *, went_through: bool):
-        self.last = time.monotonic()
+        self.last = _steady_clock()
         self.since: float | None = self.last if went_through else None
 
     def went_through(self) -> None:
-        now = time.monotonic()
+        now = _steady_clock()
         if self.since is None or now - self.last > bgtasks_settings.WORKER_TIMEOUT / 2:
             self.since = now
         self.last = now
@@ -62,7 +73,7 @@ class Steadiness:
 
     def may_judge_others(self) -> bool:
         timeout = bgtasks_settings.WORKER_TIMEOUT
-        now = time.monotonic()
+        now = _steady_clock()
         since = self.since
         return (
             since is not None
