@@ -405,7 +405,6 @@ class DatabaseBackend(BaseTaskBackend):
             "queue_name": queue_name,
             "priority": priority,
             "route": route,
-            "trace_context": None,  # the enqueue's, where traced (tracing.py)
             "status": JobStatus.READY.value,
             "run_after": run_after,
             "task_run_after": run_after,

@@ -32,23 +32,18 @@ except ImportError:  # the optional extra is not installed
 SYSTEM = "django_bgtasks"
 _tracer = None if trace is None else trace.get_tracer(SYSTEM)
 _NOTHING = contextlib.nullcontext(None)
-# The API's providers until the project configures the SDK's: their spans
-# record nothing, and cost some microseconds each.
-_UNCONFIGURED = (
-    ()
-    if trace is None
-    else (
-        trace.ProxyTracerProvider,
-        trace.NoOpTracerProvider,
-    )
-)
 
 
 def _active_tracer():
-    """The tracer, or None where spans would record nothing."""
+    """The tracer, or None where spans would record nothing: without the
+    package, or while the API's own provider stands in for the SDK's (its
+    spans record nothing, and cost some microseconds each)."""
     tracer = _tracer
-    if isinstance(tracer, trace.ProxyTracer if trace else ()) and isinstance(
-        trace.get_tracer_provider(), _UNCONFIGURED
+    if tracer is None:
+        return None
+    if isinstance(tracer, trace.ProxyTracer) and isinstance(
+        trace.get_tracer_provider(),
+        trace.ProxyTracerProvider | trace.NoOpTracerProvider,
     ):
         return None
     return tracer

@@ -170,6 +170,16 @@ def kill_other_connections() -> int:
     raise NotImplementedError(connection.vendor)
 
 
+# A declared schedule (BGTASKS_TEST_SCHEDULES) firing each second.
+EVERY_SECOND = {
+    "tick": {
+        "task": "tests.tasks.record",
+        "cron": "* * * * * *",  # the sixth field is seconds
+        "kwargs": {"label": "tick"},
+    }
+}
+
+
 def skewed_clock(seconds: int) -> dict[str, str]:
     """The environment that runs a process with its clock ``seconds`` ahead
     under libfaketime (Debian's faketime), preloaded into the process itself

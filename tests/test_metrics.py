@@ -16,7 +16,7 @@ from django.utils import timezone
 from django_bgtasks import metrics
 from django_bgtasks.models import Job, JobStatus, Queue, WorkerProcess
 from tests import tasks
-from tests.conftest import wait_until
+from tests.conftest import EVERY_SECOND, wait_until
 from tests.factories import make_job, make_worker
 
 parser = pytest.importorskip(
@@ -202,16 +202,9 @@ def test_metrics_on_a_port_in_use_stop_the_worker_with_a_reason(workers):
 def test_a_supervisor_counts_the_jobs_its_scheduler_enqueued(workers):
     """The scheduler runs in the supervisor: its jobs are in the sum too."""
     port = free_port()
-    schedules = {
-        "tick": {
-            "task": "tests.tasks.record",
-            "cron": "* * * * * *",
-            "kwargs": {"label": "tick"},
-        }
-    }
     process = workers.start(
         "--metrics-port", str(port), "--processes", "1",
-        env={"BGTASKS_TEST_SCHEDULES": json.dumps(schedules)},
+        env={"BGTASKS_TEST_SCHEDULES": json.dumps(EVERY_SECOND)},
     )  # fmt: skip
     wait_until(lambda: served(port), timeout=60, message="metrics served")
     wait_until(

@@ -10,16 +10,8 @@ from itertools import pairwise
 import pytest
 
 from django_bgtasks.models import Job, JobStatus, Schedule
-from tests.conftest import ROOT, wait_until
+from tests.conftest import EVERY_SECOND, ROOT, wait_until
 from tests.models import Execution
-
-EVERY_SECOND = {
-    "tick": {
-        "task": "tests.tasks.record",
-        "cron": "* * * * * *",  # the sixth field is seconds
-        "kwargs": {"label": "tick"},
-    }
-}
 
 
 @pytest.mark.slow

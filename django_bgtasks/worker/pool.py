@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import connections, reset_queries
 
 from .. import notify, tracing
-from ..db import retry_until_done, tidy_connections
+from ..db import close_idle_connections, retry_until_done, tidy_connections
 from ..models import Job, JobStatus
 from ..models.transitions import Interrupted, transition
 from .attempt import Recorded, describe, run_attempt
@@ -70,9 +70,9 @@ class JobThreads:
 
     def _work(self) -> None:
         try:
-            while (
-                attempt := self.ledger.next_attempt(connections.close_all)
-            ) is not None:
+            # Connections a task opened are closed once the thread is idle.
+            idle = close_idle_connections
+            while (attempt := self.ledger.next_attempt(idle)) is not None:
                 try:
                     self._run(attempt)
                 except Exception:

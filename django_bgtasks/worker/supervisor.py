@@ -83,12 +83,19 @@ class Supervisor:
         self._forced = False
         self._wake = threading.Event()
         self._given_up = threading.Event()  # set by a stop request
+        self.using = router.db_for_write(Job)
+        # The threads serving every child (_start_parts), stopped at the end.
+        self._parts: list = []
+
+    @property
+    def uses_notify(self) -> bool:
+        """Whether it listens for its children (PostgreSQL, NOTIFY on)."""
+        return notify.notify_enabled(connections[self.using])
 
     def run(self) -> int:
         restore = self.stop_requests.install_signal_handlers()
-        parts = []
         try:
-            self._start_parts(parts)
+            self._start_parts()
             for slot in self.slots:
                 self._start(slot)
             while not all(slot.done for slot in self.slots):
@@ -98,26 +105,27 @@ class Supervisor:
                 self._wake.clear()
         finally:
             restore()
-            for part in parts:
+            for part in self._parts:
                 part.stop()
             deadline = time.monotonic() + 10
-            for part in parts:
+            for part in self._parts:
                 if part.is_alive():
                     part.join(timeout=max(0.0, deadline - time.monotonic()))
             connections.close_all()
         return int(WorkerExit.FORCED if self._forced else WorkerExit.STOPPED)
 
-    def _start_parts(self, parts: list) -> None:
-        """Start the threads that serve every child, adding each to
-        ``parts``: the listener, on PostgreSQL with NOTIFY on, and the
-        scheduler and maintenance, unless off. The scheduler fires the
-        schedules of this code, synced first (``sync_at_start``)."""
-        using = router.db_for_write(Job)
+    def _start_parts(self) -> None:
+        """Start the threads that serve every child: the listener, on
+        PostgreSQL with NOTIFY on, and the scheduler and maintenance, unless
+        off. The scheduler fires the schedules of this code, synced first
+        (``sync_at_start``)."""
+        using = self.using
+        parts = self._parts
         if self.options.scheduler:
             registry.autodiscover()
             sync_at_start(using=using, give_up=self._given_up)
             connections.close_all()  # the main thread needs none after it
-        if notify.notify_enabled(connections[using]):
+        if self.uses_notify:
             parts.append(
                 Listener(
                     using,
@@ -161,7 +169,7 @@ class Supervisor:
         """Send ``message`` to every child (from any thread). A stop request
         a child's full pipe will not take (it has not read for a while:
         stopped, or stuck) goes as SIGTERM, which it counts the same."""
-        for slot in list(self.slots):
+        for slot in self.slots:
             pipe, process = slot.pipe, slot.process
             if pipe is None or process is None or pipe.send(message):
                 continue

@@ -13,7 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections, router
 
-from django_bgtasks import __version__, metrics, notify
+from django_bgtasks import __version__, metrics
 from django_bgtasks.backend import DatabaseBackend
 from django_bgtasks.compat import FRAMEWORK_LOGGER, loadable_backends
 from django_bgtasks.conf import bgtasks_settings
@@ -192,7 +192,7 @@ class Command(BaseCommand):
                     "recycling": ", ".join(filter(None, recycling)) or "off",
                     "wake-ups": (
                         "LISTEN/NOTIFY, passed on to the processes"
-                        if notify.notify_enabled(connections[router.db_for_write(Job)])
+                        if supervisor.uses_notify
                         else "none (the processes poll)"
                     ),
                     **duties(options),

@@ -135,6 +135,25 @@ def tree_cpu_seconds(root: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+class CpuSpent:
+    """The CPU the workers (the process tree of ``root``) and the PostgreSQL
+    server spend from now on."""
+
+    def __init__(self, root: int):
+        self.root = root
+        self.workers = tree_cpu_seconds(root)
+        self.database = database_cpu_seconds()
+
+    def per_job(self, count: int) -> tuple[float, float | None]:
+        """Until now, per job of ``count``, in ms: the workers' and the
+        database's (None where it cannot be read)."""
+        workers = (tree_cpu_seconds(self.root) - self.workers) * 1000 / count
+        database = database_cpu_seconds()
+        if database is None or self.database is None:
+            return workers, None
+        return workers, (database - self.database) * 1000 / count
+
+
 def percentile(values, fraction):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
@@ -548,8 +567,7 @@ class Command(BaseCommand):
                 ((n,), {}) for n in range(self.options["limited"])
             )
             noop.enqueue_many(((n,), {}) for n in range(count))
-        workers_before = tree_cpu_seconds(self.supervisor.pid)
-        database_before = database_cpu_seconds()
+        spent = CpuSpent(self.supervisor.pid)
         started = time.perf_counter()
         free = Job.objects.filter(task_path=noop.module_path).exclude(
             status=JobStatus.SUCCESSFUL
@@ -560,12 +578,8 @@ class Command(BaseCommand):
             time.sleep(0.01)
         rate = count / (time.perf_counter() - started)
         # Until the last no-op: the limited jobs may run on alone after it.
-        workers = (tree_cpu_seconds(self.supervisor.pid) - workers_before) * 1000
-        database_after = database_cpu_seconds()
+        per_job = spent.per_job(count)
         self.wait_for_workers()
-        database = None
-        if database_before is not None and database_after is not None:
-            database = (database_after - database_before) * 1000 / count
         moments = []
         for began, ended in Job.objects.filter(
             pk__in=[result.id for result in ahead]
@@ -575,7 +589,7 @@ class Command(BaseCommand):
         for _, change in sorted(moments):
             running += change
             most = max(most, running)
-        return rate, most, (workers / count, database)
+        return rate, most, per_job
 
     def start_workers(
         self,
@@ -627,17 +641,12 @@ class Command(BaseCommand):
         count = self.options["drain"]
         with transaction.atomic():
             noop.enqueue_many(((n,), {}) for n in range(count))
-        cpu_before = database_cpu_seconds()
-        workers_before = tree_cpu_seconds(self.supervisor.pid)
+        spent = CpuSpent(self.supervisor.pid)
         started = time.perf_counter()
         self.wait_for_workers()
         rate = count / (time.perf_counter() - started)
-        workers = (tree_cpu_seconds(self.supervisor.pid) - workers_before) * 1000
-        cpu_after = database_cpu_seconds()
-        database = None
-        if cpu_before is not None and cpu_after is not None:
-            database = (cpu_after - cpu_before) * 1000 / count
-        return rate, database, workers / count
+        workers, database = spent.per_job(count)
+        return rate, database, workers
 
     def wait_for_workers(self, timeout: float = 600) -> None:
         """Until no job is READY or RUNNING (the queue is drained)."""
