@@ -76,10 +76,23 @@ class DatabaseBackend(BaseTaskBackend):
 
     def __init__(self, alias, params):
         super().__init__(alias, params)
+        # OPTIONS["DATABASE"]: the alias of the database that keeps this
+        # backend's jobs (``databases.py``); None: the routers' choice.
+        self._database_option = self.options.get("DATABASE")
         # id(task): (task, settings generation, columns); see _validated_columns.
         self._validated: dict[int, tuple[Any, int, dict[str, Any]]] = {}
         # (id(task), queue, priority): (task, the task as routed); _as_routed.
         self._routed_tasks: dict[tuple, tuple[Any, Any]] = {}
+
+    @property
+    def database(self) -> str:
+        """The alias of the database that keeps this backend's jobs: its
+        ``OPTIONS["DATABASE"]``, else ``router.db_for_write(Job,
+        backend=<this alias>)``. Reads use it too: a result read right
+        after an enqueue must see the job."""
+        if self._database_option is not None:
+            return self._database_option
+        return router.db_for_write(Job, backend=self.alias)
 
     def validate_task(self, task) -> None:
         """Refuse a task this backend cannot run; register the ones it can."""
@@ -139,7 +152,7 @@ class DatabaseBackend(BaseTaskBackend):
             common = _with_limit_key(task, common, arguments[0])
         if task.unique is not None:
             return self._enqueue_unique(task, common, arguments[0])
-        [pk] = insert_jobs(router.db_for_write(Job), common, arguments)
+        [pk] = insert_jobs(self.database, common, arguments)
         [result] = self._results(task, common, [pk], arguments)
         task_enqueued.send(type(self), task_result=result)
         return result
@@ -165,7 +178,7 @@ class DatabaseBackend(BaseTaskBackend):
                 for number, call in enumerate(calls[start : start + CHUNK], start)
             ]
 
-        using = router.db_for_write(Job)
+        using = self.database
         if task.unique is not None:
             # One job at a time, each checked against the unique index
             # (a duplicate within the calls gets the first one's result).
@@ -280,7 +293,7 @@ class DatabaseBackend(BaseTaskBackend):
                 "has_dependents": n in with_dependents,
             }
             jobs.append({**row, "args": args, "kwargs": kwargs})
-        using = router.db_for_write(Job)
+        using = self.database
         with transaction.atomic(using=using):
             ids = insert_rows(using, Job, jobs)
             insert_rows(
@@ -324,7 +337,7 @@ class DatabaseBackend(BaseTaskBackend):
         holds its key: then that job's result, or DuplicateJob. A holder
         that has left the span of its key (``unique.held_while``) gives it
         up here."""
-        using = router.db_for_write(Job)
+        using = self.database
         key = key or self._unique_key(task, common, arguments, using)
         row = {**common, "unique_key": key}
         jobs = Job.objects.using(using)
@@ -505,7 +518,9 @@ class DatabaseBackend(BaseTaskBackend):
         no longer registered still has its result, with a stand-in task
         that raises TaskNotRegistered when called."""
         try:
-            job = Job.objects.get(pk=int(result_id), backend=self.alias)
+            job = Job.objects.using(self.database).get(
+                pk=int(result_id), backend=self.alias
+            )
         except (TypeError, ValueError, OverflowError, Job.DoesNotExist):
             raise TaskResultDoesNotExist(result_id) from None
         return self._result_of(job)

@@ -9,8 +9,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.apps import apps
-from django.db import connections, router
+from django.db import connections
 from django.utils import timezone
 
 from .backoff import Backoff
@@ -336,8 +335,7 @@ class DatabaseTaskResult(TaskResult):
         )
 
     def _check_not_in_transaction(self) -> None:
-        job_model = apps.get_model("django_bgtasks", "Job")
-        if connections[router.db_for_read(job_model)].in_atomic_block:
+        if connections[task_backends[self.backend].database].in_atomic_block:
             raise RuntimeError(
                 "DatabaseTaskResult.wait() cannot run inside a transaction: the "
                 "worker does not see jobs the transaction has not committed. "

@@ -14,6 +14,7 @@ from .backend import MAX_TIMEOUT, DatabaseBackend
 from .backoff import Backoff
 from .compat import InvalidTask, loadable_backends
 from .conf import DEFAULTS, bgtasks_settings
+from .databases import job_databases
 from .db import CONNECTION_ERRORS
 from .limits import conflicting_limits, queue_limits
 from .maintenance.schedule_sync import InvalidSchedule, build_schedule
@@ -257,49 +258,95 @@ def check_declared_schedules(app_configs=None, **kwargs):
     return errors
 
 
-def _job_connection():
-    return connections[router.db_for_write(Job)]
+def _job_connections():
+    """The connections of the databases that hold jobs (an alias
+    ``DATABASES`` lacks is bgtasks.E015's to report)."""
+    return [connections[alias] for alias in _job_databases() if alias in connections]
 
 
-def _checked_job_connection(databases, vendors):
-    """For a database check: the jobs' connection if Django asked for its
-    database's checks (check --database, migrate, runworker; none by
-    default) and its vendor is among ``vendors``, else None."""
-    connection = _job_connection()
-    if connection.vendor in vendors and connection.alias in (databases or ()):
-        return connection
-    return None
+def _job_databases() -> list[str]:
+    try:
+        return job_databases()
+    except Exception:
+        return [router.db_for_write(Job)]
+
+
+def _checked_job_connections(databases, vendors):
+    """For a database check: the jobs' connections whose database's checks
+    Django asked for (check --database, migrate, runworker; none by
+    default) and whose vendor is among ``vendors``."""
+    return [
+        connection
+        for connection in _job_connections()
+        if connection.vendor in vendors and connection.alias in (databases or ())
+    ]
+
+
+@checks.register()
+def check_backend_databases(app_configs=None, **kwargs):
+    """bgtasks.E015: each DatabaseBackend's database exists and takes the
+    jobs' tables (the routers let django_bgtasks migrate there)."""
+    errors = []
+    for backend in loadable_backends():
+        if not isinstance(backend, DatabaseBackend):
+            continue
+        try:
+            database = backend.database
+        except Exception as exc:
+            database, problem = None, f"its database cannot be found: {exc}"
+        else:
+            problem = None
+            if not isinstance(database, str) or database not in connections:
+                problem = (
+                    f"its jobs' database {database!r} is not in DATABASES "
+                    f"({', '.join(connections)})"
+                )
+            elif not router.allow_migrate_model(database, Job):
+                problem = (
+                    f"the database routers do not let django_bgtasks migrate "
+                    f"database {database!r}, which keeps its jobs"
+                )
+        if problem:
+            errors.append(
+                checks.Error(
+                    f"Task backend {backend.alias!r}: {problem}.",
+                    hint="Set OPTIONS['DATABASE'] to an alias of DATABASES, "
+                    "and let the routers' allow_migrate() return True for "
+                    "app 'django_bgtasks' there.",
+                    id="bgtasks.E015",
+                )
+            )
+    return errors
 
 
 @checks.register()
 def check_database_vendor(app_configs=None, **kwargs):
-    """bgtasks.E004: a database django_bgtasks can claim jobs on."""
-    connection = _job_connection()
-    if connection.vendor in SUPPORTED_VENDORS:
-        return []
+    """bgtasks.E004: databases django_bgtasks can claim jobs on."""
     return [
         checks.Error(
-            f"django_bgtasks does not support {connection.display_name}.",
+            f"django_bgtasks does not support {connection.display_name} "
+            f"(database {connection.alias!r}).",
             hint="Use PostgreSQL, MySQL 8, MariaDB 10.6+ or SQLite.",
             id="bgtasks.E004",
         )
+        for connection in _job_connections()
+        if connection.vendor not in SUPPORTED_VENDORS
     ]
 
 
 @checks.register(checks.Tags.database)
 def check_skip_locked(app_configs=None, databases=None, **kwargs):
     """bgtasks.E005: MySQL/MariaDB recent enough for SKIP LOCKED."""
-    connection = _checked_job_connection(databases, ["mysql"])
-    if connection is None or connection.features.has_select_for_update_skip_locked:
-        return []
-    version = ".".join(map(str, connection.mysql_version))
     return [
         checks.Error(
-            f"{connection.display_name} {version} cannot SELECT ... FOR UPDATE "
-            f"SKIP LOCKED.",
+            f"{connection.display_name} "
+            f"{'.'.join(map(str, connection.mysql_version))} cannot SELECT ... "
+            f"FOR UPDATE SKIP LOCKED (database {connection.alias!r}).",
             hint="Use MySQL 8 or MariaDB 10.6 or later.",
             id="bgtasks.E005",
         )
+        for connection in _checked_job_connections(databases, ["mysql"])
+        if not connection.features.has_select_for_update_skip_locked
     ]
 
 
@@ -341,29 +388,30 @@ def check_isolation_level(app_configs=None, databases=None, **kwargs):
     would count RUNNING jobs of an older snapshot and let a limit be
     exceeded, and PostgreSQL fails the claim of a row another claim has
     changed since."""
-    connection = _checked_job_connection(databases, _ISOLATION_QUERIES)
-    if connection is None:
-        return []
-    level = isolation_level(connection)
-    if level is None or level == "read committed":
-        return []
-    return [
-        checks.Error(
-            f"The database {connection.alias!r} that holds the jobs runs its "
-            f"transactions at {level.upper()}; django_bgtasks needs READ "
-            f"COMMITTED.",
-            hint="Leave the database's OPTIONS['isolation_level'] unset or "
-            "set it to read committed; on PostgreSQL, where it is unset, the "
-            "server's default_transaction_isolation applies.",
-            id="bgtasks.E013",
-        )
-    ]
+    errors = []
+    for connection in _checked_job_connections(databases, _ISOLATION_QUERIES):
+        level = isolation_level(connection)
+        if level is not None and level != "read committed":
+            errors.append(_isolation_error(connection, level))
+    return errors
+
+
+def _isolation_error(connection, level: str):
+    return checks.Error(
+        f"The database {connection.alias!r} that holds the jobs runs its "
+        f"transactions at {level.upper()}; django_bgtasks needs READ "
+        f"COMMITTED.",
+        hint="Leave the database's OPTIONS['isolation_level'] unset or "
+        "set it to read committed; on PostgreSQL, where it is unset, the "
+        "server's default_transaction_isolation applies.",
+        id="bgtasks.E013",
+    )
 
 
 @checks.register(deploy=True)
 def check_sqlite_in_production(app_configs=None, **kwargs):
     """bgtasks.W001: SQLite is for one host."""
-    if _job_connection().vendor != "sqlite":
+    if all(c.vendor != "sqlite" for c in _job_connections()):
         return []
     return [
         checks.Warning(

@@ -13,8 +13,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import router
-
 from .compat import InvalidTask, task_backends
 from .models import FINISHED_STATUSES, Job, JobStatus, Passes
 from .steps import Chain, Chord, Group, Node, Step
@@ -138,7 +136,7 @@ class WorkflowResult:
     def refresh(self) -> None:
         """Read the workflow's jobs again."""
         jobs = list(
-            Job.objects.using(router.db_for_read(Job))
+            Job.objects.using(task_backends[self.backend].database)
             .filter(workflow_id=self.id)
             .order_by("pk")
         )
@@ -149,7 +147,7 @@ class WorkflowResult:
         the running ones to stop (they end CANCELLED, and the jobs after
         them with them). Returns how many jobs it changed."""
         count = (
-            Job.objects.using(router.db_for_write(Job))
+            Job.objects.using(task_backends[self.backend].database)
             .filter(workflow_id=self.id)
             .cancel()
         )

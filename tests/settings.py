@@ -14,9 +14,31 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         )
     }
 
+# A second database, for the tests of queues on several databases
+# (test_databases.py; set up only for the tests that ask for it): on the
+# same server, named after the first. A worker subprocess, whose default
+# database is the test database, derives the same test name.
+_other = {**DATABASES["default"], "TEST": {**DATABASES["default"].get("TEST", {})}}
+if _other["ENGINE"].endswith("sqlite3"):
+    _other["NAME"] = f"{DATABASES['default']['TEST']['NAME']}-other"
+    _other["TEST"]["NAME"] = _other["NAME"]
+else:
+    _other["NAME"] = f"{_other['NAME']}_other"
+    _other["TEST"].pop("NAME", None)
+DATABASES["other"] = _other
+
 TASKS = {
     "default": {**TASKS["default"], "QUEUES": ["default", "images", "other"]},
 }
+# The backend whose jobs live in the second database: in the settings of
+# the tests of several databases (override_settings) and of their workers.
+ELSEWHERE_BACKEND = {
+    "BACKEND": "django_bgtasks.backend.DatabaseBackend",
+    "QUEUES": ["default", "heavy"],
+    "OPTIONS": {"DATABASE": "other"},
+}
+if env.bool("BGTASKS_TEST_ELSEWHERE", default=False):
+    TASKS["elsewhere"] = ELSEWHERE_BACKEND
 
 # The PgBouncer test's workers: LISTEN over a direct connection.
 if env.str("BGTASKS_TEST_LISTEN_URL", default=""):

@@ -29,12 +29,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.core.exceptions import ValidationError
-from django.db import router, transaction
+from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from .. import registry
 from ..conf import bgtasks_settings
+from ..databases import backend_database, default_database
 from ..db import retry_until_done
 from ..locking import lock_for_writing
 from ..models import Schedule
@@ -155,10 +156,22 @@ def _make_aware(schedule: Schedule) -> None:
                 return  # an unknown zone: clean() says so
 
 
+def schedule_database(schedule: Schedule) -> str:
+    """The database a schedule's rows and jobs are kept in: its task's
+    backend's (``databases.py``)."""
+    return backend_database(registry.resolve(schedule.task_path).backend)
+
+
 def sync_schedules(*, using: str | None = None) -> SyncResult:
-    """Make the Schedule rows match ``BGTASKS["SCHEDULES"]``."""
-    using = using or router.db_for_write(Schedule)
-    declared = {schedule.name: schedule for schedule in declared_schedules()}
+    """Make the Schedule rows of database ``using`` (default: the default
+    backend's) match the schedules of ``BGTASKS["SCHEDULES"]`` whose tasks
+    keep their jobs there: a schedule lives beside its jobs."""
+    using = using or default_database()
+    declared = {
+        schedule.name: schedule
+        for schedule in declared_schedules()
+        if schedule_database(schedule) == using
+    }
     result = SyncResult()
     now = timezone.now()
     rows = Schedule.objects.using(using)

@@ -358,6 +358,14 @@ class Schedule(models.Model):
                 f"Task {self.task_path} uses backend {task.backend!r}, not a "
                 f"django_bgtasks DatabaseBackend."
             )
+        database = task.get_backend().database
+        if self._state.db is not None and database != self._state.db:
+            raise ValueError(
+                f"Task {self.task_path} uses backend {task.backend!r}, which "
+                f"keeps its jobs in database {database!r}; this schedule is "
+                f"in {self._state.db!r}. A schedule lives beside its jobs: "
+                f"declared ones are synced there."
+            )
         return enqueue_job(
             task,
             self.args,

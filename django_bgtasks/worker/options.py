@@ -85,6 +85,14 @@ def queue_list(value: str) -> tuple[str, ...] | None:
     return tuple(names)
 
 
+def alias_list(value: str) -> tuple[str, ...]:
+    """``a,b`` -> ("a", "b")."""
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one database alias")
+    return tuple(names)
+
+
 def worker_id(value: str) -> str:
     if not 0 < len(value) <= WORKER_ID_MAX_LENGTH:
         raise argparse.ArgumentTypeError(
@@ -132,6 +140,15 @@ class WorkerOptions:
         type=queue_list,
         show=",".join,
         help="Comma-separated queues to take jobs from; '*' for all (the default).",
+    )
+    databases: tuple[str, ...] | None = _option(
+        "--databases",
+        type=alias_list,
+        show=",".join,
+        help="Comma-separated aliases of the databases whose jobs to run "
+        "(default: every database a DatabaseBackend keeps its jobs in). A "
+        "process serves one database: with several, a supervisor runs "
+        "--processes processes (default 1) for each.",
     )
     concurrency: int = _option(
         "--concurrency",
@@ -234,6 +251,8 @@ class WorkerOptions:
         if self.queues is not None:
             # Any iterable of names from Python; one order for the claims.
             object.__setattr__(self, "queues", tuple(sorted(set(self.queues))))
+        if self.databases is not None:
+            object.__setattr__(self, "databases", tuple(dict.fromkeys(self.databases)))
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if self.worker_id is not None:

@@ -25,10 +25,11 @@ import time
 from dataclasses import replace
 from typing import Protocol
 
-from django.db import DatabaseError, connections, router
+from django.db import DatabaseError, connections
 
 from .. import notify, registry
 from ..conf import bgtasks_settings
+from ..databases import served_databases
 from ..db import (
     retry_until_done,
     use_wal_journal,
@@ -98,7 +99,9 @@ class Worker:
         self.worker_id = options.worker_id or default_worker_id()
         self.queues = options.queue_list
         self.poll_interval = options.idle_poll_interval
-        self.using = router.db_for_write(Job)
+        # One database a process (a supervisor runs one set of processes
+        # per database).
+        [self.using] = _one_database(options.databases)
         self.hooks = hooks or Hooks()
         # How run() ends: raised (never lowered) by the main thread and by
         # the thread that takes stop requests.
@@ -438,3 +441,15 @@ class Worker:
             heartbeat.join(timeout=5)
         self.lease.give_back(within=10.0)
         connections.close_all()
+
+
+def _one_database(databases) -> list[str]:
+    """The one database of a worker process given ``--databases``."""
+    served = served_databases(databases)
+    if len(served) > 1:
+        raise ValueError(
+            f"A worker process serves one database, not {len(served)} "
+            f"({', '.join(served)}): run it under a supervisor (--processes), "
+            f"which runs processes for each, or name one with --databases."
+        )
+    return served

@@ -23,14 +23,14 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from django.db import connections, router
+from django.db import connections
 
 from .. import metrics, notify, registry
+from ..databases import served_databases
 from ..maintenance.duties import Maintenance
 from ..maintenance.schedule_sync import sync_at_start
-from ..models import Job
 from .listener import Listener
 from .options import WorkerOptions
 from .pipe import NOW, STOP, ChildPipe, jobs_stop, wake
@@ -51,6 +51,7 @@ PLANNED_EXITS = {
 @dataclass
 class Slot:
     number: int
+    database: str  # the alias of the database its process serves
     process: subprocess.Popen | None = None
     pipe: ChildPipe | None = None  # to its standard input
     started_at: float = 0.0
@@ -76,21 +77,33 @@ class Supervisor:
         self.program = program
         # Where the children write their metrics' counts (metrics.py).
         self.metrics_folder = metrics_folder
-        self.slots = [Slot(number) for number in range(1, (options.processes or 1) + 1)]
+        # A set of processes per database served, each serving one.
+        self.databases = served_databases(options.databases)
+        per_database = options.processes or 1
+        self.slots = [
+            Slot(number, database)
+            for number, database in enumerate(
+                (d for d in self.databases for _ in range(per_database)), 1
+            )
+        ]
         self.restart = not options.burst
         self.stop_requests = StopRequests(self._on_stop_request, lambda: False)
         self._stopping = False
         self._forced = False
         self._wake = threading.Event()
         self._given_up = threading.Event()  # set by a stop request
-        self.using = router.db_for_write(Job)
-        # The threads serving every child (_start_parts), stopped at the end.
+        # The threads serving the children (_start_parts), stopped at the end.
         self._parts: list = []
+
+    def listens_to(self, using: str) -> bool:
+        """Whether it listens for its children of database ``using``
+        (PostgreSQL, NOTIFY on)."""
+        return notify.notify_enabled(connections[using])
 
     @property
     def uses_notify(self) -> bool:
-        """Whether it listens for its children (PostgreSQL, NOTIFY on)."""
-        return notify.notify_enabled(connections[self.using])
+        """Whether it listens for any of its children."""
+        return any(self.listens_to(using) for using in self.databases)
 
     def run(self) -> int:
         restore = self.stop_requests.install_signal_handlers()
@@ -115,25 +128,34 @@ class Supervisor:
         return int(WorkerExit.FORCED if self._forced else WorkerExit.STOPPED)
 
     def _start_parts(self) -> None:
-        """Start the threads that serve every child: the listener, on
-        PostgreSQL with NOTIFY on, and the scheduler and maintenance, unless
-        off. The scheduler fires the schedules of this code, synced first
-        (``sync_at_start``)."""
-        using = self.using
-        parts = self._parts
+        """Start the threads that serve the children, for each database: the
+        listener, on PostgreSQL with NOTIFY on, and the scheduler and
+        maintenance, unless off. The scheduler fires the schedules of this
+        code, synced first (``sync_at_start``)."""
         if self.options.scheduler:
             registry.autodiscover()
-            sync_at_start(using=using, give_up=self._given_up)
+            for using in self.databases:
+                sync_at_start(using=using, give_up=self._given_up)
             connections.close_all()  # the main thread needs none after it
-        if self.uses_notify:
+        for using in self.databases:
+            self._parts += self._parts_of(using)
+        for part in self._parts:
+            part.start()
+
+    def _parts_of(self, using: str) -> list:
+        """The threads that serve the children of database ``using``."""
+        parts: list = []
+        if self.listens_to(using):
+
+            def tell(message: str) -> None:
+                self._tell_children(message, using=using)
+
             parts.append(
                 Listener(
                     using,
                     self.options.queue_list,
-                    lambda priority: self._tell_children(wake(priority)),
-                    on_stop_request=lambda worker: self._tell_children(
-                        jobs_stop(worker)
-                    ),
+                    lambda priority: tell(wake(priority)),
+                    on_stop_request=lambda worker: tell(jobs_stop(worker)),
                 )
             )
         if self.options.scheduler or self.options.maintenance:
@@ -144,12 +166,13 @@ class Supervisor:
                     housekeeping=self.options.maintenance,
                 )
             )
-        for part in parts:
-            part.start()
+        return parts
 
     def command(self, number: int) -> list[str]:
         """The command line of child ``number`` (1-based)."""
-        return [*self.program, *self.options.for_child(number).argv()]
+        database = self.slots[number - 1].database
+        options = replace(self.options.for_child(number), databases=(database,))
+        return [*self.program, *options.argv()]
 
     def _on_stop_request(self, source: str, count: int) -> None:
         self._given_up.set()
@@ -165,11 +188,14 @@ class Supervisor:
             self._tell_children(NOW)
         self._wake.set()
 
-    def _tell_children(self, message: str) -> None:
-        """Send ``message`` to every child (from any thread). A stop request
-        a child's full pipe will not take (it has not read for a while:
-        stopped, or stuck) goes as SIGTERM, which it counts the same."""
+    def _tell_children(self, message: str, *, using: str | None = None) -> None:
+        """Send ``message`` to every child (of database ``using``, if given;
+        from any thread). A stop request a child's full pipe will not take
+        (it has not read for a while: stopped, or stuck) goes as SIGTERM,
+        which it counts the same."""
         for slot in self.slots:
+            if using is not None and slot.database != using:
+                continue
             pipe, process = slot.pipe, slot.process
             if pipe is None or process is None or pipe.send(message):
                 continue

@@ -8,19 +8,20 @@ import shutil
 import signal
 import sys
 import tempfile
+from dataclasses import replace
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
-from django.db import connections, router
+from django.db import connections
 
 from django_bgtasks import __version__, metrics
 from django_bgtasks.backend import DatabaseBackend
 from django_bgtasks.compat import FRAMEWORK_LOGGER, loadable_backends
 from django_bgtasks.conf import bgtasks_settings
+from django_bgtasks.databases import served_databases
 from django_bgtasks.db import CONNECTION_ERRORS
 from django_bgtasks.exceptions import WorkerIdInUse
 from django_bgtasks.maintenance.schedule_sync import InvalidSchedule
-from django_bgtasks.models import Job
 from django_bgtasks.worker import Worker, WorkerExit, WorkerOptions
 from django_bgtasks.worker.process import settle_garbage_collector
 from django_bgtasks.worker.stall import StallGuard
@@ -83,18 +84,29 @@ class Command(BaseCommand):
         level, SKIP LOCKED), which Django runs only when asked: a worker
         that would break a guarantee does not start. Not while the database
         is down: the worker waits for it."""
-        using = router.db_for_write(Job)
         try:
-            connections[using].ensure_connection()
-        except CONNECTION_ERRORS:
-            pass
-        else:
-            kwargs.setdefault("databases", [using])
+            served = served_databases(getattr(self, "_databases_option", None))
+        except ValueError:
+            served = []  # handle() says so
+        reachable = []
+        for using in served:
+            try:
+                connections[using].ensure_connection()
+            except CONNECTION_ERRORS:
+                continue
+            reachable.append(using)
+        kwargs.setdefault("databases", reachable)
         try:
             return super().check(*args, **kwargs)
         finally:
             # A supervisor's processes open their own; it needs none.
-            connections[using].close()
+            for using in reachable:
+                connections[using].close()
+
+    def execute(self, *args, **options):
+        # check() runs before handle() and must know the databases served.
+        self._databases_option = options.get("databases")
+        return super().execute(*args, **options)
 
     def handle(self, *args, **options):
         self._configure_logging(options["verbosity"])
@@ -103,6 +115,13 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         self._check_queues(worker_options.queue_list)
+        try:
+            databases = served_databases(worker_options.databases)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        if len(databases) > 1 and not worker_options.supervises:
+            # A process serves one database: one for each, supervised.
+            worker_options = replace(worker_options, processes=1)
         if worker_options.metrics_port or worker_options.count_metrics:
             self._metrics_installed()
         if worker_options.supervises:
@@ -189,6 +208,15 @@ class Command(BaseCommand):
                 {
                     "processes": f"{len(supervisor.slots)} x "
                     f"{options.concurrency} thread(s)",
+                    "databases": ", ".join(
+                        f"{connections[using].display_name} ({using})"
+                        for using in supervisor.databases
+                    )
+                    + (
+                        f", {options.processes or 1} process(es) each"
+                        if len(supervisor.databases) > 1
+                        else ""
+                    ),
                     "recycling": ", ".join(filter(None, recycling)) or "off",
                     "wake-ups": (
                         "LISTEN/NOTIFY, passed on to the processes"

@@ -2,6 +2,7 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
+from django_bgtasks.databases import job_databases, served_databases
 from django_bgtasks.maintenance.schedule_sync import InvalidSchedule, sync_schedules
 
 
@@ -11,17 +12,34 @@ class Command(BaseCommand):
         "disable those no longer declared. Safe to run from many processes."
     )
 
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--database",
+            action="append",
+            dest="databases",
+            help="Sync the schedules kept in this database (repeatable; "
+            "default: every database that holds jobs). A schedule is kept "
+            "in the database of its task's backend.",
+        )
+
     def handle(self, *args, **options):
         try:
-            result = sync_schedules()
-        except InvalidSchedule as exc:
+            databases = served_databases(options["databases"])
+        except ValueError as exc:
             raise CommandError(str(exc)) from None
-        for label, names in (
-            ("Created", result.created),
-            ("Updated", result.updated),
-            ("Disabled (no longer declared)", result.disabled),
-        ):
-            if names:
-                self.stdout.write(f"{label}: {', '.join(names)}")
-        if not (result.created or result.updated or result.disabled):
-            self.stdout.write("Schedules are up to date.")
+        named = len(job_databases()) > 1 or options["databases"]
+        for using in databases:
+            try:
+                result = sync_schedules(using=using)
+            except InvalidSchedule as exc:
+                raise CommandError(str(exc)) from None
+            where = f" in {using}" if named else ""
+            for label, names in (
+                ("Created", result.created),
+                ("Updated", result.updated),
+                ("Disabled (no longer declared)", result.disabled),
+            ):
+                if names:
+                    self.stdout.write(f"{label}{where}: {', '.join(names)}")
+            if not (result.created or result.updated or result.disabled):
+                self.stdout.write(f"Schedules{where} are up to date.")
