@@ -242,3 +242,22 @@ def limited(monkeypatch):
     for task in module.TASKS:
         registry.register(task)
     return module
+
+
+# The databases of the tests of queues on several databases: mark a test
+# ``@pytest.mark.django_db(databases=BOTH_DATABASES)`` (with transaction=True
+# for worker subprocesses) and ask for the ``elsewhere`` fixture.
+BOTH_DATABASES = ["default", "other"]
+# The environment of worker subprocesses that know the "elsewhere" backend.
+ELSEWHERE_ENV = {"BGTASKS_TEST_ELSEWHERE": "1"}
+
+
+@pytest.fixture
+def elsewhere(settings):
+    """The "elsewhere" task backend, whose jobs live in the second test
+    database ("other"), beside "default"; returns its alias. Worker
+    subprocesses need ``env=ELSEWHERE_ENV`` to know it."""
+    from tests.settings import ELSEWHERE_BACKEND
+
+    settings.TASKS = {**settings.TASKS, "elsewhere": ELSEWHERE_BACKEND}
+    return "elsewhere"
