@@ -46,7 +46,7 @@ from .exceptions import DuplicateJob, InvalidTaskArguments, TaskNotRegistered
 from .limits import task_limit_name
 from .models import Job, JobDependency, JobStatus
 from .private_api import send_to_each
-from .routes import route_for
+from .routes import route_for, routed_backend
 from .rows import job_result, task_for_job, unregistered_task
 from .serialization import NotJSON, check_size, to_json, to_json_sized
 from .sql.insert import CHUNK, insert_job_chunks, insert_jobs, insert_rows
@@ -81,7 +81,7 @@ class DatabaseBackend(BaseTaskBackend):
         self._database_option = self.options.get("DATABASE")
         # id(task): (task, settings generation, columns); see _validated_columns.
         self._validated: dict[int, tuple[Any, int, dict[str, Any]]] = {}
-        # (id(task), queue, priority): (task, the task as routed); _as_routed.
+        # (id(task), *options): (task, the task as routed); _copy_of.
         self._routed_tasks: dict[tuple, tuple[Any, Any]] = {}
 
     @property
@@ -129,13 +129,52 @@ class DatabaseBackend(BaseTaskBackend):
         writing anything if the task, its options or its arguments are
         invalid.
         """
+        routed = self._routed_elsewhere(task)
+        if routed is not None:
+            return routed.get_backend().enqueue(routed, args, kwargs)
         return self._enqueue_one(task, self._validated_columns(task), args, kwargs)
 
     def enqueue_job(self, task, args, kwargs, **job_fields) -> DatabaseTaskResult:
         """Enqueue a validated ``task``; ``job_fields`` set other Job fields
         (the scheduler's ``schedule_id`` and ``scheduled_for``)."""
+        routed = self._routed_elsewhere(task)
+        if routed is not None:
+            return routed.get_backend().enqueue_job(routed, args, kwargs, **job_fields)
         columns = {**self._task_columns(task), **job_fields}
         return self._enqueue_one(task, columns, args, kwargs)
+
+    def _routed_elsewhere(self, task):
+        """``task`` as a route moves it to another backend (``routes.py``),
+        or None if it stays here: made once per task and backend."""
+        alias = routed_backend(task)
+        if alias == self.alias:
+            return None
+        return self._copy_of(task, (alias,), lambda: self._moved(task, alias))
+
+    @staticmethod
+    def _moved(task, alias: str):
+        routed = replace(task, backend=alias)  # checks that alias exists
+        if not isinstance(routed.get_backend(), DatabaseBackend):
+            raise InvalidTask(
+                f"A route sends {task.module_path} to backend {alias!r}, which "
+                f"is not a django_bgtasks DatabaseBackend."
+            )
+        return routed
+
+    def _copy_of(self, task, options: tuple, make):
+        """The copy of ``task`` with other ``options`` that ``make()``
+        makes: once per task and options (a copy is checked again as it is
+        made)."""
+        key = (id(task), *options)
+        cached = self._routed_tasks.get(key)
+        # The task is held in the entry, so its id is not reused meanwhile.
+        if cached is not None and cached[0] is task:
+            return cached[1]
+        if len(self._routed_tasks) >= VALIDATED_TASKS_KEPT:
+            self._routed_tasks.clear()
+        copy = make()
+        self._routed_tasks[key] = (task, copy)
+        return copy
 
     def _enqueue_one(self, task, columns, args, kwargs) -> DatabaseTaskResult:
         with tracing.enqueued(
@@ -161,6 +200,9 @@ class DatabaseBackend(BaseTaskBackend):
         """Enqueue ``task`` once per ``(args, kwargs)`` in ``calls``, in one
         transaction (one statement per ``CHUNK`` jobs); nothing is written
         if any call is invalid."""
+        routed = self._routed_elsewhere(task)
+        if routed is not None:
+            return routed.get_backend().enqueue_many(routed, calls)
         columns = self._validated_columns(task)
         calls = list(calls)
         with tracing.enqueued(
@@ -451,6 +493,8 @@ class DatabaseBackend(BaseTaskBackend):
             queue_name, applied = route.queue_name, True
         if route.priority is not None and "priority" not in chosen:
             priority, applied = route.priority, True
+        if route.backend == self.alias and "backend" not in chosen:
+            applied = True  # here by the route (or it names where it is)
         if self.queues and queue_name not in self.queues:
             raise InvalidTask(
                 f"Route {route.pattern!r} sends {task.module_path} to queue "
@@ -500,16 +544,11 @@ class DatabaseBackend(BaseTaskBackend):
     def _as_routed(self, task, queue_name: str, priority: int):
         """``task`` with the queue and priority a route gave its jobs: made
         once per task and route (a copy is checked again as it is made)."""
-        key = (id(task), queue_name, priority)
-        cached = self._routed_tasks.get(key)
-        # The task is held in the entry, so its id is not reused meanwhile.
-        if cached is not None and cached[0] is task:
-            return cached[1]
-        if len(self._routed_tasks) >= VALIDATED_TASKS_KEPT:
-            self._routed_tasks.clear()
-        routed = replace(task, queue_name=queue_name, priority=priority)
-        self._routed_tasks[key] = (task, routed)
-        return routed
+        return self._copy_of(
+            task,
+            (queue_name, priority),
+            lambda: replace(task, queue_name=queue_name, priority=priority),
+        )
 
     def get_result(self, result_id: str) -> DatabaseTaskResult:
         """The result of job ``result_id`` enqueued on this backend;

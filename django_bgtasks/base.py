@@ -136,7 +136,11 @@ class DatabaseTask(Task):
         )
         chosen = {
             name
-            for name, value in (("priority", priority), ("queue_name", queue_name))
+            for name, value in (
+                ("priority", priority),
+                ("queue_name", queue_name),
+                ("backend", backend),
+            )
             if value is not None
         }
         if not chosen <= self.chosen_options:

@@ -183,8 +183,9 @@ def check_limits(app_configs=None, **kwargs):
 
 @checks.register()
 def check_routes(app_configs=None, **kwargs):
-    """bgtasks.E014: each route of BGTASKS["ROUTES"] sets a queue or a
-    priority a job may have, and a queue some database backend accepts."""
+    """bgtasks.E014: each route of BGTASKS["ROUTES"] sets a queue, a
+    priority or a backend a job may have: a DatabaseBackend, and a queue
+    it (or, with no backend set, some DatabaseBackend) accepts."""
     value = getattr(settings, "BGTASKS", {})
     if not isinstance(value, dict):
         return []  # bgtasks.E001 says so
@@ -205,9 +206,28 @@ def check_routes(app_configs=None, **kwargs):
         except InvalidTask as exc:
             errors.append(checks.Error(str(exc), id="bgtasks.E014"))
             continue
+        if route.backend is not None and route.backend not in {
+            backend.alias for backend in backends
+        }:
+            errors.append(
+                checks.Error(
+                    f"Route {pattern!r} sends jobs to backend {route.backend!r}, "
+                    f"which is not a django_bgtasks DatabaseBackend of TASKS.",
+                    hint="Route to the alias of one of TASKS' DatabaseBackends "
+                    f"({', '.join(b.alias for b in backends)}).",
+                    id="bgtasks.E014",
+                )
+            )
+            continue
+        if route.backend is not None:
+            # The queue must be one the route's backend accepts.
+            backends_of_route = [b for b in backends if b.alias == route.backend]
+        else:
+            backends_of_route = backends
         queue = route.queue_name
         if queue is not None and not any(
-            not backend.queues or queue in backend.queues for backend in backends
+            not backend.queues or queue in backend.queues
+            for backend in backends_of_route
         ):
             errors.append(
                 checks.Error(

@@ -1,5 +1,5 @@
 """Routes: an operator moves a task, or every task whose path matches a
-pattern, to another queue or priority from the settings
+pattern, to another queue, priority or backend (so, database) from the settings
 (``BGTASKS["ROUTES"]``), without touching the code that enqueues it, as
 Celery's ``task_routes`` does.
 
@@ -24,18 +24,20 @@ from .compat import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY, InvalidTask
 from .conf import bgtasks_settings, cleared_when_settings_change
 
 # What a route may set, with the name of the ``.using()`` argument it is.
-OPTIONS = ("queue_name", "priority")
+OPTIONS = ("queue_name", "priority", "backend")
 PATTERN_MAX_LENGTH = 200
 
 
 @dataclass(frozen=True)
 class Route:
     """Jobs of the tasks whose path matches ``pattern`` go to ``queue_name``
-    and/or at ``priority`` (None: the task's own)."""
+    and/or at ``priority`` and/or to task backend ``backend`` (None: the
+    task's own)."""
 
     pattern: str
     queue_name: str | None = None
     priority: int | None = None
+    backend: str | None = None
 
     def matches(self, task_path: str) -> bool:
         return fnmatch.fnmatchcase(task_path, self.pattern)
@@ -74,7 +76,13 @@ def route_from(pattern, options) -> Route:
             f"Route {pattern!r}: priority is a whole number from "
             f"{TASK_MIN_PRIORITY} to {TASK_MAX_PRIORITY}, not {priority!r}."
         )
-    return Route(pattern, queue, priority)
+    backend = options.get("backend")
+    if backend is not None and not (isinstance(backend, str) and backend):
+        raise InvalidTask(
+            f"Route {pattern!r}: backend is the alias of a task backend, not "
+            f"{backend!r}."
+        )
+    return Route(pattern, queue, priority, backend)
 
 
 @cleared_when_settings_change
@@ -94,3 +102,17 @@ def route_for(task_path: str) -> Route | None:
         if route.matches(task_path):
             return route
     return None
+
+
+def routed_backend(task) -> str:
+    """The alias of the backend a new job of ``task`` goes to: the first
+    matching route's ``backend``, unless the call chose one
+    (``.using(backend=...)``), else the task's own."""
+    route = route_for(task.module_path)
+    if (
+        route is None
+        or route.backend is None
+        or "backend" in getattr(task, "chosen_options", ())
+    ):
+        return task.backend
+    return route.backend

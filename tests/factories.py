@@ -9,9 +9,10 @@ from django.utils import timezone
 from django_bgtasks.models import Job, JobStatus, WorkerProcess
 
 
-def make_job(status=JobStatus.READY, **fields) -> Job:
-    """A job of ``tests.tasks.add`` in ``status``, with the timestamps that
-    status implies; ``fields`` override any column."""
+def make_job(status=JobStatus.READY, *, using: str = "default", **fields) -> Job:
+    """A job of ``tests.tasks.add`` in ``status`` in database ``using``,
+    with the timestamps that status implies; ``fields`` override any
+    column."""
     now = timezone.now()
     values = {
         "task_path": "tests.tasks.add",
@@ -25,7 +26,7 @@ def make_job(status=JobStatus.READY, **fields) -> Job:
         values["finished_at"] = now
     if status in (JobStatus.SUCCESSFUL, JobStatus.FAILED):
         values.update(attempts=1, started_at=now, last_attempted_at=now)
-    return Job.objects.create(**{**values, **fields})
+    return Job.objects.using(using).create(**{**values, **fields})
 
 
 def make_worker(

@@ -39,6 +39,7 @@ from ..databases import backend_database, default_database
 from ..db import retry_until_done
 from ..locking import lock_for_writing
 from ..models import Schedule
+from ..routes import routed_backend
 
 logger = logging.getLogger("django_bgtasks.worker")
 
@@ -157,9 +158,9 @@ def _make_aware(schedule: Schedule) -> None:
 
 
 def schedule_database(schedule: Schedule) -> str:
-    """The database a schedule's rows and jobs are kept in: its task's
-    backend's (``databases.py``)."""
-    return backend_database(registry.resolve(schedule.task_path).backend)
+    """The database a schedule's rows and jobs are kept in: that of its
+    task's backend (``databases.py``), as routes give it."""
+    return backend_database(routed_backend(registry.resolve(schedule.task_path)))
 
 
 def sync_schedules(*, using: str | None = None) -> SyncResult:

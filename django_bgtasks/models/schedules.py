@@ -20,10 +20,11 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from .. import registry
-from ..compat import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY, InvalidTask
+from ..compat import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY, InvalidTask, task_backends
 from ..conf import bgtasks_settings
 from ..cron import CronTimes, IntervalTimes, PlannedTimes, normalize_cron, zone
 from ..exceptions import TaskNotRegistered
+from ..routes import routed_backend
 from ..serialization import NotJSON, check_size, to_json
 
 MAX_INTERVAL = timedelta(days=3660)
@@ -358,10 +359,11 @@ class Schedule(models.Model):
                 f"Task {self.task_path} uses backend {task.backend!r}, not a "
                 f"django_bgtasks DatabaseBackend."
             )
-        database = task.get_backend().database
-        if self._state.db is not None and database != self._state.db:
+        alias = routed_backend(task)
+        database = getattr(task_backends[alias], "database", None)
+        if None not in (database, self._state.db) and database != self._state.db:
             raise ValueError(
-                f"Task {self.task_path} uses backend {task.backend!r}, which "
+                f"Task {self.task_path} uses backend {alias!r}, which "
                 f"keeps its jobs in database {database!r}; this schedule is "
                 f"in {self._state.db!r}. A schedule lives beside its jobs: "
                 f"declared ones are synced there."

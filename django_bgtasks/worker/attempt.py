@@ -206,7 +206,7 @@ def check_row(job: Job) -> None:
     run it with: a row written around the API is trusted no more than an
     enqueue's arguments."""
     problem = _options_problem(
-        job.backend, job.queue_name, job.max_attempts, job.timeout
+        job.backend, job.queue_name, job.max_attempts, job.timeout, job._state.db
     )
     if problem:
         raise InvalidJobRow(problem)
@@ -219,10 +219,10 @@ def check_row(job: Job) -> None:
 
 @cleared_when_settings_change
 @functools.lru_cache(maxsize=256)
-def _options_problem(alias, queue_name, max_attempts, timeout) -> str | None:
-    """What is wrong with these options of a job, or None (cached: the
-    same few combinations recur on every job; cleared when the settings
-    change)."""
+def _options_problem(alias, queue_name, max_attempts, timeout, using) -> str | None:
+    """What is wrong with these options of a job read from database
+    ``using``, or None (cached: the same few combinations recur on every
+    job; cleared when the settings change)."""
     if type(max_attempts) is not int or not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
         return (
             f"max_attempts: {max_attempts!r} is not a whole number from 1 to "
@@ -244,6 +244,12 @@ def _options_problem(alias, queue_name, max_attempts, timeout) -> str | None:
     if backend.queues and queue_name not in backend.queues:
         return (
             f"queue_name: {queue_name!r} is not one of the QUEUES of backend {alias!r}."
+        )
+    if using is not None and backend.database != using:
+        return (
+            f"backend: {alias!r} keeps its jobs in database {backend.database!r}, "
+            f"and this job is in {using!r}, where that backend would never read "
+            f"its result."
         )
     return None
 
