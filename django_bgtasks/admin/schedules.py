@@ -21,6 +21,7 @@ from .. import registry
 from ..cron import describe_cron
 from ..models import Job, Schedule
 from ..models.schedules import default_timezone
+from .databases import DatabaseChoiceAdmin
 
 UPCOMING_COUNT = 5
 # What a schedule declared in code takes from BGTASKS["SCHEDULES"]: read-only
@@ -86,7 +87,7 @@ class ScheduleForm(forms.ModelForm):
 
 
 @admin.register(Schedule)
-class ScheduleAdmin(admin.ModelAdmin):
+class ScheduleAdmin(DatabaseChoiceAdmin, admin.ModelAdmin):
     form = ScheduleForm
     list_display = [
         "name",
@@ -266,15 +267,16 @@ class ScheduleAdmin(admin.ModelAdmin):
             obj.reschedule(
                 keep_phase=change and not {"interval", "start_at", "enabled"} & changed
             )
+        using = self.database(request)
         if not change:
-            obj.save()
+            obj.save(using=using)
             return
         # Only what the form changed: the scheduler may be updating the run
         # state of this row meanwhile.
         fields = [name for name in form.changed_data if name in form.fields]
         if timing_changed:
             fields.append("next_run_at")
-        obj.save(update_fields=[*fields, "updated_at"])
+        obj.save(using=using, update_fields=[*fields, "updated_at"])
 
     # Actions -----------------------------------------------------------------
 
