@@ -9,9 +9,9 @@ from django.utils import timezone
 from django_bgtasks.models import Job, JobStatus, WorkerProcess
 
 
-def make_job(status=JobStatus.READY, **fields) -> Job:
+def make_job(status=JobStatus.READY, *, using: str = "default", **fields) -> Job:
     """A job of ``tests.tasks.add`` in ``status``, with the timestamps that
-    status implies; ``fields`` override any column."""
+    status implies, in database ``using``; ``fields`` override any column."""
     now = timezone.now()
     values = {
         "task_path": "tests.tasks.add",
@@ -25,14 +25,19 @@ def make_job(status=JobStatus.READY, **fields) -> Job:
         values["finished_at"] = now
     if status in (JobStatus.SUCCESSFUL, JobStatus.FAILED):
         values.update(attempts=1, started_at=now, last_attempted_at=now)
-    return Job.objects.create(**{**values, **fields})
+    return Job.objects.using(using).create(**{**values, **fields})
 
 
 def make_worker(
-    worker_id: str = "worker", *, silent_for: timedelta = timedelta(0), **fields
+    worker_id: str = "worker",
+    *,
+    silent_for: timedelta = timedelta(0),
+    using: str = "default",
+    **fields,
 ) -> WorkerProcess:
     """The row of a worker process whose last heartbeat was ``silent_for``
-    ago (alive by default); ``fields`` override any column."""
+    ago (alive by default), in database ``using``; ``fields`` override any
+    column."""
     beat = timezone.now() - silent_for
     values = {
         "id": worker_id,
@@ -43,4 +48,4 @@ def make_worker(
         "started_at": beat,
         "last_heartbeat_at": beat,
     }
-    return WorkerProcess.objects.create(**{**values, **fields})
+    return WorkerProcess.objects.using(using).create(**{**values, **fields})
