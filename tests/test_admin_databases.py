@@ -4,6 +4,8 @@ the chosen database's rows only. The same ids in both databases make a page
 on the wrong one show."""
 
 import pytest
+from django.db import connections
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from django_bgtasks.admin.databases import SESSION_KEY
@@ -245,3 +247,44 @@ def test_the_dashboard_and_its_refresh_count_the_chosen_databases_jobs(
     body = admin_client.get(reverse(LIVE)).content.decode()  # the session's
     assert '?status=READY">3</a>' in body
     assert "heavy" in body and "there-worker" in body
+
+
+def test_no_page_on_the_other_database_reads_the_apps_tables_in_default(
+    admin_client, elsewhere
+):
+    """Every page reads the app's rows in the chosen database only. The
+    delete confirmations too: Django's collector there is on the routers'
+    database, but the app's relations (DO_NOTHING, SET_NULL) read nothing."""
+    job = make_job(JobStatus.FAILED, using="other")
+    schedule = Schedule(
+        name="nightly", task_path="tests.tasks.record", cron="* * * * *"
+    )
+    schedule.reschedule()
+    schedule.save(using="other")
+    make_worker("there", using="other")
+    on_other(admin_client)
+    pages = [
+        reverse(JOBS),
+        f"{reverse(JOBS)}?status=WAITING",
+        reverse("admin:django_bgtasks_job_change", args=[job.pk]),
+        reverse("admin:django_bgtasks_job_delete", args=[job.pk]),
+        reverse("admin:django_bgtasks_job_progress", args=[job.pk]),
+        reverse(QUEUES),
+        reverse("admin:django_bgtasks_schedule_changelist"),
+        reverse("admin:django_bgtasks_schedule_change", args=[schedule.pk]),
+        reverse("admin:django_bgtasks_schedule_delete", args=[schedule.pk]),
+        reverse("admin:django_bgtasks_workerprocess_changelist"),
+        reverse(DASHBOARD),
+        reverse(LIVE),
+    ]
+    with CaptureQueriesContext(connections["default"]) as queries:
+        for page in pages:
+            assert admin_client.get(page).status_code == 200, page
+        # The delete action's confirmation page.
+        response = admin_client.post(
+            reverse(JOBS), {"action": "delete_jobs", "_selected_action": [job.pk]}
+        )
+        assert response.status_code == 200
+        assert "Are you sure" in response.content.decode()
+    read_here = [q["sql"] for q in queries if "django_bgtasks_" in q["sql"]]
+    assert read_here == []
