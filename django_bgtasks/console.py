@@ -2,6 +2,9 @@
 picked by filters, each job and the whole system as plain data (what
 ``--json`` prints), and a task enqueued by its path.
 
+Each command works on one database's jobs (``--database``; by default
+``default_database()``): ``command_database`` says which.
+
 Every change goes through the jobs' own verbs (``JobQuerySet.retry``,
 ``cancel``, ``run_now``, ``delete_jobs``), the admin's too, with their
 rules: a running job is asked to stop, never deleted; a job workflow steps
@@ -20,6 +23,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from . import registry, stats
+from .databases import default_database, job_databases
 from .db import database_now
 from .models import Job, JobStatus
 from .models.transitions import OPERATOR_ACTIONS
@@ -27,6 +31,21 @@ from .waits import why_waiting
 
 _SPAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def command_database(alias: str | None) -> str:
+    """The database a command works on: ``alias`` (its ``--database``) if
+    it holds jobs, ``default_database()`` if None; ValueError names the
+    databases that hold jobs."""
+    if alias is None:
+        return default_database()
+    known = job_databases()
+    if alias not in known:
+        raise ValueError(
+            f"No jobs are kept in database {alias!r}: the databases that hold "
+            f"jobs are {', '.join(known)}."
+        )
+    return alias
 
 
 def moment(text: str, using: str = "default", *, ahead: bool = False) -> datetime:
@@ -80,8 +99,9 @@ class JobFilter:
             (self.ids, self.statuses, self.tasks, self.queues, self.since, self.until)
         )
 
-    def jobs(self, using: str = "default"):
-        jobs = Job.objects.using(using)
+    def jobs(self, using: str | None = None):
+        """The matching jobs of database ``using`` (None: the default's)."""
+        jobs = Job.objects.using(using or default_database())
         if self.ids:
             jobs = jobs.filter(pk__in=self.ids)
         if self.statuses:
@@ -146,6 +166,7 @@ def job_data(job: Job, *, whole: bool = False) -> dict:
     and why it waits."""
     data = {
         "id": job.pk,
+        "database": job._state.db,
         "task": job.task_path,
         "queue": job.queue_name,
         "priority": job.priority,
@@ -177,9 +198,11 @@ def job_data(job: Job, *, whole: bool = False) -> dict:
     return data
 
 
-def status_data() -> dict:
+def status_data(using: str | None = None) -> dict:
     """The queues (depth, due, running, lag, paused), the workers (host,
-    pid, busy slots, last heartbeat, alive) and the jobs by status."""
+    pid, busy slots, last heartbeat, alive) and the jobs by status, of
+    database ``using`` (None: ``default_database()``)."""
+    using = using or default_database()
     now = timezone.now()
     queues = [
         {
@@ -193,7 +216,7 @@ def status_data() -> dict:
             "paused": state.paused is not None,
             "paused_by": state.paused.paused_by if state.paused else None,
         }
-        for state in stats.queue_states(now)
+        for state in stats.queue_states(now, using=using)
     ]
     workers = [
         {
@@ -207,10 +230,12 @@ def status_data() -> dict:
             "last_heartbeat_at": state.worker.last_heartbeat_at,
             "alive": state.alive,
         }
-        for state in stats.worker_states(now)
+        for state in stats.worker_states(now, using=using)
     ]
-    counts = {status: tally.value for status, tally in stats.status_counts().items()}
-    return {"queues": queues, "workers": workers, "jobs": counts}
+    counts = {
+        status: tally.value for status, tally in stats.status_counts(using).items()
+    }
+    return {"database": using, "queues": queues, "workers": workers, "jobs": counts}
 
 
 def enqueue(
@@ -247,12 +272,17 @@ class Throughput:
         return sum(self.ended.values()) / self.seconds if self.seconds else 0.0
 
 
-def throughput_since(since: datetime, until: datetime) -> list[Throughput]:
-    """What each queue ended between ``since`` and ``until`` (through the
-    index of finished jobs by time), with its READY and RUNNING jobs."""
+def throughput_since(
+    since: datetime, until: datetime, using: str | None = None
+) -> list[Throughput]:
+    """What each queue of database ``using`` (None: ``default_database()``)
+    ended between ``since`` and ``until`` (through the index of finished
+    jobs by time), with its READY and RUNNING jobs."""
+    using = using or default_database()
     ended: dict[str, dict[str, int]] = {}
     rows = (
-        Job.objects.finished()
+        Job.objects.using(using)
+        .finished()
         .filter(finished_at__gt=since, finished_at__lte=until)
         .order_by()
         .values_list("queue_name", "status")
@@ -261,8 +291,10 @@ def throughput_since(since: datetime, until: datetime) -> list[Throughput]:
         "queue_name", "status", "n"
     ):
         ended.setdefault(queue, {})[status] = count
-    ready = stats.ready_counts(stats.active_queue_names() | set(ended))
-    running = stats.running_counts()
+    ready = stats.ready_counts(
+        stats.active_queue_names(using) | set(ended), using=using
+    )
+    running = stats.running_counts(using)
     seconds = (until - since).total_seconds()
     return [
         Throughput(

@@ -9,11 +9,12 @@ sum of its children's and its own (its scheduler's jobs), in
 ``prometheus_client``'s multiprocess mode: each writes its counts to files
 in a folder the supervisor made.
 
-Gauges come from the database when Prometheus scrapes: per queue, jobs
-READY (exact up to 10,000, then the planner's estimate), due, RUNNING, the
-lag of its oldest due job and whether it is paused; workers alive, their
-slots and how many are busy. Their queries read the READY and RUNNING
-jobs' indexes, not the finished jobs (``stats.py``).
+Gauges come from the databases when Prometheus scrapes, each labelled with
+its ``database`` (every database that holds jobs): per queue, jobs READY
+(exact up to 10,000, then the planner's estimate), due, RUNNING, the lag of
+its oldest due job and whether it is paused; workers alive, their slots and
+how many are busy; whether the database could be read. Their queries read
+the READY and RUNNING jobs' indexes, not the finished jobs (``stats.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from django.utils import timezone
 from . import stats
 from .backend import DatabaseBackend
 from .compat import task_enqueued
+from .databases import job_databases
 
 logger = logging.getLogger("django_bgtasks.worker")
 
@@ -136,78 +138,89 @@ def attempt_ended(job, outcome: str, elapsed_ms: float) -> None:
 
 
 class DatabaseCollector:
-    """Gauges read from the database at each scrape (``stats.py``)."""
+    """Gauges read from the databases at each scrape (``stats.py``), each
+    labelled with its ``database``: those given, or every database that
+    holds jobs."""
+
+    def __init__(self, databases: list[str] | None = None):
+        self.databases = databases
 
     def describe(self):
         return []  # read at each scrape: nothing to describe at registration
 
     def collect(self):
         up = GaugeMetricFamily(
-            "bgtasks_database_up", "1 if the last scrape read the database."
+            "bgtasks_database_up",
+            "1 if the last scrape read the database.",
+            labels=["database"],
         )
+        families = {
+            name: GaugeMetricFamily(name, text, labels=labels)
+            for name, text, labels in GAUGES
+        }
         started = time.monotonic()
         try:
-            families = list(self._read())
-        except Exception as exc:  # the database is away: say so, serve counters
-            logger.warning("Metrics: cannot read the database: %s", exc)
-            up.add_metric([], 0)
-            yield up
-            return
+            for using in self.databases or job_databases():
+                try:
+                    # Read whole before any is added: a database away
+                    # leaves no half of its figures.
+                    samples = list(_read(using))
+                except Exception as exc:  # away: say so, serve the others
+                    logger.warning("Metrics: cannot read database %s: %s", using, exc)
+                    up.add_metric([using], 0)
+                    continue
+                for name, labels, value in samples:
+                    families[name].add_metric(labels, value)
+                up.add_metric([using], 1)
         finally:
-            # The scrape's thread is the HTTP server's: its connection is
+            # The scrape's thread is the HTTP server's: its connections are
             # not kept between scrapes.
             connections.close_all()
-        yield from families
-        up.add_metric([], 1)
+        yield from families.values()
         yield up
         took = GaugeMetricFamily(
-            "bgtasks_scrape_seconds", "How long reading the database took."
+            "bgtasks_scrape_seconds", "How long reading the databases took."
         )
         took.add_metric([], time.monotonic() - started)
         yield took
 
-    def _read(self):
-        now = timezone.now()
-        queues = {
-            name: GaugeMetricFamily(f"bgtasks_queue_{name}", text, labels=["queue"])
-            for name, text in [
-                ("ready", "READY jobs (above 10,000: the planner's estimate)."),
-                ("due", "READY jobs due now (above 10,000: an estimate)."),
-                ("running", "RUNNING jobs."),
-                ("waiting", "Workflow steps waiting for other jobs."),
-                ("lag_seconds", "Age of the oldest due job (0 if none)."),
-                ("paused", "1 if the queue is paused."),
-            ]
-        }
-        for state in stats.queue_states(now):
-            values = {
-                "ready": state.ready.value,
-                "due": state.due.value,
-                "running": state.running,
-                "waiting": state.waiting.value,
-                "lag_seconds": state.lag.total_seconds() if state.lag else 0.0,
-                "paused": 1 if state.paused else 0,
-            }
-            for name, value in values.items():
-                queues[name].add_metric([state.name], value)
-        yield from queues.values()
-        alive = [state for state in stats.worker_states(now) if state.alive]
-        for name, text, value in [
-            ("bgtasks_workers_alive", "Worker processes alive.", len(alive)),
-            (
-                "bgtasks_worker_slots",
-                "Job threads of the live workers.",
-                sum(state.worker.concurrency for state in alive),
-            ),
-            (
-                "bgtasks_worker_slots_busy",
-                "Jobs the live workers run now.",
-                sum(len(state.jobs) for state in alive),
-            ),
-        ]:
-            family = GaugeMetricFamily(name, text)
-            family.add_metric([], value)
-            yield family
+
+# The gauges read from each database: (name, help, labels).
+_QUEUE = ["database", "queue"]
+GAUGES = [
+    (
+        "bgtasks_queue_ready",
+        "READY jobs (above 10,000: the planner's estimate).",
+        _QUEUE,
+    ),
+    ("bgtasks_queue_due", "READY jobs due now (above 10,000: an estimate).", _QUEUE),
+    ("bgtasks_queue_running", "RUNNING jobs.", _QUEUE),
+    ("bgtasks_queue_waiting", "Workflow steps waiting for other jobs.", _QUEUE),
+    ("bgtasks_queue_lag_seconds", "Age of the oldest due job (0 if none).", _QUEUE),
+    ("bgtasks_queue_paused", "1 if the queue is paused.", _QUEUE),
+    ("bgtasks_workers_alive", "Worker processes alive.", ["database"]),
+    ("bgtasks_worker_slots", "Job threads of the live workers.", ["database"]),
+    ("bgtasks_worker_slots_busy", "Jobs the live workers run now.", ["database"]),
+]
+
+
+def _read(using: str):
+    """The gauges' samples of database ``using``: (name, labels, value)."""
+    now = timezone.now()
+    for state in stats.queue_states(now, using=using):
+        labels = [using, state.name]
+        yield "bgtasks_queue_ready", labels, state.ready.value
+        yield "bgtasks_queue_due", labels, state.due.value
+        yield "bgtasks_queue_running", labels, state.running
+        yield "bgtasks_queue_waiting", labels, state.waiting.value
+        lag = state.lag.total_seconds() if state.lag else 0.0
+        yield "bgtasks_queue_lag_seconds", labels, lag
+        yield "bgtasks_queue_paused", labels, 1 if state.paused else 0
+    alive = [state for state in stats.worker_states(now, using=using) if state.alive]
+    yield "bgtasks_workers_alive", [using], len(alive)
+    slots = sum(state.worker.concurrency for state in alive)
+    yield "bgtasks_worker_slots", [using], slots
+    yield "bgtasks_worker_slots_busy", [using], sum(len(state.jobs) for state in alive)
 
 
 def serve(port: int, host: str, *, multiprocess_folder: str | None = None):

@@ -3,6 +3,10 @@
 No query here counts a whole table: counts are exact up to a cap and
 estimated above it (PostgreSQL and MySQL/MariaDB plan estimates); time-based
 figures read only a recent window through the ``finished_at`` index.
+
+Every figure is of one database's jobs (``using``: a database alias, as
+``databases.job_databases()`` lists them; None for ``default_database()``):
+the rows of queues, limits and workers in a database concern its jobs.
 """
 
 from __future__ import annotations
@@ -11,12 +15,13 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from django.db import connections, router
+from django.db import connections
 from django.db.models import Avg, Count, DurationField, ExpressionWrapper, F, Min
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
 from .compat import loadable_backends
+from .databases import default_database
 from .db import database_now
 from .limits import QUEUE_PREFIX, Limit, declared_limits, limit_name
 from .models import Job, JobStatus, LimitState, Queue, WorkerProcess
@@ -77,19 +82,25 @@ STATUSES = (
 )
 
 
-def waiting_jobs():
-    """The WAITING jobs. Each is a workflow's step: the condition on its
-    workflow lets the database read them through the workflow index, where
-    no index holds jobs by that status (a full scan of the table)."""
-    return Job.objects.filter(status=JobStatus.WAITING, workflow_id__isnull=False)
+def jobs(using: str | None = None):
+    """The Job manager of database ``using`` (None: ``default_database()``)."""
+    return Job.objects.using(using or default_database())
 
 
-def status_counts() -> dict[str, Tally]:
+def waiting_jobs(using: str | None = None):
+    """The WAITING jobs (of database ``using``). Each is a workflow's step:
+    the condition on its workflow lets the database read them through the
+    workflow index, where no index holds jobs by that status (a full scan of
+    the table)."""
+    return jobs(using).filter(status=JobStatus.WAITING, workflow_id__isnull=False)
+
+
+def status_counts(using: str | None = None) -> dict[str, Tally]:
     return {
         status: tally(
-            waiting_jobs()
+            waiting_jobs(using)
             if status == JobStatus.WAITING
-            else Job.objects.filter(status=status)
+            else jobs(using).filter(status=status)
         )
         for status in STATUSES
     }
@@ -109,40 +120,46 @@ class QueueState:
     paused: Queue | None = None  # its row, if the queue is paused
 
 
-def configured_queue_names() -> set[str]:
-    """The queues the task backends declare (their ``QUEUES``)."""
+def configured_queue_names(using: str | None = None) -> set[str]:
+    """The queues the task backends declare (their ``QUEUES``): of every
+    backend, or with ``using``, of the backends that keep their jobs in that
+    database."""
     names = set()
     for backend in loadable_backends():
-        names |= set(getattr(backend, "queues", ()) or ())
+        if using is None or getattr(backend, "database", None) == using:
+            names |= set(getattr(backend, "queues", ()) or ())
     return names
 
 
-def queue_states(now: datetime | None = None) -> list[QueueState]:
+def queue_states(
+    now: datetime | None = None, using: str | None = None
+) -> list[QueueState]:
     """Per queue: jobs ready, due, waiting for other jobs and running, how
-    late the oldest due job is, and whether it is paused. Every configured
-    queue is listed, plus any paused queue or queue with jobs that have not
-    ended."""
+    late the oldest due job is, and whether it is paused. Every queue
+    configured for the database is listed, plus any paused queue or queue
+    with jobs that have not ended."""
+    using = using or default_database()
     now = now or timezone.now()
-    names = configured_queue_names()
-    paused = {queue.name: queue for queue in Queue.objects.paused()}
+    names = configured_queue_names(using)
+    paused = {queue.name: queue for queue in Queue.objects.using(using).paused()}
     names |= set(paused)
-    running = running_counts()
+    running = running_counts(using)
     waiting = dict(
-        waiting_jobs()
+        waiting_jobs(using)
         .values_list("queue_name")
         .annotate(n=Count("id"))
         .values_list("queue_name", "n")
     )
     names |= set(running) | set(waiting)
-    names |= set(Job.objects.ready().values_list("queue_name", flat=True).distinct())
+    names |= set(jobs(using).ready().values_list("queue_name", flat=True).distinct())
     states = []
     for name in sorted(names):
-        due = Job.objects.due(now).filter(queue_name=name)
+        due = jobs(using).due(now).filter(queue_name=name)
         oldest = due.aggregate(oldest=Min("run_after"))["oldest"]
         states.append(
             QueueState(
                 name=name,
-                ready=tally(Job.objects.ready().filter(queue_name=name)),
+                ready=tally(jobs(using).ready().filter(queue_name=name)),
                 due=tally(due),
                 running=running.get(name, 0),
                 waiting=Tally(waiting.get(name, 0)),
@@ -153,10 +170,11 @@ def queue_states(now: datetime | None = None) -> list[QueueState]:
     return states
 
 
-def running_counts() -> dict[str, int]:
+def running_counts(using: str | None = None) -> dict[str, int]:
     """The RUNNING jobs of each queue that has some."""
     return dict(
-        Job.objects.running()
+        jobs(using)
+        .running()
         .order_by()
         .values_list("queue_name")
         .annotate(n=Count("id"))
@@ -164,19 +182,26 @@ def running_counts() -> dict[str, int]:
     )
 
 
-def active_queue_names() -> set[str]:
-    """The configured queues and those with READY, RUNNING or WAITING jobs,
-    in one query that reads those statuses' indexes, never the finished
-    jobs."""
-    jobs = (
+def active_queue_names(using: str | None = None) -> set[str]:
+    """The queues configured for the database and those with READY, RUNNING
+    or WAITING jobs, in one query that reads those statuses' indexes, never
+    the finished jobs."""
+    using = using or default_database()
+    selects = (
         queryset.order_by().values_list("queue_name")
-        for queryset in (Job.objects.ready(), Job.objects.running(), waiting_jobs())
+        for queryset in (
+            jobs(using).ready(),
+            jobs(using).running(),
+            waiting_jobs(using),
+        )
     )
-    union = next(jobs).union(*jobs)  # without ALL: each name once
-    return configured_queue_names() | {name for (name,) in union}
+    union = next(selects).union(*selects)  # without ALL: each name once
+    return configured_queue_names(using) | {name for (name,) in union}
 
 
-def ready_counts(names, cap: int = COUNT_CAP) -> dict[str, Tally]:
+def ready_counts(
+    names, cap: int = COUNT_CAP, using: str | None = None
+) -> dict[str, Tally]:
     """The READY jobs of each queue of ``names``, in one query however many
     queues: each queue's count reads at most ``cap + 1`` entries of the READY
     index (a paused queue's backlog can be large). Above the cap, the
@@ -184,7 +209,7 @@ def ready_counts(names, cap: int = COUNT_CAP) -> dict[str, Tally]:
     names = sorted(set(names))
     if not names:
         return {}
-    using = router.db_for_read(Job)
+    using = using or default_database()
     connection = connections[using]
     parts, params = [], []
     for index, name in enumerate(names):
@@ -220,7 +245,9 @@ class Minute:
     failed: int = 0
 
 
-def throughput(now: datetime | None = None, minutes: int = 60) -> list[Minute]:
+def throughput(
+    now: datetime | None = None, minutes: int = 60, using: str | None = None
+) -> list[Minute]:
     """Jobs finished per minute (succeeded, failed) over the last ``minutes``."""
     now = (now or timezone.now()).replace(second=0, microsecond=0)
     start = now - timedelta(minutes=minutes - 1)
@@ -229,7 +256,8 @@ def throughput(now: datetime | None = None, minutes: int = 60) -> list[Minute]:
         for n in range(minutes)
     }
     rows = (
-        Job.objects.filter(
+        jobs(using)
+        .filter(
             finished_at__gte=start,
             status__in=[JobStatus.SUCCESSFUL, JobStatus.FAILED],
         )
@@ -257,7 +285,10 @@ class TaskFigure:
 
 
 def slowest_tasks(
-    now: datetime | None = None, window: timedelta = timedelta(hours=1), limit: int = 5
+    now: datetime | None = None,
+    window: timedelta = timedelta(hours=1),
+    limit: int = 5,
+    using: str | None = None,
 ) -> list[TaskFigure]:
     """Tasks by average run time of their successful jobs in the window."""
     now = now or timezone.now()
@@ -265,7 +296,8 @@ def slowest_tasks(
         F("finished_at") - F("last_attempted_at"), output_field=DurationField()
     )
     rows = (
-        Job.objects.filter(finished_at__gte=now - window, status=JobStatus.SUCCESSFUL)
+        jobs(using)
+        .filter(finished_at__gte=now - window, status=JobStatus.SUCCESSFUL)
         .values("task_path")
         .annotate(average=Avg(duration), runs=Count("id"))
         .order_by("-average")[:limit]
@@ -274,12 +306,16 @@ def slowest_tasks(
 
 
 def failing_tasks(
-    now: datetime | None = None, window: timedelta = timedelta(hours=1), limit: int = 5
+    now: datetime | None = None,
+    window: timedelta = timedelta(hours=1),
+    limit: int = 5,
+    using: str | None = None,
 ) -> list[TaskFigure]:
     """Tasks by number of jobs that ended FAILED in the window."""
     now = now or timezone.now()
     rows = (
-        Job.objects.filter(finished_at__gte=now - window, status=JobStatus.FAILED)
+        jobs(using)
+        .filter(finished_at__gte=now - window, status=JobStatus.FAILED)
         .values("task_path")
         .annotate(failures=Count("id"))
         .order_by("-failures")[:limit]
@@ -294,13 +330,17 @@ class WorkerState:
     jobs: list[Job] = field(default_factory=list)
 
 
-def worker_states(now: datetime | None = None) -> list[WorkerState]:
-    """Every registered worker process, alive or not, with its running jobs."""
+def worker_states(
+    now: datetime | None = None, using: str | None = None
+) -> list[WorkerState]:
+    """Every worker process registered in the database, alive or not, with
+    its running jobs there."""
+    using = using or default_database()
     now = now or timezone.now()
-    workers = list(WorkerProcess.objects.order_by("hostname", "pid"))
+    workers = list(WorkerProcess.objects.using(using).order_by("hostname", "pid"))
     running: dict[str, list[Job]] = {}
-    jobs = Job.objects.running().filter(worker_id__in=[w.pk for w in workers])
-    for job in jobs.only(
+    held = jobs(using).running().filter(worker_id__in=[w.pk for w in workers])
+    for job in held.only(
         "id",
         "task_path",
         "queue_name",
@@ -333,27 +373,31 @@ class LimitFigures:
     due: Tally
 
 
-def limit_figures() -> list[LimitFigures]:
-    """Every declared limit, with what holds it now: two queries and one
-    capped count per limit, reading only unfinished jobs."""
+def limit_figures(using: str | None = None) -> list[LimitFigures]:
+    """Every declared limit, with what holds it now in the database: two
+    queries and one capped count per limit, reading only unfinished jobs."""
     declared = declared_limits()
     if not declared:
         return []
-    using = router.db_for_read(Job)
+    using = using or default_database()
     running = list(
-        Job.objects.running()
+        jobs(using)
+        .running()
         .values_list("queue_name", "limit_key")
         .annotate(n=Count("id"))
         .values_list("queue_name", "limit_key", "n")
     )
     rated = declared.rated_names()
     now = database_now(using) if rated else None
-    buckets = {state.name: state for state in LimitState.objects.filter(name__in=rated)}
+    buckets = {
+        state.name: state
+        for state in LimitState.objects.using(using).filter(name__in=rated)
+    }
     figures = []
     limits = [(name, limit) for name, limit in declared.by_name.items()]
     limits += [(QUEUE_PREFIX + q, limit) for q, limit in declared.by_queue.items()]
     for name, limit in sorted(limits):
-        due = Job.objects.due(now)
+        due = jobs(using).due(now)
         if name.startswith(QUEUE_PREFIX):
             queue = name.removeprefix(QUEUE_PREFIX)
             per_key = {queue: sum(n for q, _, n in running if q == queue)}

@@ -46,12 +46,13 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, router, transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from .backend import DatabaseBackend
 from .base import DatabaseTask
 from .compat import BACKPORT, Task, TaskResult, task_finished, task_started
+from .databases import database_backends, default_database
 from .models import Job, JobStatus
 from .private_api import Receivers
 from .rows import job_result, update_result
@@ -156,7 +157,7 @@ def run_jobs(
         run_jobs(now=timezone.now() + timedelta(minutes=5))
 
     ``limit``: run at most this many attempts. ``using``: the database
-    (default: where jobs are written).
+    (default: the ``default`` task backend's, ``default_database()``).
 
     Each result is the job as its attempt left it (a retried attempt's
     status is READY, with the error so far). For a job whose task is not
@@ -168,7 +169,7 @@ def run_jobs(
     as the exception says.
     """
 
-    using = using or router.db_for_write(Job)
+    using = _database(using)
     if isinstance(queues, str):
         queues = [queues]
     elif queues is not None:
@@ -326,10 +327,11 @@ def enqueued(
     (waiting to run; WAITING: a workflow's step) by default, any status or
     tuple of statuses, or None for every status. Each
     criterion left None matches anything. ``using``: the database (default:
-    where jobs are written).
+    that of the task's backend if ``task`` is a Task, else the ``default``
+    task backend's).
     """
 
-    jobs = Job.objects.using(using or router.db_for_write(Job))
+    jobs = Job.objects.using(_database(using, task))
     if task is not None:
         jobs = jobs.filter(task_path=_task_path(task))
     if queue is not None:
@@ -383,7 +385,8 @@ def assert_enqueued(
     what = _criteria(task, args, kwargs, queue, priority, status)
     expected = "at least one job" if count is None else _jobs(count)
     raise AssertionError(
-        f"Expected {expected} {what}; found {len(found)}.\n{_listing(using)}"
+        f"Expected {expected} {what}; found {len(found)}.\n"
+        f"{_listing(_database(using, task))}"
     )
 
 
@@ -479,11 +482,23 @@ def _statuses(status) -> str:
     return getattr(status, "value", status)
 
 
-def _listing(using: str | None) -> str:
-    """Every job there is, oldest first (the first ``_LISTED``), for an
-    assertion's message."""
+def _database(using: str | None, task=None) -> str:
+    """``using``, else the database of ``task``'s backend (a Task of a
+    DatabaseBackend), else the ``default`` backend's (``default_database()``)."""
+    if using is not None:
+        return using
+    backend = task.backend if isinstance(task, Task) else None
+    for database, aliases in database_backends().items():
+        if backend in aliases:
+            return database
+    return default_database()
 
-    jobs = Job.objects.using(using or router.db_for_write(Job)).order_by("id")
+
+def _listing(using: str) -> str:
+    """Every job there is in database ``using``, oldest first (the first
+    ``_LISTED``), for an assertion's message."""
+
+    jobs = Job.objects.using(using).order_by("id")
     total = jobs.count()
     if not total:
         return "No job was enqueued."
@@ -507,8 +522,8 @@ def _describe_job(job: Job) -> str:
 
 class BackgroundJobs:
     """:func:`run_jobs`, :func:`enqueued`, :func:`assert_enqueued` and
-    :func:`assert_not_enqueued` on one database (``using``; None: where jobs
-    are written): what the pytest fixture ``bgtasks`` gives."""
+    :func:`assert_not_enqueued` on one database (``using``; None: as each
+    function's own default): what the pytest fixture ``bgtasks`` gives."""
 
     def __init__(self, using: str | None = None):
         self.using = using

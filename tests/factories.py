@@ -30,10 +30,15 @@ def make_job(status=JobStatus.READY, *, using: str = "default", **fields) -> Job
 
 
 def make_worker(
-    worker_id: str = "worker", *, silent_for: timedelta = timedelta(0), **fields
+    worker_id: str = "worker",
+    *,
+    silent_for: timedelta = timedelta(0),
+    using: str = "default",
+    **fields,
 ) -> WorkerProcess:
     """The row of a worker process whose last heartbeat was ``silent_for``
-    ago (alive by default); ``fields`` override any column."""
+    ago (alive by default), in database ``using``; ``fields`` override any
+    column."""
     beat = timezone.now() - silent_for
     values = {
         "id": worker_id,
@@ -44,4 +49,4 @@ def make_worker(
         "started_at": beat,
         "last_heartbeat_at": beat,
     }
-    return WorkerProcess.objects.create(**{**values, **fields})
+    return WorkerProcess.objects.using(using).create(**{**values, **fields})

@@ -20,6 +20,7 @@ from django_bgtasks import chain, group
 from django_bgtasks.models import Job, JobStatus, Queue
 from django_bgtasks.testing import run_jobs
 from tests import tasks
+from tests.conftest import BOTH_DATABASES
 from tests.factories import make_job, make_worker
 
 webdriver = pytest.importorskip(
@@ -391,3 +392,40 @@ def test_cancel_a_running_job_and_see_who_asked(browser, live_server, screenshot
     field = browser.find_element(By.CSS_SELECTOR, ".field-cancel_request")
     assert "by admin at " in field.text
     browser.save_screenshot(str(screenshots / "running-job-cancelled.png"))
+
+
+@pytest.mark.django_db(transaction=True, databases=BOTH_DATABASES)
+def test_switch_the_database_on_the_dashboard_and_the_job_list_follows(
+    browser, live_server, screenshots, elsewhere
+):
+    make_job(queue_name="images")
+    there = [make_job(using="other", queue_name="heavy") for _ in range(3)]
+    log_in(browser, live_server)
+    browser.get(f"{live_server.url}/admin/django_bgtasks/jobdashboard/?refresh=1")
+
+    def ready(b) -> str:
+        return read_now(b, "#bgtasks-statuses a[href$='status=READY']")
+
+    def chosen(b) -> str:
+        return read_now(b, ".bgtasks-database-switch strong")
+
+    assert (ready(browser), chosen(browser)) == ("1", "default")
+    browser.find_element(By.LINK_TEXT, "other").click()
+    wait_for(browser, lambda b: chosen(b) == "other")
+    assert ready(browser) == "3"
+    # Its refreshes stay on it.
+    main = browser.find_element(By.ID, "content-main")
+    refreshes = main.get_attribute("data-refreshes")
+    wait_for(browser, lambda b: main.get_attribute("data-refreshes") != refreshes)
+    assert ready(browser) == "3"
+    assert "heavy" in browser.find_element(By.ID, "bgtasks-queues").text
+    browser.save_screenshot(str(screenshots / "dashboard-other-database.png"))
+
+    browser.get(f"{live_server.url}/admin/django_bgtasks/job/")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")
+    assert len(rows) == 3 and chosen(browser) == "other"
+    assert all(f"/job/{job.pk}/change/" in browser.page_source for job in there)
+    browser.find_element(By.LINK_TEXT, "default").click()
+    wait_for(browser, lambda b: chosen(b) == "default")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")
+    assert len(rows) == 1

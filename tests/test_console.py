@@ -103,7 +103,11 @@ def test_retry_cancel_and_run_now_change_only_the_jobs_they_apply_to():
     failed = make_job(JobStatus.FAILED, max_attempts=1, attempts=1)
     cancelled = make_job(JobStatus.CANCELLED)
     done = make_job(JobStatus.SUCCESSFUL)
-    assert run_json("retry", "--all") == {"matching": 3, "retried": 2}
+    assert run_json("retry", "--all") == {
+        "database": "default",
+        "matching": 3,
+        "retried": 2,
+    }
     assert [status_of(j) for j in (failed, cancelled, done)] == [
         "READY",
         "READY",
@@ -112,12 +116,18 @@ def test_retry_cancel_and_run_now_change_only_the_jobs_they_apply_to():
     assert Job.objects.get(pk=failed.pk).max_attempts == 2
 
     later = make_job(run_after=timezone.now() + timedelta(hours=1))
-    assert run_json("run-now", "--id", str(later.pk)) == {"matching": 1, "made_due": 1}
+    made_due = run_json("run-now", "--id", str(later.pk))
+    assert made_due == {"database": "default", "matching": 1, "made_due": 1}
     assert Job.objects.get(pk=later.pk).run_after <= timezone.now()
 
     running = make_job(JobStatus.RUNNING, worker=make_worker("w1"))
     done = run_json("cancel", "--status", "READY", "--status", "RUNNING")
-    assert done == {"matching": 4, "cancelled": 3, "asked_to_stop": 1}
+    assert done == {
+        "database": "default",
+        "matching": 4,
+        "cancelled": 3,
+        "asked_to_stop": 1,
+    }
     assert status_of(later) == "CANCELLED"
     running = Job.objects.get(pk=running.pk)
     assert running.status == "RUNNING"  # until its worker stops it
@@ -128,7 +138,12 @@ def test_a_dry_run_counts_and_changes_nothing():
     failed = [make_job(JobStatus.FAILED) for _ in range(3)]
     make_job(JobStatus.SUCCESSFUL)
     data = run_json("retry", "--all", "--dry-run")
-    assert data == {"matching": 4, "would_change": 3, "dry_run": True}
+    assert data == {
+        "database": "default",
+        "matching": 4,
+        "would_change": 3,
+        "dry_run": True,
+    }
     assert {status_of(job) for job in failed} == {"FAILED"}
     assert run_json("delete", "--all", "--dry-run")["would_change"] == 4
     assert Job.objects.count() == 4
@@ -138,7 +153,11 @@ def test_delete_spares_running_jobs_and_those_workflow_steps_wait_for():
     running = make_job(JobStatus.RUNNING, worker=make_worker("w1"))
     awaited = make_job(JobStatus.READY, has_dependents=True)
     gone = [make_job(JobStatus.FAILED), make_job(JobStatus.READY)]
-    assert run_json("delete", "--all") == {"matching": 4, "deleted": 2}
+    assert run_json("delete", "--all") == {
+        "database": "default",
+        "matching": 4,
+        "deleted": 2,
+    }
     assert set(Job.objects.values_list("pk", flat=True)) == {running.pk, awaited.pk}
     assert not Job.objects.filter(pk__in=[j.pk for j in gone]).exists()
 
@@ -165,7 +184,8 @@ def test_purge_cancels_a_queues_jobs_not_started_and_nothing_else():
     other = make_job(queue_name="default")
     assert run_json("purge", "images", "--dry-run")["would_cancel"] == 3
     assert {status_of(job) for job in waiting} == {"READY"}
-    assert run_json("purge", "images") == {"queue": "images", "cancelled": 3}
+    purged = run_json("purge", "images")
+    assert purged == {"database": "default", "queue": "images", "cancelled": 3}
     assert {status_of(job) for job in waiting} == {"CANCELLED"}
     assert (status_of(running), status_of(other)) == ("RUNNING", "READY")
 

@@ -71,17 +71,18 @@ def test_the_database_gauges_read_the_rows():
         for family in families
         for s in family.samples
     }
-    images = {"queue": "images"}
+    images = {"database": "default", "queue": "images"}
+    default = {"database": "default"}
     assert value(samples, "bgtasks_queue_ready", **images) == 2
     assert value(samples, "bgtasks_queue_due", **images) == 1
     assert value(samples, "bgtasks_queue_running", **images) == 1
     assert value(samples, "bgtasks_queue_lag_seconds", **images) >= 30
-    assert value(samples, "bgtasks_queue_paused", queue="other") == 1
+    assert value(samples, "bgtasks_queue_paused", queue="other", **default) == 1
     assert value(samples, "bgtasks_queue_paused", **images) == 0
-    assert value(samples, "bgtasks_workers_alive") == 1
-    assert value(samples, "bgtasks_worker_slots") == 4
-    assert value(samples, "bgtasks_worker_slots_busy") == 1
-    assert value(samples, "bgtasks_database_up") == 1
+    assert value(samples, "bgtasks_workers_alive", **default) == 1
+    assert value(samples, "bgtasks_worker_slots", **default) == 4
+    assert value(samples, "bgtasks_worker_slots_busy", **default) == 1
+    assert value(samples, "bgtasks_database_up", **default) == 1
 
 
 @pytest.mark.django_db
@@ -178,9 +179,10 @@ def test_a_workers_metrics_count_the_jobs_it_ran(workers, processes):
     )
     assert Job.objects.get(pk=failing.id).attempts == 3
     assert Job.objects.get(pk=recorded.id).status == JobStatus.SUCCESSFUL
-    assert value(samples, "bgtasks_workers_alive") == (processes or 1)
-    assert value(samples, "bgtasks_queue_ready", queue="default") == 0
-    assert value(samples, "bgtasks_database_up") == 1
+    default = {"database": "default"}
+    assert value(samples, "bgtasks_workers_alive", **default) == (processes or 1)
+    assert value(samples, "bgtasks_queue_ready", queue="default", **default) == 0
+    assert value(samples, "bgtasks_database_up", **default) == 1
 
     process.terminate()
     assert workers.wait(process) == 0

@@ -15,6 +15,7 @@ from django.utils.translation import gettext as _
 
 from .. import stats
 from ..models import JobDashboard, JobStatus
+from .databases import chosen_database, database_switch
 from .display import STATUS_COLOURS, format_duration, status_badge
 
 CHART_WIDTH, CHART_HEIGHT, CHART_MARGIN = 720, 160, 24
@@ -111,6 +112,7 @@ class DashboardAdmin(admin.ModelAdmin):
             "title": _("Background tasks dashboard"),
             "opts": self.opts,
             "live_url": reverse("admin:django_bgtasks_jobdashboard_live"),
+            "database_switch": database_switch(request),
             **self._figures(request),
             **(extra_context or {}),
         }
@@ -127,26 +129,28 @@ class DashboardAdmin(admin.ModelAdmin):
         return response
 
     def _figures(self, request) -> dict:
-        """What the dashboard shows now (``stats.py``), as its template
-        reads it."""
+        """What the dashboard shows now (``stats.py``) of the chosen
+        database's jobs, as its template reads it."""
         if not self.has_view_permission(request):
             raise PermissionDenied
+        using = chosen_database(request)
         now = timezone.now()
-        minutes = stats.throughput(now)
-        queues = stats.queue_states(now)
+        minutes = stats.throughput(now, using=using)
+        queues = stats.queue_states(now, using=using)
         return {
             "now": now,
+            "database": using,
             "refresh_seconds": _refresh_seconds(request),
             "statuses": [
                 (status, status_badge(status), count)
-                for status, count in stats.status_counts().items()
+                for status, count in stats.status_counts(using).items()
             ],
             "queues": [
                 (queue, format_duration(queue.lag) if queue.lag else "-")
                 for queue in queues
             ],
             "paused_queues": [queue.paused for queue in queues if queue.paused],
-            "limits": stats.limit_figures(),
+            "limits": stats.limit_figures(using),
             "queues_url": (
                 reverse("admin:django_bgtasks_queue_changelist")
                 if request.user.has_perm("django_bgtasks.view_queue")
@@ -157,10 +161,10 @@ class DashboardAdmin(admin.ModelAdmin):
             "failed_last_hour": sum(m.failed for m in minutes),
             "slowest": [
                 (figure, format_duration(figure.value))
-                for figure in stats.slowest_tasks(now)
+                for figure in stats.slowest_tasks(now, using=using)
             ],
-            "failing": stats.failing_tasks(now),
-            "workers": stats.worker_states(now),
+            "failing": stats.failing_tasks(now, using=using),
+            "workers": stats.worker_states(now, using=using),
         }
 
 

@@ -38,6 +38,7 @@ from ..models.transitions import OPERATOR_ACTIONS
 from ..stats import STATUSES, tally, waiting_jobs
 from ..waits import why_waiting
 from .base import ReadOnlyAdmin
+from .databases import DatabaseChoiceAdmin
 from .display import (
     cancel_request,
     format_duration,
@@ -90,7 +91,7 @@ class StatusFilter(ChoicesFilter):
 
     def queryset(self, request, queryset):
         if self.value() == JobStatus.WAITING:
-            return queryset & waiting_jobs()  # through the workflow index
+            return queryset & waiting_jobs(queryset.db)  # the workflow index
         return super().queryset(request, queryset)
 
 
@@ -116,7 +117,7 @@ class TaskFilter(ChoicesFilter):
 
 
 @admin.register(Job)
-class JobAdmin(WorkflowSection, ReadOnlyAdmin):
+class JobAdmin(DatabaseChoiceAdmin, WorkflowSection, ReadOnlyAdmin):
     list_display = [
         "id",
         "task",

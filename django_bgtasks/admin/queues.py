@@ -17,7 +17,6 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
-from django.db import router
 from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html
@@ -28,6 +27,7 @@ from django.utils.translation import ngettext
 from .. import stats
 from ..models import JobStatus, Queue
 from .base import ReadOnlyAdmin
+from .databases import DatabaseChoiceAdmin
 from .display import format_moment
 
 NAME_LENGTH = Queue._meta.get_field("name").max_length
@@ -64,13 +64,15 @@ class QueueChangeList(ChangeList):
         """The page's queues, each with its READY jobs (one query)."""
         super().get_results(request)
         queues = list(self.result_list)  # fills the page's cache
-        counts = stats.ready_counts(queue.name for queue in queues)
+        counts = stats.ready_counts(
+            (queue.name for queue in queues), using=self.queryset.db
+        )
         for queue in queues:
             queue.ready = counts.get(queue.name, stats.Tally(0))
 
 
 @admin.register(Queue)
-class QueueAdmin(ReadOnlyAdmin):
+class QueueAdmin(DatabaseChoiceAdmin, ReadOnlyAdmin):
     list_display = ["name", "paused", "paused_since", "paused_by", "ready_jobs"]
     list_display_links = None  # a row has nothing more to show
     list_filter = [PausedFilter]
@@ -86,7 +88,7 @@ class QueueAdmin(ReadOnlyAdmin):
 
     def changelist_view(self, request, extra_context=None):
         if self.has_view_or_change_permission(request):
-            self.add_missing_rows()
+            self.add_missing_rows(self.database(request))
         context = {
             "title": _("Queues"),
             "pause_form": PauseForm() if self.has_pause_permission(request) else None,
@@ -94,12 +96,12 @@ class QueueAdmin(ReadOnlyAdmin):
         }
         return super().changelist_view(request, context)
 
-    def add_missing_rows(self) -> None:
-        """A row for each queue an operator may want to pause."""
-        using = router.db_for_write(Queue)
+    def add_missing_rows(self, using: str) -> None:
+        """A row in database ``using`` for each queue of its jobs an
+        operator may want to pause."""
         names = {
             name
-            for name in stats.active_queue_names()
+            for name in stats.active_queue_names(using)
             if isinstance(name, str) and 0 < len(name) <= NAME_LENGTH
         }
         names -= set(Queue.objects.using(using).values_list("name", flat=True))
@@ -124,7 +126,8 @@ class QueueAdmin(ReadOnlyAdmin):
         form = PauseForm(request.POST)
         if form.is_valid():
             name = form.cleaned_data["name"]
-            if Queue.objects.pause(name, by=paused_by(request)):
+            queues = Queue.objects.using(self.database(request))
+            if queues.pause(name, by=paused_by(request)):
                 self.message_user(request, _("Queue %(name)s paused.") % {"name": name})
             else:
                 self.message_user(

@@ -21,6 +21,7 @@ from .. import registry
 from ..cron import describe_cron
 from ..models import Job, Schedule
 from ..models.schedules import default_timezone
+from .databases import DatabaseChoiceAdmin
 
 UPCOMING_COUNT = 5
 # What a schedule declared in code takes from BGTASKS["SCHEDULES"]: read-only
@@ -60,6 +61,9 @@ def format_moment(moment: datetime | None, tz) -> str:
 class ScheduleForm(forms.ModelForm):
     task_path = forms.ChoiceField(label=_("Task"))
     timezone = forms.ChoiceField(label=_("Time zone"))
+    # The database the schedule is kept in (the admin's chosen one; None:
+    # the routers').
+    database: str | None = None
 
     class Meta:
         model = Schedule
@@ -84,9 +88,26 @@ class ScheduleForm(forms.ModelForm):
                 # default says, not the first of the list.
                 self.initial["timezone"] = self.instance.timezone or default_timezone()
 
+    def validate_unique(self):
+        """Django's check that the name is free reads the routers' database:
+        here it is checked in the schedule's own."""
+        exclude = self._get_validation_exclusions()
+        if self.database is None or "name" in exclude:
+            super().validate_unique()
+            return
+        try:
+            self.instance.validate_unique(exclude={*exclude, "name"})
+        except ValidationError as exc:
+            self._update_errors(exc)
+        taken = Schedule.objects.using(self.database).filter(name=self.instance.name)
+        if taken.exclude(pk=self.instance.pk).exists():
+            self.add_error(
+                "name", self.instance.unique_error_message(Schedule, ["name"])
+            )
+
 
 @admin.register(Schedule)
-class ScheduleAdmin(admin.ModelAdmin):
+class ScheduleAdmin(DatabaseChoiceAdmin, admin.ModelAdmin):
     form = ScheduleForm
     list_display = [
         "name",
@@ -157,6 +178,11 @@ class ScheduleAdmin(admin.ModelAdmin):
             .get_queryset(request)
             .annotate(last_job_status=Subquery(latest_job.values("status")[:1]))
         )
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)  # a class of its own
+        form.database = self.database(request)
+        return form
 
     def get_fieldsets(self, request, obj=None):
         if obj is not None:
@@ -266,15 +292,16 @@ class ScheduleAdmin(admin.ModelAdmin):
             obj.reschedule(
                 keep_phase=change and not {"interval", "start_at", "enabled"} & changed
             )
+        using = self.database(request)
         if not change:
-            obj.save()
+            obj.save(using=using)
             return
         # Only what the form changed: the scheduler may be updating the run
         # state of this row meanwhile.
         fields = [name for name in form.changed_data if name in form.fields]
         if timing_changed:
             fields.append("next_run_at")
-        obj.save(update_fields=[*fields, "updated_at"])
+        obj.save(using=using, update_fields=[*fields, "updated_at"])
 
     # Actions -----------------------------------------------------------------
 

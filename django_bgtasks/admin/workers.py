@@ -6,10 +6,11 @@ from django.utils.translation import gettext_lazy as _
 from ..db import DatabaseNow
 from ..models import WorkerProcess
 from .base import ReadOnlyAdmin
+from .databases import DatabaseChoiceAdmin
 
 
 @admin.register(WorkerProcess)
-class WorkerProcessAdmin(ReadOnlyAdmin):
+class WorkerProcessAdmin(DatabaseChoiceAdmin, ReadOnlyAdmin):
     list_display = [
         "alive",
         "id",

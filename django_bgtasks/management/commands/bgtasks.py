@@ -1,6 +1,7 @@
 """``manage.py bgtasks``: look at and steer the jobs from a shell or a
-script (``--json`` on each subcommand). What it shows and does is
-``django_bgtasks/console.py``; this parses and prints."""
+script (``--json`` on each subcommand), in one database's jobs
+(``--database``; by default the default backend's). What it shows and does
+is ``django_bgtasks/console.py``; this parses and prints."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import time
 from datetime import datetime, timedelta
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import router
 from django.utils import timezone
 
 from django_bgtasks import console
 from django_bgtasks.compat import InvalidTask
+from django_bgtasks.databases import backend_database, job_databases
 from django_bgtasks.db import database_now
 from django_bgtasks.exceptions import DuplicateJob, TaskNotRegistered
 from django_bgtasks.models import Job
@@ -49,6 +50,14 @@ class Command(BaseCommand):
             sub.add_argument(
                 "--json", action="store_true", help="Print JSON, for scripts."
             )
+            if name != "enqueue":  # the task's backend says where its job goes
+                sub.add_argument(
+                    "--database",
+                    default=None,
+                    metavar="ALIAS",
+                    help="The database whose jobs to look at or change "
+                    "(default: the default task backend's).",
+                )
             return sub
 
         add("status", "Queues (depth, lag, paused), workers and jobs by status.")
@@ -140,8 +149,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, subcommand, **options):
         self.as_json = options["json"]
-        self.using = router.db_for_write(Job)
         try:
+            self.using = console.command_database(options.get("database"))
             handler = getattr(self, "do_" + subcommand.replace("-", "_"), None)
             if handler is None:
                 self.do_verb(subcommand, options)
@@ -176,8 +185,9 @@ class Command(BaseCommand):
     # Subcommands -------------------------------------------------------------
 
     def do_status(self, options):
-        data = console.status_data()
-        lines = ["Queues:"]
+        data = console.status_data(self.using)
+        lines = [f"Database: {data['database']}"] if len(job_databases()) > 1 else []
+        lines.append("Queues:")
         for q in data["queues"]:
             lag = "-" if q["lag_seconds"] is None else f"{q['lag_seconds']:.1f}s"
             paused = "  PAUSED" + (f" by {q['paused_by']}" if q["paused_by"] else "")
@@ -200,6 +210,9 @@ class Command(BaseCommand):
             "Jobs: "
             + ", ".join(f"{status} {n:,}" for status, n in data["jobs"].items())
         )
+        others = [alias for alias in job_databases() if alias != self.using]
+        if others:
+            lines.append(f"Jobs are kept in {', '.join(others)} too (--database).")
         self.emit(data, lines)
 
     def do_jobs(self, options):
@@ -233,13 +246,18 @@ class Command(BaseCommand):
         matching = jobs.count()
         if options["dry_run"]:
             changes = console.would_change(verb, jobs)
-            data = {"matching": matching, "would_change": changes, "dry_run": True}
+            data = {
+                "database": self.using,
+                "matching": matching,
+                "would_change": changes,
+                "dry_run": True,
+            }
             self.emit(
                 data, [f"{matching} job(s) match; {verb} would change {changes}."]
             )
             return
         done = console.apply_verb(verb, jobs, by=console.shell_user("bgtasks"))
-        data = {"matching": matching, **done}
+        data = {"database": self.using, "matching": matching, **done}
         self.emit(
             data,
             [
@@ -256,13 +274,18 @@ class Command(BaseCommand):
         if options["dry_run"]:
             count = jobs.count()
             self.emit(
-                {"queue": options["queue"], "would_cancel": count, "dry_run": True},
+                {
+                    "database": self.using,
+                    "queue": options["queue"],
+                    "would_cancel": count,
+                    "dry_run": True,
+                },
                 [f"Purging {options['queue']} would cancel {count} job(s)."],
             )
             return
         cancelled = jobs.cancel(by=console.shell_user("bgtasks")).cancelled
         self.emit(
-            {"queue": options["queue"], "cancelled": cancelled},
+            {"database": self.using, "queue": options["queue"], "cancelled": cancelled},
             [f"Cancelled {cancelled} job(s) of {options['queue']}."],
         )
 
@@ -296,7 +319,12 @@ class Command(BaseCommand):
             raise CommandError(f"{exc} (job {held})" if held else str(exc)) from None
         # A unique task's job that was there already comes back as it was.
         duplicate = result.enqueued_at < before
-        data = {"id": int(result.id), "task": options["task"], "duplicate": duplicate}
+        data = {
+            "id": int(result.id),
+            "database": backend_database(result.backend),
+            "task": options["task"],
+            "duplicate": duplicate,
+        }
         line = f"Enqueued job {result.id}."
         if duplicate:
             line = f"Not enqueued: job {result.id}, of the same unique key, waits."
@@ -311,10 +339,11 @@ class Command(BaseCommand):
         while True:
             time.sleep(interval)
             until = database_now(self.using)
-            figures = console.throughput_since(since, until)
+            figures = console.throughput_since(since, until, self.using)
             since = until
             data = [
                 {
+                    "database": self.using,
                     "queue": f.queue,
                     "per_second": round(f.per_second, 2),
                     "ended": f.ended,

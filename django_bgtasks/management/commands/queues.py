@@ -1,8 +1,10 @@
-"""``manage.py queues``: list the paused queues, pause or resume queues."""
+"""``manage.py queues``: list the paused queues, pause or resume queues, in
+one database (``--database``; by default the default task backend's): a
+queue's pause holds for the jobs kept there."""
 
 from django.core.management.base import BaseCommand, CommandError
 
-from django_bgtasks.console import shell_user
+from django_bgtasks.console import command_database, shell_user
 from django_bgtasks.models import Queue
 
 
@@ -13,6 +15,13 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
+        parser.add_argument(
+            "--database",
+            default=None,
+            metavar="ALIAS",
+            help="The database whose queues these are (default: the default "
+            "task backend's).",
+        )
         actions = parser.add_subparsers(dest="action", required=True)
         actions.add_parser("list", help="List the paused queues.")
         for action, help_text in [
@@ -29,9 +38,13 @@ class Command(BaseCommand):
                     "shell's user).",
                 )
 
-    def handle(self, *args, action, **options):
+    def handle(self, *args, action, database=None, **options):
+        try:
+            queues = Queue.objects.using(command_database(database))
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
         if action == "list":
-            paused = Queue.objects.paused().order_by("name")
+            paused = queues.paused().order_by("name")
             if not paused:
                 self.stdout.write("No queue is paused.")
             for queue in paused:
@@ -46,13 +59,13 @@ class Command(BaseCommand):
                 by = options["by"]
                 if by is None:
                     by = shell_user("queues")
-                changed = Queue.objects.pause(*names, by=by)
+                changed = queues.pause(*names, by=by)
                 self.stdout.write(
                     f"Paused {changed} queue(s); {len(names) - changed} were "
                     f"paused already."
                 )
             else:
-                changed = Queue.objects.resume(*names)
+                changed = queues.resume(*names)
                 self.stdout.write(
                     f"Resumed {changed} queue(s); {len(names) - changed} were "
                     f"not paused."
