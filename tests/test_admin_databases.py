@@ -139,7 +139,18 @@ def test_the_delete_view_deletes_in_the_chosen_database(admin_client, elsewhere)
     assert Job.objects.using("default").filter(pk=SHARED_ID).exists()
 
 
-def test_a_schedules_change_form_saves_in_the_chosen_database(admin_client, elsewhere):
+@pytest.fixture
+def record_elsewhere(elsewhere, settings):
+    """tests.tasks.record's jobs, and so its schedules, in "other"."""
+    settings.BGTASKS = {
+        **settings.BGTASKS,
+        "ROUTES": {"tests.tasks.record": {"backend": elsewhere}},
+    }
+
+
+def test_a_schedules_change_form_saves_in_the_chosen_database(
+    admin_client, record_elsewhere
+):
     for using in BOTH_DATABASES:
         schedule = Schedule(
             pk=SHARED_ID,
@@ -175,7 +186,7 @@ def test_a_schedules_change_form_saves_in_the_chosen_database(admin_client, else
 
 
 def test_a_schedules_name_is_free_or_taken_in_the_chosen_database(
-    admin_client, elsewhere
+    admin_client, record_elsewhere
 ):
     Schedule.objects.create(
         name="report", task_path="tests.tasks.record", cron="* * * * *"
@@ -202,6 +213,26 @@ def test_a_schedules_name_is_free_or_taken_in_the_chosen_database(
     assert response.status_code == 200
     assert "already exists" in response.content.decode()
     assert Schedule.objects.using("other").filter(name="report").count() == 1
+
+
+def test_a_schedule_is_added_only_where_its_tasks_jobs_are(admin_client, elsewhere):
+    on_other(admin_client)
+    data = {
+        "name": "report",
+        "task_path": "tests.tasks.record",  # the default backend's
+        "cron": "0 9 * * *",
+        "timezone": "UTC",
+        "args": "[]",
+        "kwargs": "{}",
+        "queue_name": "default",
+        "priority": "0",
+        "enabled": "on",
+        "misfire_policy": "run_once",
+    }
+    response = admin_client.post(reverse("admin:django_bgtasks_schedule_add"), data)
+    assert response.status_code == 200
+    assert "kept in database “default”" in response.content.decode()
+    assert not Schedule.objects.using("other").exists()
 
 
 def test_queues_list_and_pause_in_the_chosen_database(admin_client, elsewhere):

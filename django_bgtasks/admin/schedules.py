@@ -19,6 +19,8 @@ from django.utils.translation import ngettext
 
 from .. import registry
 from ..cron import describe_cron
+from ..exceptions import TaskNotRegistered
+from ..maintenance.schedule_sync import schedule_database
 from ..models import Job, Schedule
 from ..models.schedules import default_timezone
 from .databases import DatabaseChoiceAdmin
@@ -87,6 +89,28 @@ class ScheduleForm(forms.ModelForm):
                 # A new schedule's zone is the project's, as the model's
                 # default says, not the first of the list.
                 self.initial["timezone"] = self.instance.timezone or default_timezone()
+
+    def clean(self):
+        cleaned = super().clean()
+        task_path = cleaned.get("task_path")
+        if self.database is None or not task_path or self.has_error("task_path"):
+            return cleaned
+        try:
+            kept_in = schedule_database(Schedule(task_path=task_path))
+        except TaskNotRegistered:
+            return cleaned  # the model's clean says so
+        if kept_in != self.database:
+            # Its jobs would be written there, away from it (Schedule.enqueue
+            # refuses that).
+            self.add_error(
+                "task_path",
+                _(
+                    "This task's jobs are kept in database “%(kept_in)s”: "
+                    "add its schedule there."
+                )
+                % {"kept_in": kept_in},
+            )
+        return cleaned
 
     def validate_unique(self):
         """Django's check that the name is free reads the routers' database:

@@ -1,13 +1,15 @@
-"""``runworker --processes N``: a supervisor running N worker processes.
+"""``runworker --processes N``: a supervisor running N worker processes
+(N for each database it serves: a process serves one).
 
 Each child is an ordinary ``runworker`` (its own row, heartbeat and threads)
 started with ``--supervised``: it takes its stop requests from the
 supervisor, through its standard input, not from the terminal, so one Ctrl-C
 is one request. The supervisor does for all its children what needs one
 connection to the database (``pipe.py``): it holds the one LISTEN
-connection, passing wake-ups and jobs' stop requests on, and runs the
-scheduler and the maintenance (rescue, pruning), which its restarts of a
-child do not interrupt. The supervisor restarts a child that ends while it runs: at
+connection (per database), passing wake-ups and jobs' stop requests on to
+that database's children, and runs the scheduler and the maintenance
+(rescue, pruning) of each database, which its restarts of a child do not
+interrupt. The supervisor restarts a child that ends while it runs: at
 once after a planned exit (``--max-jobs-per-child``,
 ``--max-memory-per-child``, a job past its timeout), after a growing pause
 (1 s doubling to 30 s) after a crash. On SIGTERM/SIGINT it asks every child
