@@ -223,17 +223,24 @@ def _read(using: str):
     yield "bgtasks_worker_slots_busy", [using], sum(len(state.jobs) for state in alive)
 
 
-def serve(port: int, host: str, *, multiprocess_folder: str | None = None):
+def serve(
+    port: int,
+    host: str,
+    *,
+    multiprocess_folder: str | None = None,
+    databases: list[str] | None = None,
+):
     """Serve the metrics on ``host:port`` (a thread of this process): this
     process's counters, or with ``multiprocess_folder`` those its children
-    write there, and the database's gauges. Returns the server."""
+    write there, and the gauges of ``databases`` (None: every database that
+    keeps jobs). Returns the server."""
     require()
     if multiprocess_folder is None:
         registry = prometheus_client.REGISTRY
     else:
         registry = prometheus_client.CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=multiprocess_folder)
-    registry.register(DatabaseCollector())
+    registry.register(DatabaseCollector(databases))
     server, _thread = prometheus_client.start_http_server(port, host, registry)
     logger.info("Metrics served on http://%s:%d/metrics", host, port)
     return server

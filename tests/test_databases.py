@@ -310,3 +310,32 @@ def test_the_supervisor_wakes_each_databases_processes(elsewhere, workers):
             message=f"the job in {database} to run",
         )
     assert process.poll() is None, workers.output(process)
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(databases=BOTH_DATABASES, transaction=True)
+def test_a_worker_serves_the_gauges_of_its_own_databases(elsewhere, workers):
+    """``--metrics-port`` of a worker of one database: that database's
+    gauges, labelled with it; none of the other's."""
+    pytest.importorskip("prometheus_client")
+    from tests.test_metrics import free_port, served
+
+    port = free_port()
+    workers.start(
+        "--databases", "other", "--metrics-port", str(port), env=ELSEWHERE_ENV
+    )  # fmt: skip
+    samples = wait_until(
+        lambda: (
+            (s := served(port))
+            and ("bgtasks_database_up", (("database", "other"),)) in s
+            and s
+        ),
+        timeout=60,
+        message="the metrics served",
+    )
+    databases = {
+        dict(labels).get("database")
+        for (name, labels) in samples
+        if name.startswith("bgtasks_") and "database" in dict(labels)
+    }
+    assert databases == {"other"}

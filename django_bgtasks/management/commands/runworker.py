@@ -246,7 +246,13 @@ class Command(BaseCommand):
 
     def _serve_metrics(self, options: WorkerOptions, **kwargs) -> None:
         try:
-            metrics.serve(options.metrics_port, options.metrics_host, **kwargs)
+            # The gauges of the databases it serves (checked in handle()).
+            metrics.serve(
+                options.metrics_port,
+                options.metrics_host,
+                databases=served_databases(options.databases),
+                **kwargs,
+            )
         except OSError as exc:  # the port is taken, or the address unknown
             raise CommandError(
                 f"Cannot serve metrics on {options.metrics_host}:"
