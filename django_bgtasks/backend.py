@@ -483,9 +483,10 @@ class DatabaseBackend(BaseTaskBackend):
         """The queue and priority of a new job of ``task``, as the first
         route that matches its path sets them (``routes.py``), but those
         the call chose (``.using()``); and the route's pattern, if it set
-        any ('' if none)."""
+        any ('' if none). A route to another backend does not apply here
+        (the call or a workflow kept the job on this one)."""
         route = route_for(task.module_path)
-        if route is None:
+        if route is None or route.backend not in (None, self.alias):
             return task.queue_name, task.priority, ""
         chosen = getattr(task, "chosen_options", frozenset())
         queue_name, priority, applied = task.queue_name, task.priority, False

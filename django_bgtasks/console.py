@@ -3,7 +3,7 @@ picked by filters, each job and the whole system as plain data (what
 ``--json`` prints), and a task enqueued by its path.
 
 Each command works on one database's jobs (``--database``; by default
-``default_database()``): ``command_database`` says which.
+``default_database()``): ``databases.job_database`` says which.
 
 Every change goes through the jobs' own verbs (``JobQuerySet.retry``,
 ``cancel``, ``run_now``, ``delete_jobs``), the admin's too, with their
@@ -23,7 +23,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from . import registry, stats
-from .databases import default_database, job_databases
+from .databases import default_database
 from .db import database_now
 from .models import Job, JobStatus
 from .models.transitions import OPERATOR_ACTIONS
@@ -31,21 +31,6 @@ from .waits import why_waiting
 
 _SPAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def command_database(alias: str | None) -> str:
-    """The database a command works on: ``alias`` (its ``--database``) if
-    it holds jobs, ``default_database()`` if None; ValueError names the
-    databases that hold jobs."""
-    if alias is None:
-        return default_database()
-    known = job_databases()
-    if alias not in known:
-        raise ValueError(
-            f"No jobs are kept in database {alias!r}: the databases that hold "
-            f"jobs are {', '.join(known)}."
-        )
-    return alias
 
 
 def moment(text: str, using: str = "default", *, ahead: bool = False) -> datetime:

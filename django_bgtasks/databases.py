@@ -73,16 +73,31 @@ def default_database() -> str:
     return job_databases()[0]
 
 
-def served_databases(databases=None) -> list[str]:
-    """The databases a worker given ``databases`` (``runworker
-    --databases``; None: every database that holds jobs) serves; ValueError
-    names an alias ``DATABASES`` does not have."""
-    if databases is None:
-        return job_databases()
-    unknown = [alias for alias in databases if alias not in connections]
-    if unknown:
+def job_database(alias: str | None) -> str:
+    """The database a command or page names (``--database``): ``alias`` if
+    it keeps jobs, ``default_database()`` if None; ValueError names those
+    that keep jobs."""
+    if alias is None:
+        return default_database()
+    known = job_databases()
+    if alias not in known:
         raise ValueError(
-            f"Unknown database alias(es): {', '.join(unknown)}. DATABASES "
-            f"has: {', '.join(connections)}."
+            f"No jobs are kept in database {alias!r}: the databases that keep "
+            f"jobs are {', '.join(known)}."
         )
-    return list(databases)
+    return alias
+
+
+def served_databases(aliases=None) -> list[str]:
+    """The databases a worker given ``aliases`` (``runworker --databases``;
+    None: every database that keeps jobs) serves, each checked by
+    ``job_database``; ValueError also for a database a backend names that
+    ``DATABASES`` lacks (system check bgtasks.E015 says so first)."""
+    served = job_databases() if aliases is None else [job_database(a) for a in aliases]
+    missing = [alias for alias in served if alias not in connections]
+    if missing:
+        raise ValueError(
+            f"A task backend keeps its jobs in database(s) {', '.join(missing)}, "
+            f"which DATABASES lacks (bgtasks.E015)."
+        )
+    return served

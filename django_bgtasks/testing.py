@@ -51,10 +51,18 @@ from django.utils import timezone
 
 from .backend import DatabaseBackend
 from .base import DatabaseTask
-from .compat import BACKPORT, Task, TaskResult, task_finished, task_started
-from .databases import database_backends, default_database
+from .compat import (
+    BACKPORT,
+    Task,
+    TaskResult,
+    task_backends,
+    task_finished,
+    task_started,
+)
+from .databases import backend_database, default_database
 from .models import Job, JobStatus
 from .private_api import Receivers
+from .routes import routed_backend
 from .rows import job_result, update_result
 from .serialization import NotJSON, to_json
 from .worker.attempt import Recorded, describe, run_attempt
@@ -483,14 +491,15 @@ def _statuses(status) -> str:
 
 
 def _database(using: str | None, task=None) -> str:
-    """``using``, else the database of ``task``'s backend (a Task of a
-    DatabaseBackend), else the ``default`` backend's (``default_database()``)."""
+    """``using``, else the database of the backend ``task``'s jobs go to
+    (routes included; a Task of a DatabaseBackend), else the ``default``
+    backend's (``default_database()``)."""
     if using is not None:
         return using
-    backend = task.backend if isinstance(task, Task) else None
-    for database, aliases in database_backends().items():
-        if backend in aliases:
-            return database
+    if isinstance(task, Task):
+        alias = routed_backend(task)
+        if isinstance(task_backends[alias], DatabaseBackend):
+            return backend_database(alias)
     return default_database()
 
 

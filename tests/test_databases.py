@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 from django.core.checks import run_checks
+from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 from django.db import transaction
 from django.test import override_settings
@@ -20,11 +21,13 @@ from django_bgtasks.databases import database_backends, job_databases
 from django_bgtasks.maintenance.schedule_sync import sync_schedules
 from django_bgtasks.maintenance.scheduler import fire_due_schedules
 from django_bgtasks.models import Job, JobDependency, JobStatus, Schedule, WorkerProcess
+from django_bgtasks.testing import assert_enqueued, enqueued
 from tests import tasks
 from tests.conftest import (
     BOTH_DATABASES,
     ELSEWHERE_ENV,
     requires_postgresql,
+    requires_server_database,
     run_in_process,
     wait_until,
 )
@@ -138,7 +141,7 @@ def test_a_worker_process_runs_the_jobs_of_its_database(elsewhere):
 def test_a_worker_process_serves_one_database(elsewhere):
     with pytest.raises(ValueError, match="serves one database"):
         run_in_process()  # both databases hold jobs
-    with pytest.raises(ValueError, match="Unknown database alias"):
+    with pytest.raises(ValueError, match="No jobs are kept in database 'nowhere'"):
         run_in_process(databases=("nowhere",))
 
 
@@ -249,12 +252,17 @@ def test_sync_schedules_syncs_every_database(elsewhere, settings, capsys):
     assert "Created in default: here" in out
     assert "Created in other: there" in out
     assert Schedule.objects.using("other").get().name == "there"
-    with pytest.raises(CommandError, match="Unknown database alias"):
+    with pytest.raises(CommandError, match="No jobs are kept in database 'nowhere'"):
         call_command("sync_schedules", "--database", "nowhere")
 
 
+def test_runworker_over_several_databases_refuses_max_jobs(elsewhere):
+    with pytest.raises(CommandError, match="use --max-jobs-per-child"):
+        call_command("runworker", "--max-jobs", "5", "--burst")
+
+
 def test_runworker_refuses_an_unknown_database():
-    with pytest.raises(CommandError, match=r"Unknown database alias.*nowhere"):
+    with pytest.raises(CommandError, match="No jobs are kept in database 'nowhere'"):
         call_command("runworker", "--databases", "nowhere", "--burst")
 
 
@@ -339,3 +347,113 @@ def test_a_worker_serves_the_gauges_of_its_own_databases(elsewhere, workers):
         if name.startswith("bgtasks_") and "database" in dict(labels)
     }
     assert databases == {"other"}
+
+
+def test_a_route_to_another_backend_leaves_a_job_kept_here_alone(elsewhere):
+    """Kept on its own backend (the call chose it, or it is a workflow's
+    step), a job takes none of a route to another backend: not its queue
+    (which this backend may not even accept), not its name."""
+    route = {"tests.tasks.echo": {"backend": elsewhere, "queue_name": "heavy"}}
+    with routed(route):
+        kept = tasks.echo.using(backend="default").enqueue("here")
+        workflow = chain(tasks.echo.step("a"), tasks.echo.step("b")).enqueue()
+        moved = tasks.echo.enqueue("there")
+    job = jobs_in("default").get(pk=kept.id)
+    assert (job.queue_name, job.route) == ("default", "")
+    steps = jobs_in("default").filter(workflow_id=workflow.id)
+    assert {(j.queue_name, j.route) for j in steps} == {("default", "")}
+    job = jobs_in("other").get(pk=moved.id)
+    assert (job.queue_name, job.route) == ("heavy", "tests.tasks.echo")
+
+
+def test_a_schedules_queue_is_checked_against_the_backend_its_jobs_go_to(
+    elsewhere,
+):
+    with routed({"tests.tasks.echo": {"backend": elsewhere}}):
+        schedule = Schedule(
+            name="s", task_path="tests.tasks.echo", interval=timedelta(60)
+        )
+        schedule.queue_name = "images"  # the default backend's, not elsewhere's
+        with pytest.raises(ValidationError) as refused:
+            schedule.full_clean()
+        assert "queue_name" in refused.value.message_dict
+        schedule.queue_name = "heavy"
+        schedule.full_clean()
+
+
+class EverythingInDefault:
+    """A router that answers for every model without looking at hints (as
+    many projects' do), which would win over an object's own database."""
+
+    def db_for_write(self, model, **hints):
+        return "default"
+
+    db_for_read = db_for_write
+
+
+def test_rows_are_saved_where_they_were_read_whatever_the_routers_say(
+    elsewhere, settings
+):
+    settings.DATABASE_ROUTERS = [f"{__name__}.EverythingInDefault"]
+    schedule = Schedule(
+        name="tick",
+        task_path="tests.tasks.add",
+        interval=timedelta(seconds=60),
+        args=[1, 1],
+    )
+    schedule.reschedule(now=timezone.now() - timedelta(minutes=2))
+    schedule.save(using="other")
+    settings.BGTASKS = {
+        **BGTASKS,
+        "ROUTES": {"tests.tasks.add": {"backend": elsewhere}},
+    }
+
+    assert fire_due_schedules(using="other") == 1
+
+    fired = Schedule.objects.using("other").get()
+    assert fired.total_run_count == 1 and fired.last_error == ""
+    assert not Schedule.objects.using("default").exists()
+    fired.disable()
+    assert not Schedule.objects.using("other").get().enabled
+
+
+def test_the_testing_helpers_follow_a_route_to_another_database(elsewhere):
+    with routed({"tests.tasks.echo": {"backend": elsewhere}}):
+        tasks.echo.enqueue("x")
+        assert [job.args for job in enqueued(tasks.echo)] == [["x"]]
+        assert_enqueued(tasks.echo, args=["x"])
+
+
+def test_a_backend_database_not_in_databases_stops_runworker_with_the_check(
+    settings,
+):
+    settings.TASKS = {
+        **TASKS,
+        "elsewhere": {**ELSEWHERE_BACKEND, "OPTIONS": {"DATABASE": "nowhere"}},
+    }
+    with pytest.raises(CommandError, match=r"bgtasks\.E015"):
+        call_command("runworker", "--burst")
+
+
+@pytest.mark.slow
+@requires_server_database
+@pytest.mark.django_db(databases=BOTH_DATABASES, transaction=True)
+def test_a_database_that_is_down_holds_up_only_its_own_workers(elsewhere, workers):
+    """The supervisor syncs schedules and listens per database, each on its
+    own thread: with "other" not there at all, the jobs of "default" run."""
+    here = tasks.add.enqueue_many([((n, 2), {}) for n in range(10)])
+    process = workers.start(
+        "--concurrency", "2",
+        env={**ELSEWHERE_ENV, "BGTASKS_TEST_OTHER_NAME": "bgtasks_not_there"},
+    )  # fmt: skip
+    wait_until(
+        lambda: (
+            jobs_in("default")
+            .filter(pk__in=[r.id for r in here], status=JobStatus.SUCCESSFUL)
+            .count()
+            == 10
+        ),
+        timeout=30,
+        message="default's jobs run",
+    )
+    assert process.poll() is None, workers.output(process)

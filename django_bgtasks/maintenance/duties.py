@@ -18,6 +18,7 @@ from ..conf import bgtasks_settings
 from ..db import CONNECTION_ERRORS, database_now, discard_connection
 from .prune import BATCH_SIZE, prune_finished_jobs
 from .rescue import Steadiness, rescue_dead_workers
+from .schedule_sync import log_synced, sync_schedules
 from .scheduler import fire_due_schedules
 from .vacuum import vacuum_if_needed
 
@@ -57,12 +58,17 @@ class Maintenance(threading.Thread):
         scheduler: bool,
         housekeeping: bool,
         steadiness: Steadiness | None = None,
+        sync_first: bool = False,
     ):
         super().__init__(name="bgtasks-maintenance", daemon=True)
         self.using = using
         self.feeds_steadiness = steadiness is None
         self.steadiness = steadiness or Steadiness(went_through=False)
         self.duties: list[Duty] = []
+        # The scheduler's first pass syncs the declared schedules first (a
+        # supervisor's, one thread per database: a database that is down
+        # holds up only its own).
+        self._sync_pending = scheduler and sync_first
         if scheduler:
             self.duties.append(
                 Duty("scheduler", bgtasks_settings.SCHEDULER_INTERVAL, self._schedule)
@@ -117,6 +123,9 @@ class Maintenance(threading.Thread):
             self.steadiness.broke()
 
     def _schedule(self) -> None:
+        if self._sync_pending:
+            log_synced(sync_schedules(using=self.using), self.using)
+            self._sync_pending = False
         fired = fire_due_schedules(using=self.using)
         if fired:
             logger.info("Scheduler enqueued %d job(s)", fired)

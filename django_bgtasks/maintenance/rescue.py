@@ -115,7 +115,7 @@ def rescue_dead_workers(
                 )
             )
             rescue.workers.append(worker.pk)
-            worker.delete()
+            worker.delete(using=worker._state.db)
     rescue.jobs += _rescue_orphans(using, now)
     if rescue.workers or rescue.jobs:
         logger.warning(

@@ -215,9 +215,16 @@ def sync_at_start(*, using: str, give_up: threading.Event) -> None:
         what="syncing declared schedules",
         give_up=give_up,
     )
-    if synced is not None and (synced.created or synced.updated or synced.disabled):
+    if synced is not None:
+        log_synced(synced, using)
+
+
+def log_synced(synced: SyncResult, using: str) -> None:
+    """Say what a worker's sync of database ``using`` changed, if anything."""
+    if synced.created or synced.updated or synced.disabled:
         logger.info(
-            "Declared schedules synced: %d created, %d updated, %d disabled",
+            "Declared schedules synced in %s: %d created, %d updated, %d disabled",
+            using,
             len(synced.created),
             len(synced.updated),
             len(synced.disabled),
@@ -242,7 +249,7 @@ def _update(row: Schedule, declared: Schedule, now) -> bool:
             keep_phase=not readded and not {"interval", "start_at"} & set(changed),
         )
         fields.append("next_run_at")
-    row.save(update_fields=fields)
+    row.save(using=row._state.db, update_fields=fields)
     return True
 
 

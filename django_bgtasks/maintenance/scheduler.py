@@ -127,12 +127,13 @@ def fire_schedule(schedule: Schedule, *, now: datetime) -> int:
         schedule.last_run_at = now
     schedule.last_error = error
     schedule.save(
+        using=schedule._state.db,
         update_fields=[
             "next_run_at",
             "total_run_count",
             "last_run_at",
             "last_error",
             "updated_at",
-        ]
+        ],
     )
     return fired

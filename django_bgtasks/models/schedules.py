@@ -232,7 +232,9 @@ class Schedule(models.Model):
                 % {"min": TASK_MIN_PRIORITY, "max": TASK_MAX_PRIORITY},
             )
         if task is not None and priority_ok:
-            queues = task.get_backend().queues
+            # The queues of the backend its jobs go to (routes included).
+            alias = routed_backend(task)
+            queues = task_backends[alias].queues
             if not isinstance(self.queue_name, str) or (
                 queues and self.queue_name not in queues
             ):
@@ -243,7 +245,11 @@ class Schedule(models.Model):
                 )
             else:
                 try:
-                    task.using(queue_name=self.queue_name, priority=self.priority)
+                    task.using(
+                        backend=alias,
+                        queue_name=self.queue_name,
+                        priority=self.priority,
+                    )
                 except InvalidTask as exc:
                     refuse("queue_name", str(exc))
         arguments = {}
@@ -327,14 +333,20 @@ class Schedule(models.Model):
         from now (missed times while it was off are not made up)."""
         self.enabled = True
         self.reschedule()
-        self.save(update_fields=["enabled", "next_run_at", "updated_at"])
+        self.save(
+            using=self._state.db,
+            update_fields=["enabled", "next_run_at", "updated_at"],
+        )
 
     def disable(self) -> None:
         """Turn the schedule off: no more jobs until it is enabled again
         (jobs it already made are left alone)."""
         self.enabled = False
         self.next_run_at = None
-        self.save(update_fields=["enabled", "next_run_at", "updated_at"])
+        self.save(
+            using=self._state.db,
+            update_fields=["enabled", "next_run_at", "updated_at"],
+        )
 
     def run_now(self):
         """Enqueue one job of this schedule now, without moving its next run.
@@ -347,7 +359,10 @@ class Schedule(models.Model):
         """Enqueue the schedule's task with its arguments and options, linked
         to it (``scheduled_for``: the planned time, or None for a "run now").
         The scheduler calls it for each planned time that has come."""
-        task = registry.resolve(self.task_path).using(
+        declared = registry.resolve(self.task_path)
+        task = declared.using(
+            # Where a route sends its jobs, as the schedule's row is there.
+            backend=routed_backend(declared),
             queue_name=self.queue_name,
             priority=self.priority,
             run_after=scheduled_for,
@@ -359,11 +374,10 @@ class Schedule(models.Model):
                 f"Task {self.task_path} uses backend {task.backend!r}, not a "
                 f"django_bgtasks DatabaseBackend."
             )
-        alias = routed_backend(task)
-        database = getattr(task_backends[alias], "database", None)
+        database = getattr(task.get_backend(), "database", None)
         if None not in (database, self._state.db) and database != self._state.db:
             raise ValueError(
-                f"Task {self.task_path} uses backend {alias!r}, which "
+                f"Task {self.task_path} uses backend {task.backend!r}, which "
                 f"keeps its jobs in database {database!r}; this schedule is "
                 f"in {self._state.db!r}. A schedule lives beside its jobs: "
                 f"declared ones are synced there."

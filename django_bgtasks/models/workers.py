@@ -87,7 +87,7 @@ class WorkerProcessQuerySet(models.QuerySet):
             )
             for name, value in fields.items():
                 setattr(previous, name, value)
-            previous.save()
+            previous.save(using=previous._state.db)
             return previous
 
 

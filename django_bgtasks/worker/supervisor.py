@@ -29,10 +29,10 @@ from dataclasses import dataclass, replace
 
 from django.db import connections
 
-from .. import metrics, notify, registry
+from .. import metrics, notify
 from ..databases import served_databases
 from ..maintenance.duties import Maintenance
-from ..maintenance.schedule_sync import sync_at_start
+from ..maintenance.schedule_sync import declared_schedules
 from .listener import Listener
 from .options import WorkerOptions
 from .pipe import NOW, STOP, ChildPipe, jobs_stop, wake
@@ -93,7 +93,6 @@ class Supervisor:
         self._stopping = False
         self._forced = False
         self._wake = threading.Event()
-        self._given_up = threading.Event()  # set by a stop request
         # The threads serving the children (_start_parts), stopped at the end.
         self._parts: list = []
 
@@ -133,12 +132,12 @@ class Supervisor:
         """Start the threads that serve the children, for each database: the
         listener, on PostgreSQL with NOTIFY on, and the scheduler and
         maintenance, unless off. The scheduler fires the schedules of this
-        code, synced first (``sync_at_start``)."""
+        code, synced first; an invalid declaration raises InvalidSchedule
+        here."""
         if self.options.scheduler:
-            registry.autodiscover()
-            for using in self.databases:
-                sync_at_start(using=using, give_up=self._given_up)
-            connections.close_all()  # the main thread needs none after it
+            # Refused here, before any process starts; synced by each
+            # database's maintenance thread.
+            declared_schedules()
         for using in self.databases:
             self._parts += self._parts_of(using)
         for part in self._parts:
@@ -166,6 +165,7 @@ class Supervisor:
                     using=using,
                     scheduler=self.options.scheduler,
                     housekeeping=self.options.maintenance,
+                    sync_first=True,
                 )
             )
         return parts
@@ -177,7 +177,6 @@ class Supervisor:
         return [*self.program, *options.argv()]
 
     def _on_stop_request(self, source: str, count: int) -> None:
-        self._given_up.set()
         if count == 1:
             logger.info("%s received: stopping the worker processes", source)
             self._stopping = True

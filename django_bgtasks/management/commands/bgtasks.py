@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from django_bgtasks import console
 from django_bgtasks.compat import InvalidTask
-from django_bgtasks.databases import backend_database, job_databases
+from django_bgtasks.databases import backend_database, job_database, job_databases
 from django_bgtasks.db import database_now
 from django_bgtasks.exceptions import DuplicateJob, TaskNotRegistered
 from django_bgtasks.models import Job
@@ -150,7 +150,7 @@ class Command(BaseCommand):
     def handle(self, *args, subcommand, **options):
         self.as_json = options["json"]
         try:
-            self.using = console.command_database(options.get("database"))
+            self.using = job_database(options.get("database"))
             handler = getattr(self, "do_" + subcommand.replace("-", "_"), None)
             if handler is None:
                 self.do_verb(subcommand, options)

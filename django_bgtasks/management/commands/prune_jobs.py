@@ -3,8 +3,7 @@ every database that holds jobs (``--database``: in one)."""
 
 from django.core.management.base import BaseCommand, CommandError
 
-from django_bgtasks.console import command_database
-from django_bgtasks.databases import job_databases
+from django_bgtasks.databases import job_database, job_databases
 from django_bgtasks.db import database_now
 from django_bgtasks.maintenance.prune import prunable, prune_finished_jobs, retention
 from django_bgtasks.models import FINISHED_STATUSES
@@ -33,7 +32,7 @@ class Command(BaseCommand):
     def handle(self, *args, dry_run, database=None, **options):
         try:
             databases = (
-                job_databases() if database is None else [command_database(database)]
+                job_databases() if database is None else [job_database(database)]
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from None

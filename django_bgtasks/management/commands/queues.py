@@ -4,7 +4,8 @@ queue's pause holds for the jobs kept there."""
 
 from django.core.management.base import BaseCommand, CommandError
 
-from django_bgtasks.console import command_database, shell_user
+from django_bgtasks.console import shell_user
+from django_bgtasks.databases import job_database
 from django_bgtasks.models import Queue
 
 
@@ -40,7 +41,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, action, database=None, **options):
         try:
-            queues = Queue.objects.using(command_database(database))
+            queues = Queue.objects.using(job_database(database))
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         if action == "list":

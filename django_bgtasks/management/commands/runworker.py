@@ -121,6 +121,12 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         if len(databases) > 1 and not worker_options.supervises:
             # A process serves one database: one for each, supervised.
+            if worker_options.max_jobs:
+                raise CommandError(
+                    "--max-jobs counts the jobs of one process, and a process "
+                    f"serves one database (these jobs are in {len(databases)}): "
+                    "use --max-jobs-per-child, or --databases to name one."
+                )
             worker_options = replace(worker_options, processes=1)
         if worker_options.metrics_port or worker_options.count_metrics:
             self._metrics_installed()
@@ -208,8 +214,10 @@ class Command(BaseCommand):
                 {
                     "processes": f"{len(supervisor.slots)} x "
                     f"{options.concurrency} thread(s)",
+                    # Named, not asked (MySQL's display name connects): a
+                    # database that is down must not stop the others.
                     "databases": ", ".join(
-                        f"{connections[using].display_name} ({using})"
+                        f"{using} ({connections[using].settings_dict['NAME']})"
                         for using in supervisor.databases
                     )
                     + (

@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from django_bgtasks.databases import job_databases, served_databases
+from django_bgtasks.databases import job_database, job_databases
 from django_bgtasks.maintenance.schedule_sync import InvalidSchedule, sync_schedules
 
 
@@ -15,19 +15,20 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument(
             "--database",
-            action="append",
-            dest="databases",
-            help="Sync the schedules kept in this database (repeatable; "
-            "default: every database that holds jobs). A schedule is kept "
-            "in the database of its task's backend.",
+            metavar="ALIAS",
+            help="Sync the schedules kept in this database only (default: "
+            "every database that keeps jobs). A schedule is kept in the "
+            "database of its task's backend.",
         )
 
-    def handle(self, *args, **options):
+    def handle(self, *args, database=None, **options):
         try:
-            databases = served_databases(options["databases"])
+            databases = (
+                job_databases() if database is None else [job_database(database)]
+            )
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        named = len(job_databases()) > 1 or options["databases"]
+        named = len(job_databases()) > 1
         for using in databases:
             try:
                 result = sync_schedules(using=using)
