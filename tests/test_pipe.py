@@ -1,12 +1,14 @@
 """The supervisor's line to its children (``worker/pipe.py``), over a real
 pipe: a line goes whole or not at all and never blocks the supervisor; a
-child acts on a stop at once and on notices merged, and on none of another
-worker's."""
+child acts on the lines read at once merged, and on none of another
+worker's; the supervisor's stops come as signals too."""
 
 import os
+import signal
 import threading
 
 from django_bgtasks.worker.pipe import ChildPipe, SupervisorMessages, jobs_stop, wake
+from django_bgtasks.worker.stopping import StopRequests
 from tests.conftest import wait_until
 
 
@@ -33,7 +35,11 @@ def test_a_full_pipe_refuses_a_line_whole_and_never_blocks():
     os.close(read_end)
 
 
-def test_a_child_acts_on_a_stop_at_once_and_on_notices_merged():
+def test_a_child_acts_on_the_lines_read_at_once_merged():
+    """The lines that piled up while the reader was busy with a notice (an
+    urgent claim) are acted on merged: one wake-up at the highest priority
+    (any, if one came without), one read of this worker's jobs' stop
+    requests (another worker's: none), the stops in order."""
     read_end, write_end = os.pipe()
     stops, wakes, reads = [], [], []
     release = threading.Event()
@@ -50,20 +56,46 @@ def test_a_child_acts_on_a_stop_at_once_and_on_notices_merged():
         on_jobs_stop=lambda: reads.append(1),
     )
     messages.start()
-    lines = [wake(5), wake(7), wake(None), wake(3), jobs_stop("someone else")]
-    os.write(write_end, ("\n".join(lines) + "\n").encode())
+    os.write(write_end, (wake(1) + "\n").encode())
     wait_until(lambda: wakes, message="the first wake-up acted on")
-    # While it is acted on, a stop is heard at once.
-    os.write(write_end, b"stop\n" + jobs_stop("me").encode() + b"\n")
-    wait_until(lambda: stops, message="the stop")
-    assert stops == [(1, "the supervisor")]
+    lines = [wake(5), wake(7), jobs_stop("someone else"), "stop", jobs_stop("me")]
+    os.write(write_end, ("\n".join(lines) + "\n").encode())
+    lines = [wake(3), wake(None), jobs_stop("someone else")]
+    os.write(write_end, ("\n".join(lines) + "\n").encode())
     release.set()
     wait_until(lambda: reads, message="this worker's jobs' stop requests read")
-    # The wake-ups that came meanwhile, merged into one: any priority (one
-    # came without); another worker's stop requests, not read.
-    assert len(wakes) <= 2 and wakes[-1] is None
+    wait_until(lambda: len(wakes) >= 2, message="the wake-ups that piled up")
+    assert stops == [(1, "the supervisor")]
+    # Read in one chunk or two: 7 (then None), or None.
+    assert wakes[0] == 1 and wakes[1:] in ([7, None], [None])
     assert reads == [1]
     os.close(write_end)  # the supervisor is gone
     wait_until(lambda: len(stops) == 2, message="the stop at the end")
     assert stops[1] == (1, "the supervisor's exit")
     os.close(read_end)
+
+
+def test_a_supervisors_stop_signals_count_as_its_messages():
+    """SIGUSR1 / SIGUSR2 are the supervisor's "stop" / "now", heard on the
+    signal thread (never behind the reader's work); the same request sent
+    both ways counts once, and a terminal's SIGTERM beside it too."""
+    requests = []
+    stop_requests = StopRequests(
+        lambda source, count: requests.append((source, count)), lambda: False
+    )
+    restore = stop_requests.install_signal_handlers(supervised=True)
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        wait_until(lambda: requests, message="the stop signal heard")
+        stop_requests.from_supervisor(1, "the supervisor")  # its line, after
+        os.kill(os.getpid(), signal.SIGTERM)  # the process group's
+        wait_until(
+            lambda: stop_requests._from["signals"] == 1, message="SIGTERM counted"
+        )
+        assert requests == [("the supervisor", 1)]
+        os.kill(os.getpid(), signal.SIGUSR2)
+        wait_until(lambda: len(requests) == 2, message="the second request")
+        assert requests[1] == ("the supervisor", 2)
+    finally:
+        restore()
+    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL

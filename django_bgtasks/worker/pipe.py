@@ -2,8 +2,9 @@
 standard input.
 
 ============  ==============================================================
-``stop``      stop: finish the running jobs (``StopRequests``)
-``now``       stop at once
+``stop``      stop: finish the running jobs (``StopRequests``; sent as
+              SIGUSR1 too)
+``now``       stop at once (and SIGUSR2)
 ``wake P``    a NOTIFY for the children's queues came (``P``: the priority
               of its jobs where one applies to all, else ``-``)
 ``jobs-stop`` jobs of worker ``ID`` (``jobs-stop ID``), or of any worker
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import threading
 from collections.abc import Callable
 
@@ -81,12 +83,18 @@ class ChildPipe:
 
 
 class SupervisorMessages(threading.Thread):
-    """In a child: read the supervisor's lines from ``fd``. A stop request
-    is acted on at once, ``on_stop(count, source)`` (count 1: stop, 2: at
-    once; 1 when the stream ends); the notices, which use the database,
-    are handed to a thread of their own, so that none can keep a stop
-    unread: ``on_wake(priority)``, and ``on_jobs_stop()`` for this worker's
-    (``worker_id``) jobs or any worker's."""
+    """In a child: read the supervisor's lines from ``fd`` and act on them
+    on this thread, so that a wake-up's urgent claim is made one thread
+    hand-off after the notification came (each hand-off costs up to a
+    switch interval, 5 ms, behind busy job threads). A stop request,
+    ``on_stop(count, source)`` (count 1: stop, 2: at once; 1 when the
+    stream ends), comes as a signal too (``StopRequests``), so one never
+    waits behind a notice's database work here. The lines read at once
+    are merged: one ``on_wake(priority)`` (the highest priority, or None
+    if any came without one) and one ``on_jobs_stop()`` for this worker's
+    (``worker_id``) jobs or any worker's, whatever piled up meanwhile. Its
+    connection (an urgent claim's, a read's) is closed after
+    IDLE_CONNECTION_SECONDS without a line."""
 
     def __init__(
         self,
@@ -101,89 +109,53 @@ class SupervisorMessages(threading.Thread):
         self.fd = fd
         self.worker_id = worker_id
         self.on_stop = on_stop
-        self.notices = Notices(on_wake=on_wake, on_jobs_stop=on_jobs_stop)
+        self.on_wake = on_wake
+        self.on_jobs_stop = on_jobs_stop
 
     def run(self) -> None:
-        self.notices.start()
         pending = b""
         try:
-            while chunk := os.read(self.fd, 65536):
+            while True:
+                ready, _, _ = select.select([self.fd], [], [], IDLE_CONNECTION_SECONDS)
+                if not ready:
+                    close_idle_connections()
+                    continue
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    break
                 *lines, pending = (pending + chunk).split(b"\n")
-                for line in lines:
-                    self._dispatch(line.decode(errors="replace").strip())
+                self._act_on([line.decode(errors="replace").strip() for line in lines])
         finally:
             # The supervisor is gone: do not run on alone.
             self.on_stop(1, "the supervisor's exit")
 
-    def _dispatch(self, message: str) -> None:
-        kind, _, argument = message.partition(" ")
-        if kind == STOP:
-            self.on_stop(1, "the supervisor")
-        elif kind == NOW:
-            self.on_stop(2, "the supervisor")
-        elif kind == WAKE:
-            try:
-                priority = None if argument in ("", "-") else int(argument)
-            except ValueError:
-                priority = None
-            self.notices.wake(priority)
-        elif kind == JOBS_STOP:
-            if argument in ("", self.worker_id):
-                self.notices.jobs_stop()
-        elif message:
-            logger.warning("Unknown message from the supervisor: %r", message)
-
-
-class Notices(threading.Thread):
-    """The wake-ups and jobs' stop requests a child's supervisor sent, acted
-    on one after another, merged while one is acted on (the highest
-    priority of the wake-ups; one read of stop requests). Its connection
-    (an urgent claim's, a read's) is closed after IDLE_CONNECTION_SECONDS
-    without a notice."""
-
-    def __init__(self, *, on_wake, on_jobs_stop):
-        super().__init__(name="bgtasks-notices", daemon=True)
-        self.on_wake = on_wake
-        self.on_jobs_stop = on_jobs_stop
-        self._lock = threading.Lock()
-        self._came = threading.Event()
-        # Under the lock: what came since the last turn.
-        self._woken = False
-        self._priority: int | None = None  # None: a wake-up without one
-        self._jobs_stop = False
-
-    def wake(self, priority: int | None) -> None:
-        with self._lock:
-            if not self._woken:
-                self._woken, self._priority = True, priority
-            elif self._priority is not None:
-                self._priority = (
-                    None if priority is None else max(self._priority, priority)
-                )
-        self._came.set()
-
-    def jobs_stop(self) -> None:
-        with self._lock:
-            self._jobs_stop = True
-        self._came.set()
-
-    def run(self) -> None:
-        while True:
-            if not self._came.wait(IDLE_CONNECTION_SECONDS):
-                close_idle_connections()
-                self._came.wait()
-            self._came.clear()
-            with self._lock:
-                woken, priority, jobs_stop = (
-                    self._woken,
-                    self._priority,
-                    self._jobs_stop,
-                )
-                self._woken, self._priority, self._jobs_stop = False, None, False
-            try:
-                if woken:
-                    self.on_wake(priority)
-                if jobs_stop:
-                    self.on_jobs_stop()
-            except Exception:
-                logger.exception("Acting on the supervisor's notice failed")
+    def _act_on(self, messages: list[str]) -> None:
+        """Act on the lines read at once: stops first, then the merged
+        notices."""
+        woken, priority, jobs_stop = False, None, False
+        for message in messages:
+            kind, _, argument = message.partition(" ")
+            if kind == STOP:
+                self.on_stop(1, "the supervisor")
+            elif kind == NOW:
+                self.on_stop(2, "the supervisor")
+            elif kind == WAKE:
+                try:
+                    value = None if argument in ("", "-") else int(argument)
+                except ValueError:
+                    value = None
+                if not woken:
+                    woken, priority = True, value
+                elif priority is not None:
+                    priority = None if value is None else max(priority, value)
+            elif kind == JOBS_STOP:
+                jobs_stop = jobs_stop or argument in ("", self.worker_id)
+            elif message:
+                logger.warning("Unknown message from the supervisor: %r", message)
+        try:
+            if woken:
+                self.on_wake(priority)
+            if jobs_stop:
+                self.on_jobs_stop()
+        except Exception:
+            logger.exception("Acting on the supervisor's notice failed")

@@ -170,9 +170,13 @@ class Worker:
         return notify.notify_enabled(connections[self.using])
 
     def install_signal_handlers(self):
-        """Make SIGTERM/SIGINT stop the worker (a second one: at once).
-        Returns a function that restores the previous handlers."""
-        return self.stop_requests.install_signal_handlers()
+        """Make SIGTERM/SIGINT stop the worker (a second one: at once); a
+        supervisor's child also takes its supervisor's stop requests as
+        SIGUSR1/SIGUSR2. Returns a function that restores the previous
+        handlers."""
+        return self.stop_requests.install_signal_handlers(
+            supervised=self.options.supervised
+        )
 
     def _on_stop_request(self, source: str, count: int) -> None:
         if count == 1:

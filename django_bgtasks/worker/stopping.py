@@ -3,7 +3,9 @@
 The first request stops it gracefully, a second makes it exit at once. They
 arrive as SIGTERM/SIGINT, or, for a child of ``runworker --processes``, as
 the supervisor's messages ("stop", "now"; the end of the stream, when the
-supervisor is gone, means "stop": ``pipe.py``). Children listen to
+supervisor is gone, means "stop": ``pipe.py``), each sent as a signal too
+(SIGUSR1, SIGUSR2: ``SUPERVISOR_SIGNALS``), so that it is heard at once
+however busy the thread that reads the messages is. Children listen to
 their supervisor rather than to the terminal, so one Ctrl-C is one request.
 A child that gets SIGTERM itself as well as its supervisor's "stop" (a
 signal sent to the whole process group, as systemd's default KillMode
@@ -20,6 +22,12 @@ import threading
 from collections.abc import Callable
 
 logger = logging.getLogger("django_bgtasks.worker")
+
+# A supervisor's stop requests as signals, with the count each makes. The
+# supervisor ignores them before it starts a child, which inherits that
+# until it handles them: one sent earlier is lost, not fatal (its message
+# says the same).
+SUPERVISOR_SIGNALS = {signal.SIGUSR1: 1, signal.SIGUSR2: 2}
 
 
 class ForcedExit(Exception):
@@ -56,9 +64,10 @@ class StopRequests:
 
     # Signals -------------------------------------------------------------------
 
-    def install_signal_handlers(self) -> Callable[[], None]:
-        """Handle SIGTERM/SIGINT; return a function that restores the previous
-        handlers. Call from the main thread."""
+    def install_signal_handlers(self, *, supervised=False) -> Callable[[], None]:
+        """Handle SIGTERM/SIGINT (and, ``supervised``, the supervisor's
+        signals); return a function that restores the previous handlers.
+        Call from the main thread."""
         # A Python signal handler runs between two bytecodes of the main
         # thread, which may hold a lock at that moment (an Event's, a
         # stream's): the handler only counts, and may raise. The requests are
@@ -70,6 +79,11 @@ class StopRequests:
             signum: signal.signal(signum, self._on_signal)
             for signum in (signal.SIGTERM, signal.SIGINT)
         }
+        if supervised:
+            # Counted on the watching thread, from the wake-up fd.
+            previous.update(
+                (signum, signal.signal(signum, _no_op)) for signum in SUPERVISOR_SIGNALS
+            )
         threading.Thread(
             target=self._watch_signals,
             args=(read_end,),
@@ -98,6 +112,10 @@ class StopRequests:
                 for signum in data:
                     if signum in (signal.SIGTERM, signal.SIGINT):
                         self._request("signals", signal.Signals(signum).name)
+                    elif signum in SUPERVISOR_SIGNALS:
+                        self.from_supervisor(
+                            SUPERVISOR_SIGNALS[signum], "the supervisor"
+                        )
         finally:
             os.close(read_end)
 
@@ -106,3 +124,7 @@ class StopRequests:
     def from_supervisor(self, count: int, source: str) -> None:
         """The supervisor's requests come to ``count`` (``pipe.py``)."""
         self._request("supervisor", source, up_to=count)
+
+
+def _no_op(signum, frame) -> None:
+    """A handler that leaves the work to the wake-up fd's reader."""

@@ -37,13 +37,15 @@ from .listener import Listener
 from .options import WorkerOptions
 from .pipe import NOW, STOP, ChildPipe, jobs_stop, wake
 from .runner import WorkerExit
-from .stopping import StopRequests
+from .stopping import SUPERVISOR_SIGNALS, StopRequests
 
 logger = logging.getLogger("django_bgtasks.supervisor")
 
 MAX_RESTART_DELAY = 30.0
 # A child that ran this long before crashing starts its back-off afresh.
 STABLE_AFTER = 60.0
+# The signal that carries each stop request (stopping.py).
+STOP_SIGNALS = {STOP: signal.SIGUSR1, NOW: signal.SIGUSR2}
 PLANNED_EXITS = {
     WorkerExit.STOPPED: "stopped (max jobs or memory reached)",
     WorkerExit.RECYCLE: "ended itself (a job timed out, or it was judged dead)",
@@ -108,6 +110,11 @@ class Supervisor:
 
     def run(self) -> int:
         restore = self.stop_requests.install_signal_handlers()
+        # Inherited by the children until they handle them (stopping.py).
+        ignored = {
+            signum: signal.signal(signum, signal.SIG_IGN)
+            for signum in SUPERVISOR_SIGNALS
+        }
         try:
             self._start_parts()
             for slot in self.slots:
@@ -119,6 +126,8 @@ class Supervisor:
                 self._wake.clear()
         finally:
             restore()
+            for signum, handler in ignored.items():
+                signal.signal(signum, handler)
             for part in self._parts:
                 part.stop()
             deadline = time.monotonic() + 10
@@ -191,22 +200,21 @@ class Supervisor:
 
     def _tell_children(self, message: str, *, using: str | None = None) -> None:
         """Send ``message`` to every child (of database ``using``, if given;
-        from any thread). A stop request a child's full pipe will not take
-        (it has not read for a while: stopped, or stuck) goes as SIGTERM,
-        which it counts the same."""
+        from any thread). A stop request goes as a signal too, heard at once
+        however busy the child's reader is, and by a child that does not
+        read (stopped, stuck, or its pipe full); the child counts the two as
+        one request. A notice a full pipe will not take is dropped: the
+        child's polling and the next notice make up for it."""
         for slot in self.slots:
             if using is not None and slot.database != using:
                 continue
             pipe, process = slot.pipe, slot.process
-            if pipe is None or process is None or pipe.send(message):
+            if pipe is None or process is None:
                 continue
-            if message in (STOP, NOW) and process.poll() is None:
-                logger.warning(
-                    "Worker process %d does not read its messages: sending SIGTERM",
-                    slot.number,
-                )
+            if message in STOP_SIGNALS:
                 with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGTERM)
+                    process.send_signal(STOP_SIGNALS[message])
+            pipe.send(message)
 
     def _start(self, slot: Slot) -> None:
         slot.process = subprocess.Popen(

@@ -64,7 +64,7 @@ from django.db import connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from django_bgtasks import chord
+from django_bgtasks import chord, notify
 from django_bgtasks.models import Job, JobDependency, JobStatus, WorkerProcess
 from testproject.bench.noop import count_results, noop, sleep_10ms
 
@@ -379,6 +379,8 @@ class Command(BaseCommand):
         their latencies, memory and idle cost; returns the drain's rate."""
         options = self.options
         name = "" if tuned else "untuned: "
+        # The ceiling, first: the same figures of a bare loop (bare.py).
+        bare = self.bare(count) if tuned and connection.vendor == "postgresql" else None
         self.start_workers(count, tuned=tuned)
         try:
             if measured:  # first, while the table is quiet
@@ -392,6 +394,10 @@ class Command(BaseCommand):
             drain = statistics.median(rate for rate, _, _ in figures)
             row(f"{name}drain {options['drain']:,} jobs, {count} process(es)",
                 drain, "jobs/s")  # fmt: skip
+            if bare is not None:
+                row("  the database alone: claim and complete 100 at a time",
+                    bare["drain"], "jobs/s")  # fmt: skip
+                row("  drain / bare", f"{drain / bare['drain']:.1%}", "")
             # Capacity: what one core of each side carries at this pace.
             workers_cpu = statistics.median(cpu for _, _, cpu in figures)
             row(f"  {name}workers' CPU per job", f"{workers_cpu:.3f}", "ms")
@@ -415,6 +421,10 @@ class Command(BaseCommand):
                         f"{p50:.1f} / {p99:.1f}",
                         "ms",
                     )
+                if bare is not None:
+                    p50, p99 = bare["latency"]
+                    row("  the database alone: latency p50 / p99 from the commit",
+                        f"{p50:.1f} / {p99:.1f}", "ms")  # fmt: skip
             samples = [
                 sample for _ in range(options["runs"]) for sample in self.priority()
             ]
@@ -429,6 +439,12 @@ class Command(BaseCommand):
                     )
                 else:
                     row(label, "none", "(the backlog always ran out first)")
+                if since == "commit" and bare is not None:
+                    delays = bare["priority"]
+                    row(f"  the database alone: high priority behind "
+                        f"{options['backlog']:,} from the commit",
+                        f"{statistics.median(delays):.1f} / {max(delays):.1f}"
+                        if delays else "none", "ms, median / max")  # fmt: skip
             after = self.memory()
             row(f"{name}worker RSS at rest / after", f"{rest:.0f} / {after:.0f}",
                 "MB, largest")  # fmt: skip
@@ -628,6 +644,47 @@ class Command(BaseCommand):
                 raise SystemExit("The workers did not start in time.")
             time.sleep(0.05)
         time.sleep(0.5)  # let them settle into their idle wait
+
+    def bare(self, count: int) -> dict:
+        """The database alone (``testproject/bench/bare.py``): ``count``
+        bare loops' drain (jobs/s), latency from the commit (p50, p99) and
+        high-priority delays from the commit behind a backlog, measured as
+        ours are."""
+        self.clear()
+        settings = connection.settings_dict
+        url = (
+            f"postgresql://{settings['USER']}@{settings['HOST'] or '127.0.0.1'}:"
+            f"{settings['PORT'] or 5432}/{settings['NAME']}"
+        )
+        self.supervisor = subprocess.Popen(
+            [sys.executable, "-m", "testproject.bench.bare", url, str(count)],
+            cwd=os.path.dirname(MANAGE_PY),
+        )
+        try:
+            deadline = time.monotonic() + 60
+            with connection.cursor() as cursor:
+                while True:
+                    cursor.execute(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE query = %s AND datname = current_database()",
+                        [f"LISTEN {notify.CHANNEL}"],
+                    )
+                    if cursor.fetchone()[0] >= count:
+                        break
+                    if time.monotonic() > deadline:
+                        raise SystemExit("The bare loops did not start in time.")
+                    time.sleep(0.05)
+            runs = self.options["runs"]
+            figures = {
+                "drain": statistics.median(self.drain()[0] for _ in range(runs)),
+                "latency": self.latency()["commit"],
+                "priority": [
+                    sample["commit"] for _ in range(runs) for sample in self.priority()
+                ],
+            }
+        finally:
+            self.stop_workers()
+        return figures
 
     def stop_workers(self) -> None:
         self.supervisor.send_signal(signal.SIGTERM)
