@@ -119,6 +119,21 @@ def test_the_list_shows_the_named_databases_jobs_and_the_switch(
     assert listed(admin_client, database="other", q="tests.tasks.echo") == []
 
 
+def test_the_queue_filter_lists_the_named_databases_queues(admin_client, elsewhere):
+    def queues(**params) -> set[str]:
+        response = admin_client.get(reverse(JOBS), params)
+        (spec,) = [
+            spec
+            for spec in response.context["cl"].filter_specs
+            if getattr(spec, "parameter_name", None) == "queue_name"
+        ]
+        return {value for value, _label in spec.lookup_choices}
+
+    # The default backend's queues and its tasks' ("other" is a task's).
+    assert {"images", "other"} <= queues() and "heavy" not in queues()
+    assert queues(database="other") == {"default", "heavy"}
+
+
 def test_a_database_named_once_leaves_nothing_behind(admin_client, elsewhere):
     here = make_job()
     there = make_job(using="other")

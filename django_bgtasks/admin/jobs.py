@@ -32,10 +32,11 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from .. import registry
-from ..compat import loadable_backends
+from ..databases import database_backends
 from ..models import NOT_STARTED, Job, JobStatus
 from ..models.transitions import OPERATOR_ACTIONS
-from ..stats import STATUSES, tally, waiting_jobs
+from ..routes import routed_backend
+from ..stats import STATUSES, configured_queue_names, tally, waiting_jobs
 from ..waits import why_waiting
 from .base import ReadOnlyAdmin
 from .databases import DatabaseChoiceAdmin, database_url
@@ -100,10 +101,21 @@ class QueueFilter(ChoicesFilter):
     parameter_name = field_name = "queue_name"
 
     def lookups(self, request, model_admin):
-        names = set()
-        for backend in loadable_backends():
-            names |= set(getattr(backend, "queues", ()) or ())
-        names |= {task.queue_name for task in registry.registered_tasks().values()}
+        """The queues of the list's database: its backends' and those of the
+        tasks whose jobs are not kept in another."""
+        using = model_admin.database(request)
+        elsewhere = {
+            alias
+            for database, aliases in database_backends().items()
+            if database != using
+            for alias in aliases
+        }
+        names = configured_queue_names(using)
+        names |= {
+            task.queue_name
+            for task in registry.registered_tasks().values()
+            if routed_backend(task) not in elsewhere
+        }
         return [(name, name) for name in sorted(names)]
 
 
