@@ -16,6 +16,7 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html
@@ -127,8 +128,7 @@ class QueueAdmin(DatabaseChoiceAdmin, ReadOnlyAdmin):
         form = PauseForm(request.POST)
         if form.is_valid():
             name = form.cleaned_data["name"]
-            queues = Queue.objects.using(self.database(request))
-            if queues.pause(name, by=paused_by(request)):
+            if self._pause(self.database(request), name, by=paused_by(request)):
                 self.message_user(request, _("Queue %(name)s paused.") % {"name": name})
             else:
                 self.message_user(
@@ -141,6 +141,12 @@ class QueueAdmin(DatabaseChoiceAdmin, ReadOnlyAdmin):
                 self.message_user(request, error, messages.ERROR)
         changelist = reverse("admin:django_bgtasks_queue_changelist")
         return HttpResponseRedirect(database_url(changelist, self.database(request)))
+
+    def _pause(self, using: str, *names: str, by: str) -> int:
+        """Pause ``names`` in database ``using``, in one transaction there
+        (the verb adds the rows it lacks, then pauses)."""
+        with transaction.atomic(using=using):
+            return Queue.objects.using(using).pause(*names, by=by)
 
     # Permissions --------------------------------------------------------------
 
@@ -164,7 +170,7 @@ class QueueAdmin(DatabaseChoiceAdmin, ReadOnlyAdmin):
     @admin.action(description=_("Pause selected queues"), permissions=["pause"])
     def pause_queues(self, request, queryset):
         names = list(queryset.values_list("name", flat=True))
-        changed = Queue.objects.using(queryset.db).pause(*names, by=paused_by(request))
+        changed = self._pause(queryset.db, *names, by=paused_by(request))
         self._report(
             request,
             changed,
