@@ -117,6 +117,12 @@ def test_the_list_shows_the_named_databases_jobs_and_the_switch(
         there.pk
     ]
     assert listed(admin_client, database="other", q="tests.tasks.echo") == []
+    # A bad lookup's error page is on it too.
+    response = admin_client.get(
+        reverse(JOBS), {"database": "other", "workflow_id": "x"}, follow=True
+    )
+    assert response.redirect_chain[-1][0] == f"{reverse(JOBS)}?e=1&database=other"
+    assert '<strong aria-current="true">other</strong>' in response.content.decode()
 
 
 def test_the_queue_filter_lists_the_named_databases_queues(admin_client, elsewhere):

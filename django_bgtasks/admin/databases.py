@@ -25,7 +25,7 @@ from urllib.parse import parse_qs
 
 from django.contrib import messages
 from django.contrib.admin.options import csrf_protect_m
-from django.contrib.admin.views.main import ChangeList
+from django.contrib.admin.views.main import ERROR_FLAG, ChangeList
 from django.db import transaction
 from django.http import QueryDict
 from django.urls import reverse
@@ -142,7 +142,13 @@ class DatabaseChoiceAdmin:
 
     def changelist_view(self, request, extra_context=None):
         context = {"database_switch": database_switch(request), **(extra_context or {})}
-        return super().changelist_view(request, context)
+        response = super().changelist_view(request, context)
+        # Django sends a list of bad lookups to "?e=1": on the same database.
+        if response.get("Location") == f"{request.path}?{ERROR_FLAG}=1":
+            response["Location"] = database_url(
+                request.path, self.database(request), **{ERROR_FLAG: 1}
+            )
+        return response
 
     @csrf_protect_m
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
