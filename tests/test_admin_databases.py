@@ -5,6 +5,7 @@ make a page on the wrong one show."""
 
 import html
 import re
+import uuid
 from urllib.parse import urlencode, urljoin
 
 import pytest
@@ -221,6 +222,20 @@ def test_a_running_jobs_progress_is_read_in_the_named_database(admin_client, els
         reverse("admin:django_bgtasks_job_progress", args=[SHARED_ID])
     )
     assert admin_client.get(progress).json()["status"] == JobStatus.RUNNING
+
+
+def test_a_jobs_page_links_to_jobs_and_lists_of_its_database(admin_client, elsewhere):
+    workflow_id = uuid.uuid4()
+    first, second = (
+        make_job(using="other", workflow_id=workflow_id, id=SHARED_ID + n)
+        for n in range(2)
+    )
+    change = reverse("admin:django_bgtasks_job_change", args=[first.pk])
+    page = admin_client.get(on_other(change)).content.decode()
+    second_page = reverse("admin:django_bgtasks_job_change", args=[second.pk])
+    assert f'href="{on_other(second_page)}"' in page
+    workflow_list = f"{reverse(JOBS)}?workflow_id={workflow_id}&amp;database=other"
+    assert f'href="{workflow_list}"' in page
 
 
 def test_the_delete_view_deletes_in_the_named_database(admin_client, elsewhere):

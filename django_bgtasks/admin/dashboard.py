@@ -171,7 +171,7 @@ class DashboardAdmin(admin.ModelAdmin):
             ],
             "paused_queues": [queue.paused for queue in queues if queue.paused],
             "limits": stats.limit_figures(using),
-            "queues_url": (database_url(queues_url, using) if may_see_queues else None),
+            "queues_url": database_url(queues_url, using) if may_see_queues else None,
             "paused_queues_url": (
                 database_url(queues_url, using, paused="yes")
                 if may_see_queues
