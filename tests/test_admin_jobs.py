@@ -350,7 +350,7 @@ def button_url(job, button) -> str:
 
 
 def buttons_on(client, job) -> list[str]:
-    return [name for name, _ in client.get(page_of(job)).context["job_buttons"]]
+    return [name for name, *_ in client.get(page_of(job)).context["job_buttons"]]
 
 
 def test_a_jobs_page_has_the_buttons_of_the_actions_that_apply_to_it(admin_client):

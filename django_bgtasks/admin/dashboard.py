@@ -15,7 +15,7 @@ from django.utils.translation import gettext as _
 
 from .. import stats
 from ..models import JobDashboard, JobStatus
-from .databases import chosen_database, database_switch
+from .databases import chosen_database, database_switch, database_url
 from .display import STATUS_COLOURS, format_duration, status_badge
 
 CHART_WIDTH, CHART_HEIGHT, CHART_MARGIN = 720, 160, 24
@@ -111,7 +111,10 @@ class DashboardAdmin(admin.ModelAdmin):
             **self.admin_site.each_context(request),
             "title": _("Background tasks dashboard"),
             "opts": self.opts,
-            "live_url": reverse("admin:django_bgtasks_jobdashboard_live"),
+            "live_url": database_url(
+                reverse("admin:django_bgtasks_jobdashboard_live"),
+                chosen_database(request),
+            ),
             "database_switch": database_switch(request),
             **self._figures(request),
             **(extra_context or {}),
@@ -137,23 +140,41 @@ class DashboardAdmin(admin.ModelAdmin):
         now = timezone.now()
         minutes = stats.throughput(now, using=using)
         queues = stats.queue_states(now, using=using)
+        queues_url = reverse("admin:django_bgtasks_queue_changelist")
+
+        def jobs(**lookups) -> str:
+            """The list of this database's jobs that ``lookups`` filter."""
+            url = reverse("admin:django_bgtasks_job_changelist")
+            return database_url(url, using, **lookups)
+
+        def job_page(pk) -> str:
+            url = reverse("admin:django_bgtasks_job_change", args=[pk])
+            return database_url(url, using)
+
+        may_see_queues = request.user.has_perm("django_bgtasks.view_queue")
         return {
             "now": now,
             "database": using,
             "refresh_seconds": _refresh_seconds(request),
             "statuses": [
-                (status, status_badge(status), count)
+                (status, status_badge(status), count, jobs(status=status))
                 for status, count in stats.status_counts(using).items()
             ],
             "queues": [
-                (queue, format_duration(queue.lag) if queue.lag else "-")
+                (
+                    queue,
+                    format_duration(queue.lag) if queue.lag else "-",
+                    jobs(queue_name=queue.name),
+                    jobs(status=JobStatus.WAITING, queue_name=queue.name),
+                )
                 for queue in queues
             ],
             "paused_queues": [queue.paused for queue in queues if queue.paused],
             "limits": stats.limit_figures(using),
-            "queues_url": (
-                reverse("admin:django_bgtasks_queue_changelist")
-                if request.user.has_perm("django_bgtasks.view_queue")
+            "queues_url": database_url(queues_url, using) if may_see_queues else None,
+            "paused_queues_url": (
+                database_url(queues_url, using, paused="yes")
+                if may_see_queues
                 else None
             ),
             "chart": throughput_chart(minutes),
@@ -163,8 +184,14 @@ class DashboardAdmin(admin.ModelAdmin):
                 (figure, format_duration(figure.value))
                 for figure in stats.slowest_tasks(now, using=using)
             ],
-            "failing": stats.failing_tasks(now, using=using),
-            "workers": stats.worker_states(now, using=using),
+            "failing": [
+                (figure, jobs(status=JobStatus.FAILED, task_path=figure.task_path))
+                for figure in stats.failing_tasks(now, using=using)
+            ],
+            "workers": [
+                (state, [(job, job_page(job.pk)) for job in state.jobs])
+                for state in stats.worker_states(now, using=using)
+            ],
         }
 
 

@@ -32,13 +32,14 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from .. import registry
-from ..compat import loadable_backends
+from ..databases import database_backends
 from ..models import NOT_STARTED, Job, JobStatus
 from ..models.transitions import OPERATOR_ACTIONS
-from ..stats import STATUSES, tally, waiting_jobs
+from ..routes import routed_backend
+from ..stats import STATUSES, configured_queue_names, tally, waiting_jobs
 from ..waits import why_waiting
 from .base import ReadOnlyAdmin
-from .databases import DatabaseChoiceAdmin
+from .databases import DatabaseChoiceAdmin, database_url
 from .display import (
     cancel_request,
     format_duration,
@@ -100,10 +101,21 @@ class QueueFilter(ChoicesFilter):
     parameter_name = field_name = "queue_name"
 
     def lookups(self, request, model_admin):
-        names = set()
-        for backend in loadable_backends():
-            names |= set(getattr(backend, "queues", ()) or ())
-        names |= {task.queue_name for task in registry.registered_tasks().values()}
+        """The queues of the list's database: its backends' and those of the
+        tasks whose jobs are not kept in another."""
+        using = model_admin.database(request)
+        elsewhere = {
+            alias
+            for database, aliases in database_backends().items()
+            if database != using
+            for alias in aliases
+        }
+        names = configured_queue_names(using)
+        names |= {
+            task.queue_name
+            for task in registry.registered_tasks().values()
+            if routed_backend(task) not in elsewhere
+        }
         return [(name, name) for name in sorted(names)]
 
 
@@ -197,11 +209,15 @@ class JobAdmin(DatabaseChoiceAdmin, WorkflowSection, ReadOnlyAdmin):
         return format_html_join(
             "",
             "<p>{}</p>",
-            ((self._linked(reason.message, reason.jobs),) for reason in reasons),
+            (
+                (self._linked(reason.message, reason.jobs, job._state.db),)
+                for reason in reasons
+            ),
         )
 
-    def _linked(self, message: str, pks: list[int]):
-        """``message`` with each ``#id`` of the jobs ``pks`` a link to it."""
+    def _linked(self, message: str, pks: list[int], using: str):
+        """``message`` with each ``#id`` of the jobs ``pks`` (in database
+        ``using``) a link to it."""
         ids = {str(pk) for pk in pks}
 
         def link(match):
@@ -209,7 +225,7 @@ class JobAdmin(DatabaseChoiceAdmin, WorkflowSection, ReadOnlyAdmin):
             if pk not in ids:
                 return match.group(0)
             url = reverse("admin:django_bgtasks_job_change", args=[pk])
-            return format_html('<a href="{}">#{}</a>', url, pk)
+            return format_html('<a href="{}">#{}</a>', database_url(url, using), pk)
 
         return mark_safe(JOB_MENTION.sub(link, conditional_escape(message)))
 
@@ -245,12 +261,20 @@ class JobAdmin(DatabaseChoiceAdmin, WorkflowSection, ReadOnlyAdmin):
             *super().get_urls(),
         ]
 
-    def _buttons(self, request, job) -> list[tuple[str, str]]:
+    def _buttons(self, request, job) -> list[tuple[str, str, str]]:
         """The buttons of the actions that apply to ``job`` now (their
-        outcomes' conditions) and that the user may run: (name, label)."""
+        outcomes' conditions) and that the user may run: (name, label, the
+        URL its form posts to, on the job's database)."""
         this_job = Job.objects.using(job._state.db).filter(pk=job.pk)
         return [
-            (name, label)
+            (
+                name,
+                label,
+                database_url(
+                    reverse("admin:django_bgtasks_job_button", args=[job.pk, name]),
+                    job._state.db,
+                ),
+            )
             for name, (_action, label, operator_action) in self.JOB_BUTTONS.items()
             if getattr(self, f"has_{name}_permission")(request)
             and this_job.applicable(*OPERATOR_ACTIONS[operator_action]).exists()
@@ -262,8 +286,9 @@ class JobAdmin(DatabaseChoiceAdmin, WorkflowSection, ReadOnlyAdmin):
         if job is not None:
             context["job_buttons"] = self._buttons(request, job)
             if job.status == JobStatus.RUNNING:
-                context["progress_url"] = reverse(
-                    "admin:django_bgtasks_job_progress", args=[job.pk]
+                context["progress_url"] = database_url(
+                    reverse("admin:django_bgtasks_job_progress", args=[job.pk]),
+                    job._state.db,
                 )
         return super().change_view(request, object_id, form_url, context)
 
@@ -281,8 +306,11 @@ class JobAdmin(DatabaseChoiceAdmin, WorkflowSection, ReadOnlyAdmin):
         allowed = getattr(self, f"has_{button}_permission")(request)
         if not (allowed and self.has_view_permission(request, job)):
             raise PermissionDenied
+        # No transaction of its own around it: the verb locks first and, in
+        # none of the caller's, retries a deadlock (JobQuerySet.apply).
         getattr(self, action)(request, self.get_queryset(request).filter(pk=job.pk))
-        return redirect(reverse("admin:django_bgtasks_job_change", args=[object_id]))
+        change = reverse("admin:django_bgtasks_job_change", args=[object_id])
+        return redirect(database_url(change, self.database(request)))
 
     def progress_view(self, request, object_id):
         """A job's status and progress (its page's progress field, as HTML),
@@ -537,7 +565,10 @@ class JobAdmin(DatabaseChoiceAdmin, WorkflowSection, ReadOnlyAdmin):
     def schedule_link(self, job):
         if job.schedule_id is None:
             return "-"
-        url = reverse("admin:django_bgtasks_schedule_change", args=[job.schedule_id])
+        url = database_url(
+            reverse("admin:django_bgtasks_schedule_change", args=[job.schedule_id]),
+            job._state.db,
+        )
         planned = job.scheduled_for.isoformat() if job.scheduled_for else _("run now")
         return format_html('<a href="{}">{}</a> ({})', url, job.schedule, planned)
 

@@ -15,19 +15,18 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html
-from django.utils.http import urlencode
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from .. import stats
 from ..models import JobStatus, Queue
 from .base import ReadOnlyAdmin
-from .databases import DatabaseChoiceAdmin
+from .databases import DatabaseChangeList, DatabaseChoiceAdmin, database_url
 from .display import format_moment
 
 NAME_LENGTH = Queue._meta.get_field("name").max_length
@@ -59,7 +58,7 @@ class PausedFilter(admin.SimpleListFilter):
         return queryset
 
 
-class QueueChangeList(ChangeList):
+class QueueChangeList(DatabaseChangeList):
     def get_results(self, request):
         """The page's queues, each with its READY jobs (one query)."""
         super().get_results(request)
@@ -92,6 +91,9 @@ class QueueAdmin(DatabaseChoiceAdmin, ReadOnlyAdmin):
         context = {
             "title": _("Queues"),
             "pause_form": PauseForm() if self.has_pause_permission(request) else None,
+            "pause_url": database_url(
+                reverse("admin:django_bgtasks_queue_pause"), self.database(request)
+            ),
             **(extra_context or {}),
         }
         return super().changelist_view(request, context)
@@ -126,8 +128,7 @@ class QueueAdmin(DatabaseChoiceAdmin, ReadOnlyAdmin):
         form = PauseForm(request.POST)
         if form.is_valid():
             name = form.cleaned_data["name"]
-            queues = Queue.objects.using(self.database(request))
-            if queues.pause(name, by=paused_by(request)):
+            if self._pause(self.database(request), name, by=paused_by(request)):
                 self.message_user(request, _("Queue %(name)s paused.") % {"name": name})
             else:
                 self.message_user(
@@ -138,7 +139,14 @@ class QueueAdmin(DatabaseChoiceAdmin, ReadOnlyAdmin):
         else:
             for error in form.errors.get("name", []):
                 self.message_user(request, error, messages.ERROR)
-        return HttpResponseRedirect(reverse("admin:django_bgtasks_queue_changelist"))
+        changelist = reverse("admin:django_bgtasks_queue_changelist")
+        return HttpResponseRedirect(database_url(changelist, self.database(request)))
+
+    def _pause(self, using: str, *names: str, by: str) -> int:
+        """Pause ``names`` in database ``using``, in one transaction there
+        (the verb adds the rows it lacks, then pauses)."""
+        with transaction.atomic(using=using):
+            return Queue.objects.using(using).pause(*names, by=by)
 
     # Permissions --------------------------------------------------------------
 
@@ -162,7 +170,7 @@ class QueueAdmin(DatabaseChoiceAdmin, ReadOnlyAdmin):
     @admin.action(description=_("Pause selected queues"), permissions=["pause"])
     def pause_queues(self, request, queryset):
         names = list(queryset.values_list("name", flat=True))
-        changed = Queue.objects.using(queryset.db).pause(*names, by=paused_by(request))
+        changed = self._pause(queryset.db, *names, by=paused_by(request))
         self._report(
             request,
             changed,
@@ -202,6 +210,10 @@ class QueueAdmin(DatabaseChoiceAdmin, ReadOnlyAdmin):
         ready = getattr(queue, "ready", None)
         if ready is None:
             return "-"
-        url = reverse("admin:django_bgtasks_job_changelist")
-        query = urlencode({"status": JobStatus.READY, "queue_name": queue.name})
-        return format_html('<a href="{}?{}">{}</a>', url, query, ready)
+        url = database_url(
+            reverse("admin:django_bgtasks_job_changelist"),
+            queue._state.db,
+            status=JobStatus.READY,
+            queue_name=queue.name,
+        )
+        return format_html('<a href="{}">{}</a>', url, ready)

@@ -23,7 +23,7 @@ from ..exceptions import TaskNotRegistered
 from ..maintenance.schedule_sync import schedule_database
 from ..models import Job, Schedule
 from ..models.schedules import default_timezone
-from .databases import DatabaseChoiceAdmin
+from .databases import DatabaseChoiceAdmin, database_url
 
 UPCOMING_COUNT = 5
 # What a schedule declared in code takes from BGTASKS["SCHEDULES"]: read-only
@@ -286,7 +286,10 @@ class ScheduleAdmin(DatabaseChoiceAdmin, admin.ModelAdmin):
             '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td></tr>',
             (
                 (
-                    reverse("admin:django_bgtasks_job_change", args=[job.pk]),
+                    database_url(
+                        reverse("admin:django_bgtasks_job_change", args=[job.pk]),
+                        job._state.db,
+                    ),
                     job.pk,
                     job.status,
                     format_moment(job.scheduled_for, zone_of(schedule)),

@@ -18,11 +18,11 @@ from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
-from django.utils.http import urlencode
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from ..models import Job, JobDependency, JobStatus
+from .databases import database_url
 from .display import status_badge, task_label
 
 # The members listed on a job's page, and the jobs listed that each waits
@@ -108,19 +108,21 @@ class WorkflowSection:
         first, *rest = fieldsets
         return [first, (_("Workflow"), {"fields": fields}), *rest]
 
-    def _url(self, view: str, *args) -> str:
+    def _url(self, view: str, using: str, *args, **params) -> str:
+        """The URL of a page of jobs in database ``using``."""
         opts = self.opts
         name = f"{self.admin_site.name}:{opts.app_label}_{opts.model_name}_{view}"
-        return reverse(name, args=args)
+        return database_url(reverse(name, args=args), using, **params)
 
-    def _job_links(self, ids: list[int]):
-        """Links to the first ``WAITS_FOR_SHOWN`` of the jobs ``ids``."""
+    def _job_links(self, ids: list[int], using: str):
+        """Links to the first ``WAITS_FOR_SHOWN`` of the jobs ``ids`` (in
+        database ``using``)."""
         if not ids:
             return "-"
         links = format_html_join(
             ", ",
             '<a href="{}">#{}</a>',
-            ((self._url("change", pk), pk) for pk in ids[:WAITS_FOR_SHOWN]),
+            ((self._url("change", using, pk), pk) for pk in ids[:WAITS_FOR_SHOWN]),
         )
         if len(ids) <= WAITS_FOR_SHOWN:
             return links
@@ -133,11 +135,9 @@ class WorkflowSection:
         )
 
     def _workflow_list_link(self, job):
-        query = urlencode({"workflow_id": str(job.workflow_id)})
         return format_html(
-            '<a href="{}?{}">{}</a>',
-            self._url("changelist"),
-            query,
+            '<a href="{}">{}</a>',
+            self._url("changelist", job._state.db, workflow_id=str(job.workflow_id)),
             _("all jobs of this workflow"),
         )
 
@@ -159,7 +159,7 @@ class WorkflowSection:
         return format_html(
             "{}: {}",
             ngettext("%(count)d job", "%(count)d jobs", count) % {"count": count},
-            self._job_links(pending),
+            self._job_links(pending, job._state.db),
         )
 
     @admin.display(description=_("jobs"))
@@ -172,13 +172,15 @@ class WorkflowSection:
             current = pk == job.pk
             return (
                 "bgtasks-current" if current else "",
-                self._url("change", pk),
+                self._url("change", job._state.db, pk),
                 format_html(' aria-current="{}"', "page") if current else "",
                 pk,
                 format_html(" <em>({})</em>", _("this job")) if current else "",
                 task_label(task_path),
                 status_badge(status),
-                self._job_links([edge[0] for edge in rows.waits_for.get(pk, [])]),
+                self._job_links(
+                    [edge[0] for edge in rows.waits_for.get(pk, [])], job._state.db
+                ),
             )
 
         body = format_html_join(
