@@ -27,6 +27,22 @@ LIVE = "admin:django_bgtasks_jobdashboard_live"
 SHARED_ID = 424242
 
 
+# The add form's fields of a schedule of tests.tasks.record (the default
+# backend's task, unless a test routes it).
+NEW_SCHEDULE = {
+    "name": "report",
+    "task_path": "tests.tasks.record",
+    "cron": "0 9 * * *",
+    "timezone": "UTC",
+    "args": "[]",
+    "kwargs": "{}",
+    "queue_name": "default",
+    "priority": "0",
+    "enabled": "on",
+    "misfire_policy": "run_once",
+}
+
+
 def listed(client, name=JOBS, **params) -> list:
     response = client.get(reverse(name), params)
     assert response.status_code == 200
@@ -372,18 +388,7 @@ def test_a_schedules_name_is_free_or_taken_in_the_named_database(
         name="report", task_path="tests.tasks.record", cron="* * * * *"
     )
     add = on_other(reverse("admin:django_bgtasks_schedule_add"))
-    data = {
-        "name": "report",
-        "task_path": "tests.tasks.record",
-        "cron": "0 9 * * *",
-        "timezone": "UTC",
-        "args": "[]",
-        "kwargs": "{}",
-        "queue_name": "default",
-        "priority": "0",
-        "enabled": "on",
-        "misfire_policy": "run_once",
-    }
+    data = dict(NEW_SCHEDULE)
     # Taken in "default" only: free here.
     assert admin_client.post(add, data).status_code == 302
     assert Schedule.objects.using("other").filter(name="report").exists()
@@ -395,18 +400,7 @@ def test_a_schedules_name_is_free_or_taken_in_the_named_database(
 
 
 def test_a_schedule_is_added_only_where_its_tasks_jobs_are(admin_client, elsewhere):
-    data = {
-        "name": "report",
-        "task_path": "tests.tasks.record",  # the default backend's
-        "cron": "0 9 * * *",
-        "timezone": "UTC",
-        "args": "[]",
-        "kwargs": "{}",
-        "queue_name": "default",
-        "priority": "0",
-        "enabled": "on",
-        "misfire_policy": "run_once",
-    }
+    data = dict(NEW_SCHEDULE)  # its task: the default backend's
     add = on_other(reverse("admin:django_bgtasks_schedule_add"))
     response = admin_client.post(add, data)
     assert response.status_code == 200
