@@ -101,7 +101,7 @@ class Worker:
         self.poll_interval = options.idle_poll_interval
         # One database a process (a supervisor runs one set of processes
         # per database).
-        [self.using] = _one_database(options.databases)
+        self.using = _one_database(options.databases)
         self.hooks = hooks or Hooks()
         # How run() ends: raised (never lowered) by the main thread and by
         # the thread that takes stop requests.
@@ -447,7 +447,7 @@ class Worker:
         connections.close_all()
 
 
-def _one_database(databases) -> list[str]:
+def _one_database(databases) -> str:
     """The one database of a worker process given ``--databases``."""
     served = served_databases(databases)
     if len(served) > 1:
@@ -456,4 +456,4 @@ def _one_database(databases) -> list[str]:
             f"({', '.join(served)}): run it under a supervisor (--processes), "
             f"which runs processes for each, or name one with --databases."
         )
-    return served
+    return served[0]
