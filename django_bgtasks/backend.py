@@ -18,6 +18,7 @@ before any row is written.
 from __future__ import annotations
 
 import contextlib
+import gc
 import uuid
 from collections import Counter
 from dataclasses import replace
@@ -204,7 +205,11 @@ class DatabaseBackend(BaseTaskBackend):
         if routed is not None:
             return routed.get_backend().enqueue_many(routed, calls)
         columns = self._validated_columns(task)
-        calls = list(calls)
+        with collection_paused():
+            calls = list(calls)
+            return self._enqueue_many(task, columns, calls)
+
+    def _enqueue_many(self, task, columns, calls) -> list[DatabaseTaskResult]:
         with tracing.enqueued(
             columns["task_path"], columns["queue_name"], self.alias, len(calls)
         ) as trace_context:
@@ -599,6 +604,23 @@ class DatabaseBackend(BaseTaskBackend):
                     f"{QUEUE_NAME_MAX_LENGTH} characters.",
                     id="bgtasks.E011",
                 )
+
+
+@contextlib.contextmanager
+def collection_paused():
+    """Python's cyclic garbage collector off for a bulk enqueue. Its tens of
+    thousands of new objects (results, arguments) set off collections that
+    walk every object of the process, again and again: 30-40% of an
+    ``enqueue_many`` of 50,000 jobs. They hold no reference cycles, so
+    reference counting frees what they drop. The collector is on again at
+    the end unless it was off before (as ``timeit`` does)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _keyed_limit(task) -> bool:

@@ -23,7 +23,7 @@ from .compat import (
     task_backends,
 )
 from .limits import Limit
-from .private_api import new_result
+from .private_api import new_result, result_maker
 from .steps import Step
 from .unique import Unique
 
@@ -281,19 +281,13 @@ class DatabaseTaskResult(TaskResult):
         """The results of new jobs, one per id and ``(args, kwargs)``, with
         the ``shared`` fields; like ``from_stored``, made quickly for bulk
         enqueues."""
-        shared_items = [*shared.items(), ("_return_value", None)]
+        make = result_maker(
+            cls,
+            [*shared.items(), ("_return_value", None)],
+            ("id", "args", "kwargs", "errors", "worker_ids"),
+        )
         return [
-            new_result(
-                cls,
-                shared_items,
-                (
-                    ("id", str(pk)),
-                    ("args", args),
-                    ("kwargs", kwargs),
-                    ("errors", []),
-                    ("worker_ids", []),
-                ),
-            )
+            make(str(pk), args, kwargs, [], [])
             for pk, (args, kwargs) in zip(ids, arguments, strict=True)
         ]
 

@@ -10,9 +10,10 @@ so an upgrade that breaks one is caught by the suite, not in production:
   ``Model.__init__`` (the claim's rows, thousands per second);
 - ``wrap_cursor``: a driver cursor of our choosing wrapped as Django wraps
   its own (``connection._prepare_cursor``: the insert's cursor on psycopg 3);
-- ``new_result`` and ``set_field``: the framework's frozen ``TaskResult``
-  made and updated without ``__init__`` (whose normalising pass would copy
-  arguments that are JSON already);
+- ``new_result``, ``result_maker`` and ``set_field``: the framework's
+  frozen ``TaskResult`` made and updated without ``__init__`` (whose
+  normalising pass would copy arguments that are JSON already), its slots
+  set through their descriptors;
 - ``Receivers``: a signal's receivers looked up once per batch
   (``Signal._live_receivers``), not once per send;
 - ``skip_health_check``, ``keep_open`` and ``saw_error``: a connection's
@@ -22,7 +23,10 @@ so an upgrade that breaks one is caught by the suite, not in production:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+import functools
+from collections.abc import Callable, Iterable
+from types import MemberDescriptorType
 from typing import Any
 
 from django.db.models.base import ModelState
@@ -80,15 +84,62 @@ _new = object.__new__
 set_field = object.__setattr__
 
 
+@functools.cache
+def _field_setters(cls) -> dict[str, Callable[[Any, Any], None]]:
+    """A setter for each field of the dataclass ``cls``, by name: its slot's
+    own ``__set__`` (nearly half the cost of ``object.__setattr__``, which
+    looks the name up on the class each time), else ``set_field``."""
+    setters = {}
+    for field in dataclasses.fields(cls):
+        slot = next(
+            (vars(k)[field.name] for k in cls.__mro__ if field.name in vars(k)),
+            None,
+        )
+        setters[field.name] = (
+            slot.__set__
+            if isinstance(slot, MemberDescriptorType)
+            else functools.partial(_set_named, field.name)
+        )
+    return setters
+
+
+def _set_named(name: str, result, value) -> None:
+    set_field(result, name, value)
+
+
 def new_result(cls, *fields: Iterable[tuple[str, Any]]):
     """A ``TaskResult`` of class ``cls`` with the ``(name, value)`` pairs of
     ``fields`` (every dataclass field, in one or more iterables), made
     without ``__init__``."""
     result = _new(cls)
+    setters = _field_setters(cls)
     for pairs in fields:
         for name, value in pairs:
-            set_field(result, name, value)
+            setters[name](result, value)
     return result
+
+
+def result_maker(
+    cls, shared: Iterable[tuple[str, Any]], names: Iterable[str]
+) -> Callable[..., Any]:
+    """A function making ``TaskResult``s of class ``cls`` like
+    ``new_result``: every result has the ``(name, value)`` pairs of
+    ``shared``; the function takes the values of the fields ``names``, in
+    order (the fields differing from one result to the next). For many
+    results at once (a bulk enqueue's)."""
+    setters = _field_setters(cls)
+    fixed = [(setters[name], value) for name, value in shared]
+    own = [setters[name] for name in names]
+
+    def make(*values):
+        result = _new(cls)
+        for setter, value in fixed:
+            setter(result, value)
+        for setter, value in zip(own, values, strict=True):
+            setter(result, value)
+        return result
+
+    return make
 
 
 # Signals ----------------------------------------------------------------------

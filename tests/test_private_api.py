@@ -14,8 +14,11 @@ from django_bgtasks.compat import TaskResultStatus
 from django_bgtasks.models import Job
 from django_bgtasks.private_api import (
     Receivers,
+    _field_setters,
     keep_open,
     model_from_row,
+    new_result,
+    result_maker,
     saw_error,
     send_to_each,
     skip_health_check,
@@ -188,6 +191,27 @@ def test_new_results_of_an_enqueue_have_every_field():
     names = {field.name for field in dataclasses.fields(DatabaseTaskResult)}
     assert {name for name in names if hasattr(result, name)} == names
     assert result.status == TaskResultStatus.READY and result.args == [1, 2]
+
+
+def test_a_results_fields_are_set_through_their_slots():
+    """The fast setters are the slots' own: if the framework's results lose
+    their slots, this fails (the fallback below still makes them right)."""
+    setters = _field_setters(DatabaseTaskResult)
+    names = {field.name for field in dataclasses.fields(DatabaseTaskResult)}
+    assert set(setters) == names
+    assert all(type(setter).__name__ == "method-wrapper" for setter in setters.values())
+
+
+def test_results_of_a_dataclass_without_slots_are_made_all_the_same():
+    @dataclasses.dataclass(frozen=True)
+    class Plain:
+        a: int
+        b: list
+
+    make = result_maker(Plain, [("a", 1)], ["b"])
+    first, second = make([2]), make([3])
+    assert (first.a, first.b, second.a, second.b) == (1, [2], 1, [3])
+    assert new_result(Plain, [("a", 4), ("b", [])]) == Plain(a=4, b=[])
 
 
 @pytest.mark.django_db

@@ -4,7 +4,9 @@
   FROM jsonb_array_elements(...)`` for many (their arguments sent as one
   JSON document), with the queue's ``pg_notify`` in the same statement
   (delivered at commit), so enqueueing costs one round trip and joins the
-  caller's transaction. Parameters are bound on the server (psycopg 3).
+  caller's transaction. Parameters are bound on the server (psycopg 3),
+  the statement prepared where the connection's ``prepare_threshold``
+  allows (Django's default: never).
 - MySQL, MariaDB and SQLite: one job, a plain ``INSERT``; many,
   ``bulk_create`` where it returns the new ids (SQLite, MariaDB), else one
   ``INSERT`` per job in one transaction (MySQL).
@@ -151,10 +153,13 @@ def insert_job_chunks(
 
 def _cursor(connection):
     """A cursor for an insert: on psycopg 3, one that binds the parameters
-    on the server, unprepared. Django's default cursor quotes each parameter
-    into the statement's text on the client, which for an insert's twenty
-    costs more than the rest of an enqueue's Python; unprepared, it works
-    behind PgBouncer as Django's cursor does."""
+    on the server. Django's default cursor quotes each parameter into the
+    statement's text on the client, which for an insert's twenty costs more
+    than the rest of an enqueue's Python. It prepares its statements as the
+    connection's ``prepare_threshold`` says: never by Django's default
+    (so it works behind PgBouncer as Django's cursor does); with
+    ``OPTIONS["prepare_threshold"]`` set, after that many runs, which saves
+    the server a parse and a plan per enqueue."""
     connection.close_if_health_check_failed()
     psycopg3 = _psycopg3_of(connection)
     if psycopg3 is None:
@@ -168,7 +173,7 @@ def _cursor(connection):
 
 class _Psycopg3(NamedTuple):
     connection_class: type
-    cursor_class: type  # binds on the server, never prepares
+    cursor_class: type  # binds on the server
     has_pipeline: bool  # libpq has pipeline mode
 
 
@@ -192,12 +197,8 @@ def _psycopg3_classes() -> _Psycopg3 | None:
     except ImportError:
         return None
 
-    class UnpreparedCursor(psycopg.Cursor):
-        def execute(self, query, params=None, *, prepare=None, binary=None):
-            return super().execute(query, params, prepare=False, binary=binary)
-
     return _Psycopg3(
-        psycopg.Connection, UnpreparedCursor, psycopg.Pipeline.is_supported()
+        psycopg.Connection, psycopg.Cursor, psycopg.Pipeline.is_supported()
     )
 
 

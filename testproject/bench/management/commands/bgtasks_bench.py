@@ -254,21 +254,27 @@ class Command(BaseCommand):
 
         ours = self.ours = {}  # figures to compare with Celery's
         if "enqueue" in scenarios:
-            ours["enqueue"] = self.median(self.enqueue)
-            row("enqueue, one transaction each", ours["enqueue"], "jobs/s")
-            row(
-                "  the database alone: bare INSERTs",
-                self.median(self.bare_insert),
-                "rows/s",
+            # Interleaved, so that each sees the machine of the same minutes.
+            prepared = [self.enqueue_prepared] if self.can_prepare() else []
+            ours["enqueue"], bare, *prepared = self.medians(
+                self.enqueue, self.bare_insert, *prepared
             )
+            row("enqueue, one transaction each", ours["enqueue"], "jobs/s")
+            row("  the database alone: bare INSERTs", bare, "rows/s")
+            row("  enqueue / bare", f"{ours['enqueue'] / bare:.1%}", "")
+            if prepared:
+                row("enqueue, prepared statements (prepare_threshold)",
+                    prepared[0], "jobs/s")  # fmt: skip
+                row("  prepared / bare", f"{prepared[0] / bare:.1%}", "")
         if "bulk" in scenarios:
-            row("bulk enqueue (enqueue_many)", self.median(self.bulk), "jobs/s")
             if connection.vendor == "postgresql":
-                row(
-                    "  the database alone: INSERT ... SELECT",
-                    self.median(self.bare_bulk_insert),
-                    "rows/s",
-                )
+                bulk, bare = self.medians(self.bulk, self.bare_bulk_insert)
+            else:
+                bulk, bare = self.median(self.bulk), None
+            row("bulk enqueue (enqueue_many)", bulk, "jobs/s")
+            if bare is not None:
+                row("  the database alone: INSERT ... SELECT", bare, "rows/s")
+                row("  bulk / bare", f"{bulk / bare:.1%}", "")
         processes = [int(p) for p in options["processes"].split(",")]
         for count in processes if "workers" in scenarios else []:
             # The idle cost and the latencies are measured once, with the
@@ -311,6 +317,13 @@ class Command(BaseCommand):
     def median(self, scenario):
         return statistics.median(scenario() for _ in range(self.options["runs"]))
 
+    def medians(self, *scenarios) -> list[float]:
+        """The median of each scenario, their runs interleaved."""
+        runs = [
+            [scenario() for scenario in scenarios] for _ in range(self.options["runs"])
+        ]
+        return [statistics.median(figures) for figures in zip(*runs, strict=True)]
+
     def clear(self):
         with connection.cursor() as cursor:
             if connection.vendor == "postgresql":
@@ -330,6 +343,24 @@ class Command(BaseCommand):
         for number in range(count):
             noop.enqueue(number)
         return count / (time.perf_counter() - started)
+
+    @staticmethod
+    def can_prepare() -> bool:
+        """Whether the connection is psycopg 3's, which prepares statements
+        as its ``prepare_threshold`` says (Django's default: never)."""
+        connection.ensure_connection()
+        return hasattr(connection.connection, "prepare_threshold")
+
+    def enqueue_prepared(self) -> float:
+        """``enqueue`` on a connection that prepares its statements at once,
+        as ``OPTIONS["prepare_threshold"] = 0`` makes it (not behind
+        PgBouncer before 1.21)."""
+        raw = connection.connection
+        before, raw.prepare_threshold = raw.prepare_threshold, 0
+        try:
+            return self.enqueue()
+        finally:
+            raw.prepare_threshold = before
 
     def bare_insert(self) -> float:
         """What the database does alone: one-row INSERTs of a job row through
