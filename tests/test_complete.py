@@ -3,6 +3,7 @@ to the jobs the worker still holds, all or nothing."""
 
 import pytest
 from django.db import DatabaseError
+from django.db.models import F
 from django.utils import timezone
 
 from django_bgtasks.models import Job, JobStatus
@@ -85,4 +86,40 @@ def test_a_batch_is_written_whole_or_not_at_all():
     with pytest.raises(DatabaseError):
         complete_jobs("default", WORKER, [completion(good, Succeeded(1)), refused])
 
+    assert Job.objects.filter(status=JobStatus.RUNNING).count() == 2
+
+
+def test_a_job_asked_to_stop_is_left_to_its_caller_when_the_change_says_so():
+    asked, unasked = claimed(2)
+    Job.objects.filter(pk=asked.pk).update(cancel_requested_at=timezone.now())
+    batch = [
+        Completion(job.pk, job.attempts, {"progress": {"done": 1}}, unasked=True)
+        for job in (asked, unasked)
+    ]
+
+    assert complete_jobs("default", WORKER, batch) == {unasked.pk}
+    assert Job.objects.get(pk=unasked.pk).progress == {"done": 1}
+    assert Job.objects.get(pk=asked.pk).progress is None
+
+
+def test_a_change_that_leaves_a_row_as_it_was_still_applies():
+    """The job was held: that it needed no change (MySQL counts rows
+    changed, unless asked for rows found) does not make it taken away."""
+    [job] = claimed(1)
+    batch = [Completion(job.pk, job.attempts, {"worker_id": WORKER})]
+
+    assert complete_jobs("default", WORKER, batch) == {job.pk}
+
+
+def test_a_change_computed_by_the_database_is_refused_whole():
+    """Outcomes are values; an expression is refused (TypeError) and the
+    batch left unwritten, for the completer to record its jobs one by one."""
+    first, second = claimed(2)
+    batch = [
+        completion(second, Succeeded(2)),
+        Completion(first.pk, first.attempts, {"max_attempts": F("max_attempts") + 5}),
+    ]
+
+    with pytest.raises(TypeError):
+        complete_jobs("default", WORKER, batch)
     assert Job.objects.filter(status=JobStatus.RUNNING).count() == 2

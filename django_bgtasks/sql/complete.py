@@ -10,8 +10,9 @@ twice.
 - PostgreSQL: one ``UPDATE ... FROM jsonb_to_recordset(...) RETURNING id``
   per set of changed columns (a batch of successes is one statement; with
   retries and failures in it, two or three, in one transaction).
-- MySQL/MariaDB and SQLite: one conditional ``UPDATE`` per job, all in one
-  transaction (one commit for the batch).
+- MySQL/MariaDB and SQLite: one conditional ``UPDATE`` per job (its text
+  made once per set of columns), all in one transaction (one commit for
+  the batch).
 """
 
 from __future__ import annotations
@@ -183,19 +184,50 @@ def _json_default(value: Any) -> str:
 
 
 def _complete_each(using, worker_id, completions) -> set[int]:
+    """One conditional UPDATE per job, in one transaction: its text made
+    once per set of columns, its values prepared by their fields as the ORM
+    would, without compiling a query for each job (that compiling was most
+    of a MySQL or SQLite worker's CPU)."""
     applied = set()
-    jobs = Job.objects.using(using)
-    with transaction.atomic(using=using):
+    connection = connections[using]
+    with transaction.atomic(using=using), connection.cursor() as cursor:
         for completion in completions:
-            held = jobs.filter(
-                pk=completion.job_id,
-                status=JobStatus.RUNNING,
-                worker_id=worker_id,
-                attempts=completion.attempts,
+            changes = completion.changes
+            for value in changes.values():
+                if hasattr(value, "resolve_expression"):
+                    _json_default(value)  # raises TypeError, as on PostgreSQL
+            sql, fields = _update_one_sql(using, tuple(changes), completion.unasked)
+            params = [
+                field.get_db_prep_save(value, connection)
+                for field, value in zip(fields, changes.values(), strict=True)
+            ]
+            cursor.execute(
+                sql,
+                [
+                    *params,
+                    completion.job_id,
+                    JobStatus.RUNNING.value,
+                    worker_id,
+                    completion.attempts,
+                ],
             )
-            if completion.unasked:
-                held = held.filter(cancel_requested_at__isnull=True)
-            updated = held.update(**completion.changes)
-            if updated:
+            if cursor.rowcount:
                 applied.add(completion.job_id)
     return applied
+
+
+@functools.cache
+def _update_one_sql(using: str, names: tuple[str, ...], unasked: bool) -> tuple:
+    """The UPDATE of one job held by a worker, writing the fields ``names``;
+    and those fields, in the order of its parameters."""
+    connection = connections[using]
+    quote = connection.ops.quote_name
+    fields = tuple(Job._meta.get_field(name) for name in names)
+    assignments = ", ".join(f"{quote(field.column)} = %s" for field in fields)
+    unasked_sql = " AND cancel_requested_at IS NULL" if unasked else ""
+    sql = (
+        f"UPDATE {quote(Job._meta.db_table)} SET {assignments} "
+        f"WHERE id = %s AND status = %s AND worker_id = %s AND attempts = %s"
+        f"{unasked_sql}"
+    )
+    return sql, fields

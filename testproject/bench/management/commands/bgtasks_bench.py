@@ -142,7 +142,10 @@ class CpuSpent:
     def __init__(self, root: int):
         self.root = root
         self.workers = tree_cpu_seconds(root)
-        self.database = database_cpu_seconds()
+        # PostgreSQL's processes only: on another database, none.
+        self.database = (
+            database_cpu_seconds() if connection.vendor == "postgresql" else None
+        )
 
     def per_job(self, count: int) -> tuple[float, float | None]:
         """Until now, per job of ``count``, in ms: the workers' and the
