@@ -38,6 +38,7 @@ from .claimed import (
     RETURNING,
     can_pin_plan,
     jobs_from,
+    jobs_read,
     set_params,
 )
 from .limited import claim_limited
@@ -113,11 +114,11 @@ def _load(using: str, ids: list[int]) -> tuple[list[Job], dict[int, Exception]]:
 def _read(using: str, ids: list[int]) -> tuple[list[Job], dict[int, Exception]]:
     jobs = Job.objects.using(using)
     try:
-        return list(jobs.filter(id__in=ids)), {}
+        return jobs_read(connections[using], ids), {}
     except CONNECTION_ERRORS:
         raise
     except Exception:
-        pass  # one row the ORM cannot read: read them one by one
+        pass  # one row that cannot be read: read them one by one
     loaded, unreadable = [], {}
     for pk in ids:
         try:

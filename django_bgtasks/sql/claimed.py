@@ -127,3 +127,42 @@ def _job(using: str, row, moments: dict[float, datetime]) -> Job:
 
 
 _decode_json = json.JSONDecoder().decode  # json.loads, without its checks
+
+
+# MySQL/MariaDB and SQLite read their claimed jobs after the claim's UPDATE
+# (no UPDATE ... RETURNING there): the same columns, every one (a plain
+# SELECT costs nothing more for them), converted by the converters the ORM
+# would apply, without compiling a query or running Model.__init__.
+_READ_FIELDS = [f for f in Job._meta.concrete_fields if f.name not in NOT_RETURNED]
+_READ_NAMES = [f.attname for f in _READ_FIELDS]
+
+
+def jobs_read(connection, ids: list[int]) -> list[Job]:
+    """The Jobs of ``ids`` (committed claims of this worker), as the ORM
+    would load them but for the deferred ``NOT_RETURNED``; raises whatever
+    a row's value raises (the caller then reads them with the ORM)."""
+    quote = connection.ops.quote_name
+    converters = []
+    for field in _READ_FIELDS:
+        column = field.get_col(Job._meta.db_table)
+        found = connection.ops.get_db_converters(column) + field.get_db_converters(
+            connection
+        )
+        if found:
+            converters.append((field.attname, column, found))
+    columns = ", ".join(quote(field.column) for field in _READ_FIELDS)
+    marks = ", ".join(["%s"] * len(ids))
+    sql = f"SELECT {columns} FROM {quote(Job._meta.db_table)} WHERE id IN ({marks})"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, ids)
+        rows = cursor.fetchall()
+    jobs = []
+    for row in rows:
+        values = dict(zip(_READ_NAMES, row, strict=True))
+        for name, column, found in converters:
+            value = values[name]
+            for convert in found:
+                value = convert(value, column, connection)
+            values[name] = value
+        jobs.append(model_from_row(Job, connection.alias, values))
+    return jobs
