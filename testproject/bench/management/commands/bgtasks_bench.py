@@ -83,8 +83,11 @@ def rss_mb(pid: int) -> float | None:
 
 
 def database_cpu_seconds() -> float | None:
-    """The CPU time of this host's PostgreSQL processes, in seconds; None
-    where none can be read (a server on another host)."""
+    """The CPU time of this host's database server processes (PostgreSQL's,
+    or MariaDB's / MySQL's on those), in seconds; None where none can be
+    read (a server on another host, or SQLite's, which runs in the
+    workers)."""
+    servers = {b"mariadbd", b"mysqld"} if connection.vendor == "mysql" else set()
     total = 0
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -92,7 +95,10 @@ def database_cpu_seconds() -> float | None:
                 program = cmdline.read().split(b"\0")[0]
             # The server, and its processes under their titles ("postgres:
             # 15/main: checkpointer", "postgres: 15/main: user db ... idle").
-            if not (
+            if servers:
+                if os.path.basename(program) not in servers:
+                    continue
+            elif not (
                 program.startswith(b"postgres:")
                 or os.path.basename(program) == b"postgres"
             ):
@@ -144,7 +150,7 @@ class CpuSpent:
         self.workers = tree_cpu_seconds(root)
         # PostgreSQL's processes only: on another database, none.
         self.database = (
-            database_cpu_seconds() if connection.vendor == "postgresql" else None
+            database_cpu_seconds() if connection.vendor != "sqlite" else None
         )
 
     def per_job(self, count: int) -> tuple[float, float | None]:
@@ -439,9 +445,11 @@ class Command(BaseCommand):
             cpu = [cpu for _, cpu, _ in figures if cpu is not None]
             if cpu:
                 database_cpu = statistics.median(cpu)
-                row(f"  {name}PostgreSQL CPU per job", f"{database_cpu:.3f}",
+                row(f"  {name}{connection.display_name} CPU per job",
+                    f"{database_cpu:.3f}",
                     "ms")  # fmt: skip
-                row(f"  {name}jobs per PostgreSQL core", 1000 / database_cpu,
+                row(f"  {name}jobs per {connection.display_name} core",
+                    1000 / database_cpu,
                     "jobs/s")  # fmt: skip
             if not measured:
                 return drain
