@@ -29,7 +29,7 @@ from django.utils import timezone
 from ..db import CONNECTION_ERRORS, database_now, discard_connection, now_sql
 from ..exceptions import InvalidJobRow, InvalidTaskArguments
 from ..limits import declared_limits
-from ..models import Job, JobStatus, Queue, error_entry
+from ..models import Job, JobStatus, error_entry
 from ..models.dependencies import Ended, jobs_ended
 from .claimed import (
     CLAIM_SET,
@@ -237,31 +237,38 @@ def _claim_sqlite(connection, *, worker_id, queues, limit):
 
 
 def _claim_mysql(connection, *, worker_id, queues, limit):
-    due = (
-        Job.objects.using(connection.alias)
-        .due()
-        .order_by("-priority", "run_after", "id")
-        .select_for_update(skip_locked=True)
-        .values_list("id", "priority", "run_after")
-    )
-    with transaction.atomic(using=connection.alias):
+    quote = connection.ops.quote_name
+    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
         # The paused queues, read apart: a locking read would lock (and
         # SKIP LOCKED skip) their rows too.
-        paused = Queue.objects.using(connection.alias).paused_names()
+        cursor.execute(PAUSED_QUEUES)
+        paused = {row[0] for row in cursor.fetchall()}
+        due = (
+            f"SELECT id, priority, run_after FROM {quote(Job._meta.db_table)} "
+            f"WHERE status = %s AND run_after <= {now_sql(connection)}"
+        )
+        params = [JobStatus.READY.value]
         if paused:
-            due = due.exclude(queue_name__in=paused)
+            due += f" AND queue_name NOT IN ({', '.join(['%s'] * len(paused))})"
+            params += sorted(paused)
             if queues is not None:
                 queues = [queue for queue in queues if queue not in paused]
         # One index-ordered scan per queue (or one over all queues): InnoDB
         # locks every row a locking read examines, so an ORDER BY that no
         # index serves (several queues at once) would lock every due job.
         # Rows locked here but not claimed are free again at commit.
-        if queues is None:
-            candidates = list(due[:limit])
-        else:
-            candidates = [
-                row for queue in queues for row in due.filter(queue_name=queue)[:limit]
-            ]
+        locking = (
+            " ORDER BY priority DESC, run_after, id LIMIT %s FOR UPDATE SKIP LOCKED"
+        )
+        candidates = []
+        for queue in [None] if queues is None else queues:
+            if queue is None:
+                cursor.execute(due + locking, [*params, limit])
+            else:
+                cursor.execute(
+                    due + " AND queue_name = %s" + locking, [*params, queue, limit]
+                )
+            candidates += cursor.fetchall()
         candidates.sort(key=lambda row: (-row[1], row[2], row[0]))
         ids = [row[0] for row in candidates[:limit]]
         if not ids:
