@@ -557,3 +557,25 @@ def test_enqueue_many_pauses_the_garbage_collector_and_restores_it():
     finally:
         task_enqueued.disconnect(receiver)
     assert Job.objects.count() == 3
+
+
+AWKWARD_ARGUMENTS = [
+    ((2**63 - 1, -(2**63), 0.1, 1e15, -0.0, True, None), {}),
+    (("héllo ☃ 𝄞", "quote ' \" \\ $[0] %s", ""), {"nested": {"a": [1, [2, {}]]}}),
+    ((), {"é": "", "x": [None, False]}),
+    (([],), {}),
+]
+
+
+def test_enqueue_many_stores_what_enqueue_stores():
+    """The bulk path sends every job's arguments as one JSON document that
+    the database takes apart: the stored values are those of one by one."""
+    many = tasks.echo.enqueue_many(AWKWARD_ARGUMENTS)
+    one_by_one = [
+        tasks.echo.enqueue(*args, **kwargs) for args, kwargs in AWKWARD_ARGUMENTS
+    ]
+    stored = dict(Job.objects.values_list("pk", "args"))
+    kwargs = dict(Job.objects.values_list("pk", "kwargs"))
+    for bulk, single in zip(many, one_by_one, strict=True):
+        assert stored[int(bulk.id)] == stored[int(single.id)] == bulk.args
+        assert kwargs[int(bulk.id)] == kwargs[int(single.id)] == bulk.kwargs

@@ -276,14 +276,10 @@ class Command(BaseCommand):
                     prepared[0], "jobs/s")  # fmt: skip
                 row("  prepared / bare", f"{prepared[0] / bare:.1%}", "")
         if "bulk" in scenarios:
-            if connection.vendor == "postgresql":
-                bulk, bare = self.medians(self.bulk, self.bare_bulk_insert)
-            else:
-                bulk, bare = self.median(self.bulk), None
+            bulk, bare = self.medians(self.bulk, self.bare_bulk_insert)
             row("bulk enqueue (enqueue_many)", bulk, "jobs/s")
-            if bare is not None:
-                row("  the database alone: INSERT ... SELECT", bare, "rows/s")
-                row("  bulk / bare", f"{bulk / bare:.1%}", "")
+            row("  the database alone: INSERT ... SELECT", bare, "rows/s")
+            row("  bulk / bare", f"{bulk / bare:.1%}", "")
         processes = [int(p) for p in options["processes"].split(",")]
         for count in processes if "workers" in scenarios else []:
             # The idle cost and the latencies are measured once, with the
@@ -390,19 +386,38 @@ class Command(BaseCommand):
         return count / elapsed
 
     def bare_bulk_insert(self) -> float:
-        """What PostgreSQL does alone: job rows made by the server in chunks
-        of 5,000; a ceiling for ``bulk``."""
+        """What the database does alone: job rows made by the server in
+        chunks (PostgreSQL: generate_series; elsewhere a recursive CTE, of
+        1,000 rows, MySQL's default recursion limit); a ceiling for
+        ``bulk``."""
         self.clear()
         count = self.options["bulk"]
+        if connection.vendor == "postgresql":
+            chunk, numbers = 5000, "generate_series(1, %s) n"
+            values = "'noop', 'default', 'default', 0, 'READY', jsonb_build_array(n)"
+            times = "now(), now()"
+        else:
+            chunk = 1000
+            numbers = (
+                "(WITH RECURSIVE seq(n) AS (SELECT 1 UNION ALL SELECT n + 1 "
+                "FROM seq WHERE n < %s) SELECT n FROM seq) AS numbers"
+            )
+            values = "'noop', 'default', 'default', 0, 'READY', json_array(n)"
+            times = "%s, %s"
         sql = (
-            f"INSERT INTO {Job._meta.db_table} ({BARE_COLUMNS}) SELECT 'noop', "
-            f"'default', 'default', 0, 'READY', jsonb_build_array(n), '{{}}', "
-            f"now(), now(), 0, 3, '{{}}', '[]', '[]' FROM generate_series(1, %s) n"
+            f"INSERT INTO {Job._meta.db_table} ({BARE_COLUMNS}) SELECT {values}, "
+            f"'{{}}', {times}, 0, 3, '{{}}', '[]', '[]' FROM {numbers}"
         )
         started = time.perf_counter()
-        with connection.cursor() as cursor:
-            for chunk in range(0, count, 5000):
-                cursor.execute(sql, [min(5000, count - chunk)])
+        with transaction.atomic(), connection.cursor() as cursor:
+            for start in range(0, count, chunk):
+                size = min(chunk, count - start)
+                if connection.vendor == "postgresql":
+                    cursor.execute(sql, [size])
+                else:
+                    now = connection.ops.adapt_datetimefield_value(timezone.now())
+                    # The times come after the numbers in the text.
+                    cursor.execute(sql, [now, now, size])
         return count / (time.perf_counter() - started)
 
     def bulk(self) -> float:
