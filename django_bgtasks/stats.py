@@ -137,7 +137,8 @@ def queue_states(
     """Per queue: jobs ready, due, waiting for other jobs and running, how
     late the oldest due job is, and whether it is paused. Every queue
     configured for the database is listed, plus any paused queue or queue
-    with jobs that have not ended."""
+    with jobs that have not ended. A few queries however many queues: each
+    figure is read for all of them at once."""
     using = using or default_database()
     now = now or timezone.now()
     names = configured_queue_names(using)
@@ -152,22 +153,28 @@ def queue_states(
     )
     names |= set(running) | set(waiting)
     names |= set(jobs(using).ready().values_list("queue_name", flat=True).distinct())
-    states = []
-    for name in sorted(names):
-        due = jobs(using).due(now).filter(queue_name=name)
-        oldest = due.aggregate(oldest=Min("run_after"))["oldest"]
-        states.append(
-            QueueState(
-                name=name,
-                ready=tally(jobs(using).ready().filter(queue_name=name)),
-                due=tally(due),
-                running=running.get(name, 0),
-                waiting=Tally(waiting.get(name, 0)),
-                lag=(now - oldest) if oldest else None,
-                paused=paused.get(name),
-            )
+    ready = ready_counts(names, using=using)
+    due = queue_counts(jobs(using).due(now), names, using=using)
+    oldest = dict(
+        jobs(using)
+        .due(now)
+        .order_by()
+        .values_list("queue_name")
+        .annotate(oldest=Min("run_after"))
+        .values_list("queue_name", "oldest")
+    )
+    return [
+        QueueState(
+            name=name,
+            ready=ready[name],
+            due=due[name],
+            running=running.get(name, 0),
+            waiting=Tally(waiting.get(name, 0)),
+            lag=(now - oldest[name]) if name in oldest else None,
+            paused=paused.get(name),
         )
-    return states
+        for name in sorted(names)
+    ]
 
 
 def running_counts(using: str | None = None) -> dict[str, int]:
@@ -202,20 +209,50 @@ def active_queue_names(using: str | None = None) -> set[str]:
 def ready_counts(
     names, cap: int = COUNT_CAP, using: str | None = None
 ) -> dict[str, Tally]:
-    """The READY jobs of each queue of ``names``, in one query however many
-    queues: each queue's count reads at most ``cap + 1`` entries of the READY
-    index (a paused queue's backlog can be large). Above the cap, the
-    planner's estimate, as ``tally`` gives it."""
-    names = sorted(set(names))
-    if not names:
-        return {}
+    """The READY jobs of each queue of ``names``, as ``queue_counts``
+    counts them."""
     using = using or default_database()
+    return queue_counts(jobs(using).ready(), names, cap, using)
+
+
+def queue_counts(
+    queryset, names, cap: int = COUNT_CAP, using: str | None = None
+) -> dict[str, Tally]:
+    """The jobs of ``queryset`` (READY ones, due ones...) in each queue of
+    ``names``, in one query per ``QUEUES_PER_QUERY`` queues: each queue's
+    count reads at most ``cap + 1`` entries of the READY index (a paused
+    queue's backlog can be large). Above the cap, the planner's estimate,
+    as ``tally`` gives it."""
+    names = sorted(set(names))
+    using = using or default_database()
+    queryset = queryset.using(using).order_by()
+    counted = {}
+    for first in range(0, len(names), QUEUES_PER_QUERY):
+        counted |= _counted(queryset, names[first : first + QUEUES_PER_QUERY], cap)
+    return {
+        name: (
+            tally(queryset.filter(queue_name=name), cap)
+            if counted.get(name, 0) > cap
+            else Tally(counted.get(name, 0))
+        )
+        for name in names
+    }
+
+
+# Queues counted per query: SQLite allows 500 parts in a compound SELECT.
+QUEUES_PER_QUERY = 250
+
+
+def _counted(queryset, names: list[str], cap: int) -> dict[str, int]:
+    """Up to ``cap + 1`` jobs of ``queryset`` counted in each queue of
+    ``names``, in one query (a UNION ALL of one bounded read per queue)."""
+    using = queryset.db
     connection = connections[using]
     parts, params = [], []
     for index, name in enumerate(names):
-        queue = Job.objects.using(using).ready().filter(queue_name=name).order_by()
         sql, part_params = (
-            queue.values_list("queue_name")[: cap + 1]
+            queryset.filter(queue_name=name)
+            .values_list("queue_name")[: cap + 1]
             .query.get_compiler(using)
             .as_sql()
         )
@@ -223,19 +260,11 @@ def ready_counts(
         params.extend(part_params)
     sql = (
         f"SELECT queue_name, COUNT(*) FROM ({' UNION ALL '.join(parts)}) "
-        f"{connection.ops.quote_name('ready')} GROUP BY queue_name"
+        f"{connection.ops.quote_name('counted')} GROUP BY queue_name"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        counted = dict(cursor.fetchall())
-    return {
-        name: (
-            tally(Job.objects.using(using).ready().filter(queue_name=name), cap)
-            if counted.get(name, 0) > cap
-            else Tally(counted.get(name, 0))
-        )
-        for name in names
-    }
+        return dict(cursor.fetchall())
 
 
 @dataclass
