@@ -732,10 +732,11 @@ class Command(BaseCommand):
     def wait_for_workers(self, timeout: float = 600) -> None:
         """Until no job is READY or RUNNING (the queue is drained)."""
         # READY and RUNNING rows, through their small partial indexes: the
-        # watching must not take the database's time from the workers.
-        unfinished = Job.objects.filter(status__in=[JobStatus.READY, JobStatus.RUNNING])
+        # watching must not take the database's time from the workers. (Not
+        # "status IN (READY, RUNNING)", which no partial index serves: a
+        # parallel scan of the table, 1 s each at 10,000,000 finished jobs.)
         deadline = time.monotonic() + timeout
-        while unfinished.exists():
+        while Job.objects.ready().exists() or Job.objects.running().exists():
             self.check_workers(deadline)
             time.sleep(0.01)
 
@@ -902,9 +903,7 @@ class Command(BaseCommand):
             deadline = time.monotonic() + 3600
             while finished < total:
                 self.check_workers(deadline)
-                waiting = Job.objects.filter(
-                    status__in=[JobStatus.READY, JobStatus.RUNNING]
-                ).count()
+                waiting = Job.objects.ready().count() + Job.objects.running().count()
                 finished = enqueued - waiting
                 if finished >= len(marks) * tenth:
                     marks.append((finished, time.perf_counter()))
