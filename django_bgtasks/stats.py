@@ -241,23 +241,41 @@ def queue_counts(
 
 # Queues counted per query: SQLite allows 500 parts in a compound SELECT.
 QUEUES_PER_QUERY = 250
+# The name in the compiled read of one queue that each queue's replaces.
+SOME_QUEUE = "bgtasks: a queue"
 
 
 def _counted(queryset, names: list[str], cap: int) -> dict[str, int]:
     """Up to ``cap + 1`` jobs of ``queryset`` counted in each queue of
-    ``names``, in one query (a UNION ALL of one bounded read per queue)."""
+    ``names``, in one query: a bounded read per queue, each a subquery of
+    the list of names (PostgreSQL) or a part of a UNION ALL."""
     using = queryset.db
     connection = connections[using]
+    # One queue's read, compiled once (a thousand compilations took 0.3 s),
+    # its queue's name a parameter.
+    sql, one = (
+        queryset.filter(queue_name=SOME_QUEUE)
+        .values_list("queue_name")[: cap + 1]
+        .query.get_compiler(using)
+        .as_sql()
+    )
+    at = list(one).index(SOME_QUEUE)
+    if connection.vendor == "postgresql":
+        # Each queue's read as a subquery of a list of names: one short
+        # statement to plan, not a union of hundreds (55 ms each).
+        pieces = sql.split("%s")
+        outer = "%s".join(pieces[: at + 1]) + "names.name" + "%s".join(pieces[at + 1 :])
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT names.name, (SELECT COUNT(*) FROM ({outer}) AS one) "
+                f"FROM unnest(%s::text[]) AS names(name)",
+                [*one[:at], *one[at + 1 :], list(names)],
+            )
+            return dict(cursor.fetchall())
     parts, params = [], []
     for index, name in enumerate(names):
-        sql, part_params = (
-            queryset.filter(queue_name=name)
-            .values_list("queue_name")[: cap + 1]
-            .query.get_compiler(using)
-            .as_sql()
-        )
         parts.append(f"SELECT * FROM ({sql}) {connection.ops.quote_name(f'q{index}')}")
-        params.extend(part_params)
+        params.extend([*one[:at], name, *one[at + 1 :]])
     sql = (
         f"SELECT queue_name, COUNT(*) FROM ({' UNION ALL '.join(parts)}) "
         f"{connection.ops.quote_name('counted')} GROUP BY queue_name"
