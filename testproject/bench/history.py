@@ -99,6 +99,8 @@ def _insert(vendor: str, first: int, last: int, count: int, span: int) -> str:
     table = Job._meta.db_table
 
     def text(value: str) -> str:
+        if vendor == "mysql":  # where a backslash escapes in a literal
+            value = value.replace("\\", "\\\\")
         return "'" + value.replace("'", "''") + "'"
 
     def as_json(value) -> str:
