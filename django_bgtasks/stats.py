@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from django.db import connections
+from django.db import connections, transaction
 from django.db.models import Avg, Count, DurationField, ExpressionWrapper, F, Min
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
@@ -265,7 +265,11 @@ def _counted(queryset, names: list[str], cap: int) -> dict[str, int]:
         # statement to plan, not a union of hundreds (55 ms each).
         pieces = sql.split("%s")
         outer = "%s".join(pieces[: at + 1]) + "names.name" + "%s".join(pieces[at + 1 :])
-        with connection.cursor() as cursor:
+        with transaction.atomic(using=using), connection.cursor() as cursor:
+            # Hundreds of small reads look costly to the planner, which
+            # would compile the statement (JIT) each time: 0.1-0.3 s, more
+            # than the reads.
+            cursor.execute("SET LOCAL jit = off")
             cursor.execute(
                 f"SELECT names.name, (SELECT COUNT(*) FROM ({outer}) AS one) "
                 f"FROM unnest(%s::text[]) AS names(name)",
