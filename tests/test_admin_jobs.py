@@ -7,6 +7,7 @@ from django.contrib.auth.models import Permission, User
 from django.urls import reverse
 from django.utils import timezone
 
+from django_bgtasks.admin import jobs as jobs_admin
 from django_bgtasks.models import Job, JobStatus, WorkerProcess
 from tests import tasks
 from tests.factories import make_job, make_worker
@@ -80,6 +81,25 @@ def test_search_by_id_and_task(admin_client):
     assert listed(admin_client, q="echo") == [echo.pk]
     assert listed(admin_client, q="no-such-task") == []
     assert listed(admin_client, q="9" * 30) == []
+
+
+def test_a_task_no_longer_registered_is_searched_among_the_newest_jobs(
+    admin_client, monkeypatch
+):
+    gone = make_job(JobStatus.SUCCESSFUL, task_path="old.tasks.gone")
+    assert listed(admin_client, q="gone") == [gone.pk]  # the table is small
+    newer = [make_job(JobStatus.SUCCESSFUL) for _ in range(3)]
+    monkeypatch.setattr(jobs_admin, "SEARCH_WINDOW", 2)
+    response = admin_client.get(reverse(JOBS), {"q": "gone"})
+    assert list(response.context["cl"].result_list) == []
+    assert [str(m) for m in response.context["messages"]] == [
+        "No registered task's path contains gone: only the newest 2 jobs were "
+        "searched for it."
+    ]
+    newest = make_job(JobStatus.FAILED, task_path="old.tasks.gone")
+    assert listed(admin_client, q="gone") == [newest.pk]
+    # A registered task's jobs are found however old.
+    assert listed(admin_client, q="tasks.add") == [n.pk for n in reversed(newer)]
 
 
 def test_detail_page_shows_everything_escaped(admin_client):

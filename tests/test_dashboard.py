@@ -5,6 +5,7 @@ from datetime import timedelta
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -75,6 +76,46 @@ def test_queue_lag_and_slowest_and_failing_tasks():
     assert [(f.task_path, f.value) for f in stats.failing_tasks(now)] == [
         ("tests.tasks.echo", 1)
     ]
+
+
+def test_queue_figures_cost_the_same_queries_for_3_or_30_queues():
+    now = timezone.now()
+    counts = []
+    for extra in (0, 27):
+        for index in range(extra):
+            make_job(queue_name=f"q{index:02d}", run_after=now - timedelta(minutes=1))
+            make_job(queue_name=f"q{index:02d}", run_after=now + timedelta(hours=1))
+        with CaptureQueriesContext(connection) as queries:
+            states = stats.queue_states(now)
+        assert len([s for s in states if s.name.startswith("q")]) == extra
+        counts.append(len(queries))
+    assert counts[0] == counts[1]
+
+
+def test_queue_figures_of_more_queues_than_one_query_counts():
+    # More than SQLite's 500 parts of a compound SELECT, and than two
+    # queries' share of queues (stats.QUEUES_PER_QUERY).
+    now = timezone.now()
+    count = 600
+    Job.objects.bulk_create(
+        Job(
+            task_path="tests.tasks.add",
+            queue_name=f"q{index:04d}",
+            args=[],
+            run_after=now - timedelta(minutes=index % 2),
+            enqueued_at=now,
+        )
+        for index in range(count)
+    )
+    make_job(queue_name="q0001", run_after=now + timedelta(hours=1))
+    states = {s.name: s for s in stats.queue_states(now) if s.name.startswith("q")}
+    assert len(states) == count
+    assert (states["q0001"].ready.value, states["q0001"].due.value) == (2, 1)
+    assert timedelta(minutes=1) <= states["q0001"].lag < timedelta(minutes=2)
+    assert (states["q0500"].ready.value, states["q0500"].due.value) == (1, 1)
+    assert states["q0500"].lag < timedelta(minutes=1)
+    ready = stats.ready_counts(states)  # the queues page's figures
+    assert (ready["q0001"], ready["q0599"]) == (stats.Tally(2), stats.Tally(1))
 
 
 def test_dashboard_page(admin_client):

@@ -43,7 +43,12 @@ Scenarios, each run ``--runs`` times (medians printed), on the database of
   rates on a machine whose speed varies by the minute);
 - many-idle (only when named): ``--idle-workers`` idle worker processes,
   their connections (in all and per process) and transactions, and the CPU
-  of the PostgreSQL server where it runs on this host.
+  of the PostgreSQL server where it runs on this host;
+- scale (only when named: minutes, and gigabytes of disk): the drain, the
+  claim, the admin's pages, ``manage.py bgtasks status``, ``--queues``
+  queues of work and ``--schedules`` schedules, beside a small history of
+  finished jobs and beside ``--history`` of them, with the ratio
+  (``testproject/bench/scale.py``).
 
 Not a test: it asserts nothing and prints figures. Run it on a quiet
 machine; ``--quick`` runs small sizes once (CI uses it to prove it works).
@@ -67,6 +72,7 @@ from django.utils import timezone
 from django_bgtasks import chord, notify
 from django_bgtasks.models import Job, JobDependency, JobStatus, WorkerProcess
 from testproject.bench.noop import count_results, noop, sleep_10ms
+from testproject.bench.scale import Scale
 
 MANAGE_PY = os.path.join(os.path.dirname(__file__), *[os.pardir] * 4, "manage.py")
 
@@ -180,7 +186,8 @@ SCENARIOS = (
 )
 # Run only when asked for: PostgreSQL's default max_connections (100) holds
 # about 45 idle worker processes (two connections each).
-OPTIONAL_SCENARIOS = ("many-idle",)
+# The scale scenario writes --history rows (10,000,000: minutes, and GBs).
+OPTIONAL_SCENARIOS = ("many-idle", "scale")
 SIZES = [  # the integer options: name, default, help
     ("runs", 3, "Runs per figure."),
     ("enqueue", 3000, "Jobs enqueued one by one."),
@@ -194,6 +201,9 @@ SIZES = [  # the integer options: name, default, help
     ("limited", 200, "Limited jobs ahead of the no-ops in the limited scenario."),
     ("steady", 1_000_000, "Jobs through the table in the steady-state scenario."),
     ("idle_workers", 40, "Worker processes in the many-idle scenario."),
+    ("history", 10_000_000, "Finished jobs kept in the scale scenario."),
+    ("queues", 1000, "Queues of ready jobs in the scale scenario."),
+    ("schedules", 10_000, "Enabled schedules in the scale scenario."),
 ]
 # High-priority jobs timed one after another in each priority run.
 PRIORITY_SAMPLES = 5
@@ -243,7 +253,7 @@ class Command(BaseCommand):
             options.update(
                 runs=1, enqueue=200, bulk=2000, drain=1000, latency=20, backlog=500,
                 processes="1", steady=20_000, idle_workers=2, chord=200,
-                limited=20,
+                limited=20, history=50_000, queues=100, schedules=1000,
             )  # fmt: skip
         scenarios = options["scenarios"].split(",")
         unknown = set(scenarios) - set(SCENARIOS + OPTIONAL_SCENARIOS)
@@ -304,6 +314,8 @@ class Command(BaseCommand):
             self.steady(row)
         if "celery" in scenarios:
             self.celery(row)
+        if "scale" in scenarios:
+            Scale(self).run(row)
         if "many-idle" in scenarios:
             if connection.vendor == "postgresql":
                 self.many_idle(row)
@@ -329,9 +341,18 @@ class Command(BaseCommand):
         ]
         return [statistics.median(figures) for figures in zip(*runs, strict=True)]
 
+    # The scale scenario's history of finished jobs: the jobs up to this id,
+    # which clear() leaves (None: it empties the table).
+    history_kept: int | None = None
+
     def clear(self):
         with connection.cursor() as cursor:
-            if connection.vendor == "postgresql":
+            if self.history_kept is not None:
+                table = connection.ops.quote_name(Job._meta.db_table)
+                kept = [self.history_kept]
+                cursor.execute(f"DELETE FROM {table} WHERE id > %s", kept)
+                JobDependency.objects.all().delete()
+            elif connection.vendor == "postgresql":
                 cursor.execute(
                     f"TRUNCATE {Job._meta.db_table}, {JobDependency._meta.db_table}"
                 )
@@ -671,12 +692,15 @@ class Command(BaseCommand):
         maintenance: bool = False,
         tuned: bool = True,
         limits: bool = False,
+        clear: bool = True,
     ) -> None:
         """Start ``runworker --processes count``; with ``maintenance``, its
         workers prune every finished job at once. Not ``tuned``: without
         ``--concurrency`` and ``--prefetch``, on ``CONN_MAX_AGE = 0``. With
-        ``limits``: they know of the limited task's limit."""
-        self.clear()
+        ``limits``: they know of the limited task's limit. Not ``clear``:
+        the jobs in the table are left for them."""
+        if clear:
+            self.clear()
         WorkerProcess.objects.all().delete()
         command = [
             sys.executable, MANAGE_PY, "runworker", "--processes", str(count),
@@ -765,10 +789,11 @@ class Command(BaseCommand):
     def wait_for_workers(self, timeout: float = 600) -> None:
         """Until no job is READY or RUNNING (the queue is drained)."""
         # READY and RUNNING rows, through their small partial indexes: the
-        # watching must not take the database's time from the workers.
-        unfinished = Job.objects.filter(status__in=[JobStatus.READY, JobStatus.RUNNING])
+        # watching must not take the database's time from the workers. (Not
+        # "status IN (READY, RUNNING)", which no partial index serves: a
+        # parallel scan of the table, 1 s each at 10,000,000 finished jobs.)
         deadline = time.monotonic() + timeout
-        while unfinished.exists():
+        while Job.objects.ready().exists() or Job.objects.running().exists():
             self.check_workers(deadline)
             time.sleep(0.01)
 
@@ -935,9 +960,7 @@ class Command(BaseCommand):
             deadline = time.monotonic() + 3600
             while finished < total:
                 self.check_workers(deadline)
-                waiting = Job.objects.filter(
-                    status__in=[JobStatus.READY, JobStatus.RUNNING]
-                ).count()
+                waiting = Job.objects.ready().count() + Job.objects.running().count()
                 finished = enqueued - waiting
                 if finished >= len(marks) * tenth:
                     marks.append((finished, time.perf_counter()))

@@ -9,30 +9,14 @@ from django.db import transaction
 from django.utils import timezone
 
 from django_bgtasks.models import Job, JobStatus
+from testproject.bench.history import QUEUES, TASKS, TRACEBACK
 
-TASKS = [
-    "testproject.demo.tasks.make_thumbnail",
-    "testproject.demo.tasks.count_photos",
-    "shop.tasks.send_receipt",
-    "shop.tasks.sync_stock",
-    "reports.tasks.nightly_report",
-    "mail.tasks.send_newsletter",
-    "search.tasks.reindex",
-    "billing.tasks.charge_card",
-]
-QUEUES = ["default", "images", "other"]
 # Share of each status among the seeded jobs (the rest are SUCCESSFUL).
 SHARES = [
     (JobStatus.FAILED, 0.05),
     (JobStatus.CANCELLED, 0.01),
     (JobStatus.READY, 0.03),
 ]
-TRACEBACK = (
-    "Traceback (most recent call last):\n"
-    '  File "shop/tasks.py", line 42, in charge_card\n'
-    "    gateway.charge(order)\n"
-    "ConnectionError: the payment gateway timed out\n"
-)
 
 
 class Command(BaseCommand):
