@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import threading
 import uuid
 from collections import Counter
 from dataclasses import replace
@@ -606,21 +607,37 @@ class DatabaseBackend(BaseTaskBackend):
                 )
 
 
-@contextlib.contextmanager
-def collection_paused():
-    """Python's cyclic garbage collector off for a bulk enqueue. Its tens of
-    thousands of new objects (results, arguments) set off collections that
-    walk every object of the process, again and again: 30-40% of an
-    ``enqueue_many`` of 50,000 jobs. They hold no reference cycles, so
-    reference counting frees what they drop. The collector is on again at
-    the end unless it was off before (as ``timeit`` does)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
+class _CollectionPause:
+    """Python's cyclic garbage collector off while any bulk enqueue runs.
+    Its tens of thousands of new objects (results, arguments) set off
+    collections that walk every object of the process, again and again:
+    30-40% of an ``enqueue_many`` of 50,000 jobs. They hold no reference
+    cycles, so reference counting frees what they drop. The collector is
+    process-wide: the first of overlapping pauses (threads) turns it off,
+    the last turns it on again, unless it was off before the first."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._pauses = 0
+        self._was_enabled = False
+
+    @contextlib.contextmanager
+    def __call__(self):
+        with self._lock:
+            if self._pauses == 0:
+                self._was_enabled = gc.isenabled()
+                gc.disable()
+            self._pauses += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._pauses -= 1
+                if self._pauses == 0 and self._was_enabled:
+                    gc.enable()
+
+
+collection_paused = _CollectionPause()
 
 
 def _keyed_limit(task) -> bool:

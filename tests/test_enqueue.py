@@ -1,6 +1,7 @@
 """Enqueueing: the job row, its options, and what bad input gets."""
 
 import gc
+import threading
 from datetime import timedelta
 
 import pytest
@@ -22,6 +23,7 @@ from django_bgtasks.compat import (
 )
 from django_bgtasks.exceptions import InvalidTaskArguments
 from django_bgtasks.models import Job, JobStatus
+from django_bgtasks.serialization import NotJSON, to_json
 from django_bgtasks.testing import ImmediateBackend
 from tests import tasks
 from tests.conftest import run_in_process
@@ -506,30 +508,40 @@ def _prepared_inserts() -> int:
         return cursor.fetchone()[0]
 
 
-@pytest.mark.parametrize("threshold", [None, 0])
-def test_inserts_are_prepared_only_where_the_connection_says(threshold):
-    """Django's default (``prepare_threshold`` None) never prepares, for
-    PgBouncer's sake; ``OPTIONS["prepare_threshold"]`` (here 0: at once)
-    prepares the enqueue's statements, and they still write the jobs."""
+@pytest.mark.parametrize(
+    ("server_side_binding", "threshold", "prepared"),
+    [(None, None, False), (None, 0, False), (True, None, False), (True, 0, True)],
+)
+def test_inserts_are_prepared_only_where_djangos_cursors_would_be(
+    server_side_binding, threshold, prepared
+):
+    """Django prepares only with ``OPTIONS["server_side_binding"]`` True and
+    a ``prepare_threshold`` (here 0: at once); by default never, for
+    PgBouncer's sake. The enqueue's statements do the same, and still
+    write the jobs."""
     if connection.vendor != "postgresql":
         pytest.skip("prepared statements are PostgreSQL's")
     connection.ensure_connection()
     raw = connection.connection
     if not hasattr(raw, "prepare_threshold"):
         pytest.skip("psycopg 2 binds on the client")
-    before = raw.prepare_threshold
+    options = connection.settings_dict["OPTIONS"]
+    before = raw.prepare_threshold, options.get("server_side_binding")
     raw.prepare_threshold = threshold  # what OPTIONS sets on a new connection
+    options["server_side_binding"] = server_side_binding
     try:
         for number in range(3):
             tasks.add.enqueue(number, b=1)
         tasks.add.enqueue_many([((7,), {"b": 1}), ((8,), {"b": 1})])
-        prepared = _prepared_inserts()
+        count = _prepared_inserts()
     finally:
-        raw.prepare_threshold = before
+        raw.prepare_threshold, options["server_side_binding"] = before
+        if before[1] is None:
+            del options["server_side_binding"]
     assert sorted(Job.objects.values_list("args", flat=True)) == [
         [0], [1], [2], [7], [8]
     ]  # fmt: skip
-    assert prepared == (0 if threshold is None else 2)  # one job, many jobs
+    assert count == (2 if prepared else 0)  # one job, many jobs
 
 
 def test_enqueue_many_pauses_the_garbage_collector_and_restores_it():
@@ -579,3 +591,47 @@ def test_enqueue_many_stores_what_enqueue_stores():
     for bulk, single in zip(many, one_by_one, strict=True):
         assert stored[int(bulk.id)] == stored[int(single.id)] == bulk.args
         assert kwargs[int(bulk.id)] == kwargs[int(single.id)] == bulk.kwargs
+
+
+def test_overlapping_pauses_of_the_collector_end_with_the_last():
+    """Two bulk enqueues on two threads overlap: the first to end must not
+    turn the collector on under the other, nor the second leave it off."""
+    first_in, second_in, first_out = (threading.Event() for _ in range(3))
+    seen = {}
+
+    def first():
+        with backend.collection_paused():
+            first_in.set()
+            second_in.wait(10)
+        first_out.set()
+
+    def second():
+        first_in.wait(10)
+        with backend.collection_paused():
+            second_in.set()
+            first_out.wait(10)
+            seen["while the second runs"] = gc.isenabled()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert seen == {"while the second runs": False}
+    assert gc.isenabled()
+
+
+def test_enqueue_many_takes_arguments_as_deep_as_enqueue_does():
+    """The deepest arguments ``enqueue`` accepts fit in a bulk enqueue too
+    (MariaDB refuses JSON nested past 32 levels: the document carrying
+    them must not add to their depth)."""
+    deepest = []
+    while True:
+        deeper = [deepest]
+        try:
+            to_json([deeper], "args")
+        except NotJSON:
+            break
+        deepest = deeper
+    results = tasks.echo.enqueue_many([((deepest,), {}), ((1,), {})])
+    assert Job.objects.get(pk=results[0].id).args == [deepest]

@@ -145,7 +145,8 @@ def jobs_read(connection, ids: list[int]) -> list[Job]:
     converters = []
     for field in _READ_FIELDS:
         column = field.get_col(Job._meta.db_table)
-        found = connection.ops.get_db_converters(column) + field.get_db_converters(
+        # In the ORM's order: the backend's, then the column's own.
+        found = connection.ops.get_db_converters(column) + column.get_db_converters(
             connection
         )
         if found:

@@ -208,22 +208,41 @@ def _complete_mysql(connection, worker_id, completions) -> set[int]:
     try:
         with transaction.atomic(using=using), connection.cursor() as cursor:
             for (names, unasked), group in by_columns.items():
-                sql, fields = _update_joined_sql(using, names, unasked, len(group))
-                params = [
-                    value
-                    for completion in group
-                    for value in (
-                        completion.job_id,
-                        completion.attempts,
-                        *_prepared(connection, fields, completion.changes),
-                    )
-                ]
-                cursor.execute(sql, [*params, JobStatus.RUNNING.value, worker_id])
-                if cursor.rowcount != len(group):
-                    raise _NotAllHeld
+                for part, params in _parts(connection, group):
+                    sql, _ = _update_joined_sql(using, names, unasked, len(part))
+                    cursor.execute(sql, [*params, JobStatus.RUNNING.value, worker_id])
+                    if cursor.rowcount != len(part):
+                        raise _NotAllHeld
     except _NotAllHeld:
         return _complete_each(using, worker_id, completions)
     return {completion.job_id for completion in completions}
+
+
+# A statement's values, in bytes, before the rest go in another: well
+# under MySQL's and MariaDB's smallest default max_allowed_packet (4 MiB
+# before MySQL 8, 16 MiB after), whatever the results' sizes.
+STATEMENT_BYTES = 2 * 1024 * 1024
+
+
+def _parts(connection, group: list[Completion]):
+    """The completions of ``group`` (one set of columns) in parts whose
+    values fit in ``STATEMENT_BYTES`` (one completion at least), each with
+    its parameters: every job's id, attempt and values."""
+    fields = _update_joined_sql(
+        connection.alias, tuple(group[0].changes), group[0].unasked, 1
+    )[1]
+    part, params, size = [], [], 0
+    for completion in group:
+        values = _prepared(connection, fields, completion.changes)
+        grown = sum(len(v) for v in values if isinstance(v, str | bytes))
+        if part and size + grown > STATEMENT_BYTES:
+            yield part, params
+            part, params, size = [], [], 0
+        part.append(completion)
+        params += [completion.job_id, completion.attempts, *values]
+        size += grown
+    if part:
+        yield part, params
 
 
 @functools.cache

@@ -5,8 +5,8 @@
   JSON document), with the queue's ``pg_notify`` in the same statement
   (delivered at commit), so enqueueing costs one round trip and joins the
   caller's transaction. Parameters are bound on the server (psycopg 3),
-  the statement prepared where the connection's ``prepare_threshold``
-  allows (Django's default: never).
+  the statement prepared where Django's cursors would be
+  (``server_side_binding`` and ``prepare_threshold``; by default never).
 - MySQL, MariaDB and SQLite: one job, a plain ``INSERT``; many, one
   ``INSERT ... SELECT`` from their arguments as a JSON document,
   ``RETURNING`` their ids (MariaDB, SQLite), else ``bulk_create`` where it
@@ -85,9 +85,9 @@ def insert_jobs(
             return _ids(cursor)
     if len(arguments) == 1:
         return [_insert_one(connection, common, *arguments[0])]
-    many = _INSERT_MANY.get(_dialect(connection))
-    if many is not None and connection.features.can_return_rows_from_bulk_insert:
-        return _insert_from_json(connection, common, arguments, many)
+    dialect = _dialect(connection)
+    if dialect is not None:
+        return _insert_from_json(connection, common, arguments, _INSERT_MANY[dialect])
     if connection.features.can_return_rows_from_bulk_insert:
         jobs = [Job(**common, args=args, kwargs=kwargs) for args, kwargs in arguments]
         Job.objects.using(using).bulk_create(jobs)
@@ -121,10 +121,22 @@ def _insert_one(connection, common, args, kwargs) -> int:
         return connection.ops.last_insert_id(cursor, table, Job._meta.pk.column)
 
 
-def _dialect(connection) -> str:
+def _dialect(connection) -> str | None:
+    """Which of ``_INSERT_MANY`` serves ``connection``: MariaDB 10.6+
+    (JSON_TABLE; RETURNING from 10.5), SQLite with RETURNING (3.35+) and
+    its JSON functions; None for the others."""
+    features = connection.features
     if connection.vendor == "mysql":
-        return "mariadb" if connection.mysql_is_mariadb else "mysql"
-    return connection.vendor
+        mariadb = connection.mysql_is_mariadb and connection.mysql_version >= (10, 6)
+        return "mariadb" if mariadb else None
+    if connection.vendor == "sqlite":
+        json_functions = features.supports_json_field
+        return (
+            "sqlite"
+            if json_functions and features.can_return_rows_from_bulk_insert
+            else None
+        )
+    return None
 
 
 # Many jobs in one INSERT ... SELECT from their arguments as one JSON
@@ -132,11 +144,15 @@ def _dialect(connection) -> str:
 # functions): 5-10 times bulk_create, which builds a model per job and, on
 # SQLite, sends a statement per 40 jobs (its limit on parameters). MySQL
 # returns no ids from an INSERT ... SELECT: bulk_create, or one by one.
+# MariaDB takes each job's arguments as JSON text inside the document: as
+# JSON they would nest two levels deeper than the arguments, past its limit
+# of 32 levels for arguments that ``serialization`` accepts.
 _INSERT_MANY = {
     "mariadb": """
         INSERT INTO {table} ({columns}) SELECT {common}, given.args, given.kwargs
         FROM JSON_TABLE(%s, '$[*]' COLUMNS (
-            n FOR ORDINALITY, args JSON PATH '$[0]', kwargs JSON PATH '$[1]'
+            n FOR ORDINALITY,
+            args LONGTEXT PATH '$[0]', kwargs LONGTEXT PATH '$[1]'
         )) AS given ORDER BY given.n RETURNING id
     """,
     "sqlite": """
@@ -162,11 +178,15 @@ def _insert_from_json(connection, common, arguments, statement) -> list[int]:
         columns=", ".join(quote(field.column) for field in _INSERT_FIELDS),
         common=", ".join(["%s"] * len(fields)),
     )
+    if connection.vendor == "mysql":
+        document = json.dumps([[json.dumps(a), json.dumps(k)] for a, k in arguments])
+    else:
+        document = json.dumps(arguments)
     with (
         transaction.mark_for_rollback_on_error(connection.alias),
         connection.cursor() as cursor,
     ):
-        cursor.execute(sql, [*params, json.dumps(arguments)])
+        cursor.execute(sql, [*params, document])
         return _ids(cursor)
 
 
@@ -209,11 +229,12 @@ def _cursor(connection):
     """A cursor for an insert: on psycopg 3, one that binds the parameters
     on the server. Django's default cursor quotes each parameter into the
     statement's text on the client, which for an insert's twenty costs more
-    than the rest of an enqueue's Python. It prepares its statements as the
-    connection's ``prepare_threshold`` says: never by Django's default
-    (so it works behind PgBouncer as Django's cursor does); with
-    ``OPTIONS["prepare_threshold"]`` set, after that many runs, which saves
-    the server a parse and a plan per enqueue."""
+    than the rest of an enqueue's Python. It prepares its statements where
+    Django's own cursors would: with ``OPTIONS["server_side_binding"]``
+    True, as the connection's ``prepare_threshold`` says (Django's default,
+    None, never), which saves the server a parse and a plan per enqueue;
+    otherwise never, so it works behind PgBouncer as Django's cursor
+    does."""
     connection.close_if_health_check_failed()
     psycopg3 = _psycopg3_of(connection)
     if psycopg3 is None:
@@ -221,13 +242,17 @@ def _cursor(connection):
     with connection.wrap_database_errors:
         # Wrapped as Django wraps its own: errors, thread checks, and the
         # query log under DEBUG or in assertNumQueries.
-        raw = psycopg3.cursor_class(connection.connection)
-        return wrap_cursor(connection, raw)
+        prepares = connection.settings_dict["OPTIONS"].get("server_side_binding")
+        cursor_class = (
+            psycopg3.cursor_class if prepares is True else psycopg3.unprepared_class
+        )
+        return wrap_cursor(connection, cursor_class(connection.connection))
 
 
 class _Psycopg3(NamedTuple):
     connection_class: type
-    cursor_class: type  # binds on the server
+    cursor_class: type  # binds on the server, prepares by prepare_threshold
+    unprepared_class: type  # binds on the server, never prepares
     has_pipeline: bool  # libpq has pipeline mode
 
 
@@ -251,8 +276,15 @@ def _psycopg3_classes() -> _Psycopg3 | None:
     except ImportError:
         return None
 
+    class UnpreparedCursor(psycopg.Cursor):
+        def execute(self, query, params=None, *, prepare=None, binary=None):
+            return super().execute(query, params, prepare=False, binary=binary)
+
     return _Psycopg3(
-        psycopg.Connection, psycopg.Cursor, psycopg.Pipeline.is_supported()
+        psycopg.Connection,
+        psycopg.Cursor,
+        UnpreparedCursor,
+        psycopg.Pipeline.is_supported(),
     )
 
 

@@ -282,7 +282,7 @@ class Command(BaseCommand):
             row("  the database alone: bare INSERTs", bare, "rows/s")
             row("  enqueue / bare", f"{ours['enqueue'] / bare:.1%}", "")
             if prepared:
-                row("enqueue, prepared statements (prepare_threshold)",
+                row("enqueue, prepared statements (server_side_binding)",
                     prepared[0], "jobs/s")  # fmt: skip
                 row("  prepared / bare", f"{prepared[0] / bare:.1%}", "")
         if "bulk" in scenarios:
@@ -379,14 +379,15 @@ class Command(BaseCommand):
 
     def enqueue_prepared(self) -> float:
         """``enqueue`` on a connection that prepares its statements at once,
-        as ``OPTIONS["prepare_threshold"] = 0`` makes it (not behind
-        PgBouncer before 1.21)."""
-        raw = connection.connection
-        before, raw.prepare_threshold = raw.prepare_threshold, 0
+        as ``OPTIONS`` ``server_side_binding`` True and ``prepare_threshold``
+        0 make it (not behind PgBouncer before 1.21)."""
+        raw, options = connection.connection, connection.settings_dict["OPTIONS"]
+        before = raw.prepare_threshold, options.get("server_side_binding")
+        raw.prepare_threshold, options["server_side_binding"] = 0, True
         try:
             return self.enqueue()
         finally:
-            raw.prepare_threshold = before
+            raw.prepare_threshold, options["server_side_binding"] = before
 
     def bare_insert(self) -> float:
         """What the database does alone: one-row INSERTs of a job row through
