@@ -260,14 +260,14 @@ def _claim_mysql(connection, *, worker_id, queues, limit):
         locking = (
             " ORDER BY priority DESC, run_after, id LIMIT %s FOR UPDATE SKIP LOCKED"
         )
+        scans = (
+            [("", [])]
+            if queues is None
+            else [(" AND queue_name = %s", [queue]) for queue in queues]
+        )
         candidates = []
-        for queue in [None] if queues is None else queues:
-            if queue is None:
-                cursor.execute(due + locking, [*params, limit])
-            else:
-                cursor.execute(
-                    due + " AND queue_name = %s" + locking, [*params, queue, limit]
-                )
+        for where, scan_params in scans:
+            cursor.execute(due + where + locking, [*params, *scan_params, limit])
             candidates += cursor.fetchall()
         candidates.sort(key=lambda row: (-row[1], row[2], row[0]))
         ids = [row[0] for row in candidates[:limit]]

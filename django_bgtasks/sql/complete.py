@@ -180,7 +180,11 @@ def _json_default(value: Any) -> str:
     raises TypeError, and the caller records the batch's jobs one by one."""
     if isinstance(value, datetime):
         return value.isoformat()
-    raise TypeError(f"{type(value).__name__} cannot be sent in a batch: {value!r}")
+    raise _unsendable(value)
+
+
+def _unsendable(value: Any) -> TypeError:
+    return TypeError(f"{type(value).__name__} cannot be sent in a batch: {value!r}")
 
 
 def _prepared(connection, fields, changes: dict[str, Any]) -> list:
@@ -189,7 +193,7 @@ def _prepared(connection, fields, changes: dict[str, Any]) -> list:
     values = []
     for field, value in zip(fields, changes.values(), strict=True):
         if hasattr(value, "resolve_expression"):
-            _json_default(value)  # raises TypeError
+            raise _unsendable(value)
         values.append(field.get_db_prep_save(value, connection))
     return values
 

@@ -100,16 +100,10 @@ def _insert_one(connection, common, args, kwargs) -> int:
     """Insert one job with a plain ``INSERT`` (MySQL, MariaDB, SQLite): the
     values prepared by their fields, as the ORM would, without compiling a
     query for each job."""
-    values = [*(common[name] for name in COMMON), args, kwargs]
-    params = [
-        field.get_db_prep_save(value, connection)
-        for field, value in zip(_INSERT_FIELDS, values, strict=True)
-    ]
-    quote = connection.ops.quote_name
+    params = _prepared(connection, [*(common[name] for name in COMMON), args, kwargs])
     table = Job._meta.db_table
     sql = (
-        f"INSERT INTO {quote(table)} "
-        f"({', '.join(quote(field.column) for field in _INSERT_FIELDS)}) "
+        f"INSERT INTO {connection.ops.quote_name(table)} ({_columns(connection)}) "
         f"VALUES ({', '.join(['%s'] * len(_INSERT_FIELDS))})"
     )
     # A failed insert dooms the caller's transaction, as with the ORM.
@@ -119,6 +113,20 @@ def _insert_one(connection, common, args, kwargs) -> int:
     ):
         cursor.execute(sql, params)
         return connection.ops.last_insert_id(cursor, table, Job._meta.pk.column)
+
+
+def _prepared(connection, values: list) -> list:
+    """``values`` of the first of ``_INSERT_FIELDS``, as their fields send
+    them (the ORM's preparation)."""
+    return [
+        field.get_db_prep_save(value, connection)
+        for field, value in zip(_INSERT_FIELDS, values, strict=False)
+    ]
+
+
+def _columns(connection) -> str:
+    """The columns of ``_INSERT_FIELDS``, quoted, in order."""
+    return ", ".join(connection.ops.quote_name(f.column) for f in _INSERT_FIELDS)
 
 
 def _dialect(connection) -> str | None:
@@ -167,16 +175,11 @@ def _insert_from_json(connection, common, arguments, statement) -> list[int]:
     """Insert the jobs of ``arguments`` in one statement (``_INSERT_MANY``),
     the common columns prepared by their fields as the ORM would; their
     ids, in order (ids grow in the order the rows are inserted)."""
-    quote = connection.ops.quote_name
-    fields = _INSERT_FIELDS[:-2]  # the common ones, then args and kwargs
-    params = [
-        field.get_db_prep_save(common[name], connection)
-        for name, field in zip(COMMON, fields, strict=True)
-    ]
+    params = _prepared(connection, [common[name] for name in COMMON])
     sql = statement.format(
-        table=quote(Job._meta.db_table),
-        columns=", ".join(quote(field.column) for field in _INSERT_FIELDS),
-        common=", ".join(["%s"] * len(fields)),
+        table=connection.ops.quote_name(Job._meta.db_table),
+        columns=_columns(connection),
+        common=", ".join(["%s"] * len(COMMON)),
     )
     if connection.vendor == "mysql":
         document = json.dumps([[json.dumps(a), json.dumps(k)] for a, k in arguments])

@@ -154,7 +154,7 @@ class CpuSpent:
     def __init__(self, root: int):
         self.root = root
         self.workers = tree_cpu_seconds(root)
-        # PostgreSQL's processes only: on another database, none.
+        # The server's processes; SQLite has none (it runs in the workers).
         self.database = (
             database_cpu_seconds() if connection.vendor != "sqlite" else None
         )
