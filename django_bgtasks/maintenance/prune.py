@@ -70,10 +70,7 @@ def prune_finished_jobs(
         while max_batches is None or batches < max_batches:
             with transaction.atomic(using=using):
                 lock_for_writing(Job, using)  # SQLite
-                # SKIP LOCKED (where the database has it): workers pruning at
-                # the same time take different batches.
-                batch = jobs.select_for_update(skip_locked=True).order_by("finished_at")
-                ids = list(batch.values_list("pk", flat=True)[:batch_size])
+                ids = _lock_batch(jobs, status, batch_size)
                 if not ids:
                     break
                 count, _ = (
@@ -89,3 +86,29 @@ def prune_finished_jobs(
             if connections[using].vendor == "sqlite":
                 time.sleep(SQLITE_PAUSE_BETWEEN_BATCHES)
     return deleted
+
+
+def _lock_batch(jobs, status: str, batch_size: int) -> list[int]:
+    """Lock (in the caller's transaction) and return the ids of up to
+    ``batch_size`` of ``jobs``, the oldest first; rows another transaction
+    holds are skipped (another worker pruning them: this one leaves them).
+
+    Found first without locks, then locked by primary key: InnoDB's
+    locking read would lock every index record it reads, the one past the
+    end of its range too, and in the status index the first job of the
+    next status follows the last FAILED one: often a READY job, which every
+    claim would then skip until this transaction ended (a burst worker
+    could end with it unrun)."""
+    candidates = jobs.order_by("finished_at").values_list("pk", flat=True)
+    found = list(candidates[:batch_size])
+    if not found:
+        return []
+    # By primary key alone, so that no other index is read; a job retried
+    # meanwhile (no longer of ``status``) is left.
+    locked = (
+        Job.objects.using(jobs.db)
+        .filter(pk__in=found)
+        .select_for_update(skip_locked=True)
+        .values_list("pk", "status")
+    )
+    return [pk for pk, now_status in locked if now_status == status]
