@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from django_bgtasks.models import Job, JobStatus
 from django_bgtasks.models.transitions import Failed, Succeeded, transition
+from django_bgtasks.sql import complete
 from django_bgtasks.sql.claim import claim_jobs
 from django_bgtasks.sql.complete import Completion, complete_jobs
 from tests import tasks
@@ -123,3 +124,25 @@ def test_a_change_computed_by_the_database_is_refused_whole():
     with pytest.raises(TypeError):
         complete_jobs("default", WORKER, batch)
     assert Job.objects.filter(status=JobStatus.RUNNING).count() == 2
+
+
+def test_a_large_batch_is_written_in_parts_and_whole(monkeypatch):
+    """MySQL/MariaDB send a batch's values in statements of at most
+    STATEMENT_BYTES (a result may be a megabyte): here a part per job or
+    two; every outcome is written, and a job taken away is still found."""
+    monkeypatch.setattr(complete, "STATEMENT_BYTES", 120)
+    jobs = claimed(5)
+    taken = jobs[3]
+    Job.objects.filter(pk=taken.pk).update(status=JobStatus.READY, worker=None)
+
+    applied = complete_jobs(
+        "default", WORKER, [completion(job, Succeeded("x" * 50)) for job in jobs]
+    )
+
+    assert applied == {job.pk for job in jobs} - {taken.pk}
+    for job in jobs:
+        job.refresh_from_db()
+    assert [job.status for job in jobs] == [
+        *[JobStatus.SUCCESSFUL] * 3, JobStatus.READY, JobStatus.SUCCESSFUL
+    ]  # fmt: skip
+    assert {job.return_value for job in jobs if job.pk != taken.pk} == {"x" * 50}
