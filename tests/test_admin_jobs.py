@@ -68,6 +68,43 @@ def test_filters(admin_client):
     assert listed(admin_client, status="FAILED", queue_name="default") == []
 
 
+def test_task_and_queue_filters_list_jobs_of_every_status(admin_client):
+    """They read a task's or queue's jobs status by status (through the
+    indexes each status has): none is left out."""
+    jobs = [
+        make_job(status, task_path="tests.tasks.echo", queue_name="other")
+        for status in JobStatus
+    ]
+    make_job(JobStatus.SUCCESSFUL)  # another task, another queue
+    newest_first = sorted((job.pk for job in jobs), reverse=True)
+    assert listed(admin_client, task_path="tests.tasks.echo") == newest_first
+    assert listed(admin_client, queue_name="other") == newest_first
+    assert listed(admin_client, q="tests.tasks.echo") == newest_first
+
+
+def test_a_task_or_queue_is_found_through_indexes_not_the_table():
+    """On PostgreSQL, with only bitmap scans allowed (which read nothing
+    but indexes whose conditions the query implies, then those rows): the
+    list of one task's or queue's jobs reads the list indexes."""
+    from django.db import connection, transaction
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the plan of PostgreSQL's partial indexes")
+    for lookups, index in [
+        ({"task_path": "tests.tasks.echo"}, "bgtasks_job_task_idx"),
+        ({"queue_name": "other"}, "bgtasks_job_queue_idx"),
+    ]:
+        query = Job.objects.matching(**lookups).order_by("-pk")[:100]
+        sql, params = query.query.sql_with_params()
+        with transaction.atomic(), connection.cursor() as cursor:
+            for scan in ("seqscan", "indexscan", "indexonlyscan"):
+                cursor.execute(f"SET LOCAL enable_{scan} = off")
+            cursor.execute("EXPLAIN " + sql, params)
+            plan = " ".join(row[0] for row in cursor.fetchall())
+        assert index in plan, plan
+        assert "Seq Scan" not in plan, plan
+
+
 def test_filter_choices_come_from_configuration_not_the_table(admin_client):
     page = admin_client.get(reverse(JOBS)).content.decode()
     assert "?queue_name=images" in page  # from QUEUES, with no job in it

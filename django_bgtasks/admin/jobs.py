@@ -86,6 +86,16 @@ class ChoicesFilter(admin.SimpleListFilter):
         return queryset
 
 
+class IndexedFilter(ChoicesFilter):
+    """A filter on a column of a ``ListIndex`` (the task, the queue): a value
+    a few of millions of jobs have is found through the indexes."""
+
+    def queryset(self, request, queryset):
+        if self.value():
+            return queryset.matching(**{self.field_name: self.value()})
+        return queryset
+
+
 class StatusFilter(ChoicesFilter):
     title = _("status")
     parameter_name = field_name = "status"
@@ -99,7 +109,7 @@ class StatusFilter(ChoicesFilter):
         return super().queryset(request, queryset)
 
 
-class QueueFilter(ChoicesFilter):
+class QueueFilter(IndexedFilter):
     title = _("queue")
     parameter_name = field_name = "queue_name"
 
@@ -122,7 +132,7 @@ class QueueFilter(ChoicesFilter):
         return [(name, name) for name in sorted(names)]
 
 
-class TaskFilter(ChoicesFilter):
+class TaskFilter(IndexedFilter):
     title = _("task")
     parameter_name = field_name = "task_path"
 
@@ -344,7 +354,7 @@ class JobAdmin(DatabaseChoiceAdmin, WorkflowSection, ReadOnlyAdmin):
             path for path in registry.registered_tasks() if term.lower() in path.lower()
         ]
         if known:
-            return queryset.filter(task_path__in=known), False
+            return queryset.matching(task_path__in=known), False
         newest = (
             Job.objects.using(queryset.db)
             .order_by("-pk")

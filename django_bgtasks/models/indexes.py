@@ -46,6 +46,26 @@ class StatusIndex(models.Index):
         return index.create_sql(model, schema_editor, using=using, **kwargs)
 
 
+class ListIndex(StatusIndex):
+    """An index by a column the admin's job list filters on (``fields``),
+    of the jobs at rest (``status``: finished, or a workflow's step
+    waiting) where partial indexes exist: a job costs it one write, when it
+    comes to rest. The list finds READY and RUNNING jobs through the claims'
+    indexes instead (``JobQuerySet.matching`` writes its condition so that
+    the database can). An index of every row would cost a job a write at
+    each of its three row versions on PostgreSQL (measured: two such
+    indexes cut bulk enqueue by a quarter). MySQL and MariaDB get an index
+    of every row without ``status`` in it: InnoDB writes a row's entry
+    again only when its columns change, so it costs a job one write, at
+    enqueue."""
+
+    def create_sql(self, model, schema_editor, using="", **kwargs):
+        if schema_editor.connection.features.supports_partial_indexes:
+            return super().create_sql(model, schema_editor, using=using, **kwargs)
+        index = models.Index(fields=self.fields, name=self.name)
+        return index.create_sql(model, schema_editor, using=using, **kwargs)
+
+
 class ReadyIndex(StatusIndex):
     """The claims' index of READY jobs, in claim order (``fields``).
 

@@ -38,12 +38,13 @@ from .indexes import (
     IndexWhenSet,
     LimitedReadyIndex,
     LimitedRunningIndex,
+    ListIndex,
     ReadyIndex,
     StatusIndex,
     UniqueWhenSet,
 )
 from .queues import Queue
-from .status import FINISHED_STATUSES, NOT_STARTED, JobStatus
+from .status import AT_REST, FINISHED_STATUSES, NOT_STARTED, JobStatus
 from .transitions import (
     Cancelled,
     Failed,
@@ -94,6 +95,20 @@ class JobQuerySet(models.QuerySet):
     def finished(self):
         """SUCCESSFUL, FAILED and CANCELLED jobs."""
         return self.filter(status__in=FINISHED_STATUSES)
+
+    def matching(self, **lookups):
+        """The jobs of every status with ``lookups`` (on the columns of a
+        ``ListIndex``: ``task_path``, ``queue_name``), their condition
+        written status by status: the jobs at rest, READY, RUNNING. Each
+        part is one an index holds (the list index, the claims' READY and
+        RUNNING indexes), so a value few of millions of jobs have is found
+        through them, not by reading the table."""
+        every_status = (
+            Q(status__in=AT_REST)
+            | Q(status=JobStatus.READY)
+            | Q(status=JobStatus.RUNNING)
+        )
+        return self.filter(every_status, **lookups)
 
     def due(self, now: datetime | None = None):
         """READY jobs whose ``run_after`` has come (by the database's clock,
@@ -541,6 +556,18 @@ class Job(models.Model):
                 status=[status.value for status in FINISHED_STATUSES],
             ),
             IndexWhenSet(fields=["workflow_id"], name="bgtasks_job_workflow_idx"),
+            # The admin's list of one task's or one queue's jobs (with
+            # ``JobQuerySet.matching``), newest first.
+            ListIndex(
+                fields=["task_path", "id"],
+                name="bgtasks_job_task_idx",
+                status=[status.value for status in AT_REST],
+            ),
+            ListIndex(
+                fields=["queue_name", "id"],
+                name="bgtasks_job_queue_idx",
+                status=[status.value for status in AT_REST],
+            ),
             # The READY jobs of limits, for the limited claim (sql/limited.py).
             LimitedReadyIndex(
                 fields=["-priority", "run_after", "id"],

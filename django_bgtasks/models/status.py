@@ -23,3 +23,6 @@ class JobStatus(models.TextChoices):
 FINISHED_STATUSES = (JobStatus.SUCCESSFUL, JobStatus.FAILED, JobStatus.CANCELLED)
 # Not started yet: READY, or a workflow's step WAITING for others.
 NOT_STARTED = (JobStatus.READY, JobStatus.WAITING)
+# At rest: neither READY nor RUNNING, so no claim's index holds the job. The
+# admin's indexes by task and by queue (``ListIndex``) hold only these.
+AT_REST = (*FINISHED_STATUSES, JobStatus.WAITING)

@@ -1,0 +1,52 @@
+"""The admin's list of one task's or one queue's jobs reads an index
+(``ListIndex``): of the jobs at rest where partial indexes exist, of every
+row on MySQL/MariaDB. On PostgreSQL each is built ``CONCURRENTLY``, so that
+enqueues and claims go on meanwhile (the migration is not atomic; started
+again after a failure, it drops a half-built index first).
+"""
+
+from django.db import migrations
+
+from django_bgtasks.models.indexes import ListIndex
+
+AT_REST = ["SUCCESSFUL", "FAILED", "CANCELLED", "WAITING"]
+INDEXES = [
+    ListIndex(fields=["task_path", "id"], name="bgtasks_job_task_idx", status=AT_REST),
+    ListIndex(fields=["queue_name", "id"], name="bgtasks_job_queue_idx", status=AT_REST),
+]
+
+
+def forwards(apps, schema_editor):
+    job = apps.get_model("django_bgtasks", "Job")
+    for index in INDEXES:
+        if schema_editor.connection.vendor == "postgresql":
+            name = schema_editor.quote_name(index.name)
+            schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+            sql = index.create_sql(job, schema_editor, concurrently=True)
+            schema_editor.execute(sql)
+        else:
+            schema_editor.add_index(job, index)
+
+
+def backwards(apps, schema_editor):
+    job = apps.get_model("django_bgtasks", "Job")
+    for index in INDEXES:
+        if schema_editor.connection.vendor == "postgresql":
+            name = schema_editor.quote_name(index.name)
+            schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+        else:
+            schema_editor.remove_index(job, index)
+
+
+class Migration(migrations.Migration):
+    atomic = False
+    dependencies = [("django_bgtasks", "0014_job_trace_context")]
+
+    operations = [
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.AddIndex(model_name="job", index=index) for index in INDEXES
+            ],
+            database_operations=[migrations.RunPython(forwards, backwards)],
+        )
+    ]
