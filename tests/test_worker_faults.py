@@ -14,6 +14,7 @@ from django_bgtasks.models import Job, JobStatus, WorkerProcess
 from django_bgtasks.worker import Worker
 from django_bgtasks.worker.clock import DatabaseClock
 from django_bgtasks.worker.heartbeat import Heartbeat
+from django_bgtasks.worker.hooks import RecordedHooks
 from tests import tasks
 from tests.conftest import requires_server_database, run_in_process, wait_until
 from tests.factories import make_job
@@ -167,6 +168,41 @@ def test_a_burst_worker_returns_past_a_due_job_another_transaction_holds(workers
         assert code == 0, output
         assert Job.objects.get(pk=free.id).status == JobStatus.SUCCESSFUL
     assert Job.objects.get(pk=held.id).status == JobStatus.READY
+
+
+@requires_server_database
+def test_a_burst_worker_waits_for_a_due_job_held_for_a_moment():
+    """A due job another transaction holds only for a moment (another
+    worker's claim under way, pruning's neighbour lock on MariaDB) is run:
+    the burst does not end without it."""
+    job = tasks.add.enqueue(1, 1)
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        try:
+            with transaction.atomic():
+                Job.objects.select_for_update().get(pk=job.id)
+                held.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(10)
+    hooks = RecordedHooks()
+    worker = Worker(concurrency=1, burst=True, poll_interval=0.05, hooks=hooks)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        # It found the job only locked, and polls instead of ending.
+        hooks.wait_for("idle_polls", 1, timeout=10)
+    finally:
+        release.set()
+        holder.join(10)
+        thread.join(30)
+    assert not thread.is_alive()
+    assert Job.objects.get(pk=job.id).status == JobStatus.SUCCESSFUL
 
 
 def idle_in_its_loop(workers, process) -> bool:

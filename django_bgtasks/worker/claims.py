@@ -26,6 +26,10 @@ from .slots import Notice, Reservation
 
 logger = logging.getLogger("django_bgtasks.worker")
 
+# Seconds a burst worker waits for due jobs that another transaction holds
+# locked before it ends without them (``Claimer.due_left``).
+LOCKED_GRACE = 5.0
+
 
 class Claimer:
     """Claims jobs of ``queues`` (None: every queue) on database ``using``
@@ -50,6 +54,9 @@ class Claimer:
         # task_started's receivers, looked up once per claim; read by the
         # job threads (a reference swap: no lock needed).
         self.started_receivers = Receivers(task_started, DatabaseBackend)
+        # Since when ``due_left`` has found only locked due jobs (the main
+        # loop's thread alone).
+        self._locked_since: float | None = None
 
     def claim_for_loop(self) -> list[Job] | None:
         """The main loop's claim, if the ledger says to claim now: the jobs
@@ -62,24 +69,33 @@ class Claimer:
 
     def due_left(self) -> bool:
         """Whether due jobs that this worker could claim remain in its
-        queues: a claim may come back empty while such a job is being
-        written. Rows another transaction holds locked (another worker's
-        claim under way, an operator's open transaction) are skipped, as the
-        claim skips them: a burst worker does not wait on them. True if the
-        database cannot say."""
+        queues (a burst worker ends when none do): a claim may come back
+        empty while such a job is being written. A due job another
+        transaction holds locked (a claim under way, a pruning batch's
+        neighbour on MariaDB, an operator's open transaction) counts for
+        ``LOCKED_GRACE`` seconds from when only such jobs were seen: a lock
+        held for a moment does not end the burst with the job unrun, and
+        one held for long does not keep the worker. True if the database
+        cannot say."""
         due = (
-            Job.objects.using(self.using)
-            .claimable()
-            .in_queues(self.queues)
-            .select_for_update(skip_locked=True)
-            .values_list("pk", flat=True)
-        )
+            Job.objects.using(self.using).claimable().in_queues(self.queues)
+        ).values_list("pk", flat=True)
         try:
             with transaction.atomic(using=self.using):
-                return bool(list(due[:1]))
+                if list(due.select_for_update(skip_locked=True)[:1]):
+                    self._locked_since = None
+                    return True
+            held = due.exists()
         except CONNECTION_ERRORS:
             discard_connection(self.using)
             return True
+        if not held:
+            self._locked_since = None
+            return False
+        now = time.monotonic()
+        if self._locked_since is None:
+            self._locked_since = now
+        return now - self._locked_since < LOCKED_GRACE
 
     def notified(self, priority: int | None) -> None:
         """A NOTIFY (on the listener's thread): wake the main loop; while
