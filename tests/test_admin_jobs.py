@@ -83,13 +83,16 @@ def test_task_and_queue_filters_list_jobs_of_every_status(admin_client):
 
 
 def test_a_task_or_queue_is_found_through_indexes_not_the_table():
-    """On PostgreSQL, with only bitmap scans allowed (which read nothing
-    but indexes whose conditions the query implies, then those rows): the
-    list of one task's or queue's jobs reads the list indexes."""
+    """The list of one task's or queue's jobs can be read through the list
+    indexes. PostgreSQL, with only bitmap scans allowed (which read nothing
+    but indexes whose conditions the query implies, then those rows): its
+    partial indexes serve every status's part. SQLite: its plan reads the
+    index. (Whether a planner prefers them for a given value is its
+    statistics' call: ``bgtasks_bench --scenarios scale`` measures it.)"""
     from django.db import connection, transaction
 
-    if connection.vendor != "postgresql":
-        pytest.skip("the plan of PostgreSQL's partial indexes")
+    if connection.vendor not in ("postgresql", "sqlite"):
+        pytest.skip("MariaDB's plan of a tiny table is its own choice")
     for lookups, index in [
         ({"task_path": "tests.tasks.echo"}, "bgtasks_job_task_idx"),
         ({"queue_name": "other"}, "bgtasks_job_queue_idx"),
@@ -97,12 +100,15 @@ def test_a_task_or_queue_is_found_through_indexes_not_the_table():
         query = Job.objects.matching(**lookups).order_by("-pk")[:100]
         sql, params = query.query.sql_with_params()
         with transaction.atomic(), connection.cursor() as cursor:
-            for scan in ("seqscan", "indexscan", "indexonlyscan"):
-                cursor.execute(f"SET LOCAL enable_{scan} = off")
-            cursor.execute("EXPLAIN " + sql, params)
-            plan = " ".join(row[0] for row in cursor.fetchall())
+            if connection.vendor == "postgresql":
+                for scan in ("seqscan", "indexscan", "indexonlyscan"):
+                    cursor.execute(f"SET LOCAL enable_{scan} = off")
+                cursor.execute("EXPLAIN " + sql, params)
+            else:
+                cursor.execute("EXPLAIN QUERY PLAN " + sql, params)
+            plan = " ".join(str(row) for row in cursor.fetchall())
         assert index in plan, plan
-        assert "Seq Scan" not in plan, plan
+        assert "Seq Scan" not in plan and "SCAN " not in plan, plan
 
 
 def test_filter_choices_come_from_configuration_not_the_table(admin_client):

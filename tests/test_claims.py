@@ -173,3 +173,45 @@ def test_a_closed_worker_leaves_an_urgent_job_alone():
 
     assert status(urgent) == JobStatus.READY
     assert claimer.ledger.unfinished_ids() == {held}
+
+
+@requires_server_database
+def test_due_left_waits_for_a_locked_job_for_a_while_from_the_last_claim(monkeypatch):
+    """A due job held by another transaction counts as left for
+    LOCKED_GRACE seconds from when only such jobs were seen; a claim that
+    finds work starts that wait anew."""
+    from django.db import transaction
+
+    from django_bgtasks.worker import claims
+
+    clock = [1000.0]
+    monkeypatch.setattr(claims.time, "monotonic", lambda: clock[0])
+    claimer = claimer_of(threads=1, prefetch=4)
+    locked = int(tasks.add.enqueue(1, 1).id)
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        try:
+            with transaction.atomic():
+                Job.objects.select_for_update().get(pk=locked)
+                held.set()
+                release.wait(20)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(10)
+        assert claimer.due_left()  # the wait starts
+        clock[0] += claims.LOCKED_GRACE - 0.1
+        assert claimer.due_left()
+        clock[0] += 0.2
+        assert not claimer.due_left()  # held too long: left
+        free = int(tasks.add.enqueue(2, 2).id)
+        assert [job.pk for job in claimer.claim_for_loop()] == [free]
+        clock[0] += 60
+        assert claimer.due_left()  # work came meanwhile: a new wait
+    finally:
+        release.set()
+        holder.join(10)

@@ -146,3 +146,26 @@ def test_a_large_batch_is_written_in_parts_and_whole(monkeypatch):
         *[JobStatus.SUCCESSFUL] * 3, JobStatus.READY, JobStatus.SUCCESSFUL
     ]  # fmt: skip
     assert {job.return_value for job in jobs if job.pk != taken.pk} == {"x" * 50}
+
+
+def test_a_batch_is_sent_in_parts_of_at_most_statement_bytes(monkeypatch):
+    """MySQL/MariaDB: a batch whose values pass STATEMENT_BYTES goes in
+    several UPDATEs, every outcome written by them (no job taken away, so
+    none is written alone)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    if connection.vendor != "mysql":
+        pytest.skip("the joined UPDATE is MySQL's and MariaDB's")
+    monkeypatch.setattr(complete, "STATEMENT_BYTES", 120)
+    jobs = claimed(5)
+    with CaptureQueriesContext(connection) as queries:
+        applied = complete_jobs(
+            "default", WORKER, [completion(job, Succeeded("x" * 50)) for job in jobs]
+        )
+    updates = [
+        q["sql"] for q in queries.captured_queries if q["sql"].startswith("UPDATE")
+    ]
+    assert applied == {job.pk for job in jobs}
+    assert len(updates) >= 3 and all(" JOIN (" in sql for sql in updates), updates
+    assert set(Job.objects.values_list("status", flat=True)) == {JobStatus.SUCCESSFUL}

@@ -6,7 +6,6 @@ from datetime import timedelta
 import pytest
 from django.core.management import call_command
 from django.db import connection, transaction
-from django.db.models import signals
 from django.test import override_settings
 from django.utils import timezone
 
@@ -220,6 +219,7 @@ def test_pruning_hides_no_due_job_from_the_claims():
         pytest.skip("SQLite's claims and pruning take turns on its one write lock")
     make_job(JobStatus.FAILED, finished_at=timezone.now() - timedelta(days=31))
     due = make_job(JobStatus.READY)
+    delete_jobs = f"DELETE FROM {connection.ops.quote_name(Job._meta.db_table)} "
     claimable = []
 
     def claim_meanwhile():
@@ -230,16 +230,17 @@ def test_pruning_hides_no_due_job_from_the_claims():
         finally:
             connection.close()
 
-    def while_the_batch_is_locked(sender, **kwargs):
-        thread = threading.Thread(target=claim_meanwhile)
-        thread.start()
-        thread.join(10)
+    def after_the_batch_is_deleted(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if sql.startswith(delete_jobs):
+            # Still in the batch's transaction, every statement of it made.
+            thread = threading.Thread(target=claim_meanwhile)
+            thread.start()
+            thread.join(10)
+        return result
 
-    signals.pre_delete.connect(while_the_batch_is_locked, sender=Job)
-    try:
+    with connection.execute_wrapper(after_the_batch_is_deleted):
         deleted = prune_finished_jobs()
-    finally:
-        signals.pre_delete.disconnect(while_the_batch_is_locked, sender=Job)
 
     assert deleted["FAILED"] == 1
     assert claimable == [due.pk]

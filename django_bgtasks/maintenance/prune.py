@@ -70,45 +70,46 @@ def prune_finished_jobs(
         while max_batches is None or batches < max_batches:
             with transaction.atomic(using=using):
                 lock_for_writing(Job, using)  # SQLite
-                ids = _lock_batch(jobs, status, batch_size)
+                found, ids = _lock_batch(jobs, batch_size)
                 if not ids:
                     break
-                count, _ = (
-                    Job.objects.using(using).filter(pk__in=ids, status=status).delete()
-                )
+                # By primary key alone: the rows are locked and checked.
+                count, _ = Job.objects.using(using).filter(pk__in=ids).delete()
                 # A workflow step's edges go with it (they hold what it was
                 # handed); the edges of the jobs it waited for stay theirs.
                 JobDependency.objects.using(using).filter(job_id__in=ids).delete()
             deleted[status] += count
             batches += 1
-            if len(ids) < batch_size:
+            if found < batch_size:
                 break
             if connections[using].vendor == "sqlite":
                 time.sleep(SQLITE_PAUSE_BETWEEN_BATCHES)
     return deleted
 
 
-def _lock_batch(jobs, status: str, batch_size: int) -> list[int]:
-    """Lock (in the caller's transaction) and return the ids of up to
-    ``batch_size`` of ``jobs``, the oldest first; rows another transaction
-    holds are skipped (another worker pruning them: this one leaves them).
+def _lock_batch(jobs, batch_size: int) -> tuple[int, list[int]]:
+    """Lock (in the caller's transaction) up to ``batch_size`` of ``jobs``,
+    the oldest first; return how many were found and the ids of those
+    locked. Rows another transaction holds are skipped (another worker
+    pruning them: this one leaves them to it).
 
     Found first without locks, then locked by primary key: InnoDB's
     locking read would lock every index record it reads, the one past the
     end of its range too, and in the status index the first job of the
     next status follows the last FAILED one: often a READY job, which every
-    claim would then skip until this transaction ended (a burst worker
-    could end with it unrun)."""
+    claim would then skip until this transaction ended."""
     candidates = jobs.order_by("finished_at").values_list("pk", flat=True)
     found = list(candidates[:batch_size])
     if not found:
-        return []
-    # By primary key alone, so that no other index is read; a job retried
-    # meanwhile (no longer of ``status``) is left.
-    locked = (
+        return 0, []
+    # By primary key alone, so that no other index is read.
+    locked = list(
         Job.objects.using(jobs.db)
         .filter(pk__in=found)
         .select_for_update(skip_locked=True)
-        .values_list("pk", "status")
+        .values_list("pk", flat=True)
     )
-    return [pk for pk, now_status in locked if now_status == status]
+    # Read again, locked: a job retried meanwhile (and maybe finished
+    # again since) is no longer one of ``jobs``.
+    still = jobs.filter(pk__in=locked).values_list("pk", flat=True) if locked else []
+    return len(found), list(still)

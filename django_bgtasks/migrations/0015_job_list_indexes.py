@@ -1,6 +1,6 @@
 """The admin's list of one task's or one queue's jobs reads an index
-(``ListIndex``): of the jobs at rest where partial indexes exist, of every
-row on MySQL/MariaDB. On PostgreSQL each is built ``CONCURRENTLY``, so that
+(``ListIndex``): of the jobs at rest on PostgreSQL, of every row on the
+other databases. On PostgreSQL each is built ``CONCURRENTLY``, so that
 enqueues and claims go on meanwhile (the migration is not atomic; started
 again after a failure, it drops a half-built index first).
 """

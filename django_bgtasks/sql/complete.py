@@ -222,10 +222,13 @@ def _complete_mysql(connection, worker_id, completions) -> set[int]:
     return {completion.job_id for completion in completions}
 
 
-# A statement's values, in bytes, before the rest go in another: well
-# under MySQL's and MariaDB's smallest default max_allowed_packet (4 MiB
-# before MySQL 8, 16 MiB after), whatever the results' sizes.
-STATEMENT_BYTES = 2 * 1024 * 1024
+# A statement's values, in characters before escaping, before the rest go
+# in another: escaped (at most doubled) they stay within MySQL's and
+# MariaDB's smallest default max_allowed_packet (4 MiB before MySQL 8,
+# 16 MiB after). A single value larger than the packet fails alone, as it
+# would in a statement of its own (the completer then records its job's
+# failure to store it).
+STATEMENT_BYTES = 1024 * 1024
 
 
 def _parts(connection, group: list[Completion]):

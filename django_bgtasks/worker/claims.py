@@ -65,15 +65,19 @@ class Claimer:
         reservation = self.ledger.reserve_for_loop()
         if reservation is None:
             return []
-        return self._claim(reservation)
+        jobs = self._claim(reservation)
+        if jobs:
+            self._locked_since = None  # work came: ``due_left``'s wait anew
+        return jobs
 
     def due_left(self) -> bool:
         """Whether due jobs that this worker could claim remain in its
         queues (a burst worker ends when none do): a claim may come back
         empty while such a job is being written. A due job another
-        transaction holds locked (a claim under way, a pruning batch's
-        neighbour on MariaDB, an operator's open transaction) counts for
-        ``LOCKED_GRACE`` seconds from when only such jobs were seen: a lock
+        transaction holds locked (another worker's claim under way, or on
+        MariaDB its lock on the index record just past its range; an
+        operator's open transaction) counts for ``LOCKED_GRACE`` seconds
+        from when only such jobs were seen since the last claim: a lock
         held for a moment does not end the burst with the job unrun, and
         one held for long does not keep the worker. True if the database
         cannot say."""
