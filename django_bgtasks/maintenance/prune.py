@@ -111,5 +111,5 @@ def _lock_batch(jobs, batch_size: int) -> tuple[int, list[int]]:
     )
     # Read again, locked: a job retried meanwhile (and maybe finished
     # again since) is no longer one of ``jobs``.
-    still = jobs.filter(pk__in=locked).values_list("pk", flat=True) if locked else []
+    still = jobs.filter(pk__in=locked).values_list("pk", flat=True)
     return len(found), list(still)

@@ -7,7 +7,11 @@ again after a failure, it drops a half-built index first).
 
 from django.db import migrations
 
-from django_bgtasks.models.indexes import ListIndex
+from django_bgtasks.models.indexes import (
+    ListIndex,
+    add_concurrently,
+    drop_concurrently,
+)
 
 AT_REST = ["SUCCESSFUL", "FAILED", "CANCELLED", "WAITING"]
 INDEXES = [
@@ -20,10 +24,7 @@ def forwards(apps, schema_editor):
     job = apps.get_model("django_bgtasks", "Job")
     for index in INDEXES:
         if schema_editor.connection.vendor == "postgresql":
-            name = schema_editor.quote_name(index.name)
-            schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
-            sql = index.create_sql(job, schema_editor, concurrently=True)
-            schema_editor.execute(sql)
+            add_concurrently(schema_editor, job, index)
         else:
             schema_editor.add_index(job, index)
 
@@ -32,8 +33,7 @@ def backwards(apps, schema_editor):
     job = apps.get_model("django_bgtasks", "Job")
     for index in INDEXES:
         if schema_editor.connection.vendor == "postgresql":
-            name = schema_editor.quote_name(index.name)
-            schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+            drop_concurrently(schema_editor, index.name)
         else:
             schema_editor.remove_index(job, index)
 

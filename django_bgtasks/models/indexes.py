@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from django.db import models
 from django.db.models import BooleanField, ExpressionWrapper, F, Func, Q, Value
 
+from .status import AT_REST
+
 
 class StatusIndex(models.Index):
     """An index of the jobs in some statuses only (READY: the claims' index).
@@ -60,6 +62,10 @@ class ListIndex(StatusIndex):
     its columns change, so it costs a job one write, at enqueue (SQLite
     would not read a partial index for ``matching``'s condition: it uses
     one only where the query repeats the index's own terms)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("status", [status.value for status in AT_REST])
+        super().__init__(*args, **kwargs)
 
     def create_sql(self, model, schema_editor, using="", **kwargs):
         if schema_editor.connection.vendor == "postgresql":
@@ -121,11 +127,23 @@ def rebuild_concurrently(schema_editor, model, name: str, index_named) -> None:
     afresh."""
     quote = schema_editor.quote_name
     building = f"{name}_building"
-    schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {quote(building)}")
-    index = index_named(building)
-    schema_editor.execute(index.create_sql(model, schema_editor, concurrently=True))
-    schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {quote(name)}")
+    add_concurrently(schema_editor, model, index_named(building))
+    drop_concurrently(schema_editor, name)
     schema_editor.execute(f"ALTER INDEX {quote(building)} RENAME TO {quote(name)}")
+
+
+def add_concurrently(schema_editor, model, index) -> None:
+    """PostgreSQL, for a migration: build ``index`` with ``CONCURRENTLY``,
+    after dropping what a failed earlier build left under its name."""
+    drop_concurrently(schema_editor, index.name)
+    schema_editor.execute(index.create_sql(model, schema_editor, concurrently=True))
+
+
+def drop_concurrently(schema_editor, name: str) -> None:
+    """PostgreSQL, for a migration: drop the index ``name``, if any, with
+    ``CONCURRENTLY``."""
+    quoted = schema_editor.quote_name(name)
+    schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {quoted}")
 
 
 class IndexWhenSet(models.Index):

@@ -558,16 +558,8 @@ class Job(models.Model):
             IndexWhenSet(fields=["workflow_id"], name="bgtasks_job_workflow_idx"),
             # The admin's list of one task's or one queue's jobs (with
             # ``JobQuerySet.matching``), newest first.
-            ListIndex(
-                fields=["task_path", "id"],
-                name="bgtasks_job_task_idx",
-                status=[status.value for status in AT_REST],
-            ),
-            ListIndex(
-                fields=["queue_name", "id"],
-                name="bgtasks_job_queue_idx",
-                status=[status.value for status in AT_REST],
-            ),
+            ListIndex(fields=["task_path", "id"], name="bgtasks_job_task_idx"),
+            ListIndex(fields=["queue_name", "id"], name="bgtasks_job_queue_idx"),
             # The READY jobs of limits, for the limited claim (sql/limited.py).
             LimitedReadyIndex(
                 fields=["-priority", "run_after", "id"],
