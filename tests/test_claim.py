@@ -72,24 +72,41 @@ def test_with_stale_statistics_a_claim_keeps_its_order_and_the_settings():
 def test_a_claim_of_one_queue_reads_its_queues_jobs_of_limits_only():
     """PostgreSQL: both parts of the claim (jobs of no limit, of limits)
     walk the queue's READY index; the jobs of limits of other queues (as
-    many as wait) are not read."""
+    many as wait) are not read. So does the plan the worker keeps, made
+    once for any parameters (sql/pinned.py): the queue's name is in its
+    text."""
     from django_bgtasks.sql.claim import claim_statement_postgresql
-    from django_bgtasks.sql.claimed import NO_SORT
+    from django_bgtasks.sql.pinned import GENERIC_PLAN, NO_SORT, _prepared_forms
 
     if connection.vendor != "postgresql":
         pytest.skip("PostgreSQL only")
     for _ in range(300):
         enqueue(5, "other")
-    ids = [enqueue(priority, "default") for priority in (1, 4, 3, 2)]
-    Job.objects.exclude(pk__in=ids[1::2]).update(limit_key="gone")
+    Job.objects.update(limit_key="gone")
     with connection.cursor() as cursor:
+        # Statistics that know of one queue: a plan for any queue name
+        # would expect every job to be of the queue it is given.
         cursor.execute(f"ANALYZE {Job._meta.db_table}")
+    ids = [enqueue(priority, "default") for priority in (1, 4, 3, 2)]
+    Job.objects.filter(pk__in=ids[::2]).update(limit_key="gone")
     sql, params = claim_statement_postgresql(connection, "w1", ["default"], 10)
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(NO_SORT)
-        cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params)
-        [(plan,)] = cursor.fetchall()
-        transaction.set_rollback(True)
+    _, prepare, execute = _prepared_forms(sql)
+    for settings, explained in [
+        (NO_SORT, sql),
+        (NO_SORT + GENERIC_PLAN + prepare, execute),
+    ]:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(settings)
+            cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + explained, params)
+            [(plan,)] = cursor.fetchall()
+            transaction.set_rollback(True)
+        assert sorted(index_reads(plan)) == [("bgtasks_job_ready_idx", 2)] * 2
+    assert claimed(["default"]) == [ids[1], ids[2], ids[3]]
+
+
+def index_reads(plan) -> list[tuple[str, int]]:
+    """The job table's indexes an ``EXPLAIN (ANALYZE, FORMAT JSON)`` plan
+    read, but its primary key, each with the rows it read there."""
     read = []
 
     def walk(node):
@@ -104,8 +121,21 @@ def test_a_claim_of_one_queue_reads_its_queues_jobs_of_limits_only():
             walk(child)
 
     walk((plan if isinstance(plan, list) else json.loads(plan))[0]["Plan"])
-    assert sorted(read) == [("bgtasks_job_ready_idx", 2)] * 2, read
-    assert claimed(["default"]) == [ids[1], ids[2], ids[3]]
+    return read
+
+
+@pytest.mark.parametrize("queue", ["50%' off", "%(queue)s", "%s", "a\\b"])
+def test_a_queue_of_any_name_is_claimed_from(queue):
+    """The claim of one queue writes its name into its text (PostgreSQL:
+    see above): quoted, whatever it holds, and claimed from twice (the
+    second time prepared). (The tests' backend allows a few queues only:
+    the jobs are moved to it.)"""
+    first, second = enqueue(0, "default"), enqueue(0, "default")
+    Job.objects.filter(pk__in=[first, second]).update(queue_name=queue)
+    enqueue(0, "default")
+    assert claimed([queue], limit=1) == [first]
+    assert claimed([queue]) == [second]
+    assert Job.objects.filter(status=JobStatus.READY).count() == 1
 
 
 def test_the_worker_reads_no_column_the_claim_leaves_out(monkeypatch):
@@ -131,3 +161,46 @@ def test_the_worker_reads_no_column_the_claim_leaves_out(monkeypatch):
     run_in_process(concurrency=2)
     assert not Job.objects.filter(status__in=["READY", "RUNNING", "WAITING"]).exists()
     assert loads == []
+
+
+def test_a_claim_whose_prepared_statement_is_lost_prepares_it_again():
+    """PostgreSQL: behind a pooler in transaction mode a claim may land on a
+    server connection that does not know its statement (as after
+    ``DEALLOCATE ALL``): it prepares it there and claims; a connection that
+    loses it again at once claims with the text from then on."""
+    from django_bgtasks.sql.pinned import GENERIC_PLAN
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL only")
+    first, second, third = (enqueue(0, "default") for _ in range(3))
+    assert claimed(["default"], limit=1) == [first]
+
+    def prepared_claims() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_prepared_statements "
+                "WHERE name LIKE 'bgtasks_claim_%%'"
+            )
+            return cursor.fetchone()[0]
+
+    assert prepared_claims() == 1
+    with connection.cursor() as cursor:
+        cursor.execute("DEALLOCATE ALL")
+    assert claimed(["default"], limit=1) == [second]
+    assert prepared_claims() == 1
+
+    runs = []
+
+    def losing(execute, sql, params, many, context):
+        # Every run of a prepared claim finds it gone.
+        if GENERIC_PLAN in sql:
+            runs.append(sql)
+            context["cursor"].cursor.execute("DEALLOCATE ALL")
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(losing):
+        assert claimed(["default"], limit=1) == [third]
+        assert len(runs) == 2  # prepared again once, then the text
+        fourth = enqueue(0, "default")
+        assert claimed(["default"], limit=1) == [fourth]
+        assert len(runs) == 2  # the text only, from then on

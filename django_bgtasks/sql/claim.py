@@ -33,15 +33,14 @@ from ..models import Job, JobStatus, error_entry
 from ..models.dependencies import Ended, jobs_ended
 from .claimed import (
     CLAIM_SET,
-    NO_SORT,
     PAUSED_QUEUES,
     RETURNING,
-    can_pin_plan,
     jobs_from,
     jobs_read,
     set_params,
 )
 from .limited import claim_limited
+from .pinned import can_pin_plan, run_pinned
 
 logger = logging.getLogger("django_bgtasks.worker")
 
@@ -144,31 +143,43 @@ def _claim_postgresql(connection, *, worker_id, queues, limit):
             # of finished ones, before the next ANALYZE) the planner expects
             # a few READY rows and sorts them all instead, on every claim:
             # draining a backlog turns quadratic. Sorting is switched off
-            # for this statement alone (SET LOCAL, in the implicit
-            # transaction of one query string), leaving the ordered index
-            # scan as the plan. (Several queues need a sort whatever the
-            # plan: the planner chooses.)
-            cursor.execute(NO_SORT + sql, params)
-            while cursor.description is None and cursor.nextset():
-                pass
+            # for this statement alone, leaving the ordered index scan as
+            # the plan, made once per connection (sql/pinned.py). (Several
+            # queues need a sort whatever the plan: the planner chooses.)
+            [rows] = run_pinned(connection, cursor, [sql], params, prepared=True)
         else:
             cursor.execute(sql, params)
-        return jobs_from(connection, cursor.fetchall())
+            rows = cursor.fetchall()
+        return jobs_from(connection, rows)
 
 
 def claim_statement_postgresql(connection, worker_id, queues, limit):
-    """The PostgreSQL claim's statement and its parameters."""
+    """The PostgreSQL claim's statement and its parameters (by name)."""
     table = connection.ops.quote_name(Job._meta.db_table)
+    status, worker, _ = set_params(worker_id)
+    params = {
+        "limit": limit,
+        "status": status,
+        "worker": worker,
+        "worker_text": worker,
+    }
     if queues is None:
-        queue_filter, queue_params = "", []
-    elif len(queues) == 1:  # "= %s": the index's order holds for one queue
-        queue_filter, queue_params = "AND queue_name = %s", [queues[0]]
+        queue_filter = ""
+    elif len(queues) == 1:
+        # "=": the queue's READY index holds its jobs in claim order. The
+        # name written in the text, not a parameter: a plan made once for
+        # any queue (prepared, sql/pinned.py) might walk the index of all
+        # queues past another queue's backlog.
+        queue_filter = f"AND queue_name = {_literal(connection, queues[0])}"
     else:
-        queue_filter, queue_params = "AND queue_name = ANY(%s)", [list(queues)]
+        queue_filter = "AND queue_name = ANY(%(queue)s)"
+        params["queue"] = list(queues)
     db_now = now_sql(connection)
+    # READY written in the text too: a plan made for any status could not
+    # use the READY indexes, partial on it.
     due = f"""
-        status = %s AND run_after <= {db_now} {queue_filter}
-            AND queue_name <> ALL (ARRAY({PAUSED_QUEUES}))
+        status = '{JobStatus.READY.value}' AND run_after <= {db_now}
+            {queue_filter} AND queue_name <> ALL (ARRAY({PAUSED_QUEUES}))
     """
     order = "ORDER BY priority DESC, run_after, id"
     # The jobs of no limit and those of limits, each walked in claim order
@@ -178,32 +189,51 @@ def claim_statement_postgresql(connection, worker_id, queues, limit):
     # but not among the best stays locked (other claims pass over it) until
     # the claim's transaction ends. Only a worker that knows no limit reads
     # such jobs here (one that knows of limits claims in sql/limited.py).
+    claim_set = CLAIM_SET.format(
+        job="job",
+        now=db_now,
+        append="job.worker_ids || jsonb_build_array(%s::text)",
+    )
+    # CLAIM_SET's placeholders, in order: the status, then the worker twice
+    # (as two parameters: one a varchar, one text, for the PREPARE).
+    for name in ("status", "worker", "worker_text"):
+        claim_set = claim_set.replace("%s", f"%({name})s", 1)
     sql = f"""
         WITH free AS (
             SELECT id, priority, run_after FROM {table}
             WHERE {due} AND limit_key IS NULL
-            {order} LIMIT %s FOR UPDATE SKIP LOCKED
+            {order} LIMIT %(limit)s FOR UPDATE SKIP LOCKED
         ), of_limits AS (
             SELECT id, priority, run_after FROM {table}
             WHERE {due} AND (limit_key IS NULL) IS FALSE
-            {order} LIMIT %s FOR UPDATE SKIP LOCKED
+            {order} LIMIT %(limit)s FOR UPDATE SKIP LOCKED
         ), claimable AS (
             SELECT id FROM (
                 SELECT * FROM free UNION ALL SELECT * FROM of_limits
-            ) AS due {order} LIMIT %s
+            ) AS due {order} LIMIT %(limit)s
         )
-        UPDATE {table} AS job SET {
-        CLAIM_SET.format(
-            job="job",
-            now=db_now,
-            append="job.worker_ids || jsonb_build_array(%s::text)",
-        )
-    }
+        UPDATE {table} AS job SET {claim_set}
         FROM claimable WHERE job.id = claimable.id
         RETURNING {RETURNING}
     """
-    part = [JobStatus.READY.value, *queue_params, limit]
-    return sql, [*part, *part, limit, *set_params(worker_id)]
+    return sql, params
+
+
+def _literal(connection, value: str) -> str:
+    """``value`` as an SQL literal, quoted by the driver, for a text that is
+    then run with parameters (``%`` doubled)."""
+    key = (connection.alias, value)
+    literal = _LITERALS.get(key)
+    if literal is None:
+        if len(_LITERALS) > 1024:
+            _LITERALS.clear()
+        literal = connection.ops.compose_sql("%s", [value]).replace("%", "%%")
+        _LITERALS[key] = literal
+    return literal
+
+
+# The queue names' literals made so far, by alias and name.
+_LITERALS: dict[tuple[str, str], str] = {}
 
 
 def _claim_sqlite(connection, *, worker_id, queues, limit):

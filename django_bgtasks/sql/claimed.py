@@ -42,29 +42,6 @@ def jobs_from(connection, rows):
     return jobs, unreadable
 
 
-# Sorting off (the claims' plans walk the READY index in claim order),
-# and with it JIT: a plan that must still sort (a merge of a few rows) then
-# costs so much that PostgreSQL would compile it, some 300 ms each time.
-NO_SORT = "SET LOCAL enable_sort = off; SET LOCAL jit = off; "
-
-
-def can_pin_plan(connection, cursor) -> bool:
-    """Whether ``NO_SORT`` can lead the claim's query string: the cursor
-    binds parameters on the client and sends the text as one simple query
-    (psycopg 2, and psycopg 3's ClientCursor, Django's default), and no
-    transaction is open that SET LOCAL would outlast the claim in."""
-    if connection.in_atomic_block or not connection.get_autocommit():
-        return False
-    raw = cursor.cursor
-    if type(raw).__module__.startswith("psycopg2"):
-        return True
-    try:
-        from psycopg import ClientCursor
-    except ImportError:
-        return False
-    return isinstance(raw, ClientCursor)
-
-
 # A claimed row comes back lean: the JSON columns as one JSON array (one
 # parse), the times as seconds since the epoch (no per-column loaders), and
 # without the columns no worker reads (deferred on the Job: one read of

@@ -33,9 +33,7 @@ by hand) frees its place, and nothing can leak one.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
-import re
 import time
 
 from django.db import DatabaseError, transaction
@@ -48,21 +46,15 @@ from ..models import Job, JobStatus, LimitState, Queue
 from .claimed import (
     CLAIM_SET,
     ID_AT,
-    NO_SORT,
     PAUSED_QUEUES,
     RETURNING,
-    can_pin_plan,
     jobs_from,
     set_params,
 )
+from .pinned import can_pin_plan, last_result_only, run_pinned
 
 logger = logging.getLogger("django_bgtasks.worker")
 
-# A prepared statement's plan made once, for any parameters: left to
-# itself, PostgreSQL planned the front anew at each run (its estimate of
-# the generic plan's cost was no better than a custom one's), as long as
-# running it.
-GENERIC_PLAN = "SET LOCAL plan_cache_mode = force_generic_plan; "
 # Due jobs a limited claim looks at beyond its free slots: room to pass
 # over jobs of limits that fill up in this very claim.
 EXTRA_SCANNED = 16
@@ -183,13 +175,13 @@ def _round_postgresql(connection, worker_id, queues, limit, declared):
         if (
             together
             and getattr(connection, "_bgtasks_kept", False)
-            and not _last_result_only(cursor)
+            and not last_result_only(cursor)
         ):
-            rows, _, admitted = _execute(
-                connection, cursor, [front, lock, admit], params, prepared
+            rows, _, admitted = run_pinned(
+                connection, cursor, [front, lock, admit], params, prepared=prepared
             )
         elif together:
-            [rows] = _execute(connection, cursor, [front], params, prepared)
+            [rows] = run_pinned(connection, cursor, [front], params, prepared=prepared)
         else:
             cursor.execute(front, params)
             rows = cursor.fetchall()
@@ -218,8 +210,8 @@ def _admit_kept(connection, together, prepared, statements, params):
     _, keep, lock, admit = statements
     if together:
         with connection.cursor() as cursor:
-            *_, admitted = _execute(
-                connection, cursor, [keep, lock, admit], params, prepared
+            *_, admitted = run_pinned(
+                connection, cursor, [keep, lock, admit], params, prepared=prepared
             )
         return admitted
     with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
@@ -300,116 +292,6 @@ def _undeclared_waiting(connection, declared: DeclaredLimits) -> bool:
 # then, when it was seen (time.monotonic()), and the answer.
 _UNDECLARED: dict = {}
 UNDECLARED_CHECK_SECONDS = 60.0
-
-
-def _execute(connection, cursor, statements, params, prepared):
-    """Run ``statements`` as one message (one implicit transaction: a
-    failure in any undoes them all), each as a statement prepared on this
-    connection if ``prepared``, and return each one's rows.
-
-    Prepared: planning the front's dozen parts took about as long as
-    running it, on every claim. Planned once (``GENERIC_PLAN``), under the
-    settings of the plain claim's every run: sorting off (the READY index's
-    order, whatever the statistics say) and JIT off (sorting "off" makes a
-    plan's cost so large that PostgreSQL would compile it, a second each
-    time). A connection that loses them (a pooler in transaction mode hands
-    out another) prepares them again, and one that cannot keep them runs
-    the texts.
-
-    psycopg 2 keeps the rows of the last statement only (the one result
-    returned then): ``_round_postgresql`` sends it no message whose other
-    rows it needs."""
-    if prepared and None not in (names := _prepared_names(connection)):
-        # (None in names: this connection keeps no prepared statement.)
-        rows = _execute_prepared(cursor, statements, params, names)
-        if rows is not None:
-            return rows
-    cursor.execute(NO_SORT + "; ".join(statements), params)
-    return _results(cursor)
-
-
-def _prepared_names(connection) -> set:
-    """The statements prepared on this connection's current link to the
-    server, by name."""
-    state = getattr(connection, "_bgtasks_prepared", None)
-    raw = id(connection.connection)
-    if state is None or state[0] != raw:
-        state = connection._bgtasks_prepared = (raw, set())
-    return state[1]
-
-
-def _execute_prepared(cursor, statements, params, names):
-    """``_execute`` of statements prepared (made if need be): their rows,
-    or None if the connection lost them again as soon as they were made
-    (it is then marked as keeping none)."""
-    settings = NO_SORT + GENERIC_PLAN
-    forms = [_prepared_forms(sql) for sql in statements]
-    for _ in (1, 2):
-        for name, prepare, _ in forms:
-            if name not in names:
-                try:
-                    cursor.execute(prepare)
-                except DatabaseError as exc:
-                    # Prepared already (by this process, under this name
-                    # made of the text): behind a pooler, a connection may
-                    # hold some of them and not others.
-                    if _sqlstate(exc) != "42P05":
-                        raise
-                names.add(name)
-        try:
-            # The settings are sent with each run: a plan is made again
-            # when PostgreSQL sees fit (new statistics), under that run's.
-            cursor.execute(settings + "; ".join(run for _, _, run in forms), params)
-            return _results(cursor)
-        except DatabaseError as exc:
-            if _sqlstate(exc) != "26000":  # not "no such prepared statement"
-                raise
-            names.clear()
-    names.add(None)
-    return None
-
-
-def _results(cursor) -> list[list]:
-    """The rows of each statement of the message just run that returns
-    rows (the settings before them return none)."""
-    if _last_result_only(cursor):
-        return [cursor.fetchall()]
-    results = []
-    while True:
-        if cursor.description is not None:
-            results.append(cursor.fetchall())
-        if not cursor.nextset():
-            return results
-
-
-def _last_result_only(cursor) -> bool:
-    """Whether the driver keeps only the last result of a message of
-    several statements (psycopg 2)."""
-    return type(cursor.cursor).__module__.startswith("psycopg2")
-
-
-def _sqlstate(exc) -> str | None:
-    cause = exc.__cause__
-    return getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
-
-
-@functools.lru_cache(maxsize=64)
-def _prepared_forms(sql: str) -> tuple[str, str, str]:
-    """The name, ``PREPARE`` and ``EXECUTE`` of ``sql`` (named parameters
-    become $1, $2...)."""
-    order: list[str] = []
-
-    def number(match) -> str:
-        key = match.group(1)
-        if key not in order:
-            order.append(key)
-        return f"${order.index(key) + 1}"
-
-    body = re.sub(r"%\((\w+)\)s", number, sql)
-    name = "bgtasks_limited_" + hashlib.sha1(sql.encode()).hexdigest()[:16]
-    arguments = ", ".join(f"%({key})s" for key in order)
-    execute = f"EXECUTE {name}({arguments})" if order else f"EXECUTE {name}"
-    return name, f"PREPARE {name} AS {body}", execute
 
 
 # Texts of the statements by (alias, shape of queues, limits in force); the

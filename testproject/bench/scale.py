@@ -30,7 +30,7 @@ from django_bgtasks.db import database_now
 from django_bgtasks.maintenance.scheduler import fire_due_schedules
 from django_bgtasks.models import Job, JobStatus, Schedule
 from django_bgtasks.sql.claim import claim_jobs, claim_statement_postgresql
-from django_bgtasks.sql.claimed import NO_SORT
+from django_bgtasks.sql.pinned import NO_SORT
 
 from .admin_pages import AdminTimer, admin_pages
 from .history import analyze, seed_history
