@@ -510,15 +510,17 @@ def _prepared_inserts() -> int:
 
 @pytest.mark.parametrize(
     ("server_side_binding", "threshold", "prepared"),
-    [(None, None, False), (None, 0, False), (True, None, False), (True, 0, True)],
+    [(None, None, True), (None, 0, True), (True, None, False), (True, 0, True)],
 )
-def test_inserts_are_prepared_only_where_djangos_cursors_would_be(
+def test_inserts_are_prepared_on_a_connection_straight_to_the_server(
     server_side_binding, threshold, prepared
 ):
-    """Django prepares only with ``OPTIONS["server_side_binding"]`` True and
-    a ``prepare_threshold`` (here 0: at once); by default never, for
-    PgBouncer's sake. The enqueue's statements do the same, and still
-    write the jobs."""
+    """On a connection straight to PostgreSQL (the tests' own) the enqueue's
+    statements are prepared, whatever Django's cursors do; with
+    ``OPTIONS["server_side_binding"]`` True (set for a pooler that keeps
+    prepared statements) they follow Django's ``prepare_threshold``: None
+    never, 0 at once. Either way they write the jobs. (Through PgBouncer:
+    test_pgbouncer.py.)"""
     if connection.vendor != "postgresql":
         pytest.skip("prepared statements are PostgreSQL's")
     connection.ensure_connection()
@@ -534,6 +536,8 @@ def test_inserts_are_prepared_only_where_djangos_cursors_would_be(
             tasks.add.enqueue(number, b=1)
         tasks.add.enqueue_many([((7,), {"b": 1}), ((8,), {"b": 1})])
         count = _prepared_inserts()
+        with connection.cursor() as cursor:
+            cursor.execute("DEALLOCATE ALL")  # for the next case
     finally:
         raw.prepare_threshold, options["server_side_binding"] = before
         if before[1] is None:

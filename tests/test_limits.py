@@ -256,15 +256,48 @@ def test_a_full_queues_waiting_jobs_cost_the_claim_no_reads(limited, queues):
             assert claimed == {int(r.id) for r in free}
 
 
-def _front_plan(front, params) -> dict:
+def test_the_plan_of_one_queues_claim_made_once_reads_that_queue_only(limited):
+    """PostgreSQL: the front is prepared and planned once for any
+    parameters (sql/pinned.py). With statistics that know of one queue
+    only, a plan made for any queue name would walk the READY index of all
+    queues past that queue's backlog; the name is in the text, so the plan
+    reads the claim's queue's jobs only."""
+    from django.db import connection
+
+    from django_bgtasks.sql.limited import _statements
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL only: its claim is prepared statements")
+    others = [limited.free.using(priority=10).enqueue() for _ in range(300)]
+    Job.objects.filter(pk__in=[r.id for r in others]).update(queue_name="other")
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {Job._meta.db_table}")
+    free = [limited.free.enqueue() for _ in range(5)]
+    [front, *_], params = _statements(
+        connection, ["default"], 10, declared_limits(), "w2"
+    )
+    read = _rows_read(_front_plan(front, params, prepared=True))
+    [ready] = [name for name in read if name.startswith("bgtasks_job_ready")]
+    assert read.pop(ready) == 5, read
+    claimed = claim(limit=10, queues=["default"])
+    assert {job.pk for job in claimed} == {int(r.id) for r in free}
+
+
+def _front_plan(front, params, *, prepared=False) -> dict:
     """The plan of the front statement, run as the claim runs it (but that
-    it never reads the whole table): EXPLAIN ANALYZE's, as a dict."""
+    it never reads the whole table): EXPLAIN ANALYZE's, as a dict;
+    ``prepared``: its plan made once for any parameters."""
     from django.db import connection, transaction
+
+    from django_bgtasks.sql.pinned import GENERIC_PLAN, _prepared_forms
 
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SET LOCAL enable_sort = off")
         cursor.execute("SET LOCAL jit = off")
         cursor.execute("SET LOCAL enable_seqscan = off")
+        if prepared:
+            _, prepare, front = _prepared_forms(front)
+            cursor.execute(GENERIC_PLAN + prepare)
         cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + front, params)
         [(plan,)] = cursor.fetchall()
         transaction.set_rollback(True)

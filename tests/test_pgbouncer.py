@@ -1,12 +1,13 @@
 """Workers behind PgBouncer in transaction mode (Debian's ``pgbouncer``, started
 by the test on a loopback port): a pooled connection hears no NOTIFY, so a
 worker says so and polls; with ``LISTEN_DATABASE`` naming a direct
-connection, it is woken at once."""
+connection, it is woken at once. Enqueues through it prepare nothing."""
 
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -139,3 +140,47 @@ def test_with_a_direct_listen_database_a_worker_behind_pgbouncer_is_woken(
     )
     assert WARNING not in workers.output(worker)
     assert woken_after < 20
+
+
+ENQUEUE_THROUGH_POOLER = """
+from django.db import connection, transaction
+from django_bgtasks.sql.insert import _straight_to_server
+from tests import tasks
+for number in range(5):
+    tasks.add.enqueue(number, b=0)
+    with transaction.atomic():
+        tasks.add.enqueue(number, b=1)
+tasks.add.enqueue_many([((9,), {"b": 2}), ((9,), {"b": 3})])
+print("straight:", _straight_to_server(connection))
+"""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_enqueues_through_pgbouncer_are_not_prepared(pgbouncer):
+    """A pooler in transaction mode hands a transaction any server
+    connection: statements prepared on one are missing on the next, and
+    their names may be another client's. The enqueue prepares only on a
+    connection straight to PostgreSQL (the tests' own), so processes one
+    after another through PgBouncer (their server connections shared)
+    enqueue without an error."""
+    from django_bgtasks.sql.insert import _straight_to_server
+
+    connection.ensure_connection()
+    assert _straight_to_server(connection)
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": through(pgbouncer),
+    }
+    manage = Path(__file__).resolve().parent.parent / "manage.py"
+    for _ in range(3):
+        done = subprocess.run(
+            [sys.executable, str(manage), "shell", "-c", ENQUEUE_THROUGH_POOLER],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "straight: False" in done.stdout
+    assert Job.objects.filter(task_path__endswith=".add").count() == 3 * 12

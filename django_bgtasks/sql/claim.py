@@ -37,6 +37,7 @@ from .claimed import (
     RETURNING,
     jobs_from,
     jobs_read,
+    queue_literal,
     set_params,
 )
 from .limited import claim_limited
@@ -170,7 +171,7 @@ def claim_statement_postgresql(connection, worker_id, queues, limit):
         # name written in the text, not a parameter: a plan made once for
         # any queue (prepared, sql/pinned.py) might walk the index of all
         # queues past another queue's backlog.
-        queue_filter = f"AND queue_name = {_literal(connection, queues[0])}"
+        queue_filter = f"AND queue_name = {queue_literal(connection, queues[0])}"
     else:
         queue_filter = "AND queue_name = ANY(%(queue)s)"
         params["queue"] = list(queues)
@@ -217,23 +218,6 @@ def claim_statement_postgresql(connection, worker_id, queues, limit):
         RETURNING {RETURNING}
     """
     return sql, params
-
-
-def _literal(connection, value: str) -> str:
-    """``value`` as an SQL literal, quoted by the driver, for a text that is
-    then run with parameters (``%`` doubled)."""
-    key = (connection.alias, value)
-    literal = _LITERALS.get(key)
-    if literal is None:
-        if len(_LITERALS) > 1024:
-            _LITERALS.clear()
-        literal = connection.ops.compose_sql("%s", [value]).replace("%", "%%")
-        _LITERALS[key] = literal
-    return literal
-
-
-# The queue names' literals made so far, by alias and name.
-_LITERALS: dict[tuple[str, str], str] = {}
 
 
 def _claim_sqlite(connection, *, worker_id, queues, limit):

@@ -25,6 +25,27 @@ CLAIM_SET = """
 """
 
 
+def queue_literal(connection, value: str) -> str:
+    """The queue name ``value`` as an SQL literal, quoted by the driver, for
+    a claim's text (then run with parameters: ``%`` doubled). A claim of
+    one queue writes it in its text rather than take it as a parameter: its
+    plan is made once for any parameters (``pinned.py``), and one made for
+    any queue might walk the READY index of all queues past another
+    queue's backlog."""
+    key = (connection.alias, value)
+    literal = _LITERALS.get(key)
+    if literal is None:
+        if len(_LITERALS) > 1024:
+            _LITERALS.clear()
+        literal = connection.ops.compose_sql("%s", [value]).replace("%", "%%")
+        _LITERALS[key] = literal
+    return literal
+
+
+# The queue names' literals made so far, by alias and name.
+_LITERALS: dict[tuple[str, str], str] = {}
+
+
 def set_params(worker_id):
     return [JobStatus.RUNNING.value, worker_id, worker_id]
 

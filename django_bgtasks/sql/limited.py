@@ -49,6 +49,7 @@ from .claimed import (
     PAUSED_QUEUES,
     RETURNING,
     jobs_from,
+    queue_literal,
     set_params,
 )
 from .pinned import can_pin_plan, last_result_only, run_pinned
@@ -232,13 +233,16 @@ def _statements(connection, queues, limit, declared, worker_id):
     """The PostgreSQL statements of ``_round_postgresql`` (their texts made
     once per shape of claim and limits in force), with their parameters."""
     shape = None if queues is None else ("one" if len(queues) == 1 else "many")
+    # One queue's name is written in the texts (as in sql/claim.py: a plan
+    # made once for any queue might walk past other queues' backlogs).
+    one = queue_literal(connection, queues[0]) if shape == "one" else None
     undeclared = _undeclared_waiting(connection, declared)
-    key = (connection.alias, shape, id(declared), undeclared)
+    key = (connection.alias, shape, one, id(declared), undeclared)
     made = _TEXTS.get(key)
     if made is None or made[0] is not declared:
         if len(_TEXTS) > 64:
             _TEXTS.clear()
-        texts = _texts(connection, shape, declared, undeclared)
+        texts = _texts(connection, shape, one, declared, undeclared)
         made = _TEXTS[key] = (declared, *texts)
     _, texts, constants = made
     status, worker, _ = set_params(worker_id)
@@ -249,9 +253,9 @@ def _statements(connection, queues, limit, declared, worker_id):
         "worker": worker,
         "worker_text": worker,
     }
-    if shape is not None:
-        params["queue"] = queues[0] if shape == "one" else list(queues)
-    if shape == "many":  # the queues whose jobs of no limit are c_free's
+    if shape == "many":
+        params["queue"] = list(queues)
+        # The queues whose jobs of no limit are c_free's.
         params["free_queue"] = [q for q in queues if q not in declared.by_queue]
     return texts, params
 
@@ -311,11 +315,12 @@ def _setting(name: str) -> str:
     return f"coalesce(nullif(current_setting('{name}', true), ''), '[]')::json"
 
 
-def _texts(connection, shape, declared, undeclared) -> tuple[list[str], dict]:
+def _texts(connection, shape, one, declared, undeclared) -> tuple[list[str], dict]:
     """The texts of the front, keep, lock and admit statements, and their
     parameters that the limits in force decide (the others: ``limit``,
-    ``status``, ``worker``, ``worker_text``, by ``shape`` ``queue``, and
-    for the keep statement ``kept``).
+    ``status``, ``worker``, ``worker_text``, for ``shape`` "many"
+    ``queue`` and ``free_queue``, and for the keep statement ``kept``).
+    ``one``: for ``shape`` "one", its queue as an SQL literal.
 
     The front returns the rows it claimed (``RETURNING``), each with, in
     its last column, the jobs it kept aside: the due jobs of limits among
@@ -379,8 +384,8 @@ def _texts(connection, shape, declared, undeclared) -> tuple[list[str], dict]:
         """The claim's queues, as a condition on ``column``."""
         if shape is None:
             return ""
-        if shape == "one":  # "= %s": the index's order holds for one queue
-            return f"AND {column} = {var('queue')}"
+        if shape == "one":  # "=": the index's order holds for one queue
+            return f"AND {column} = {one}"
         return f"AND {column} = ANY({var('queue')})"
 
     ready_due = f"status = 'READY' AND run_after <= {db_now}"
@@ -397,9 +402,7 @@ def _texts(connection, shape, declared, undeclared) -> tuple[list[str], dict]:
     if shape is None:
         free_queues = f"queue_name <> ALL({queues_param})"
     elif shape == "one":
-        free_queues = (
-            f"queue_name = {var('queue')} AND {var('queue')} <> ALL({queues_param})"
-        )
+        free_queues = f"queue_name = {one} AND {one} <> ALL({queues_param})"
     else:
         free_queues = f"queue_name = ANY({var('free_queue')})"
     free = f"""SELECT {columns} FROM {table}
