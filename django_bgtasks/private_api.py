@@ -127,19 +127,27 @@ def result_maker(
     ``shared``; the function takes the values of the fields ``names``, in
     order (the fields differing from one result to the next). For many
     results at once (a bulk enqueue's)."""
+    shared = list(shared)
+    make = _straight_maker(cls, tuple(name for name, _ in shared), tuple(names))
+    return functools.partial(make, *(value for _, value in shared))
+
+
+@functools.cache
+def _straight_maker(cls, names: tuple[str, ...], more: tuple[str, ...]):
+    """A function taking the values of the fields ``names``, then ``more``,
+    and making a result of class ``cls`` with them: written out as
+    straight-line code, as dataclasses writes ``__init__`` (a loop over
+    the setters cost a third of a bulk enqueue's results)."""
     setters = _field_setters(cls)
-    fixed = [(setters[name], value) for name, value in shared]
-    own = [setters[name] for name in names]
-
-    def make(*values):
-        result = _new(cls)
-        for setter, value in fixed:
-            setter(result, value)
-        for setter, value in zip(own, values, strict=True):
-            setter(result, value)
-        return result
-
-    return make
+    namespace: dict[str, Any] = {"_new": _new, "_cls": cls}
+    body = ["    result = _new(_cls)"]
+    for n, name in enumerate((*names, *more)):
+        namespace[f"_set{n}"] = setters[name]
+        body.append(f"    _set{n}(result, value{n})")
+    parameters = ", ".join(f"value{n}" for n in range(len(names) + len(more)))
+    code = f"def make({parameters}):\n" + "\n".join(body) + "\n    return result"
+    exec(code, namespace)
+    return namespace["make"]
 
 
 # Signals ----------------------------------------------------------------------

@@ -583,13 +583,19 @@ AWKWARD_ARGUMENTS = [
 ]
 
 
-def test_enqueue_many_stores_what_enqueue_stores():
+@pytest.mark.parametrize(
+    "calls",
+    [
+        AWKWARD_ARGUMENTS,
+        # No kwargs in any call: SQLite's document then holds the args alone.
+        [call for call in AWKWARD_ARGUMENTS if not call[1]],
+    ],
+)
+def test_enqueue_many_stores_what_enqueue_stores(calls):
     """The bulk path sends every job's arguments as one JSON document that
     the database takes apart: the stored values are those of one by one."""
-    many = tasks.echo.enqueue_many(AWKWARD_ARGUMENTS)
-    one_by_one = [
-        tasks.echo.enqueue(*args, **kwargs) for args, kwargs in AWKWARD_ARGUMENTS
-    ]
+    many = tasks.echo.enqueue_many(calls)
+    one_by_one = [tasks.echo.enqueue(*args, **kwargs) for args, kwargs in calls]
     stored = dict(Job.objects.values_list("pk", "args"))
     kwargs = dict(Job.objects.values_list("pk", "kwargs"))
     for bulk, single in zip(many, one_by_one, strict=True):

@@ -88,6 +88,8 @@ def insert_jobs(
         return [_insert_one(connection, common, *arguments[0])]
     dialect = _dialect(connection)
     if dialect is not None:
+        if dialect == "sqlite" and not any(kwargs for _, kwargs in arguments):
+            dialect = "sqlite_args"
         return _insert_from_json(connection, common, arguments, _INSERT_MANY[dialect])
     if connection.features.can_return_rows_from_bulk_insert:
         jobs = [Job(**common, args=args, kwargs=kwargs) for args, kwargs in arguments]
@@ -102,25 +104,36 @@ def _insert_one(connection, common, args, kwargs) -> int:
     values prepared by their fields, as the ORM would, without compiling a
     query for each job."""
     params = _prepared(connection, [*(common[name] for name in COMMON), args, kwargs])
-    table = Job._meta.db_table
-    sql = (
-        f"INSERT INTO {connection.ops.quote_name(table)} ({_columns(connection)}) "
-        f"VALUES ({', '.join(['%s'] * len(_INSERT_FIELDS))})"
-    )
     # A failed insert dooms the caller's transaction, as with the ORM.
     with (
         transaction.mark_for_rollback_on_error(connection.alias),
         connection.cursor() as cursor,
     ):
-        cursor.execute(sql, params)
-        return connection.ops.last_insert_id(cursor, table, Job._meta.pk.column)
+        cursor.execute(_insert_one_sql(connection.alias), params)
+        return connection.ops.last_insert_id(
+            cursor, Job._meta.db_table, Job._meta.pk.column
+        )
+
+
+@functools.cache
+def _insert_one_sql(using: str) -> str:
+    """The plain ``INSERT`` of one job on database ``using`` (made once:
+    quoting its two dozen columns took a tenth of an enqueue's Python)."""
+    connection = connections[using]
+    return (
+        f"INSERT INTO {connection.ops.quote_name(Job._meta.db_table)} "
+        f"({_columns(connection)}) "
+        f"VALUES ({', '.join(['%s'] * len(_INSERT_FIELDS))})"
+    )
 
 
 def _prepared(connection, values: list) -> list:
     """``values`` of the first of ``_INSERT_FIELDS``, as their fields send
     them (the ORM's preparation)."""
+    # None is NULL for every field (JSONField's too, as its
+    # get_db_prep_save says): half the values of most jobs, not prepared.
     return [
-        field.get_db_prep_save(value, connection)
+        None if value is None else field.get_db_prep_save(value, connection)
         for field, value in zip(_INSERT_FIELDS, values, strict=False)
     ]
 
@@ -169,6 +182,13 @@ _INSERT_MANY = {
             json_extract(given.value, '$[0]'), json_extract(given.value, '$[1]')
         FROM json_each(%s) AS given ORDER BY given.key RETURNING id
     """,
+    # SQLite, every job's kwargs empty (the usual bulk enqueue): the
+    # document holds the args alone, one fewer JSON read per job (an eighth
+    # of the statement's time).
+    "sqlite_args": """
+        INSERT INTO {table} ({columns}) SELECT {common}, given.value, '{{}}'
+        FROM json_each(%s) AS given ORDER BY given.key RETURNING id
+    """,
 }
 
 
@@ -184,6 +204,8 @@ def _insert_from_json(connection, common, arguments, statement) -> list[int]:
     )
     if connection.vendor == "mysql":
         document = json.dumps([[json.dumps(a), json.dumps(k)] for a, k in arguments])
+    elif statement is _INSERT_MANY["sqlite_args"]:
+        document = json.dumps([args for args, _ in arguments])
     else:
         document = json.dumps(arguments)
     with (
