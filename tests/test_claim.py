@@ -204,3 +204,43 @@ def test_a_claim_whose_prepared_statement_is_lost_prepares_it_again():
         fourth = enqueue(0, "default")
         assert claimed(["default"], limit=1) == [fourth]
         assert len(runs) == 2  # the text only, from then on
+
+
+def test_a_plan_made_on_an_empty_table_finds_the_claimed_rows_by_id():
+    """PostgreSQL: a claim's plan is made once per connection (sql/
+    pinned.py), maybe while the job table is empty. Once it has grown
+    (before the next ANALYZE), that plan must still find the claimed rows
+    by id, not walk the whole table beside them (by a scan, or the primary
+    key's index), as plans made for an empty table did: it cost the steady
+    state a third of its rate."""
+    from django_bgtasks.sql.claim import claim_statement_postgresql
+    from django_bgtasks.sql.pinned import GENERIC_PLAN, NO_SORT, _prepared_forms
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL only")
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {Job._meta.db_table}")  # empty
+    sql, params = claim_statement_postgresql(connection, "w1", None, 10)
+    _, prepare, execute = _prepared_forms(sql)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(NO_SORT + GENERIC_PLAN + prepare)
+        cursor.execute(execute, params)  # planned now, on an empty table
+        assert cursor.fetchall() == []
+        tasks.echo.enqueue_many([((n,), {}) for n in range(3000)])
+        cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + execute, params)
+        [(plan,)] = cursor.fetchall()
+        transaction.set_rollback(True)
+    plan = (plan if isinstance(plan, list) else json.loads(plan))[0]["Plan"]
+    scans = []
+
+    def walk(node):
+        if node.get("Relation Name") == Job._meta.db_table:
+            scans.append((node["Node Type"], node.get("Actual Rows")))
+        for child in node.get("Plans", []):
+            walk(child)
+
+    walk(plan)
+    # The READY index's walk (10 rows, and none for the jobs of limits) and
+    # the claimed rows by id: nothing else of the 3,000.
+    assert all(rows <= 10 for _, rows in scans), scans
+    assert plan["Actual Rows"] == 10

@@ -508,6 +508,17 @@ def _prepared_inserts() -> int:
         return cursor.fetchone()[0]
 
 
+def _psycopg3_connection():
+    """The test's connection, connected, if psycopg 3's (else skips)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("prepared statements are PostgreSQL's")
+    connection.ensure_connection()
+    if not hasattr(connection.connection, "prepare_threshold"):
+        pytest.skip("psycopg 2 binds on the client")
+    return connection.connection
+
+
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
     ("server_side_binding", "threshold", "prepared"),
     [(None, None, True), (None, 0, True), (True, None, False), (True, 0, True)],
@@ -515,18 +526,15 @@ def _prepared_inserts() -> int:
 def test_inserts_are_prepared_on_a_connection_straight_to_the_server(
     server_side_binding, threshold, prepared
 ):
-    """On a connection straight to PostgreSQL (the tests' own) the enqueue's
-    statements are prepared, whatever Django's cursors do; with
-    ``OPTIONS["server_side_binding"]`` True (set for a pooler that keeps
-    prepared statements) they follow Django's ``prepare_threshold``: None
-    never, 0 at once. Either way they write the jobs. (Through PgBouncer:
-    test_pgbouncer.py.)"""
-    if connection.vendor != "postgresql":
-        pytest.skip("prepared statements are PostgreSQL's")
-    connection.ensure_connection()
-    raw = connection.connection
-    if not hasattr(raw, "prepare_threshold"):
-        pytest.skip("psycopg 2 binds on the client")
+    """Outside a transaction on a connection straight to PostgreSQL (the
+    tests' own) the enqueue's statements are prepared, whatever Django's
+    cursors do; with ``OPTIONS["server_side_binding"]`` True (set for a
+    pooler that keeps prepared statements) they follow Django's
+    ``prepare_threshold``: None never, 0 at once. In a transaction, only
+    as Django's settings say. Either way they write the jobs. (Through
+    PgBouncer: test_pgbouncer.py.) Django's own statements are not counted
+    by psycopg meanwhile (it keeps the last hundred texts it counted)."""
+    raw = _psycopg3_connection()
     options = connection.settings_dict["OPTIONS"]
     before = raw.prepare_threshold, options.get("server_side_binding")
     raw.prepare_threshold = threshold  # what OPTIONS sets on a new connection
@@ -536,16 +544,47 @@ def test_inserts_are_prepared_on_a_connection_straight_to_the_server(
             tasks.add.enqueue(number, b=1)
         tasks.add.enqueue_many([((7,), {"b": 1}), ((8,), {"b": 1})])
         count = _prepared_inserts()
-        with connection.cursor() as cursor:
-            cursor.execute("DEALLOCATE ALL")  # for the next case
+        with transaction.atomic():
+            tasks.add.enqueue(9, b=1)
+        in_transaction = _prepared_inserts() - count
+        # What psycopg counted (a private attribute: none if it moved).
+        counted = len(getattr(getattr(raw, "_prepared", None), "_counts", ()))
     finally:
         raw.prepare_threshold, options["server_side_binding"] = before
         if before[1] is None:
             del options["server_side_binding"]
+        connection.close()  # and its prepared statements
     assert sorted(Job.objects.values_list("args", flat=True)) == [
-        [0], [1], [2], [7], [8]
+        [0], [1], [2], [7], [8], [9]
     ]  # fmt: skip
     assert count == (2 if prepared else 0)  # one job, many jobs
+    assert in_transaction == 0  # the one-job statement: prepared already or not
+    if threshold is None:
+        assert counted == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_insert_whose_prepared_statement_is_lost_is_made_again_unprepared():
+    """A connection that does not keep what it prepared (here: deallocated
+    behind psycopg's back, as a pooler's next server connection would not
+    know it): the enqueue that finds its statement gone inserts again,
+    unprepared, outside a transaction (the failed statement wrote nothing),
+    and so do the next ones on that connection."""
+    _psycopg3_connection()
+    try:
+        tasks.add.enqueue(1, b=1)
+        assert _prepared_inserts() == 1
+        with connection.cursor() as cursor:
+            cursor.execute("DEALLOCATE ALL")
+        second = tasks.add.enqueue(2, b=1)
+        third = tasks.add.enqueue(3, b=1)
+        assert _prepared_inserts() == 0
+    finally:
+        connection.close()
+    assert sorted(Job.objects.values_list("args", flat=True)) == [[1], [2], [3]]
+    assert {second.id, third.id} <= {
+        str(pk) for pk in Job.objects.values_list("pk", flat=True)
+    }
 
 
 def test_enqueue_many_pauses_the_garbage_collector_and_restores_it():

@@ -190,6 +190,9 @@ def claim_statement_postgresql(connection, worker_id, queues, limit):
     # but not among the best stays locked (other claims pass over it) until
     # the claim's transaction ends. Only a worker that knows no limit reads
     # such jobs here (one that knows of limits claims in sql/limited.py).
+    # The claimed rows are then found by id, from an array of them: a plan
+    # made once (sql/pinned.py) while the table was empty took the table
+    # for one row, and once it had grown walked all of it for each claim.
     claim_set = CLAIM_SET.format(
         job="job",
         now=db_now,
@@ -214,7 +217,7 @@ def claim_statement_postgresql(connection, worker_id, queues, limit):
             ) AS due {order} LIMIT %(limit)s
         )
         UPDATE {table} AS job SET {claim_set}
-        FROM claimable WHERE job.id = claimable.id
+        WHERE job.id = ANY (ARRAY(SELECT id FROM claimable))
         RETURNING {RETURNING}
     """
     return sql, params

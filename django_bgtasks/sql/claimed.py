@@ -37,7 +37,9 @@ def queue_literal(connection, value: str) -> str:
     if literal is None:
         if len(_LITERALS) > 1024:
             _LITERALS.clear()
-        literal = connection.ops.compose_sql("%s", [value]).replace("%", "%%")
+        with connection.wrap_database_errors:  # a NUL: Django's DataError
+            literal = connection.ops.compose_sql("%s", [value])
+        literal = literal.replace("%", "%%")
         _LITERALS[key] = literal
     return literal
 

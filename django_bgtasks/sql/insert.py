@@ -5,9 +5,9 @@
   JSON document), with the queue's ``pg_notify`` in the same statement
   (delivered at commit), so enqueueing costs one round trip and joins the
   caller's transaction. Parameters are bound on the server (psycopg 3),
-  the statement prepared on a connection straight to PostgreSQL, and
-  through a pooler where Django's cursors would be (``server_side_binding``
-  and ``prepare_threshold``; by default never).
+  the statement prepared outside a transaction on a connection straight
+  to PostgreSQL, and otherwise where Django's cursors would be
+  (``server_side_binding`` and ``prepare_threshold``; by default never).
 - MySQL, MariaDB and SQLite: one job, a plain ``INSERT``; many, one
   ``INSERT ... SELECT`` from their arguments as a JSON document,
   ``RETURNING`` their ids (MariaDB, SQLite), else ``bulk_create`` where it
@@ -28,7 +28,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from django.db import connections, transaction
+from django.db import DatabaseError, connections, transaction
 
 from ..models import Job
 from ..notify import CHANNEL, notify_enabled, payload
@@ -78,12 +78,8 @@ def insert_jobs(
     connection = connections[using]
     if connection.vendor == "postgresql":
         # A failed insert dooms the caller's transaction, as with the ORM.
-        with (
-            transaction.mark_for_rollback_on_error(using),
-            _cursor(connection) as cursor,
-        ):
-            _send_postgresql(cursor, common, arguments, notify=True)
-            return _ids(cursor)
+        with transaction.mark_for_rollback_on_error(using):
+            return _insert_postgresql(connection, common, arguments)
     if len(arguments) == 1:
         return [_insert_one(connection, common, *arguments[0])]
     dialect = _dialect(connection)
@@ -251,19 +247,46 @@ def insert_job_chunks(
                 inserted(_ids(sent[0]), sent[1])
 
 
-def _cursor(connection):
+def _insert_postgresql(connection, common, arguments) -> list[int]:
+    """``insert_jobs`` on PostgreSQL, in one statement. Where it may
+    (``_cursor``), the statement is prepared; a connection that turns out
+    not to keep it (the statement lost: a pooler that hands each
+    transaction any server connection) inserts again, unprepared, from then
+    on: outside a transaction, the failed statement wrote nothing."""
+    try:
+        with _cursor(connection, may_prepare=True) as cursor:
+            _send_postgresql(cursor, common, arguments, notify=True)
+            return _ids(cursor)
+    except DatabaseError as exc:
+        if not (_may_prepare(connection) and _sqlstate(exc) in PREPARED_LOST):
+            raise
+    connection._bgtasks_straight = (connection.connection, False)
+    with _cursor(connection) as cursor:
+        _send_postgresql(cursor, common, arguments, notify=True)
+        return _ids(cursor)
+
+
+# A prepared statement missing on the server, or its name taken there.
+PREPARED_LOST = {"26000", "42P05"}
+
+
+def _sqlstate(exc) -> str | None:
+    return getattr(exc.__cause__, "sqlstate", None)
+
+
+def _cursor(connection, *, may_prepare: bool = False):
     """A cursor for an insert: on psycopg 3, one that binds the parameters
     on the server. Django's default cursor quotes each parameter into the
     statement's text on the client, which for an insert's twenty costs more
     than the rest of an enqueue's Python.
 
-    It prepares its statements (the server then parses and plans each once
-    per connection, not at every enqueue: a quarter of an enqueue's time)
-    where that is safe: on a connection straight to PostgreSQL
-    (``_straight_to_server``), always; through a pooler, as Django's own
-    cursors would (with ``OPTIONS["server_side_binding"]`` True, as the
-    connection's ``prepare_threshold`` says; by default never), so it works
-    behind PgBouncer in transaction mode as Django's cursor does."""
+    ``may_prepare``: it prepares its statements (the server then parses and
+    plans each once per connection, not at every enqueue: a quarter of an
+    enqueue's time) where that is safe (``_may_prepare``). Otherwise it
+    prepares as Django's own cursors would (with
+    ``OPTIONS["server_side_binding"]`` True, as the connection's
+    ``prepare_threshold`` says; by default never), so that it works behind
+    PgBouncer in transaction mode as Django's cursor does."""
     connection.close_if_health_check_failed()
     psycopg3 = _psycopg3_of(connection)
     if psycopg3 is None:
@@ -273,17 +296,23 @@ def _cursor(connection):
         # query log under DEBUG or in assertNumQueries.
         if connection.settings_dict["OPTIONS"].get("server_side_binding") is True:
             cursor_class = psycopg3.cursor_class
-        elif _straight_to_server(connection):
+        elif may_prepare and _may_prepare(connection):
             cursor_class = psycopg3.prepared_class
-            if connection.connection.prepare_threshold is None:
-                # None (Django's default) turns preparing off on the
-                # connection, even where a statement asks for it. A count
-                # never reached lets the inserts ask, and no other statement
-                # (Django's cursors bind on the client and never prepare).
-                connection.connection.prepare_threshold = NEVER_BY_COUNT
         else:
             cursor_class = psycopg3.unprepared_class
         return wrap_cursor(connection, cursor_class(connection.connection))
+
+
+def _may_prepare(connection) -> bool:
+    """Whether an insert on ``connection`` may prepare its statement
+    although Django's settings do not: outside any transaction (a failure
+    can be retried: ``_insert_postgresql``) on a connection straight to
+    the server."""
+    return (
+        connection.get_autocommit()
+        and not connection.in_atomic_block
+        and _straight_to_server(connection)
+    )
 
 
 def _straight_to_server(connection) -> bool:
@@ -344,7 +373,20 @@ def _psycopg3_classes() -> _Psycopg3 | None:
 
     class PreparedCursor(psycopg.Cursor):
         def execute(self, query, params=None, *, prepare=None, binary=None):
-            return super().execute(query, params, prepare=True, binary=binary)
+            # prepare_threshold None (Django's default) turns preparing off
+            # on the connection, even for a statement that asks for it; any
+            # other value also has psycopg count and keep every statement
+            # it runs, and deallocate them all at a savepoint's rollback.
+            # So a count never reached, for this statement only.
+            connection = self.connection
+            threshold = connection.prepare_threshold
+            if threshold is None:
+                connection.prepare_threshold = NEVER_BY_COUNT
+            try:
+                return super().execute(query, params, prepare=True, binary=binary)
+            finally:
+                if threshold is None:
+                    connection.prepare_threshold = None
 
         def _send_query_prepared(self, name, pgq, **kwargs):
             # psycopg records the query it sends (which Django's query log

@@ -539,7 +539,7 @@ def _texts(connection, shape, one, declared, undeclared) -> tuple[list[str], dic
     ctes.append(
         f"""claimed AS (
             UPDATE {table} AS job SET {claim_set}
-            FROM top WHERE job.id = top.id AND top.free
+            WHERE job.id = ANY (ARRAY(SELECT id FROM top WHERE top.free))
             RETURNING {RETURNING}
         )"""
     )

@@ -16,10 +16,16 @@ import re
 
 from django.db import DatabaseError
 
-# Sorting off (the claims' plans walk the READY index in claim order),
-# and with it JIT: a plan that must still sort (a merge of a few rows) then
-# costs so much that PostgreSQL would compile it, some 300 ms each time.
-NO_SORT = "SET LOCAL enable_sort = off; SET LOCAL jit = off; "
+# Sorting off (the claims' plans walk the READY index in claim order), and
+# scans of whole tables: a plan kept for a connection's life, made while
+# the job table was empty, read the whole table to find each claimed row
+# by its id once the table had grown (a third of the drain's rate while it
+# lasted, until the next ANALYZE). And JIT: a plan that must still sort (a
+# merge of a few rows) or scan (the few paused queues) then costs so much
+# that PostgreSQL would compile it, some 300 ms each time.
+NO_SORT = (
+    "SET LOCAL enable_sort = off; SET LOCAL enable_seqscan = off; SET LOCAL jit = off; "
+)
 
 
 def can_pin_plan(connection, cursor) -> bool:
@@ -78,8 +84,9 @@ def _prepared_names(connection) -> set:
     """The statements prepared on this connection's current link to the
     server, by name."""
     state = getattr(connection, "_bgtasks_prepared", None)
-    raw = id(connection.connection)
-    if state is None or state[0] != raw:
+    raw = connection.connection
+    # The link itself, not its id(): a new one may reuse a closed one's id.
+    if state is None or state[0] is not raw:
         state = connection._bgtasks_prepared = (raw, set())
     return state[1]
 
