@@ -40,16 +40,20 @@ def chunks(ids: list, size: int = 1000):
         yield ids[start : start + size]
 
 
+def sqlstate(exc: Exception) -> str | None:
+    """The PostgreSQL SQLSTATE of the driver's error under Django's ``exc``
+    (psycopg 3's ``sqlstate``, psycopg 2's ``pgcode``), or None."""
+    cause = exc.__cause__
+    return getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+
+
 def is_deadlock(exc: Exception) -> bool:
     """Whether ``exc`` is the database breaking a deadlock (PostgreSQL's
     SQLSTATE 40P01, MySQL's error 1213): this transaction was rolled back
     and may be tried again."""
-    cause = exc.__cause__
-    if getattr(cause, "sqlstate", None) == "40P01":  # psycopg 3
+    if sqlstate(exc) == "40P01":
         return True
-    if getattr(cause, "pgcode", None) == "40P01":  # psycopg 2
-        return True
-    args = getattr(cause, "args", ())
+    args = getattr(exc.__cause__, "args", ())
     return bool(args) and args[0] == 1213  # MySQLdb
 
 

@@ -17,7 +17,7 @@ from django.db import connection
 
 from django_bgtasks.models import Job, JobStatus
 from tests import tasks
-from tests.conftest import database_url, requires_postgresql, wait_until
+from tests.conftest import ROOT, database_url, requires_postgresql, wait_until
 
 pytestmark = [pytest.mark.slow, requires_postgresql]
 
@@ -172,7 +172,7 @@ def test_enqueues_through_pgbouncer_are_not_prepared(pgbouncer):
         "DJANGO_SETTINGS_MODULE": "tests.settings",
         "DATABASE_URL": through(pgbouncer),
     }
-    manage = Path(__file__).resolve().parent.parent / "manage.py"
+    manage = ROOT / "manage.py"
     for _ in range(3):
         done = subprocess.run(
             [sys.executable, str(manage), "shell", "-c", ENQUEUE_THROUGH_POOLER],

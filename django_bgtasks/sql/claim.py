@@ -37,6 +37,7 @@ from .claimed import (
     RETURNING,
     jobs_from,
     jobs_read,
+    named_params,
     queue_literal,
     set_params,
 )
@@ -157,13 +158,7 @@ def _claim_postgresql(connection, *, worker_id, queues, limit):
 def claim_statement_postgresql(connection, worker_id, queues, limit):
     """The PostgreSQL claim's statement and its parameters (by name)."""
     table = connection.ops.quote_name(Job._meta.db_table)
-    status, worker, _ = set_params(worker_id)
-    params = {
-        "limit": limit,
-        "status": status,
-        "worker": worker,
-        "worker_text": worker,
-    }
+    params = named_params(worker_id, limit)
     if queues is None:
         queue_filter = ""
     elif len(queues) == 1:

@@ -52,6 +52,13 @@ def set_params(worker_id):
     return [JobStatus.RUNNING.value, worker_id, worker_id]
 
 
+def named_params(worker_id, limit) -> dict:
+    """A PostgreSQL claim's parameters by name (``set_params``' status and
+    worker, the worker twice: a varchar and a text, for the PREPARE)."""
+    status, worker, _ = set_params(worker_id)
+    return {"limit": limit, "status": status, "worker": worker, "worker_text": worker}
+
+
 def jobs_from(connection, rows):
     """The Jobs of the claimed ``rows`` (PostgreSQL's lean RETURNING), and
     the ids of those that cannot be read, with why."""

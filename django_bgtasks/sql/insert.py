@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 from django.db import DatabaseError, connections, transaction
 
+from ..db import sqlstate
 from ..models import Job
 from ..notify import CHANNEL, notify_enabled, payload
 from ..private_api import wrap_cursor
@@ -258,7 +259,7 @@ def _insert_postgresql(connection, common, arguments) -> list[int]:
             _send_postgresql(cursor, common, arguments, notify=True)
             return _ids(cursor)
     except DatabaseError as exc:
-        if not (_may_prepare(connection) and _sqlstate(exc) in PREPARED_LOST):
+        if not (_may_prepare(connection) and sqlstate(exc) in PREPARED_LOST):
             raise
     connection._bgtasks_straight = (connection.connection, False)
     with _cursor(connection) as cursor:
@@ -268,10 +269,6 @@ def _insert_postgresql(connection, common, arguments) -> list[int]:
 
 # A prepared statement missing on the server, or its name taken there.
 PREPARED_LOST = {"26000", "42P05"}
-
-
-def _sqlstate(exc) -> str | None:
-    return getattr(exc.__cause__, "sqlstate", None)
 
 
 def _cursor(connection, *, may_prepare: bool = False):

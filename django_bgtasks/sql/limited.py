@@ -49,8 +49,8 @@ from .claimed import (
     PAUSED_QUEUES,
     RETURNING,
     jobs_from,
+    named_params,
     queue_literal,
-    set_params,
 )
 from .pinned import can_pin_plan, last_result_only, run_pinned
 
@@ -245,14 +245,7 @@ def _statements(connection, queues, limit, declared, worker_id):
         texts = _texts(connection, shape, one, declared, undeclared)
         made = _TEXTS[key] = (declared, *texts)
     _, texts, constants = made
-    status, worker, _ = set_params(worker_id)
-    params = {
-        **constants,
-        "limit": limit,
-        "status": status,
-        "worker": worker,
-        "worker_text": worker,
-    }
+    params = {**constants, **named_params(worker_id, limit)}
     if shape == "many":
         params["queue"] = list(queues)
         # The queues whose jobs of no limit are c_free's.

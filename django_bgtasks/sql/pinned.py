@@ -16,6 +16,8 @@ import re
 
 from django.db import DatabaseError
 
+from ..db import sqlstate
+
 # Sorting off (the claims' plans walk the READY index in claim order), and
 # scans of whole tables: a plan kept for a connection's life, made while
 # the job table was empty, read the whole table to find each claimed row
@@ -139,11 +141,6 @@ def last_result_only(cursor) -> bool:
     """Whether the driver keeps only the last result of a message of
     several statements (psycopg 2)."""
     return type(cursor.cursor).__module__.startswith("psycopg2")
-
-
-def sqlstate(exc) -> str | None:
-    cause = exc.__cause__
-    return getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
 
 
 @functools.lru_cache(maxsize=64)
