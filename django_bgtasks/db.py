@@ -184,6 +184,14 @@ def _sqlite_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
+def id_list(ids) -> str:
+    """Row ids (integers) as the text of an SQL list, for ``IN (...)``: a
+    claim's ids written into its statement rather than sent as parameters,
+    which mysqlclient escapes one by one in Python. Format ``d`` refuses anything
+    but a number."""
+    return ", ".join([f"{pk:d}" for pk in ids])
+
+
 def now_sql(connection) -> str:
     """``DatabaseNow`` as SQL text for ``connection``'s database, for the
     statements written by hand (the claim)."""

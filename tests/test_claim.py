@@ -1,15 +1,21 @@
 """Claims: the order and the queues, whatever the planner's statistics say."""
 
 import json
+import os
+import threading
+import time
+from datetime import timedelta
 
 import pytest
 from django.db import connection, transaction
+from django.utils import timezone
 
 from django_bgtasks import chain, group
-from django_bgtasks.models import Job, JobStatus
+from django_bgtasks.models import Job, JobStatus, Queue
 from django_bgtasks.sql.claim import claim_jobs
 from tests import tasks
 from tests.conftest import run_in_process
+from tests.factories import make_job
 from tests.tasks import echo
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -244,3 +250,123 @@ def test_a_plan_made_on_an_empty_table_finds_the_claimed_rows_by_id():
     # the claimed rows by id: nothing else of the 3,000.
     assert all(rows <= 10 for _, rows in scans), scans
     assert plan["Actual Rows"] == 10
+
+
+def test_a_claimed_job_is_the_job_the_orm_loads():
+    """Each vendor reads its claimed rows its own lean way (times as
+    numbers, the JSON columns as one array): every field it reads holds
+    what the ORM loads from the row, to the microsecond."""
+    from django_bgtasks.sql.claimed import NOT_RETURNED
+
+    past = timezone.now() - timedelta(days=400, microseconds=7)
+    made = [
+        make_job(
+            args=["ünï", {"nested": [1, 2.5, None, True]}],
+            kwargs={"k": "v\\\"'%s"},
+            run_after=past,
+            enqueued_at=past - timedelta(seconds=1),
+            expires_at=past + timedelta(days=800, microseconds=1),
+            backoff={"base": 2.5},
+            trace_context={"traceparent": "00-ab-cd-01"},
+            errors=[{"attempt": 1, "message": "earlier"}],
+            attempts=1,
+            runs_alone=True,
+        ),
+        make_job(kwargs={}, priority=-5),
+        make_job(args=[], run_after=past, return_value={"partial": 1}),
+    ]
+    jobs = claim_jobs("default", worker_id=None, queues=None, limit=10)
+    assert sorted(job.pk for job in jobs) == sorted(job.pk for job in made)
+    fields = [f for f in Job._meta.concrete_fields if f.name not in NOT_RETURNED]
+    for job in jobs:
+        loaded = Job.objects.get(pk=job.pk)
+        assert {f.attname: job.__dict__[f.attname] for f in fields} == {
+            f.attname: getattr(loaded, f.attname) for f in fields
+        }
+    assert jobs[0].started_at.tzinfo is not None
+
+
+def test_a_claim_inside_a_callers_transaction_is_made_in_it():
+    """A claim in a transaction already open takes that transaction as it
+    is (MySQL and MariaDB cannot change a transaction's isolation level
+    once it has begun): its jobs are claimed, and undone with it."""
+    job_id = enqueue(0, "default")
+    with transaction.atomic():
+        Job.objects.filter(pk=job_id).exists()  # the transaction has begun
+        assert claimed(None) == [job_id]
+        assert Job.objects.get(pk=job_id).status == JobStatus.RUNNING
+        transaction.set_rollback(True)
+    assert Job.objects.get(pk=job_id).status == JobStatus.READY
+
+
+@pytest.mark.skipif(
+    not os.environ.get("DATABASE_URL", "").startswith("mysql"),
+    reason="MySQL/MariaDB only: the claim that runs at REPEATABLE READ",
+)
+def test_a_mysql_claim_undone_to_break_a_deadlock_claims_again():
+    """A MySQL/MariaDB claim runs at REPEATABLE READ, where the gaps it
+    locks can deadlock it with another transaction: the database undoes it
+    whole, and it claims again instead of failing. Here the other
+    transaction holds the gap the claim's index entries must go into, and
+    then asks for a row the claim holds."""
+    first, second = enqueue(0, "default"), enqueue(0, "default")
+    make_job(JobStatus.SUCCESSFUL)  # an entry after the claim's gap
+    holding = threading.Event()
+    claim_waits = threading.Event()
+    failures = []
+
+    def other_transaction():
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                # Heavier than the claim, so the database undoes the claim:
+                # rows written elsewhere (an UPDATE of jobs at REPEATABLE
+                # READ might lock every row it scans, the READY ones too).
+                Queue.objects.bulk_create(Queue(name=f"q{n}") for n in range(50))
+                # Where the claim's RUNNING entries of this index go.
+                cursor.execute(
+                    "SELECT id FROM django_bgtasks_job FORCE INDEX "
+                    "(bgtasks_job_ready_any_idx) WHERE status = 'RUNNING' FOR UPDATE"
+                )
+                holding.set()
+                deadline = time.monotonic() + 30
+                while not lock_waits(cursor):
+                    assert time.monotonic() < deadline, "the claim never waited"
+                    # InnoDB refreshes that table only when unread for 0.1 s.
+                    time.sleep(0.2)
+                claim_waits.set()
+                cursor.execute(
+                    "SELECT id FROM django_bgtasks_job WHERE id = %s FOR UPDATE",
+                    [first],
+                )
+        except Exception as exc:  # reported by the test's thread
+            failures.append(exc)
+        finally:
+            holding.set()
+            connection.close()
+
+    deadlocks = innodb_deadlocks()
+    other = threading.Thread(target=other_transaction)
+    other.start()
+    assert holding.wait(30)
+    jobs = claim_jobs("default", worker_id=None, queues=None, limit=2)
+    other.join(30)
+    assert failures == []
+    assert claim_waits.is_set()
+    assert innodb_deadlocks() == deadlocks + 1
+    assert {job.pk for job in jobs} <= {first, second} and jobs
+    assert all(Job.objects.get(pk=job.pk).status == JobStatus.RUNNING for job in jobs)
+
+
+def lock_waits(cursor) -> bool:
+    cursor.execute(
+        "SELECT COUNT(*) FROM information_schema.innodb_trx "
+        "WHERE trx_state = 'LOCK WAIT'"
+    )
+    return cursor.fetchone()[0] > 0
+
+
+def innodb_deadlocks() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW GLOBAL STATUS LIKE 'Innodb_deadlocks'")
+        return int(cursor.fetchone()[1])
