@@ -49,12 +49,13 @@ def sqlstate(exc: Exception) -> str | None:
 
 def is_deadlock(exc: Exception) -> bool:
     """Whether ``exc`` is the database breaking a deadlock (PostgreSQL's
-    SQLSTATE 40P01, MySQL's error 1213): this transaction was rolled back
-    and may be tried again."""
+    SQLSTATE 40P01, MySQL's error 1213), or MariaDB's 1020 (a row changed
+    since the transaction's snapshot, under innodb_snapshot_isolation):
+    this transaction was rolled back and may be tried again."""
     if sqlstate(exc) == "40P01":
         return True
     args = getattr(exc.__cause__, "args", ())
-    return bool(args) and args[0] == 1213  # MySQLdb
+    return bool(args) and args[0] in (1213, 1020)  # MySQLdb
 
 
 def discard_connection(using: str) -> None:

@@ -1,18 +1,21 @@
 """Claims: the order and the queues, whatever the planner's statistics say."""
 
 import json
-import os
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connection, transaction
 from django.utils import timezone
 
 from django_bgtasks import chain, group
+from django_bgtasks.db import is_deadlock
 from django_bgtasks.models import Job, JobStatus, Queue
+from django_bgtasks.sql import claim as claim_module
+from django_bgtasks.sql import claimed as claimed_module
 from django_bgtasks.sql.claim import claim_jobs
+from django_bgtasks.sql.claimed import NOT_RETURNED
 from tests import tasks
 from tests.conftest import run_in_process
 from tests.factories import make_job
@@ -256,33 +259,39 @@ def test_a_claimed_job_is_the_job_the_orm_loads():
     """Each vendor reads its claimed rows its own lean way (times as
     numbers, the JSON columns as one array): every field it reads holds
     what the ORM loads from the row, to the microsecond."""
-    from django_bgtasks.sql.claimed import NOT_RETURNED
-
+    long_ago = datetime(1965, 3, 1, 12, 0, 0, 999999, tzinfo=UTC)
     past = timezone.now() - timedelta(days=400, microseconds=7)
     made = [
         make_job(
             args=["ünï", {"nested": [1, 2.5, None, True]}],
             kwargs={"k": "v\\\"'%s"},
-            run_after=past,
-            enqueued_at=past - timedelta(seconds=1),
-            expires_at=past + timedelta(days=800, microseconds=1),
+            run_after=long_ago,
+            enqueued_at=long_ago - timedelta(seconds=1),
+            expires_at=past.replace(microsecond=999999) + timedelta(days=800),
             backoff={"base": 2.5},
             trace_context={"traceparent": "00-ab-cd-01"},
             errors=[{"attempt": 1, "message": "earlier"}],
             attempts=1,
             runs_alone=True,
         ),
-        make_job(kwargs={}, priority=-5),
-        make_job(args=[], run_after=past, return_value={"partial": 1}),
+        make_job(kwargs={}, priority=-5, progress=None, return_value=None),
+        make_job(args=[], run_after=past, return_value={"partial": 1}, progress=0.5),
     ]
+    ids = sorted(job.pk for job in made)
     jobs = claim_jobs("default", worker_id=None, queues=None, limit=10)
-    assert sorted(job.pk for job in jobs) == sorted(job.pk for job in made)
+    assert sorted(job.pk for job in jobs) == ids
     fields = [f for f in Job._meta.concrete_fields if f.name not in NOT_RETURNED]
-    for job in jobs:
-        loaded = Job.objects.get(pk=job.pk)
-        assert {f.attname: job.__dict__[f.attname] for f in fields} == {
-            f.attname: getattr(loaded, f.attname) for f in fields
-        }
+    # The claim's own read, and (MySQL, MariaDB) the lean read itself: the
+    # claim falls back to the ORM's read of a row it cannot read.
+    reads = [jobs]
+    if connection.vendor == "mysql":
+        reads.append(claimed_module._jobs_read_lean(connection, ids))
+    for read in reads:
+        for job in read:
+            loaded = Job.objects.get(pk=job.pk)
+            assert {f.attname: job.__dict__[f.attname] for f in fields} == {
+                f.attname: getattr(loaded, f.attname) for f in fields
+            }
     assert jobs[0].started_at.tzinfo is not None
 
 
@@ -299,16 +308,15 @@ def test_a_claim_inside_a_callers_transaction_is_made_in_it():
     assert Job.objects.get(pk=job_id).status == JobStatus.READY
 
 
-@pytest.mark.skipif(
-    not os.environ.get("DATABASE_URL", "").startswith("mysql"),
-    reason="MySQL/MariaDB only: the claim that runs at REPEATABLE READ",
-)
-def test_a_mysql_claim_undone_to_break_a_deadlock_claims_again():
+def test_a_mysql_claim_undone_to_break_a_deadlock_claims_again(monkeypatch):
     """A MySQL/MariaDB claim runs at REPEATABLE READ, where the gaps it
     locks can deadlock it with another transaction: the database undoes it
     whole, and it claims again instead of failing. Here the other
     transaction holds the gap the claim's index entries must go into, and
     then asks for a row the claim holds."""
+    if connection.vendor != "mysql":
+        pytest.skip("MySQL/MariaDB only: the claim that runs at REPEATABLE READ")
+    tries = counted_claims(monkeypatch)
     first, second = enqueue(0, "default"), enqueue(0, "default")
     make_job(JobStatus.SUCCESSFUL)  # an entry after the claim's gap
     holding = threading.Event()
@@ -330,7 +338,7 @@ def test_a_mysql_claim_undone_to_break_a_deadlock_claims_again():
                 )
                 holding.set()
                 deadline = time.monotonic() + 30
-                while not lock_waits(cursor):
+                while not lock_waits(cursor, claiming):
                     assert time.monotonic() < deadline, "the claim never waited"
                     # InnoDB refreshes that table only when unread for 0.1 s.
                     time.sleep(0.2)
@@ -345,7 +353,7 @@ def test_a_mysql_claim_undone_to_break_a_deadlock_claims_again():
             holding.set()
             connection.close()
 
-    deadlocks = innodb_deadlocks()
+    claiming = connection_id()
     other = threading.Thread(target=other_transaction)
     other.start()
     assert holding.wait(30)
@@ -353,20 +361,84 @@ def test_a_mysql_claim_undone_to_break_a_deadlock_claims_again():
     other.join(30)
     assert failures == []
     assert claim_waits.is_set()
-    assert innodb_deadlocks() == deadlocks + 1
+    assert [type(outcome).__name__ for outcome in tries] == ["OperationalError", "list"]
+    assert is_deadlock(tries[0])
     assert {job.pk for job in jobs} <= {first, second} and jobs
     assert all(Job.objects.get(pk=job.pk).status == JobStatus.RUNNING for job in jobs)
 
 
-def lock_waits(cursor) -> bool:
+def lock_waits(cursor, connection_id: int) -> bool:
+    """Whether the session ``connection_id`` waits for a lock."""
     cursor.execute(
         "SELECT COUNT(*) FROM information_schema.innodb_trx "
-        "WHERE trx_state = 'LOCK WAIT'"
+        "WHERE trx_state = 'LOCK WAIT' AND trx_mysql_thread_id = %s",
+        [connection_id],
     )
     return cursor.fetchone()[0] > 0
 
 
-def innodb_deadlocks() -> int:
+def connection_id() -> int:
     with connection.cursor() as cursor:
-        cursor.execute("SHOW GLOBAL STATUS LIKE 'Innodb_deadlocks'")
-        return int(cursor.fetchone()[1])
+        cursor.execute("SELECT CONNECTION_ID()")
+        return cursor.fetchone()[0]
+
+
+def counted_claims(monkeypatch) -> list:
+    """The outcome of each try of a MySQL/MariaDB claim from now on: the ids
+    it claimed, or its error."""
+    tries = []
+    original = claim_module._claim_ids_mysql
+
+    def counted(*args, **kwargs):
+        try:
+            ids = original(*args, **kwargs)
+        except Exception as exc:
+            tries.append(exc)
+            raise
+        tries.append(ids)
+        return ids
+
+    monkeypatch.setattr(claim_module, "_claim_ids_mysql", counted)
+    return tries
+
+
+def test_a_mysql_claim_takes_no_snapshot(monkeypatch):
+    """A MySQL/MariaDB claim's transaction (REPEATABLE READ) makes no plain
+    read, so it has no snapshot that a row committed meanwhile is newer
+    than: with MariaDB's innodb_snapshot_isolation on (its default from
+    11.6.2) a locking read of such a row would fail the claim. Here a job
+    is committed just before the claim's locking read, and the claim takes
+    it on its first try."""
+    if connection.vendor != "mysql":
+        pytest.skip("MySQL/MariaDB only: the claim that runs at REPEATABLE READ")
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW VARIABLES LIKE 'innodb_snapshot_isolation'")
+        if cursor.fetchone() is None:
+            pytest.skip("this server has no innodb_snapshot_isolation")
+        cursor.execute("SET SESSION innodb_snapshot_isolation = ON")
+    tries = counted_claims(monkeypatch)
+    waiting = enqueue(0, "default")
+    committed_meanwhile = []
+
+    def enqueue_elsewhere():
+        try:
+            committed_meanwhile.append(enqueue(0, "default"))
+        finally:
+            connection.close()
+
+    def before_the_locking_read(execute, sql, params, many, context):
+        if "SKIP LOCKED" in sql and not committed_meanwhile:
+            other = threading.Thread(target=enqueue_elsewhere)
+            other.start()
+            other.join(30)
+        return execute(sql, params, many, context)
+
+    try:
+        with connection.execute_wrapper(before_the_locking_read):
+            jobs = claim_jobs("default", worker_id=None, queues=None, limit=5)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SET SESSION innodb_snapshot_isolation = DEFAULT")
+    assert sorted(job.pk for job in jobs) == sorted([waiting, *committed_meanwhile])
+    assert len(committed_meanwhile) == 1
+    assert len(tries) == 1

@@ -262,19 +262,34 @@ def _claim_sqlite(connection, *, worker_id, queues, limit):
 
 
 def _claim_mysql(connection, *, worker_id, queues, limit):
-    # A claim that opens its own transaction runs it in REPEATABLE READ
+    # The paused queues, read apart: a locking read would lock (and SKIP
+    # LOCKED skip) their rows too. Before the claim's transaction, so that
+    # it reads no snapshot (below).
+    with connection.cursor() as cursor:
+        cursor.execute(PAUSED_QUEUES)
+        paused = {row[0] for row in cursor.fetchall()}
+    # A claim that opens its own transaction runs it at REPEATABLE READ
     # (below), where two claims can deadlock over the gaps they lock: the
     # database undid the loser whole, nothing was claimed, so it claims
-    # again. Inside a caller's transaction: once, as that transaction is.
-    own = not connection.in_atomic_block
+    # again. Inside a caller's transaction: once, at that one's level.
+    own = connection.get_autocommit()
     for attempt in range(1, CLAIM_TRIES + 1):
         try:
-            return _claim_mysql_once(
-                connection, worker_id=worker_id, queues=queues, limit=limit, own=own
+            ids = _claim_ids_mysql(
+                connection,
+                worker_id=worker_id,
+                queues=queues,
+                limit=limit,
+                paused=paused,
+                own=own,
             )
+            break
         except OperationalError as exc:
             if not own or attempt == CLAIM_TRIES or not is_deadlock(exc):
                 raise
+    if not ids:
+        return [], {}
+    return _load(connection.alias, ids)
 
 
 # Tries of a MySQL/MariaDB claim that its database undid to break a deadlock.
@@ -284,49 +299,44 @@ CLAIM_TRIES = 3
 # last claims left behind (delete-marked until InnoDB's purge removes
 # them); under READ COMMITTED (Django's default, and bgtasks.E013's) it
 # locks and unlocks each one: 2.1 ms against 0.5 ms for a claim of 48 jobs
-# behind a few thousand such entries (MariaDB 10.11), a fifth of a drain.
-# So the claim's own transaction runs at REPEATABLE READ, which keeps them
-# locked instead, with the gaps between them, until it commits (a
-# millisecond or two: a job enqueued into a locked gap waits that long).
-# No stale read comes of it: the transaction's one plain read (the paused
-# queues) is its first, and a locking read reads the latest rows.
+# behind a few thousand such entries (MariaDB 10.11; the drain 10-16%
+# slower). So the claim's own transaction runs at REPEATABLE READ, which
+# keeps them locked instead, with the gaps between them, until it commits
+# (2-3 ms for 50 jobs: a job enqueued into a locked gap waits that long).
+# It makes no plain read, so it takes no snapshot: its locking reads and
+# its UPDATE read the latest rows (and MariaDB's innodb_snapshot_isolation,
+# on by default from 11.6.2, has no snapshot to fail them against).
 REPEATABLE_READ = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"
 # The READY indexes (models/jobs.py), of one queue's jobs and of all.
 READY_INDEX = "bgtasks_job_ready_idx"
 READY_ANY_INDEX = "bgtasks_job_ready_any_idx"
 
 
-def _claim_mysql_once(connection, *, worker_id, queues, limit, own):
-    quote = connection.ops.quote_name
+def _claim_ids_mysql(connection, *, worker_id, queues, limit, paused, own):
+    """Claim in one transaction; the ids claimed (to read once it
+    commits)."""
+    table = connection.ops.quote_name(Job._meta.db_table)
+    due = f"WHERE status = %s AND run_after <= {now_sql(connection)}"
+    params = [JobStatus.READY.value]
+    if paused:
+        due += f" AND queue_name NOT IN ({', '.join(['%s'] * len(paused))})"
+        params += sorted(paused)
+        if queues is not None:
+            queues = [queue for queue in queues if queue not in paused]
+    # One index-ordered scan per queue (or one over all queues): InnoDB
+    # locks every row a locking read examines, so an ORDER BY that no index
+    # serves (several queues at once), or a plan of the whole table (a
+    # small one), would lock every due job, or every row; hence the index
+    # named. Rows locked here but not claimed are free again at commit.
+    locking = " ORDER BY priority DESC, run_after, id LIMIT %s FOR UPDATE SKIP LOCKED"
+    scans = (
+        [(READY_ANY_INDEX, "", [])]
+        if queues is None
+        else [(READY_INDEX, " AND queue_name = %s", [queue]) for queue in queues]
+    )
     with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
         if own:
             cursor.execute(REPEATABLE_READ)  # this transaction's, before it begins
-        # The paused queues, read apart: a locking read would lock (and
-        # SKIP LOCKED skip) their rows too.
-        cursor.execute(PAUSED_QUEUES)
-        paused = {row[0] for row in cursor.fetchall()}
-        table = quote(Job._meta.db_table)
-        due = f"WHERE status = %s AND run_after <= {now_sql(connection)}"
-        params = [JobStatus.READY.value]
-        if paused:
-            due += f" AND queue_name NOT IN ({', '.join(['%s'] * len(paused))})"
-            params += sorted(paused)
-            if queues is not None:
-                queues = [queue for queue in queues if queue not in paused]
-        # One index-ordered scan per queue (or one over all queues): InnoDB
-        # locks every row a locking read examines, so an ORDER BY that no
-        # index serves (several queues at once), or a plan of the whole
-        # table (a small one), would lock every due job, or every row;
-        # hence the index named. Rows locked here but not claimed are free
-        # again at commit.
-        locking = (
-            " ORDER BY priority DESC, run_after, id LIMIT %s FOR UPDATE SKIP LOCKED"
-        )
-        scans = (
-            [(READY_ANY_INDEX, "", [])]
-            if queues is None
-            else [(READY_INDEX, " AND queue_name = %s", [queue]) for queue in queues]
-        )
         candidates = []
         for index, where, scan_params in scans:
             cursor.execute(
@@ -340,9 +350,8 @@ def _claim_mysql_once(connection, *, worker_id, queues, limit, own):
         candidates.sort(key=lambda row: (-row[1], row[2], row[0]))
         ids = [row[0] for row in candidates[:limit]]
         if not ids:
-            return [], {}
-        ids = _mark_ids_mysql(connection, ids, worker_id)
-    return _load(connection.alias, ids)
+            return []
+        return _mark_ids_mysql(connection, ids, worker_id)
 
 
 def _mark_ids_mysql(connection, ids, worker_id) -> list[int]:

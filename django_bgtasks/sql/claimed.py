@@ -5,9 +5,10 @@ its rows lean and makes Jobs of them."""
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 
-from ..db import id_list
+from ..db import CONNECTION_ERRORS, id_list
 from ..models import Job, JobStatus, Queue
 from ..private_api import model_from_row
 
@@ -150,7 +151,17 @@ def jobs_read(connection, ids: list[int]) -> list[Job]:
     would load them but for the deferred ``NOT_RETURNED``; raises whatever
     a row's value raises (the caller then reads them with the ORM)."""
     if connection.vendor == "mysql":
-        return _jobs_read_lean(connection, ids)
+        try:
+            return _jobs_read_lean(connection, ids)
+        except CONNECTION_ERRORS as exc:
+            # mysqlclient raises many a server's refusal of a statement as
+            # an OperationalError, as it does a lost connection: read with
+            # the plain columns below if the connection still answers.
+            if not connection.is_usable():
+                raise
+            if not _LEAN_REFUSED:
+                _LEAN_REFUSED.append(exc)
+                logger.warning("Claimed jobs read without the lean read: %s", exc)
     quote = connection.ops.quote_name
     converters = _converters(connection, _READ_FIELDS)
     columns = ", ".join(quote(field.column) for field in _READ_FIELDS)
@@ -203,6 +214,9 @@ _LEAN_TIME_NAMES = [f.attname for f in _LEAN_TIMES]
 _LEAN_JSON_NAMES = [f.attname for f in _LEAN_JSON]
 _LEAN_TIMES_AT = slice(len(_LEAN_PLAIN), len(_LEAN_PLAIN) + len(_LEAN_TIMES))
 _EPOCH = datetime(1970, 1, 1)
+# The error of a lean read the server refused, once logged.
+_LEAN_REFUSED: list[Exception] = []
+logger = logging.getLogger("django_bgtasks.worker")
 
 
 def _lean_select(connection) -> str:
@@ -227,7 +241,9 @@ def _jobs_read_lean(connection, ids: list[int]) -> list[Job]:
         cursor.execute(f"{_lean_select(connection)} WHERE id IN ({id_list(ids)})")
         rows = cursor.fetchall()
     converters = _converters(connection, _LEAN_PLAIN)
-    convert_time = connection.ops.convert_datetimefield_value
+    # The ORM's converters of a time (none where USE_TZ is off: naive).
+    convert_time = _converters(connection, _LEAN_TIMES[:1])
+    convert_time = convert_time[0][1:] if convert_time else None
     moments: dict[int, datetime] = {}
     jobs = []
     for row in rows:
@@ -239,8 +255,12 @@ def _jobs_read_lean(connection, ids: list[int]) -> list[Job]:
                 continue
             moment = moments.get(micros)
             if moment is None:
-                naive = _EPOCH + timedelta(microseconds=micros)
-                moment = moments[micros] = convert_time(naive, None, connection)
+                moment = _EPOCH + timedelta(microseconds=micros)
+                if convert_time is not None:
+                    column, found = convert_time
+                    for convert in found:
+                        moment = convert(moment, column, connection)
+                moments[micros] = moment
             values[name] = moment
         values.update(zip(_LEAN_JSON_NAMES, _decode_json(row[-1]), strict=True))
         jobs.append(model_from_row(Job, connection.alias, values))
