@@ -421,10 +421,8 @@ def _send_postgresql(cursor, common, arguments, *, notify: bool) -> None:
     """Execute the insert of one chunk on ``cursor`` (in pipeline mode, send
     it); its ids are then the cursor's rows."""
     params = [
-        # None is SQL NULL (trace_context), as the ORM stores it.
-        json.dumps(value) if kind == "jsonb" and value is not None else value
-        for name, kind in COMMON.items()
-        for value in [common[name]]
+        _jsonb(common[name]) if is_json else common[name]
+        for name, is_json in _COMMON_KINDS
     ]
     if len(arguments) == 1:  # the common case, with the simplest statement
         args, kwargs = arguments[0]
@@ -439,6 +437,24 @@ def _send_postgresql(cursor, common, arguments, *, notify: bool) -> None:
     if notify:
         params += [CHANNEL, payload(common["queue_name"], common["priority"])]
     cursor.execute(_STATEMENTS[many, notify], params)
+
+
+# COMMON's names, each with whether it is a JSON column.
+_COMMON_KINDS = [(name, kind == "jsonb") for name, kind in COMMON.items()]
+
+
+def _jsonb(value: Any) -> str | None:
+    """A JSON column's value as its text; None is SQL NULL (trace_context),
+    as the ORM stores it. The empty list and object most jobs hold (their
+    errors, worker_ids, backoff) are written without the encoder."""
+    if value is None:
+        return None
+    if not value and type(value) in _EMPTY_JSON:
+        return _EMPTY_JSON[type(value)]
+    return json.dumps(value)
+
+
+_EMPTY_JSON = {list: "[]", dict: "{}"}
 
 
 _TABLE = f'"{Job._meta.db_table}"'
