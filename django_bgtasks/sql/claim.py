@@ -315,7 +315,24 @@ READY_ANY_INDEX = "bgtasks_job_ready_any_idx"
 def _claim_ids_mysql(connection, *, worker_id, queues, limit, paused, own):
     """Claim in one transaction; the ids claimed (to read once it
     commits)."""
-    table = connection.ops.quote_name(Job._meta.db_table)
+    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+        if own:
+            cursor.execute(REPEATABLE_READ)  # this transaction's, before it begins
+        candidates = []
+        for sql, params in locking_reads_mysql(connection, queues, paused, limit):
+            cursor.execute(sql, params)
+            candidates += cursor.fetchall()
+        candidates.sort(key=lambda row: (-row[1], row[2], row[0]))
+        ids = [row[0] for row in candidates[:limit]]
+        if not ids:
+            return []
+        return _mark_ids_mysql(connection, ids, worker_id)
+
+
+def locking_reads_mysql(connection, queues, paused, limit) -> list[tuple[str, list]]:
+    """A MySQL/MariaDB claim's locking reads of the due jobs of ``queues``
+    (None: all) but the ``paused`` queues', with their parameters: each
+    returns up to ``limit`` rows (id, priority, run_after)."""
     due = f"WHERE status = %s AND run_after <= {now_sql(connection)}"
     params = [JobStatus.READY.value]
     if paused:
@@ -328,30 +345,21 @@ def _claim_ids_mysql(connection, *, worker_id, queues, limit, paused, own):
     # serves (several queues at once), or a plan of the whole table (a
     # small one), would lock every due job, or every row; hence the index
     # named. Rows locked here but not claimed are free again at commit.
+    table = connection.ops.quote_name(Job._meta.db_table)
     locking = " ORDER BY priority DESC, run_after, id LIMIT %s FOR UPDATE SKIP LOCKED"
     scans = (
         [(READY_ANY_INDEX, "", [])]
         if queues is None
         else [(READY_INDEX, " AND queue_name = %s", [queue]) for queue in queues]
     )
-    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
-        if own:
-            cursor.execute(REPEATABLE_READ)  # this transaction's, before it begins
-        candidates = []
-        for index, where, scan_params in scans:
-            cursor.execute(
-                f"SELECT id, priority, run_after FROM {table} FORCE INDEX ({index}) "
-                + due
-                + where
-                + locking,
-                [*params, *scan_params, limit],
-            )
-            candidates += cursor.fetchall()
-        candidates.sort(key=lambda row: (-row[1], row[2], row[0]))
-        ids = [row[0] for row in candidates[:limit]]
-        if not ids:
-            return []
-        return _mark_ids_mysql(connection, ids, worker_id)
+    return [
+        (
+            f"SELECT id, priority, run_after FROM {table} FORCE INDEX ({index}) "
+            f"{due}{where}{locking}",
+            [*params, *scan_params, limit],
+        )
+        for index, where, scan_params in scans
+    ]
 
 
 def _mark_ids_mysql(connection, ids, worker_id) -> list[int]:
