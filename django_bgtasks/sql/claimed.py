@@ -122,17 +122,27 @@ def _job(using: str, row, moments: dict[float, datetime]) -> Job:
     claim's own time is on every row, and jobs enqueued together share
     theirs)."""
     values = dict(zip(_PLAIN_NAMES, row, strict=False))  # the row goes on
-    for name, seconds in zip(_TIME_NAMES, row[_TIMES_AT], strict=True):
-        if seconds is None:
-            values[name] = None
-            continue
-        moment = moments.get(seconds)
-        if moment is None:
-            moment = moments[seconds] = datetime.fromtimestamp(seconds, UTC)
-        values[name] = moment
+    _put_times(values, _TIME_NAMES, row[_TIMES_AT], moments, _from_seconds)
     values.update(zip(_JSON_NAMES, _decode_json(row[-1]), strict=True))
     values.update(UNSET_WHEN_CLAIMED)
     return model_from_row(Job, using, values)
+
+
+def _put_times(values: dict, names, numbers, moments: dict, make) -> None:
+    """Set ``values``' times ``names`` from their ``numbers`` (None: NULL),
+    each distinct number made into a time by ``make`` once (``moments``)."""
+    for name, number in zip(names, numbers, strict=True):
+        if number is None:
+            values[name] = None
+            continue
+        moment = moments.get(number)
+        if moment is None:
+            moment = moments[number] = make(number)
+        values[name] = moment
+
+
+def _from_seconds(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 _decode_json = json.JSONDecoder().decode  # json.loads, without its checks
@@ -242,26 +252,22 @@ def _jobs_read_lean(connection, ids: list[int]) -> list[Job]:
         rows = cursor.fetchall()
     converters = _converters(connection, _LEAN_PLAIN)
     # The ORM's converters of a time (none where USE_TZ is off: naive).
-    convert_time = _converters(connection, _LEAN_TIMES[:1])
-    convert_time = convert_time[0][1:] if convert_time else None
+    [(_, column, found)] = _converters(connection, _LEAN_TIMES[:1]) or [
+        (None, None, [])
+    ]
+
+    def from_micros(micros: int) -> datetime:
+        moment = _EPOCH + timedelta(microseconds=micros)
+        for convert in found:
+            moment = convert(moment, column, connection)
+        return moment
+
     moments: dict[int, datetime] = {}
     jobs = []
     for row in rows:
         values = dict(zip(_LEAN_NAMES, row, strict=False))  # the row goes on
         _convert(connection, values, converters)
-        for name, micros in zip(_LEAN_TIME_NAMES, row[_LEAN_TIMES_AT], strict=True):
-            if micros is None:
-                values[name] = None
-                continue
-            moment = moments.get(micros)
-            if moment is None:
-                moment = _EPOCH + timedelta(microseconds=micros)
-                if convert_time is not None:
-                    column, found = convert_time
-                    for convert in found:
-                        moment = convert(moment, column, connection)
-                moments[micros] = moment
-            values[name] = moment
+        _put_times(values, _LEAN_TIME_NAMES, row[_LEAN_TIMES_AT], moments, from_micros)
         values.update(zip(_LEAN_JSON_NAMES, _decode_json(row[-1]), strict=True))
         jobs.append(model_from_row(Job, connection.alias, values))
     return jobs
