@@ -1,13 +1,19 @@
 """Outcomes written in batches (``sql/complete.py``): what each writes, only
 to the jobs the worker still holds, all or nothing."""
 
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
 import pytest
-from django.db import DatabaseError
+from django.db import DatabaseError, connection
 from django.db.models import F
 from django.utils import timezone
 
+from django_bgtasks.db import mariadb_json_table
 from django_bgtasks.models import Job, JobStatus
 from django_bgtasks.models.transitions import Failed, Succeeded, transition
+from django_bgtasks.serialization import MAX_DEPTH
 from django_bgtasks.sql import complete
 from django_bgtasks.sql.claim import claim_jobs
 from django_bgtasks.sql.complete import Completion, complete_jobs
@@ -167,5 +173,115 @@ def test_a_batch_is_sent_in_parts_of_at_most_statement_bytes(monkeypatch):
         q["sql"] for q in queries.captured_queries if q["sql"].startswith("UPDATE")
     ]
     assert applied == {job.pk for job in jobs}
-    assert len(updates) >= 3 and all(" JOIN (" in sql for sql in updates), updates
+    assert len(updates) >= 3 and all("JOIN" in sql for sql in updates), updates
     assert set(Job.objects.values_list("status", flat=True)) == {JobStatus.SUCCESSFUL}
+
+
+def nested(levels: int) -> list:
+    value: list = ["bottom"]
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+# Values whose text a batch could get wrong: escapes, characters beyond
+# ASCII and the BMP, text that looks like JSON, the deepest and a large
+# value the serialization accepts.
+EXACT_VALUES = [
+    'quote " backslash \\ slash / newline \n tab \t',
+    "\u00e9 \u00f1 \u4e2d\u6587 \U0001f600",
+    {'key "quoted"': ["\\u0041 is not an escape", {"emoji": "\U0001f600"}]},
+    "null",
+    '{"a": 1}',
+    nested(MAX_DEPTH),
+    "x" * 200_000,
+    [],
+    {},
+]
+
+
+def test_values_and_times_are_written_exactly():
+    """What a batch writes reads back equal, to the microsecond: return
+    values, errors and times (the same instant from another time zone)."""
+    jobs = claimed(len(EXACT_VALUES) + 1)
+    *succeeding, retrying = jobs
+    paris = datetime(2026, 7, 1, 14, 30, 15, 123456, tzinfo=ZoneInfo("Europe/Paris"))
+    changes = [
+        transition(job, Succeeded(value), now=paris + timedelta(microseconds=n)).changes
+        for n, (job, value) in enumerate(zip(succeeding, EXACT_VALUES, strict=True))
+    ]
+    error = ValueError('d\u00e9j\u00e0 "vu" \\ \U0001f600\nsecond line')
+    retry = transition(retrying, Failed(error), now=paris).changes
+    batch = [
+        Completion(job.pk, job.attempts, change)
+        for job, change in zip(jobs, [*changes, retry], strict=True)
+    ]
+
+    assert complete_jobs("default", WORKER, batch) == {job.pk for job in jobs}
+
+    for job, change in zip(jobs, [*changes, retry], strict=True):
+        job.refresh_from_db()
+        assert {name: getattr(job, name) for name in change} == change
+    assert succeeding[1].finished_at == paris + timedelta(microseconds=1)
+    assert retrying.errors[-1]["traceback"].endswith("\U0001f600\nsecond line\n")
+
+
+def test_a_time_the_orm_would_not_take_as_it_is_refuses_the_batch():
+    """A naive time where USE_TZ is on: the ORM warns and reads it in the
+    current time zone; a MySQL/MariaDB batch sends no such guess and
+    refuses the batch (TypeError), for the completer to record its jobs one
+    by one through the ORM."""
+    if connection.vendor != "mysql":
+        pytest.skip("PostgreSQL's batch sends the time's own text; SQLite's, the ORM's")
+    first, second = claimed(2)
+    batch = [
+        completion(first, Succeeded(1)),
+        Completion(
+            second.pk,
+            second.attempts,
+            {"status": JobStatus.SUCCESSFUL, "finished_at": datetime(2030, 1, 1)},
+        ),
+    ]
+
+    with pytest.raises(TypeError):
+        complete_jobs("default", WORKER, batch)
+    assert Job.objects.filter(status=JobStatus.RUNNING).count() == 2
+
+
+def test_a_mariadb_batch_finds_each_job_by_its_id():
+    """MariaDB's batch reads its document first and each job by its primary
+    key: not every RUNNING job (by the status index), each against the
+    whole document."""
+    if not mariadb_json_table(connection):
+        pytest.skip("the JSON_TABLE batch is MariaDB's")
+    claimed(3)
+    names = ("status", "return_value", "finished_at", "worker_id")
+    sql, _ = complete._update_from_json_sql("default", names, False)
+    document = '[[1, 1, "SUCCESSFUL", null, "2030-01-01 00:00:00", null]]'
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN {sql}", [document, JobStatus.RUNNING, WORKER])
+        plan = [(row[2], row[3], row[5]) for row in cursor.fetchall()]
+
+    assert plan == [("done", "ALL", None), ("job", "eq_ref", "PRIMARY")], plan
+
+
+def test_a_refused_batch_leaves_the_connection_out_of_any_transaction():
+    """MySQL/MariaDB's batch runs its own transaction with plain statements
+    (Django knows nothing of it): refused, it is rolled back, and what the
+    connection writes next commits at once, seen by another connection."""
+    good, bad = claimed(2)
+    refused = Completion(bad.pk, bad.attempts, {"status": "BOGUS", "worker_id": None})
+    with pytest.raises(DatabaseError):
+        complete_jobs("default", WORKER, [completion(good, Succeeded(1)), refused])
+
+    Job.objects.filter(pk=good.pk).update(priority=7)
+
+    def seen_elsewhere():
+        try:
+            return Job.objects.get(pk=good.pk).priority
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(1) as other:
+        assert other.submit(seen_elsewhere).result(timeout=30) == 7
+    assert Job.objects.filter(status=JobStatus.RUNNING).count() == 2

@@ -11,8 +11,10 @@ twice.
   per set of changed columns (a batch of successes is one statement; with
   retries and failures in it, two or three, in one transaction).
 - MySQL/MariaDB: one ``UPDATE`` joined to the batch's values per set of
-  changed columns, in one transaction; if it finds fewer jobs than it
-  names, the transaction is undone and each job written alone.
+  changed columns (MariaDB: read by ``JSON_TABLE`` from one JSON document;
+  MySQL: a ``UNION ALL`` of their rows), in one transaction; if it finds
+  fewer jobs than it names, the transaction is undone and each job written
+  alone.
 - SQLite: one conditional ``UPDATE`` per job (its text made once per set
   of columns), all in one transaction (one commit for the batch).
 """
@@ -26,9 +28,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import connections, transaction
 from django.db.models import Q
 
+from ..db import mariadb_json_table, statements_in_one_transaction
 from ..models import Job, JobStatus
 from ..models.dependencies import Ended, jobs_ended
 
@@ -108,11 +112,18 @@ def _delete_held(using: str, worker_id: str, completions) -> set[int]:
     return ids
 
 
-def _complete_postgresql(connection, worker_id, completions) -> set[int]:
+def _by_columns(completions) -> dict[tuple[tuple[str, ...], bool], list[Completion]]:
+    """``completions`` by the fields they change (and whether only if no
+    operator asked the job to stop): one statement per group."""
     by_columns: dict[tuple[tuple[str, ...], bool], list[Completion]] = {}
     for completion in completions:
         key = (tuple(completion.changes), completion.unasked)
         by_columns.setdefault(key, []).append(completion)
+    return by_columns
+
+
+def _complete_postgresql(connection, worker_id, completions) -> set[int]:
+    by_columns = _by_columns(completions)
     applied = set()
     # One statement commits alone; several, together.
     with (
@@ -204,26 +215,26 @@ def _complete_mysql(connection, worker_id, completions) -> set[int]:
     still held, all applied; if not (rare: a job rescued from a worker
     thought dead), the transaction is rolled back and each job written on
     its own, which says which applied."""
-    by_columns: dict[tuple[tuple[str, ...], bool], list[Completion]] = {}
-    for completion in completions:
-        key = (tuple(completion.changes), completion.unasked)
-        by_columns.setdefault(key, []).append(completion)
     using = connection.alias
+    statements = _from_json if mariadb_json_table(connection) else _from_union
     try:
-        with transaction.atomic(using=using), connection.cursor() as cursor:
-            for (names, unasked), group in by_columns.items():
-                for part, params in _parts(connection, group):
-                    sql, _ = _update_joined_sql(using, names, unasked, len(part))
+        with (
+            statements_in_one_transaction(connection),
+            connection.cursor() as cursor,
+        ):
+            for (names, unasked), group in _by_columns(completions).items():
+                for sql, params, count in statements(connection, names, unasked, group):
                     cursor.execute(sql, [*params, JobStatus.RUNNING.value, worker_id])
-                    if cursor.rowcount != len(part):
+                    if cursor.rowcount != count:
                         raise _NotAllHeld
     except _NotAllHeld:
         return _complete_each(using, worker_id, completions)
     return {completion.job_id for completion in completions}
 
 
-# A statement's values, in characters before escaping, before the rest go
-# in another: escaped (at most doubled) they stay within MySQL's and
+# A statement's values (MariaDB: its document's), in characters before
+# mysqlclient escapes them, before the rest go in another: escaped (at
+# most doubled) they stay within MySQL's and
 # MariaDB's smallest default max_allowed_packet (4 MiB before MySQL 8,
 # 16 MiB after). A single value larger than the packet fails alone, as it
 # would in a statement of its own (the completer then records its job's
@@ -231,25 +242,111 @@ def _complete_mysql(connection, worker_id, completions) -> set[int]:
 STATEMENT_BYTES = 1024 * 1024
 
 
-def _parts(connection, group: list[Completion]):
-    """The completions of ``group`` (one set of columns) in parts whose
-    values fit in ``STATEMENT_BYTES`` (one completion at least), each with
-    its parameters: every job's id, attempt and values."""
-    fields = _update_joined_sql(
-        connection.alias, tuple(group[0].changes), group[0].unasked, 1
-    )[1]
-    part, params, size = [], [], 0
+def _from_json(connection, names, unasked, group: list[Completion]):
+    """MariaDB: the UPDATEs of ``group`` (its completions change the fields
+    ``names``), each reading its jobs' values from one JSON document by
+    ``JSON_TABLE``, in documents of at most ``STATEMENT_BYTES`` (one job at
+    least): each statement's text, parameters and number of jobs."""
+    sql, json_at = _update_from_json_sql(connection.alias, names, unasked)
+    default = _mysql_json_default(connection)
+    records, size = [], 0
+    for completion in group:
+        values = [completion.job_id, completion.attempts, *completion.changes.values()]
+        for at in json_at:  # a JSON column's value goes as its JSON text
+            if values[at] is not None:
+                values[at] = json.dumps(values[at])
+        record = json.dumps(values, default=default)
+        if records and size + len(record) > STATEMENT_BYTES:
+            yield sql, [f"[{','.join(records)}]"], len(records)
+            records, size = [], 0
+        records.append(record)
+        size += len(record)
+    if records:
+        yield sql, [f"[{','.join(records)}]"], len(records)
+
+
+def _mysql_json_default(connection):
+    """A ``json.dumps`` default writing a time as the ORM sends it to
+    MySQL/MariaDB (text, naive, in the connection's time zone where USE_TZ
+    is on); anything else, or a time the ORM would warn about or refuse,
+    raises TypeError (the caller records the batch's jobs one by one)."""
+    zone = connection.timezone if settings.USE_TZ else None
+
+    def default(value: Any) -> str:
+        if isinstance(value, datetime) and (value.tzinfo is None) == (zone is None):
+            if zone is not None:
+                value = value.astimezone(zone).replace(tzinfo=None)
+            return value.isoformat(" ")
+        raise _unsendable(value)
+
+    return default
+
+
+@functools.cache
+def _update_from_json_sql(using: str, names: tuple[str, ...], unasked: bool) -> tuple:
+    """The UPDATE of the jobs held by a worker that a JSON array of records
+    ``[id, attempt, value...]`` names, writing each its values of the
+    fields ``names``; and the places in a record of the values of JSON
+    fields, which come as their JSON text and are read as text (read as
+    JSON, MariaDB would nest them two levels deeper, past its limit of 32
+    levels for values that ``serialization`` accepts)."""
+    connection = connections[using]
+    quote = connection.ops.quote_name
+    fields = [Job._meta.get_field(name) for name in names]
+    json_at = [
+        at
+        for at, field in enumerate(fields, 2)
+        if field.get_internal_type() == "JSONField"
+    ]
+    columns = ", ".join(
+        [
+            "_id BIGINT PATH '$[0]'",
+            "_attempts INTEGER PATH '$[1]'",
+            *(
+                f"{quote(name)} "
+                f"{'LONGTEXT' if at in json_at else field.db_type(connection)} "
+                f"PATH '$[{at}]'"
+                for at, (name, field) in enumerate(zip(names, fields, strict=True), 2)
+            ),
+        ]
+    )
+    assignments = ", ".join(
+        f"job.{quote(field.column)} = done.{quote(name)}"
+        for name, field in zip(names, fields, strict=True)
+    )
+    unasked_sql = " AND job.cancel_requested_at IS NULL" if unasked else ""
+    # The document first, each job found by its id: left to itself, the
+    # planner knows no size for a JSON_TABLE and reads the jobs first (by
+    # their status: every RUNNING job, each one against the document).
+    sql = (
+        f"UPDATE JSON_TABLE(%s, '$[*]' COLUMNS ({columns})) AS done "
+        f"STRAIGHT_JOIN {quote(Job._meta.db_table)} AS job FORCE INDEX (PRIMARY) "
+        f"ON job.id = done._id AND job.attempts = done._attempts "
+        f"SET {assignments} WHERE job.status = %s AND job.worker_id = %s"
+        f"{unasked_sql}"
+    )
+    return sql, json_at
+
+
+def _from_union(connection, names, unasked, group: list[Completion]):
+    """MySQL: the UPDATEs of ``group`` (its completions change the fields
+    ``names``), each joined to a ``UNION ALL`` of its jobs' values, in parts
+    whose values fit in ``STATEMENT_BYTES`` (one job at least): each
+    statement's text, parameters and number of jobs."""
+    using = connection.alias
+    fields = _update_joined_sql(using, names, unasked, 1)[1]
+    count, params, size = 0, [], 0
     for completion in group:
         values = _prepared(connection, fields, completion.changes)
         grown = sum(len(v) for v in values if isinstance(v, str | bytes))
-        if part and size + grown > STATEMENT_BYTES:
-            yield part, params
-            part, params, size = [], [], 0
-        part.append(completion)
+        if count and size + grown > STATEMENT_BYTES:
+            yield _update_joined_sql(using, names, unasked, count)[0], params, count
+            count, params, size = 0, [], 0
+        count += 1
         params += [completion.job_id, completion.attempts, *values]
         size += grown
-    if part:
-        yield part, params
+    if count:
+        yield _update_joined_sql(using, names, unasked, count)[0], params, count
 
 
 @functools.cache

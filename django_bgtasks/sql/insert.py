@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 from django.db import DatabaseError, connections, transaction
 
-from ..db import sqlstate
+from ..db import mariadb_json_table, sqlstate
 from ..models import Job
 from ..notify import CHANNEL, notify_enabled, payload
 from ..private_api import wrap_cursor
@@ -146,8 +146,7 @@ def _dialect(connection) -> str | None:
     its JSON functions; None for the others."""
     features = connection.features
     if connection.vendor == "mysql":
-        mariadb = connection.mysql_is_mariadb and connection.mysql_version >= (10, 6)
-        return "mariadb" if mariadb else None
+        return "mariadb" if mariadb_json_table(connection) else None
     if connection.vendor == "sqlite":
         json_functions = features.supports_json_field
         return (
