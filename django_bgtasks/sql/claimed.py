@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.db import connections
 
 from ..db import CONNECTION_ERRORS, id_list
 from ..models import Job, JobStatus, Queue
@@ -229,7 +233,17 @@ _LEAN_REFUSED: list[Exception] = []
 logger = logging.getLogger("django_bgtasks.worker")
 
 
+def micros_sql(column: str) -> str:
+    """MySQL/MariaDB: the DATETIME ``column`` (quoted) as whole microseconds
+    since 1970, an integer that mysqlclient reads without parsing."""
+    return f"TIMESTAMPDIFF(MICROSECOND, '1970-01-01', {column})"
+
+
 def _lean_select(connection) -> str:
+    """The lean read's SELECT (the same text for every MySQL connection:
+    made once)."""
+    if _LEAN_SELECT:
+        return _LEAN_SELECT[0]
     quote = connection.ops.quote_name
     joined = ", ',', ".join(
         f"COALESCE({quote(f.column)}, 'null')" if f.null else quote(f.column)
@@ -237,24 +251,42 @@ def _lean_select(connection) -> str:
     )
     columns = [
         *(quote(f.column) for f in _LEAN_PLAIN),
-        *(
-            f"TIMESTAMPDIFF(MICROSECOND, '1970-01-01', {quote(f.column)})"
-            for f in _LEAN_TIMES
-        ),
+        *(micros_sql(quote(f.column)) for f in _LEAN_TIMES),
         f"CONCAT('[', {joined}, ']')",
     ]
-    return f"SELECT {', '.join(columns)} FROM {quote(Job._meta.db_table)}"
+    _LEAN_SELECT.append(f"SELECT {', '.join(columns)} FROM {quote(Job._meta.db_table)}")
+    return _LEAN_SELECT[0]
+
+
+_LEAN_SELECT: list[str] = []
+
+
+def _lean_converters(connection) -> tuple[list, tuple]:
+    """The ORM's converters of the lean read's plain columns, and of its
+    times (a column and its converters: none where USE_TZ is off, naive);
+    found once per connection and USE_TZ (finding them cost more than
+    converting a claim's rows)."""
+    key = settings.USE_TZ
+    connection = connections[connection.alias]  # the wrapper, not a proxy
+    found = _LEAN_CONVERTERS.get(connection)
+    if found is None or found[0] != key:
+        [(_, column, converters)] = _converters(connection, _LEAN_TIMES[:1]) or [
+            (None, None, [])
+        ]
+        found = (key, _converters(connection, _LEAN_PLAIN), (column, converters))
+        _LEAN_CONVERTERS[connection] = found
+    return found[1], found[2]
+
+
+# By connection (each thread has its own): USE_TZ then _lean_converters'.
+_LEAN_CONVERTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _jobs_read_lean(connection, ids: list[int]) -> list[Job]:
     with connection.cursor() as cursor:
         cursor.execute(f"{_lean_select(connection)} WHERE id IN ({id_list(ids)})")
         rows = cursor.fetchall()
-    converters = _converters(connection, _LEAN_PLAIN)
-    # The ORM's converters of a time (none where USE_TZ is off: naive).
-    [(_, column, found)] = _converters(connection, _LEAN_TIMES[:1]) or [
-        (None, None, [])
-    ]
+    converters, (column, found) = _lean_converters(connection)
 
     def from_micros(micros: int) -> datetime:
         moment = _EPOCH + timedelta(microseconds=micros)
