@@ -20,12 +20,14 @@ from datetime import UTC, datetime
 
 from django.db import (
     DatabaseError,
+    Error,
     InterfaceError,
     OperationalError,
     connections,
     transaction,
 )
 from django.db.models import DateTimeField, Func
+from django.db.transaction import TransactionManagementError
 
 from .private_api import keep_open, saw_error, skip_health_check
 
@@ -200,33 +202,59 @@ def id_list(ids) -> str:
 
 
 @contextlib.contextmanager
-def statements_in_one_transaction(connection, *, isolation: str | None = None):
+def statements_in_one_transaction(
+    connection, *, isolation: str | None = None, django_knows: bool = False
+):
     """MySQL/MariaDB: run the block's statements in one transaction: its own
     (``START TRANSACTION`` ... ``COMMIT``, at the level ``isolation`` if
     given, e.g. ``"REPEATABLE READ"``), or inside a caller's transaction a
     savepoint of it (at the caller's level).
 
-    Two round trips fewer than an outermost ``transaction.atomic``, which
+    One round trip fewer than an outermost ``transaction.atomic``, which
     switches autocommit off and on again (a statement each) around its
     commit: on a worker's claim and completion, a round trip costs as much
     client CPU as a few jobs' rows. Django does not know of this
     transaction: the block must make plain statements only (no
-    ``transaction.atomic``, no ``on_commit``)."""
-    if not connection.get_autocommit():  # a caller's transaction
-        with transaction.atomic(using=connection.alias):
+    ``transaction.atomic``, ``select_for_update`` or ``on_commit``). With
+    ``django_knows`` it is ``transaction.atomic`` at the same level (for a
+    block that needs the ORM's transactions)."""
+    if in_plain_transaction(connection):
+        # START TRANSACTION would commit the one under way.
+        raise TransactionManagementError("statements_in_one_transaction is not nested")
+    own = connection.get_autocommit()
+    if django_knows or not own:
+        with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+            if own and isolation is not None:  # before its first statement
+                cursor.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
             yield
         return
     with connection.cursor() as cursor:
         if isolation is not None:  # the next transaction's
             cursor.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
         cursor.execute("START TRANSACTION")
+        setattr(connection, _IN_PLAIN_TRANSACTION, True)
         try:
             yield
         except BaseException:
-            with contextlib.suppress(DatabaseError):
+            try:
                 cursor.execute("ROLLBACK")
+            except Error:
+                # As Django's atomic does: a connection that cannot roll
+                # back is dropped (no transaction left open behind Django).
+                connection.close()
             raise
+        finally:
+            setattr(connection, _IN_PLAIN_TRANSACTION, False)
         cursor.execute("COMMIT")
+
+
+_IN_PLAIN_TRANSACTION = "_django_bgtasks_in_plain_transaction"
+
+
+def in_plain_transaction(connection) -> bool:
+    """Whether ``connection`` is inside ``statements_in_one_transaction``'s
+    own transaction (which Django does not know of)."""
+    return getattr(connection, _IN_PLAIN_TRANSACTION, False)
 
 
 def mariadb_json_table(connection) -> bool:

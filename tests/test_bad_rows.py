@@ -152,3 +152,34 @@ def test_a_dead_workers_jobs_are_rescued_whatever_their_rows_hold():
     assert set(Job.objects.filter(pk__in=ids).values_list("status", flat=True)) == {
         JobStatus.READY
     }
+
+
+def test_a_corrupt_first_step_fails_and_ends_its_chain_while_the_claim_goes_on():
+    """MariaDB refuses to update a row whose JSON was corrupted behind its
+    back (constraint checks off): the claim fails that job, ends the chain
+    waiting on it (the ORM's locking reads, in a transaction Django knows
+    of, not the claim's usual one of plain statements) and claims the
+    others."""
+    from django_bgtasks import chain
+    from django_bgtasks.sql.claim import claim_jobs
+
+    if not (connection.vendor == "mysql" and connection.mysql_is_mariadb):
+        pytest.skip("MariaDB checks a row's JSON again on every update")
+    good = tasks.add.enqueue(1, 1)
+    workflow = chain(tasks.add.step(1, 2), tasks.add.step(10)).enqueue()
+    first, second = Job.objects.filter(workflow_id=workflow.id).order_by("pk")
+    with connection.cursor() as cursor:
+        cursor.execute("SET SESSION check_constraint_checks = OFF")
+        try:
+            write(first.pk, "args", "%s", ["[1,"])
+        finally:
+            cursor.execute("SET SESSION check_constraint_checks = ON")
+
+    claimed = claim_jobs("default", worker_id=None, queues=None, limit=10)
+
+    assert [job.pk for job in claimed] == [int(good.id)]
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert first.status == JobStatus.FAILED
+    assert "corrupt" in first.errors[-1]["traceback"]
+    assert second.status == JobStatus.CANCELLED

@@ -1,12 +1,15 @@
 """Claims: the order and the queues, whatever the planner's statistics say."""
 
+import gc
 import json
 import threading
 import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.utils import timezone
 
 from django_bgtasks import chain, group
@@ -306,6 +309,47 @@ def test_a_claim_inside_a_callers_transaction_is_made_in_it():
         assert Job.objects.get(pk=job_id).status == JobStatus.RUNNING
         transaction.set_rollback(True)
     assert Job.objects.get(pk=job_id).status == JobStatus.READY
+
+
+def test_a_claim_is_committed_and_leaves_no_transaction_open():
+    """Seen from another connection once made (MySQL/MariaDB's claim
+    commits its own transaction of plain statements, at REPEATABLE READ;
+    the connection's next transaction is at its own level again)."""
+    job_id = enqueue(0, "default")
+    assert claimed(None) == [job_id]
+
+    def status_elsewhere():
+        try:
+            return Job.objects.get(pk=job_id).status
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(1) as other:
+        assert other.submit(status_elsewhere).result(timeout=30) == JobStatus.RUNNING
+    if connection.vendor == "mysql" and connection.mysql_is_mariadb:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT @@in_transaction, @@tx_isolation")
+            assert cursor.fetchone() == (0, "READ-COMMITTED")
+
+
+def test_a_threads_connection_is_freed_once_the_thread_has_claimed_and_ended():
+    """What a claim keeps for its connection (MySQL/MariaDB: the lean
+    read's converters) goes with the connection: none outlives its
+    thread."""
+    enqueue(0, "default")
+    freed = []
+
+    def claim_in_thread():
+        assert len(claimed(None)) == 1
+        freed.append(weakref.ref(connections["default"]))
+        connection.close()
+
+    thread = threading.Thread(target=claim_in_thread)
+    thread.start()
+    thread.join(timeout=30)
+    del thread
+    gc.collect()
+    assert freed and freed[0]() is None
 
 
 def test_a_mysql_claim_undone_to_break_a_deadlock_claims_again(monkeypatch):

@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.db import DatabaseError, connection
 from django.db.models import F
+from django.db.transaction import TransactionManagementError
 from django.utils import timezone
 
 from django_bgtasks.db import mariadb_json_table
@@ -276,12 +277,52 @@ def test_a_refused_batch_leaves_the_connection_out_of_any_transaction():
 
     Job.objects.filter(pk=good.pk).update(priority=7)
 
-    def seen_elsewhere():
+    assert seen_elsewhere(lambda: Job.objects.get(pk=good.pk).priority) == 7
+    assert Job.objects.filter(status=JobStatus.RUNNING).count() == 2
+
+
+def seen_elsewhere(read):
+    """``read()`` on another connection (another thread's)."""
+
+    def on_other_connection():
         try:
-            return Job.objects.get(pk=good.pk).priority
+            return read()
         finally:
             connection.close()
 
     with ThreadPoolExecutor(1) as other:
-        assert other.submit(seen_elsewhere).result(timeout=30) == 7
-    assert Job.objects.filter(status=JobStatus.RUNNING).count() == 2
+        return other.submit(on_other_connection).result(timeout=30)
+
+
+def test_a_batch_is_committed_and_leaves_no_transaction_open():
+    """Seen from another connection once written (MySQL/MariaDB's batch
+    commits its own transaction of plain statements)."""
+    jobs = claimed(3)
+    complete_jobs("default", WORKER, [completion(job, Succeeded(2)) for job in jobs])
+
+    def statuses():
+        return set(Job.objects.values_list("status", flat=True))
+
+    assert seen_elsewhere(statuses) == {JobStatus.SUCCESSFUL}
+    if connection.vendor == "mysql" and connection.mysql_is_mariadb:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT @@in_transaction")
+            assert cursor.fetchone()[0] == 0
+
+
+def test_the_plain_statements_transaction_does_not_nest():
+    """START TRANSACTION inside one would commit it: refused."""
+    from django.db import connections
+
+    from django_bgtasks.db import statements_in_one_transaction
+
+    if connection.vendor != "mysql":
+        pytest.skip("MySQL/MariaDB's transaction of plain statements")
+    wrapper = connections["default"]
+    with statements_in_one_transaction(wrapper):
+        with (
+            pytest.raises(TransactionManagementError),
+            statements_in_one_transaction(wrapper),
+        ):
+            pass
+        assert not wrapper.in_atomic_block  # Django knows of none

@@ -36,6 +36,7 @@ from ..db import (
     database_now,
     discard_connection,
     id_list,
+    in_plain_transaction,
     is_deadlock,
     now_sql,
     statements_in_one_transaction,
@@ -314,10 +315,27 @@ READY_ANY_INDEX = "bgtasks_job_ready_any_idx"
 def _claim_ids_mysql(connection, *, worker_id, queues, limit, paused):
     """Claim in one transaction; the ids claimed (to read once it
     commits)."""
-    with (
-        statements_in_one_transaction(connection, isolation="REPEATABLE READ"),
-        connection.cursor() as cursor,
-    ):
+    claim = {"worker_id": worker_id, "queues": queues, "limit": limit}
+    try:
+        with statements_in_one_transaction(connection, isolation="REPEATABLE READ"):
+            return _claim_ids_in_transaction(connection, paused=paused, **claim)
+    except _CorruptRows:
+        # Rare: rows to fail, and their workflow steps with them, through
+        # the ORM (select_for_update): in a transaction Django knows of.
+        with statements_in_one_transaction(
+            connection, isolation="REPEATABLE READ", django_knows=True
+        ):
+            return _claim_ids_in_transaction(connection, paused=paused, **claim)
+
+
+class _CorruptRows(Exception):
+    """The claim found rows to fail as corrupt inside a transaction of plain
+    statements, which the ORM's locking reads cannot join: it is rolled
+    back, to be made again in one Django knows of."""
+
+
+def _claim_ids_in_transaction(connection, *, worker_id, queues, limit, paused):
+    with connection.cursor() as cursor:
         candidates = []
         for sql, params in locking_reads_mysql(connection, queues, paused, limit):
             cursor.execute(sql, params)
@@ -374,10 +392,12 @@ def _mark_ids_mysql(connection, ids, worker_id) -> list[int]:
         # leaves a transaction usable after an IntegrityError caught inside
         # it (two round trips fewer per claim).
         _mark_claimed(connection, table, ids, worker_id)
-    except IntegrityError:
+    except IntegrityError as exc:
         # MariaDB checks a row's JSON again on every update: a row whose
         # JSON was corrupted behind its back (constraint checks off)
         # cannot be claimed. Fail those rows; claim the others.
+        if in_plain_transaction(connection):
+            raise _CorruptRows from exc
         bad = _fail_corrupt(connection, ids)
         ids = [pk for pk in ids if pk not in bad]
         if ids:

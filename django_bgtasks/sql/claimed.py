@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
-import weakref
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
-from django.db import connections
 
 from ..db import CONNECTION_ERRORS, id_list
 from ..models import Job, JobStatus, Queue
@@ -234,8 +232,9 @@ logger = logging.getLogger("django_bgtasks.worker")
 
 
 def micros_sql(column: str) -> str:
-    """MySQL/MariaDB: the DATETIME ``column`` (quoted) as whole microseconds
-    since 1970, an integer that mysqlclient reads without parsing."""
+    """MySQL/MariaDB: the DATETIME ``column`` (its SQL: a name, quoted if it
+    needs to be) as whole microseconds since 1970, an integer that
+    mysqlclient reads without parsing."""
     return f"TIMESTAMPDIFF(MICROSECOND, '1970-01-01', {column})"
 
 
@@ -265,21 +264,23 @@ def _lean_converters(connection) -> tuple[list, tuple]:
     """The ORM's converters of the lean read's plain columns, and of its
     times (a column and its converters: none where USE_TZ is off, naive);
     found once per connection and USE_TZ (finding them cost more than
-    converting a claim's rows)."""
-    key = settings.USE_TZ
-    connection = connections[connection.alias]  # the wrapper, not a proxy
-    found = _LEAN_CONVERTERS.get(connection)
-    if found is None or found[0] != key:
+    converting a claim's rows), and kept on the connection (they hold
+    it)."""
+    found = getattr(connection, _LEAN_CONVERTERS, None)
+    if found is None or found[0] != settings.USE_TZ:
         [(_, column, converters)] = _converters(connection, _LEAN_TIMES[:1]) or [
             (None, None, [])
         ]
-        found = (key, _converters(connection, _LEAN_PLAIN), (column, converters))
-        _LEAN_CONVERTERS[connection] = found
+        found = (
+            settings.USE_TZ,
+            _converters(connection, _LEAN_PLAIN),
+            (column, converters),
+        )
+        setattr(connection, _LEAN_CONVERTERS, found)
     return found[1], found[2]
 
 
-# By connection (each thread has its own): USE_TZ then _lean_converters'.
-_LEAN_CONVERTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LEAN_CONVERTERS = "_django_bgtasks_lean_converters"
 
 
 def _jobs_read_lean(connection, ids: list[int]) -> list[Job]:
