@@ -275,6 +275,8 @@ def test_a_claimed_job_is_the_job_the_orm_loads():
             trace_context={"traceparent": "00-ab-cd-01"},
             errors=[{"attempt": 1, "message": "earlier"}],
             attempts=1,
+            started_at=long_ago + timedelta(microseconds=3),  # kept by the claim
+            worker_ids=["earlier-worker"],
             runs_alone=True,
         ),
         make_job(kwargs={}, priority=-5, progress=None, return_value=None),
@@ -435,12 +437,12 @@ def counted_claims(monkeypatch) -> list:
 
     def counted(*args, **kwargs):
         try:
-            ids = original(*args, **kwargs)
+            claimed = original(*args, **kwargs)
         except Exception as exc:
             tries.append(exc)
             raise
-        tries.append(ids)
-        return ids
+        tries.append(claimed[0])  # the ids
+        return claimed
 
     monkeypatch.setattr(claim_module, "_claim_ids_mysql", counted)
     return tries

@@ -47,10 +47,15 @@ from ..models import Job, JobStatus, error_entry
 from ..models.dependencies import Ended, jobs_ended
 from .claimed import (
     CLAIM_SET,
+    LEAN_ID_AT,
+    LEAN_PRIORITY_AT,
+    LEAN_RUN_AFTER_AT,
     PAUSED_QUEUES,
     RETURNING,
     jobs_from,
     jobs_read,
+    lean_columns,
+    lean_jobs,
     micros_sql,
     named_params,
     queue_literal,
@@ -277,7 +282,7 @@ def _claim_mysql(connection, *, worker_id, queues, limit):
     own = connection.get_autocommit()
     for attempt in range(1, CLAIM_TRIES + 1):
         try:
-            ids = _claim_ids_mysql(
+            ids, rows, now_micros = _claim_ids_mysql(
                 connection,
                 worker_id=worker_id,
                 queues=queues,
@@ -290,7 +295,17 @@ def _claim_mysql(connection, *, worker_id, queues, limit):
                 raise
     if not ids:
         return [], {}
-    return _load(connection.alias, ids)
+    # The claimed jobs from the rows the locking read returned (a round
+    # trip fewer than reading them again); a row that cannot be read: all
+    # read again, the unreadable ones found one by one.
+    try:
+        claimed = [rows[pk] for pk in ids]
+        return (
+            lean_jobs(connection, claimed, claimed_by=worker_id, now_micros=now_micros),
+            {},
+        )
+    except Exception:
+        return _load(connection.alias, ids)
 
 
 # Tries of a MySQL/MariaDB claim that its database undid to break a deadlock.
@@ -313,8 +328,8 @@ READY_ANY_INDEX = "bgtasks_job_ready_any_idx"
 
 
 def _claim_ids_mysql(connection, *, worker_id, queues, limit, paused):
-    """Claim in one transaction; the ids claimed (to read once it
-    commits)."""
+    """Claim in one transaction: the ids claimed, the rows its locking reads
+    returned by id, and the claim's time (``_claim_ids_in_transaction``)."""
     claim = {"worker_id": worker_id, "queues": queues, "limit": limit}
     try:
         with statements_in_one_transaction(connection, isolation="REPEATABLE READ"):
@@ -335,24 +350,37 @@ class _CorruptRows(Exception):
 
 
 def _claim_ids_in_transaction(connection, *, worker_id, queues, limit, paused):
+    """The ids claimed, the rows the locking reads returned by id, and the
+    time the claim's UPDATE was given (microseconds since 1970)."""
     with connection.cursor() as cursor:
-        candidates = []
+        candidates, now_micros = [], None
         for sql, params in locking_reads_mysql(connection, queues, paused, limit):
             cursor.execute(sql, params)
-            candidates += cursor.fetchall()
-        candidates.sort(key=lambda row: (-row[1], row[2], row[0]))
-        ids = [row[0] for row in candidates[:limit]]
-        if not ids:
-            return []
-        return _mark_ids_mysql(connection, ids, worker_id)
+            rows = cursor.fetchall()
+            candidates += rows
+            if rows and now_micros is None:
+                now_micros = rows[0][-1]
+        candidates.sort(
+            key=lambda row: (
+                -row[LEAN_PRIORITY_AT],
+                row[LEAN_RUN_AFTER_AT],
+                row[LEAN_ID_AT],
+            )
+        )
+        rows = {row[LEAN_ID_AT]: row[:-1] for row in candidates[:limit]}
+        if not rows:
+            return [], {}, None
+        ids = _mark_ids_mysql(connection, list(rows), worker_id, now_micros=now_micros)
+        return ids, rows, now_micros
 
 
 def locking_reads_mysql(connection, queues, paused, limit) -> list[tuple[str, list]]:
     """A MySQL/MariaDB claim's locking reads of the due jobs of ``queues``
     (None: all) but the ``paused`` queues', with their parameters: each
-    returns up to ``limit`` rows (id, priority, run_after in microseconds:
-    an integer sorts the scans' rows together without mysqlclient parsing
-    a DATETIME per row)."""
+    returns up to ``limit`` rows, each the lean read's columns
+    (``lean_columns``: the claimed jobs are made from them) and the
+    database's time (microseconds since 1970), which the claim's UPDATE is
+    given."""
     due = f"WHERE status = %s AND run_after <= {now_sql(connection)}"
     params = [JobStatus.READY.value]
     if paused:
@@ -374,8 +402,8 @@ def locking_reads_mysql(connection, queues, paused, limit) -> list[tuple[str, li
     )
     return [
         (
-            f"SELECT id, priority, {micros_sql('run_after')} FROM {table} "
-            f"FORCE INDEX ({index}) "
+            f"SELECT {lean_columns(connection)}, {micros_sql(now_sql(connection))} "
+            f"FROM {table} FORCE INDEX ({index}) "
             f"{due}{where}{locking}",
             [*params, *scan_params, limit],
         )
@@ -383,7 +411,7 @@ def locking_reads_mysql(connection, queues, paused, limit) -> list[tuple[str, li
     ]
 
 
-def _mark_ids_mysql(connection, ids, worker_id) -> list[int]:
+def _mark_ids_mysql(connection, ids, worker_id, now_micros=None) -> list[int]:
     """Mark the jobs ``ids``, locked by this transaction, claimed; return
     the ids of those claimed (to read once it commits)."""
     table = connection.ops.quote_name(Job._meta.db_table)
@@ -391,7 +419,7 @@ def _mark_ids_mysql(connection, ids, worker_id) -> list[int]:
         # No savepoint: InnoDB undoes a failed statement alone, and Django
         # leaves a transaction usable after an IntegrityError caught inside
         # it (two round trips fewer per claim).
-        _mark_claimed(connection, table, ids, worker_id)
+        _mark_claimed(connection, table, ids, worker_id, now_micros)
     except IntegrityError as exc:
         # MariaDB checks a row's JSON again on every update: a row whose
         # JSON was corrupted behind its back (constraint checks off)
@@ -401,7 +429,7 @@ def _mark_ids_mysql(connection, ids, worker_id) -> list[int]:
         bad = _fail_corrupt(connection, ids)
         ids = [pk for pk in ids if pk not in bad]
         if ids:
-            _mark_claimed(connection, table, ids, worker_id)
+            _mark_claimed(connection, table, ids, worker_id, now_micros)
     return ids
 
 
@@ -412,12 +440,21 @@ _APPEND_WORKER = {
 }
 
 
-def _mark_claimed(connection, table, ids, worker_id) -> None:
+_EPOCH_SQL = "TIMESTAMP'1970-01-01 00:00:00'"
+
+
+def _mark_claimed(connection, table, ids, worker_id, now_micros=None) -> None:
     """Mark the jobs ``ids`` claimed by ``worker_id`` (MySQL/MariaDB,
-    SQLite), in one UPDATE."""
+    SQLite), in one UPDATE, at the database's time now or (MySQL/MariaDB)
+    at ``now_micros``, the time the claim read its jobs."""
+    now = (
+        now_sql(connection)
+        if now_micros is None
+        else f"TIMESTAMPADD(MICROSECOND, {now_micros:d}, {_EPOCH_SQL})"
+    )
     claim_set = CLAIM_SET.format(
         job=table,
-        now=now_sql(connection),
+        now=now,
         append=_APPEND_WORKER[connection.vendor],
     )
     # By the primary key, named on MySQL/MariaDB: at REPEATABLE READ a plan

@@ -29,6 +29,19 @@ CLAIM_SET = """
 """
 
 
+def as_claimed(values: dict, worker_id, now: datetime) -> None:
+    """Make ``values``, a due job's row read before its claim's UPDATE (the
+    MySQL/MariaDB claim's locking read), what ``CLAIM_SET`` makes of it,
+    with ``now`` the time the UPDATE is given."""
+    values["status"] = JobStatus.RUNNING.value
+    values["attempts"] += 1
+    if values["started_at"] is None:
+        values["started_at"] = now
+    values["last_attempted_at"] = now
+    values["worker_id"] = worker_id
+    values["worker_ids"] = [*values["worker_ids"], worker_id]
+
+
 def queue_literal(connection, value: str) -> str:
     """The queue name ``value`` as an SQL literal, quoted by the driver, for
     a claim's text (then run with parameters: ``%`` doubled). A claim of
@@ -238,11 +251,11 @@ def micros_sql(column: str) -> str:
     return f"TIMESTAMPDIFF(MICROSECOND, '1970-01-01', {column})"
 
 
-def _lean_select(connection) -> str:
-    """The lean read's SELECT (the same text for every MySQL connection:
-    made once)."""
-    if _LEAN_SELECT:
-        return _LEAN_SELECT[0]
+def lean_columns(connection) -> str:
+    """The columns of the lean read (the same text for every MySQL
+    connection: made once)."""
+    if _LEAN_COLUMNS:
+        return _LEAN_COLUMNS[0]
     quote = connection.ops.quote_name
     joined = ", ',', ".join(
         f"COALESCE({quote(f.column)}, 'null')" if f.null else quote(f.column)
@@ -253,11 +266,11 @@ def _lean_select(connection) -> str:
         *(micros_sql(quote(f.column)) for f in _LEAN_TIMES),
         f"CONCAT('[', {joined}, ']')",
     ]
-    _LEAN_SELECT.append(f"SELECT {', '.join(columns)} FROM {quote(Job._meta.db_table)}")
-    return _LEAN_SELECT[0]
+    _LEAN_COLUMNS.append(", ".join(columns))
+    return _LEAN_COLUMNS[0]
 
 
-_LEAN_SELECT: list[str] = []
+_LEAN_COLUMNS: list[str] = []
 
 
 def _lean_converters(connection) -> tuple[list, tuple]:
@@ -284,9 +297,21 @@ _LEAN_CONVERTERS = "_django_bgtasks_lean_converters"
 
 
 def _jobs_read_lean(connection, ids: list[int]) -> list[Job]:
+    table = connection.ops.quote_name(Job._meta.db_table)
     with connection.cursor() as cursor:
-        cursor.execute(f"{_lean_select(connection)} WHERE id IN ({id_list(ids)})")
+        cursor.execute(
+            f"SELECT {lean_columns(connection)} FROM {table} "
+            f"WHERE id IN ({id_list(ids)})"
+        )
         rows = cursor.fetchall()
+    return lean_jobs(connection, rows)
+
+
+def lean_jobs(connection, rows, *, claimed_by=None, now_micros=None) -> list[Job]:
+    """The Jobs of the lean read's ``rows`` (``lean_columns``, first);
+    with ``now_micros``, of rows read before their claim's UPDATE, which
+    was given that time (``as_claimed``): claimed by ``claimed_by``. Raises
+    whatever a row's value raises."""
     converters, (column, found) = _lean_converters(connection)
 
     def from_micros(micros: int) -> datetime:
@@ -296,11 +321,22 @@ def _jobs_read_lean(connection, ids: list[int]) -> list[Job]:
         return moment
 
     moments: dict[int, datetime] = {}
+    now = None if now_micros is None else from_micros(now_micros)
     jobs = []
     for row in rows:
         values = dict(zip(_LEAN_NAMES, row, strict=False))  # the row goes on
         _convert(connection, values, converters)
         _put_times(values, _LEAN_TIME_NAMES, row[_LEAN_TIMES_AT], moments, from_micros)
-        values.update(zip(_LEAN_JSON_NAMES, _decode_json(row[-1]), strict=True))
+        json_values = _decode_json(row[_LEAN_JSON_AT])
+        values.update(zip(_LEAN_JSON_NAMES, json_values, strict=True))
+        if now is not None:
+            as_claimed(values, claimed_by, now)
         jobs.append(model_from_row(Job, connection.alias, values))
     return jobs
+
+
+_LEAN_JSON_AT = len(_LEAN_PLAIN) + len(_LEAN_TIMES)
+# Where the lean read puts the columns a claim sorts its candidates by.
+LEAN_ID_AT = _LEAN_NAMES.index("id")
+LEAN_PRIORITY_AT = _LEAN_NAMES.index("priority")
+LEAN_RUN_AFTER_AT = len(_LEAN_PLAIN) + _LEAN_TIME_NAMES.index("run_after")
