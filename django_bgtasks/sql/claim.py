@@ -7,8 +7,9 @@ claimed twice:
 - PostgreSQL: a single ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED)
   RETURNING``; the CTEs keep the planner from re-running the LIMIT
   subqueries (one per part of the READY index: jobs of no limit, of limits).
-- MySQL 8 / MariaDB 10.6+: ``SELECT ... FOR UPDATE SKIP LOCKED`` and an
-  ``UPDATE`` in one short transaction (there is no ``UPDATE ... RETURNING``).
+- MySQL 8 / MariaDB 10.6+: ``SELECT ... FOR UPDATE SKIP LOCKED`` of the
+  whole rows and an ``UPDATE`` in one short transaction (there is no
+  ``UPDATE ... RETURNING``: the claimed jobs are made from the rows read).
 - SQLite: a single ``UPDATE ... RETURNING``. SQLite runs one writer at a time
   and a statement is atomic, so no row locks are needed; this holds for any
   number of processes on one host.
@@ -412,8 +413,9 @@ def locking_reads_mysql(connection, queues, paused, limit) -> list[tuple[str, li
 
 
 def _mark_ids_mysql(connection, ids, worker_id, now_micros=None) -> list[int]:
-    """Mark the jobs ``ids``, locked by this transaction, claimed; return
-    the ids of those claimed (to read once it commits)."""
+    """Mark the jobs ``ids``, locked by this transaction, claimed (at
+    ``now_micros``, else the database's time now); return the ids of those
+    claimed."""
     table = connection.ops.quote_name(Job._meta.db_table)
     try:
         # No savepoint: InnoDB undoes a failed statement alone, and Django
