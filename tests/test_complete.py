@@ -30,12 +30,23 @@ def claimed(count: int) -> list[Job]:
     return claim_jobs("default", worker_id=WORKER, queues=None, limit=count)
 
 
+@pytest.fixture(params=["json_table", "union_all"])
+def mysql_statement(request, monkeypatch):
+    """MariaDB writes a batch from a JSON document (JSON_TABLE), MySQL from a
+    UNION ALL of its values: on MariaDB, both are tested."""
+    if request.param == "union_all":
+        if connection.vendor != "mysql":
+            pytest.skip("the UNION ALL statement is MySQL's")
+        monkeypatch.setattr(complete, "mariadb_json_table", lambda connection: False)
+    return request.param
+
+
 def completion(job: Job, outcome) -> Completion:
     change = transition(job, outcome, now=timezone.now())
     return Completion(job.pk, job.attempts, change.changes)
 
 
-def test_a_mixed_batch_writes_each_outcome():
+def test_a_mixed_batch_writes_each_outcome(mysql_statement):
     values = [None, "null", [1, "two"], {"a": None}, True, 0, -1.5, "text"]
     jobs = claimed(len(values) + 2)
     *succeeding, retrying, failing = jobs
@@ -133,7 +144,7 @@ def test_a_change_computed_by_the_database_is_refused_whole():
     assert Job.objects.filter(status=JobStatus.RUNNING).count() == 2
 
 
-def test_a_large_batch_is_written_in_parts_and_whole(monkeypatch):
+def test_a_large_batch_is_written_in_parts_and_whole(monkeypatch, mysql_statement):
     """MySQL/MariaDB send a batch's values in statements of at most
     STATEMENT_BYTES (a result may be a megabyte): here a part per job or
     two; every outcome is written, and a job taken away is still found."""
@@ -155,7 +166,9 @@ def test_a_large_batch_is_written_in_parts_and_whole(monkeypatch):
     assert {job.return_value for job in jobs if job.pk != taken.pk} == {"x" * 50}
 
 
-def test_a_batch_is_sent_in_parts_of_at_most_statement_bytes(monkeypatch):
+def test_a_batch_is_sent_in_parts_of_at_most_statement_bytes(
+    monkeypatch, mysql_statement
+):
     """MySQL/MariaDB: a batch whose values pass STATEMENT_BYTES goes in
     several UPDATEs, every outcome written by them (no job taken away, so
     none is written alone)."""
@@ -201,7 +214,7 @@ EXACT_VALUES = [
 ]
 
 
-def test_values_and_times_are_written_exactly():
+def test_values_and_times_are_written_exactly(mysql_statement):
     """What a batch writes reads back equal, to the microsecond: return
     values, errors and times (the same instant from another time zone)."""
     jobs = claimed(len(EXACT_VALUES) + 1)

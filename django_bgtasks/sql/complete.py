@@ -310,22 +310,31 @@ def _update_from_json_sql(using: str, names: tuple[str, ...], unasked: bool) -> 
             ),
         ]
     )
-    assignments = ", ".join(
-        f"job.{quote(field.column)} = done.{quote(name)}"
-        for name, field in zip(names, fields, strict=True)
-    )
-    unasked_sql = " AND job.cancel_requested_at IS NULL" if unasked else ""
     # The document first, each job found by its id: left to itself, the
     # planner knows no size for a JSON_TABLE and reads the jobs first (by
     # their status: every RUNNING job, each one against the document).
     sql = (
         f"UPDATE JSON_TABLE(%s, '$[*]' COLUMNS ({columns})) AS done "
         f"STRAIGHT_JOIN {quote(Job._meta.db_table)} AS job FORCE INDEX (PRIMARY) "
+        f"{_joined_to_done(quote, names, fields, unasked)}"
+    )
+    return sql, json_at
+
+
+def _joined_to_done(quote, names, fields, unasked: bool) -> str:
+    """The rest of an UPDATE of the jobs ``job`` joined to their values
+    ``done`` (``_id``, ``_attempts`` and the fields ``names``): each held
+    job, on its attempt, gets its values."""
+    assignments = ", ".join(
+        f"job.{quote(field.column)} = done.{quote(name)}"
+        for name, field in zip(names, fields, strict=True)
+    )
+    unasked_sql = " AND job.cancel_requested_at IS NULL" if unasked else ""
+    return (
         f"ON job.id = done._id AND job.attempts = done._attempts "
         f"SET {assignments} WHERE job.status = %s AND job.worker_id = %s"
         f"{unasked_sql}"
     )
-    return sql, json_at
 
 
 def _from_union(connection, names, unasked, group: list[Completion]):
@@ -364,16 +373,9 @@ def _update_joined_sql(
     )
     others = ", ".join(["%s"] * (len(names) + 2))
     rows = " UNION ALL ".join([f"SELECT {first}", *[f"SELECT {others}"] * (count - 1)])
-    assignments = ", ".join(
-        f"job.{quote(field.column)} = done.{quote(name)}"
-        for name, field in zip(names, fields, strict=True)
-    )
-    unasked_sql = " AND job.cancel_requested_at IS NULL" if unasked else ""
     sql = (
         f"UPDATE {quote(Job._meta.db_table)} AS job JOIN ({rows}) AS done "
-        f"ON job.id = done._id AND job.attempts = done._attempts "
-        f"SET {assignments} WHERE job.status = %s AND job.worker_id = %s"
-        f"{unasked_sql}"
+        f"{_joined_to_done(quote, names, fields, unasked)}"
     )
     return sql, fields
 
