@@ -258,10 +258,13 @@ def test_a_plan_made_on_an_empty_table_finds_the_claimed_rows_by_id():
     assert plan["Actual Rows"] == 10
 
 
-def test_a_claimed_job_is_the_job_the_orm_loads():
+def test_a_claimed_job_is_the_job_the_orm_loads(monkeypatch):
     """Each vendor reads its claimed rows its own lean way (times as
-    numbers, the JSON columns as one array): every field it reads holds
-    what the ORM loads from the row, to the microsecond."""
+    numbers, the JSON columns as one array; MySQL/MariaDB from the claim's
+    locking read, before its UPDATE): every field it reads holds what the
+    ORM loads from the row, to the microsecond."""
+    if connection.vendor == "mysql":  # not by the fallback's read after
+        monkeypatch.setattr(claim_module, "_load", None)
     long_ago = datetime(1965, 3, 1, 12, 0, 0, 999999, tzinfo=UTC)
     past = timezone.now() - timedelta(days=400, microseconds=7)
     made = [
@@ -298,6 +301,54 @@ def test_a_claimed_job_is_the_job_the_orm_loads():
                 f.attname: getattr(loaded, f.attname) for f in fields
             }
     assert jobs[0].started_at.tzinfo is not None
+
+
+def assert_as_loaded(jobs):
+    fields = [f for f in Job._meta.concrete_fields if f.name not in NOT_RETURNED]
+    for job in jobs:
+        loaded = Job.objects.get(pk=job.pk)
+        assert {f.attname: job.__dict__[f.attname] for f in fields} == {
+            f.attname: getattr(loaded, f.attname) for f in fields
+        }
+
+
+def test_a_mysql_claim_of_a_row_it_cannot_make_as_claimed_reads_it_again():
+    """A row whose worker_ids is JSON but not an array: MySQL/MariaDB's
+    JSON_ARRAY_APPEND wraps it, so the job is not made from the locking
+    read's row but read again after the claim, as the database wrote it."""
+    if connection.vendor != "mysql":
+        pytest.skip("the claim that makes its jobs from its locking read")
+    job = make_job()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {Job._meta.db_table} SET worker_ids = %s WHERE id = %s",
+            ['"earlier"', job.pk],
+        )
+
+    [claimed_job] = claim_jobs("default", worker_id=None, queues=None, limit=1)
+
+    assert claimed_job.worker_ids == ["earlier", None]
+    assert_as_loaded([claimed_job])
+
+
+def test_a_server_that_refuses_the_lean_columns_is_claimed_from_without_them(
+    monkeypatch,
+):
+    """mysqlclient raises a refused statement as it does a lost connection:
+    on a connection that still answers, the claim goes on without the lean
+    columns (logged once), from then on."""
+    if connection.vendor != "mysql":
+        pytest.skip("the MySQL/MariaDB claim's lean columns")
+    monkeypatch.setattr(claimed_module, "_LEAN_COLUMNS", ["NO_SUCH_FUNCTION_HERE()"])
+    monkeypatch.setattr(claimed_module, "_LEAN_REFUSED", [])
+    first, second = make_job(), make_job()
+
+    jobs = claim_jobs("default", worker_id=None, queues=None, limit=1)
+    jobs += claim_jobs("default", worker_id=None, queues=None, limit=1)
+
+    assert sorted(job.pk for job in jobs) == [first.pk, second.pk]
+    assert_as_loaded(jobs)
+    assert len(claimed_module._LEAN_REFUSED) == 1
 
 
 def test_a_claim_inside_a_callers_transaction_is_made_in_it():

@@ -7,9 +7,10 @@ claimed twice:
 - PostgreSQL: a single ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED)
   RETURNING``; the CTEs keep the planner from re-running the LIMIT
   subqueries (one per part of the READY index: jobs of no limit, of limits).
-- MySQL 8 / MariaDB 10.6+: ``SELECT ... FOR UPDATE SKIP LOCKED`` of the
-  whole rows and an ``UPDATE`` in one short transaction (there is no
-  ``UPDATE ... RETURNING``: the claimed jobs are made from the rows read).
+- MySQL 8 / MariaDB 10.6+: ``SELECT ... FOR UPDATE SKIP LOCKED`` and an
+  ``UPDATE`` in one short transaction (there is no ``UPDATE ...
+  RETURNING``: the claimed jobs are made from the columns the locking read
+  returned, of one queue or of all; of several queues, read after it).
 - SQLite: a single ``UPDATE ... RETURNING``. SQLite runs one writer at a time
   and a statement is atomic, so no row locks are needed; this holds for any
   number of processes on one host.
@@ -48,18 +49,17 @@ from ..models import Job, JobStatus, error_entry
 from ..models.dependencies import Ended, jobs_ended
 from .claimed import (
     CLAIM_SET,
-    LEAN_ID_AT,
-    LEAN_PRIORITY_AT,
-    LEAN_RUN_AFTER_AT,
     PAUSED_QUEUES,
     RETURNING,
     jobs_from,
     jobs_read,
     lean_columns,
     lean_jobs,
+    lean_refused,
     micros_sql,
     named_params,
     queue_literal,
+    refuse_lean,
     set_params,
 )
 from .limited import claim_limited
@@ -282,6 +282,7 @@ def _claim_mysql(connection, *, worker_id, queues, limit):
     # again. Inside a caller's transaction: once, at that one's level.
     own = connection.get_autocommit()
     for attempt in range(1, CLAIM_TRIES + 1):
+        with_rows = not lean_refused()
         try:
             ids, rows, now_micros = _claim_ids_mysql(
                 connection,
@@ -289,24 +290,37 @@ def _claim_mysql(connection, *, worker_id, queues, limit):
                 queues=queues,
                 limit=limit,
                 paused=paused,
+                with_rows=with_rows,
             )
             break
         except OperationalError as exc:
-            if not own or attempt == CLAIM_TRIES or not is_deadlock(exc):
+            if is_deadlock(exc):
+                if not own or attempt == CLAIM_TRIES:
+                    raise
+            elif with_rows and attempt < CLAIM_TRIES and connection.is_usable():
+                # mysqlclient raises a server's refusal of a statement as
+                # it does a lost connection: a server that refuses the
+                # lean columns is claimed from without them from now on.
+                refuse_lean(exc)
+            else:
                 raise
     if not ids:
         return [], {}
-    # The claimed jobs from the rows the locking read returned (a round
-    # trip fewer than reading them again); a row that cannot be read: all
-    # read again, the unreadable ones found one by one.
-    try:
-        claimed = [rows[pk] for pk in ids]
-        return (
-            lean_jobs(connection, claimed, claimed_by=worker_id, now_micros=now_micros),
-            {},
-        )
-    except Exception:
-        return _load(connection.alias, ids)
+    if rows:
+        # The claimed jobs from the rows the locking read returned, with no
+        # second read; a row that cannot be made into one: all read again,
+        # the unreadable ones found one by one.
+        try:
+            claimed = [rows[pk] for pk in ids]
+            return (
+                lean_jobs(
+                    connection, claimed, claimed_by=worker_id, now_micros=now_micros
+                ),
+                {},
+            )
+        except Exception:
+            pass
+    return _load(connection.alias, ids)
 
 
 # Tries of a MySQL/MariaDB claim that its database undid to break a deadlock.
@@ -328,10 +342,16 @@ READY_INDEX = "bgtasks_job_ready_idx"
 READY_ANY_INDEX = "bgtasks_job_ready_any_idx"
 
 
-def _claim_ids_mysql(connection, *, worker_id, queues, limit, paused):
-    """Claim in one transaction: the ids claimed, the rows its locking reads
-    returned by id, and the claim's time (``_claim_ids_in_transaction``)."""
-    claim = {"worker_id": worker_id, "queues": queues, "limit": limit}
+def _claim_ids_mysql(connection, *, worker_id, queues, limit, paused, with_rows):
+    """Claim in one transaction: the ids claimed, the rows its locking read
+    returned by id (if any), and the claim's time
+    (``_claim_ids_in_transaction``)."""
+    claim = {
+        "worker_id": worker_id,
+        "queues": queues,
+        "limit": limit,
+        "with_rows": with_rows,
+    }
     try:
         with statements_in_one_transaction(connection, isolation="REPEATABLE READ"):
             return _claim_ids_in_transaction(connection, paused=paused, **claim)
@@ -350,38 +370,49 @@ class _CorruptRows(Exception):
     back, to be made again in one Django knows of."""
 
 
-def _claim_ids_in_transaction(connection, *, worker_id, queues, limit, paused):
-    """The ids claimed, the rows the locking reads returned by id, and the
-    time the claim's UPDATE was given (microseconds since 1970)."""
+def _claim_ids_in_transaction(
+    connection, *, worker_id, queues, limit, paused, with_rows
+):
+    """The ids claimed; ``with_rows`` and one locking read (of one queue or
+    of all), the rows it returned by id and the time the claim's UPDATE was
+    given (microseconds since 1970), else no rows and None."""
     with connection.cursor() as cursor:
-        candidates, now_micros = [], None
-        for sql, params in locking_reads_mysql(connection, queues, paused, limit):
-            cursor.execute(sql, params)
-            rows = cursor.fetchall()
-            candidates += rows
-            if rows and now_micros is None:
-                now_micros = rows[0][-1]
-        candidates.sort(
-            key=lambda row: (
-                -row[LEAN_PRIORITY_AT],
-                row[LEAN_RUN_AFTER_AT],
-                row[LEAN_ID_AT],
-            )
+        candidates = []
+        reads = locking_reads_mysql(
+            connection, queues, paused, limit, with_rows=with_rows
         )
-        rows = {row[LEAN_ID_AT]: row[:-1] for row in candidates[:limit]}
-        if not rows:
+        for sql, params in reads:
+            cursor.execute(sql, params)
+            candidates += cursor.fetchall()
+        candidates.sort(key=lambda row: (-row[1], row[2], row[0]))
+        chosen = candidates[:limit]
+        if not chosen:
             return [], {}, None
-        ids = _mark_ids_mysql(connection, list(rows), worker_id, now_micros=now_micros)
+        rows, now_micros = {}, None
+        if len(chosen[0]) > _CANDIDATE_COLUMNS:  # the whole rows, and the time
+            now_micros = chosen[0][-1]
+            rows = {row[0]: row[_CANDIDATE_COLUMNS:-1] for row in chosen}
+        ids = [row[0] for row in chosen]
+        ids = _mark_ids_mysql(connection, ids, worker_id, now_micros=now_micros)
         return ids, rows, now_micros
 
 
-def locking_reads_mysql(connection, queues, paused, limit) -> list[tuple[str, list]]:
+# A candidate's first columns: id, priority, run_after in microseconds (an
+# integer sorts several scans' rows without mysqlclient parsing a DATETIME).
+_CANDIDATE_COLUMNS = 3
+
+
+def locking_reads_mysql(
+    connection, queues, paused, limit, *, with_rows=False
+) -> list[tuple[str, list]]:
     """A MySQL/MariaDB claim's locking reads of the due jobs of ``queues``
     (None: all) but the ``paused`` queues', with their parameters: each
-    returns up to ``limit`` rows, each the lean read's columns
-    (``lean_columns``: the claimed jobs are made from them) and the
-    database's time (microseconds since 1970), which the claim's UPDATE is
-    given."""
+    returns up to ``limit`` rows (id, priority, run_after in microseconds).
+    ``with_rows`` and a single read (of one queue, or of all): then each row
+    goes on with the lean read's columns (``lean_columns``: the claimed
+    jobs are made from them) and the database's time (microseconds since
+    1970), which the claim's UPDATE is given. (Several reads would send
+    every candidate's whole row, though only ``limit`` are claimed.)"""
     due = f"WHERE status = %s AND run_after <= {now_sql(connection)}"
     params = [JobStatus.READY.value]
     if paused:
@@ -401,10 +432,12 @@ def locking_reads_mysql(connection, queues, paused, limit) -> list[tuple[str, li
         if queues is None
         else [(READY_INDEX, " AND queue_name = %s", [queue]) for queue in queues]
     )
+    columns = f"id, priority, {micros_sql('run_after')}"
+    if with_rows and len(scans) == 1:
+        columns += f", {lean_columns(connection)}, {micros_sql(now_sql(connection))}"
     return [
         (
-            f"SELECT {lean_columns(connection)}, {micros_sql(now_sql(connection))} "
-            f"FROM {table} FORCE INDEX ({index}) "
+            f"SELECT {columns} FROM {table} FORCE INDEX ({index}) "
             f"{due}{where}{locking}",
             [*params, *scan_params, limit],
         )

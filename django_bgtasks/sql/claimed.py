@@ -39,7 +39,10 @@ def as_claimed(values: dict, worker_id, now: datetime) -> None:
         values["started_at"] = now
     values["last_attempted_at"] = now
     values["worker_id"] = worker_id
-    values["worker_ids"] = [*values["worker_ids"], worker_id]
+    worker_ids = values["worker_ids"]
+    if type(worker_ids) is not list:  # JSON_ARRAY_APPEND would wrap it
+        raise TypeError(f"worker_ids is not a list: {worker_ids!r}")
+    values["worker_ids"] = [*worker_ids, worker_id]
 
 
 def queue_literal(connection, value: str) -> str:
@@ -163,8 +166,10 @@ def _from_seconds(seconds: float) -> datetime:
 _decode_json = json.JSONDecoder().decode  # json.loads, without its checks
 
 
-# MySQL/MariaDB and SQLite read their claimed jobs after the claim's UPDATE
-# (no UPDATE ... RETURNING there): the same columns, every one (a plain
+# SQLite, and MySQL/MariaDB where the claim's locking read did not return
+# the claimed rows (several queues, limited claims, a row it could not
+# make a job of), read their claimed jobs after the claim's UPDATE (no
+# UPDATE ... RETURNING there): the same columns, every one (a plain
 # SELECT costs nothing more for them), converted by the converters the ORM
 # would apply, without compiling a query or running Model.__init__.
 _READ_FIELDS = [f for f in Job._meta.concrete_fields if f.name not in NOT_RETURNED]
@@ -184,9 +189,7 @@ def jobs_read(connection, ids: list[int]) -> list[Job]:
             # the plain columns below if the connection still answers.
             if not connection.is_usable():
                 raise
-            if not _LEAN_REFUSED:
-                _LEAN_REFUSED.append(exc)
-                logger.warning("Claimed jobs read without the lean read: %s", exc)
+            refuse_lean(exc)
     quote = connection.ops.quote_name
     converters = _converters(connection, _READ_FIELDS)
     columns = ", ".join(quote(field.column) for field in _READ_FIELDS)
@@ -241,6 +244,22 @@ _LEAN_TIMES_AT = slice(len(_LEAN_PLAIN), len(_LEAN_PLAIN) + len(_LEAN_TIMES))
 _EPOCH = datetime(1970, 1, 1)
 # The error of a lean read the server refused, once logged.
 _LEAN_REFUSED: list[Exception] = []
+
+
+def lean_refused() -> bool:
+    """Whether the server refused the lean read's columns (then claims and
+    reads of claimed jobs go without them)."""
+    return bool(_LEAN_REFUSED)
+
+
+def refuse_lean(exc: Exception) -> None:
+    """Read without the lean read's columns from now on: the server
+    refused them with ``exc`` (logged once)."""
+    if not _LEAN_REFUSED:
+        _LEAN_REFUSED.append(exc)
+        logger.warning("Claimed jobs read without the lean read: %s", exc)
+
+
 logger = logging.getLogger("django_bgtasks.worker")
 
 
@@ -336,7 +355,3 @@ def lean_jobs(connection, rows, *, claimed_by=None, now_micros=None) -> list[Job
 
 
 _LEAN_JSON_AT = len(_LEAN_PLAIN) + len(_LEAN_TIMES)
-# Where the lean read puts the columns a claim sorts its candidates by.
-LEAN_ID_AT = _LEAN_NAMES.index("id")
-LEAN_PRIORITY_AT = _LEAN_NAMES.index("priority")
-LEAN_RUN_AFTER_AT = len(_LEAN_PLAIN) + _LEAN_TIME_NAMES.index("run_after")
