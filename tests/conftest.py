@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote
 
@@ -34,6 +35,20 @@ def wait_until(predicate, *, timeout: float = 10.0, message: str = "condition"):
         if time.monotonic() > deadline:
             pytest.fail(f"Timed out after {timeout} s waiting for {message}")
         time.sleep(0.02)
+
+
+def read_on_another_connection(read):
+    """``read()`` in another thread, on that thread's own connection (closed
+    after): what other connections see, committed."""
+
+    def on_other_connection():
+        try:
+            return read()
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(1) as other:
+        return other.submit(on_other_connection).result(timeout=30)
 
 
 def database_url(*, host: str | None = None, port: int | None = None) -> str:

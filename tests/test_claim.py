@@ -5,7 +5,6 @@ import json
 import threading
 import time
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -20,7 +19,7 @@ from django_bgtasks.sql import claimed as claimed_module
 from django_bgtasks.sql.claim import claim_jobs
 from django_bgtasks.sql.claimed import NOT_RETURNED
 from tests import tasks
-from tests.conftest import run_in_process
+from tests.conftest import read_on_another_connection, run_in_process
 from tests.factories import make_job
 from tests.tasks import echo
 
@@ -258,6 +257,17 @@ def test_a_plan_made_on_an_empty_table_finds_the_claimed_rows_by_id():
     assert plan["Actual Rows"] == 10
 
 
+def assert_as_loaded(jobs):
+    """Every field a claim reads of each of ``jobs`` holds what the ORM loads
+    from its row."""
+    fields = [f for f in Job._meta.concrete_fields if f.name not in NOT_RETURNED]
+    for job in jobs:
+        loaded = Job.objects.get(pk=job.pk)
+        assert {f.attname: job.__dict__[f.attname] for f in fields} == {
+            f.attname: getattr(loaded, f.attname) for f in fields
+        }
+
+
 def test_a_claimed_job_is_the_job_the_orm_loads(monkeypatch):
     """Each vendor reads its claimed rows its own lean way (times as
     numbers, the JSON columns as one array; MySQL/MariaDB from the claim's
@@ -288,28 +298,12 @@ def test_a_claimed_job_is_the_job_the_orm_loads(monkeypatch):
     ids = sorted(job.pk for job in made)
     jobs = claim_jobs("default", worker_id=None, queues=None, limit=10)
     assert sorted(job.pk for job in jobs) == ids
-    fields = [f for f in Job._meta.concrete_fields if f.name not in NOT_RETURNED]
     # The claim's own read, and (MySQL, MariaDB) the lean read itself: the
     # claim falls back to the ORM's read of a row it cannot read.
-    reads = [jobs]
+    assert_as_loaded(jobs)
     if connection.vendor == "mysql":
-        reads.append(claimed_module._jobs_read_lean(connection, ids))
-    for read in reads:
-        for job in read:
-            loaded = Job.objects.get(pk=job.pk)
-            assert {f.attname: job.__dict__[f.attname] for f in fields} == {
-                f.attname: getattr(loaded, f.attname) for f in fields
-            }
+        assert_as_loaded(claimed_module._jobs_read_lean(connection, ids))
     assert jobs[0].started_at.tzinfo is not None
-
-
-def assert_as_loaded(jobs):
-    fields = [f for f in Job._meta.concrete_fields if f.name not in NOT_RETURNED]
-    for job in jobs:
-        loaded = Job.objects.get(pk=job.pk)
-        assert {f.attname: job.__dict__[f.attname] for f in fields} == {
-            f.attname: getattr(loaded, f.attname) for f in fields
-        }
 
 
 def test_a_mysql_claim_of_a_row_it_cannot_make_as_claimed_reads_it_again():
@@ -371,14 +365,8 @@ def test_a_claim_is_committed_and_leaves_no_transaction_open():
     job_id = enqueue(0, "default")
     assert claimed(None) == [job_id]
 
-    def status_elsewhere():
-        try:
-            return Job.objects.get(pk=job_id).status
-        finally:
-            connection.close()
-
-    with ThreadPoolExecutor(1) as other:
-        assert other.submit(status_elsewhere).result(timeout=30) == JobStatus.RUNNING
+    status = read_on_another_connection(lambda: Job.objects.get(pk=job_id).status)
+    assert status == JobStatus.RUNNING
     if connection.vendor == "mysql" and connection.mysql_is_mariadb:
         with connection.cursor() as cursor:
             cursor.execute("SELECT @@in_transaction, @@tx_isolation")

@@ -1,7 +1,6 @@
 """Outcomes written in batches (``sql/complete.py``): what each writes, only
 to the jobs the worker still holds, all or nothing."""
 
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -19,6 +18,7 @@ from django_bgtasks.sql import complete
 from django_bgtasks.sql.claim import claim_jobs
 from django_bgtasks.sql.complete import Completion, complete_jobs
 from tests import tasks
+from tests.conftest import read_on_another_connection
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -290,21 +290,8 @@ def test_a_refused_batch_leaves_the_connection_out_of_any_transaction():
 
     Job.objects.filter(pk=good.pk).update(priority=7)
 
-    assert seen_elsewhere(lambda: Job.objects.get(pk=good.pk).priority) == 7
+    assert read_on_another_connection(lambda: Job.objects.get(pk=good.pk).priority) == 7
     assert Job.objects.filter(status=JobStatus.RUNNING).count() == 2
-
-
-def seen_elsewhere(read):
-    """``read()`` on another connection (another thread's)."""
-
-    def on_other_connection():
-        try:
-            return read()
-        finally:
-            connection.close()
-
-    with ThreadPoolExecutor(1) as other:
-        return other.submit(on_other_connection).result(timeout=30)
 
 
 def test_a_batch_is_committed_and_leaves_no_transaction_open():
@@ -316,7 +303,7 @@ def test_a_batch_is_committed_and_leaves_no_transaction_open():
     def statuses():
         return set(Job.objects.values_list("status", flat=True))
 
-    assert seen_elsewhere(statuses) == {JobStatus.SUCCESSFUL}
+    assert read_on_another_connection(statuses) == {JobStatus.SUCCESSFUL}
     if connection.vendor == "mysql" and connection.mysql_is_mariadb:
         with connection.cursor() as cursor:
             cursor.execute("SELECT @@in_transaction")

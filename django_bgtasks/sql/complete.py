@@ -234,11 +234,10 @@ def _complete_mysql(connection, worker_id, completions) -> set[int]:
 
 # A statement's values (MariaDB: its document's), in characters before
 # mysqlclient escapes them, before the rest go in another: escaped (at
-# most doubled) they stay within MySQL's and
-# MariaDB's smallest default max_allowed_packet (4 MiB before MySQL 8,
-# 16 MiB after). A single value larger than the packet fails alone, as it
-# would in a statement of its own (the completer then records its job's
-# failure to store it).
+# most doubled) they stay within MySQL's and MariaDB's smallest default
+# max_allowed_packet (4 MiB before MySQL 8, 16 MiB after). A single value
+# larger than the packet fails alone, as it would in a statement of its
+# own (the completer then records its job's failure to store it).
 STATEMENT_BYTES = 1024 * 1024
 
 
@@ -249,20 +248,33 @@ def _from_json(connection, names, unasked, group: list[Completion]):
     least): each statement's text, parameters and number of jobs."""
     sql, json_at = _update_from_json_sql(connection.alias, names, unasked)
     default = _mysql_json_default(connection)
-    records, size = [], 0
-    for completion in group:
+
+    def record(completion: Completion) -> tuple[list[str], int]:
         values = [completion.job_id, completion.attempts, *completion.changes.values()]
         for at in json_at:  # a JSON column's value goes as its JSON text
             if values[at] is not None:
                 values[at] = json.dumps(values[at])
-        record = json.dumps(values, default=default)
-        if records and size + len(record) > STATEMENT_BYTES:
-            yield sql, [f"[{','.join(records)}]"], len(records)
-            records, size = [], 0
-        records.append(record)
-        size += len(record)
-    if records:
-        yield sql, [f"[{','.join(records)}]"], len(records)
+        text = json.dumps(values, default=default)
+        return [text], len(text)
+
+    for records, count in _in_parts(map(record, group)):
+        yield sql, [f"[{','.join(records)}]"], count
+
+
+def _in_parts(items):
+    """``items``, each (a list, its size), joined into parts whose sizes
+    add up to at most ``STATEMENT_BYTES`` (one item at least): each part's
+    lists joined, and its number of items."""
+    part, size, count = [], 0, 0
+    for values, grown in items:
+        if count and size + grown > STATEMENT_BYTES:
+            yield part, count
+            part, size, count = [], 0, 0
+        part += values
+        size += grown
+        count += 1
+    if count:
+        yield part, count
 
 
 def _mysql_json_default(connection):
@@ -344,18 +356,14 @@ def _from_union(connection, names, unasked, group: list[Completion]):
     statement's text, parameters and number of jobs."""
     using = connection.alias
     fields = _update_joined_sql(using, names, unasked, 1)[1]
-    count, params, size = 0, [], 0
-    for completion in group:
+
+    def params(completion: Completion) -> tuple[list, int]:
         values = _prepared(connection, fields, completion.changes)
         grown = sum(len(v) for v in values if isinstance(v, str | bytes))
-        if count and size + grown > STATEMENT_BYTES:
-            yield _update_joined_sql(using, names, unasked, count)[0], params, count
-            count, params, size = 0, [], 0
-        count += 1
-        params += [completion.job_id, completion.attempts, *values]
-        size += grown
-    if count:
-        yield _update_joined_sql(using, names, unasked, count)[0], params, count
+        return [completion.job_id, completion.attempts, *values], grown
+
+    for part, count in _in_parts(map(params, group)):
+        yield _update_joined_sql(using, names, unasked, count)[0], part, count
 
 
 @functools.cache
