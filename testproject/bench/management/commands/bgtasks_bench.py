@@ -490,6 +490,10 @@ class Command(BaseCommand):
                 row("  the database alone: claim and complete 100 at a time",
                     bare["drain"], "jobs/s")  # fmt: skip
                 row("  drain / bare", f"{drain / bare['drain']:.1%}", "")
+                loops, database = bare["cpu"]
+                row("  the database alone: its loops' / the database's CPU per job",
+                    f"{loops:.3f} / {'-' if database is None else f'{database:.3f}'}",
+                    "ms")  # fmt: skip
             # Capacity: what one core of each side carries at this pace.
             workers_cpu = statistics.median(cpu for _, _, cpu in figures)
             row(f"  {name}workers' CPU per job", f"{workers_cpu:.3f}", "ms")
@@ -746,9 +750,10 @@ class Command(BaseCommand):
 
     def bare(self, count: int) -> dict:
         """The database alone (``testproject/bench/bare.py``): ``count``
-        bare loops' drain (jobs/s), latency from the commit (p50, p99) and
-        high-priority delays from the commit behind a backlog, measured as
-        ours are."""
+        bare loops' drain (jobs/s), their CPU and the database's per job
+        (ms; the database's None where it cannot be read), latency from the
+        commit (p50, p99) and high-priority delays from the commit behind a
+        backlog, measured as ours are."""
         self.clear()
         settings = connection.settings_dict
         login = quote(settings["USER"] or "", safe="")
@@ -772,8 +777,14 @@ class Command(BaseCommand):
             if not ready or self.supervisor.stdout.readline().strip() != "ready":
                 raise SystemExit("The bare loops did not start in time.")
             runs = self.options["runs"]
+            drains = [self.drain() for _ in range(runs)]
+            databases = [cpu for _, cpu, _ in drains if cpu is not None]
             figures = {
-                "drain": statistics.median(self.drain()[0] for _ in range(runs)),
+                "drain": statistics.median(rate for rate, _, _ in drains),
+                "cpu": (
+                    statistics.median(cpu for _, _, cpu in drains),
+                    statistics.median(databases) if databases else None,
+                ),
                 "latency": self.latency()["commit"],
                 "priority": [
                     sample["commit"] for _ in range(runs) for sample in self.priority()
