@@ -13,6 +13,7 @@ from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.http import urlencode
 
 from django_bgtasks.models import Job, JobStatus
 
@@ -23,17 +24,18 @@ def admin_pages() -> list[tuple[str, str]]:
     jobs = reverse("admin:django_bgtasks_job_changelist")
     failed = Job.objects.filter(status=JobStatus.FAILED).order_by("-id").first()
     latest = Job.objects.order_by("-id").first()
-    week_ago = (timezone.now() - timezone.timedelta(days=7)).date().isoformat()
+    # Aware midnights, as the admin's date filters send them (a bare date
+    # would be a naive time under USE_TZ).
+    today = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
+    week_ago = urlencode({"enqueued_at__gte": today - timezone.timedelta(days=7)})
+    finished_today = urlencode({"finished_at__gte": today, "status": "FAILED"})
     pages = [
         ("job list", jobs),
         ("filter: status FAILED", f"{jobs}?status=FAILED"),
         ("filter: queue + status", f"{jobs}?queue_name=images&status=SUCCESSFUL"),
         ("filter: task", f"{jobs}?task_path=shop.tasks.charge_card"),
-        ("filter: enqueued, past 7 days", f"{jobs}?enqueued_at__gte={week_ago}"),
-        (
-            "filter: finished today + FAILED",
-            f"{jobs}?finished_at__gte={timezone.now().date()}&status=FAILED",
-        ),
+        ("filter: enqueued, past 7 days", f"{jobs}?{week_ago}"),
+        ("filter: finished today + FAILED", f"{jobs}?{finished_today}"),
         ("search: id", f"{jobs}?q={latest.pk if latest else 1}"),
         ("search: task text", f"{jobs}?q=charge"),
         ("search: text matching no job", f"{jobs}?q=no-such-task"),
