@@ -17,7 +17,9 @@ Scenarios, each run ``--runs`` times (medians printed), on the database of
   not counted from a sleeping worker;
 - untuned: the same drain, priority and memory figures for ``runworker
   --processes 2`` with no tuning options on ``CONN_MAX_AGE = 0`` (Django's
-  default): what a user who tunes nothing gets, beside the tuned worker;
+  default): what a user who tunes nothing gets, beside the tuned worker
+  (where the database has no NOTIFY, its drains count the sleep of its
+  default 1 s poll after the backlog's commit);
 - latency: from an enqueue's commit (when ``enqueue()`` returns), and from
   its call, to the start of the task, idle workers;
 - priority: the same for high-priority jobs enqueued one at a time behind
