@@ -1,41 +1,44 @@
 """The database alone: a bare worker loop, the benchmark's ceiling.
 
-``python -m testproject.bench.bare DATABASE_URL PROCESSES [POLL]`` runs PROCESSES
-processes that each, with the database's driver and nothing of Django or
-django-bgtasks, claim up to 100 due jobs at a time (``FOR UPDATE SKIP
-LOCKED``), "run" each (the no-op task's body: a negative number returns the
-time it started), and record them SUCCESSFUL in one statement. It stores
-results, but has no retries, signals, logging, heartbeat, limits, paused
-queues or timeouts: what the queue costs beyond it is what the rows it
-prints beside ours show. It prints ``ready`` once every process is
-connected (and listening), and ends on SIGTERM.
+``python -m testproject.bench.bare PROCESSES [POLL]``, the database's
+settings (Django's ``ENGINE``, ``NAME``, ``USER``, ``PASSWORD``, ``HOST``,
+``PORT``) as JSON in the environment's ``BGTASKS_BARE_DATABASE``, runs
+PROCESSES processes that each, with the database's driver and nothing of
+Django or django-bgtasks, claim up to 100 due jobs at a time (``FOR UPDATE
+SKIP LOCKED``), "run" each (the no-op task's body: a negative number
+returns the time it started), and record them SUCCESSFUL in one statement.
+It stores results, but has no retries, signals, logging, heartbeat, limits,
+paused queues or timeouts: what the queue costs beyond it is what the rows
+it prints beside ours show. Times are the database's, in UTC, as the
+queue's are. It prints ``ready`` once every process is connected (and
+listening), ends on SIGTERM, and ends with an error if a process ends.
 
 - PostgreSQL (psycopg): the claim is one ``UPDATE ... RETURNING``, the
   outcomes one ``UPDATE ... FROM unnest``; idle, a process waits for the
-  queue's NOTIFY (as the workers do) or 1 s.
-- MySQL 8 / MariaDB 10.6+ (mysqlclient): the claim is a locking read and an
-  ``UPDATE`` in one transaction at REPEATABLE READ (as the workers' is), the
-  outcomes one ``UPDATE`` joined to a JSON document of them (``JSON_TABLE``);
-  idle, a process polls every POLL seconds (1 by default; there is no
-  NOTIFY).
+  queue's NOTIFY (as the workers do) or POLL seconds (1 by default).
+- MariaDB 10.6+ (mysqlclient; MySQL 8 untried): the claim is a locking read
+  and an ``UPDATE`` in one transaction at REPEATABLE READ (as the workers'
+  is; one the server undid to break a deadlock is made again), the outcomes
+  one ``UPDATE`` joined to a JSON document of them (``JSON_TABLE``); idle, a
+  process polls every POLL seconds (there is no NOTIFY).
 """
 
 from __future__ import annotations
 
 import json
 import multiprocessing
+import multiprocessing.connection
 import os
 import queue
 import select
 import signal
 import sys
 import time
-from urllib.parse import urlsplit
 
 BATCH = 100
 CHANNEL = "django_bgtasks"  # django_bgtasks.notify.CHANNEL
 TABLE = "django_bgtasks_job"
-IDLE_WAIT = 1.0  # seconds: PostgreSQL's, and MySQL's poll by default
+IDLE_WAIT = 1.0  # seconds: the poll, by default
 
 POSTGRESQL_CLAIM = f"""
     WITH claimable AS (
@@ -61,14 +64,15 @@ POSTGRESQL_COMPLETE = f"""
 # may lock every row it reads): django_bgtasks/sql/claim.py.
 MYSQL_CANDIDATES = f"""
     SELECT id, args FROM {TABLE} FORCE INDEX (bgtasks_job_ready_any_idx)
-    WHERE status = 'READY' AND run_after <= NOW(6)
+    WHERE status = 'READY' AND run_after <= UTC_TIMESTAMP(6)
     ORDER BY priority DESC, run_after, id
     LIMIT %s FOR UPDATE SKIP LOCKED
 """
 MYSQL_CLAIM = f"""
     UPDATE {TABLE} FORCE INDEX (PRIMARY)
     SET status = 'RUNNING', attempts = attempts + 1,
-        started_at = NOW(6), last_attempted_at = NOW(6), worker_id = NULL
+        started_at = UTC_TIMESTAMP(6), last_attempted_at = UTC_TIMESTAMP(6),
+        worker_id = NULL
     WHERE id IN ({{ids}})
 """
 # The document's rows first (STRAIGHT_JOIN), each finding its job by the
@@ -78,7 +82,7 @@ MYSQL_COMPLETE = f"""
             id BIGINT PATH '$[0]', value LONGTEXT PATH '$[1]'
         )) AS done
         STRAIGHT_JOIN {TABLE} AS job FORCE INDEX (PRIMARY) ON job.id = done.id
-    SET job.status = 'SUCCESSFUL', job.finished_at = NOW(6),
+    SET job.status = 'SUCCESSFUL', job.finished_at = UTC_TIMESTAMP(6),
         job.return_value = done.value
 """
 
@@ -87,12 +91,20 @@ def noop(number: int):
     return time.time() if number < 0 else number
 
 
-def loop_postgresql(url: str, ready, poll: float = IDLE_WAIT) -> None:
+def loop_postgresql(database: dict, ready, poll: float) -> None:
     import psycopg
+    from psycopg.conninfo import make_conninfo
 
+    conninfo = make_conninfo(
+        dbname=database["NAME"],
+        user=database["USER"] or None,
+        password=database["PASSWORD"] or None,
+        host=database["HOST"] or None,
+        port=database["PORT"] or None,
+    )
     with (
-        psycopg.connect(url, autocommit=True) as listener,
-        psycopg.connect(url) as connection,
+        psycopg.connect(conninfo, autocommit=True) as listener,
+        psycopg.connect(conninfo) as connection,
     ):
         listener.execute(f"LISTEN {CHANNEL}")
         ready.put(os.getpid())
@@ -100,7 +112,7 @@ def loop_postgresql(url: str, ready, poll: float = IDLE_WAIT) -> None:
             with connection.transaction():
                 jobs = connection.execute(POSTGRESQL_CLAIM, [BATCH]).fetchall()
             if not jobs:
-                # Until a NOTIFY (all read at once) or a second.
+                # Until a NOTIFY (all read at once) or the poll's time.
                 select.select([listener.fileno()], [], [], poll)
                 listener.pgconn.consume_input()
                 while listener.pgconn.notifies() is not None:
@@ -112,16 +124,23 @@ def loop_postgresql(url: str, ready, poll: float = IDLE_WAIT) -> None:
                 connection.execute(POSTGRESQL_COMPLETE, [ids, values])
 
 
-def loop_mysql(url: str, ready, poll: float = IDLE_WAIT) -> None:
+# A transaction the server undid: a deadlock, a lock wait timeout.
+MYSQL_UNDONE = {1213, 1205}
+
+
+def loop_mysql(database: dict, ready, poll: float) -> None:
     import MySQLdb
 
-    parts = urlsplit(url)
+    host = database["HOST"]
+    # As Django's backend connects: a HOST that is a path is a socket.
+    where = {"unix_socket": host} if host.startswith("/") else {"host": host}
+    if database["PORT"]:
+        where["port"] = int(database["PORT"])
     connection = MySQLdb.connect(
-        host=parts.hostname or "127.0.0.1",
-        port=parts.port or 3306,
-        user=parts.username or "root",
-        password=parts.password or "",
-        database=parts.path.lstrip("/"),
+        **where,
+        user=database["USER"],
+        password=database["PASSWORD"],
+        database=database["NAME"],
         charset="utf8mb4",
         autocommit=True,
     )
@@ -129,13 +148,19 @@ def loop_mysql(url: str, ready, poll: float = IDLE_WAIT) -> None:
     cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
     ready.put(os.getpid())
     while True:
-        cursor.execute("START TRANSACTION")
-        cursor.execute(MYSQL_CANDIDATES, [BATCH])
-        jobs = cursor.fetchall()
-        if jobs:
-            ids = ", ".join(str(job_id) for job_id, _ in jobs)
-            cursor.execute(MYSQL_CLAIM.format(ids=ids))
-        cursor.execute("COMMIT")
+        try:
+            cursor.execute("START TRANSACTION")
+            cursor.execute(MYSQL_CANDIDATES, [BATCH])
+            jobs = cursor.fetchall()
+            if jobs:
+                ids = ", ".join(str(job_id) for job_id, _ in jobs)
+                cursor.execute(MYSQL_CLAIM.format(ids=ids))
+            cursor.execute("COMMIT")
+        except MySQLdb.OperationalError as exc:
+            if exc.args[0] not in MYSQL_UNDONE:
+                raise
+            cursor.execute("ROLLBACK")
+            continue
         if not jobs:
             time.sleep(poll)
             continue
@@ -143,37 +168,39 @@ def loop_mysql(url: str, ready, poll: float = IDLE_WAIT) -> None:
         cursor.execute(MYSQL_COMPLETE, [json.dumps(done)])
 
 
-LOOPS = {"postgres": loop_postgresql, "postgresql": loop_postgresql}
-LOOPS.update(dict.fromkeys(("mysql", "mariadb"), loop_mysql))
+LOOPS = {"postgresql": loop_postgresql, "mysql": loop_mysql}
 
 
-def run(url: str, ready, poll: float) -> None:
+def run(database: dict, ready, poll: float) -> None:
     """One bare loop (a child process), until SIGTERM."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    LOOPS[urlsplit(url).scheme](url, ready, poll)
+    LOOPS[database["vendor"]](database, ready, poll)
 
 
 def main() -> None:
-    url, count = sys.argv[1], int(sys.argv[2])
-    poll = float(sys.argv[3]) if len(sys.argv) > 3 else IDLE_WAIT
-    if urlsplit(url).scheme not in LOOPS:
-        raise SystemExit(f"No bare loop for {url!r}: PostgreSQL or MySQL only.")
+    count = int(sys.argv[1])
+    poll = float(sys.argv[2]) if len(sys.argv) > 2 else IDLE_WAIT
+    database = json.loads(os.environ["BGTASKS_BARE_DATABASE"])
+    if database["vendor"] not in LOOPS:
+        raise SystemExit(f"No bare loop for {database['vendor']}.")
     ready = multiprocessing.Queue()
     children = [
-        multiprocessing.Process(target=run, args=(url, ready, poll))
+        multiprocessing.Process(target=run, args=(database, ready, poll), daemon=True)
         for _ in range(count)
     ]
-    for child in children:
-        child.start()
+    stopping = []
 
     def stop(*_):
+        stopping.append(True)
         for child in children:
-            if child.pid:
-                os.kill(child.pid, signal.SIGTERM)
+            if child.pid is not None and child.exitcode is None:
+                child.terminate()
 
     signal.signal(signal.SIGTERM, stop)
+    for child in children:
+        child.start()
     started = 0
-    while started < count:
+    while started < count and not stopping:
         try:
             ready.get(timeout=1)
             started += 1
@@ -181,7 +208,15 @@ def main() -> None:
             if not all(child.is_alive() for child in children):
                 stop()
                 raise SystemExit("A bare loop ended before it started.") from None
+    if stopping:
+        return
     print("ready", flush=True)
+    # Until SIGTERM, or until a loop ends (then the figures would be of
+    # fewer loops than asked for: an error).
+    multiprocessing.connection.wait([child.sentinel for child in children])
+    if not stopping:
+        stop()
+        raise SystemExit("A bare loop ended.")
     for child in children:
         child.join()
 

@@ -10,11 +10,11 @@ Scenarios, each run ``--runs`` times (medians printed), on the database of
   ``--processes``), with the workers' CPU per job and the PostgreSQL
   server's where it runs on this host, and the jobs per second one core of
   each carries at that cost (capacity); beside it, on PostgreSQL and
-  MySQL/MariaDB, the drain of as many bare loops of the database alone
+  MariaDB, the drain of as many bare loops of the database alone
   (``testproject/bench/bare.py``), and their latency; where the database
-  has no NOTIFY, the tuned workers and the bare loops look for due jobs
-  every 10 ms when idle (``--poll-interval 0.01``), so that the drain is
-  not counted from a sleeping worker;
+  has no NOTIFY, the tuned workers (in every scenario) and the bare loops
+  look for due jobs every 10 ms when idle (``--poll-interval 0.01``), so
+  that the drain is not counted from a sleeping worker;
 - untuned: the same drain, priority and memory figures for ``runworker
   --processes 2`` with no tuning options on ``CONN_MAX_AGE = 0`` (Django's
   default): what a user who tunes nothing gets, beside the tuned worker
@@ -64,6 +64,7 @@ machine; ``--quick`` runs small sizes once (CI uses it to prove it works).
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import select
 import signal
@@ -71,7 +72,6 @@ import statistics
 import subprocess
 import sys
 import time
-from urllib.parse import quote
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, transaction
@@ -220,8 +220,8 @@ SIZES = [  # the integer options: name, default, help
 # a drain of a few seconds would count up to a second of sleep after the
 # backlog's commit, which is latency (measured apart), not throughput.
 POLL_INTERVAL = 0.01
-# The vendors with a bare loop (bare.py), and the scheme of its URL.
-BARE_LOOPS = {"postgresql": "postgresql", "mysql": "mysql"}
+# The vendors with a bare loop (bare.py).
+BARE_LOOPS = {"postgresql", "mysql"}
 # High-priority jobs timed one after another in each priority run.
 PRIORITY_SAMPLES = 5
 # Where latencies are counted from: the enqueue's commit, and its call.
@@ -758,26 +758,26 @@ class Command(BaseCommand):
         backlog, measured as ours are."""
         self.clear()
         settings = connection.settings_dict
-        login = quote(settings["USER"] or "", safe="")
-        if settings["PASSWORD"]:
-            login += ":" + quote(settings["PASSWORD"], safe="")
-        host = settings["HOST"] or "127.0.0.1"
-        port = f":{settings['PORT']}" if settings["PORT"] else ""
-        url = (
-            f"{BARE_LOOPS[connection.vendor]}://{login}@{host}{port}/{settings['NAME']}"
+        database = {"vendor": connection.vendor}
+        database.update(
+            (key, str(settings[key] or ""))
+            for key in ("NAME", "USER", "PASSWORD", "HOST", "PORT")
         )
         self.supervisor = subprocess.Popen(
-            [sys.executable, "-m", "testproject.bench.bare", url, str(count)]
+            [sys.executable, "-m", "testproject.bench.bare", str(count)]
             + ([] if notify_enabled(connection) else [str(POLL_INTERVAL)]),
             cwd=os.path.dirname(MANAGE_PY),
+            env={**os.environ, "BGTASKS_BARE_DATABASE": json.dumps(database)},
             stdout=subprocess.PIPE,
             text=True,
         )
         try:
             # Until every loop is connected (and on PostgreSQL listening).
             ready, _, _ = select.select([self.supervisor.stdout], [], [], 60)
-            if not ready or self.supervisor.stdout.readline().strip() != "ready":
+            if not ready:
                 raise SystemExit("The bare loops did not start in time.")
+            if self.supervisor.stdout.readline().strip() != "ready":
+                raise SystemExit("The bare loops ended before they started.")
             runs = self.options["runs"]
             drains = [self.drain() for _ in range(runs)]
             databases = [cpu for _, cpu, _ in drains if cpu is not None]
@@ -799,6 +799,8 @@ class Command(BaseCommand):
     def stop_workers(self) -> None:
         self.supervisor.send_signal(signal.SIGTERM)
         self.supervisor.wait(60)
+        if self.supervisor.stdout is not None:  # the bare loops' "ready"
+            self.supervisor.stdout.close()
 
     def drain(self) -> tuple[float, float | None, float]:
         """Jobs per second, the PostgreSQL server's CPU per job in ms (None
