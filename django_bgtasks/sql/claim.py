@@ -21,7 +21,6 @@ reserved that will not start now, and priorities hold across workers.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import time
@@ -343,29 +342,20 @@ READY_INDEX = "bgtasks_job_ready_idx"
 READY_ANY_INDEX = "bgtasks_job_ready_any_idx"
 
 
-def _claim_ids_mysql(connection, *, worker_id, queues, limit, paused, with_rows):
-    """Claim in one transaction: the ids claimed, the rows its locking read
-    returned by id (if any), and the claim's time
-    (``_claim_ids_in_transaction``)."""
-    claim = functools.partial(
-        _claim_ids_in_transaction,
-        connection,
-        worker_id=worker_id,
-        queues=queues,
-        limit=limit,
-        paused=paused,
-        with_rows=with_rows,
-    )
+def _claim_ids_mysql(connection, **claim):
+    """Claim in one transaction (``_claim_ids_in_transaction``, given
+    ``claim``): the ids claimed, the rows its locking read returned by id
+    (if any), and the claim's time."""
     try:
         with statements_in_one_transaction(connection, isolation="REPEATABLE READ"):
-            return claim()
+            return _claim_ids_in_transaction(connection, **claim)
     except _CorruptRows:
         # Rare: rows to fail, and their workflow steps with them, through
         # the ORM (select_for_update): in a transaction Django knows of.
         with statements_in_one_transaction(
             connection, isolation="REPEATABLE READ", django_knows=True
         ):
-            return claim()
+            return _claim_ids_in_transaction(connection, **claim)
 
 
 class _CorruptRows(Exception):

@@ -1,8 +1,9 @@
 """The database alone: a bare worker loop, the benchmark's ceiling.
 
-``python -m testproject.bench.bare PROCESSES [POLL]``, the database's
-settings (Django's ``ENGINE``, ``NAME``, ``USER``, ``PASSWORD``, ``HOST``,
-``PORT``) as JSON in the environment's ``BGTASKS_BARE_DATABASE``, runs
+``python -m testproject.bench.bare PROCESSES [POLL]``, the database as
+JSON in the environment's ``BGTASKS_BARE_DATABASE`` (its Django connection's
+``vendor`` and its settings' ``NAME``, ``USER``, ``PASSWORD``, ``HOST``,
+``PORT``), runs
 PROCESSES processes that each, with the database's driver and nothing of
 Django or django-bgtasks, claim up to 100 due jobs at a time (``FOR UPDATE
 SKIP LOCKED``), "run" each (the no-op task's body: a negative number

@@ -484,8 +484,7 @@ class Command(BaseCommand):
                     if tuned and connection.vendor == "postgresql"
                     else None
                 )
-            figures = [self.drain() for _ in range(options["runs"])]
-            drain = statistics.median(rate for rate, _, _ in figures)
+            drain, workers_cpu, database_cpu = self.drains()
             row(f"{name}drain {options['drain']:,} jobs, {count} process(es)",
                 drain, "jobs/s")  # fmt: skip
             if bare is not None:
@@ -497,12 +496,9 @@ class Command(BaseCommand):
                     f"{loops:.3f} / {'-' if database is None else f'{database:.3f}'}",
                     "ms")  # fmt: skip
             # Capacity: what one core of each side carries at this pace.
-            workers_cpu = statistics.median(cpu for _, _, cpu in figures)
             row(f"  {name}workers' CPU per job", f"{workers_cpu:.3f}", "ms")
             row(f"  {name}jobs per worker core", 1000 / workers_cpu, "jobs/s")
-            cpu = [cpu for _, cpu, _ in figures if cpu is not None]
-            if cpu:
-                database_cpu = statistics.median(cpu)
+            if database_cpu is not None:
                 row(f"  {name}{connection.display_name} CPU per job",
                     f"{database_cpu:.3f}",
                     "ms")  # fmt: skip
@@ -779,14 +775,10 @@ class Command(BaseCommand):
             if self.supervisor.stdout.readline().strip() != "ready":
                 raise SystemExit("The bare loops ended before they started.")
             runs = self.options["runs"]
-            drains = [self.drain() for _ in range(runs)]
-            databases = [cpu for _, cpu, _ in drains if cpu is not None]
+            drain, workers_cpu, database_cpu = self.drains()
             figures = {
-                "drain": statistics.median(rate for rate, _, _ in drains),
-                "cpu": (
-                    statistics.median(cpu for _, _, cpu in drains),
-                    statistics.median(databases) if databases else None,
-                ),
+                "drain": drain,
+                "cpu": (workers_cpu, database_cpu),
                 "latency": self.latency()["commit"],
                 "priority": [
                     sample["commit"] for _ in range(runs) for sample in self.priority()
@@ -801,6 +793,17 @@ class Command(BaseCommand):
         self.supervisor.wait(60)
         if self.supervisor.stdout is not None:  # the bare loops' "ready"
             self.supervisor.stdout.close()
+
+    def drains(self) -> tuple[float, float, float | None]:
+        """``--runs`` drains' medians: jobs per second, the workers' CPU per
+        job and the database's (None where it cannot be read), in ms."""
+        figures = [self.drain() for _ in range(self.options["runs"])]
+        databases = [cpu for _, cpu, _ in figures if cpu is not None]
+        return (
+            statistics.median(rate for rate, _, _ in figures),
+            statistics.median(cpu for _, _, cpu in figures),
+            statistics.median(databases) if databases else None,
+        )
 
     def drain(self) -> tuple[float, float | None, float]:
         """Jobs per second, the PostgreSQL server's CPU per job in ms (None
