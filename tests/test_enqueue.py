@@ -1,12 +1,15 @@
 """Enqueueing: the job row, its options, and what bad input gets."""
 
 import gc
+import json
 import threading
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import JSONField
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -24,6 +27,7 @@ from django_bgtasks.compat import (
 from django_bgtasks.exceptions import InvalidTaskArguments
 from django_bgtasks.models import Job, JobStatus
 from django_bgtasks.serialization import NotJSON, to_json
+from django_bgtasks.sql.insert import insert_jobs
 from django_bgtasks.testing import ImmediateBackend
 from tests import tasks
 from tests.conftest import run_in_process
@@ -464,6 +468,59 @@ def test_each_enqueue_has_its_own_times_and_a_tasks_run_after_holds():
     for result in held:
         assert rows[int(result.id)].run_after == later
         assert rows[int(result.id)].enqueued_at > rows[int(first.id)].enqueued_at
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["one", "many"])
+def test_an_inserted_job_holds_what_the_orm_would_write(many):
+    """The insert prepares its values by hand (not field by field): each
+    column of its row must be what ``Model.save()`` writes from the same
+    values, read back as the database stores it. Times in a zone other than
+    UTC, one time shared by two columns, JSON of every shape."""
+    paris = ZoneInfo("Europe/Paris")
+    now = timezone.now().astimezone(paris)
+    columns = backend.DatabaseBackend._with_times(
+        tasks.add.get_backend()._validated_columns(tasks.add),
+        now,
+        {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+    )
+    columns.update(
+        task_run_after=now + timedelta(days=1),
+        expires_at=(now + timedelta(days=2)).astimezone(ZoneInfo("Asia/Tokyo")),
+        limit_key="limit",
+        backoff={"initial": 1.5, "factor": 2.0, "maximum": 60.0, "jitter": 0.1},
+        scheduled_for=now - timedelta(minutes=1),
+    )
+    arguments = [([1, "é", [None, True]], {"b": {"c": 2.5}})] * (3 if many else 1)
+    ids = insert_jobs(connection.alias, columns, arguments)
+    by_orm = Job.objects.create(**columns, args=arguments[0][0], kwargs=arguments[0][1])
+
+    fields = [field for field in Job._meta.concrete_fields if not field.primary_key]
+    names = [field.column for field in fields]
+    table = connection.ops.quote_name(Job._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {', '.join(map(connection.ops.quote_name, names))} "
+            f"FROM {table} WHERE id IN ({', '.join(['%s'] * (len(ids) + 1))})",
+            [*ids, by_orm.pk],
+        )
+        # JSON as values: many jobs' arguments are written as the database
+        # writes JSON, without the spaces of Python's.
+        rows = [
+            tuple(
+                json.loads(value)
+                if isinstance(field, JSONField) and isinstance(value, str)
+                else value
+                for field, value in zip(fields, row, strict=True)
+            )
+            for row in cursor.fetchall()
+        ]
+    assert len(rows) == len(ids) + 1
+    differ = {
+        name: values
+        for name, values in zip(names, zip(*rows, strict=True), strict=True)
+        if any(value != values[-1] for value in values)
+    }
+    assert differ == {}
 
 
 def test_a_task_is_checked_again_when_the_backends_change():

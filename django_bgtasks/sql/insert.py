@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from django.db import DatabaseError, connections, transaction
+from django.utils import timezone
 
 from ..db import mariadb_json_table, sqlstate
 from ..models import Job
@@ -62,6 +63,14 @@ COMMON = {
 }
 # The fields of a plain INSERT of one job, in its parameters' order.
 _INSERT_FIELDS = [Job._meta.get_field(name) for name in [*COMMON, "args", "kwargs"]]
+# How _prepared sends each field's values.
+_AS_IS, _JSON, _TIME = "as is", "json", "time"
+_INSERT_KINDS = [
+    (field, {"jsonb": _JSON, "timestamptz": _TIME}.get(kind, _AS_IS))
+    for field, kind in zip(
+        _INSERT_FIELDS, [*COMMON.values(), "jsonb", "jsonb"], strict=True
+    )
+]
 # Jobs per statement in a large insert: large enough that a statement's
 # round trip is small beside its rows, small enough to overlap well.
 CHUNK = 2000
@@ -126,13 +135,36 @@ def _insert_one_sql(using: str) -> str:
 
 def _prepared(connection, values: list) -> list:
     """``values`` of the first of ``_INSERT_FIELDS``, as their fields send
-    them (the ORM's preparation)."""
-    # None is NULL for every field (JSONField's too, as its
-    # get_db_prep_save says): half the values of most jobs, not prepared.
-    return [
-        None if value is None else field.get_db_prep_save(value, connection)
-        for field, value in zip(_INSERT_FIELDS, values, strict=False)
-    ]
+    them (the ORM's preparation), for less: an enqueue's values are of
+    their columns' types already (checked as the task was validated), which
+    the text and number fields send as they are, the JSON fields as
+    ``json.dumps`` gives them (they have no encoder), and the time fields,
+    for an aware time, as the backend adapts it. Once for the one ``now``
+    that both ``run_after`` and ``enqueued_at`` usually hold. Field by
+    field, this took a tenth of a single enqueue on SQLite."""
+    adapt_time = connection.ops.adapt_datetimefield_value
+    prepared = []
+    last_time = adapted = None
+    for (field, kind), value in zip(_INSERT_KINDS, values, strict=False):
+        # None is NULL for every field (JSONField's too, as its
+        # get_db_prep_save says): half the values of most jobs.
+        if value is None or kind is _AS_IS:
+            prepared.append(value)
+        elif kind is _JSON:
+            prepared.append(_jsonb(value))
+        else:
+            if value is not last_time:
+                # An aware time is what the field would hand its backend.
+                last_time, adapted = (
+                    value,
+                    (
+                        adapt_time(value)
+                        if timezone.is_aware(value)
+                        else field.get_db_prep_save(value, connection)
+                    ),
+                )
+            prepared.append(adapted)
+    return prepared
 
 
 def _columns(connection) -> str:
