@@ -261,7 +261,13 @@ def test_worker_survives_dropped_connections(workers, tmp_path):
     # Idle worker: its connections drop, the next job still runs.
     assert kill_other_connections() >= 1
     second = tasks.add.enqueue(2, 2)
-    wait_until(lambda: _finished(second), timeout=30, message="a job after the drop")
+    try:
+        wait_until(
+            lambda: _finished(second), timeout=30, message="a job after the drop"
+        )
+    except BaseException:
+        print(workers.output(process))  # where the worker stood
+        raise
 
     # A running job: its connection drops before it records its result.
     gate = tmp_path / "gate"
