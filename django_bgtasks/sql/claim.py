@@ -21,6 +21,7 @@ reserved that will not start now, and priorities hold across workers.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -178,8 +179,21 @@ def _claim_postgresql(connection, *, worker_id, queues, limit):
 
 def claim_statement_postgresql(connection, worker_id, queues, limit):
     """The PostgreSQL claim's statement and its parameters (by name)."""
-    table = connection.ops.quote_name(Job._meta.db_table)
     params = named_params(worker_id, limit)
+    if queues is not None and len(queues) > 1:
+        params["queue"] = list(queues)
+    sql = _claim_text_postgresql(
+        connection.alias, None if queues is None else tuple(queues)
+    )
+    return sql, params
+
+
+@functools.lru_cache(maxsize=64)
+def _claim_text_postgresql(using: str, queues: tuple[str, ...] | None) -> str:
+    """The text of ``claim_statement_postgresql``, made once per database
+    and queues: the worker's hottest statement, the same at every claim."""
+    connection = connections[using]
+    table = connection.ops.quote_name(Job._meta.db_table)
     if queues is None:
         queue_filter = ""
     elif len(queues) == 1:
@@ -190,7 +204,6 @@ def claim_statement_postgresql(connection, worker_id, queues, limit):
         queue_filter = f"AND queue_name = {queue_literal(connection, queues[0])}"
     else:
         queue_filter = "AND queue_name = ANY(%(queue)s)"
-        params["queue"] = list(queues)
     db_now = now_sql(connection)
     # READY written in the text too: a plan made for any status could not
     # use the READY indexes, partial on it.
@@ -236,7 +249,7 @@ def claim_statement_postgresql(connection, worker_id, queues, limit):
         WHERE job.id = ANY (ARRAY(SELECT id FROM claimable))
         RETURNING {RETURNING}
     """
-    return sql, params
+    return sql
 
 
 def _claim_sqlite(connection, *, worker_id, queues, limit):

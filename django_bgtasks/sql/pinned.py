@@ -129,9 +129,13 @@ def results(cursor) -> list[list]:
     rows (the settings before them return none)."""
     if last_result_only(cursor):
         return [cursor.fetchall()]
+    # psycopg 3's result says how many columns it has: its ``description``
+    # makes a column object for each at every look (a tenth of a claim's
+    # Python, for the claim's 22 columns).
+    raw = cursor.cursor
     results = []
     while True:
-        if cursor.description is not None:
+        if raw.pgresult is not None and raw.pgresult.nfields:
             results.append(cursor.fetchall())
         if not cursor.nextset():
             return results
