@@ -114,6 +114,13 @@ def close_if_unusable(using: str) -> None:
         skip_health_check(connection)
 
 
+def still_answers(connection) -> bool:
+    """Whether ``connection`` is open and answers a ping (Django's
+    ``is_usable``, which assumes an open one: a transaction that could not
+    roll back has closed it)."""
+    return connection.connection is not None and connection.is_usable()
+
+
 def database_reachable(using: str) -> bool:
     """Whether a fresh connection can run a query now."""
     try:

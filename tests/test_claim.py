@@ -8,11 +8,11 @@ import weakref
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.db import connection, connections, transaction
+from django.db import OperationalError, connection, connections, transaction
 from django.utils import timezone
 
 from django_bgtasks import chain, group
-from django_bgtasks.db import is_deadlock
+from django_bgtasks.db import discard_connection, is_deadlock
 from django_bgtasks.models import Job, JobStatus, Queue
 from django_bgtasks.sql import claim as claim_module
 from django_bgtasks.sql import claimed as claimed_module
@@ -527,3 +527,41 @@ def test_a_mysql_claim_takes_no_snapshot(monkeypatch):
     assert sorted(job.pk for job in jobs) == sorted([waiting, *committed_meanwhile])
     assert len(committed_meanwhile) == 1
     assert len(tries) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_mysql_claim_whose_connection_dies_inside_its_transaction_fails_cleanly():
+    """The connection dies between the claim's START TRANSACTION and its
+    locking read (as a server's KILL, a restart or a network cut may do):
+    the ROLLBACK fails too, and the connection is closed. The claim must
+    fail with the database's error, which the worker's claimer recovers
+    from (it opens a new connection and claims again), and the next claim
+    takes the job."""
+    if connection.vendor != "mysql":
+        pytest.skip("MySQL/MariaDB only: the claim in a transaction of its own")
+    waiting = enqueue(0, "default")
+    victim = connection_id()
+
+    def kill_victim():
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(f"KILL {int(victim)}")
+        finally:
+            connection.close()
+
+    def before_the_locking_read(execute, sql, params, many, context):
+        if "SKIP LOCKED" in sql:
+            killer = threading.Thread(target=kill_victim)
+            killer.start()
+            killer.join(30)
+        return execute(sql, params, many, context)
+
+    with (
+        pytest.raises(OperationalError),
+        connection.execute_wrapper(before_the_locking_read),
+    ):
+        claim_jobs("default", worker_id=None, queues=None, limit=5)
+    discard_connection("default")
+    assert [
+        job.pk for job in claim_jobs("default", worker_id=None, queues=None, limit=5)
+    ] == [waiting]

@@ -43,6 +43,7 @@ from ..db import (
     is_deadlock,
     now_sql,
     statements_in_one_transaction,
+    still_answers,
 )
 from ..exceptions import InvalidJobRow, InvalidTaskArguments
 from ..limits import declared_limits
@@ -310,7 +311,7 @@ def _claim_mysql(connection, *, worker_id, queues, limit):
             if is_deadlock(exc):
                 if not own or attempt == CLAIM_TRIES:
                     raise
-            elif with_rows and attempt < CLAIM_TRIES and connection.is_usable():
+            elif with_rows and attempt < CLAIM_TRIES and still_answers(connection):
                 # mysqlclient raises a server's refusal of a statement as
                 # it does a lost connection: a server that refuses the
                 # lean columns is claimed from without them from now on.

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 
-from ..db import CONNECTION_ERRORS, id_list
+from ..db import CONNECTION_ERRORS, id_list, still_answers
 from ..models import Job, JobStatus, Queue
 from ..private_api import model_from_row
 
@@ -187,7 +187,7 @@ def jobs_read(connection, ids: list[int]) -> list[Job]:
             # mysqlclient raises many a server's refusal of a statement as
             # an OperationalError, as it does a lost connection: read with
             # the plain columns below if the connection still answers.
-            if not connection.is_usable():
+            if not still_answers(connection):
                 raise
             refuse_lean(exc)
     quote = connection.ops.quote_name
