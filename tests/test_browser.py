@@ -72,13 +72,13 @@ def chromium():
 
 
 @pytest.fixture
-def browser(chromium):
+def browser(chromium, live_server):
     """The module's Chromium, for one test: it starts on a blank page with
     no cookies or stored data (logged out), as a fresh browser would."""
     chromium.get("about:blank")
     chromium.execute_cdp_cmd("Network.clearBrowserCookies", {})
     chromium.execute_cdp_cmd("Storage.clearDataForOrigin", {
-        "origin": "*", "storageTypes": "all",
+        "origin": live_server.url, "storageTypes": "all",
     })  # fmt: skip
     yield chromium
     # Nothing of this test's page (its timers, its requests) runs on.

@@ -565,3 +565,10 @@ def test_a_mysql_claim_whose_connection_dies_inside_its_transaction_fails_cleanl
     assert [
         job.pk for job in claim_jobs("default", worker_id=None, queues=None, limit=5)
     ] == [waiting]
+
+
+def test_a_claim_of_no_queue_claims_nothing():
+    """``queues=[]`` (not None, which is every queue): nothing to claim."""
+    enqueue(0, "default")
+    assert claim_jobs("default", worker_id=None, queues=[], limit=5) == []
+    assert Job.objects.get().status == JobStatus.READY

@@ -181,7 +181,7 @@ def _claim_postgresql(connection, *, worker_id, queues, limit):
 def claim_statement_postgresql(connection, worker_id, queues, limit):
     """The PostgreSQL claim's statement and its parameters (by name)."""
     params = named_params(worker_id, limit)
-    if queues is not None and len(queues) > 1:
+    if queues is not None and len(queues) != 1:  # none: ANY of an empty array
         params["queue"] = list(queues)
     sql = _claim_text_postgresql(
         connection.alias, None if queues is None else tuple(queues)
