@@ -63,14 +63,10 @@ COMMON = {
 }
 # The fields of a plain INSERT of one job, in its parameters' order.
 _INSERT_FIELDS = [Job._meta.get_field(name) for name in [*COMMON, "args", "kwargs"]]
-# How _prepared sends each field's values.
-_AS_IS, _JSON, _TIME = "as is", "json", "time"
-_INSERT_KINDS = [
-    (field, {"jsonb": _JSON, "timestamptz": _TIME}.get(kind, _AS_IS))
-    for field, kind in zip(
-        _INSERT_FIELDS, [*COMMON.values(), "jsonb", "jsonb"], strict=True
-    )
-]
+# Each of those fields with its kind (COMMON's), which _prepared sends by.
+_INSERT_KINDS = list(
+    zip(_INSERT_FIELDS, [*COMMON.values(), "jsonb", "jsonb"], strict=True)
+)
 # Jobs per statement in a large insert: large enough that a statement's
 # round trip is small beside its rows, small enough to overlap well.
 CHUNK = 2000
@@ -148,20 +144,20 @@ def _prepared(connection, values: list) -> list:
     for (field, kind), value in zip(_INSERT_KINDS, values, strict=False):
         # None is NULL for every field (JSONField's too, as its
         # get_db_prep_save says): half the values of most jobs.
-        if value is None or kind is _AS_IS:
-            prepared.append(value)
-        elif kind is _JSON:
+        if value is None:
+            prepared.append(None)
+        elif kind == "jsonb":
             prepared.append(_jsonb(value))
+        elif kind != "timestamptz":
+            prepared.append(value)
         else:
             if value is not last_time:
+                last_time = value
                 # An aware time is what the field would hand its backend.
-                last_time, adapted = (
-                    value,
-                    (
-                        adapt_time(value)
-                        if timezone.is_aware(value)
-                        else field.get_db_prep_save(value, connection)
-                    ),
+                adapted = (
+                    adapt_time(value)
+                    if timezone.is_aware(value)
+                    else field.get_db_prep_save(value, connection)
                 )
             prepared.append(adapted)
     return prepared
