@@ -192,6 +192,24 @@ class Receivers:
         for receiver in self._sync:
             receiver(signal=self.signal, sender=self.sender, **named)
 
+    def send_robust(self, **named: Any) -> list[tuple[Any, Exception]]:
+        """Call every receiver, whatever the others raise, as
+        ``Signal.send_robust`` does; returns the receivers that raised, each
+        with its exception (for the caller to log: it knows the job)."""
+        if self._sync is None:
+            return [
+                (receiver, response)
+                for receiver, response in self.signal.send_robust(self.sender, **named)
+                if isinstance(response, Exception)
+            ]
+        errors = []
+        for receiver in self._sync:
+            try:
+                receiver(signal=self.signal, sender=self.sender, **named)
+            except Exception as exc:
+                errors.append((receiver, exc))
+        return errors
+
 
 def send_to_each(signal, sender, results) -> None:
     """``signal.send(sender, task_result=result)`` for each result."""

@@ -19,7 +19,7 @@ from django.db import connection
 
 from django_bgtasks import registry
 from django_bgtasks.sql import limited as limited_claim
-from django_bgtasks.worker import Worker
+from django_bgtasks.worker import Worker, WorkerExit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,7 +73,8 @@ def run_in_process(**options) -> Worker:
     options.setdefault("burst", True)
     options.setdefault("concurrency", 1)
     worker = Worker(**options)
-    worker.run()
+    # A bug in the worker ends run() with FAILED (logged), not an exception.
+    assert worker.run() != WorkerExit.FAILED
     return worker
 
 

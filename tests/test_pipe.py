@@ -54,6 +54,7 @@ def test_a_child_acts_on_the_lines_read_at_once_merged():
         on_stop=lambda count, source: stops.append((count, source)),
         on_wake=on_wake,
         on_jobs_stop=lambda: reads.append(1),
+        on_failure=lambda: stops.append("failed"),
     )
     messages.start()
     os.write(write_end, (wake(1) + "\n").encode())
@@ -99,3 +100,23 @@ def test_a_supervisors_stop_signals_count_as_its_messages():
     finally:
         restore()
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
+
+
+def test_a_child_that_cannot_read_its_supervisor_fails_rather_than_stops(caplog):
+    """An error reading the supervisor's line (not its end) is logged and
+    ends the child as a failure, which its supervisor restarts after a
+    pause, not as a stop request."""
+    ended = []
+    messages = SupervisorMessages(
+        -1,  # no such file: select() refuses it
+        worker_id="me",
+        on_stop=lambda count, source: ended.append(("stop", count, source)),
+        on_wake=lambda priority: None,
+        on_jobs_stop=lambda: None,
+        on_failure=lambda: ended.append("failed"),
+    )
+    messages.start()
+    messages.join(timeout=10)
+    assert ended == ["failed"]
+    [logged] = [r for r in caplog.records if "supervisor's messages" in r.getMessage()]
+    assert logged.levelname == "ERROR" and logged.exc_info is not None

@@ -305,6 +305,26 @@ def test_signals_are_sent_as_by_the_worker():
     assert finished == [(fine.id, SUCCESSFUL, 0), (failing.id, FAILED, 3)]
 
 
+@pytest.mark.django_db
+def test_a_task_finished_receiver_that_raises_fails_the_test():
+    """Unlike the worker (which logs it), run_jobs lets a task_finished
+    receiver's error through, as Signal.send does: in a test it is the
+    test's. The job's outcome is recorded first."""
+
+    def broken_receiver(sender, task_result, **kwargs):
+        raise AssertionError("the receiver's check failed")
+
+    result = add.enqueue(1, 1)
+    task_finished.connect(broken_receiver)
+    try:
+        with pytest.raises(AssertionError, match="the receiver's check failed"):
+            run_jobs()
+    finally:
+        task_finished.disconnect(broken_receiver)
+    result.refresh()
+    assert (result.status, result.return_value) == (SUCCESSFUL, 2)
+
+
 # enqueued and the assertions -------------------------------------------------
 
 

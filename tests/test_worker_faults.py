@@ -2,22 +2,31 @@
 
 import signal
 import threading
+import time
 from functools import partial
 
 import pytest
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
-from django_bgtasks.compat import TaskResultStatus, task_started
+from django_bgtasks.compat import TaskResultStatus, task_finished, task_started
 from django_bgtasks.models import Job, JobStatus, WorkerProcess
-from django_bgtasks.worker import Worker
+from django_bgtasks.worker import Worker, WorkerExit, WorkerOptions
 from django_bgtasks.worker.clock import DatabaseClock
 from django_bgtasks.worker.heartbeat import Heartbeat
 from django_bgtasks.worker.hooks import RecordedHooks
+from django_bgtasks.worker.listener import Listener
+from django_bgtasks.worker.supervisor import Supervisor
 from tests import tasks
-from tests.conftest import requires_server_database, run_in_process, wait_until
+from tests.conftest import (
+    requires_postgresql,
+    requires_server_database,
+    run_in_process,
+    wait_until,
+)
 from tests.factories import make_job
+from tests.models import Effect
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -46,6 +55,115 @@ def test_a_task_started_receiver_that_raises_fails_the_attempt():
     assert [e.exception_class_path for e in result.errors] == [
         "builtins.RuntimeError"
     ] * 2
+
+
+def test_a_task_finished_receiver_that_raises_harms_no_outcome(caplog):
+    """task_finished is sent once the outcome is recorded: a receiver that
+    raises is logged, and every job's outcome stays recorded, whichever
+    batch of outcomes it shared with an atomic task's (whose own
+    transaction wrote its outcome, reported before the batch's write)."""
+    first = tasks.add.enqueue(0, 0)
+    atomic = tasks.counts_once.enqueue(label="atomic")
+    plain = [tasks.add.enqueue(n, 1) for n in range(3)]
+    worker = Worker(concurrency=1, burst=True, poll_interval=0.05)
+    sent = []
+
+    def broken_receiver(sender, task_result, **kwargs):
+        sent.append(task_result.id)
+        if task_result.id == first.id:
+            # Holds the completer until the other four have ended: their
+            # outcomes then make its next batch, the atomic task's first.
+            # (Not wait_until: its failure would end the completer's thread.)
+            deadline = time.monotonic() + 30
+            while worker.ledger.counts()["writing"] < 5:
+                if time.monotonic() > deadline:
+                    break  # the assertions below say what went wrong
+                time.sleep(0.01)
+        raise RuntimeError("receiver broke")
+
+    task_finished.connect(broken_receiver)
+    try:
+        worker.run()
+    finally:
+        task_finished.disconnect(broken_receiver)
+    everyone = [first, atomic, *plain]
+    assert sorted(sent) == sorted(result.id for result in everyone)
+    for result in everyone:
+        result.refresh()
+        assert (result.status, result.attempts) == (TaskResultStatus.SUCCESSFUL, 1)
+    assert Effect.objects.filter(job_id=int(atomic.id)).count() == 1
+    logged = [
+        record
+        for record in caplog.records
+        if record.levelname == "ERROR" and "task_finished" in record.getMessage()
+    ]
+    assert len(logged) == 5
+    assert all(record.exc_info[0] is RuntimeError for record in logged)
+
+
+class BreaksAfterAClaim(RecordedHooks):
+    """Stands in for a bug in the worker's main loop: its first claim of
+    jobs raises, just after the claimed jobs have reached the ledger."""
+
+    def claimed(self, count: int, *, urgent: bool) -> None:
+        super().claimed(count, urgent=urgent)
+        if count and not urgent and self["claims"] == 1:
+            raise RuntimeError("a bug in the main loop")
+
+
+def test_a_main_loop_that_fails_finishes_its_jobs_and_exits_failed(caplog):
+    results = [tasks.add.enqueue(number, 1) for number in range(4)]
+    hooks = BreaksAfterAClaim()
+    worker = Worker(
+        concurrency=1, prefetch=1, burst=True, poll_interval=0.05, hooks=hooks
+    )
+
+    assert worker.run() == WorkerExit.FAILED
+
+    claimed = hooks["jobs_claimed"]
+    assert claimed == 2  # one for the thread, one prefetched: both run
+    statuses = []
+    for result in results:
+        result.refresh()
+        statuses.append((result.status, result.attempts))
+    assert (
+        statuses
+        == [(TaskResultStatus.SUCCESSFUL, 1)] * 2 + [(TaskResultStatus.READY, 0)] * 2
+    )
+    assert not Job.objects.filter(status=JobStatus.RUNNING).exists()
+    assert not WorkerProcess.objects.exists()
+    [logged] = [
+        record for record in caplog.records if "main loop failed" in record.getMessage()
+    ]
+    assert logged.levelname == "ERROR"
+    assert logged.exc_info[0] is RuntimeError
+
+
+@requires_postgresql
+def test_a_listener_whose_callback_raises_keeps_its_connection(caplog):
+    """An error in what the listener calls on a notification is the
+    worker's, not the connection's: logged, and the listener hears on over
+    the same connection."""
+    heard = []
+
+    def on_notify(priority):
+        heard.append(priority)
+        if len(heard) == 1:  # the call made once it listens
+            raise RuntimeError("acting on the notice broke")
+
+    listener = Listener(DEFAULT_DB_ALIAS, None, on_notify)
+    listener.start()
+    try:
+        wait_until(lambda: heard, message="the listener listens")
+        tasks.add.using(priority=7).enqueue(1, 2)
+        wait_until(lambda: 7 in heard, message="the next notification heard")
+    finally:
+        listener.stop()
+        listener.join(timeout=10)
+    assert heard == [None, 7]
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert ("ERROR", "Acting on a notification failed") in messages
+    assert not [m for _, m in messages if "LISTEN connection lost" in m]
 
 
 @override_settings(BGTASKS={"MAX_PAYLOAD_BYTES": 1000})
@@ -143,6 +261,74 @@ def test_heartbeat_survives_any_error():
     finally:
         heartbeat.stop()
         heartbeat.join(timeout=5)
+
+
+def test_an_error_after_a_beat_is_not_the_beats(caplog):
+    """What the worker does after each beat (reading stop requests) may
+    fail; the beat went through all the same, so the worker stays steady
+    (it may judge other workers dead)."""
+    row = WorkerProcess.objects.register(
+        worker_id="after-beat", hostname="here", pid=1, queues=None,
+        concurrency=1, version="test",
+    )  # fmt: skip
+    calls = []
+
+    def after_beat():
+        calls.append(1)
+        raise RuntimeError("reading stop requests broke")
+
+    heartbeat = Heartbeat(
+        process=row,
+        interval=0.01,
+        using="default",
+        on_lost=lambda: None,
+        clock=DatabaseClock(),
+        after_beat=after_beat,
+    )
+    heartbeat.start()
+    try:
+        wait_until(lambda: len(calls) >= 3, message="three beats")
+        assert heartbeat.steadiness.since is not None
+    finally:
+        heartbeat.stop()
+        heartbeat.join(timeout=5)
+    logged = [r for r in caplog.records if "after a heartbeat" in r.getMessage()]
+    assert len(logged) >= 3
+    assert not [r for r in caplog.records if "Heartbeat failed" in r.getMessage()]
+
+
+def test_a_supervisor_whose_child_cannot_start_tries_again_later(caplog):
+    """A child process that cannot be started (no such program here; out
+    of processes or memory elsewhere) is a crash of that child: logged,
+    and tried again after the crash pause. The supervisor runs on, and
+    stops when asked."""
+    supervisor = Supervisor(
+        WorkerOptions(processes=1, scheduler=False, maintenance=False),
+        program=["/nonexistent/bgtasks-worker"],
+    )
+
+    def failed_starts():
+        return [r for r in caplog.records if "could not be started" in r.getMessage()]
+
+    def stop_once_logged():
+        # Stops the supervisor whatever happens (or it would run on).
+        deadline = time.monotonic() + 30
+        try:
+            while time.monotonic() < deadline and not failed_starts():
+                time.sleep(0.01)
+        finally:
+            supervisor.stop_requests.from_supervisor(1, "the test")
+
+    stopper = threading.Thread(target=stop_once_logged)
+    stopper.start()
+    try:
+        assert supervisor.run() == WorkerExit.STOPPED
+    finally:
+        stopper.join(timeout=60)
+    logged = failed_starts()[0]  # more, if the stop came after the pause
+    assert logged.levelname == "ERROR"
+    assert logged.getMessage().startswith("Worker process 1 could not be started (")
+    assert logged.getMessage().endswith("; restarting it in 1 s")
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import DatabaseError, connections
+from django.db import connections
 
 from .. import metrics
 from ..backend import DatabaseBackend
@@ -113,10 +113,16 @@ class Completer(threading.Thread):
 
     def _complete(self, batch: list[Finished]) -> None:
         receivers = Receivers(task_finished, DatabaseBackend)
+        self._write(
+            [finished for finished in batch if not finished.recorded], receivers
+        )
         for finished in batch:
             if finished.recorded:  # an atomic task's: its transaction wrote it
                 report(finished, finished.change, receivers)
-        batch = [finished for finished in batch if not finished.recorded]
+
+    def _write(self, batch: list[Finished], receivers: Receivers) -> None:
+        """Record the outcomes of ``batch`` in one transaction, then report
+        each (one by one where the database refuses the batch)."""
         if not batch:
             return
         if self.give_up.is_set():
@@ -143,10 +149,14 @@ class Completer(threading.Thread):
                 what=f"recording the outcomes of {len(batch)} job(s)",
                 give_up=self.give_up,
             )
-        except (DatabaseError, TypeError, ValueError):
+        except Exception as exc:
             # The database is up but refuses something in the batch (or a
             # value could not be sent): record the jobs one by one, so one
-            # bad outcome harms only its job.
+            # bad outcome harms only its job (its error logged there).
+            logger.warning(
+                "Recording %d outcome(s) at once failed (%s: %s); recording "
+                "them one by one", len(batch), type(exc).__name__, exc,
+            )  # fmt: skip
             for finished in batch:
                 self._complete_one(finished)
             return
@@ -167,12 +177,18 @@ class Completer(threading.Thread):
     def _complete_one(self, finished: Finished) -> None:
         job = finished.attempt.job
         try:
-            change = self._record(job, finished.outcome)
-        except DatabaseError as exc:
-            # Refused again: fail the job with an error it will take, rather
-            # than leave it RUNNING.
-            finished.outcome = not_stored(job, exc)
-            change = self._record(job, finished.outcome)
+            try:
+                change = self._record(job, finished.outcome)
+            except Exception as exc:
+                # Refused again: fail the job with an error it will take,
+                # rather than leave it RUNNING.
+                finished.outcome = not_stored(job, exc)
+                change = self._record(job, finished.outcome)
+        except Exception:
+            # Not even that: the job stays RUNNING, held by this worker,
+            # until its process ends and puts it back to READY.
+            logger.exception("Job %s: no outcome could be recorded", job.pk)
+            return
         if change is None and self.give_up.is_set():
             return  # the worker is exiting: nothing was recorded
         report(finished, change, Receivers(task_finished, DatabaseBackend))
@@ -212,10 +228,19 @@ OUTCOME_NAMES = {
 }
 
 
-def report(finished: Finished, change: Transition | None, receivers: Receivers) -> None:
+def report(
+    finished: Finished,
+    change: Transition | None,
+    receivers: Receivers,
+    *,
+    robust: bool = True,
+) -> None:
     """Log a recorded outcome (``change`` None: the job was taken from this
     worker, its outcome discarded); send ``task_finished`` to ``receivers``
-    for a finished job."""
+    for a finished job. ``robust``: each receiver is called whatever the
+    others raise, and what one raises is logged (the worker's way); else
+    the first error propagates, as from ``Signal.send`` (``run_jobs``,
+    where it is a test's)."""
     job = finished.attempt.job
     error = getattr(finished.outcome, "error", None)
     elapsed_ms = finished.elapsed_ms
@@ -266,17 +291,28 @@ def report(finished: Finished, change: Transition | None, receivers: Receivers) 
             task_result = job_result(job, finished.task)
         else:
             update_result(task_result, job)
-        _send_finished(receivers, task_result, error)
+        _send_finished(receivers, task_result, error, job, robust)
 
 
-def _send_finished(receivers: Receivers, task_result, error) -> None:
+def _send_finished(receivers: Receivers, task_result, error, job, robust) -> None:
     """Send ``task_finished``; for a failure, from inside an exception
     handler, as the framework does, so receivers (its own logger, error
-    monitoring) see the task's exception."""
+    monitoring) see the task's exception. The outcome is recorded by now:
+    sent ``robust``, a receiver that raises is logged, and changes nothing
+    for the job, the other receivers or the other jobs."""
+    send = receivers.send_robust if robust else receivers.send
     if error is None:
-        receivers.send(task_result=task_result)
-        return
-    try:
-        raise error
-    except BaseException:
-        receivers.send(task_result=task_result)
+        raised = send(task_result=task_result)
+    else:
+        try:
+            raise error
+        except BaseException:
+            raised = send(task_result=task_result)
+    for receiver, exc in raised or ():
+        logger.error(
+            "Job %s: a task_finished receiver (%s) raised; the job's outcome "
+            "is recorded",
+            job.pk,
+            getattr(receiver, "__qualname__", receiver),
+            exc_info=exc,
+        )

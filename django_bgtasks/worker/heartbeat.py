@@ -70,7 +70,7 @@ class Heartbeat(threading.Thread):
                     self.clock.sync(self.using)
                     self._synced_at = time.monotonic()
                 if self.after_beat is not None:
-                    self.after_beat()
+                    self._after_beat()
                 return
             logger.error("Worker %s: its row is gone (judged dead?)", self.process.pk)
             process = self.on_lost()
@@ -85,3 +85,12 @@ class Heartbeat(threading.Thread):
         except Exception:
             self.steadiness.broke()
             logger.exception("Heartbeat failed; retrying at the next beat")
+
+    def _after_beat(self) -> None:
+        """What the worker does after each beat. Its error is not the
+        beat's: the beat went through, and the worker may still judge
+        others dead."""
+        try:
+            self.after_beat()
+        except Exception:
+            logger.exception("Acting after a heartbeat failed")

@@ -80,9 +80,9 @@ class Listener(threading.Thread):
                         return
                     self._checked = True
                 pause = 0.5
-                self.on_notify(None)
+                self._tell(self.on_notify, None)
                 if self.on_stop_request is not None:
-                    self.on_stop_request(None)
+                    self._tell(self.on_stop_request, None)
                 while not self._stop_event.is_set():
                     self._wait(timeout=1.0)
             except Exception as exc:
@@ -155,7 +155,7 @@ class Listener(threading.Thread):
             if self.queues is None or queue_name in self.queues
         ]
         if ours:
-            self.on_notify(None if None in ours else max(ours))
+            self._tell(self.on_notify, None if None in ours else max(ours))
         if self.on_stop_request is None:
             return
         for worker_id in {
@@ -164,7 +164,17 @@ class Listener(threading.Thread):
             if channel == STOP_CHANNEL
             and (self.worker_id is None or text == self.worker_id)
         }:
-            self.on_stop_request(worker_id)
+            self._tell(self.on_stop_request, worker_id)
+
+    @staticmethod
+    def _tell(callback, argument) -> None:
+        """``callback(argument)``. What it raises is the worker's error, not
+        the connection's: logged, and the connection kept (a reconnect
+        would only call it again)."""
+        try:
+            callback(argument)
+        except Exception:
+            logger.exception("Acting on a notification failed")
 
     def _close(self) -> None:
         if self._connection is not None:

@@ -94,7 +94,8 @@ class SupervisorMessages(threading.Thread):
     if any came without one) and one ``on_jobs_stop()`` for this worker's
     (``worker_id``) jobs or any worker's, whatever piled up meanwhile. Its
     connection (an urgent claim's, a read's) is closed after
-    IDLE_CONNECTION_SECONDS without a line."""
+    IDLE_CONNECTION_SECONDS without a line. If reading fails (not the end
+    of the stream: an error), ``on_failure()``, once it is logged."""
 
     def __init__(
         self,
@@ -104,6 +105,7 @@ class SupervisorMessages(threading.Thread):
         on_stop: Callable[[int, str], None],
         on_wake: Callable[[int | None], None],
         on_jobs_stop: Callable[[], None],
+        on_failure: Callable[[], None],
     ):
         super().__init__(name="bgtasks-supervisor", daemon=True)
         self.fd = fd
@@ -111,23 +113,32 @@ class SupervisorMessages(threading.Thread):
         self.on_stop = on_stop
         self.on_wake = on_wake
         self.on_jobs_stop = on_jobs_stop
+        self.on_failure = on_failure
 
     def run(self) -> None:
-        pending = b""
         try:
-            while True:
-                ready, _, _ = select.select([self.fd], [], [], IDLE_CONNECTION_SECONDS)
-                if not ready:
-                    close_idle_connections()
-                    continue
-                chunk = os.read(self.fd, 65536)
-                if not chunk:
-                    break
-                *lines, pending = (pending + chunk).split(b"\n")
-                self._act_on([line.decode(errors="replace").strip() for line in lines])
-        finally:
+            self._read()
+        except Exception:
+            # Deaf to its supervisor, the process must not run on.
+            logger.exception("Reading the supervisor's messages failed")
+            self.on_failure()
+        else:
             # The supervisor is gone: do not run on alone.
             self.on_stop(1, "the supervisor's exit")
+
+    def _read(self) -> None:
+        """Act on the lines until the stream ends."""
+        pending = b""
+        while True:
+            ready, _, _ = select.select([self.fd], [], [], IDLE_CONNECTION_SECONDS)
+            if not ready:
+                close_idle_connections()
+                continue
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                return
+            *lines, pending = (pending + chunk).split(b"\n")
+            self._act_on([line.decode(errors="replace").strip() for line in lines])
 
     def _act_on(self, messages: list[str]) -> None:
         """Act on the lines read at once: stops first, then the merged

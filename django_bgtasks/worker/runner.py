@@ -74,6 +74,7 @@ class WorkerExit(enum.IntEnum):
 
     STOPPED = 0  # asked to stop (or drained, or done its max_jobs)
     FORCED = 1  # asked twice: did not wait for running jobs
+    FAILED = 70  # an unexpected error in the worker itself (EX_SOFTWARE)
     RECYCLE = 75  # must be replaced by a fresh process (EX_TEMPFAIL)
 
 
@@ -223,7 +224,12 @@ class Worker:
         sync_at_start(using=self.using, give_up=self._stopping)
         self._start_parts()
         try:
-            self._loop()
+            try:
+                self._loop()
+            except ForcedExit:
+                raise  # a second signal: leave at once (``run``)
+            except Exception:
+                self._loop_failed()
             # No more claims; one under way lands first (for up to 10 s), so
             # its jobs are waited for or given back with the others.
             if not self.ledger.close(wait=10, loop_done=True):
@@ -314,6 +320,27 @@ class Worker:
             self.hooks.waiting()
             self.ledger.wait(wait)
 
+    def _loop_failed(self) -> None:
+        """The main loop raised what no part of it expects (a bug, not the
+        database: its errors are retried where they happen). What the
+        worker holds in memory may no longer match the database, so it
+        claims nothing more, lets its running jobs finish as in a stop, and
+        ends with FAILED: the jobs the database says it still holds are put
+        back to READY (``Lease.give_back``), and a supervisor starts a fresh
+        process after its crash pause."""
+        logger.exception(
+            "The worker's main loop failed: claiming stops, running jobs get "
+            "%g s to finish, then this process exits",
+            self.options.shutdown_timeout,
+        )
+        self._failed()
+
+    def _failed(self) -> None:
+        """Stop as after a stop request, and end with FAILED (an unexpected
+        error, logged by the caller)."""
+        self.exit = max(self.exit, WorkerExit.FAILED)
+        self.stop()
+
     def _went_idle(self) -> None:
         logger.debug("No job is due: waiting for one")
         if self.jobs_claimed - self._trimmed_at >= TRIM_AFTER_JOBS:
@@ -346,6 +373,7 @@ class Worker:
             on_stop=self.stop_requests.from_supervisor,
             on_wake=self.claimer.notified,
             on_jobs_stop=self._hear_stop_requests,
+            on_failure=self._failed,
         ).start()
 
     def _hear_stop_requests(self) -> None:

@@ -217,9 +217,14 @@ class Supervisor:
             pipe.send(message)
 
     def _start(self, slot: Slot) -> None:
-        slot.process = subprocess.Popen(
-            self.command(slot.number), stdin=subprocess.PIPE
-        )
+        try:
+            slot.process = subprocess.Popen(
+                self.command(slot.number), stdin=subprocess.PIPE
+            )
+        except OSError as exc:  # out of processes or memory, say
+            slot.started_at = time.monotonic()
+            self._restart_later(slot, f"could not be started ({exc})")
+            return
         slot.pipe = ChildPipe(slot.process.stdin)
         slot.started_at = time.monotonic()
         logger.info("Worker process %d started (pid %d)", slot.number, slot.process.pid)
@@ -255,16 +260,20 @@ class Supervisor:
             slot.crashes = 0
             self._start(slot)
             return
+        reason = f"signal {-code}" if code < 0 else f"exit status {code}"
+        if code == WorkerExit.FAILED:
+            reason += ": an unexpected error, logged by the process"
+        elif code == -signal.SIGALRM:
+            reason += ": it stalled past its stall limit and ended as it resumed"
+        self._restart_later(slot, f"died ({reason})")
+
+    def _restart_later(self, slot: Slot, what: str) -> None:
+        """Start the process of ``slot`` again after the crash pause;
+        ``what`` happened to it, for the log."""
         lived = time.monotonic() - slot.started_at
         slot.crashes = 1 if lived > STABLE_AFTER else slot.crashes + 1
         delay = min(MAX_RESTART_DELAY, 2.0 ** (slot.crashes - 1))
-        reason = f"signal {-code}" if code < 0 else f"exit status {code}"
-        if code == -signal.SIGALRM:
-            reason += ": it stalled past its stall limit and ended as it resumed"
         logger.error(
-            "Worker process %d died (%s); restarting it in %.0f s",
-            slot.number,
-            reason,
-            delay,
+            "Worker process %d %s; restarting it in %.0f s", slot.number, what, delay
         )
         slot.restart_at = time.monotonic() + delay
