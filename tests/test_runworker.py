@@ -8,9 +8,10 @@ from datetime import timedelta
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection, transaction
 
 from django_bgtasks.compat import FRAMEWORK_LOGGER, TaskResultStatus
-from django_bgtasks.models import Job, JobStatus, WorkerProcess
+from django_bgtasks.models import Job, JobStatus, Queue, WorkerProcess
 from django_bgtasks.worker.process import GC_THRESHOLD, settle_garbage_collector
 from tests import tasks
 from tests.conftest import (
@@ -250,6 +251,38 @@ def test_second_signal_exits_at_once(workers, tmp_path):
     assert job.status == JobStatus.READY
     assert "SIGTERM received again: exiting at once" in workers.output(process)
     assert not WorkerProcess.objects.exists()
+
+
+@requires_postgresql
+def test_a_second_signal_cuts_a_claim_that_hangs_short(workers):
+    """A claim that hangs in the database (behind a lock on the queues
+    table, which it reads for the paused queues) is cut short by a second
+    signal: the worker exits at once with status 1, not as a failure."""
+    process = workers.start(
+        "--poll-interval", "0.05", "--no-scheduler", "--no-maintenance"
+    )
+    wait_until(lambda: WorkerProcess.objects.exists(), timeout=30, message="the worker")
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(f"LOCK TABLE {Queue._meta.db_table} IN ACCESS EXCLUSIVE MODE")
+
+        def claim_waits() -> bool:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE "
+                "wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            )
+            return cursor.fetchone()[0] > 0
+
+        wait_until(claim_waits, timeout=30, message="a claim behind the lock")
+        process.send_signal(signal.SIGTERM)
+        wait_until(
+            lambda: "SIGTERM received" in workers.output(process),
+            message="the first signal handled",
+        )
+        process.send_signal(signal.SIGTERM)
+        assert workers.wait(process, timeout=30) == 1
+    output = workers.output(process)
+    assert "SIGTERM received again: exiting at once" in output
+    assert "main loop failed" not in output
 
 
 @requires_server_database

@@ -38,8 +38,14 @@ class StopRequests:
     """Call ``on_request(source, count)`` for each stop request, from a
     thread of its own (never from a signal handler).
 
-    ``may_interrupt()`` says whether a second signal may interrupt the main
-    thread (raise ForcedExit there), for instance to cut a blocking call short.
+    ``may_interrupt()`` says whether a second request may interrupt the
+    main thread (raise ForcedExit there), for instance to cut a blocking call
+    short. The handler in the main thread counts the signals it runs for,
+    but two signals close together may reach it as one (the interpreter
+    runs a handler once for a signal that came again before it ran), and a
+    supervisor's "now" comes as a line or SIGUSR2, which it does not count:
+    so the thread that counts every request interrupts the main thread
+    itself at the second one (``_interrupt_main``).
     """
 
     def __init__(self, on_request: Callable[[str, int], None], may_interrupt):
@@ -47,8 +53,18 @@ class StopRequests:
         self.may_interrupt = may_interrupt
         self.count = 0
         self._lock = threading.Lock()
-        self._signals_seen = 0
         self._from = {"signals": 0, "supervisor": 0}
+        # The main thread's handler's own: the signals it ran for, and
+        # whether it raised ForcedExit (set once).
+        self._signals_seen = 0
+        self._raised = False
+        # Set by the counting thread for the main thread's handler: the
+        # next SIGTERM it runs for is this thread's, to raise ForcedExit
+        # (``poke_pending``), and the wake-up fd's bytes of such SIGTERMs
+        # are not requests (``pokes_unread``).
+        self._poke_pending = False
+        self._pokes_unread = 0
+        self._main_thread: int | None = None  # while the handlers are ours
 
     def _request(self, kind: str, source: str, *, up_to: int | None = None) -> None:
         """One more request from ``kind`` (or as many as make ``up_to``)."""
@@ -61,6 +77,20 @@ class StopRequests:
             logger.info("%s received: already stopping, as asked", source)
         for count in counts:
             self.on_request(source, count)
+            if count == 2:
+                self._interrupt_main()
+
+    def _interrupt_main(self) -> None:
+        """Raise ForcedExit in the main thread, which may be blocked in a
+        call it would not otherwise leave (a claim waiting on a lock): a
+        SIGTERM sent to that thread ends the call (EINTR), and its handler,
+        told it is this one, raises."""
+        main = self._main_thread
+        if main is None or self._raised or not self.may_interrupt():
+            return
+        self._pokes_unread += 1
+        self._poke_pending = True
+        signal.pthread_kill(main, signal.SIGTERM)
 
     # Signals -------------------------------------------------------------------
 
@@ -84,6 +114,7 @@ class StopRequests:
             previous.update(
                 (signum, signal.signal(signum, _no_op)) for signum in SUPERVISOR_SIGNALS
             )
+        self._main_thread = threading.get_ident()
         threading.Thread(
             target=self._watch_signals,
             args=(read_end,),
@@ -92,6 +123,7 @@ class StopRequests:
         ).start()
 
         def restore():
+            self._main_thread = None  # no SIGTERM of ours after this
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             signal.set_wakeup_fd(previous_fd)
@@ -100,17 +132,25 @@ class StopRequests:
         return restore
 
     def _on_signal(self, signum, frame) -> None:
-        self._signals_seen += 1
-        if self._signals_seen >= 3:
-            os._exit(1)
-        if self._signals_seen == 2 and self.may_interrupt():
+        if signum == signal.SIGTERM and self._poke_pending:
+            self._poke_pending = False  # the counting thread's: not counted
+            forced = not self._raised
+        else:
+            self._signals_seen += 1
+            if self._signals_seen >= 3:
+                os._exit(1)
+            forced = self._signals_seen == 2 and not self._raised
+        if forced and self.may_interrupt():
+            self._raised = True
             raise ForcedExit(signal.Signals(signum).name)
 
     def _watch_signals(self, read_end: int) -> None:
         try:
             while data := os.read(read_end, 64):
                 for signum in data:
-                    if signum in (signal.SIGTERM, signal.SIGINT):
+                    if signum == signal.SIGTERM and self._pokes_unread:
+                        self._pokes_unread -= 1  # sent by _interrupt_main
+                    elif signum in (signal.SIGTERM, signal.SIGINT):
                         self._request("signals", signal.Signals(signum).name)
                     elif signum in SUPERVISOR_SIGNALS:
                         self.from_supervisor(
