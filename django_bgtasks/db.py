@@ -73,6 +73,22 @@ def discard_connection(using: str) -> None:
         connections[using].close()
 
 
+def cancel_query(using: str) -> None:
+    """Ask the server to cancel what this thread's connection runs, if
+    anything, and close the connection (PostgreSQL; elsewhere only close
+    it). For a call cut short in Python (a second stop request), whose
+    statement would otherwise run on in the database: a claim behind a lock
+    would claim jobs once the lock was free, for a worker gone by then."""
+    raw = connections[using].connection
+    if raw is not None and connections[using].vendor == "postgresql":
+        with contextlib.suppress(Exception):  # best effort: it is closed next
+            if hasattr(raw, "cancel_safe"):  # psycopg 3, with a deadline
+                raw.cancel_safe(timeout=2.0)
+            else:  # psycopg 2
+                raw.cancel()
+    discard_connection(using)
+
+
 def close_idle_connections() -> None:
     """Close this thread's connections (it has been idle for
     IDLE_CONNECTION_SECONDS); a dead one's error is dropped: the thread

@@ -16,7 +16,12 @@ from django.db import DatabaseError, transaction
 
 from ..backend import DatabaseBackend
 from ..compat import task_started
-from ..db import CONNECTION_ERRORS, close_if_unusable, discard_connection
+from ..db import (
+    CONNECTION_ERRORS,
+    cancel_query,
+    close_if_unusable,
+    discard_connection,
+)
 from ..models import Job
 from ..private_api import Receivers
 from ..sql.claim import claim_jobs
@@ -153,6 +158,10 @@ class Claimer:
             self.ledger.claim_failed(reservation)
             return None
         except BaseException:
+            # Cut short (a second stop request), or a bug: the statement may
+            # still run in the database, and the connection is in no state
+            # to be used again.
+            cancel_query(self.using)
             self.ledger.claim_failed(reservation)
             raise
         if jobs:

@@ -202,6 +202,8 @@ class Worker:
             self._run()
         except ForcedExit:
             self.exit = max(self.exit, WorkerExit.FORCED)
+        finally:
+            self._shutting_down = True  # nothing is interrupted after this
         return self.exit
 
     def _run(self) -> None:
@@ -215,15 +217,15 @@ class Worker:
         )
         if registered is None:
             return
-        retry_until_done(
-            lambda: self.clock.sync(self.using),
-            using=self.using,
-            what="reading the database's clock",
-            give_up=self._stopping,
-        )
-        sync_at_start(using=self.using, give_up=self._stopping)
-        self._start_parts()
-        try:
+        try:  # registered: whatever happens, the row goes
+            retry_until_done(
+                lambda: self.clock.sync(self.using),
+                using=self.using,
+                what="reading the database's clock",
+                give_up=self._stopping,
+            )
+            sync_at_start(using=self.using, give_up=self._stopping)
+            self._start_parts()
             try:
                 self._loop()
             except ForcedExit:

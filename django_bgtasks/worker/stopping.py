@@ -65,6 +65,9 @@ class StopRequests:
         self._poke_pending = False
         self._pokes_unread = 0
         self._main_thread: int | None = None  # while the handlers are ours
+        # Held while a SIGTERM is sent to the main thread, and by restore():
+        # none is sent once the handlers are no longer ours.
+        self._poking = threading.Lock()
 
     def _request(self, kind: str, source: str, *, up_to: int | None = None) -> None:
         """One more request from ``kind`` (or as many as make ``up_to``)."""
@@ -73,6 +76,10 @@ class StopRequests:
             self._from[kind] = max(self._from[kind], made)
             before, self.count = self.count, max(self.count, *self._from.values())
             counts = range(before + 1, self.count + 1)
+        if kind == "signals" and self._from["signals"] >= 3:
+            # The third signal: at once, whatever the main thread's handler
+            # counted (``_on_signal``).
+            os._exit(1)
         if not counts and kind == "signals":
             logger.info("%s received: already stopping, as asked", source)
         for count in counts:
@@ -81,16 +88,17 @@ class StopRequests:
                 self._interrupt_main()
 
     def _interrupt_main(self) -> None:
-        """Raise ForcedExit in the main thread, which may be blocked in a
-        call it would not otherwise leave (a claim waiting on a lock): a
-        SIGTERM sent to that thread ends the call (EINTR), and its handler,
-        told it is this one, raises."""
-        main = self._main_thread
-        if main is None or self._raised or not self.may_interrupt():
-            return
-        self._pokes_unread += 1
-        self._poke_pending = True
-        signal.pthread_kill(main, signal.SIGTERM)
+        """Raise ForcedExit in the main thread, which may be waiting in a
+        call it would not otherwise leave (a claim behind a lock): a SIGTERM
+        sent to that thread runs its handler (psycopg's wait lets handlers
+        run at least every 0.1 s), which, told it is this one, raises."""
+        with self._poking:
+            main = self._main_thread
+            if main is None or self._raised or not self.may_interrupt():
+                return
+            self._pokes_unread += 1
+            self._poke_pending = True
+            signal.pthread_kill(main, signal.SIGTERM)
 
     # Signals -------------------------------------------------------------------
 
@@ -123,7 +131,9 @@ class StopRequests:
         ).start()
 
         def restore():
-            self._main_thread = None  # no SIGTERM of ours after this
+            self._main_thread = None  # nothing is raised from now on
+            with self._poking:  # and no SIGTERM of ours is on its way
+                pass
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             signal.set_wakeup_fd(previous_fd)
@@ -140,7 +150,7 @@ class StopRequests:
             if self._signals_seen >= 3:
                 os._exit(1)
             forced = self._signals_seen == 2 and not self._raised
-        if forced and self.may_interrupt():
+        if forced and self._main_thread is not None and self.may_interrupt():
             self._raised = True
             raise ForcedExit(signal.Signals(signum).name)
 

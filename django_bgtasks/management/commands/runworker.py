@@ -22,7 +22,7 @@ from django_bgtasks.databases import served_databases
 from django_bgtasks.db import CONNECTION_ERRORS
 from django_bgtasks.exceptions import WorkerIdInUse
 from django_bgtasks.maintenance.schedule_sync import InvalidSchedule
-from django_bgtasks.worker import Worker, WorkerExit, WorkerOptions
+from django_bgtasks.worker import ForcedExit, Worker, WorkerExit, WorkerOptions
 from django_bgtasks.worker.process import settle_garbage_collector
 from django_bgtasks.worker.stall import StallGuard
 from django_bgtasks.worker.supervisor import Supervisor
@@ -143,15 +143,17 @@ class Command(BaseCommand):
         if options["verbosity"]:
             self._print_banner(f"django-bgtasks {__version__} worker", banner(worker))
         restore = worker.install_signal_handlers()
-        if worker_options.supervised:
-            # Stop requests come from the supervisor; the terminal's Ctrl-C
-            # reaches the supervisor, which passes it on.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            worker.hear_supervisor(sys.stdin.fileno())
-        settle_garbage_collector()  # this process is the worker's
         try:
+            if worker_options.supervised:
+                # Stop requests come from the supervisor; the terminal's
+                # Ctrl-C reaches the supervisor, which passes it on.
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                worker.hear_supervisor(sys.stdin.fileno())
+            settle_garbage_collector()  # this process is the worker's
             with StallGuard():  # this process is the worker's
                 ended = worker.run()
+        except ForcedExit:  # asked twice before the worker ran
+            ended = WorkerExit.FORCED
         except (WorkerIdInUse, InvalidSchedule) as exc:
             raise CommandError(str(exc)) from None
         finally:
