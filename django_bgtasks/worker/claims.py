@@ -161,8 +161,10 @@ class Claimer:
             # Cut short (a second stop request), or a bug: the statement may
             # still run in the database, and the connection is in no state
             # to be used again.
-            cancel_query(self.using)
-            self.ledger.claim_failed(reservation)
+            try:
+                cancel_query(self.using)
+            finally:
+                self.ledger.claim_failed(reservation)
             raise
         if jobs:
             self.started_receivers = Receivers(task_started, DatabaseBackend)

@@ -283,9 +283,11 @@ class Worker:
                 worker_id=self.worker_id,
                 on_stop_request=lambda worker_id: self._hear_stop_requests(),
             )
-        for part in parts.values():
+        for name, part in parts.items():
             part.start()
-        self._parts = parts
+            # Each as it starts: a second stop request may cut this short,
+            # and _shut_down stops what is here.
+            self._parts[name] = part
 
     def _loop(self) -> None:
         db_pause = 0.2
