@@ -1,5 +1,6 @@
 """The worker under faults: nothing it meets leaves a job RUNNING."""
 
+import contextlib
 import signal
 import threading
 import time
@@ -238,6 +239,24 @@ class FlakyProcess:
         return False  # the row is gone
 
 
+@contextlib.contextmanager
+def beating(process, **options):
+    """A Heartbeat of ``process`` beating every 10 ms, stopped at the end."""
+    heartbeat = Heartbeat(
+        process=process,
+        interval=0.01,
+        using="default",
+        clock=DatabaseClock(),
+        **options,
+    )
+    heartbeat.start()
+    try:
+        yield heartbeat
+    finally:
+        heartbeat.stop()
+        heartbeat.join(timeout=5)
+
+
 def test_heartbeat_survives_any_error():
     process = FlakyProcess()
     lost = []
@@ -246,21 +265,10 @@ def test_heartbeat_survives_any_error():
         lost.append(1)
         raise RuntimeError("cannot register again")
 
-    heartbeat = Heartbeat(
-        process=process,
-        interval=0.01,
-        using="default",
-        on_lost=on_lost,
-        clock=DatabaseClock(),
-    )
-    heartbeat.start()
-    try:
+    with beating(process, on_lost=on_lost) as heartbeat:
         wait_until(lambda: process.beats >= 5, message="beats after the errors")
         assert heartbeat.is_alive()
         assert lost
-    finally:
-        heartbeat.stop()
-        heartbeat.join(timeout=5)
 
 
 def test_an_error_after_a_beat_is_not_the_beats(caplog):
@@ -277,21 +285,9 @@ def test_an_error_after_a_beat_is_not_the_beats(caplog):
         calls.append(1)
         raise RuntimeError("reading stop requests broke")
 
-    heartbeat = Heartbeat(
-        process=row,
-        interval=0.01,
-        using="default",
-        on_lost=lambda: None,
-        clock=DatabaseClock(),
-        after_beat=after_beat,
-    )
-    heartbeat.start()
-    try:
+    with beating(row, on_lost=lambda: None, after_beat=after_beat) as heartbeat:
         wait_until(lambda: len(calls) >= 3, message="three beats")
         assert heartbeat.steadiness.since is not None
-    finally:
-        heartbeat.stop()
-        heartbeat.join(timeout=5)
     logged = [r for r in caplog.records if "after a heartbeat" in r.getMessage()]
     assert len(logged) >= 3
     assert not [r for r in caplog.records if "Heartbeat failed" in r.getMessage()]

@@ -177,18 +177,18 @@ class Completer(threading.Thread):
     def _complete_one(self, finished: Finished) -> None:
         job = finished.attempt.job
         try:
+            change = self._record(job, finished.outcome)
+        except Exception as exc:
+            # Refused again: fail the job with an error it will take, rather
+            # than leave it RUNNING.
+            finished.outcome = not_stored(job, exc)
             try:
                 change = self._record(job, finished.outcome)
-            except Exception as exc:
-                # Refused again: fail the job with an error it will take,
-                # rather than leave it RUNNING.
-                finished.outcome = not_stored(job, exc)
-                change = self._record(job, finished.outcome)
-        except Exception:
-            # Not even that: the job stays RUNNING, held by this worker,
-            # until its process ends and puts it back to READY.
-            logger.exception("Job %s: no outcome could be recorded", job.pk)
-            return
+            except Exception:
+                # Not even that: the job stays RUNNING, held by this worker,
+                # until its process ends and puts it back to READY.
+                logger.exception("Job %s: no outcome could be recorded", job.pk)
+                return
         if change is None and self.give_up.is_set():
             return  # the worker is exiting: nothing was recorded
         report(finished, change, Receivers(task_finished, DatabaseBackend))
