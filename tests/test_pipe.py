@@ -5,6 +5,7 @@ worker's; the supervisor's stops come as signals too."""
 
 import os
 import signal
+import sys
 import threading
 
 from django_bgtasks.worker.pipe import ChildPipe, SupervisorMessages, jobs_stop, wake
@@ -100,6 +101,33 @@ def test_a_supervisors_stop_signals_count_as_its_messages():
     finally:
         restore()
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
+
+
+def test_a_signal_just_before_the_handlers_are_restored_is_heard():
+    """A SIGTERM whose handler has run, but which the counting thread has not
+    read yet, is counted by the time ``restore()`` returns: a standalone
+    worker that is about to start a fresh program in its place (after a
+    timeout) reads the count then, and must stop instead."""
+    requests = []
+    stop_requests = StopRequests(
+        lambda source, count: requests.append((source, count)), lambda: False
+    )
+    switch_interval = sys.getswitchinterval()
+    restore = stop_requests.install_signal_handlers()
+    restored = False
+    try:
+        # The counting thread waits for the GIL as long as it may.
+        sys.setswitchinterval(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)  # its handler runs right here
+        restore()
+        restored = True
+        heard, counted = list(requests), stop_requests.count
+    finally:
+        sys.setswitchinterval(switch_interval)
+        if not restored:
+            restore()
+    assert (heard, counted) == ([("SIGTERM", 1)], 1)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
 def test_a_child_that_cannot_read_its_supervisor_fails_rather_than_stops(caplog):

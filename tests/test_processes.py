@@ -227,8 +227,12 @@ def test_a_standalone_worker_replaces_itself_after_a_timeout(workers):
     ]
     assert len(set(result.worker_ids)) == 2  # a fresh worker each time
     assert process.poll() is None  # same process id, new program
-    wait_until(
-        lambda: WorkerProcess.objects.filter(pid=process.pid).exists(),
+    wait_until(  # the third program's row, not the second's on its way out
+        lambda: (
+            WorkerProcess.objects.filter(pid=process.pid)
+            .exclude(pk__in=result.worker_ids)
+            .exists()
+        ),
         message="the fresh worker registered",
     )
     process.send_signal(signal.SIGTERM)

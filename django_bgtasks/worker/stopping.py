@@ -123,12 +123,13 @@ class StopRequests:
                 (signum, signal.signal(signum, _no_op)) for signum in SUPERVISOR_SIGNALS
             )
         self._main_thread = threading.get_ident()
-        threading.Thread(
+        watching = threading.Thread(
             target=self._watch_signals,
             args=(read_end,),
             name="bgtasks-signals",
             daemon=True,
-        ).start()
+        )
+        watching.start()
 
         def restore():
             self._main_thread = None  # nothing is raised from now on
@@ -137,7 +138,11 @@ class StopRequests:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             signal.set_wakeup_fd(previous_fd)
-            os.close(write_end)  # ends the watching thread
+            os.close(write_end)  # ends the watching thread...
+            # ...once it has heard what the pipe holds: a signal that came
+            # just before is a request the caller acts on (a worker about to
+            # start a fresh program in its place stops instead).
+            watching.join(timeout=5)
 
         return restore
 
