@@ -12,12 +12,16 @@ exception.
 Without the package, or with no SDK configured (no span is recorded, and
 there is no context to store), a job stores nothing, and each enqueue and
 attempt costs a test or two. A stored context that cannot be read (a row
-written by hand) gives a run span of its own trace, never an error.
+written by hand) gives a run span of its own trace, never an error. An
+error raised by what tracing calls (a project's span processor or
+propagator) is logged, never raised: the enqueue or the attempt goes on
+without its span, or its stored context.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +32,8 @@ try:
     from opentelemetry.trace import SpanKind, Status, StatusCode
 except ImportError:  # the optional extra is not installed
     trace = None
+
+logger = logging.getLogger("django_bgtasks.tracing")
 
 SYSTEM = "django_bgtasks"
 _tracer = None if trace is None else trace.get_tracer(SYSTEM)
@@ -69,11 +75,17 @@ def _enqueue_span(tracer, task_path, queue_name, backend, count):
     }
     if count != 1:
         attributes["messaging.batch.message_count"] = count
-    with tracer.start_as_current_span(
+    span = tracer.start_as_current_span(
         f"enqueue {task_path}", kind=SpanKind.PRODUCER, attributes=attributes
-    ):
+    )
+    what = f"the enqueue of {task_path}"
+    with _logging_its_errors(span, what) as started:
         carrier: dict[str, str] = {}
-        propagate.inject(carrier)
+        if started is not None:
+            try:
+                propagate.inject(carrier)
+            except Exception:
+                logger.exception("Tracing: no context stored for %s", what)
         yield carrier or None
 
 
@@ -86,9 +98,8 @@ def running(job):
     return _run_span(tracer, job)
 
 
-@contextlib.contextmanager
 def _run_span(tracer, job):
-    with tracer.start_as_current_span(
+    span = tracer.start_as_current_span(
         f"run {job.task_path}",
         context=_stored(job.trace_context),
         kind=SpanKind.CONSUMER,
@@ -104,8 +115,34 @@ def _run_span(tracer, job):
         # the worker's own error.
         record_exception=False,
         set_status_on_exception=False,
-    ) as span:
+    )
+    return _logging_its_errors(span, f"job {job.pk}")
+
+
+@contextlib.contextmanager
+def _logging_its_errors(span_manager, what: str):
+    """``span_manager`` (a current span's), the errors it raises itself
+    logged instead: its value is None if it could not start. What the body
+    raises goes through it, and on."""
+    try:
+        span = span_manager.__enter__()
+    except Exception:
+        logger.exception("Tracing: no span for %s, which goes on without one", what)
+        yield None
+        return
+    try:
         yield span
+    except BaseException as exc:
+        try:
+            span_manager.__exit__(type(exc), exc, exc.__traceback__)
+        except Exception as error:
+            if error is not exc:
+                logger.exception("Tracing: the span of %s did not end", what)
+        raise
+    try:
+        span_manager.__exit__(None, None, None)
+    except Exception:
+        logger.exception("Tracing: the span of %s did not end", what)
 
 
 def _stored(trace_context: Any):
@@ -126,8 +163,13 @@ def ended(span, outcome) -> None:
     cancel the task asked for is not."""
     if span is None:
         return
-    span.set_attribute("bgtasks.outcome", type(outcome).__name__)
-    if isinstance(outcome, Failed | TimedOut):
-        error = outcome.error
-        span.record_exception(error)
-        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+    try:
+        span.set_attribute("bgtasks.outcome", type(outcome).__name__)
+        if isinstance(outcome, Failed | TimedOut):
+            error = outcome.error
+            span.record_exception(error)
+            span.set_status(
+                Status(StatusCode.ERROR, f"{type(error).__name__}: {error}")
+            )
+    except Exception:
+        logger.exception("Tracing: an attempt's outcome could not be given to its span")

@@ -120,3 +120,56 @@ def test_until_a_provider_is_configured_no_span_is_made_and_nothing_stored():
     assert tracing._tracer is not None and tracing._active_tracer() is None
     result = tasks.add.enqueue(5, 6)
     assert Job.objects.get(pk=result.id).trace_context is None
+
+
+class BrokenProcessor(sdk.SpanProcessor):
+    """A project's span processor that raises as spans of ``prefix`` start
+    or end (``at``): an error in what tracing calls is never the job's."""
+
+    def __init__(self, prefix: str, at: str):
+        self.prefix, self.at = prefix, at
+
+    def _maybe_raise(self, span, at):
+        if span.name.startswith(self.prefix) and at == self.at:
+            raise RuntimeError(f"broken processor ({at} of {span.name})")
+
+    def on_start(self, span, parent_context=None):
+        self._maybe_raise(span, "start")
+
+    def on_end(self, span):
+        self._maybe_raise(span, "end")
+
+
+def broken(monkeypatch, prefix: str, at: str):
+    """The tracer of a provider with a processor that raises."""
+    provider = sdk.TracerProvider()
+    provider.add_span_processor(BrokenProcessor(prefix, at))
+    monkeypatch.setattr(tracing, "_tracer", provider.get_tracer(tracing.SYSTEM))
+
+
+@pytest.mark.parametrize("at", ["start", "end"])
+def test_a_span_processor_that_raises_harms_no_run(monkeypatch, caplog, at):
+    broken(monkeypatch, "run ", at)
+    result = tasks.add.enqueue(2, 3)
+    worker = run_in_process()
+    job = Job.objects.get(pk=result.id)
+    assert (job.status, job.return_value, job.attempts) == (
+        JobStatus.SUCCESSFUL,
+        5,
+        1,
+    )
+    assert worker.jobs_claimed == 1
+    [logged] = [r for r in caplog.records if "broken processor" in str(r.exc_info)]
+    assert logged.levelname == "ERROR"
+    assert f"job {job.pk}" in logged.getMessage()
+
+
+@pytest.mark.parametrize("at", ["start", "end"])
+def test_a_span_processor_that_raises_harms_no_enqueue(monkeypatch, caplog, at):
+    broken(monkeypatch, "enqueue ", at)
+    result = tasks.add.enqueue(2, 3)
+    [bulk] = tasks.add.enqueue_many([((1, 1), {})])
+    assert Job.objects.filter(pk__in=[result.id, bulk.id]).count() == 2
+    logged = [r for r in caplog.records if "broken processor" in str(r.exc_info)]
+    assert len(logged) == 2 and all(r.levelname == "ERROR" for r in logged)
+    assert "tests.tasks.add" in logged[0].getMessage()
