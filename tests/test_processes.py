@@ -251,7 +251,11 @@ def test_a_timeout_is_judged_by_retry_on_too(workers):
     assert job.attempts == 1
     assert job.errors[0]["exception_class_path"].endswith("JobTimeout")
     wait_until(  # it started afresh in place: its handlers are back
-        lambda: WorkerProcess.objects.filter(pid=process.pid).exists(),
+        lambda: (
+            WorkerProcess.objects.filter(pid=process.pid)
+            .exclude(pk__in=job.worker_ids)
+            .exists()
+        ),
         message="the fresh worker registered",
     )
     process.send_signal(signal.SIGTERM)
