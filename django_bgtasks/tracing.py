@@ -75,16 +75,19 @@ def _enqueue_span(tracer, task_path, queue_name, backend, count):
     }
     if count != 1:
         attributes["messaging.batch.message_count"] = count
-    span = tracer.start_as_current_span(
-        f"enqueue {task_path}", kind=SpanKind.PRODUCER, attributes=attributes
-    )
     what = f"the enqueue of {task_path}"
-    with _logging_its_errors(span, what) as started:
+    with _logging_its_errors(
+        lambda: tracer.start_as_current_span(
+            f"enqueue {task_path}", kind=SpanKind.PRODUCER, attributes=attributes
+        ),
+        what,
+    ) as started:
         carrier: dict[str, str] = {}
         if started is not None:
             try:
                 propagate.inject(carrier)
             except Exception:
+                carrier.clear()  # a part of it may have been written
                 logger.exception("Tracing: no context stored for %s", what)
         yield carrier or None
 
@@ -99,7 +102,11 @@ def running(job):
 
 
 def _run_span(tracer, job):
-    span = tracer.start_as_current_span(
+    return _logging_its_errors(lambda: _start_run_span(tracer, job), f"job {job.pk}")
+
+
+def _start_run_span(tracer, job):
+    return tracer.start_as_current_span(
         f"run {job.task_path}",
         context=_stored(job.trace_context),
         kind=SpanKind.CONSUMER,
@@ -116,18 +123,21 @@ def _run_span(tracer, job):
         record_exception=False,
         set_status_on_exception=False,
     )
-    return _logging_its_errors(span, f"job {job.pk}")
 
 
 @contextlib.contextmanager
-def _logging_its_errors(span_manager, what: str):
-    """``span_manager`` (a current span's), the errors it raises itself
-    logged instead: its value is None if it could not start. What the body
-    raises goes through it, and on."""
+def _logging_its_errors(start_span, what: str):
+    """The current span's context manager that ``start_span()`` makes, the
+    errors it raises itself logged instead: its value is None if it could
+    not start. What the body raises goes through it, and on."""
     try:
+        span_manager = start_span()
         span = span_manager.__enter__()
     except Exception:
         logger.exception("Tracing: no span for %s, which goes on without one", what)
+        span_manager = None
+    if span_manager is None:
+        # Outside the except: the body's own errors are not chained to it.
         yield None
         return
     try:

@@ -6,6 +6,7 @@ own (no other test traces)."""
 import pytest
 
 from django_bgtasks import tracing
+from django_bgtasks.exceptions import InvalidTaskArguments
 from django_bgtasks.models import Job, JobStatus
 from tests import tasks
 from tests.conftest import run_in_process
@@ -173,3 +174,14 @@ def test_a_span_processor_that_raises_harms_no_enqueue(monkeypatch, caplog, at):
     logged = [r for r in caplog.records if "broken processor" in str(r.exc_info)]
     assert len(logged) == 2 and all(r.levelname == "ERROR" for r in logged)
     assert "tests.tasks.add" in logged[0].getMessage()
+
+
+def test_an_enqueues_own_error_is_not_chained_to_a_tracing_error(monkeypatch):
+    broken(monkeypatch, "enqueue ", "start")
+    with pytest.raises(InvalidTaskArguments) as raised:
+        tasks.add.enqueue(object(), 1)  # refused inside the enqueue's span
+    chain, error = [], raised.value
+    while error is not None:
+        chain.append(error)
+        error = error.__context__
+    assert not any("broken processor" in str(error) for error in chain)
