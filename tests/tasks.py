@@ -446,3 +446,14 @@ def ignores_cancel(context, seconds=60.0):
     record_execution(context.task_result, "ignores")
     time.sleep(seconds)
     return "slept"
+
+
+@task
+def uses_a_process_pool(numbers):
+    """Maps over a pool of forked processes, which its ``with`` block ends
+    with SIGTERM (``Pool.terminate``): signals to the task's children are
+    not the worker's."""
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        return pool.map(abs, numbers)

@@ -8,6 +8,8 @@ import signal
 import sys
 import threading
 
+import pytest
+
 from django_bgtasks.worker.pipe import ChildPipe, SupervisorMessages, jobs_stop, wake
 from django_bgtasks.worker.stopping import StopRequests
 from tests.conftest import wait_until
@@ -128,6 +130,31 @@ def test_a_signal_just_before_the_handlers_are_restored_is_heard():
             restore()
     assert (heard, counted) == ([("SIGTERM", 1)], 1)
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+# The child only signals itself and exits: nothing there needs a thread.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")
+def test_a_forked_childs_signals_are_its_own():
+    """A child forked without exec starts with the handlers there were
+    before: SIGTERM ends it, and is no request to the process that forked
+    it."""
+    requests = []
+    stop_requests = StopRequests(
+        lambda source, count: requests.append((source, count)), lambda: False
+    )
+    restore = stop_requests.install_signal_handlers()
+    try:
+        child = os.fork()
+        if child == 0:  # the child: ended by its SIGTERM, or else by 3
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+            finally:
+                os._exit(3)
+        _, status = os.waitpid(child, 0)
+    finally:
+        restore()  # hears what the pipe holds first
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+    assert (requests, stop_requests.count) == ([], 0)
 
 
 def test_a_child_that_cannot_read_its_supervisor_fails_rather_than_stops(caplog):

@@ -239,6 +239,30 @@ def test_a_standalone_worker_replaces_itself_after_a_timeout(workers):
     assert workers.wait(process) == 0
 
 
+def test_a_tasks_forked_children_are_not_the_worker(workers):
+    """A task's children forked without exec (``multiprocessing``'s "fork")
+    do not inherit the worker's signal handling: the SIGTERM that ends them
+    (``Pool.terminate``) ends them, and the worker does not take it for its
+    own stop request."""
+    process = workers.start("--concurrency", "1")
+    pooled = tasks.uses_a_process_pool.enqueue([-1, -2, 3])
+    wait_until(
+        lambda: Job.objects.get(pk=pooled.id).status == JobStatus.SUCCESSFUL,
+        timeout=30,
+        message="the task's pool ended",
+    )
+    assert Job.objects.get(pk=pooled.id).return_value == [1, 2, 3]
+    after = tasks.add.enqueue(1, 2)
+    wait_until(
+        lambda: Job.objects.get(pk=after.id).status == JobStatus.SUCCESSFUL,
+        timeout=30,
+        message="the worker ran on",
+    )
+    assert "received" not in workers.output(process)
+    process.send_signal(signal.SIGTERM)
+    assert workers.wait(process) == 0
+
+
 def test_a_timeout_is_judged_by_retry_on_too(workers):
     result = tasks.overruns_once.enqueue(120.0)  # retries ConnectionError only
     process = workers.start("--concurrency", "1")

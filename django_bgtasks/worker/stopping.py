@@ -11,10 +11,16 @@ A child that gets SIGTERM itself as well as its supervisor's "stop" (a
 signal sent to the whole process group, as systemd's default KillMode
 does) has had one request, not two: each source's requests are counted
 apart, and the worker goes by the larger count.
+
+A process forked from the worker without exec (a task's ``multiprocessing``
+pool, with the "fork" start method) starts with the handlers there were
+before the worker's, and without its wake-up fd: a signal to it (the SIGTERM
+that ``Pool.terminate`` sends) is its own, not a request to the worker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -28,6 +34,8 @@ logger = logging.getLogger("django_bgtasks.worker")
 # until it handles them: one sent earlier is lost, not fatal (its message
 # says the same).
 SUPERVISOR_SIGNALS = {signal.SIGUSR1: 1, signal.SIGUSR2: 2}
+# The byte that ends the thread reading the wake-up fd (no signal is 0).
+_LAST = b"\0"
 
 
 class ForcedExit(Exception):
@@ -123,6 +131,8 @@ class StopRequests:
                 (signum, signal.signal(signum, _no_op)) for signum in SUPERVISOR_SIGNALS
             )
         self._main_thread = threading.get_ident()
+        global _installed
+        _installed = previous, previous_fd, (read_end, write_end)
         watching = threading.Thread(
             target=self._watch_signals,
             args=(read_end,),
@@ -135,13 +145,19 @@ class StopRequests:
             self._main_thread = None  # nothing is raised from now on
             with self._poking:  # and no SIGTERM of ours is on its way
                 pass
+            global _installed
+            _installed = None
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             signal.set_wakeup_fd(previous_fd)
-            os.close(write_end)  # ends the watching thread...
-            # ...once it has heard what the pipe holds: a signal that came
-            # just before is a request the caller acts on (a worker about to
-            # start a fresh program in its place stops instead).
+            # The watching thread ends at the last byte, once it has heard
+            # the ones before: a signal that came just before is a request
+            # the caller acts on (a worker about to start a fresh program in
+            # its place stops instead). Not at the pipe's end, which a
+            # task's forked child may hold open.
+            with contextlib.suppress(OSError):
+                os.write(write_end, _LAST)
+            os.close(write_end)
             watching.join(timeout=5)
 
         return restore
@@ -163,6 +179,8 @@ class StopRequests:
         try:
             while data := os.read(read_end, 64):
                 for signum in data:
+                    if signum == _LAST[0]:
+                        return
                     if signum == signal.SIGTERM and self._pokes_unread:
                         self._pokes_unread -= 1  # sent by _interrupt_main
                     elif signum in (signal.SIGTERM, signal.SIGINT):
@@ -183,3 +201,25 @@ class StopRequests:
 
 def _no_op(signum, frame) -> None:
     """A handler that leaves the work to the wake-up fd's reader."""
+
+
+# While a StopRequests' handlers are installed: the handlers before them,
+# the wake-up fd before its own, and its pipe's two ends.
+_installed: tuple[dict, int, tuple[int, int]] | None = None
+
+
+def _undo_in_forked_child() -> None:
+    """In a child forked without exec: the signal handling there was before
+    the worker's (see the module)."""
+    if _installed is None:
+        return
+    previous, previous_fd, pipe_ends = _installed
+    signal.set_wakeup_fd(previous_fd)
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+    for end in pipe_ends:
+        with contextlib.suppress(OSError):
+            os.close(end)
+
+
+os.register_at_fork(after_in_child=_undo_in_forked_child)
