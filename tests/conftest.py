@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import glob
 import importlib
@@ -84,6 +85,8 @@ class WorkerProcesses:
     def __init__(self, tmp_path: Path):
         self.tmp_path = tmp_path
         self.processes: list[tuple[subprocess.Popen, Path]] = []
+        # Started in a session of their own: killed with what they started.
+        self.sessions: list[int] = []
         self.env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "tests.settings",
@@ -111,6 +114,8 @@ class WorkerProcesses:
                 start_new_session=new_session,
             )
         self.processes.append((process, log))
+        if new_session:
+            self.sessions.append(process.pid)
         return process
 
     def output(self, process: subprocess.Popen) -> str:
@@ -136,6 +141,9 @@ class WorkerProcesses:
         return code, self.output(process)
 
     def stop_all(self) -> None:
+        for session in self.sessions:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(session, signal.SIGKILL)
         for process, _ in self.processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)

@@ -132,29 +132,40 @@ def test_a_signal_just_before_the_handlers_are_restored_is_heard():
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
-# The child only signals itself and exits: nothing there needs a thread.
+# The children only check, signal and exit: nothing there needs a thread.
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")
 def test_a_forked_childs_signals_are_its_own():
     """A child forked without exec starts with the handlers there were
     before: SIGTERM ends it, and is no request to the process that forked
-    it."""
+    it. A signal set apart after the handlers (a supervised worker ignores
+    SIGINT) stays so, and the child's own children keep what it made."""
     requests = []
     stop_requests = StopRequests(
         lambda source, count: requests.append((source, count)), lambda: False
     )
     restore = stop_requests.install_signal_handlers()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         child = os.fork()
-        if child == 0:  # the child: ended by its SIGTERM, or else by 3
+        if child == 0:  # ended by its SIGTERM, or else by a code saying why
             try:
+                if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+                    os._exit(5)
+                ends = os.pipe()  # numbers the worker's pipe had, likely
+                grandchild = os.fork()
+                if grandchild == 0:
+                    os._exit(0 if all(os.fstat(end) for end in ends) else 4)
+                if os.waitstatus_to_exitcode(os.waitpid(grandchild, 0)[1]) != 0:
+                    os._exit(4)
                 os.kill(os.getpid(), signal.SIGTERM)
             finally:
                 os._exit(3)
         _, status = os.waitpid(child, 0)
     finally:
         restore()  # hears what the pipe holds first
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+    assert os.waitstatus_to_exitcode(status) == -signal.SIGTERM
     assert (requests, stop_requests.count) == ([], 0)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_a_child_that_cannot_read_its_supervisor_fails_rather_than_stops(caplog):

@@ -244,7 +244,9 @@ def test_a_tasks_forked_children_are_not_the_worker(workers):
     do not inherit the worker's signal handling: the SIGTERM that ends them
     (``Pool.terminate``) ends them, and the worker does not take it for its
     own stop request."""
-    process = workers.start("--concurrency", "1")
+    # In a session of its own: the pool's processes are killed with it if
+    # the test fails.
+    process = workers.start("--concurrency", "1", new_session=True)
     pooled = tasks.uses_a_process_pool.enqueue([-1, -2, 3])
     wait_until(
         lambda: Job.objects.get(pk=pooled.id).status == JobStatus.SUCCESSFUL,

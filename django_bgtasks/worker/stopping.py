@@ -26,6 +26,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 logger = logging.getLogger("django_bgtasks.worker")
 
@@ -132,7 +133,14 @@ class StopRequests:
             )
         self._main_thread = threading.get_ident()
         global _installed
-        _installed = previous, previous_fd, (read_end, write_end)
+        _installed = _Installed(
+            {
+                signum: (handler, signal.getsignal(signum))
+                for signum, handler in previous.items()
+            },
+            previous_fd,
+            (read_end, write_end),
+        )
         watching = threading.Thread(
             target=self._watch_signals,
             args=(read_end,),
@@ -145,11 +153,11 @@ class StopRequests:
             self._main_thread = None  # nothing is raised from now on
             with self._poking:  # and no SIGTERM of ours is on its way
                 pass
-            global _installed
-            _installed = None
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             signal.set_wakeup_fd(previous_fd)
+            global _installed
+            _installed = None  # the pipe's ends stay open until it is
             # The watching thread ends at the last byte, once it has heard
             # the ones before: a signal that came just before is a request
             # the caller acts on (a worker about to start a fresh program in
@@ -159,6 +167,8 @@ class StopRequests:
                 os.write(write_end, _LAST)
             os.close(write_end)
             watching.join(timeout=5)
+            if not watching.is_alive():
+                os.close(read_end)
 
         return restore
 
@@ -176,21 +186,18 @@ class StopRequests:
             raise ForcedExit(signal.Signals(signum).name)
 
     def _watch_signals(self, read_end: int) -> None:
-        try:
-            while data := os.read(read_end, 64):
-                for signum in data:
-                    if signum == _LAST[0]:
-                        return
-                    if signum == signal.SIGTERM and self._pokes_unread:
-                        self._pokes_unread -= 1  # sent by _interrupt_main
-                    elif signum in (signal.SIGTERM, signal.SIGINT):
-                        self._request("signals", signal.Signals(signum).name)
-                    elif signum in SUPERVISOR_SIGNALS:
-                        self.from_supervisor(
-                            SUPERVISOR_SIGNALS[signum], "the supervisor"
-                        )
-        finally:
-            os.close(read_end)
+        """Read the wake-up fd until its last byte (``restore``, which then
+        closes it)."""
+        while data := os.read(read_end, 64):
+            for signum in data:
+                if signum == _LAST[0]:
+                    return
+                if signum == signal.SIGTERM and self._pokes_unread:
+                    self._pokes_unread -= 1  # sent by _interrupt_main
+                elif signum in (signal.SIGTERM, signal.SIGINT):
+                    self._request("signals", signal.Signals(signum).name)
+                elif signum in SUPERVISOR_SIGNALS:
+                    self.from_supervisor(SUPERVISOR_SIGNALS[signum], "the supervisor")
 
     # A supervisor's messages ----------------------------------------------------
 
@@ -203,21 +210,31 @@ def _no_op(signum, frame) -> None:
     """A handler that leaves the work to the wake-up fd's reader."""
 
 
-# While a StopRequests' handlers are installed: the handlers before them,
-# the wake-up fd before its own, and its pipe's two ends.
-_installed: tuple[dict, int, tuple[int, int]] | None = None
+class _Installed(NamedTuple):
+    """A StopRequests' signal handling, while it is installed."""
+
+    handlers: dict[int, tuple[Any, Any]]  # by signal: before, and its own
+    previous_fd: int  # the wake-up fd before its own
+    pipe_ends: tuple[int, int]  # the wake-up pipe's
+
+
+_installed: _Installed | None = None
 
 
 def _undo_in_forked_child() -> None:
     """In a child forked without exec: the signal handling there was before
-    the worker's (see the module)."""
-    if _installed is None:
+    the worker's (see the module), for each signal still handled as the
+    worker handles it (a supervised child ignores SIGINT: so do its
+    tasks' processes)."""
+    global _installed
+    installed, _installed = _installed, None  # and none in its own children
+    if installed is None:
         return
-    previous, previous_fd, pipe_ends = _installed
-    signal.set_wakeup_fd(previous_fd)
-    for signum, handler in previous.items():
-        signal.signal(signum, handler)
-    for end in pipe_ends:
+    signal.set_wakeup_fd(installed.previous_fd)
+    for signum, (before, own) in installed.handlers.items():
+        if signal.getsignal(signum) == own:
+            signal.signal(signum, before)
+    for end in installed.pipe_ends:
         with contextlib.suppress(OSError):
             os.close(end)
 
