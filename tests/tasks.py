@@ -4,6 +4,7 @@ backend come through it or through ``django_bgtasks.task``."""
 
 import inspect
 import os
+import signal
 import socket
 import sys
 import threading
@@ -449,11 +450,24 @@ def ignores_cancel(context, seconds=60.0):
 
 
 @task
-def uses_a_process_pool(numbers):
-    """Maps over a pool of forked processes, which its ``with`` block ends
-    with SIGTERM (``Pool.terminate``): signals to the task's children are
-    not the worker's."""
-    import multiprocessing
-
-    with multiprocessing.get_context("fork").Pool(2) as pool:
-        return pool.map(abs, numbers)
+def forks_children_that_are_terminated():
+    """Forks two children without exec and ends each with SIGTERM: the first
+    sends it to itself, the second gets it from this thread as soon as it
+    is forked (as a pool's terminate may, before the child has run a line).
+    Returns their exit codes, -15 each where SIGTERM ends them: a task's
+    children's signals are theirs, not the worker's."""
+    codes = []
+    for by_itself in (True, False):
+        child = os.fork()
+        if child == 0:
+            try:
+                if by_itself:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                else:
+                    time.sleep(2)  # not ended by the SIGTERM: ends with 3
+            finally:
+                os._exit(3)
+        if not by_itself:
+            os.kill(child, signal.SIGTERM)
+        codes.append(os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]))
+    return codes

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 import pytest
 
@@ -146,6 +147,14 @@ def test_a_forked_childs_signals_are_its_own():
     restore = stop_requests.install_signal_handlers()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
+        at_once = os.fork()  # signalled before it may have run a line
+        if at_once == 0:
+            try:
+                time.sleep(2)  # not ended by the SIGTERM: ends with 3
+            finally:
+                os._exit(3)
+        os.kill(at_once, signal.SIGTERM)
+        _, at_once_status = os.waitpid(at_once, 0)
         child = os.fork()
         if child == 0:  # ended by its SIGTERM, or else by a code saying why
             try:
@@ -164,6 +173,7 @@ def test_a_forked_childs_signals_are_its_own():
     finally:
         restore()  # hears what the pipe holds first
     assert os.waitstatus_to_exitcode(status) == -signal.SIGTERM
+    assert os.waitstatus_to_exitcode(at_once_status) == -signal.SIGTERM
     assert (requests, stop_requests.count) == ([], 0)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 

@@ -240,20 +240,20 @@ def test_a_standalone_worker_replaces_itself_after_a_timeout(workers):
 
 
 def test_a_tasks_forked_children_are_not_the_worker(workers):
-    """A task's children forked without exec (``multiprocessing``'s "fork")
-    do not inherit the worker's signal handling: the SIGTERM that ends them
-    (``Pool.terminate``) ends them, and the worker does not take it for its
-    own stop request."""
-    # In a session of its own: the pool's processes are killed with it if
-    # the test fails.
+    """A task's children forked without exec (as ``multiprocessing``'s
+    "fork" pools are) do not inherit the worker's signal handling, even
+    when signalled as soon as they are forked: SIGTERM ends them, and the
+    worker does not take it for its own stop request."""
+    # In a session of its own: its task's children go with it if it fails.
     process = workers.start("--concurrency", "1", new_session=True)
-    pooled = tasks.uses_a_process_pool.enqueue([-1, -2, 3])
+    forking = tasks.forks_children_that_are_terminated.enqueue()
     wait_until(
-        lambda: Job.objects.get(pk=pooled.id).status == JobStatus.SUCCESSFUL,
+        lambda: Job.objects.get(pk=forking.id).finished_at is not None,
         timeout=30,
-        message="the task's pool ended",
+        message="the forking task ended",
     )
-    assert Job.objects.get(pk=pooled.id).return_value == [1, 2, 3]
+    job = Job.objects.get(pk=forking.id)
+    assert (job.status, job.return_value) == (JobStatus.SUCCESSFUL, [-15, -15])
     after = tasks.add.enqueue(1, 2)
     wait_until(
         lambda: Job.objects.get(pk=after.id).status == JobStatus.SUCCESSFUL,

@@ -219,24 +219,46 @@ class _Installed(NamedTuple):
 
 
 _installed: _Installed | None = None
+# The forking thread's signal mask before the fork, while it is blocked.
+_forking = threading.local()
+
+
+def _block_until_forked() -> None:
+    """Before a fork: block the worker's signals in the forking thread, whose
+    mask the child inherits, so that one sent to the child before it has
+    undone the worker's handling (at once, as a pool's terminate may) waits
+    until it has. The worker's other threads hear them meanwhile."""
+    if _installed is not None:
+        _forking.mask = signal.pthread_sigmask(signal.SIG_BLOCK, _installed.handlers)
+
+
+def _unblock_after_fork() -> None:
+    mask = getattr(_forking, "mask", None)
+    if mask is not None:
+        _forking.mask = None
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _undo_in_forked_child() -> None:
     """In a child forked without exec: the signal handling there was before
     the worker's (see the module), for each signal still handled as the
     worker handles it (a supervised child ignores SIGINT: so do its
-    tasks' processes)."""
+    tasks' processes); then a signal sent to it meanwhile is delivered."""
     global _installed
     installed, _installed = _installed, None  # and none in its own children
-    if installed is None:
-        return
-    signal.set_wakeup_fd(installed.previous_fd)
-    for signum, (before, own) in installed.handlers.items():
-        if signal.getsignal(signum) == own:
-            signal.signal(signum, before)
-    for end in installed.pipe_ends:
-        with contextlib.suppress(OSError):
-            os.close(end)
+    if installed is not None:
+        signal.set_wakeup_fd(installed.previous_fd)
+        for signum, (before, own) in installed.handlers.items():
+            if signal.getsignal(signum) == own:
+                signal.signal(signum, before)
+        for end in installed.pipe_ends:
+            with contextlib.suppress(OSError):
+                os.close(end)
+    _unblock_after_fork()
 
 
-os.register_at_fork(after_in_child=_undo_in_forked_child)
+os.register_at_fork(
+    before=_block_until_forked,
+    after_in_parent=_unblock_after_fork,
+    after_in_child=_undo_in_forked_child,
+)
