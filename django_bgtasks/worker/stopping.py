@@ -229,7 +229,10 @@ def _block_until_forked() -> None:
     undone the worker's handling (at once, as a pool's terminate may) waits
     until it has. The worker's other threads hear them meanwhile."""
     if _installed is not None:
-        _forking.mask = signal.pthread_sigmask(signal.SIG_BLOCK, _installed.handlers)
+        # The mask kept first: blocking runs the handlers of signals due,
+        # which may raise (ForcedExit, on the main thread).
+        _forking.mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+        signal.pthread_sigmask(signal.SIG_BLOCK, _installed.handlers)
 
 
 def _unblock_after_fork() -> None:
