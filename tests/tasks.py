@@ -449,25 +449,28 @@ def ignores_cancel(context, seconds=60.0):
     return "slept"
 
 
+def terminated_child(*, by_itself: bool) -> int:
+    """Fork a child without exec and end it with SIGTERM, sent by the child
+    itself or by this thread as soon as it is forked (as a pool's terminate
+    may, before the child has run a line). Its exit code: -15 where SIGTERM
+    ended it, 3 where it did not."""
+    child = os.fork()
+    if child == 0:
+        try:
+            if by_itself:
+                os.kill(os.getpid(), signal.SIGTERM)
+            else:
+                time.sleep(2)  # not ended by the SIGTERM: ends with 3
+        finally:
+            os._exit(3)
+    if not by_itself:
+        os.kill(child, signal.SIGTERM)
+    return os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+
+
 @task
 def forks_children_that_are_terminated():
-    """Forks two children without exec and ends each with SIGTERM: the first
-    sends it to itself, the second gets it from this thread as soon as it
-    is forked (as a pool's terminate may, before the child has run a line).
-    Returns their exit codes, -15 each where SIGTERM ends them: a task's
+    """Forks two children, ends each with SIGTERM (``terminated_child``) and
+    returns their exit codes, -15 each where SIGTERM ends them: a task's
     children's signals are theirs, not the worker's."""
-    codes = []
-    for by_itself in (True, False):
-        child = os.fork()
-        if child == 0:
-            try:
-                if by_itself:
-                    os.kill(os.getpid(), signal.SIGTERM)
-                else:
-                    time.sleep(2)  # not ended by the SIGTERM: ends with 3
-            finally:
-                os._exit(3)
-        if not by_itself:
-            os.kill(child, signal.SIGTERM)
-        codes.append(os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]))
-    return codes
+    return [terminated_child(by_itself=True), terminated_child(by_itself=False)]

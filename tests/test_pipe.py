@@ -7,13 +7,13 @@ import os
 import signal
 import sys
 import threading
-import time
 
 import pytest
 
 from django_bgtasks.worker.pipe import ChildPipe, SupervisorMessages, jobs_stop, wake
 from django_bgtasks.worker.stopping import StopRequests
 from tests.conftest import wait_until
+from tests.tasks import terminated_child
 
 
 def test_a_full_pipe_refuses_a_line_whole_and_never_blocks():
@@ -147,14 +147,8 @@ def test_a_forked_childs_signals_are_its_own():
     restore = stop_requests.install_signal_handlers()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        at_once = os.fork()  # signalled before it may have run a line
-        if at_once == 0:
-            try:
-                time.sleep(2)  # not ended by the SIGTERM: ends with 3
-            finally:
-                os._exit(3)
-        os.kill(at_once, signal.SIGTERM)
-        _, at_once_status = os.waitpid(at_once, 0)
+        # Signalled before it may have run a line.
+        at_once = terminated_child(by_itself=False)
         child = os.fork()
         if child == 0:  # ended by its SIGTERM, or else by a code saying why
             try:
@@ -173,7 +167,7 @@ def test_a_forked_childs_signals_are_its_own():
     finally:
         restore()  # hears what the pipe holds first
     assert os.waitstatus_to_exitcode(status) == -signal.SIGTERM
-    assert os.waitstatus_to_exitcode(at_once_status) == -signal.SIGTERM
+    assert at_once == -signal.SIGTERM
     assert (requests, stop_requests.count) == ([], 0)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 

@@ -36,7 +36,7 @@ logger = logging.getLogger("django_bgtasks.worker")
 # says the same).
 SUPERVISOR_SIGNALS = {signal.SIGUSR1: 1, signal.SIGUSR2: 2}
 # The byte that ends the thread reading the wake-up fd (no signal is 0).
-_LAST = b"\0"
+_LAST = 0
 
 
 class ForcedExit(Exception):
@@ -164,7 +164,7 @@ class StopRequests:
             # its place stops instead). Not at the pipe's end, which a
             # task's forked child may hold open.
             with contextlib.suppress(OSError):
-                os.write(write_end, _LAST)
+                os.write(write_end, bytes([_LAST]))
             os.close(write_end)
             watching.join(timeout=5)
             if not watching.is_alive():
@@ -190,7 +190,7 @@ class StopRequests:
         closes it)."""
         while data := os.read(read_end, 64):
             for signum in data:
-                if signum == _LAST[0]:
+                if signum == _LAST:
                     return
                 if signum == signal.SIGTERM and self._pokes_unread:
                     self._pokes_unread -= 1  # sent by _interrupt_main
