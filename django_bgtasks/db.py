@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from django.db import (
     DatabaseError,
@@ -213,7 +213,11 @@ def _sqlite_now() -> str:
     only millisecond precision: a job enqueued in the same millisecond
     would not yet be due. The process's time, as Django stores it (text in
     UTC, compared as text), has microseconds."""
-    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return _sqlite_text(datetime.now(UTC))
+
+
+def _sqlite_text(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def id_list(ids) -> str:
@@ -293,14 +297,37 @@ def mariadb_json_table(connection) -> bool:
     )
 
 
-def now_sql(connection) -> str:
+def now_sql(connection, at_micros: int | None = None) -> str:
     """``DatabaseNow`` as SQL text for ``connection``'s database, for the
-    statements written by hand (the claim)."""
+    statements written by hand (the claim); or, given ``at_micros``
+    (``micros_since_1970``), that moment, read from the database's clock
+    before: a claim's UPDATE stamps the time its read or its tokens had
+    (MySQL/MariaDB, SQLite)."""
+    if at_micros is not None:
+        if connection.vendor == "sqlite":
+            return f"'{_sqlite_text(moment_of_micros(at_micros))}'"
+        if connection.vendor == "mysql":
+            return f"TIMESTAMPADD(MICROSECOND, {at_micros:d}, {_EPOCH_MYSQL})"
+        raise NotImplementedError(connection.vendor)
     if connection.vendor == "sqlite":
         return f"'{_sqlite_now()}'"
     return {"postgresql": "STATEMENT_TIMESTAMP()", "mysql": "UTC_TIMESTAMP(6)"}[
         connection.vendor
     ]
+
+
+def micros_since_1970(moment: datetime) -> int:
+    """The aware ``moment`` in whole microseconds since 1970 (UTC), exactly."""
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def moment_of_micros(micros: int) -> datetime:
+    """``micros_since_1970``'s inverse: an aware moment in UTC."""
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_MYSQL = "TIMESTAMP'1970-01-01 00:00:00'"
 
 
 def database_now(using: str) -> datetime:

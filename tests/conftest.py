@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -170,6 +171,26 @@ def garbage_collector_restored():
         gc.enable()
     else:
         gc.disable()
+
+
+def lose_this_connection() -> None:
+    """MySQL/MariaDB: end this thread's connection to the test database from
+    another (a KILL, as a server restart or a network cut would); its next
+    statement raises the driver's own error."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT CONNECTION_ID()")
+        victim = cursor.fetchone()[0]
+
+    def kill() -> None:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(f"KILL {int(victim)}")
+        finally:
+            connection.close()
+
+    killer = threading.Thread(target=kill)
+    killer.start()
+    killer.join(30)
 
 
 def kill_other_connections() -> int:

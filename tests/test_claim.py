@@ -19,7 +19,11 @@ from django_bgtasks.sql import claimed as claimed_module
 from django_bgtasks.sql.claim import claim_jobs
 from django_bgtasks.sql.claimed import NOT_RETURNED
 from tests import tasks
-from tests.conftest import read_on_another_connection, run_in_process
+from tests.conftest import (
+    lose_this_connection,
+    read_on_another_connection,
+    run_in_process,
+)
 from tests.factories import make_job
 from tests.tasks import echo
 
@@ -565,6 +569,46 @@ def test_a_mysql_claim_whose_connection_dies_inside_its_transaction_fails_cleanl
     assert [
         job.pk for job in claim_jobs("default", worker_id=None, queues=None, limit=5)
     ] == [waiting]
+
+
+@pytest.mark.parametrize("committed", [True, False])
+def test_a_mysql_claim_whose_commit_goes_unanswered_keeps_what_it_claimed(committed):
+    """The connection dies as the claim commits (a server's KILL or restart
+    may end it after the commit and before its answer): the claim cannot
+    tell from the error whether it claimed. Committed, its jobs are RUNNING
+    for this worker and known to no one else: the claim must return them
+    (left unread, they would wait for the worker to stop). Undone, it
+    returns nothing and the jobs wait, unclaimed."""
+    if connection.vendor != "mysql":
+        pytest.skip("MySQL/MariaDB only: the claim's COMMIT is its own statement")
+    ids = [enqueue(0, "default") for _ in range(3)]
+
+    def around_the_commit(execute, sql, params, many, context):
+        if sql != "COMMIT":
+            return execute(sql, params, many, context)
+        if committed:
+            execute(sql, params, many, context)
+            lose_this_connection()
+            # The killed connection's next read: the driver's own error.
+            return execute("SELECT 1", None, many, context)
+        lose_this_connection()
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(around_the_commit):
+        claimed = claim_jobs("default", worker_id="w1", queues=None, limit=2)
+    if committed:
+        assert sorted(job.pk for job in claimed) == ids[:2]
+        assert all(job.status == JobStatus.RUNNING for job in claimed)
+        assert all(job.worker_id == "w1" for job in claimed)
+    else:
+        assert claimed == []
+    rows = Job.objects.order_by("pk").values_list("status", "attempts", "worker_id")
+    running = [(JobStatus.RUNNING, 1, "w1")] * 2
+    ready = [(JobStatus.READY, 0, None)]
+    assert list(rows) == (running + ready if committed else ready * 3)
+    # The connection was opened again: the next claim takes what is left.
+    left = claim_jobs("default", worker_id="w1", queues=None, limit=5)
+    assert sorted(job.pk for job in left) == (ids[2:] if committed else ids)
 
 
 def test_a_claim_of_no_queue_claims_nothing():

@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import time
 
 from django.db import (
     IntegrityError,
@@ -37,7 +36,6 @@ from django.utils import timezone
 from ..db import (
     CONNECTION_ERRORS,
     database_now,
-    discard_connection,
     id_list,
     in_plain_transaction,
     is_deadlock,
@@ -53,6 +51,7 @@ from .claimed import (
     CLAIM_SET,
     PAUSED_QUEUES,
     RETURNING,
+    claimed_after_all,
     jobs_from,
     jobs_read,
     lean_columns,
@@ -61,6 +60,7 @@ from .claimed import (
     micros_sql,
     named_params,
     queue_literal,
+    read_again,
     refuse_lean,
     set_params,
 )
@@ -124,15 +124,7 @@ def _load(using: str, ids: list[int]) -> tuple[list[Job], dict[int, Exception]]:
     cannot be read, with why. The jobs are this worker's now: a connection
     lost meanwhile is opened again and the read tried again (a few times,
     then the error is raised), never taken for a row that cannot be read."""
-    pause = 0.2
-    for _ in range(LOAD_TRIES - 1):
-        try:
-            return _read(using, ids)
-        except CONNECTION_ERRORS:
-            discard_connection(using)
-            time.sleep(pause)
-            pause *= 2
-    return _read(using, ids)  # the last try: its error is raised
+    return read_again(using, lambda: _read(using, ids))
 
 
 def _read(using: str, ids: list[int]) -> tuple[list[Job], dict[int, Exception]]:
@@ -152,11 +144,6 @@ def _read(using: str, ids: list[int]) -> tuple[list[Job], dict[int, Exception]]:
         except Exception as exc:
             unreadable[pk] = exc
     return loaded, unreadable
-
-
-# Reads of the claimed jobs (MySQL, SQLite) before a lost connection's error
-# is raised: about 3 s of pauses in all.
-LOAD_TRIES = 5
 
 
 def _claim_postgresql(connection, *, worker_id, queues, limit):
@@ -360,16 +347,36 @@ def _claim_ids_mysql(connection, **claim):
     """Claim in one transaction (``_claim_ids_in_transaction``, given
     ``claim``): the ids claimed, the rows its locking read returned by id
     (if any), and the claim's time."""
-    try:
-        with statements_in_one_transaction(connection, isolation="REPEATABLE READ"):
-            return _claim_ids_in_transaction(connection, **claim)
-    except _CorruptRows:
-        # Rare: rows to fail, and their workflow steps with them, through
-        # the ORM (select_for_update): in a transaction Django knows of.
-        with statements_in_one_transaction(
-            connection, isolation="REPEATABLE READ", django_knows=True
-        ):
-            return _claim_ids_in_transaction(connection, **claim)
+    own = connection.get_autocommit()
+    # Rare, the second: rows to fail, and their workflow steps with them,
+    # through the ORM (select_for_update): in a transaction Django knows of.
+    for django_knows in (False, True):
+        claimed = None
+        try:
+            with statements_in_one_transaction(
+                connection, isolation="REPEATABLE READ", django_knows=django_knows
+            ):
+                claimed = _claim_ids_in_transaction(connection, **claim)
+            return claimed
+        except _CorruptRows:
+            continue
+        except CONNECTION_ERRORS:
+            if not own or claimed is None or not claimed[0]:
+                raise  # before its commit: the server undid the claim
+            # The connection was lost as it committed (a server that ends a
+            # connection, KILL or restart, may do so after the commit and
+            # before its answer): whether it committed, only the rows say.
+            return _claimed_after_all(connection, claimed, claim["worker_id"])
+    raise AssertionError("unreachable")
+
+
+def _claimed_after_all(connection, claimed, worker_id):
+    """``claimed_after_all`` of a claim (``_claim_ids_in_transaction``'s
+    result) whose commit went unanswered: what it claimed, with its rows."""
+    ids, rows, now_micros = claimed
+    found = set(claimed_after_all(connection, ids, worker_id, now_micros))
+    ids = [pk for pk in ids if pk in found]
+    return ids, {pk: row for pk, row in rows.items() if pk in found}, now_micros
 
 
 class _CorruptRows(Exception):
@@ -483,21 +490,14 @@ _APPEND_WORKER = {
 }
 
 
-_EPOCH_SQL = "TIMESTAMP'1970-01-01 00:00:00'"
-
-
 def _mark_claimed(connection, table, ids, worker_id, now_micros=None) -> None:
     """Mark the jobs ``ids`` claimed by ``worker_id`` (MySQL/MariaDB,
-    SQLite), in one UPDATE, at the database's time now or (MySQL/MariaDB)
-    at ``now_micros``, the time the claim read its jobs."""
-    now = (
-        now_sql(connection)
-        if now_micros is None
-        else f"TIMESTAMPADD(MICROSECOND, {now_micros:d}, {_EPOCH_SQL})"
-    )
+    SQLite), in one UPDATE, at the database's time now or at
+    ``now_micros`` (microseconds since 1970), the time the claim read its
+    jobs or took their tokens."""
     claim_set = CLAIM_SET.format(
         job=table,
-        now=now,
+        now=now_sql(connection, now_micros),
         append=_APPEND_WORKER[connection.vendor],
     )
     # By the primary key, named on MySQL/MariaDB: at REPEATABLE READ a plan
@@ -573,9 +573,9 @@ def _fail_corrupt(connection, ids) -> set[int]:
 # by its transaction: each returns the ids to read once it commits.
 
 
-def _claim_ids_sqlite(connection, ids, worker_id):
+def _claim_ids_sqlite(connection, ids, worker_id, now_micros=None):
     table = connection.ops.quote_name(Job._meta.db_table)
-    _mark_claimed(connection, table, ids, worker_id)
+    _mark_claimed(connection, table, ids, worker_id, now_micros)
     return ids
 
 

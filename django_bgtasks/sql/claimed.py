@@ -6,11 +6,18 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 
-from ..db import CONNECTION_ERRORS, id_list, still_answers
+from ..db import (
+    CONNECTION_ERRORS,
+    discard_connection,
+    id_list,
+    moment_of_micros,
+    still_answers,
+)
 from ..models import Job, JobStatus, Queue
 from ..private_api import model_from_row
 
@@ -355,3 +362,61 @@ def lean_jobs(connection, rows, *, claimed_by=None, now_micros=None) -> list[Job
 
 
 _LEAN_JSON_AT = len(_LEAN_PLAIN) + len(_LEAN_TIMES)
+
+
+# Reads of claimed jobs after a lost connection (MySQL, SQLite) before its
+# error is raised: about 3 s of pauses in all.
+LOAD_TRIES = 5
+
+
+def read_again(using: str, read):
+    """``read()``, a read of jobs this worker has claimed, so one that must
+    not be given up at the first lost connection: opened again and tried
+    again (``LOAD_TRIES`` in all, with pauses); the last try's error is
+    raised."""
+    pause = 0.2
+    for _ in range(LOAD_TRIES - 1):
+        try:
+            return read()
+        except CONNECTION_ERRORS:
+            discard_connection(using)
+            time.sleep(pause)
+            pause *= 2
+    return read()
+
+
+def claimed_after_all(connection, ids, worker_id, now_micros=None) -> list[int]:
+    """The ids among ``ids`` that a claim (MySQL/MariaDB) whose commit went
+    unanswered did claim: a server that ends a connection (KILL, restart)
+    may do so after the commit and before its answer, and only the rows
+    can tell. Its jobs are those RUNNING for ``worker_id`` (and, if the
+    claim stamped ``now_micros``, a time it had read, last attempted then):
+    its locking reads held them READY until its end, and a worker's claims
+    on MySQL/MariaDB are its main loop's alone. Left unread, they would
+    stay RUNNING for a live worker that knows nothing of them. Read on a
+    new connection, tried again as ``read_again``; if the database stays
+    away, its error is raised (the jobs are put back when the worker stops:
+    ``Lease.give_back`` asks the database)."""
+    kept = Job.objects.using(connection.alias).filter(
+        pk__in=ids, status=JobStatus.RUNNING, worker_id=worker_id
+    )
+    if now_micros is not None:
+        kept = kept.filter(last_attempted_at=moment_of_micros(now_micros))
+    discard_connection(connection.alias)
+    try:
+        found = read_again(
+            connection.alias, lambda: list(kept.values_list("pk", flat=True))
+        )
+    except CONNECTION_ERRORS:
+        logger.error(
+            "A claim's commit went unanswered and the database cannot be read: "
+            "job(s) %s may stay RUNNING for this worker until it stops",
+            ", ".join(map(str, ids)),
+        )
+        raise
+    logger.warning(
+        "A claim's commit went unanswered: %d of its %d job(s) were claimed",
+        len(found),
+        len(ids),
+    )
+    return found

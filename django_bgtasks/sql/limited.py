@@ -39,7 +39,7 @@ import time
 from django.db import DatabaseError, transaction
 from django.db.models import Count, Q
 
-from ..db import database_now, now_sql
+from ..db import CONNECTION_ERRORS, database_now, micros_since_1970, now_sql
 from ..limits import QUEUE_PREFIX, Admission, DeclaredLimits, limit_name
 from ..locking import lock_for_writing
 from ..models import Job, JobStatus, LimitState, Queue
@@ -48,6 +48,7 @@ from .claimed import (
     ID_AT,
     PAUSED_QUEUES,
     RETURNING,
+    claimed_after_all,
     jobs_from,
     named_params,
     queue_literal,
@@ -112,16 +113,31 @@ def _round(connection, worker_id, queues, limit, declared, claim_ids):
         .select_for_update(skip_locked=True)
         .values_list("id", "queue_name", "limit_key", "priority", "run_after")
     )
-    with transaction.atomic(using=using):
-        # SQLite: its one write lock, taken first, is what makes claims
-        # take turns (and the reads below current).
-        lock_for_writing(Job, using)
-        candidates = _candidates(connection, due, queues, limit + EXTRA_SCANNED)
-        if not _limit_rows(candidates, declared):
-            # Jobs of no limit only: nothing to count again.
-            ids = [row[0] for row in candidates[:limit]]
-            return [claim_ids(connection, ids, worker_id)] if ids else [], False
-        return _admit(connection, candidates, limit, declared, claim_ids, worker_id)
+    own = connection.get_autocommit()
+    claimed = None
+    try:
+        with transaction.atomic(using=using):
+            # SQLite: its one write lock, taken first, is what makes claims
+            # take turns (and the reads below current).
+            lock_for_writing(Job, using)
+            candidates = _candidates(connection, due, queues, limit + EXTRA_SCANNED)
+            if not _limit_rows(candidates, declared):
+                # Jobs of no limit only: nothing to count again.
+                ids = [row[0] for row in candidates[:limit]]
+                claimed = [claim_ids(connection, ids, worker_id)] if ids else [], False
+            else:
+                claimed = _admit(
+                    connection, candidates, limit, declared, claim_ids, worker_id
+                )
+    except CONNECTION_ERRORS:
+        if connection.vendor != "mysql" or not own or not (claimed and claimed[0]):
+            raise  # SQLite's, or before its commit: the claim was undone
+        # Its commit went unanswered (``claimed_after_all``).
+        parts, held_back = claimed
+        ids = [pk for part in parts for pk in part]
+        kept = claimed_after_all(connection, ids, worker_id)
+        return ([kept] if kept else []), held_back
+    return claimed
 
 
 def _admit(connection, candidates, limit, declared, claim_ids, worker_id):
@@ -146,7 +162,9 @@ def _admit(connection, candidates, limit, declared, claim_ids, worker_id):
     held_back = len(chosen) < min(limit, len(candidates))
     if not chosen:
         return [], held_back
-    claimed = claim_ids(connection, chosen, worker_id)
+    # Stamped started at the moment they took their tokens: a job's start
+    # is then exactly where the rate's bucket put it.
+    claimed = claim_ids(connection, chosen, worker_id, micros_since_1970(now))
     states = LimitState.objects.using(using)
     for name in admission.taken:
         states.filter(name=name).update(tokens=admission.tokens[name], refilled_at=now)
@@ -521,17 +539,20 @@ def _texts(connection, shape, one, declared, undeclared) -> tuple[list[str], dic
             {order} LIMIT {var("limit")}
         )"""
     )
-    claim_set = CLAIM_SET.format(
-        job="job", now=db_now, append="job.worker_ids || jsonb_build_array(%s::text)"
-    )
-    # CLAIM_SET's placeholders, in order: the status, then the worker twice
-    # (as two parameters: one a varchar, one text, for the PREPARE).
-    claim_set = claim_set.replace("%s", var("status"), 1)
-    claim_set = claim_set.replace("%s", var("worker"), 1)
-    claim_set = claim_set.replace("%s", var("worker_text"))
+
+    def claim_set(now):
+        text = CLAIM_SET.format(
+            job="job", now=now, append="job.worker_ids || jsonb_build_array(%s::text)"
+        )
+        # CLAIM_SET's placeholders, in order: the status, then the worker
+        # twice (as two parameters: a varchar and a text, for the PREPARE).
+        text = text.replace("%s", var("status"), 1)
+        text = text.replace("%s", var("worker"), 1)
+        return text.replace("%s", var("worker_text"))
+
     ctes.append(
         f"""claimed AS (
-            UPDATE {table} AS job SET {claim_set}
+            UPDATE {table} AS job SET {claim_set(db_now)}
             WHERE job.id = ANY (ARRAY(SELECT id FROM top WHERE top.free))
             RETURNING {RETURNING}
         )"""
@@ -617,15 +638,20 @@ def _texts(connection, shape, one, declared, undeclared) -> tuple[list[str], dic
                 AND limit_key IN (SELECT limit_key FROM c WHERE key_row IS NOT NULL)
             GROUP BY limit_key
         ), running_queues AS ({running_queues}
+        ), moment AS (
+            -- The claim's moment, at which it takes its tokens and stamps
+            -- its jobs started. This message's time may be before that of
+            -- a claim that wrote a row it holds last: the buckets' clock
+            -- never goes back.
+            SELECT GREATEST({db_now}, max(refilled_at)) AS at FROM {states}
+            WHERE name IN (SELECT name FROM held)
         ), buckets AS (
             SELECT s.name, CASE WHEN s.tokens IS NULL THEN b.n
-                ELSE LEAST(b.n, s.tokens + GREATEST(coalesce(
-                    date_part('epoch', {db_now} - s.refilled_at), 0), 0) * b.n / b.per)
+                ELSE LEAST(b.n, s.tokens + coalesce(
+                    date_part('epoch', m.at - s.refilled_at), 0) * b.n / b.per)
                 END AS tokens,
-                -- This message's time may be before that of the claim that
-                -- wrote the row last: the bucket's clock never goes back.
-                GREATEST(s.refilled_at, {db_now}) AS refilled_at
-            FROM {states} s JOIN {rates} ON s.name = b.name
+                m.at AS refilled_at
+            FROM {states} s JOIN {rates} ON s.name = b.name CROSS JOIN moment m
             WHERE s.name IN (SELECT name FROM held)
         ), ranked AS (
             SELECT c.*,
@@ -662,7 +688,7 @@ def _texts(connection, shape, one, declared, undeclared) -> tuple[list[str], dic
             ORDER BY ord
             LIMIT (SELECT count(*) FROM kept) - (SELECT count(*) FROM chosen)
         ), claimed AS (
-            UPDATE {table} AS job SET {claim_set}
+            UPDATE {table} AS job SET {claim_set("(SELECT at FROM moment)")}
             WHERE job.id = ANY (ARRAY(
                 SELECT id FROM chosen UNION ALL SELECT id FROM fill
             ))
