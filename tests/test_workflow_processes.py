@@ -50,17 +50,23 @@ class Pool:
         self.watch = watch
         self.alive = {}  # pid -> Popen
 
-    def start(self, count: int = 1) -> None:
-        started = []
+    def start(self, count: int = 1, *, wait: bool = True) -> None:
+        """Start ``count`` more processes; with ``wait``, until they have
+        registered (``registered``)."""
         for _ in range(count):
             process = self.workers.start(*self.args, env=FAST_RESCUE)
             self.alive[process.pid] = process
-            started.append(process.pid)
-        registered = WorkerProcess.objects.filter(pid__in=started)
+        if wait:
+            self.registered()
+
+    def registered(self) -> None:
+        """Wait until every live process has registered (its signal
+        handlers are in place by then: ``stop`` may end it)."""
+        rows = WorkerProcess.objects.filter(pid__in=list(self.alive))
         wait_until(
-            watching(self.watch, lambda: registered.count() == len(started)),
-            timeout=60,
-            message=f"{count} worker process(es) registered",
+            watching(self.watch, lambda: rows.count() == len(self.alive)),
+            timeout=120,
+            message=f"{len(self.alive)} worker process(es) registered",
         )
 
     def kill(self, pid: int) -> None:
@@ -69,6 +75,7 @@ class Pool:
         process.wait(10)
 
     def stop(self) -> None:
+        self.registered()
         for process in self.alive.values():
             process.send_signal(signal.SIGTERM)
         for process in self.alive.values():
@@ -216,7 +223,7 @@ def test_workflows_lose_and_double_no_step_while_workers_are_killed(workers):
                 consistency.check,
                 lambda: running_steps(ids, list(pool.alive)) or ended(ids),
             ),
-            timeout=30,
+            timeout=120,
             message="a step running, or the workflows ended",
         )
         if target is True:
@@ -224,11 +231,13 @@ def test_workflows_lose_and_double_no_step_while_workers_are_killed(workers):
         pid, job_id, claim = rng.choice(target)
         pool.kill(pid)
         kills.append((pid, job_id, claim))
-        pool.start()  # its replacement, and the pace of the kills
+        # Its replacement, not waited for: on a slow machine a process takes
+        # seconds to start, and the workflows would end before the kills.
+        pool.start(wait=False)
 
     wait_until(
         watching(consistency.check, partial(ended, ids)),
-        timeout=60,
+        timeout=180,
         message="every step ended",
     )
     took = time.monotonic() - began
