@@ -91,11 +91,15 @@ def cancel_query(using: str) -> None:
 
 def close_idle_connections() -> None:
     """Close this thread's connections (it has been idle for
-    IDLE_CONNECTION_SECONDS); a dead one's error is dropped: the thread
-    must go on."""
+    IDLE_CONNECTION_SECONDS); a dead one's error is dropped, and any other
+    is logged: the thread (a job thread, the completer) must go on."""
     for connection in connections.all(initialized_only=True):
-        with contextlib.suppress(DatabaseError):
+        try:
             connection.close()
+        except DatabaseError:
+            pass
+        except Exception:
+            logger.exception("Closing the idle connection %r failed", connection.alias)
 
 
 def tidy_connections() -> None:

@@ -257,6 +257,26 @@ def beating(process, **options):
         heartbeat.join(timeout=5)
 
 
+def test_closing_idle_connections_survives_any_error(monkeypatch, caplog):
+    """A job thread, the completer and a supervised child's message thread
+    close their connections when idle: an error of a database backend's
+    ``close`` other than a DatabaseError is logged, never raised (it would
+    end the thread: the completer's, and no outcome would be recorded)."""
+    from django_bgtasks.db import close_idle_connections
+
+    connection.ensure_connection()
+
+    def close():
+        raise RuntimeError("a backend's own error")
+
+    monkeypatch.setattr(connection, "close", close)
+    close_idle_connections()
+    assert "Closing the idle connection 'default' failed" in caplog.text
+    assert "a backend's own error" in caplog.text
+    monkeypatch.undo()
+    assert Job.objects.count() == 0  # the connection goes on
+
+
 def test_heartbeat_survives_any_error():
     process = FlakyProcess()
     lost = []
