@@ -433,6 +433,23 @@ def test_a_job_leaving_running_any_way_frees_its_place(limited):
     assert len(claim(worker_id="w2")) == 2
 
 
+def test_limits_of_concurrency_alone_claim_within_them():
+    """No rate declared anywhere (no tokens, no time read for them): the
+    claim keeps to a queue's concurrency as to any limit."""
+    from tests import tasks
+
+    settings = {**BGTASKS, "QUEUE_LIMITS": {"images": {"concurrency": 2}}}
+    with override_settings(BGTASKS=settings):
+        assert not declared_limits().rated_names()
+        ids = [
+            int(tasks.echo.using(queue_name="images").enqueue().id) for _ in range(3)
+        ]
+        assert sorted(job.pk for job in claim()) == ids[:2]
+        assert claim(worker_id="w2") == []
+        running = Job.objects.filter(status=JobStatus.RUNNING)
+        assert all(job.started_at is not None for job in running)
+
+
 def test_a_rate_allows_its_count_then_one_per_share_of_its_period(limited):
     ids = {int(limited.five_a_second.enqueue().id) for _ in range(12)}
     first = claim()

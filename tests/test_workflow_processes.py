@@ -60,13 +60,19 @@ class Pool:
             self.registered()
 
     def registered(self) -> None:
-        """Wait until every live process has registered (its signal
-        handlers are in place by then: ``stop`` may end it)."""
-        rows = WorkerProcess.objects.filter(pid__in=list(self.alive))
+        """Wait until every live process still running has registered (its
+        signal handlers are in place by then: ``stop`` may end it); one
+        that has exited is left to ``stop``'s check of its exit code."""
+
+        def unregistered() -> set[int]:
+            running = {pid for pid, p in self.alive.items() if p.poll() is None}
+            rows = WorkerProcess.objects.filter(pid__in=running)
+            return running - set(rows.values_list("pid", flat=True))
+
         wait_until(
-            watching(self.watch, lambda: rows.count() == len(self.alive)),
+            watching(self.watch, lambda: not unregistered()),
             timeout=120,
-            message=f"{len(self.alive)} worker process(es) registered",
+            message="the worker processes registered",
         )
 
     def kill(self, pid: int) -> None:

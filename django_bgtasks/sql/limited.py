@@ -69,7 +69,8 @@ ROUNDS = 3
 def claim_limited(connection, *, worker_id, queues, limit, declared, claim_ids, load):
     """Claim up to ``limit`` due jobs of ``queues`` for ``worker_id``
     within the ``declared`` limits. ``claim_ids(connection, ids,
-    worker_id)`` marks jobs claimed and returns them, or the ids that
+    worker_id, now_micros)`` marks jobs claimed (at ``now_micros``, if not
+    None: ``micros_since_1970``) and returns them, or the ids that
     ``load(using, ids)`` reads after the commit (``sql/claim.py``; not
     on PostgreSQL, whose claim marks them itself). Returns the jobs and the
     ids of those that cannot be read, with why."""
@@ -162,9 +163,10 @@ def _admit(connection, candidates, limit, declared, claim_ids, worker_id):
     held_back = len(chosen) < min(limit, len(candidates))
     if not chosen:
         return [], held_back
-    # Stamped started at the moment they took their tokens: a job's start
-    # is then exactly where the rate's bucket put it.
-    claimed = claim_ids(connection, chosen, worker_id, micros_since_1970(now))
+    # Stamped started at the moment they took their tokens (if a rate is
+    # declared): a job's start is then exactly where the rate's bucket put it.
+    stamp = None if now is None else micros_since_1970(now)
+    claimed = claim_ids(connection, chosen, worker_id, stamp)
     states = LimitState.objects.using(using)
     for name in admission.taken:
         states.filter(name=name).update(tokens=admission.tokens[name], refilled_at=now)
