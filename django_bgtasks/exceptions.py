@@ -57,6 +57,12 @@ class WorkerLost(Exception):
     """The worker running the job stopped heartbeating; the job was put back."""
 
 
+class WorkerError(Exception):
+    """The worker itself failed around the job's attempt (a bug, or a
+    database backend's unexpected error; its own error is the cause): the
+    attempt failed, and the job is retried as its task allows."""
+
+
 class JobCancelled(Exception):
     """The job was cancelled; ``django.tasks`` reads it as FAILED with this error."""
 

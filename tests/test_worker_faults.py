@@ -257,6 +257,41 @@ def beating(process, **options):
         heartbeat.join(timeout=5)
 
 
+@pytest.mark.parametrize("max_attempts", [1, 2])
+def test_an_error_of_the_worker_around_an_attempt_fails_the_attempt(
+    monkeypatch, caplog, max_attempts
+):
+    """The worker itself fails after a task has run (here: tidying the
+    thread's connections raises, as a database backend's unexpected error
+    would). The attempt fails with a WorkerError caused by it, and the job
+    is retried as it allows; it is not left RUNNING, held by a worker that
+    no longer runs it, until the worker stops."""
+    from django_bgtasks.worker import pool
+
+    tidy = pool.tidy_connections
+    calls = []
+
+    def tidy_once_failing():
+        calls.append(None)
+        if len(calls) == 1:
+            raise RuntimeError("a backend's own error")
+        tidy()
+
+    monkeypatch.setattr(pool, "tidy_connections", tidy_once_failing)
+    result = tasks.add.using(max_attempts=max_attempts).enqueue(1, 2)
+    Worker(concurrency=1, burst=True, maintenance=False, scheduler=False).run()
+    job = Job.objects.get(pk=result.id)
+    [error, *_] = job.errors
+    assert error["exception_class_path"] == "django_bgtasks.exceptions.WorkerError"
+    assert "RuntimeError: a backend's own error" in error["traceback"]
+    if max_attempts == 1:
+        assert (job.status, job.attempts) == (JobStatus.FAILED, 1)
+    else:
+        assert (job.status, job.attempts) == (JobStatus.SUCCESSFUL, 2)
+        assert job.return_value == 3
+    assert "unexpected error in the worker" in caplog.text
+
+
 def test_closing_idle_connections_survives_any_error(monkeypatch, caplog):
     """A job thread, the completer and a supervised child's message thread
     close their connections when idle: an error of a database backend's

@@ -12,8 +12,9 @@ from django.db import connections, reset_queries
 
 from .. import notify, tracing
 from ..db import close_idle_connections, retry_until_done, tidy_connections
+from ..exceptions import WorkerError
 from ..models import Job, JobStatus
-from ..models.transitions import Interrupted, transition
+from ..models.transitions import Failed, Interrupted, transition
 from .attempt import Recorded, describe, run_attempt
 from .claims import Claimer
 from .clock import DatabaseClock
@@ -74,25 +75,30 @@ class JobThreads:
             idle = close_idle_connections
             while (attempt := self.ledger.next_attempt(idle)) is not None:
                 try:
-                    self._run(attempt)
-                except Exception:
+                    finished = self._run(attempt)
+                except Exception as exc:
                     logger.exception(
                         "Job %s: unexpected error in the worker", attempt.job.pk
                     )
+                    finished = self._failed_around(attempt, exc)
+                if finished is None:
                     self.ledger.dropped(attempt)
+                    continue
+                self.ledger.finished(attempt, finished.elapsed_ms / 1000)
+                self.completer.submit(finished)
         finally:
             connections.close_all()
 
-    def _run(self, attempt: Attempt) -> None:
+    def _run(self, attempt: Attempt) -> Finished | None:
+        """Run ``attempt``: its outcome on its way to the database, or None
+        if it is dropped (the worker gave the job back)."""
         job = attempt.job
         if self.give_up.is_set():
-            self.ledger.dropped(attempt)  # the worker gave the job back
-            return
+            return None
         if attempt.set_aside is not None:
             self._put_back(job, attempt.set_aside)
             if self.give_up.is_set():
-                self.ledger.dropped(attempt)
-                return
+                return None
         if logger.isEnabledFor(logging.INFO):
             logger.info("Job %s started: %s", job.pk, describe(job))
         started = time.monotonic()
@@ -114,20 +120,34 @@ class JobThreads:
                 "Job %s ended after its worker gave it back; outcome discarded",
                 job.pk,
             )
-            self.ledger.dropped(attempt)
-            return
+            return None
         if isinstance(outcome, Recorded):  # an atomic task's, written already
-            finished = Finished(
+            return Finished(
                 attempt, task, outcome.outcome, outcome.change, task_result,
                 seconds * 1000, recorded=True,
             )  # fmt: skip
-        else:
-            change = transition(job, outcome, now=self.clock.now())
-            finished = Finished(
-                attempt, task, outcome, change, task_result, seconds * 1000
+        change = transition(job, outcome, now=self.clock.now())
+        return Finished(attempt, task, outcome, change, task_result, seconds * 1000)
+
+    def _failed_around(self, attempt: Attempt, exc: Exception) -> Finished | None:
+        """The outcome of an attempt around which the worker itself failed
+        (``exc``: a bug, or a database backend's unexpected error): failed
+        with a ``WorkerError``, retried as the job allows. Dropped instead,
+        the job would stay RUNNING, held by a worker that no longer runs it,
+        until that worker stops. None if even that fails (dropped, then)."""
+        if self.give_up.is_set():
+            return None
+        try:
+            error = WorkerError(
+                f"The worker failed around this attempt: {type(exc).__name__}: {exc}"
             )
-        self.ledger.finished(attempt, seconds)
-        self.completer.submit(finished)
+            error.__cause__ = exc
+            outcome = Failed(error)
+            change = transition(attempt.job, outcome, now=self.clock.now())
+            return Finished(attempt, None, outcome, change, None, 0.0)
+        except Exception:
+            logger.exception("Job %s: its failure cannot be recorded", attempt.job.pk)
+            return None
 
     def _put_back(self, alone: Job, jobs: list[Job]) -> None:
         """Before ``alone`` runs alone: put back the jobs it was held with,
