@@ -4,6 +4,7 @@ import contextlib
 import signal
 import threading
 import time
+from datetime import timedelta
 from functools import partial
 
 import pytest
@@ -223,6 +224,51 @@ def test_shutdown_puts_back_every_job_the_database_says_it_holds():
     held.refresh_from_db()
     assert held.status == JobStatus.READY and held.worker_id is None
     assert held.errors[0]["exception_class_path"].endswith("JobInterrupted")
+
+
+def test_a_job_running_for_a_worker_that_holds_it_nowhere_is_put_back(monkeypatch):
+    """A row RUNNING for a live worker whose ledger knows nothing of it (a
+    claim whose answer was lost after its commit; here written around the
+    API). Once its claim is old enough (STRAY_AGE: 60 s by the database's
+    clock), the worker puts it back after a heartbeat, and it runs; a
+    younger one is left alone (a claim may still be on its way)."""
+    from django_bgtasks.worker import runner
+
+    monkeypatch.setattr(runner, "STRAY_CHECK_SECONDS", 0.0, raising=False)  # every beat
+    worker = Worker(concurrency=1, worker_id="holder", poll_interval=0.05)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        wait_until(lambda: WorkerProcess.objects.exists(), message="the worker")
+        now = timezone.now()
+        held = {
+            "worker_id": "holder",
+            "attempts": 1,
+            "worker_ids": ["holder"],
+            "started_at": now - timedelta(minutes=2),
+        }
+        stray = make_job(
+            JobStatus.RUNNING, last_attempted_at=now - timedelta(minutes=2), **held
+        )
+        young = make_job(
+            JobStatus.RUNNING, last_attempted_at=now - timedelta(seconds=5), **held
+        )
+        wait_until(
+            lambda: Job.objects.filter(pk=stray.pk, status=JobStatus.SUCCESSFUL),
+            timeout=30,
+            message="the stray put back and run",
+        )
+        young.refresh_from_db()
+        assert young.status == JobStatus.RUNNING
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
+    stray.refresh_from_db()
+    assert stray.attempts == 1  # the put back did not count
+    assert stray.worker_ids == ["holder", "holder"]
+    [error] = stray.errors
+    assert error["exception_class_path"].endswith("JobInterrupted")
+    assert "held it nowhere" in error["traceback"]
 
 
 class FlakyProcess:

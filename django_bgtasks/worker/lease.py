@@ -1,7 +1,8 @@
 """The worker's lease: its row, which its heartbeat keeps fresh, and the jobs
 the database says it holds. Registered at start; checked when the row goes
 missing (another worker judged this one dead, or it was deleted by hand);
-given back at the end."""
+the jobs it holds nowhere put back (``put_back_strays``); given back at the
+end."""
 
 from __future__ import annotations
 
@@ -9,14 +10,25 @@ import logging
 import os
 import socket
 import threading
+from datetime import datetime, timedelta
 
-from .. import __version__
+from django.db import transaction
+
+from .. import __version__, notify
 from ..db import retry_until_done
 from ..exceptions import JobInterrupted
 from ..models import Job, WorkerProcess
+from ..models.transitions import Interrupted
 from .ledger import Ledger
 
 logger = logging.getLogger("django_bgtasks.worker")
+
+# A job RUNNING for a worker that holds it nowhere is put back once its
+# claim is this old (seconds, by the database's clock): no claim takes that
+# long to reach the worker's ledger.
+STRAY_AGE = 60.0
+# How often a worker looks for them, at most (after a heartbeat).
+STRAY_CHECK_SECONDS = 60.0
 
 
 class Lease:
@@ -72,6 +84,46 @@ class Lease:
             self.worker_id,
         )
         return None
+
+    def put_back_strays(self, now: datetime) -> int:
+        """Put back to READY the jobs the database says this worker holds
+        but that it holds nowhere (its ledger knows nothing of them), claimed
+        STRAY_AGE seconds or more before ``now`` (the database's time): a
+        claim whose answer was lost with its connection after its commit
+        (``sql/claimed.py``'s ``claimed_after_all`` reads back what it can),
+        or a bug. Otherwise they would stay RUNNING until the worker stops:
+        its heartbeat goes on, so no one rescues them. The attempt does not
+        count. An indexed read (RUNNING jobs by worker); each put back only
+        if still held (an outcome written meanwhile wins). Returns how many
+        were put back."""
+        held = self.ledger.held_ids()  # first: a claim since is too young
+        strays = (
+            Job.objects.using(self.using)
+            .running()
+            .filter(
+                worker_id=self.worker_id,
+                last_attempted_at__lt=now - timedelta(seconds=STRAY_AGE),
+            )
+            .exclude(pk__in=held)
+        )
+        put_back = 0
+        woken = set()
+        for job in strays.for_transitions():
+            logger.error(
+                "Job %s is RUNNING for worker %s, which holds it nowhere (a "
+                "claim's lost answer?): putting it back",
+                job.pk,
+                self.worker_id,
+            )
+            reason = JobInterrupted(
+                "Its worker held it nowhere (its claim's answer was lost?)."
+            )
+            with transaction.atomic(using=self.using):
+                if job.record(Interrupted(reason), now=now) is not None:
+                    put_back += 1
+                    woken.add(job.queue_name)
+        notify.wake(self.using, woken)
+        return put_back
 
     def give_back(self, *, within: float = 10.0) -> None:
         """Put the jobs the database says the worker holds back to READY

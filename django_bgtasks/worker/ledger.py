@@ -288,6 +288,14 @@ class Ledger:
             }
             return waiting | self._running.keys()
 
+    def held_ids(self) -> set[int]:
+        """The ids of every job this worker holds: waiting for a thread,
+        running, or ended with its outcome not yet written (the database
+        still says RUNNING for all of them)."""
+        with self._lock:
+            writing = {attempt.job.pk for attempt in self._writing}
+        return self.unfinished_ids() | writing
+
     # Job threads ------------------------------------------------------------------
 
     def next_attempt(self, on_idle: Callable[[], None] | None = None) -> Attempt | None:

@@ -44,7 +44,7 @@ from .clock import DatabaseClock
 from .completer import Completer
 from .heartbeat import Heartbeat
 from .hooks import Hooks
-from .lease import Lease
+from .lease import STRAY_CHECK_SECONDS, Lease
 from .ledger import Attempt, Ledger
 from .listener import Listener
 from .options import WorkerOptions
@@ -138,6 +138,8 @@ class Worker:
         # The main thread's own (the signal handler runs there too).
         self._shutting_down = False
         self._trimmed_at = 0  # jobs claimed when memory was last given back
+        # When the heartbeat's thread last looked for jobs held nowhere.
+        self._strays_looked_at = time.monotonic()
         self._parts: dict[str, Part] = {}  # the threads started, by name
         self.stop_requests = StopRequests(
             self._on_stop_request, may_interrupt=lambda: not self._shutting_down
@@ -254,7 +256,7 @@ class Worker:
             using=self.using,
             on_lost=self._on_row_lost,
             clock=self.clock,
-            after_beat=self._hear_stop_requests,
+            after_beat=self._after_beat,
         )
         parts = {
             "completer": completer,
@@ -379,6 +381,19 @@ class Worker:
             on_jobs_stop=self._hear_stop_requests,
             on_failure=self._failed,
         ).start()
+
+    def _after_beat(self) -> None:
+        """On the heartbeat's thread, after each beat: the stop requests of
+        the jobs held, and now and then the jobs held nowhere."""
+        self._hear_stop_requests()
+        now = time.monotonic()
+        if now < self._strays_looked_at + STRAY_CHECK_SECONDS:
+            return
+        self._strays_looked_at = now
+        try:
+            self.lease.put_back_strays(self.clock.now())
+        except DatabaseError as exc:
+            logger.warning("Looking for jobs held nowhere failed (%s)", exc)
 
     def _hear_stop_requests(self) -> None:
         """Read which jobs this worker holds were asked to stop (an indexed
