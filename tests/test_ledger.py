@@ -99,6 +99,8 @@ def test_an_attempt_goes_from_waiting_to_running_to_writing_to_written():
     assert ledger.counts() == {"waiting": 1, "running": 0, "writing": 1, "reserved": 0}
     # An attempt that has ended cannot run twice: it is not unfinished.
     assert ledger.unfinished_ids() == {2}
+    # But the database says RUNNING until its outcome is written: held.
+    assert ledger.held_ids() == {1, 2}
     second = ledger.next_attempt()
     ledger.dropped(second)  # the worker exits: no outcome
     assert ledger.unfinished_ids() == set() and not ledger.idle
@@ -201,6 +203,8 @@ def test_a_job_that_runs_alone_waits_for_the_running_ones_and_sets_the_rest_asid
     # Jobs 3 and 4 are put back by its thread, unstarted: no longer held.
     assert [held.pk for held in started.set_aside] == [3, 4]
     assert ledger.unfinished_ids() == {2}
+    # Until they are, the database says RUNNING: not stray.
+    assert ledger.held_ids() == {1, 2, 3, 4}
     assert ledger.counts()["waiting"] == 0
 
 

@@ -303,39 +303,64 @@ def beating(process, **options):
         heartbeat.join(timeout=5)
 
 
+def failing_once(function, error):
+    """``function``, but its first call raises ``error``."""
+    calls = []
+
+    def once(*args, **kwargs):
+        calls.append(None)
+        if len(calls) == 1:
+            raise error
+        return function(*args, **kwargs)
+
+    return once
+
+
 @pytest.mark.parametrize("max_attempts", [1, 2])
 def test_an_error_of_the_worker_around_an_attempt_fails_the_attempt(
     monkeypatch, caplog, max_attempts
 ):
-    """The worker itself fails after a task has run (here: tidying the
-    thread's connections raises, as a database backend's unexpected error
-    would). The attempt fails with a WorkerError caused by it, and the job
-    is retried as it allows; it is not left RUNNING, held by a worker that
-    no longer runs it, until the worker stops."""
+    """The worker itself fails before it knows what the attempt made of the
+    job (here: its transition raises, as a bug would). The attempt fails
+    with a WorkerError caused by that error, and the job is retried as it
+    allows; it is not left RUNNING, held by a worker that no longer runs
+    it, until the worker stops."""
     from django_bgtasks.worker import pool
 
-    tidy = pool.tidy_connections
-    calls = []
-
-    def tidy_once_failing():
-        calls.append(None)
-        if len(calls) == 1:
-            raise RuntimeError("a backend's own error")
-        tidy()
-
-    monkeypatch.setattr(pool, "tidy_connections", tidy_once_failing)
+    bug = RuntimeError("a bug")
+    monkeypatch.setattr(pool, "transition", failing_once(pool.transition, bug))
     result = tasks.add.using(max_attempts=max_attempts).enqueue(1, 2)
     Worker(concurrency=1, burst=True, maintenance=False, scheduler=False).run()
     job = Job.objects.get(pk=result.id)
     [error, *_] = job.errors
     assert error["exception_class_path"] == "django_bgtasks.exceptions.WorkerError"
-    assert "RuntimeError: a backend's own error" in error["traceback"]
+    assert "RuntimeError: a bug" in error["traceback"]
     if max_attempts == 1:
         assert (job.status, job.attempts) == (JobStatus.FAILED, 1)
     else:
         assert (job.status, job.attempts) == (JobStatus.SUCCESSFUL, 2)
         assert job.return_value == 3
     assert "unexpected error in the worker" in caplog.text
+
+
+def test_an_error_tidying_connections_after_a_task_keeps_its_outcome(
+    monkeypatch, caplog
+):
+    """After the task, tidying the thread's connections raises what no
+    backend should (not a DatabaseError): the outcome is known and stands;
+    the thread closes its connections and goes on."""
+    from django_bgtasks.worker import pool
+
+    error = RuntimeError("a backend's own error")
+    tidy = failing_once(pool.tidy_connections, error)
+    monkeypatch.setattr(pool, "tidy_connections", tidy)
+    first, second = (tasks.add.enqueue(1, n) for n in (2, 3))
+    Worker(concurrency=1, burst=True, maintenance=False, scheduler=False).run()
+    for result, value in ((first, 3), (second, 4)):
+        job = Job.objects.get(pk=result.id)
+        assert (job.status, job.attempts, job.errors) == (JobStatus.SUCCESSFUL, 1, [])
+        assert job.return_value == value
+    assert "tidying its thread's connections failed" in caplog.text
 
 
 def test_closing_idle_connections_survives_any_error(monkeypatch, caplog):

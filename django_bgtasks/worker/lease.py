@@ -12,13 +12,13 @@ import socket
 import threading
 from datetime import datetime, timedelta
 
-from django.db import transaction
+from django.db import DatabaseError, transaction
 
 from .. import __version__, notify
 from ..db import retry_until_done
 from ..exceptions import JobInterrupted
 from ..models import Job, WorkerProcess
-from ..models.transitions import Interrupted
+from ..models.transitions import Interrupted, Verdict
 from .ledger import Ledger
 
 logger = logging.getLogger("django_bgtasks.worker")
@@ -118,10 +118,17 @@ class Lease:
             reason = JobInterrupted(
                 "Its worker held it nowhere (its claim's answer was lost?)."
             )
-            with transaction.atomic(using=self.using):
-                if job.record(Interrupted(reason), now=now) is not None:
-                    put_back += 1
-                    woken.add(job.queue_name)
+            try:
+                with transaction.atomic(using=self.using):
+                    change = job.record(Interrupted(reason), now=now)
+            except DatabaseError:
+                # One row the database will not take must not keep the
+                # others RUNNING.
+                logger.exception("Job %s could not be put back", job.pk)
+                continue
+            if change is not None and change.verdict is Verdict.PUT_BACK:
+                put_back += 1
+                woken.add(job.queue_name)
         notify.wake(self.using, woken)
         return put_back
 

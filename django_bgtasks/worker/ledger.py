@@ -281,20 +281,29 @@ class Ledger:
         ones that would run twice if the database gave them to another
         worker (an attempt that has ended cannot)."""
         with self._lock:
-            waiting = {
-                entry[3]
-                for entry in self._waiting
-                if entry[0] == 0 and entry[-1].stage is Stage.WAITING
-            }
-            return waiting | self._running.keys()
+            return self._unfinished_ids()
+
+    def _unfinished_ids(self) -> set[int]:
+        waiting = {
+            entry[3]
+            for entry in self._waiting
+            if entry[0] == 0 and entry[-1].stage is Stage.WAITING
+        }
+        return waiting | self._running.keys()
 
     def held_ids(self) -> set[int]:
         """The ids of every job this worker holds: waiting for a thread,
-        running, or ended with its outcome not yet written (the database
-        still says RUNNING for all of them)."""
+        running, set aside for a job that runs alone and not yet put back,
+        or ended with its outcome not yet written (the database still says
+        RUNNING for all of them)."""
         with self._lock:
-            writing = {attempt.job.pk for attempt in self._writing}
-        return self.unfinished_ids() | writing
+            held = self._unfinished_ids()
+            held.update(attempt.job.pk for attempt in self._writing)
+            # Set aside for a job that runs alone: RUNNING until its thread
+            # has put them back.
+            for attempt in self._running.values():
+                held.update(job.pk for job in attempt.set_aside or ())
+        return held
 
     # Job threads ------------------------------------------------------------------
 

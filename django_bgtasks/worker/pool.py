@@ -81,11 +81,17 @@ class JobThreads:
                         "Job %s: unexpected error in the worker", attempt.job.pk
                     )
                     finished = self._failed_around(attempt, exc)
-                if finished is None:
+                try:
+                    if finished is None:
+                        self.ledger.dropped(attempt)
+                        continue
+                    self.ledger.finished(attempt, finished.elapsed_ms / 1000)
+                    self.completer.submit(finished)
+                except Exception:
+                    logger.exception(
+                        "Job %s: unexpected error in the worker", attempt.job.pk
+                    )
                     self.ledger.dropped(attempt)
-                    continue
-                self.ledger.finished(attempt, finished.elapsed_ms / 1000)
-                self.completer.submit(finished)
         finally:
             connections.close_all()
 
@@ -110,7 +116,13 @@ class JobThreads:
         seconds = time.monotonic() - started
         # After each job: a connection the task left unusable is not handed
         # to the next job on this thread; the others stay open.
-        tidy_connections()
+        try:
+            tidy_connections()
+        except Exception:
+            # A backend's own error (not a DatabaseError): the outcome is
+            # known, and stands; the thread's connections are closed.
+            logger.exception("Job %s: tidying its thread's connections failed", job.pk)
+            close_idle_connections()
         if settings.DEBUG:
             reset_queries()
         if self.give_up.is_set():
@@ -131,10 +143,11 @@ class JobThreads:
 
     def _failed_around(self, attempt: Attempt, exc: Exception) -> Finished | None:
         """The outcome of an attempt around which the worker itself failed
-        (``exc``: a bug, or a database backend's unexpected error): failed
-        with a ``WorkerError``, retried as the job allows. Dropped instead,
-        the job would stay RUNNING, held by a worker that no longer runs it,
-        until that worker stops. None if even that fails (dropped, then)."""
+        (``exc``: a bug, or a database backend's unexpected error) before
+        it knew the attempt's own: failed with a ``WorkerError``, retried as
+        the job allows. Dropped instead, the job would stay RUNNING, held by
+        a worker that no longer runs it, until that worker stops. None if
+        even that fails (dropped, then)."""
         if self.give_up.is_set():
             return None
         try:
@@ -144,7 +157,8 @@ class JobThreads:
             error.__cause__ = exc
             outcome = Failed(error)
             change = transition(attempt.job, outcome, now=self.clock.now())
-            return Finished(attempt, None, outcome, change, None, 0.0)
+            elapsed = time.monotonic() - attempt.started
+            return Finished(attempt, None, outcome, change, None, elapsed * 1000)
         except Exception:
             logger.exception("Job %s: its failure cannot be recorded", attempt.job.pk)
             return None
