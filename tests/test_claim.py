@@ -611,6 +611,34 @@ def test_a_mysql_claim_whose_commit_goes_unanswered_keeps_what_it_claimed(commit
     assert sorted(job.pk for job in left) == (ids[2:] if committed else ids)
 
 
+def test_a_mysql_claim_whose_commit_is_refused_as_a_deadlock_claims_again(caplog):
+    """The server answers the claim's COMMIT with a deadlock error (as a
+    Galera cluster may: its certification fails at commit): an answer, not
+    a lost connection. The claim was undone, and is made again."""
+    if connection.vendor != "mysql":
+        pytest.skip("MySQL/MariaDB only: the claim's COMMIT is its own statement")
+    import MySQLdb
+
+    ids = [enqueue(0, "default") for _ in range(2)]
+    commits = []
+
+    def refuse_the_first_commit(execute, sql, params, many, context):
+        if sql != "COMMIT" or commits:
+            return execute(sql, params, many, context)
+        commits.append(sql)
+        execute("ROLLBACK", None, many, context)
+        # As Django raises a driver's error: the driver's is its cause.
+        refused = (1213, "Deadlock found when trying to get lock")
+        raise OperationalError(*refused) from MySQLdb.OperationalError(*refused)
+
+    with connection.execute_wrapper(refuse_the_first_commit):
+        claimed = claim_jobs("default", worker_id="w1", queues=None, limit=5)
+    assert sorted(job.pk for job in claimed) == ids
+    rows = Job.objects.order_by("pk").values_list("status", "attempts", "worker_ids")
+    assert list(rows) == [(JobStatus.RUNNING, 1, ["w1"])] * 2
+    assert "went unanswered" not in caplog.text
+
+
 def test_a_claim_of_no_queue_claims_nothing():
     """``queues=[]`` (not None, which is every queue): nothing to claim."""
     enqueue(0, "default")

@@ -360,9 +360,11 @@ def _claim_ids_mysql(connection, **claim):
             return claimed
         except _CorruptRows:
             continue
-        except CONNECTION_ERRORS:
+        except CONNECTION_ERRORS as exc:
             if not own or claimed is None or not claimed[0]:
                 raise  # before its commit: the server undid the claim
+            if is_deadlock(exc):
+                raise  # the server's answer: undone (a claim tries again)
             # The connection was lost as it committed (a server that ends a
             # connection, KILL or restart, may do so after the commit and
             # before its answer): whether it committed, only the rows say.
