@@ -544,20 +544,10 @@ def test_a_mysql_claim_whose_connection_dies_inside_its_transaction_fails_cleanl
     if connection.vendor != "mysql":
         pytest.skip("MySQL/MariaDB only: the claim in a transaction of its own")
     waiting = enqueue(0, "default")
-    victim = connection_id()
-
-    def kill_victim():
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(f"KILL {int(victim)}")
-        finally:
-            connection.close()
 
     def before_the_locking_read(execute, sql, params, many, context):
         if "SKIP LOCKED" in sql:
-            killer = threading.Thread(target=kill_victim)
-            killer.start()
-            killer.join(30)
+            lose_this_connection()
         return execute(sql, params, many, context)
 
     with (

@@ -201,14 +201,25 @@ def test_deleting_a_running_workers_row_loses_nothing(tmp_path):
     assert not WorkerProcess.objects.exists()
 
 
-def test_shutdown_puts_back_every_job_the_database_says_it_holds():
-    """A stop can land between a claim and its dispatch: shutdown asks the
-    database what the worker holds, not its own list."""
+@contextlib.contextmanager
+def worker_holder():
+    """A worker "holder" running on a thread of this process, registered;
+    stopped at the end of the block."""
     worker = Worker(concurrency=1, worker_id="holder", poll_interval=0.05)
     thread = threading.Thread(target=worker.run)
     thread.start()
     try:
         wait_until(lambda: WorkerProcess.objects.exists(), message="the worker")
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
+
+
+def test_shutdown_puts_back_every_job_the_database_says_it_holds():
+    """A stop can land between a claim and its dispatch: shutdown asks the
+    database what the worker holds, not its own list."""
+    with worker_holder():
         now = timezone.now()
         held = make_job(
             JobStatus.RUNNING,
@@ -218,9 +229,6 @@ def test_shutdown_puts_back_every_job_the_database_says_it_holds():
             started_at=now,
             last_attempted_at=now,
         )
-    finally:
-        worker.stop()
-        thread.join(timeout=30)
     held.refresh_from_db()
     assert held.status == JobStatus.READY and held.worker_id is None
     assert held.errors[0]["exception_class_path"].endswith("JobInterrupted")
@@ -234,12 +242,8 @@ def test_a_job_running_for_a_worker_that_holds_it_nowhere_is_put_back(monkeypatc
     younger one is left alone (a claim may still be on its way)."""
     from django_bgtasks.worker import runner
 
-    monkeypatch.setattr(runner, "STRAY_CHECK_SECONDS", 0.0, raising=False)  # every beat
-    worker = Worker(concurrency=1, worker_id="holder", poll_interval=0.05)
-    thread = threading.Thread(target=worker.run)
-    thread.start()
-    try:
-        wait_until(lambda: WorkerProcess.objects.exists(), message="the worker")
+    monkeypatch.setattr(runner, "STRAY_CHECK_SECONDS", 0.0)  # at every beat
+    with worker_holder():
         now = timezone.now()
         held = {
             "worker_id": "holder",
@@ -260,9 +264,6 @@ def test_a_job_running_for_a_worker_that_holds_it_nowhere_is_put_back(monkeypatc
         )
         young.refresh_from_db()
         assert young.status == JobStatus.RUNNING
-    finally:
-        worker.stop()
-        thread.join(timeout=30)
     stray.refresh_from_db()
     assert stray.attempts == 1  # the put back did not count
     assert stray.worker_ids == ["holder", "holder"]

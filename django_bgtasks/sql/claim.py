@@ -52,6 +52,7 @@ from .claimed import (
     PAUSED_QUEUES,
     RETURNING,
     claimed_after_all,
+    commit_went_unanswered,
     jobs_from,
     jobs_read,
     lean_columns,
@@ -347,29 +348,30 @@ def _claim_ids_mysql(connection, **claim):
     """Claim in one transaction (``_claim_ids_in_transaction``, given
     ``claim``): the ids claimed, the rows its locking read returned by id
     (if any), and the claim's time."""
+    try:
+        return _claim_ids_committed(connection, claim, django_knows=False)
+    except _CorruptRows:
+        # Rare: rows to fail, and their workflow steps with them, through
+        # the ORM (select_for_update): in a transaction Django knows of.
+        return _claim_ids_committed(connection, claim, django_knows=True)
+
+
+def _claim_ids_committed(connection, claim, *, django_knows):
+    """``_claim_ids_in_transaction`` in a transaction of its own (or a
+    savepoint of the caller's); a commit gone unanswered is read back
+    (``commit_went_unanswered``)."""
     own = connection.get_autocommit()
-    # Rare, the second: rows to fail, and their workflow steps with them,
-    # through the ORM (select_for_update): in a transaction Django knows of.
-    for django_knows in (False, True):
-        claimed = None
-        try:
-            with statements_in_one_transaction(
-                connection, isolation="REPEATABLE READ", django_knows=django_knows
-            ):
-                claimed = _claim_ids_in_transaction(connection, **claim)
-            return claimed
-        except _CorruptRows:
-            continue
-        except CONNECTION_ERRORS as exc:
-            if not own or claimed is None or not claimed[0]:
-                raise  # before its commit: the server undid the claim
-            if is_deadlock(exc):
-                raise  # the server's answer: undone (a claim tries again)
-            # The connection was lost as it committed (a server that ends a
-            # connection, KILL or restart, may do so after the commit and
-            # before its answer): whether it committed, only the rows say.
-            return _claimed_after_all(connection, claimed, claim["worker_id"])
-    raise AssertionError("unreachable")
+    claimed = None
+    try:
+        with statements_in_one_transaction(
+            connection, isolation="REPEATABLE READ", django_knows=django_knows
+        ):
+            claimed = _claim_ids_in_transaction(connection, **claim)
+    except CONNECTION_ERRORS as exc:
+        if not commit_went_unanswered(connection, exc, own, claimed and claimed[0]):
+            raise
+        return _claimed_after_all(connection, claimed, claim["worker_id"])
+    return claimed
 
 
 def _claimed_after_all(connection, claimed, worker_id):

@@ -15,6 +15,7 @@ from ..db import (
     CONNECTION_ERRORS,
     discard_connection,
     id_list,
+    is_deadlock,
     moment_of_micros,
     still_answers,
 )
@@ -383,6 +384,19 @@ def read_again(using: str, read):
             time.sleep(pause)
             pause *= 2
     return read()
+
+
+def commit_went_unanswered(connection, exc, own: bool, marked) -> bool:
+    """Whether ``exc``, raised by a claim that ran in a transaction of its
+    own (``own``) and marked jobs claimed (``marked`` true), leaves it
+    unknown whether the claim committed: on MySQL/MariaDB, a connection
+    lost as it committed (``claimed_after_all`` then reads what it
+    claimed). Not so before its commit (a lost transaction is undone), nor
+    for the server's own answer (a deadlock: undone, claimed again), nor
+    on SQLite (no server to lose)."""
+    return (
+        connection.vendor == "mysql" and own and bool(marked) and not is_deadlock(exc)
+    )
 
 
 def claimed_after_all(connection, ids, worker_id, now_micros=None) -> list[int]:

@@ -39,13 +39,7 @@ import time
 from django.db import DatabaseError, transaction
 from django.db.models import Count, Q
 
-from ..db import (
-    CONNECTION_ERRORS,
-    database_now,
-    is_deadlock,
-    micros_since_1970,
-    now_sql,
-)
+from ..db import CONNECTION_ERRORS, database_now, micros_since_1970, now_sql
 from ..limits import QUEUE_PREFIX, Admission, DeclaredLimits, limit_name
 from ..locking import lock_for_writing
 from ..models import Job, JobStatus, LimitState, Queue
@@ -55,6 +49,7 @@ from .claimed import (
     PAUSED_QUEUES,
     RETURNING,
     claimed_after_all,
+    commit_went_unanswered,
     jobs_from,
     named_params,
     queue_literal,
@@ -137,11 +132,8 @@ def _round(connection, worker_id, queues, limit, declared, claim_ids):
                     connection, candidates, limit, declared, claim_ids, worker_id
                 )
     except CONNECTION_ERRORS as exc:
-        if connection.vendor != "mysql" or not own or not (claimed and claimed[0]):
-            raise  # SQLite's, or before its commit: the claim was undone
-        if is_deadlock(exc):
-            raise  # the server's answer: undone
-        # Its commit went unanswered (``claimed_after_all``).
+        if not commit_went_unanswered(connection, exc, own, claimed and claimed[0]):
+            raise
         parts, held_back = claimed
         ids = [pk for part in parts for pk in part]
         kept = claimed_after_all(connection, ids, worker_id)

@@ -81,19 +81,21 @@ class JobThreads:
                         "Job %s: unexpected error in the worker", attempt.job.pk
                     )
                     finished = self._failed_around(attempt, exc)
-                try:
-                    if finished is None:
-                        self.ledger.dropped(attempt)
-                        continue
-                    self.ledger.finished(attempt, finished.elapsed_ms / 1000)
-                    self.completer.submit(finished)
-                except Exception:
-                    logger.exception(
-                        "Job %s: unexpected error in the worker", attempt.job.pk
-                    )
-                    self.ledger.dropped(attempt)
+                self._hand_on(attempt, finished)
         finally:
             connections.close_all()
+
+    def _hand_on(self, attempt: Attempt, finished: Finished | None) -> None:
+        """``finished`` to the completer, or the attempt dropped (None)."""
+        try:
+            if finished is None:
+                self.ledger.dropped(attempt)
+            else:
+                self.ledger.finished(attempt, finished.elapsed_ms / 1000)
+                self.completer.submit(finished)
+        except Exception:
+            logger.exception("Job %s: unexpected error in the worker", attempt.job.pk)
+            self.ledger.dropped(attempt)
 
     def _run(self, attempt: Attempt) -> Finished | None:
         """Run ``attempt``: its outcome on its way to the database, or None
