@@ -51,7 +51,13 @@ from .private_api import send_to_each
 from .routes import route_for, routed_backend
 from .rows import job_result, task_for_job, unregistered_task
 from .serialization import NotJSON, check_size, to_json, to_json_sized
-from .sql.insert import CHUNK, insert_job_chunks, insert_jobs, insert_rows
+from .sql.insert import (
+    CHUNK,
+    EncodedJSON,
+    insert_job_chunks,
+    insert_jobs,
+    insert_rows,
+)
 from .steps import Node
 from .unique import held_while
 from .workflows import WorkflowResult, plan
@@ -478,7 +484,7 @@ class DatabaseBackend(BaseTaskBackend):
             "attempts": 0,
             "max_attempts": max_attempts,
             "timeout": getattr(task, "timeout", None) or bgtasks_settings.TIMEOUT,
-            "backoff": backoff.as_dict(),
+            "backoff": EncodedJSON(backoff.as_dict()),
             "worker_ids": [],
             "errors": [],
             "schedule_id": None,

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import DateTimeField, JSONField
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
@@ -660,6 +660,34 @@ def test_an_insert_whose_prepared_statement_is_lost_is_made_again_unprepared():
     assert {second.id, third.id} <= {
         str(pk) for pk in Job.objects.values_list("pk", flat=True)
     }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_prepared_inserts_cursor_follows_its_connection_and_the_query_log():
+    """Prepared inserts keep one cursor per connection. It is made again
+    when the query log is switched on (``assertNumQueries``, DEBUG: the
+    enqueue is logged), and off, and for a new connection (the old one
+    closed); an insert the database refuses drops it. Every job is
+    written."""
+    _psycopg3_connection()
+    try:
+        tasks.add.enqueue(1, b=1)
+        with CaptureQueriesContext(connection) as logged:
+            tasks.add.enqueue(2, b=1)
+        tasks.add.enqueue(3, b=1)
+        connection.close()
+        tasks.add.enqueue(4, b=1)
+        with pytest.raises(IntegrityError):  # no such schedule
+            tasks.add.get_backend().enqueue_job(
+                tasks.add, (5,), {"b": 1}, schedule_id=2**40
+            )
+        tasks.add.enqueue(6, b=1)
+    finally:
+        connection.close()
+    assert [q["sql"] for q in logged.captured_queries if "INSERT" in q["sql"]]
+    assert sorted(Job.objects.values_list("args", flat=True)) == [
+        [1], [2], [3], [4], [6]
+    ]  # fmt: skip
 
 
 def test_enqueue_many_pauses_the_garbage_collector_and_restores_it():

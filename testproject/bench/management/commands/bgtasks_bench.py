@@ -222,6 +222,8 @@ SIZES = [  # the integer options: name, default, help
 POLL_INTERVAL = 0.01
 # The vendors with a bare loop (bare.py).
 BARE_LOOPS = {"postgresql", "mysql"}
+# Turns the enqueue scenario's timings take (enqueue_rates).
+ENQUEUE_ROUNDS = 10
 # High-priority jobs timed one after another in each priority run.
 PRIORITY_SAMPLES = 5
 # Where latencies are counted from: the enqueue's commit, and its call.
@@ -292,9 +294,13 @@ class Command(BaseCommand):
         if "enqueue" in scenarios:
             # Interleaved, so that each sees the machine of the same minutes.
             prepared = [self.enqueue_prepared] if self.can_prepare() else []
-            ours["enqueue"], bare, *prepared = self.medians(
-                self.enqueue, self.bare_insert, *prepared
-            )
+            runs = [
+                self.enqueue_rates(self.enqueue, self.bare_insert, *prepared)
+                for _ in range(options["runs"])
+            ]
+            ours["enqueue"], bare, *prepared = [
+                statistics.median(figures) for figures in zip(*runs, strict=True)
+            ]
             row("enqueue, one transaction each", ours["enqueue"], "jobs/s")
             row("  the database alone: bare INSERTs", bare, "rows/s")
             row("  enqueue / bare", f"{ours['enqueue'] / bare:.1%}", "")
@@ -379,13 +385,27 @@ class Command(BaseCommand):
 
     # Enqueueing --------------------------------------------------------------
 
-    def enqueue(self) -> float:
+    def enqueue_rates(self, *timers) -> list[float]:
+        """Jobs (rows) per second of each of ``timers``, each called with a
+        count of jobs to insert and returning the seconds it took: they take
+        turns in ``ENQUEUE_ROUNDS`` blocks of ``--enqueue`` / rounds jobs,
+        so that each sees the machine of the same seconds (its speed moves
+        by the minute: runs of 3,000 a minute apart put one enqueue at
+        78-100% of the bare INSERTs; in turns of 300, within a point)."""
         self.clear()
-        count = self.options["enqueue"]
+        block = max(1, self.options["enqueue"] // ENQUEUE_ROUNDS)
+        seconds = [0.0] * len(timers)
+        for _ in range(ENQUEUE_ROUNDS):
+            for n, timer in enumerate(timers):
+                seconds[n] += timer(block)
+        return [block * ENQUEUE_ROUNDS / spent for spent in seconds]
+
+    @staticmethod
+    def enqueue(count: int) -> float:
         started = time.perf_counter()
         for number in range(count):
             noop.enqueue(number)
-        return count / (time.perf_counter() - started)
+        return time.perf_counter() - started
 
     @staticmethod
     def can_prepare() -> bool:
@@ -394,7 +414,7 @@ class Command(BaseCommand):
         connection.ensure_connection()
         return hasattr(connection.connection, "prepare_threshold")
 
-    def enqueue_prepared(self) -> float:
+    def enqueue_prepared(self, count: int) -> float:
         """``enqueue`` on a connection that prepares its statements at once,
         as ``OPTIONS`` ``server_side_binding`` True and ``prepare_threshold``
         0 make it (not behind PgBouncer before 1.21)."""
@@ -402,15 +422,14 @@ class Command(BaseCommand):
         before = raw.prepare_threshold, options.get("server_side_binding")
         raw.prepare_threshold, options["server_side_binding"] = 0, True
         try:
-            return self.enqueue()
+            return self.enqueue(count)
         finally:
             raw.prepare_threshold, options["server_side_binding"] = before
 
-    def bare_insert(self) -> float:
+    @staticmethod
+    def bare_insert(count: int) -> float:
         """What the database does alone: one-row INSERTs of a job row through
         the cursor, one commit each; a ceiling for ``enqueue``."""
-        self.clear()
-        count = self.options["enqueue"]
         table = connection.ops.quote_name(Job._meta.db_table)
         sql = (
             f"INSERT INTO {table} ({BARE_COLUMNS}) VALUES ('noop', 'default', "
@@ -421,8 +440,7 @@ class Command(BaseCommand):
             for number in range(count):
                 now = connection.ops.adapt_datetimefield_value(timezone.now())
                 cursor.execute(sql, [f"[{number}]", now, now])
-            elapsed = time.perf_counter() - started
-        return count / elapsed
+            return time.perf_counter() - started
 
     def bare_bulk_insert(self) -> float:
         """What the database does alone: job rows made by the server in
