@@ -3,7 +3,8 @@
 Scenarios, each run ``--runs`` times (medians printed), on the database of
 ``DATABASE_URL`` with a no-op task taking one integer, results stored:
 
-- enqueue: ``task.enqueue()`` from Django code, one transaction each;
+- enqueue: ``task.enqueue()`` from Django code, one transaction each, in
+  turns with the bare INSERTs of the database alone;
 - bulk: one ``task.enqueue_many()`` of ``--bulk`` jobs;
 - drain: ``runworker --processes P --concurrency 16 --prefetch 48`` (the
   tuned worker) drains jobs enqueued at once (for each P of
@@ -23,8 +24,9 @@ Scenarios, each run ``--runs`` times (medians printed), on the database of
 - latency: from an enqueue's commit (when ``enqueue()`` returns), and from
   its call, to the start of the task, idle workers;
 - priority: the same for high-priority jobs enqueued one at a time behind
-  ``--backlog`` others (5 per run; the median and the largest of those that
-  started while some of the backlog was still waiting);
+  ``--backlog`` others (10 behind each of ``--priority-runs`` backlogs; the
+  50th and 99th percentiles of those that started while some of the
+  backlog was still waiting);
 - memory: each worker process's resident memory, at rest and after draining;
 - idle: transactions per second the idle workers cost the database
   (PostgreSQL);
@@ -184,6 +186,11 @@ def percentile(values, fraction):
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
+def percentiles(values) -> str:
+    """The 50th and 99th percentiles of ``values``, as a figure."""
+    return f"{percentile(values, 0.5):.1f} / {percentile(values, 0.99):.1f}"
+
+
 SCENARIOS = (
     "enqueue",
     "bulk",
@@ -207,6 +214,11 @@ SIZES = [  # the integer options: name, default, help
     ("prefetch", 48, "runworker --prefetch."),
     ("latency", 200, "Jobs timed one at a time."),
     ("backlog", 10_000, "Jobs ahead of the high-priority one."),
+    (
+        "priority_runs",
+        10,
+        "Backlogs behind which high-priority jobs are timed (10 each).",
+    ),
     ("chord", 1000, "Members of the chord scenario's chord."),
     ("limited", 200, "Limited jobs ahead of the no-ops in the limited scenario."),
     ("steady", 1_000_000, "Jobs through the table in the steady-state scenario."),
@@ -224,8 +236,10 @@ POLL_INTERVAL = 0.01
 BARE_LOOPS = {"postgresql", "mysql"}
 # Turns the enqueue scenario's timings take (enqueue_rates).
 ENQUEUE_ROUNDS = 10
-# High-priority jobs timed one after another in each priority run.
-PRIORITY_SAMPLES = 5
+# High-priority jobs timed one after another in each priority run (10
+# backlogs of 10 by default: a p99 of the 15 samples of before was their
+# largest, one slow moment of the machine's).
+PRIORITY_SAMPLES = 10
 # Where latencies are counted from: the enqueue's commit, and its call.
 SINCE = [("commit", "from the commit"), ("call", "from the call")]
 # The columns a bare INSERT of a job row sets (the database-alone figures).
@@ -271,8 +285,8 @@ class Command(BaseCommand):
         if options["quick"]:
             options.update(
                 runs=1, enqueue=200, bulk=2000, drain=1000, latency=20, backlog=500,
-                processes="1", steady=20_000, idle_workers=2, chord=200,
-                limited=20, history=50_000, queues=100, schedules=1000,
+                processes="1", priority_runs=1, steady=20_000, idle_workers=2,
+                chord=200, limited=20, history=50_000, queues=100, schedules=1000,
             )  # fmt: skip
         scenarios = options["scenarios"].split(",")
         unknown = set(scenarios) - set(SCENARIOS + OPTIONAL_SCENARIOS)
@@ -540,25 +554,24 @@ class Command(BaseCommand):
                     row("  the database alone: latency p50 / p99 from the commit",
                         f"{p50:.1f} / {p99:.1f}", "ms")  # fmt: skip
             samples = [
-                sample for _ in range(options["runs"]) for sample in self.priority()
+                sample
+                for _ in range(options["priority_runs"])
+                for sample in self.priority()
             ]
             for since, label in SINCE:
                 delays = [sample[since] for sample in samples]
                 label = f"{name}high priority behind {options['backlog']:,} {label}"
                 if delays:
-                    row(
-                        label,
-                        f"{statistics.median(delays):.1f} / {max(delays):.1f}",
-                        f"ms, median / max of {len(delays)}",
-                    )
+                    row(label, percentiles(delays), f"ms, p50 / p99 of {len(delays)}")
                 else:
                     row(label, "none", "(the backlog always ran out first)")
                 if since == "commit" and bare is not None:
                     delays = bare["priority"]
                     row(f"  the database alone: high priority behind "
                         f"{options['backlog']:,} from the commit",
-                        f"{statistics.median(delays):.1f} / {max(delays):.1f}"
-                        if delays else "none", "ms, median / max")  # fmt: skip
+                        percentiles(delays) if delays else "none",
+                        f"ms, p50 / p99 of {len(delays)}" if delays
+                        else "(the backlog always ran out first)")  # fmt: skip
             after = self.memory()
             row(f"{name}worker RSS at rest / after", f"{rest:.0f} / {after:.0f}",
                 "MB, largest")  # fmt: skip
@@ -792,14 +805,15 @@ class Command(BaseCommand):
                 raise SystemExit("The bare loops did not start in time.")
             if self.supervisor.stdout.readline().strip() != "ready":
                 raise SystemExit("The bare loops ended before they started.")
-            runs = self.options["runs"]
             drain, workers_cpu, database_cpu = self.drains()
             figures = {
                 "drain": drain,
                 "cpu": (workers_cpu, database_cpu),
                 "latency": self.latency()["commit"],
                 "priority": [
-                    sample["commit"] for _ in range(runs) for sample in self.priority()
+                    sample["commit"]
+                    for _ in range(self.options["priority_runs"])
+                    for sample in self.priority()
                 ],
             }
         finally:
