@@ -2,6 +2,7 @@
 
 import gc
 import json
+import pickle
 import threading
 from datetime import timedelta
 from zoneinfo import ZoneInfo
@@ -470,6 +471,26 @@ def test_each_enqueue_has_its_own_times_and_a_tasks_run_after_holds():
         assert rows[int(result.id)].enqueued_at > rows[int(first.id)].enqueued_at
 
 
+@pytest.mark.django_db
+def test_a_tasks_backoff_is_encoded_once_and_read_only():
+    """The backoff column of a task's jobs carries its JSON text, made once
+    per task: nothing can change the value under it; it is stored as it
+    reads, and survives a pickle."""
+    backoff = tasks.add.get_backend()._validated_columns(tasks.add)["backoff"]
+    assert json.loads(backoff.text) == dict(backoff)
+    for change in (
+        lambda: backoff.__setitem__("factor", 3.0),
+        lambda: backoff.update(factor=3.0),
+        lambda: backoff.pop("factor"),
+        backoff.clear,
+    ):
+        with pytest.raises(TypeError, match="read only"):
+            change()
+    assert pickle.loads(pickle.dumps(backoff)).text == backoff.text
+    result = tasks.add.enqueue(1, b=2)
+    assert Job.objects.get(pk=result.id).backoff == json.loads(backoff.text)
+
+
 @pytest.mark.parametrize("many", [False, True], ids=["one", "many"])
 def test_an_inserted_job_holds_what_the_orm_would_write(many):
     """The insert prepares its values by hand (not field by field): each
@@ -662,32 +683,70 @@ def test_an_insert_whose_prepared_statement_is_lost_is_made_again_unprepared():
     }
 
 
+def _kept_cursor():
+    """The cursor this connection keeps for its one-statement inserts."""
+    return getattr(connection, "_bgtasks_insert_cursor", None)
+
+
 @pytest.mark.django_db(transaction=True)
-def test_the_prepared_inserts_cursor_follows_its_connection_and_the_query_log():
-    """Prepared inserts keep one cursor per connection. It is made again
-    when the query log is switched on (``assertNumQueries``, DEBUG: the
-    enqueue is logged), and off, and for a new connection (the old one
-    closed); an insert the database refuses drops it. Every job is
-    written."""
+def test_the_inserts_cursor_is_kept_and_follows_its_connection_and_the_query_log():
+    """One-statement inserts keep one cursor per connection. It is made
+    again when the query log is switched on (``assertNumQueries``, DEBUG:
+    the enqueue is logged) and off (nothing logged after), and for a new
+    connection (the old one closed); an insert the database refuses drops
+    it. Every job is written."""
     _psycopg3_connection()
     try:
         tasks.add.enqueue(1, b=1)
+        first = _kept_cursor()
+        tasks.add.enqueue(2, b=1)
+        assert first is not None and _kept_cursor() is first
         with CaptureQueriesContext(connection) as logged:
-            tasks.add.enqueue(2, b=1)
-        tasks.add.enqueue(3, b=1)
-        connection.close()
+            tasks.add.enqueue(3, b=1)
+        logging = _kept_cursor()
+        assert logging is not first
+        count = len(connection.queries_log)
         tasks.add.enqueue(4, b=1)
+        assert len(connection.queries_log) == count
+        assert _kept_cursor() not in (first, logging, None)
+        before_close = _kept_cursor()
+        connection.close()
+        tasks.add.enqueue(5, b=1)
+        assert _kept_cursor() not in (before_close, None)
         with pytest.raises(IntegrityError):  # no such schedule
             tasks.add.get_backend().enqueue_job(
-                tasks.add, (5,), {"b": 1}, schedule_id=2**40
+                tasks.add, (6,), {"b": 1}, schedule_id=2**40
             )
-        tasks.add.enqueue(6, b=1)
+        assert _kept_cursor() is None
+        tasks.add.enqueue(7, b=1)
     finally:
         connection.close()
     assert [q["sql"] for q in logged.captured_queries if "INSERT" in q["sql"]]
     assert sorted(Job.objects.values_list("args", flat=True)) == [
-        [1], [2], [3], [4], [6]
+        [1], [2], [3], [4], [5], [7]
     ]  # fmt: skip
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_enqueue_made_during_an_insert_on_its_connection_reads_its_own_id():
+    """An execute wrapper that enqueues as an enqueue's statement runs (an
+    audit trail, say): the inner insert does not use the outer one's kept
+    cursor, so each reads its own job's id."""
+    inner = []
+
+    def enqueue_inside(execute, sql, params, many, context):
+        outcome = execute(sql, params, many, context)
+        if "INSERT" in sql and not inner:
+            inner.append(None)  # once
+            inner[0] = tasks.add.enqueue(100, b=1)
+        return outcome
+
+    with connection.execute_wrapper(enqueue_inside):
+        outer = tasks.add.enqueue(1, b=1)
+    jobs = dict(Job.objects.values_list("pk", "args"))
+    assert jobs[int(outer.id)] == [1]
+    assert jobs[int(inner[0].id)] == [100]
+    assert len(jobs) == 2
 
 
 def test_enqueue_many_pauses_the_garbage_collector_and_restores_it():

@@ -334,11 +334,14 @@ class _KeptCursor:
     """The cursor of a connection's one-statement inserts (``insert_jobs``),
     made once and used by each of them (psycopg makes a cursor with a copy
     of its connection's adapters: a seventh of a single enqueue's time on a
-    2-vCPU machine, 2026-12-07). A context manager like a cursor, but its
-    exit keeps it open; an error drops it (the next insert makes another).
-    Made again for a new connection, another kind of cursor, or when the
-    query log is switched on or off (``DEBUG``, ``assertNumQueries``):
-    Django picks the wrapper that logs as the cursor is made."""
+    2-vCPU machine, 2026-12-07). A context manager like a cursor: taken
+    from its connection as the insert begins and put back as it ends
+    without an error (an error drops it), so an insert made meanwhile (by
+    an execute wrapper, or another thread on a shared connection) makes a
+    cursor of its own and never reads this one's rows. Made again for a new
+    connection, another kind of cursor, or when the query log is switched
+    on or off (``DEBUG``, ``assertNumQueries``): Django picks the wrapper
+    that logs as the cursor is made."""
 
     __slots__ = ("connection", "cursor", "kind", "logged", "raw")
 
@@ -351,26 +354,36 @@ class _KeptCursor:
 
     @classmethod
     def of(cls, connection, cursor_class) -> _KeptCursor:
-        kept = getattr(connection, "_bgtasks_insert_cursor", None)
+        # Taken (one step under the GIL), not shared while in use.
+        kept = connection.__dict__.pop(_KEPT, None)
+        if kept is None:
+            return cls(connection, cursor_class)
         if (
-            kept is None
-            or kept.raw is not connection.connection
+            kept.raw is not connection.connection
             or kept.kind is not cursor_class
             or kept.logged != connection.queries_logged
         ):
-            kept = connection._bgtasks_insert_cursor = cls(connection, cursor_class)
-        else:
-            connection.validate_thread_sharing()  # as making a cursor does
+            kept.close()
+            return cls(connection, cursor_class)
+        connection.validate_thread_sharing()  # as making a cursor does
         return kept
 
     def __enter__(self):
         return self.cursor
 
     def __exit__(self, kind, value, traceback) -> None:
-        if kind is not None:
-            self.connection._bgtasks_insert_cursor = None
-            with contextlib.suppress(Exception):
-                self.cursor.close()
+        if kind is None:
+            setattr(self.connection, _KEPT, self)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.cursor.close()
+
+
+# Where a connection (Django's wrapper) keeps its _KeptCursor between inserts.
+_KEPT = "_bgtasks_insert_cursor"
 
 
 def _may_prepare(connection) -> bool:
@@ -523,14 +536,23 @@ _COMMON_KINDS = [(name, kind == "jsonb") for name, kind in COMMON.items()]
 class EncodedJSON(dict):
     """A JSON object column's value, the same for every job of a task (its
     backoff), with its text made once: not encoded again at every enqueue.
-    A dict wherever else it goes (the ORM's inserts, results); nothing
-    changes it once made."""
+    A dict wherever else it goes (the ORM's inserts, results), but read
+    only, so the text stays its value's."""
 
     __slots__ = ("text",)
 
     def __init__(self, value: dict):
         super().__init__(value)
         self.text = json.dumps(value)
+
+    def __reduce__(self):
+        return (EncodedJSON, (dict(self),))
+
+    def _read_only(self, *args, **kwargs):
+        raise TypeError("An EncodedJSON is read only: its text is made once.")
+
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
 
 
 def _jsonb(value: Any) -> str | None:

@@ -409,9 +409,11 @@ class Command(BaseCommand):
         self.clear()
         block = max(1, self.options["enqueue"] // ENQUEUE_ROUNDS)
         seconds = [0.0] * len(timers)
-        for _ in range(ENQUEUE_ROUNDS):
-            for n, timer in enumerate(timers):
-                seconds[n] += timer(block)
+        for turn in range(ENQUEUE_ROUNDS):
+            # Each goes first in turn: no timer always follows the same one.
+            for step in range(len(timers)):
+                n = (turn + step) % len(timers)
+                seconds[n] += timers[n](block)
         return [block * ENQUEUE_ROUNDS / spent for spent in seconds]
 
     @staticmethod
