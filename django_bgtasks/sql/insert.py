@@ -515,8 +515,7 @@ def _send_postgresql(cursor, common, arguments, *, notify: bool) -> None:
     ]
     if len(arguments) == 1:  # the common case, with the simplest statement
         args, kwargs = arguments[0]
-        # Most jobs' kwargs are empty: written without the encoder.
-        params += [json.dumps(args), "{}" if kwargs == {} else json.dumps(kwargs)]
+        params += [json.dumps(args), _jsonb(kwargs)]
         many = False
     else:
         # The arguments go as one JSON document, one parameter: far cheaper

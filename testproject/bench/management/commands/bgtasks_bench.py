@@ -404,8 +404,8 @@ class Command(BaseCommand):
         count of jobs to insert and returning the seconds it took: they take
         turns in ``ENQUEUE_ROUNDS`` blocks of ``--enqueue`` / rounds jobs,
         so that each sees the machine of the same seconds (its speed moves
-        by the minute: runs of 3,000 a minute apart put one enqueue at
-        78-100% of the bare INSERTs; in turns of 300, within a point)."""
+        by the minute: runs of 3,000 one after the other put one enqueue at
+        78-100% of the bare INSERTs over a few hours)."""
         self.clear()
         block = max(1, self.options["enqueue"] // ENQUEUE_ROUNDS)
         seconds = [0.0] * len(timers)
@@ -555,11 +555,7 @@ class Command(BaseCommand):
                     p50, p99 = bare["latency"]
                     row("  the database alone: latency p50 / p99 from the commit",
                         f"{p50:.1f} / {p99:.1f}", "ms")  # fmt: skip
-            samples = [
-                sample
-                for _ in range(options["priority_runs"])
-                for sample in self.priority()
-            ]
+            samples = self.priority_samples()
             for since, label in SINCE:
                 delays = [sample[since] for sample in samples]
                 label = f"{name}high priority behind {options['backlog']:,} {label}"
@@ -812,11 +808,7 @@ class Command(BaseCommand):
                 "drain": drain,
                 "cpu": (workers_cpu, database_cpu),
                 "latency": self.latency()["commit"],
-                "priority": [
-                    sample["commit"]
-                    for _ in range(self.options["priority_runs"])
-                    for sample in self.priority()
-                ],
+                "priority": [sample["commit"] for sample in self.priority_samples()],
             }
         finally:
             self.stop_workers()
@@ -920,6 +912,14 @@ class Command(BaseCommand):
                 "commit": (start - committed) * 1000,
             }
         return samples
+
+    def priority_samples(self) -> list[dict[str, float]]:
+        """``priority``'s samples behind each of ``--priority-runs`` backlogs."""
+        return [
+            sample
+            for _ in range(self.options["priority_runs"])
+            for sample in self.priority()
+        ]
 
     def priority(self) -> list[dict[str, float]]:
         """The delays of high-priority jobs enqueued one at a time while the
