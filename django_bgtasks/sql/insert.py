@@ -500,10 +500,7 @@ def _pipeline(connection):
 
 
 def _ids(cursor) -> list[int]:
-    rows = cursor.fetchall()
-    if len(rows) == 1:
-        return [rows[0][0]]
-    return sorted(row[0] for row in rows)
+    return sorted(row[0] for row in cursor.fetchall())
 
 
 def _send_postgresql(cursor, common, arguments, *, notify: bool) -> None:

@@ -307,14 +307,12 @@ class Command(BaseCommand):
         ours = self.ours = {}  # figures to compare with Celery's
         if "enqueue" in scenarios:
             # Interleaved, so that each sees the machine of the same minutes.
-            prepared = [self.enqueue_prepared] if self.can_prepare() else []
-            runs = [
-                self.enqueue_rates(self.enqueue, self.bare_insert, *prepared)
-                for _ in range(options["runs"])
-            ]
-            ours["enqueue"], bare, *prepared = [
-                statistics.median(figures) for figures in zip(*runs, strict=True)
-            ]
+            timers = [self.enqueue, self.bare_insert]
+            if self.can_prepare():
+                timers.append(self.enqueue_prepared)
+            ours["enqueue"], bare, *prepared = self.run_medians(
+                lambda: self.enqueue_rates(*timers)
+            )
             row("enqueue, one transaction each", ours["enqueue"], "jobs/s")
             row("  the database alone: bare INSERTs", bare, "rows/s")
             row("  enqueue / bare", f"{ours['enqueue'] / bare:.1%}", "")
@@ -373,10 +371,13 @@ class Command(BaseCommand):
 
     def medians(self, *scenarios) -> list[float]:
         """The median of each scenario, their runs interleaved."""
-        runs = [
-            [scenario() for scenario in scenarios] for _ in range(self.options["runs"])
-        ]
-        return [statistics.median(figures) for figures in zip(*runs, strict=True)]
+        return self.run_medians(lambda: [scenario() for scenario in scenarios])
+
+    def run_medians(self, figures) -> list[float]:
+        """The median of each of the figures ``figures()`` returns, over
+        ``--runs`` calls."""
+        runs = [figures() for _ in range(self.options["runs"])]
+        return [statistics.median(column) for column in zip(*runs, strict=True)]
 
     # The scale scenario's history of finished jobs: the jobs up to this id,
     # which clear() leaves (None: it empties the table).
