@@ -22,7 +22,9 @@ Scenarios, each run ``--runs`` times (medians printed), on the database of
   (where the database has no NOTIFY, its drains count the sleep of its
   default 1 s poll after the backlog's commit);
 - latency: from an enqueue's commit (when ``enqueue()`` returns), and from
-  its call, to the start of the task, idle workers;
+  its call, to the start of the task, idle workers; the workers and the
+  bare loops take ``--turns`` turns at it (and at the priority figures), so
+  that both sides' percentiles pool samples of the same minutes;
 - priority: the same for high-priority jobs enqueued one at a time behind
   ``--backlog`` others (10 behind each of ``--priority-runs`` backlogs; the
   50th and 99th percentiles of those that started while some of the
@@ -186,6 +188,21 @@ def percentile(values, fraction):
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
+def latencies(samples) -> dict[str, tuple[float, float]]:
+    """From each job's enqueue to the start of its task (``samples``): the
+    50th and 99th percentile, counted from the commit and from the call."""
+    figures = {}
+    for since, _ in SINCE:
+        delays = [sample[since] for sample in samples]
+        figures[since] = percentile(delays, 0.5), percentile(delays, 0.99)
+    return figures
+
+
+def _share(total: int, turn: int, turns: int) -> int:
+    """Turn ``turn``'s share of ``total`` split over ``turns`` turns."""
+    return total * (turn + 1) // turns - total * turn // turns
+
+
 def percentiles(values) -> str:
     """The 50th and 99th percentiles of ``values``, as a figure."""
     return f"{percentile(values, 0.5):.1f} / {percentile(values, 0.99):.1f}"
@@ -212,7 +229,12 @@ SIZES = [  # the integer options: name, default, help
     ("drain", 20_000, "Jobs per drain run."),
     ("concurrency", 16, "Threads per process."),
     ("prefetch", 48, "runworker --prefetch."),
-    ("latency", 200, "Jobs timed one at a time."),
+    ("latency", 1000, "Jobs timed one at a time."),
+    (
+        "turns",
+        5,
+        "Turns the workers and the bare loop take at the latency figures.",
+    ),
     ("backlog", 10_000, "Jobs ahead of the high-priority one."),
     (
         "priority_runs",
@@ -284,9 +306,10 @@ class Command(BaseCommand):
         os.environ["BGTASKS_TASK_MODULES"] = "testproject.bench.noop"
         if options["quick"]:
             options.update(
-                runs=1, enqueue=200, bulk=2000, drain=1000, latency=20, backlog=500,
-                processes="1", priority_runs=1, steady=20_000, idle_workers=2,
-                chord=200, limited=20, history=50_000, queues=100, schedules=1000,
+                runs=1, enqueue=200, bulk=2000, drain=1000, latency=20, turns=1,
+                backlog=500, processes="1", priority_runs=1, steady=20_000,
+                idle_workers=2, chord=200, limited=20, history=50_000, queues=100,
+                schedules=1000,
             )  # fmt: skip
         scenarios = options["scenarios"].split(",")
         unknown = set(scenarios) - set(SCENARIOS + OPTIONAL_SCENARIOS)
@@ -509,7 +532,8 @@ class Command(BaseCommand):
         options = self.options
         name = "" if tuned else "untuned: "
         # The ceiling, first: the same figures of a bare loop (bare.py).
-        bare = self.bare(count) if tuned and connection.vendor in BARE_LOOPS else None
+        with_bare = tuned and connection.vendor in BARE_LOOPS
+        bare = self.bare(count) if with_bare else None
         self.start_workers(count, tuned=tuned)
         try:
             if measured:  # first, while the table is quiet
@@ -520,66 +544,91 @@ class Command(BaseCommand):
                     else None
                 )
             drain, workers_cpu, database_cpu = self.drains()
-            row(f"{name}drain {options['drain']:,} jobs, {count} process(es)",
-                drain, "jobs/s")  # fmt: skip
-            if bare is not None:
-                row("  the database alone: claim and complete 100 at a time",
-                    bare["drain"], "jobs/s")  # fmt: skip
-                row("  drain / bare", f"{drain / bare['drain']:.1%}", "")
-                loops, database = bare["cpu"]
-                row("  the database alone: its loops' / the database's CPU per job",
-                    f"{loops:.3f} / {'-' if database is None else f'{database:.3f}'}",
-                    "ms")  # fmt: skip
-            # Capacity: what one core of each side carries at this pace.
-            row(f"  {name}workers' CPU per job", f"{workers_cpu:.3f}", "ms")
-            row(f"  {name}jobs per worker core", 1000 / workers_cpu, "jobs/s")
-            if database_cpu is not None:
-                row(f"  {name}{connection.display_name} CPU per job",
-                    f"{database_cpu:.3f}",
-                    "ms")  # fmt: skip
-                row(f"  {name}jobs per {connection.display_name} core",
-                    1000 / database_cpu,
-                    "jobs/s")  # fmt: skip
-            if not measured:
-                return drain
-            if tuned:
-                latency = self.latency()
-                self.ours["latency"] = latency["commit"]
-                for since, label in SINCE:
-                    p50, p99 = latency[since]
-                    row(
-                        f"latency p50 / p99 {label}, {count} process(es)",
-                        f"{p50:.1f} / {p99:.1f}",
-                        "ms",
-                    )
-                if bare is not None:
-                    p50, p99 = bare["latency"]
-                    row("  the database alone: latency p50 / p99 from the commit",
-                        f"{p50:.1f} / {p99:.1f}", "ms")  # fmt: skip
-            samples = self.priority_samples()
-            for since, label in SINCE:
-                delays = [sample[since] for sample in samples]
-                label = f"{name}high priority behind {options['backlog']:,} {label}"
-                if delays:
-                    row(label, percentiles(delays), f"ms, p50 / p99 of {len(delays)}")
-                else:
-                    row(label, "none", "(the backlog always ran out first)")
-                if since == "commit" and bare is not None:
-                    delays = bare["priority"]
-                    row(f"  the database alone: high priority behind "
-                        f"{options['backlog']:,} from the commit",
-                        percentiles(delays) if delays else "none",
-                        f"ms, p50 / p99 of {len(delays)}" if delays
-                        else "(the backlog always ran out first)")  # fmt: skip
-            after = self.memory()
-            row(f"{name}worker RSS at rest / after", f"{rest:.0f} / {after:.0f}",
-                "MB, largest")  # fmt: skip
-            if idle is not None:
-                row("idle worker's database transactions", f"{idle:.1f}",
-                    "per second")  # fmt: skip
-            return drain
+            after = self.memory() if measured else None
         finally:
             self.stop_workers()
+        row(f"{name}drain {options['drain']:,} jobs, {count} process(es)",
+            drain, "jobs/s")  # fmt: skip
+        if bare is not None:
+            row("  the database alone: claim and complete 100 at a time",
+                bare["drain"], "jobs/s")  # fmt: skip
+            row("  drain / bare", f"{drain / bare['drain']:.1%}", "")
+            loops, database = bare["cpu"]
+            row("  the database alone: its loops' / the database's CPU per job",
+                f"{loops:.3f} / {'-' if database is None else f'{database:.3f}'}",
+                "ms")  # fmt: skip
+        # Capacity: what one core of each side carries at this pace.
+        row(f"  {name}workers' CPU per job", f"{workers_cpu:.3f}", "ms")
+        row(f"  {name}jobs per worker core", 1000 / workers_cpu, "jobs/s")
+        if database_cpu is not None:
+            row(f"  {name}{connection.display_name} CPU per job",
+                f"{database_cpu:.3f}",
+                "ms")  # fmt: skip
+            row(f"  {name}jobs per {connection.display_name} core",
+                1000 / database_cpu,
+                "jobs/s")  # fmt: skip
+        if not measured:
+            return drain
+        timed = self.timed(count, tuned=tuned, with_bare=with_bare)
+        if tuned:
+            latency = latencies(timed["ours"]["latency"])
+            self.ours["latency"] = latency["commit"]
+            for since, label in SINCE:
+                p50, p99 = latency[since]
+                row(
+                    f"latency p50 / p99 {label}, {count} process(es)",
+                    f"{p50:.1f} / {p99:.1f}",
+                    "ms",
+                )
+            if with_bare:
+                p50, p99 = latencies(timed["bare"]["latency"])["commit"]
+                row("  the database alone: latency p50 / p99 from the commit",
+                    f"{p50:.1f} / {p99:.1f}", "ms")  # fmt: skip
+        for since, label in SINCE:
+            delays = [sample[since] for sample in timed["ours"]["priority"]]
+            label = f"{name}high priority behind {options['backlog']:,} {label}"
+            if delays:
+                row(label, percentiles(delays), f"ms, p50 / p99 of {len(delays)}")
+            else:
+                row(label, "none", "(the backlog always ran out first)")
+            if since == "commit" and with_bare:
+                delays = [sample["commit"] for sample in timed["bare"]["priority"]]
+                row(f"  the database alone: high priority behind "
+                    f"{options['backlog']:,} from the commit",
+                    percentiles(delays) if delays else "none",
+                    f"ms, p50 / p99 of {len(delays)}" if delays
+                    else "(the backlog always ran out first)")  # fmt: skip
+        row(f"{name}worker RSS at rest / after", f"{rest:.0f} / {after:.0f}",
+            "MB, largest")  # fmt: skip
+        if idle is not None:
+            row("idle worker's database transactions", f"{idle:.1f}",
+                "per second")  # fmt: skip
+        return drain
+
+    def timed(self, count: int, *, tuned: bool, with_bare: bool) -> dict:
+        """The latency and priority samples (``samples``) of ``count``
+        worker processes (``"ours"``) and, ``with_bare``, as many bare
+        loops (``"bare"``), which take ``--turns`` turns, so that each
+        figure pools samples of the same minutes: this machine's pace
+        changes from one minute to the next, and a 99th percentile is a few
+        slow moments of it."""
+        turns = max(1, self.options["turns"]) if with_bare else 1
+        sides = {"ours": lambda: self.start_workers(count, tuned=tuned)}
+        if with_bare:
+            sides["bare"] = lambda: self.start_bare(count)
+        timed = {side: {"latency": [], "priority": []} for side in sides}
+        for turn in range(turns):
+            for side, start in sides.items():
+                start()
+                try:
+                    if tuned:
+                        share = _share(self.options["latency"], turn, turns)
+                        timed[side]["latency"] += self.latency(share)
+                    runs = _share(self.options["priority_runs"], turn, turns)
+                    timed[side]["priority"] += self.priority_samples(runs)
+                finally:
+                    self.stop_workers()
+        return timed
 
     # Workflows ---------------------------------------------------------------
 
@@ -778,10 +827,19 @@ class Command(BaseCommand):
 
     def bare(self, count: int) -> dict:
         """The database alone (``testproject/bench/bare.py``): ``count``
-        bare loops' drain (jobs/s), their CPU and the database's per job
-        (ms; the database's None where it cannot be read), latency from the
-        commit (p50, p99) and high-priority delays from the commit behind a
-        backlog, measured as ours are."""
+        bare loops' drain (jobs/s), and their CPU and the database's per
+        job (ms; the database's None where it cannot be read), measured as
+        ours are (their latencies: ``timed``)."""
+        self.start_bare(count)
+        try:
+            drain, workers_cpu, database_cpu = self.drains()
+        finally:
+            self.stop_workers()
+        return {"drain": drain, "cpu": (workers_cpu, database_cpu)}
+
+    def start_bare(self, count: int) -> None:
+        """Start ``count`` bare loops, and wait until every one is connected
+        (and on PostgreSQL listening)."""
         self.clear()
         settings = connection.settings_dict
         database = {"vendor": connection.vendor}
@@ -797,23 +855,10 @@ class Command(BaseCommand):
             stdout=subprocess.PIPE,
             text=True,
         )
-        try:
-            # Until every loop is connected (and on PostgreSQL listening).
-            ready, _, _ = select.select([self.supervisor.stdout], [], [], 60)
-            if not ready:
-                raise SystemExit("The bare loops did not start in time.")
-            if self.supervisor.stdout.readline().strip() != "ready":
-                raise SystemExit("The bare loops ended before they started.")
-            drain, workers_cpu, database_cpu = self.drains()
-            figures = {
-                "drain": drain,
-                "cpu": (workers_cpu, database_cpu),
-                "latency": self.latency()["commit"],
-                "priority": [sample["commit"] for sample in self.priority_samples()],
-            }
-        finally:
+        ready, _, _ = select.select([self.supervisor.stdout], [], [], 60)
+        if not ready or self.supervisor.stdout.readline().strip() != "ready":
             self.stop_workers()
-        return figures
+            raise SystemExit("The bare loops did not start.")
 
     def stop_workers(self) -> None:
         self.supervisor.send_signal(signal.SIGTERM)
@@ -864,13 +909,15 @@ class Command(BaseCommand):
         if time.monotonic() > deadline:
             raise SystemExit("The workers did not finish in time.")
 
-    def latency(self) -> dict[str, tuple[float, float]]:
+    def latency(self, count: int) -> list[dict[str, float]]:
+        """The ``samples`` of ``count`` jobs enqueued one at a time, each
+        once the workers are idle again."""
         self.clear()
         sent = {}
-        for number in range(1, self.options["latency"] + 1):
+        for number in range(1, count + 1):
             sent.update(self.enqueue_timed(noop, -number))
             time.sleep(0.01)  # one at a time: the workers are idle again
-        return self.delays(sent)
+        return list(self.samples(sent).values())
 
     @staticmethod
     def enqueue_timed(task, number) -> dict[int, tuple[float, float]]:
@@ -880,16 +927,6 @@ class Command(BaseCommand):
         called = time.time()
         job_id = int(task.enqueue(number).id)
         return {job_id: (called, time.time())}
-
-    def delays(self, sent) -> dict[str, tuple[float, float]]:
-        """From each job's enqueue to the start of its task: the 50th and
-        99th percentile, counted from the commit and from the call."""
-        figures = {}
-        samples = self.samples(sent).values()
-        for since, _ in SINCE:
-            delays = [sample[since] for sample in samples]
-            figures[since] = percentile(delays, 0.5), percentile(delays, 0.99)
-        return figures
 
     def samples(self, sent) -> dict[int, dict[str, float]]:
         """By job id, each timed job's delay from its enqueue to the start of
@@ -914,13 +951,9 @@ class Command(BaseCommand):
             }
         return samples
 
-    def priority_samples(self) -> list[dict[str, float]]:
-        """``priority``'s samples behind each of ``--priority-runs`` backlogs."""
-        return [
-            sample
-            for _ in range(self.options["priority_runs"])
-            for sample in self.priority()
-        ]
+    def priority_samples(self, runs: int) -> list[dict[str, float]]:
+        """``priority``'s samples behind each of ``runs`` backlogs."""
+        return [sample for _ in range(runs) for sample in self.priority()]
 
     def priority(self) -> list[dict[str, float]]:
         """The delays of high-priority jobs enqueued one at a time while the
