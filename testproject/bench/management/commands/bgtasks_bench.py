@@ -23,8 +23,9 @@ Scenarios, each run ``--runs`` times (medians printed), on the database of
   default 1 s poll after the backlog's commit);
 - latency: from an enqueue's commit (when ``enqueue()`` returns), and from
   its call, to the start of the task, idle workers; the workers and the
-  bare loops take ``--turns`` turns at it (and at the priority figures), so
-  that both sides' percentiles pool samples of the same minutes;
+  bare loops take turns, each started afresh, at their drains (one each a
+  turn) and then at ``--turns`` turns at the latency and priority figures,
+  so that each figure and its ceiling are of the same minutes;
 - priority: the same for high-priority jobs enqueued one at a time behind
   ``--backlog`` others (10 behind each of ``--priority-runs`` backlogs; the
   50th and 99th percentiles of those that started while some of the
@@ -198,6 +199,18 @@ def latencies(samples) -> dict[str, tuple[float, float]]:
     return figures
 
 
+def drain_medians(figures) -> tuple[float, float, float | None]:
+    """The medians of drains' figures (``Command.drain``'s): jobs per
+    second, the workers' CPU per job and the database's (None where it
+    cannot be read), in ms."""
+    databases = [cpu for _, cpu, _ in figures if cpu is not None]
+    return (
+        statistics.median(rate for rate, _, _ in figures),
+        statistics.median(cpu for _, _, cpu in figures),
+        statistics.median(databases) if databases else None,
+    )
+
+
 def _share(total: int, turn: int, turns: int) -> int:
     """Turn ``turn``'s share of ``total`` split over ``turns`` turns."""
     return total * (turn + 1) // turns - total * turn // turns
@@ -233,7 +246,7 @@ SIZES = [  # the integer options: name, default, help
     (
         "turns",
         5,
-        "Turns the workers and the bare loop take at the latency figures.",
+        "Turns the workers and the bare loop take at latency and priority.",
     ),
     ("backlog", 10_000, "Jobs ahead of the high-priority one."),
     (
@@ -531,29 +544,19 @@ class Command(BaseCommand):
         their latencies, memory and idle cost; returns the drain's rate."""
         options = self.options
         name = "" if tuned else "untuned: "
-        # The ceiling, first: the same figures of a bare loop (bare.py).
+        # The ceiling: the same figures of a bare loop (bare.py).
         with_bare = tuned and connection.vendor in BARE_LOOPS
-        bare = self.bare(count) if with_bare else None
-        self.start_workers(count, tuned=tuned)
-        try:
-            if measured:  # first, while the table is quiet
-                rest = self.memory()
-                idle = (
-                    self.idle(count)
-                    if tuned and connection.vendor == "postgresql"
-                    else None
-                )
-            drain, workers_cpu, database_cpu = self.drains()
-            after = self.memory() if measured else None
-        finally:
-            self.stop_workers()
+        figures = self.turns(count, tuned=tuned, measured=measured, bare=with_bare)
+        ours = figures["ours"]
+        drain, workers_cpu, database_cpu = drain_medians(ours["drains"])
         row(f"{name}drain {options['drain']:,} jobs, {count} process(es)",
             drain, "jobs/s")  # fmt: skip
-        if bare is not None:
+        if with_bare:
+            bare = figures["bare"]
+            bare_drain, loops, database = drain_medians(bare["drains"])
             row("  the database alone: claim and complete 100 at a time",
-                bare["drain"], "jobs/s")  # fmt: skip
-            row("  drain / bare", f"{drain / bare['drain']:.1%}", "")
-            loops, database = bare["cpu"]
+                bare_drain, "jobs/s")  # fmt: skip
+            row("  drain / bare", f"{drain / bare_drain:.1%}", "")
             row("  the database alone: its loops' / the database's CPU per job",
                 f"{loops:.3f} / {'-' if database is None else f'{database:.3f}'}",
                 "ms")  # fmt: skip
@@ -569,9 +572,8 @@ class Command(BaseCommand):
                 "jobs/s")  # fmt: skip
         if not measured:
             return drain
-        timed = self.timed(count, tuned=tuned, with_bare=with_bare)
         if tuned:
-            latency = latencies(timed["ours"]["latency"])
+            latency = latencies(ours["latency"])
             self.ours["latency"] = latency["commit"]
             for since, label in SINCE:
                 p50, p99 = latency[since]
@@ -581,54 +583,80 @@ class Command(BaseCommand):
                     "ms",
                 )
             if with_bare:
-                p50, p99 = latencies(timed["bare"]["latency"])["commit"]
+                p50, p99 = latencies(figures["bare"]["latency"])["commit"]
                 row("  the database alone: latency p50 / p99 from the commit",
                     f"{p50:.1f} / {p99:.1f}", "ms")  # fmt: skip
         for since, label in SINCE:
-            delays = [sample[since] for sample in timed["ours"]["priority"]]
+            delays = [sample[since] for sample in ours["priority"]]
             label = f"{name}high priority behind {options['backlog']:,} {label}"
             if delays:
                 row(label, percentiles(delays), f"ms, p50 / p99 of {len(delays)}")
             else:
                 row(label, "none", "(the backlog always ran out first)")
             if since == "commit" and with_bare:
-                delays = [sample["commit"] for sample in timed["bare"]["priority"]]
+                delays = [sample["commit"] for sample in figures["bare"]["priority"]]
                 row(f"  the database alone: high priority behind "
                     f"{options['backlog']:,} from the commit",
                     percentiles(delays) if delays else "none",
                     f"ms, p50 / p99 of {len(delays)}" if delays
                     else "(the backlog always ran out first)")  # fmt: skip
-        row(f"{name}worker RSS at rest / after", f"{rest:.0f} / {after:.0f}",
+        row(f"{name}worker RSS at rest / after",
+            f"{ours['rest']:.0f} / {max(ours['after']):.0f}",
             "MB, largest")  # fmt: skip
-        if idle is not None:
-            row("idle worker's database transactions", f"{idle:.1f}",
+        if ours["idle"] is not None:
+            row("idle worker's database transactions", f"{ours['idle']:.1f}",
                 "per second")  # fmt: skip
         return drain
 
-    def timed(self, count: int, *, tuned: bool, with_bare: bool) -> dict:
-        """The latency and priority samples (``samples``) of ``count``
-        worker processes (``"ours"``) and, ``with_bare``, as many bare
-        loops (``"bare"``), which take ``--turns`` turns, so that each
-        figure pools samples of the same minutes: this machine's pace
-        changes from one minute to the next, and a 99th percentile is a few
-        slow moments of it."""
-        turns = max(1, self.options["turns"]) if with_bare else 1
-        sides = {"ours": lambda: self.start_workers(count, tuned=tuned)}
-        if with_bare:
+    def turns(self, count: int, *, tuned: bool, measured: bool, bare: bool) -> dict:
+        """The figures of ``count`` worker processes (``"ours"``) and, if
+        ``bare``, of as many bare loops (``"bare"``): their ``--runs``
+        drains (``drain``'s figures), and where ``measured`` their latency
+        (``latency``) and high-priority (``priority_samples``) samples and
+        our workers' memory at rest (before their work) and after each
+        turn's drains, and idle cost. With the bare loops, the two take
+        turns at it all (``--runs`` turns, or ``--turns`` where the
+        latencies are timed), each starting afresh, so that each figure
+        and its ceiling are measured in the same minutes: this machine's
+        pace changes from one minute to the next, and a 99th percentile is
+        a few slow moments of it."""
+        options = self.options
+        runs = options["runs"]
+        sides = {}
+        if bare:  # first, as the enqueue's figures have it
             sides["bare"] = lambda: self.start_bare(count)
-        timed = {side: {"latency": [], "priority": []} for side in sides}
+        sides["ours"] = lambda: self.start_workers(count, tuned=tuned)
+        turns = max(runs, options["turns"] if measured else 1) if bare else 1
+        figures = {
+            side: {"drains": [], "latency": [], "priority": [], "after": []}
+            for side in sides
+        }
         for turn in range(turns):
             for side, start in sides.items():
+                mine = figures[side]
                 start()
                 try:
-                    if tuned:
-                        share = _share(self.options["latency"], turn, turns)
-                        timed[side]["latency"] += self.latency(share)
-                    runs = _share(self.options["priority_runs"], turn, turns)
-                    timed[side]["priority"] += self.priority_samples(runs)
+                    if side == "ours" and turn == 0 and measured:
+                        # First, while the table is quiet.
+                        mine["rest"] = self.memory()
+                        mine["idle"] = (
+                            self.idle(count)
+                            if tuned and connection.vendor == "postgresql"
+                            else None
+                        )
+                    drains = _share(runs, turn, turns)
+                    mine["drains"] += [self.drain() for _ in range(drains)]
+                    if side == "ours" and measured and drains:
+                        mine["after"].append(self.memory())
+                    if measured and tuned:
+                        jobs = _share(options["latency"], turn, turns)
+                        mine["latency"] += self.latency(jobs)
+                    if measured:
+                        backlogs = _share(options["priority_runs"], turn, turns)
+                        mine["priority"] += self.priority_samples(backlogs)
                 finally:
                     self.stop_workers()
-        return timed
+        return figures
 
     # Workflows ---------------------------------------------------------------
 
@@ -825,18 +853,6 @@ class Command(BaseCommand):
             time.sleep(0.05)
         time.sleep(0.5)  # let them settle into their idle wait
 
-    def bare(self, count: int) -> dict:
-        """The database alone (``testproject/bench/bare.py``): ``count``
-        bare loops' drain (jobs/s), and their CPU and the database's per
-        job (ms; the database's None where it cannot be read), measured as
-        ours are (their latencies: ``timed``)."""
-        self.start_bare(count)
-        try:
-            drain, workers_cpu, database_cpu = self.drains()
-        finally:
-            self.stop_workers()
-        return {"drain": drain, "cpu": (workers_cpu, database_cpu)}
-
     def start_bare(self, count: int) -> None:
         """Start ``count`` bare loops, and wait until every one is connected
         (and on PostgreSQL listening)."""
@@ -865,17 +881,6 @@ class Command(BaseCommand):
         self.supervisor.wait(60)
         if self.supervisor.stdout is not None:  # the bare loops' "ready"
             self.supervisor.stdout.close()
-
-    def drains(self) -> tuple[float, float, float | None]:
-        """``--runs`` drains' medians: jobs per second, the workers' CPU per
-        job and the database's (None where it cannot be read), in ms."""
-        figures = [self.drain() for _ in range(self.options["runs"])]
-        databases = [cpu for _, cpu, _ in figures if cpu is not None]
-        return (
-            statistics.median(rate for rate, _, _ in figures),
-            statistics.median(cpu for _, _, cpu in figures),
-            statistics.median(databases) if databases else None,
-        )
 
     def drain(self) -> tuple[float, float | None, float]:
         """Jobs per second, the PostgreSQL server's CPU per job in ms (None
