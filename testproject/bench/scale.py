@@ -99,7 +99,7 @@ class Scale:
         bench = self.bench
         bench.start_workers(2)
         try:
-            rates = [bench.drain()[0] for _ in range(self.options["runs"])]
+            rates = [bench.drain().rate for _ in range(self.options["runs"])]
         finally:
             bench.stop_workers()
         figures[f"drain {self.options['drain']:,}, 2 processes"] = (

@@ -22,10 +22,12 @@ Scenarios, each run ``--runs`` times (medians printed), on the database of
   (where the database has no NOTIFY, its drains count the sleep of its
   default 1 s poll after the backlog's commit);
 - latency: from an enqueue's commit (when ``enqueue()`` returns), and from
-  its call, to the start of the task, idle workers; the workers and the
-  bare loops take turns, each started afresh, at their drains (one each a
-  turn) and then at ``--turns`` turns at the latency and priority figures,
-  so that each figure and its ceiling are of the same minutes;
+  its call, to the start of the task, idle workers. The workers and the
+  bare loops take turns (as many as ``--runs`` or ``--turns``, the larger),
+  each side started afresh at each, the one that goes first alternating:
+  the ``--runs`` drains are spread over the turns, and each turn takes its
+  share of the latency's jobs and of the priority's backlogs, so that each
+  figure and its ceiling are of the same minutes;
 - priority: the same for high-priority jobs enqueued one at a time behind
   ``--backlog`` others (10 behind each of ``--priority-runs`` backlogs; the
   50th and 99th percentiles of those that started while some of the
@@ -77,6 +79,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, transaction
@@ -199,19 +202,27 @@ def latencies(samples) -> dict[str, tuple[float, float]]:
     return figures
 
 
-def drain_medians(figures) -> tuple[float, float, float | None]:
-    """The medians of drains' figures (``Command.drain``'s): jobs per
-    second, the workers' CPU per job and the database's (None where it
+class Drain(NamedTuple):
+    """A drain's figures: jobs per second, and the CPU per job of the
+    workers (or bare loops) and of the database server (None where it
     cannot be read), in ms."""
-    databases = [cpu for _, cpu, _ in figures if cpu is not None]
-    return (
-        statistics.median(rate for rate, _, _ in figures),
-        statistics.median(cpu for _, _, cpu in figures),
+
+    rate: float
+    workers_cpu: float
+    database_cpu: float | None
+
+
+def drain_medians(drains: list[Drain]) -> Drain:
+    """Each figure's median over ``drains``."""
+    databases = [d.database_cpu for d in drains if d.database_cpu is not None]
+    return Drain(
+        statistics.median(d.rate for d in drains),
+        statistics.median(d.workers_cpu for d in drains),
         statistics.median(databases) if databases else None,
     )
 
 
-def _share(total: int, turn: int, turns: int) -> int:
+def share(total: int, turn: int, turns: int) -> int:
     """Turn ``turn``'s share of ``total`` split over ``turns`` turns."""
     return total * (turn + 1) // turns - total * turn // turns
 
@@ -246,7 +257,7 @@ SIZES = [  # the integer options: name, default, help
     (
         "turns",
         5,
-        "Turns the workers and the bare loop take at latency and priority.",
+        "Turns the workers and the bare loop take (at least --runs).",
     ),
     ("backlog", 10_000, "Jobs ahead of the high-priority one."),
     (
@@ -546,7 +557,7 @@ class Command(BaseCommand):
         name = "" if tuned else "untuned: "
         # The ceiling: the same figures of a bare loop (bare.py).
         with_bare = tuned and connection.vendor in BARE_LOOPS
-        figures = self.turns(count, tuned=tuned, measured=measured, bare=with_bare)
+        figures = self.take_turns(count, tuned=tuned, measured=measured, bare=with_bare)
         ours = figures["ours"]
         drain, workers_cpu, database_cpu = drain_medians(ours["drains"])
         row(f"{name}drain {options['drain']:,} jobs, {count} process(es)",
@@ -583,7 +594,7 @@ class Command(BaseCommand):
                     "ms",
                 )
             if with_bare:
-                p50, p99 = latencies(figures["bare"]["latency"])["commit"]
+                p50, p99 = latencies(bare["latency"])["commit"]
                 row("  the database alone: latency p50 / p99 from the commit",
                     f"{p50:.1f} / {p99:.1f}", "ms")  # fmt: skip
         for since, label in SINCE:
@@ -594,7 +605,7 @@ class Command(BaseCommand):
             else:
                 row(label, "none", "(the backlog always ran out first)")
             if since == "commit" and with_bare:
-                delays = [sample["commit"] for sample in figures["bare"]["priority"]]
+                delays = [sample["commit"] for sample in bare["priority"]]
                 row(f"  the database alone: high priority behind "
                     f"{options['backlog']:,} from the commit",
                     percentiles(delays) if delays else "none",
@@ -608,35 +619,42 @@ class Command(BaseCommand):
                 "per second")  # fmt: skip
         return drain
 
-    def turns(self, count: int, *, tuned: bool, measured: bool, bare: bool) -> dict:
+    def take_turns(
+        self, count: int, *, tuned: bool, measured: bool, bare: bool
+    ) -> dict:
         """The figures of ``count`` worker processes (``"ours"``) and, if
         ``bare``, of as many bare loops (``"bare"``): their ``--runs``
-        drains (``drain``'s figures), and where ``measured`` their latency
-        (``latency``) and high-priority (``priority_samples``) samples and
+        drains (``drain``), and where ``measured`` their latency
+        (``latency``) and high-priority (``priority_samples``) samples, and
         our workers' memory at rest (before their work) and after each
-        turn's drains, and idle cost. With the bare loops, the two take
-        turns at it all (``--runs`` turns, or ``--turns`` where the
-        latencies are timed), each starting afresh, so that each figure
-        and its ceiling are measured in the same minutes: this machine's
-        pace changes from one minute to the next, and a 99th percentile is
-        a few slow moments of it."""
+        turn's drain, and idle cost.
+
+        The two sides take turns, as many as ``--runs`` or ``--turns`` (the
+        larger), each started afresh at each (the one that goes first
+        alternating): the drains are spread over the turns, and each turn
+        takes its share of the latency's jobs and of the backlogs, so that
+        each figure and its ceiling are measured in the same minutes. This
+        machine's pace changes from one minute to the next, and a 99th
+        percentile is a few slow moments of it. Without a bare loop, the
+        workers take the turns alone: every drain is of workers started
+        afresh."""
         options = self.options
         runs = options["runs"]
-        sides = {}
-        if bare:  # first, as the enqueue's figures have it
+        sides = {"ours": lambda: self.start_workers(count, tuned=tuned)}
+        if bare:
             sides["bare"] = lambda: self.start_bare(count)
-        sides["ours"] = lambda: self.start_workers(count, tuned=tuned)
-        turns = max(runs, options["turns"] if measured else 1) if bare else 1
+        turns = max(runs, options["turns"] if measured else 1)
         figures = {
             side: {"drains": [], "latency": [], "priority": [], "after": []}
             for side in sides
         }
         for turn in range(turns):
-            for side, start in sides.items():
+            order = list(sides.items())
+            for side, start in order[::-1] if turn % 2 else order:
                 mine = figures[side]
                 start()
                 try:
-                    if side == "ours" and turn == 0 and measured:
+                    if side == "ours" and "rest" not in mine and measured:
                         # First, while the table is quiet.
                         mine["rest"] = self.memory()
                         mine["idle"] = (
@@ -644,15 +662,15 @@ class Command(BaseCommand):
                             if tuned and connection.vendor == "postgresql"
                             else None
                         )
-                    drains = _share(runs, turn, turns)
+                    drains = share(runs, turn, turns)
                     mine["drains"] += [self.drain() for _ in range(drains)]
                     if side == "ours" and measured and drains:
                         mine["after"].append(self.memory())
                     if measured and tuned:
-                        jobs = _share(options["latency"], turn, turns)
+                        jobs = share(options["latency"], turn, turns)
                         mine["latency"] += self.latency(jobs)
                     if measured:
-                        backlogs = _share(options["priority_runs"], turn, turns)
+                        backlogs = share(options["priority_runs"], turn, turns)
                         mine["priority"] += self.priority_samples(backlogs)
                 finally:
                     self.stop_workers()
@@ -721,7 +739,7 @@ class Command(BaseCommand):
             # Alternated, so that both see the machine of the same minutes.
             self.start_workers(2)
             try:
-                plain.append(self.drain()[0])
+                plain.append(self.drain().rate)
                 rate, _, spent = self.drain_behind(sleep_10ms)
                 mixed.append(rate)
                 cpu["unlimited"].append(spent)
@@ -731,7 +749,7 @@ class Command(BaseCommand):
             try:
                 from testproject.bench.limited import two_at_a_time
 
-                known.append(self.drain()[0])
+                known.append(self.drain().rate)
                 rate, seen, spent = self.drain_behind(two_at_a_time)
                 beside.append(rate)
                 most.append(seen)
@@ -849,6 +867,7 @@ class Command(BaseCommand):
         deadline = time.monotonic() + 60 + count
         while WorkerProcess.objects.count() < count:
             if time.monotonic() > deadline:
+                self.stop_workers()
                 raise SystemExit("The workers did not start in time.")
             time.sleep(0.05)
         time.sleep(0.5)  # let them settle into their idle wait
@@ -877,15 +896,18 @@ class Command(BaseCommand):
             raise SystemExit("The bare loops did not start.")
 
     def stop_workers(self) -> None:
+        """Stop the workers, or the bare loops (``start_bare``)."""
         self.supervisor.send_signal(signal.SIGTERM)
-        self.supervisor.wait(60)
+        try:
+            self.supervisor.wait(60)
+        except subprocess.TimeoutExpired:
+            self.supervisor.kill()
+            self.supervisor.wait()
         if self.supervisor.stdout is not None:  # the bare loops' "ready"
             self.supervisor.stdout.close()
 
-    def drain(self) -> tuple[float, float | None, float]:
-        """Jobs per second, the PostgreSQL server's CPU per job in ms (None
-        where it cannot be read), and the workers', while the workers drain
-        a backlog."""
+    def drain(self) -> Drain:
+        """The figures of the workers (or bare loops) draining a backlog."""
         self.clear()
         count = self.options["drain"]
         with transaction.atomic():
@@ -894,8 +916,7 @@ class Command(BaseCommand):
         started = time.perf_counter()
         self.wait_for_workers()
         rate = count / (time.perf_counter() - started)
-        workers, database = spent.per_job(count)
-        return rate, database, workers
+        return Drain(rate, *spent.per_job(count))
 
     def wait_for_workers(self, timeout: float = 600) -> None:
         """Until no job is READY or RUNNING (the queue is drained)."""
