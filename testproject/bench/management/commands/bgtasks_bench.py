@@ -192,14 +192,15 @@ def percentile(values, fraction):
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
+def p50_p99(values) -> tuple[float, float]:
+    """The 50th and 99th percentiles of ``values``."""
+    return percentile(values, 0.5), percentile(values, 0.99)
+
+
 def latencies(samples) -> dict[str, tuple[float, float]]:
     """From each job's enqueue to the start of its task (``samples``): the
     50th and 99th percentile, counted from the commit and from the call."""
-    figures = {}
-    for since, _ in SINCE:
-        delays = [sample[since] for sample in samples]
-        figures[since] = percentile(delays, 0.5), percentile(delays, 0.99)
-    return figures
+    return {since: p50_p99([sample[since] for sample in samples]) for since, _ in SINCE}
 
 
 class Drain(NamedTuple):
@@ -229,7 +230,8 @@ def share(total: int, turn: int, turns: int) -> int:
 
 def percentiles(values) -> str:
     """The 50th and 99th percentiles of ``values``, as a figure."""
-    return f"{percentile(values, 0.5):.1f} / {percentile(values, 0.99):.1f}"
+    p50, p99 = p50_p99(values)
+    return f"{p50:.1f} / {p99:.1f}"
 
 
 SCENARIOS = (
@@ -654,7 +656,7 @@ class Command(BaseCommand):
                 mine = figures[side]
                 start()
                 try:
-                    if side == "ours" and "rest" not in mine and measured:
+                    if side == "ours" and turn == 0 and measured:
                         # First, while the table is quiet.
                         mine["rest"] = self.memory()
                         mine["idle"] = (
@@ -1269,7 +1271,7 @@ class CeleryBench:
         for entry in self.module.client.lrange(self.module.STARTS, 0, -1):
             number, started = entry.decode().split()
             delays.append((float(started) - sent[int(number)]) * 1000)
-        return percentile(delays, 0.5), percentile(delays, 0.99)
+        return p50_p99(delays)
 
     def memory(self) -> float:
         """The resident memory of the worker and its pool processes, in MB."""
