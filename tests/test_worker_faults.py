@@ -384,6 +384,47 @@ def test_closing_idle_connections_survives_any_error(monkeypatch, caplog):
     assert Job.objects.count() == 0  # the connection goes on
 
 
+def test_a_thread_tidies_the_connections_it_opened_again_after_an_idle_close(
+    monkeypatch,
+):
+    """A thread skips tidying until it has opened a connection (most jobs
+    never query). Closing its idle connections resets that; one opened
+    again, or one that would not close, is tidied still: a query that
+    failed on it gets it replaced before the thread's next job."""
+    from django_bgtasks.db import close_idle_connections, tidy_connections
+
+    found = []
+
+    def tidied() -> bool:
+        """Whether tidying closes this thread's connection, marked as one a
+        query failed on."""
+        connection.errors_occurred = True
+        tidy_connections()
+        return connection.connection is None
+
+    def on_a_thread():
+        try:
+            connection.ensure_connection()
+            close_idle_connections()
+            found.append(connection.connection is None)  # closed when idle
+            connection.ensure_connection()  # opened again
+            found.append(tidied())
+
+            connection.ensure_connection()
+            with monkeypatch.context() as patched:
+                patched.setattr(connection, "close", lambda: 1 / 0)
+                close_idle_connections()  # it would not close
+            found.append(connection.connection is not None)
+            found.append(tidied())
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=on_a_thread)
+    thread.start()
+    thread.join(timeout=30)
+    assert found == [True, True, True, True]
+
+
 def test_heartbeat_survives_any_error():
     process = FlakyProcess()
     lost = []
