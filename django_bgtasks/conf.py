@@ -1,7 +1,8 @@
 """django_bgtasks settings: one ``BGTASKS`` dict, defaults in one place.
 
-Values are read from ``settings.BGTASKS`` on every access, so
-``override_settings(BGTASKS=...)`` works in tests. ``checks.py`` validates them.
+Values are read from ``settings.BGTASKS`` once, and again whenever it changes
+(``setting_changed``), so ``override_settings(BGTASKS=...)`` works in tests.
+``checks.py`` validates them.
 """
 
 from __future__ import annotations
@@ -76,12 +77,23 @@ DEFAULTS: dict[str, Any] = {
 
 
 class BgTasksSettings:
-    """Attribute access to ``settings.BGTASKS`` with defaults filled in."""
+    """Attribute access to ``settings.BGTASKS`` with defaults filled in.
+
+    A value read is kept as an attribute of this object, so that reading it
+    again (the worker does for every job) costs no lookup through Django's
+    settings; they are forgotten when ``BGTASKS`` changes (``setting_changed``,
+    as ``override_settings`` sends), as Django's own settings object does."""
 
     def __getattr__(self, name: str) -> Any:
         if name not in DEFAULTS:
             raise AttributeError(f"Unknown django_bgtasks setting: {name!r}")
-        return getattr(settings, "BGTASKS", {}).get(name, DEFAULTS[name])
+        value = getattr(settings, "BGTASKS", {}).get(name, DEFAULTS[name])
+        self.__dict__[name] = value
+        return value
+
+    def forget(self) -> None:
+        """Read every value from the settings again."""
+        self.__dict__.clear()
 
 
 bgtasks_settings = BgTasksSettings()
@@ -100,6 +112,7 @@ settings_generation = _Generation()
 
 def _bgtasks_setting_changed(*, setting: str, **kwargs: Any) -> None:
     if setting == "BGTASKS":
+        bgtasks_settings.forget()
         settings_generation.value += 1
 
 
