@@ -133,7 +133,7 @@ class Completer(threading.Thread):
             return
         completions = [
             Completion(
-                f.attempt.job.pk,
+                f.attempt.job.id,
                 f.attempt.job.attempts,
                 f.change.changes,
                 f.change.deletes,
@@ -164,7 +164,7 @@ class Completer(threading.Thread):
             return
         for finished in batch:
             job = finished.attempt.job
-            if job.pk in applied:
+            if job.id in applied:
                 for name, value in finished.change.changes.items():
                     setattr(job, name, value)
                 report(finished, finished.change, receivers)

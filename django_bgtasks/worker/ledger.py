@@ -125,7 +125,7 @@ class Ledger:
         """The claim made with ``reservation`` returned ``jobs`` (in claim
         order); they wait for a thread."""
         entries = [
-            (0, -job.priority, job.run_after, job.pk, Attempt(job)) for job in jobs
+            (0, -job.priority, job.run_after, job.id, Attempt(job)) for job in jobs
         ]
         with self._lock:
             alone = sum(job.runs_alone for job in jobs)
@@ -342,7 +342,7 @@ class Ledger:
                 attempt.stage = Stage.RUNNING
                 attempt.started = now
                 attempt.thread_id = threading.get_ident()
-                self._running[job.pk] = attempt
+                self._running[job.id] = attempt
                 self._slots.job_started(job.priority)
                 if job.runs_alone:
                     self._alone = attempt
@@ -352,7 +352,7 @@ class Ledger:
                 # row first.
                 if job.timeout is not None and 0 < job.timeout < math.inf:
                     attempt.deadline = now + job.timeout
-                    self._timed[job.pk] = attempt
+                    self._timed[job.id] = attempt
                     # Its deadline comes before the main loop would look.
                     wake = attempt.deadline < self._looks_at
                 else:
@@ -397,7 +397,7 @@ class Ledger:
     def _left(self, attempt: Attempt) -> bool:
         """Under the lock: ``attempt`` left the running ones. Returns whether
         it ran alone."""
-        pk = attempt.job.pk
+        pk = attempt.job.id
         del self._running[pk]
         self._timed.pop(pk, None)
         alone = attempt is self._alone
