@@ -76,29 +76,6 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-class BgTasksSettings:
-    """Attribute access to ``settings.BGTASKS`` with defaults filled in.
-
-    A value read is kept as an attribute of this object, so that reading it
-    again (the worker does for every job) costs no lookup through Django's
-    settings; they are forgotten when ``BGTASKS`` changes (``setting_changed``,
-    as ``override_settings`` sends), as Django's own settings object does."""
-
-    def __getattr__(self, name: str) -> Any:
-        if name not in DEFAULTS:
-            raise AttributeError(f"Unknown django_bgtasks setting: {name!r}")
-        value = getattr(settings, "BGTASKS", {}).get(name, DEFAULTS[name])
-        self.__dict__[name] = value
-        return value
-
-    def forget(self) -> None:
-        """Read every value from the settings again."""
-        self.__dict__.clear()
-
-
-bgtasks_settings = BgTasksSettings()
-
-
 class _Generation:
     """Counts changes of ``settings.BGTASKS`` (``override_settings`` in
     tests): what was worked out from its old values must be worked out
@@ -110,10 +87,40 @@ class _Generation:
 settings_generation = _Generation()
 
 
+class BgTasksSettings:
+    """Attribute access to ``settings.BGTASKS`` with defaults filled in.
+
+    A value read is kept as an attribute of this object, so that reading it
+    again (the worker does for every job) costs no lookup through Django's
+    settings. The values kept are forgotten when ``setting_changed`` says
+    ``BGTASKS`` changed (``override_settings`` and pytest-django's
+    ``settings`` fixture send it); a ``BGTASKS`` assigned or edited in place
+    without it is not seen."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in DEFAULTS:
+            raise AttributeError(f"Unknown django_bgtasks setting: {name!r}")
+        generation = settings_generation.value
+        value = getattr(settings, "BGTASKS", {}).get(name, DEFAULTS[name])
+        self.__dict__[name] = value
+        if settings_generation.value != generation:
+            # The setting changed while it was read (on another thread): the
+            # value kept may be the old one.
+            self.__dict__.pop(name, None)
+        return value
+
+    def forget(self) -> None:
+        """Read every value from the settings again."""
+        self.__dict__.clear()
+
+
+bgtasks_settings = BgTasksSettings()
+
+
 def _bgtasks_setting_changed(*, setting: str, **kwargs: Any) -> None:
     if setting == "BGTASKS":
+        settings_generation.value += 1  # first: see BgTasksSettings.__getattr__
         bgtasks_settings.forget()
-        settings_generation.value += 1
 
 
 setting_changed.connect(_bgtasks_setting_changed)

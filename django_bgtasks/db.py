@@ -91,10 +91,14 @@ def cancel_query(using: str) -> None:
 
 
 # Whether this thread has opened a connection since it last closed them all:
-# Django sends ``connection_created`` on the thread that connects (each
-# thread has its own connections). A job thread whose tasks never query
-# skips ``tidy_connections``: asking Django's per-thread registry which
-# connections it holds costs some 3 µs, a twentieth of a no-op job.
+# Django sends ``connection_created`` on the thread that connects, once the
+# connection is set up. After a success, a job thread whose tasks have not
+# queried since it was last idle skips ``tidy_connections``: asking Django's
+# per-thread registry which connections it holds costs some 3 µs, a
+# twentieth of a no-op job. A connection that this thread holds unseen (its
+# setup failed before the signal, and the task caught that error; or it was
+# opened on another thread and shared) is tidied only after an attempt that
+# did not succeed, as every connection is then.
 _opened = threading.local()
 
 
@@ -121,15 +125,16 @@ def close_idle_connections() -> None:
     _opened.here = any(connection.connection is not None for connection in held)
 
 
-def tidy_connections() -> None:
+def tidy_connections(*, succeeded: bool = False) -> None:
     """After a job, on its thread: close the connections an error in the
     task may have left unusable (a reconnect is cheap beside a next job
     failing on a dead one: SQLite cannot even tell), and those it left out
     of autocommit; keep the others open for the thread's next job, whatever
     their age. With ``CONN_HEALTH_CHECKS``, a kept one is checked before its
-    next query, as after a request."""
-    if not getattr(_opened, "here", False):
-        return  # nothing opened on this thread: nothing to tidy
+    next query, as after a request. ``succeeded``: the job succeeded, and
+    if this thread has opened no connection, there is nothing to tidy."""
+    if succeeded and not getattr(_opened, "here", False):
+        return
     for connection in connections.all(initialized_only=True):
         if connection.connection is None:
             continue

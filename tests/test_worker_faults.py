@@ -384,22 +384,23 @@ def test_closing_idle_connections_survives_any_error(monkeypatch, caplog):
     assert Job.objects.count() == 0  # the connection goes on
 
 
-def test_a_thread_tidies_the_connections_it_opened_again_after_an_idle_close(
-    monkeypatch,
-):
-    """A thread skips tidying until it has opened a connection (most jobs
-    never query). Closing its idle connections resets that; one opened
-    again, or one that would not close, is tidied still: a query that
-    failed on it gets it replaced before the thread's next job."""
+def test_a_thread_tidies_its_connections_once_it_has_opened_one(monkeypatch):
+    """After a success, a thread tidies its connections only once it has
+    opened one (``connection_created``); closing them when idle resets
+    that, and opening one again, or one that would not close, sets it.
+    After an attempt that did not succeed, every connection is tidied: one
+    whose setup failed before the signal was sent is replaced too."""
+    from django.db.backends.signals import connection_created
+
     from django_bgtasks.db import close_idle_connections, tidy_connections
 
     found = []
 
-    def tidied() -> bool:
+    def tidied(**how) -> bool:
         """Whether tidying closes this thread's connection, marked as one a
         query failed on."""
         connection.errors_occurred = True
-        tidy_connections()
+        tidy_connections(**how)
         return connection.connection is None
 
     def on_a_thread():
@@ -408,21 +409,30 @@ def test_a_thread_tidies_the_connections_it_opened_again_after_an_idle_close(
             close_idle_connections()
             found.append(connection.connection is None)  # closed when idle
             connection.ensure_connection()  # opened again
-            found.append(tidied())
+            found.append(tidied(succeeded=True))
 
             connection.ensure_connection()
             with monkeypatch.context() as patched:
                 patched.setattr(connection, "close", lambda: 1 / 0)
                 close_idle_connections()  # it would not close
             found.append(connection.connection is not None)
-            found.append(tidied())
+            found.append(tidied(succeeded=True))
+
+            close_idle_connections()
+            # Opened with no signal sent (as when its setup fails midway).
+            with monkeypatch.context() as patched:
+                patched.setattr(connection_created, "receivers", [])
+                patched.setattr(connection_created, "sender_receivers_cache", {})
+                connection.ensure_connection()
+            found.append(not tidied(succeeded=True))  # not seen after a success
+            found.append(tidied())  # after a failure: replaced
         finally:
             connection.close()
 
     thread = threading.Thread(target=on_a_thread)
     thread.start()
     thread.join(timeout=30)
-    assert found == [True, True, True, True]
+    assert found == [True] * 6
 
 
 def test_heartbeat_survives_any_error():

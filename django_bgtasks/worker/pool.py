@@ -14,7 +14,7 @@ from .. import notify, tracing
 from ..db import close_idle_connections, retry_until_done, tidy_connections
 from ..exceptions import WorkerError
 from ..models import Job, JobStatus
-from ..models.transitions import Failed, Interrupted, transition
+from ..models.transitions import Failed, Interrupted, Succeeded, transition
 from .attempt import Recorded, describe, run_attempt
 from .claims import Claimer
 from .clock import DatabaseClock
@@ -119,7 +119,7 @@ class JobThreads:
         # After each job: a connection the task left unusable is not handed
         # to the next job on this thread; the others stay open.
         try:
-            tidy_connections()
+            tidy_connections(succeeded=isinstance(outcome, Succeeded))
         except Exception:
             # A backend's own error (not a DatabaseError): the outcome is
             # known, and stands; the thread's connections are closed.
