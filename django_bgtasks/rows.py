@@ -165,13 +165,12 @@ def _status_and_errors(job: Job) -> tuple[TaskResultStatus, list[TaskError]]:
         status = JobStatus.READY  # not due yet: its workflow's steps first
     elif status == JobStatus.CANCELLED:
         status = JobStatus.FAILED
-        if errors and errors[-1].exception_class_path in CANCELLED_ERRORS:
-            # The task, or expiry, said why.
-            return RESULT_STATUSES.get(status) or TaskResultStatus(status), errors
-        errors.append(
-            TaskError(
-                exception_class_path=class_path(JobCancelled),
-                traceback="The job was cancelled before it ran.",
+        # Unless the task, or expiry, said why: cancelled from outside.
+        if not (errors and errors[-1].exception_class_path in CANCELLED_ERRORS):
+            errors.append(
+                TaskError(
+                    exception_class_path=class_path(JobCancelled),
+                    traceback="The job was cancelled before it ran.",
+                )
             )
-        )
     return RESULT_STATUSES.get(status) or TaskResultStatus(status), errors

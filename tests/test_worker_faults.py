@@ -392,6 +392,7 @@ def test_a_thread_tidies_its_connections_once_it_has_opened_one(monkeypatch):
     whose setup failed before the signal was sent is replaced too."""
     from django.db.backends.signals import connection_created
 
+    from django_bgtasks import db
     from django_bgtasks.db import close_idle_connections, tidy_connections
 
     found = []
@@ -419,11 +420,13 @@ def test_a_thread_tidies_its_connections_once_it_has_opened_one(monkeypatch):
             found.append(tidied(succeeded=True))
 
             close_idle_connections()
-            # Opened with no signal sent (as when its setup fails midway).
-            with monkeypatch.context() as patched:
-                patched.setattr(connection_created, "receivers", [])
-                patched.setattr(connection_created, "sender_receivers_cache", {})
+            # Opened unseen (as when its setup fails before the signal).
+            uid = "django_bgtasks.db.opened"
+            connection_created.disconnect(dispatch_uid=uid)
+            try:
                 connection.ensure_connection()
+            finally:
+                connection_created.connect(db._note_opened, dispatch_uid=uid)
             found.append(not tidied(succeeded=True))  # not seen after a success
             found.append(tidied())  # after a failure: replaced
         finally:
