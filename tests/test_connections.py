@@ -2,8 +2,9 @@
 kernel's table of each process's sockets: a supervisor holds the one LISTEN
 connection of its processes (PostgreSQL) and the scheduler's and
 maintenance's; each of its children, once idle, two (its claims' and its
-heartbeat's), whatever its job threads and its completer opened while it
-worked. A child hears its wake-ups through the supervisor."""
+heartbeat's), whatever its job threads, its completer and the thread that
+claims for it when notified opened while it worked. A child hears its
+wake-ups through the supervisor."""
 
 import os
 import signal
@@ -93,8 +94,10 @@ def test_a_supervised_child_is_woken_through_its_supervisor(workers):
         message="the first job",
     )
     # The child polls once a minute and holds no LISTEN connection: only
-    # the supervisor's wake-up can start this within the wait.
-    assert database_connections(child) <= 3  # claims, heartbeat, completer
+    # the supervisor's wake-up can start this within the wait. Its
+    # connections: claims, heartbeat, the completer's, and that of the
+    # thread that read the wake-up (it claimed the job: the child was idle).
+    assert database_connections(child) <= 4
     second = tasks.add.enqueue(3, 4)
     wait_until(
         lambda: second.refresh() or second.status == JobStatus.SUCCESSFUL,
@@ -103,3 +106,28 @@ def test_a_supervised_child_is_woken_through_its_supervisor(workers):
     )
     supervisor.send_signal(signal.SIGTERM)
     assert workers.wait(supervisor, timeout=30) == 0
+
+
+@requires_postgresql
+def test_an_idle_standalone_worker_holds_four_connections(workers):
+    """A worker without a supervisor listens itself; the jobs a NOTIFY
+    announces while it is idle are claimed on its listener's thread, whose
+    connection for them is closed again once notifications stop."""
+    worker = workers.start("--concurrency", "2", "--poll-interval", "60")
+    wait_until(lambda: len(children_pids()) == 1, timeout=60, message="the worker")
+    for number in range(3):
+        job = tasks.add.enqueue(number, 1)
+        wait_until(
+            lambda job=job: job.refresh() or job.status == JobStatus.SUCCESSFUL,
+            timeout=10,
+            message="a notified job",
+        )
+    # Claims, heartbeat, LISTEN, maintenance: the listener's claims',
+    # the completer's and the job threads' closed after 5 s without work.
+    wait_until(
+        lambda: database_connections(worker.pid) == 4,
+        timeout=30,
+        message="an idle standalone worker's four connections",
+    )
+    worker.send_signal(signal.SIGTERM)
+    assert workers.wait(worker, timeout=30) == 0

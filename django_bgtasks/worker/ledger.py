@@ -119,6 +119,16 @@ class Ledger:
         with self._lock:
             return self._slots.reserve_urgent()
 
+    def reserve_for_idle(self) -> Reservation | None:
+        """The listener's reservation for an idle worker's claim; None (and
+        the main loop is woken to claim, or to see it is done) if the worker
+        is no longer idle or has no free slot."""
+        with self._lock:
+            reservation = self._slots.reserve_for_idle()
+        if reservation is None:
+            self._wake.set()
+        return reservation
+
     def claimed(
         self, reservation: Reservation, jobs: list[Job], seconds: float | None = None
     ) -> None:
@@ -168,10 +178,12 @@ class Ledger:
         return True
 
     def notified(self, priority: int | None) -> Notice:
-        """New jobs of ``priority`` were enqueued; the main loop is woken."""
+        """New jobs of ``priority`` were enqueued; the main loop is woken,
+        unless the listener is to claim for the idle worker itself."""
         with self._lock:
             notice = self._slots.notified(priority)
-        self._wake.set()
+        if notice is not Notice.CLAIM_FOR_IDLE:
+            self._wake.set()
         return notice
 
     def pause_starts(self) -> None:

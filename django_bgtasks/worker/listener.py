@@ -13,6 +13,7 @@ from django.db import connections
 from django.utils.crypto import get_random_string
 
 from ..conf import bgtasks_settings
+from ..db import IDLE_CONNECTION_SECONDS, close_idle_connections
 from ..notify import CHANNEL, STOP_CHANNEL, parse
 
 logger = logging.getLogger("django_bgtasks.worker")
@@ -23,7 +24,9 @@ class Listener(threading.Thread):
     queues (``priority``: the highest notified, None if any came without),
     and ``on_stop_request(worker_id)`` when jobs of worker ``worker_id``
     were asked to stop (of any worker, if ``worker_id`` is None: a
-    supervisor's, for its children).
+    supervisor's, for its children). The connections these open on this
+    thread (a claim's, a read's) are closed after IDLE_CONNECTION_SECONDS
+    without a notification.
 
     Reconnects with a growing pause when the connection drops, and calls
     both after reconnecting (``on_stop_request(None)``), since
@@ -83,8 +86,13 @@ class Listener(threading.Thread):
                 self._tell(self.on_notify, None)
                 if self.on_stop_request is not None:
                     self._tell(self.on_stop_request, None)
+                heard_at = time.monotonic()
                 while not self._stop_event.is_set():
-                    self._wait(timeout=1.0)
+                    if self._wait(timeout=1.0):
+                        heard_at = time.monotonic()
+                    elif time.monotonic() - heard_at >= IDLE_CONNECTION_SECONDS:
+                        # The connection its claims and reads opened.
+                        close_idle_connections()
             except Exception as exc:
                 if self._stop_event.is_set():
                     break
@@ -128,8 +136,11 @@ class Listener(threading.Thread):
             cursor.execute(f'UNLISTEN "{probe}"')
         return heard
 
-    def _wait(self, timeout: float) -> None:
-        self._pass_on(self._receive(timeout))
+    def _wait(self, timeout: float) -> bool:
+        """Pass on what comes within ``timeout`` seconds; whether any came."""
+        notes = self._receive(timeout)
+        self._pass_on(notes)
+        return bool(notes)
 
     def _receive(self, timeout: float) -> list[tuple[str, str]]:
         """The notifications that come within ``timeout`` seconds (at least
