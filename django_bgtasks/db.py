@@ -80,14 +80,21 @@ def cancel_query(using: str) -> None:
     it). For a call cut short in Python (a second stop request), whose
     statement would otherwise run on in the database: a claim behind a lock
     would claim jobs once the lock was free, for a worker gone by then."""
-    raw = connections[using].connection
-    if raw is not None and connections[using].vendor == "postgresql":
-        with contextlib.suppress(Exception):  # best effort: it is closed next
+    cancel_statement(connections[using])
+    discard_connection(using)
+
+
+def cancel_statement(connection) -> None:
+    """Ask the server to cancel what ``connection`` (a connection wrapper,
+    of any thread) runs, if anything: best effort, on PostgreSQL only (the
+    drivers' cancel is safe from another thread)."""
+    raw = connection.connection
+    if raw is not None and connection.vendor == "postgresql":
+        with contextlib.suppress(Exception):
             if hasattr(raw, "cancel_safe"):  # psycopg 3, with a deadline
                 raw.cancel_safe(timeout=2.0)
             else:  # psycopg 2
                 raw.cancel()
-    discard_connection(using)
 
 
 # Whether this thread has opened a connection since it last closed them all:

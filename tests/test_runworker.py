@@ -4,12 +4,14 @@ import gc
 import logging
 import signal
 import subprocess
+import threading
 from datetime import timedelta
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection, transaction
 
+from django_bgtasks import notify
 from django_bgtasks.compat import FRAMEWORK_LOGGER, TaskResultStatus
 from django_bgtasks.models import Job, JobStatus, Queue, WorkerProcess
 from django_bgtasks.worker.process import GC_THRESHOLD, settle_garbage_collector
@@ -260,34 +262,77 @@ def test_second_signal_exits_at_once(workers, tmp_path):
     assert not WorkerProcess.objects.exists()
 
 
+def notify_workers(text: str) -> None:
+    """On this thread's own connection (autocommit): a NOTIFY to the
+    workers with ``text``."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, %s)", [notify.CHANNEL, text])
+    finally:
+        connection.close()
+
+
+def claims_blocked_by(cursor) -> int:
+    """How many connections wait behind a lock this connection holds; the
+    activity snapshot is read afresh (it is kept for the transaction, which
+    would hide a connection opened since)."""
+    cursor.execute("SELECT pg_stat_clear_snapshot()")
+    cursor.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+        "current_database() AND pg_backend_pid() = ANY(pg_blocking_pids(pid))"
+    )
+    return cursor.fetchone()[0]
+
+
 @requires_postgresql
 def test_a_second_signal_cuts_a_claim_that_hangs_short(workers):
-    """A claim that waits in the database (behind a lock on the queues
-    table, which it reads for the paused queues) is cut short by a second
-    signal, however soon after the first (two signals may reach the main
-    thread's handler as one): the worker exits at once with status 1,
-    not as a failure, and the claim does not go on in the database."""
+    """A claim of the main loop that waits in the database (behind a lock
+    on the queues table, which it reads for the paused queues) is cut short
+    by a second signal, however soon after the first (two signals may reach
+    the main thread's handler as one): the worker exits at once with status
+    1, not as a failure, and the claim does not go on in the database."""
     process = workers.start(
-        "--poll-interval", "0.05", "--no-scheduler", "--no-maintenance"
-    )
+        "--poll-interval", "0.05", "--no-scheduler", "--no-maintenance",
+        env={"BGTASKS_NOTIFY": "false"},  # the main loop's claims alone
+    )  # fmt: skip
     wait_until(lambda: WorkerProcess.objects.exists(), timeout=30, message="the worker")
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(f"LOCK TABLE {Queue._meta.db_table} IN ACCESS EXCLUSIVE MODE")
-
-        def waiting_behind_the_lock() -> int:
-            cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                "current_database() AND pg_backend_pid() = ANY(pg_blocking_pids(pid))"
-            )
-            return cursor.fetchone()[0]
-
-        wait_until(waiting_behind_the_lock, timeout=30, message="a claim waits")
+        wait_until(lambda: claims_blocked_by(cursor), timeout=30, message="a claim")
         send_a_second_signal(workers, process)
         assert workers.wait(process, timeout=30) == 1
-        wait_until(lambda: not waiting_behind_the_lock(), message="the claim cancelled")
+        wait_until(lambda: not claims_blocked_by(cursor), message="the claim cancelled")
     output = workers.output(process)
     assert "SIGTERM received again: exiting at once" in output
     assert "main loop failed" not in output
+    assert not WorkerProcess.objects.exists()
+
+
+@requires_postgresql
+def test_a_second_signal_cancels_the_listeners_claim_that_hangs(workers):
+    """The claim the listener makes for an idle worker, waiting behind the
+    same lock, holds the worker's free slots; a second signal ends the
+    worker at once all the same, and the claim is cancelled in the server
+    (run once the lock is free, it would claim for a worker gone)."""
+    process = workers.start(
+        "--poll-interval", "60", "--no-scheduler", "--no-maintenance"
+    )  # fmt: skip
+    wait_until(lambda: WorkerProcess.objects.exists(), timeout=30, message="the worker")
+    wait_until(
+        lambda: "wake-ups" in workers.output(process), message="the worker's banner"
+    )
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(f"LOCK TABLE {Queue._meta.db_table} IN ACCESS EXCLUSIVE MODE")
+        # A NOTIFY from another connection, as an enqueue's commit sends.
+        elsewhere = threading.Thread(target=notify_workers, args=("default 0",))
+        elsewhere.start()
+        elsewhere.join(10)
+        wait_until(lambda: claims_blocked_by(cursor), timeout=30, message="a claim")
+        send_a_second_signal(workers, process)
+        assert workers.wait(process, timeout=15) == 1
+        wait_until(lambda: not claims_blocked_by(cursor), message="the claim cancelled")
+    output = workers.output(process)
+    assert "SIGTERM received again: exiting at once" in output
     assert not WorkerProcess.objects.exists()
 
 

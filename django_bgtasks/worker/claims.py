@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import time
 
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connections, transaction
 
 from ..backend import DatabaseBackend
 from ..compat import task_started
 from ..db import (
     CONNECTION_ERRORS,
     cancel_query,
+    cancel_statement,
     close_if_unusable,
     discard_connection,
 )
@@ -62,6 +63,9 @@ class Claimer:
         # Since when ``due_left`` has found only locked due jobs (the main
         # loop's thread alone).
         self._locked_since: float | None = None
+        # The connection of the listener's claim under way (set and cleared
+        # on its thread), for ``cancel_listeners_claim``.
+        self._listeners_claim = None
 
     def claim_for_loop(self) -> list[Job] | None:
         """The main loop's claim, if the ledger says to claim now: the jobs
@@ -152,6 +156,16 @@ class Claimer:
         finally:
             self.ledger.resume_starts()
 
+    def cancel_listeners_claim(self) -> None:
+        """Ask the server to cancel the listener's claim, if one is under
+        way (from the main thread, as the worker exits): one blocked in the
+        database (behind a migration's lock, say) would otherwise run once
+        the lock is free, for a worker gone by then. The main loop's own
+        claim is cancelled on its thread (``_claim``)."""
+        connection = self._listeners_claim
+        if connection is not None:
+            cancel_statement(connection)
+
     def _claim(self, reservation: Reservation) -> list[Job] | None:
         """Claim with ``reservation``; the ledger hears exactly one of
         ``claimed`` and ``claim_failed``."""
@@ -164,6 +178,7 @@ class Claimer:
                 # under load); a connection broken meanwhile fails the
                 # claim, and the main loop makes it instead.
                 close_if_unusable(self.using)
+                self._listeners_claim = connections[self.using]
             jobs = claim_jobs(
                 self.using,
                 worker_id=self.worker_id,
@@ -185,6 +200,9 @@ class Claimer:
             finally:
                 self.ledger.claim_failed(reservation)
             raise
+        finally:
+            if not reservation.by_loop:  # the main loop's may run meanwhile
+                self._listeners_claim = None
         if jobs:
             self.started_receivers = Receivers(task_started, DatabaseBackend)
         self.ledger.claimed(reservation, jobs, time.monotonic() - started)

@@ -236,8 +236,7 @@ class Worker:
                 self._loop_failed()
             # No more claims; one under way lands first (for up to 10 s), so
             # its jobs are waited for or given back with the others.
-            if not self.ledger.close(wait=10, loop_done=True):
-                logger.warning("A claim did not return within 10 s")
+            self._close_claims(wait=10)
             self._wait_for_held_jobs()
         finally:
             self._shut_down()
@@ -475,6 +474,24 @@ class Worker:
             if not self.ledger.idle:
                 self.ledger.wait(min(left, 1.0))
 
+    def _close_claims(self, wait: float) -> None:
+        """Claim nothing more, and let a claim under way land within
+        ``wait`` seconds, or until the worker must exit at once; one that
+        has not landed by then (the listener's, blocked in the database: the
+        main loop's own is over) is cancelled in the server (PostgreSQL)
+        and given 2 s more to land, as failed. Waited for in slices: a
+        second stop request sets ``_forced`` but may not interrupt this
+        thread's wait (its signal may reach another thread)."""
+        deadline = time.monotonic() + wait
+        while not self.ledger.close(wait=0.1, loop_done=True):
+            if self._forced.is_set() or time.monotonic() >= deadline:
+                break
+        else:
+            return
+        logger.warning("A claim did not return: cancelling it")
+        self.claimer.cancel_listeners_claim()
+        self.ledger.close(wait=2.0, loop_done=True)
+
     def _shut_down(self) -> None:
         self._shutting_down = True
         # From here on no job thread starts a job or records an outcome: what
@@ -485,7 +502,7 @@ class Worker:
             if part is not None:
                 part.stop()
         # What a claim under way takes is given back too.
-        self.ledger.close(wait=10, loop_done=True)
+        self._close_claims(wait=10)
         heartbeat = self._parts.get("heartbeat")
         if isinstance(heartbeat, threading.Thread):
             # Before the row goes, or a last beat might register it again.
