@@ -80,57 +80,8 @@ def test_an_urgent_job_is_claimed_on_the_listeners_thread_while_jobs_run():
     assert job.status == JobStatus.RUNNING and job.worker_id == WORKER_ID
     assert claimer.ledger.unfinished_ids() == {held, urgent}
     assert claimer.ledger.counts()["reserved"] == 0
-    assert claimer.hooks["listener_claims"] == 1
+    assert claimer.hooks["urgent_claims"] == 1
     assert starts_next(claimer.ledger) == urgent  # and the pause is over
-
-
-def test_an_idle_workers_claim_is_made_on_the_listeners_thread():
-    """A worker that holds nothing claims what a NOTIFY announces on the
-    listener's thread, for every free slot, without waking the main loop:
-    a claim that comes back short leaves nothing for it."""
-    claimer = claimer_of(threads=2, prefetch=1)
-    low = int(tasks.add.enqueue(1, 1).id)
-    high = int(tasks.add.using(priority=10).enqueue(2, 2).id)
-    claimer.ledger.clear_wake()
-
-    claimer.notified(10)
-
-    assert status(low) == status(high) == JobStatus.RUNNING
-    assert claimer.ledger.unfinished_ids() == {low, high}
-    assert claimer.ledger.counts()["reserved"] == 0
-    assert claimer.hooks["listener_claims"] == 1 and claimer.hooks["claims"] == 0
-    assert not claimer.ledger.wait(0)  # the main loop sleeps on
-    assert starts_next(claimer.ledger) == high
-
-
-def test_a_full_claim_for_an_idle_worker_wakes_the_main_loop():
-    """More jobs than free slots: the listener's claim comes back full, and
-    the main loop is woken to claim the rest as slots free."""
-    claimer = claimer_of(threads=1, prefetch=1)
-    ids = [int(tasks.add.enqueue(n, n).id) for n in range(3)]
-    claimer.ledger.clear_wake()
-
-    claimer.notified(0)
-
-    assert claimer.ledger.unfinished_ids() == set(ids[:2])
-    assert claimer.ledger.wait(0)
-    assert status(ids[2]) == JobStatus.READY
-
-
-@requires_server_database
-def test_an_idle_workers_claim_on_a_broken_connection_is_left_to_the_loop():
-    claimer = claimer_of(threads=2)
-    job = int(tasks.add.enqueue(1, 1).id)
-    connection.ensure_connection()
-    connection.connection.close()  # behind Django's back, as a server would
-    claimer.ledger.clear_wake()
-
-    claimer.notified(0)
-
-    assert connection.connection is None
-    assert status(job) == JobStatus.READY
-    assert claimer.ledger.wait(0)  # woken to claim it
-    assert [claimed.pk for claimed in claimer.claim_for_loop()] == [job]
 
 
 def test_a_job_that_outranks_nothing_held_is_left_to_the_main_loop():

@@ -2,9 +2,10 @@
 kernel's table of each process's sockets: a supervisor holds the one LISTEN
 connection of its processes (PostgreSQL) and the scheduler's and
 maintenance's; each of its children, once idle, two (its claims' and its
-heartbeat's), whatever its job threads, its completer and the thread that
-claims for it when notified opened while it worked. A child hears its
-wake-ups through the supervisor."""
+heartbeat's), whatever its job threads and its completer opened while it
+worked. A child hears its wake-ups through the supervisor; a standalone
+worker listens itself, and closes the connection its listener claims on
+once notifications stop."""
 
 import os
 import signal
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from django_bgtasks.models import JobStatus, WorkerProcess
+from django_bgtasks.models import Job, JobStatus, WorkerProcess
 from tests import tasks
 from tests.conftest import requires_postgresql, requires_server_database, wait_until
 from tests.models import Execution
@@ -94,10 +95,8 @@ def test_a_supervised_child_is_woken_through_its_supervisor(workers):
         message="the first job",
     )
     # The child polls once a minute and holds no LISTEN connection: only
-    # the supervisor's wake-up can start this within the wait. Its
-    # connections: claims, heartbeat, the completer's, and that of the
-    # thread that read the wake-up (it claimed the job: the child was idle).
-    assert database_connections(child) <= 4
+    # the supervisor's wake-up can start this within the wait.
+    assert database_connections(child) <= 3  # claims, heartbeat, completer
     second = tasks.add.enqueue(3, 4)
     wait_until(
         lambda: second.refresh() or second.status == JobStatus.SUCCESSFUL,
@@ -109,21 +108,41 @@ def test_a_supervised_child_is_woken_through_its_supervisor(workers):
 
 
 @requires_postgresql
-def test_an_idle_standalone_worker_holds_four_connections(workers):
-    """A worker without a supervisor listens itself; the jobs a NOTIFY
-    announces while it is idle are claimed on its listener's thread, whose
-    connection for them is closed again once notifications stop."""
-    worker = workers.start("--concurrency", "2", "--poll-interval", "60")
+def test_a_standalone_workers_listener_closes_its_claims_connection(workers, tmp_path):
+    """The listener of a worker without a supervisor claims an urgent job
+    on a connection of its own while the worker is busy; it closes it once
+    notifications stop, and the idle worker holds four connections again."""
+    worker = workers.start("--concurrency", "1", "--poll-interval", "60")
     wait_until(lambda: len(children_pids()) == 1, timeout=60, message="the worker")
-    for number in range(3):
-        job = tasks.add.enqueue(number, 1)
+    registered = WorkerProcess.objects.get().last_heartbeat_at
+    wait_until(
+        lambda: WorkerProcess.objects.get().last_heartbeat_at > registered,
+        message="a beat: the heartbeat's connection open",
+    )
+    gate = tmp_path / "gate"
+    busy = tasks.wait_for_file.enqueue(str(gate))
+    wait_until(lambda: Job.objects.running().exists(), message="the busy job")
+    before = database_connections(worker.pid)
+    urgent = tasks.add.using(priority=10).enqueue(1, 2)
+    # Its one thread busy, only the listener's claim takes it now.
+    wait_until(
+        lambda: urgent.refresh() or urgent.status != JobStatus.READY,
+        timeout=10,
+        message="the urgent job claimed by the listener",
+    )
+    listening = database_connections(worker.pid)
+    gate.touch()
+    for result in (busy, urgent):
         wait_until(
-            lambda job=job: job.refresh() or job.status == JobStatus.SUCCESSFUL,
+            lambda result=result: (
+                result.refresh() or result.status == JobStatus.SUCCESSFUL
+            ),
             timeout=10,
-            message="a notified job",
+            message="the jobs done",
         )
-    # Claims, heartbeat, LISTEN, maintenance: the listener's claims',
-    # the completer's and the job threads' closed after 5 s without work.
+    # Claims, heartbeat, LISTEN, maintenance: the listener's claims', the
+    # completer's and the job thread's closed after 5 s without work.
+    assert listening == before + 1  # the listener's, for its claim
     wait_until(
         lambda: database_connections(worker.pid) == 4,
         timeout=30,

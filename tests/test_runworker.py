@@ -310,29 +310,35 @@ def test_a_second_signal_cuts_a_claim_that_hangs_short(workers):
 
 @requires_postgresql
 def test_a_second_signal_cancels_the_listeners_claim_that_hangs(workers):
-    """The claim the listener makes for an idle worker, waiting behind the
-    same lock, holds the worker's free slots; a second signal ends the
-    worker at once all the same, and the claim is cancelled in the server
-    (run once the lock is free, it would claim for a worker gone)."""
+    """While the main loop's claim waits behind the lock, a job of a higher
+    priority is claimed by the listener, which waits behind it too; a
+    second signal ends the worker at once all the same, and both claims
+    are cancelled in the server (the listener's from the main thread: run
+    once the lock is free, it would claim for a worker gone)."""
     process = workers.start(
-        "--poll-interval", "60", "--no-scheduler", "--no-maintenance"
+        "--poll-interval", "0.05", "--no-scheduler", "--no-maintenance"
     )  # fmt: skip
     wait_until(lambda: WorkerProcess.objects.exists(), timeout=30, message="the worker")
-    wait_until(
-        lambda: "wake-ups" in workers.output(process), message="the worker's banner"
-    )
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(f"LOCK TABLE {Queue._meta.db_table} IN ACCESS EXCLUSIVE MODE")
-        # A NOTIFY from another connection, as an enqueue's commit sends.
-        elsewhere = threading.Thread(target=notify_workers, args=("default 0",))
-        elsewhere.start()
-        elsewhere.join(10)
-        wait_until(lambda: claims_blocked_by(cursor), timeout=30, message="a claim")
+
+        def both_claims_wait() -> bool:
+            # A NOTIFY as an enqueue's commit sends, until the listener
+            # (listening once it has checked its connection) claims.
+            elsewhere = threading.Thread(target=notify_workers, args=("default 5",))
+            elsewhere.start()
+            elsewhere.join(10)
+            return claims_blocked_by(cursor) >= 2
+
+        wait_until(both_claims_wait, timeout=30, message="both claims waiting")
         send_a_second_signal(workers, process)
         assert workers.wait(process, timeout=15) == 1
-        wait_until(lambda: not claims_blocked_by(cursor), message="the claim cancelled")
+        wait_until(
+            lambda: not claims_blocked_by(cursor), message="both claims cancelled"
+        )
     output = workers.output(process)
     assert "SIGTERM received again: exiting at once" in output
+    assert "A claim did not return: cancelling it" in output
     assert not WorkerProcess.objects.exists()
 
 

@@ -250,58 +250,15 @@ def test_a_job_outranking_the_waiting_ones_is_urgent():
 
 def test_with_none_waiting_the_head_of_the_backlog_sets_the_bar():
     slots = Slots(threads=2)
+    assert slots.notified(0) is Notice.WAKE  # nothing held or claimed yet
+    assert slots.urgent  # anything may be urgent
+    slots.urgent = False
     claim(slots, [3, 7])
-    slots.job_started(7)
-    slots.job_started(3)  # both run, none waits: the last claim's lowest is 3
+    run(
+        slots, 2, priorities=[7, 3]
+    )  # nothing waits: the last claim's lowest priority is 3
     assert slots.notified(3) is Notice.WAKE and not slots.urgent
-    assert slots.notified(4) is Notice.CLAIM_HERE and slots.urgent
-
-
-def test_the_listener_claims_for_an_idle_worker_with_every_free_slot():
-    slots = Slots(threads=2, prefetch=2)
-    assert slots.notified(0) is Notice.CLAIM_FOR_IDLE  # nothing held yet
-    assert slots.urgent  # for the main loop, should it claim first
-    reservation = slots.reserve_for_idle()
-    assert (reservation.count, reservation.by_loop) == (4, False)
-    assert not slots.urgent and not slots.loop_claiming
-    # Its claim under way, the worker is not idle: a second one waits.
-    assert slots.notified(0) is Notice.WAKE
-    assert slots.reserve_for_idle() is None
-    assert slots.reserve_for_loop() is None  # every slot is reserved
-    # Short: the queue is drained, the main loop need not look.
-    assert slots.claim_returned(reservation, [5], 0.001) is False
-    assert (slots.waiting, slots.reserved, slots.backlog) == (1, 0, False)
-    assert slots.last_claimed_priority == 5
-    run(slots, 1)  # its outcome is being written: idle again
-    assert slots.notified(0) is Notice.CLAIM_FOR_IDLE
-
-
-def test_the_listeners_full_claim_for_an_idle_worker_wakes_the_main_loop():
-    slots = Slots(threads=2, prefetch=2)
-    reservation = slots.reserve_for_idle()
-    assert slots.claim_returned(reservation, [0] * 4, 0.001) is True
-    assert slots.backlog  # more may be due: the main loop claims them
-
-
-def test_the_listeners_failed_claim_for_an_idle_worker_is_left_to_the_loop():
-    slots = Slots(threads=2)
-    slots.notified(None)
-    reservation = slots.reserve_for_idle()
-    assert slots.claim_failed(reservation) is True  # the main loop looks
-    assert slots.urgent and slots.reserved == 0
-    assert slots.reserve_for_loop().count == 2
-
-
-def test_no_claim_for_an_idle_worker_that_may_claim_nothing():
-    slots = Slots(threads=2, max_jobs=1)
-    claim(slots)
-    run(slots, 1, seconds=0.001)  # idle, its one job done
-    assert slots.notified(0) is Notice.CLAIM_FOR_IDLE
-    assert slots.reserve_for_idle() is None  # the main loop sees it is done
-    slots = Slots(threads=2)
-    slots.reserve_for_loop()  # the main loop's claim is under way
-    assert slots.notified(0) is Notice.CLAIM_HERE  # an urgent one, as before
-    assert slots.reserve_for_idle() is None
+    assert slots.notified(4) is Notice.WAKE and slots.urgent  # idle: no claim here
 
 
 def test_an_urgent_claim_does_not_raise_the_bar():
@@ -350,9 +307,6 @@ def test_a_closed_worker_claims_nothing_and_nothing_is_urgent_to_claim_here():
     assert slots.reserve_for_loop() is None
     assert slots.reserve_urgent() is None
     assert slots.notified(100) is Notice.WAKE
-    run(slots, 1, seconds=0.001)  # idle
-    assert slots.notified(100) is Notice.WAKE
-    assert slots.reserve_for_idle() is None
 
 
 def test_jobs_dropped_while_exiting_free_their_slots():

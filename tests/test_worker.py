@@ -487,9 +487,9 @@ def test_a_backlog_is_claimed_while_jobs_run_when_outcomes_limit_claims(monkeypa
     running_at_claims = []
 
     class Watch(RecordedHooks):
-        def claimed(self, count, *, by_listener):
+        def claimed(self, count, *, urgent):
             running_at_claims.append(worker.ledger.counts()["running"])
-            super().claimed(count, by_listener=by_listener)
+            super().claimed(count, urgent=urgent)
 
     tasks.sleep_for.enqueue_many(((0.02,), {}) for _ in range(60))
     worker = Worker(

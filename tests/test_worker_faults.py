@@ -107,9 +107,9 @@ class BreaksAfterAClaim(RecordedHooks):
     """Stands in for a bug in the worker's main loop: its first claim of
     jobs raises, just after the claimed jobs have reached the ledger."""
 
-    def claimed(self, count: int, *, by_listener: bool) -> None:
-        super().claimed(count, by_listener=by_listener)
-        if count and not by_listener and self["claims"] == 1:
+    def claimed(self, count: int, *, urgent: bool) -> None:
+        super().claimed(count, urgent=urgent)
+        if count and not urgent and self["claims"] == 1:
             raise RuntimeError("a bug in the main loop")
 
 

@@ -1,5 +1,5 @@
-"""Claiming jobs for a worker: the main loop's claims, and the listener's on
-its own thread (an urgent job's, and an idle worker's).
+"""Claiming jobs for a worker: the main loop's claims, and the urgent claims
+the listener makes on its own thread.
 
 Each claim reserves its slots in the ledger, runs the claim statement
 (``sql/claim.py``, the one place that says which rows may be claimed) on the
@@ -50,8 +50,9 @@ class Claimer:
         queues: list[str] | None,
         hooks: Hooks,
     ):
-        # Read-only but started_receivers. Claims run on the main loop's
-        # thread and the listener's, each on its own connection.
+        # Read-only but started_receivers and _listeners_claim. Claims run
+        # on the main loop's thread and the listener's, each on its own
+        # connection.
         self.ledger = ledger
         self.using = using
         self.worker_id = worker_id
@@ -64,7 +65,8 @@ class Claimer:
         # loop's thread alone).
         self._locked_since: float | None = None
         # The connection of the listener's claim under way (set and cleared
-        # on its thread), for ``cancel_listeners_claim``.
+        # on its thread, read on the main thread as the worker exits), for
+        # ``cancel_listeners_claim``.
         self._listeners_claim = None
 
     def claim_for_loop(self) -> list[Job] | None:
@@ -111,29 +113,10 @@ class Claimer:
         return now - self._locked_since < LOCKED_GRACE
 
     def notified(self, priority: int | None) -> None:
-        """A NOTIFY (on the listener's thread): while the worker is idle,
-        claim here for its free slots; else wake the main loop, and while
+        """A NOTIFY (on the listener's thread): wake the main loop; while
         jobs run, claim an urgent one here and now (see ``Slots``)."""
-        notice = self.ledger.notified(priority)
-        if notice is Notice.CLAIM_FOR_IDLE:
-            self.claim_for_idle()
-        elif notice is Notice.CLAIM_HERE:
+        if self.ledger.notified(priority) is Notice.CLAIM_HERE:
             self.claim_urgent()
-
-    def claim_for_idle(self) -> None:
-        """Make the main loop's claim on this (the listener's) thread, for
-        every free slot of a worker that holds nothing: the jobs reach a
-        job thread without first waking the main loop, a thread hand-off
-        that costs 0.1 ms or more on a busy machine. The main loop is woken
-        only if the claim comes back full (more may be due) or fails (it
-        claims instead)."""
-        reservation = self.ledger.reserve_for_idle()
-        if reservation is None:
-            return  # no longer idle: the main loop claims
-        try:
-            self._claim(reservation)
-        except Exception:
-            logger.exception("Claiming for the idle worker failed")
 
     def claim_urgent(self) -> None:
         """Claim the best due job alone, on this (the listener's) thread.
@@ -157,11 +140,12 @@ class Claimer:
             self.ledger.resume_starts()
 
     def cancel_listeners_claim(self) -> None:
-        """Ask the server to cancel the listener's claim, if one is under
-        way (from the main thread, as the worker exits): one blocked in the
-        database (behind a migration's lock, say) would otherwise run once
-        the lock is free, for a worker gone by then. The main loop's own
-        claim is cancelled on its thread (``_claim``)."""
+        """Ask the server to cancel the listener's urgent claim, if one is
+        under way (from the main thread, as the worker exits): one blocked
+        in the database (behind a migration's lock, say) would otherwise run
+        once the lock is free, for a worker gone by then. Best effort: one
+        still connecting, or between its statements, is not cancelled. The
+        main loop's own claim is cancelled on its thread (``_claim``)."""
         connection = self._listeners_claim
         if connection is not None:
             cancel_statement(connection)
@@ -174,7 +158,7 @@ class Claimer:
             if not reservation.by_loop:
                 # The listener's connection waits unused between claims: not
                 # one an error left unusable. No health check: its round
-                # trip would delay the notified job (by a millisecond or more
+                # trip would delay the urgent job (by a millisecond or more
                 # under load); a connection broken meanwhile fails the
                 # claim, and the main loop makes it instead.
                 close_if_unusable(self.using)
@@ -186,7 +170,7 @@ class Claimer:
                 limit=reservation.count,
             )
         except DatabaseError as exc:
-            where = "" if reservation.by_loop else " (left to the main loop)"
+            where = "" if reservation.by_loop else " (urgent, left to the main loop)"
             logger.warning("Database error while claiming jobs%s: %s", where, exc)
             discard_connection(self.using)
             self.ledger.claim_failed(reservation)
@@ -206,5 +190,5 @@ class Claimer:
         if jobs:
             self.started_receivers = Receivers(task_started, DatabaseBackend)
         self.ledger.claimed(reservation, jobs, time.monotonic() - started)
-        self.hooks.claimed(len(jobs), by_listener=not reservation.by_loop)
+        self.hooks.claimed(len(jobs), urgent=not reservation.by_loop)
         return jobs

@@ -22,9 +22,8 @@ from collections import Counter
 class Hooks:
     """The moments a worker reports; this class ignores them."""
 
-    def claimed(self, count: int, *, by_listener: bool) -> None:
-        """A claim returned ``count`` jobs (``by_listener``: the listener's,
-        not the main loop's)."""
+    def claimed(self, count: int, *, urgent: bool) -> None:
+        """A claim returned ``count`` jobs (``urgent``: the listener's)."""
 
     def written(self, count: int) -> None:
         """The outcomes of ``count`` attempts are committed (or given up)."""
@@ -37,8 +36,7 @@ class Hooks:
 
 
 class RecordedHooks(Hooks):
-    """Counts the moments: ``claims`` (the main loop's),
-    ``listener_claims``, ``jobs_claimed``,
+    """Counts the moments: ``claims``, ``urgent_claims``, ``jobs_claimed``,
     ``batches_written``, ``jobs_written``, ``idle_polls``, ``loop_waits``."""
 
     def __init__(self):
@@ -50,9 +48,9 @@ class RecordedHooks(Hooks):
             self.counts.update(amounts)
             self._changed.notify_all()
 
-    def claimed(self, count: int, *, by_listener: bool) -> None:
-        if by_listener:
-            self._add(listener_claims=1, jobs_claimed=count)
+    def claimed(self, count: int, *, urgent: bool) -> None:
+        if urgent:
+            self._add(urgent_claims=1, jobs_claimed=count)
         else:
             self._add(claims=1, jobs_claimed=count)
 

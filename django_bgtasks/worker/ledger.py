@@ -119,16 +119,6 @@ class Ledger:
         with self._lock:
             return self._slots.reserve_urgent()
 
-    def reserve_for_idle(self) -> Reservation | None:
-        """The listener's reservation for an idle worker's claim; None (and
-        the main loop is woken to claim, or to see it is done) if the worker
-        is no longer idle or has no free slot."""
-        with self._lock:
-            reservation = self._slots.reserve_for_idle()
-        if reservation is None:
-            self._wake.set()
-        return reservation
-
     def claimed(
         self, reservation: Reservation, jobs: list[Job], seconds: float | None = None
     ) -> None:
@@ -178,12 +168,10 @@ class Ledger:
         return True
 
     def notified(self, priority: int | None) -> Notice:
-        """New jobs of ``priority`` were enqueued; the main loop is woken,
-        unless the listener is to claim for the idle worker itself."""
+        """New jobs of ``priority`` were enqueued; the main loop is woken."""
         with self._lock:
             notice = self._slots.notified(priority)
-        if notice is not Notice.CLAIM_FOR_IDLE:
-            self._wake.set()
+        self._wake.set()
         return notice
 
     def pause_starts(self) -> None:

@@ -84,8 +84,7 @@ class ChildPipe:
 
 class SupervisorMessages(threading.Thread):
     """In a child: read the supervisor's lines from ``fd`` and act on them
-    on this thread, so that a wake-up's claim (an idle worker's, or an
-    urgent job's) is made one thread
+    on this thread, so that a wake-up's urgent claim is made one thread
     hand-off after the notification came (each hand-off costs up to a
     switch interval, 5 ms, behind busy job threads). A stop request,
     ``on_stop(count, source)`` (count 1: stop, 2: at once; 1 when the
@@ -94,7 +93,7 @@ class SupervisorMessages(threading.Thread):
     are merged: one ``on_wake(priority)`` (the highest priority, or None
     if any came without one) and one ``on_jobs_stop()`` for this worker's
     (``worker_id``) jobs or any worker's, whatever piled up meanwhile. Its
-    connection (a claim's, a read's) is closed after
+    connection (an urgent claim's, a read's) is closed after
     IDLE_CONNECTION_SECONDS without a line. If reading fails (not the end
     of the stream: an error), ``on_failure()``, once it is logged."""
 

@@ -476,12 +476,14 @@ class Worker:
 
     def _close_claims(self, wait: float) -> None:
         """Claim nothing more, and let a claim under way land within
-        ``wait`` seconds, or until the worker must exit at once; one that
-        has not landed by then (the listener's, blocked in the database: the
-        main loop's own is over) is cancelled in the server (PostgreSQL)
-        and given 2 s more to land, as failed. Waited for in slices: a
-        second stop request sets ``_forced`` but may not interrupt this
-        thread's wait (its signal may reach another thread)."""
+        ``wait`` seconds, or until the worker must exit at once (``_forced``:
+        a second stop request, a recycle, or the shutdown itself, which so
+        waits 0.1 s at most); one that has not landed by then (the
+        listener's, blocked in the database: the main loop's own is over)
+        is cancelled in the server (PostgreSQL; best effort) and given 2 s
+        more to land, as failed. Waited for in slices: a second stop request
+        sets ``_forced`` but may not interrupt this thread's wait (its
+        signal may reach another thread)."""
         deadline = time.monotonic() + wait
         while not self.ledger.close(wait=0.1, loop_done=True):
             if self._forced.is_set() or time.monotonic() >= deadline:
@@ -501,7 +503,8 @@ class Worker:
             part = self._parts.get(name)
             if part is not None:
                 part.stop()
-        # What a claim under way takes is given back too.
+        # What a claim under way takes is given back too (by now only the
+        # listener's can be, blocked in the database: it is cancelled).
         self._close_claims(wait=10)
         heartbeat = self._parts.get("heartbeat")
         if isinstance(heartbeat, threading.Thread):

@@ -28,11 +28,7 @@ The rules:
    the jobs the threads finish during a claim, while they are short and the
    backlog deep; none when jobs are long (a waiting job is one another
    worker could be running).
-5. **Notified jobs.** A NOTIFY names its jobs' priority. While the worker
-   is idle (it holds no job and no claim is under way), the listener makes
-   the main loop's claim itself, for every free slot: the job starts one
-   thread hand-off sooner, and the main loop is woken only if that claim
-   comes back full (there may be more). Otherwise, a job that outranks a
+5. **Urgent jobs.** A NOTIFY names its jobs' priority. A job that outranks a
    job this worker holds waiting (or, with none waiting, the lowest it
    claimed last: the head of the backlog) is urgent: the main loop claims
    as soon as one slot frees, and while jobs run the listener claims it
@@ -80,10 +76,6 @@ class Reservation:
     by_loop: bool  # the main loop's claim, or the listener's
     # An urgent job was waiting to be claimed: it still is if the claim fails.
     urgent: bool = False
-    # The listener's claim of one urgent job beyond the capacity, not a
-    # claim for the free slots (the main loop's, or the listener's for an
-    # idle worker): its job says nothing of the backlog.
-    one_urgent: bool = False
 
 
 class Notice(enum.Enum):
@@ -91,7 +83,6 @@ class Notice(enum.Enum):
 
     WAKE = "wake"  # the main loop looks for work
     CLAIM_HERE = "claim here"  # an urgent job: the listener claims it now
-    CLAIM_FOR_IDLE = "claim for idle"  # the listener makes the loop's claim
 
 
 @dataclass
@@ -225,26 +216,10 @@ class Slots:
         capacity (rule 5); None if none may be taken."""
         if self.closed or not self.free(beyond=1):
             return None
-        return self._reserve(1, by_loop=False, one_urgent=True)
+        return self._reserve(1, by_loop=False)
 
-    @property
-    def claims_for_idle(self) -> bool:
-        """Whether the listener would make the main loop's claim (rule 5):
-        nothing is held, no claim is under way, and claims are open."""
-        return not (self.closed or self.held or self.reserved)
-
-    def reserve_for_idle(self) -> Reservation | None:
-        """Every free slot, for the listener's claim of an idle worker
-        (rule 5); None if the worker is no longer idle, or has no free slot
-        (the main loop claims, or sees it is done)."""
-        if not self.claims_for_idle or not (free := self.free()):
-            return None
-        return self._reserve(free, by_loop=False)
-
-    def _reserve(
-        self, count: int, *, by_loop: bool, one_urgent: bool = False
-    ) -> Reservation:
-        reservation = Reservation(count, by_loop, self.urgent, one_urgent)
+    def _reserve(self, count: int, *, by_loop: bool) -> Reservation:
+        reservation = Reservation(count, by_loop, self.urgent)
         self.reserved += count
         if by_loop:
             self.loop_reserved += count
@@ -269,29 +244,27 @@ class Slots:
         round trip; ``alone``: how many of them must run alone). Returns
         whether the main loop must look again before it waits: it now
         claims at fewer free slots, and the jobs that ended during the claim
-        were held to the old mark; or the listener's claim for an idle
-        worker came back full, and more jobs may be due."""
+        were held to the old mark."""
         self._release(reservation)
         self.alone += alone
         self.waiting += len(priorities)
         self.claimed += len(priorities)
         self._waiting_priorities.update(priorities)
-        if reservation.one_urgent:
-            return False  # an urgent job is not the head of the backlog
-        if priorities:
+        if not reservation.by_loop:
+            return False
+        if priorities:  # an urgent job is not the head of the backlog
             self.last_claimed_priority = min(priorities)
         if seconds is not None:
             self.claim_seconds = _average(self.claim_seconds, seconds)
         self.backlog = len(priorities) == reservation.count
         old = self.claim_at
         self.retune()
-        return self.claim_at < old or (self.backlog and not reservation.by_loop)
+        return self.claim_at < old
 
     def claim_failed(self, reservation: Reservation) -> bool:
         """A claim failed (the database); an urgent job it was for is still
-        to claim, as is what the listener's claim was for. Returns whether
-        the main loop must look again (it may have done its round while the
-        failed claim held the job)."""
+        to claim. Returns whether the main loop must look again (it may have
+        done its round while the failed claim held the job)."""
         self._release(reservation)
         if reservation.urgent or not reservation.by_loop:
             self.urgent = True
@@ -381,16 +354,11 @@ class Slots:
             if self._waiting_priorities
             else self.last_claimed_priority
         )
-        urgent = priority is None or floor is None or priority > floor
-        # Set for an idle worker too: if the main loop claims first (the
-        # listener's reservation then fails), the job is still its urgent
-        # one; the listener's reservation clears it.
-        self.urgent = self.urgent or urgent
-        if self.claims_for_idle:
-            return Notice.CLAIM_FOR_IDLE
-        busy = self.held or self.loop_claiming
-        if urgent and priority is not None and busy and not self.closed:
-            return Notice.CLAIM_HERE
+        if priority is None or floor is None or priority > floor:
+            self.urgent = True
+            busy = self.held or self.loop_claiming
+            if priority is not None and busy and not self.closed:
+                return Notice.CLAIM_HERE
         return Notice.WAKE
 
     def close(self, *, loop_done: bool = False) -> None:
