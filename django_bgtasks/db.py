@@ -6,9 +6,10 @@ A worker is not a request: Django closes a request's connection at its end
 keep theirs whatever ``CONN_MAX_AGE`` says while they work, and close one
 when an error has left it unusable. Reconnecting for every job would cost
 the database a new backend per job. A thread that only works with jobs (a
-job thread, the completer) closes its connections once it has had none for
-``IDLE_CONNECTION_SECONDS``: an idle worker process holds only its claims'
-and its heartbeat's.
+job thread, the completer, the thread that claims urgent jobs) closes its
+connections once it has had none for ``IDLE_CONNECTION_SECONDS``: an idle
+worker process holds only its claims' and its heartbeat's (and a
+standalone one its ``LISTEN`` and maintenance connections).
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ logger = logging.getLogger("django_bgtasks.worker")
 # Errors a reconnect may cure: a dropped connection, a restarted server,
 # SQLite's "database is locked".
 CONNECTION_ERRORS = (OperationalError, InterfaceError)
-# Seconds without work after which a job thread, the completer and a
-# supervisor's child's message thread close their connections.
+# Seconds without work after which a job thread, the completer, a
+# supervisor's child's message thread and a worker's listener close their
+# connections.
 IDLE_CONNECTION_SECONDS = 5.0
 
 

@@ -168,6 +168,26 @@ def test_a_listener_whose_callback_raises_keeps_its_connection(caplog):
     assert not [m for _, m in messages if "LISTEN connection lost" in m]
 
 
+def test_only_a_listeners_own_notifications_keep_its_connection_open():
+    """Another queue's jobs, or another worker's stop requests, call nothing
+    back: they do not count as work that keeps the listener's connection
+    open (``Listener.run`` closes it after 5 s without its own)."""
+    heard, stops = [], []
+    listener = Listener(
+        DEFAULT_DB_ALIAS,
+        ["mine"],
+        heard.append,
+        worker_id="w1",
+        on_stop_request=stops.append,
+    )
+    assert not listener._pass_on([("django_bgtasks", "theirs 5")])
+    assert not listener._pass_on([("django_bgtasks_stop", "w2")])
+    assert (heard, stops) == ([], [])
+    assert listener._pass_on([("django_bgtasks", "mine 5")])
+    assert listener._pass_on([("django_bgtasks_stop", "w1")])
+    assert (heard, stops) == ([5], ["w1"])
+
+
 @override_settings(BGTASKS={"MAX_PAYLOAD_BYTES": 1000})
 def test_a_return_value_over_the_limit_fails_without_retry():
     result = tasks.returns_text.enqueue(1200)

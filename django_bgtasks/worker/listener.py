@@ -137,10 +137,9 @@ class Listener(threading.Thread):
         return heard
 
     def _wait(self, timeout: float) -> bool:
-        """Pass on what comes within ``timeout`` seconds; whether any came."""
-        notes = self._receive(timeout)
-        self._pass_on(notes)
-        return bool(notes)
+        """Pass on what comes within ``timeout`` seconds; whether any of it
+        was for this listener (another queue's jobs are not)."""
+        return self._pass_on(self._receive(timeout))
 
     def _receive(self, timeout: float) -> list[tuple[str, str]]:
         """The notifications that come within ``timeout`` seconds (at least
@@ -157,7 +156,8 @@ class Listener(threading.Thread):
         conn.notifies.clear()
         return notes
 
-    def _pass_on(self, notes: list[tuple[str, str]]) -> None:
+    def _pass_on(self, notes: list[tuple[str, str]]) -> bool:
+        """Call back for what of ``notes`` is ours; whether any was."""
         ours = [
             priority
             for queue_name, priority in (
@@ -168,14 +168,16 @@ class Listener(threading.Thread):
         if ours:
             self._tell(self.on_notify, None if None in ours else max(ours))
         if self.on_stop_request is None:
-            return
-        for worker_id in {
+            return bool(ours)
+        stops = {
             text
             for channel, text in notes
             if channel == STOP_CHANNEL
             and (self.worker_id is None or text == self.worker_id)
-        }:
+        }
+        for worker_id in stops:
             self._tell(self.on_stop_request, worker_id)
+        return bool(ours or stops)
 
     @staticmethod
     def _tell(callback, argument) -> None:

@@ -481,9 +481,10 @@ class Worker:
         waits 0.1 s at most); one that has not landed by then (the
         listener's, blocked in the database: the main loop's own is over)
         is cancelled in the server (PostgreSQL; best effort) and given 2 s
-        more to land, as failed. Waited for in slices: a second stop request
-        sets ``_forced`` but may not interrupt this thread's wait (its
-        signal may reach another thread)."""
+        more to land, as failed. Waited for in slices, so that ``_forced``
+        ends the wait whether or not this thread is interrupted (a recycle
+        sets it from another thread; and a run was seen where a second stop
+        request did not interrupt this wait)."""
         deadline = time.monotonic() + wait
         while not self.ledger.close(wait=0.1, loop_done=True):
             if self._forced.is_set() or time.monotonic() >= deadline:
@@ -492,7 +493,11 @@ class Worker:
             return
         logger.warning("A claim did not return: cancelling it")
         self.claimer.cancel_listeners_claim()
-        self.ledger.close(wait=2.0, loop_done=True)
+        if not self.ledger.close(wait=2.0, loop_done=True):
+            logger.warning(
+                "The claim did not stop: should it claim jobs, they are put "
+                "back once this worker's row is seen to be stale"
+            )
 
     def _shut_down(self) -> None:
         self._shutting_down = True
