@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from django_bgtasks.compat import TaskResultStatus, task_finished, task_started
 from django_bgtasks.models import Job, JobStatus, WorkerProcess
+from django_bgtasks.notify import CHANNEL, STOP_CHANNEL
 from django_bgtasks.worker import Worker, WorkerExit, WorkerOptions
 from django_bgtasks.worker.clock import DatabaseClock
 from django_bgtasks.worker.heartbeat import Heartbeat
@@ -180,11 +181,11 @@ def test_only_a_listeners_own_notifications_keep_its_connection_open():
         worker_id="w1",
         on_stop_request=stops.append,
     )
-    assert not listener._pass_on([("django_bgtasks", "theirs 5")])
-    assert not listener._pass_on([("django_bgtasks_stop", "w2")])
+    assert not listener._pass_on([(CHANNEL, "theirs 5")])
+    assert not listener._pass_on([(STOP_CHANNEL, "w2")])
     assert (heard, stops) == ([], [])
-    assert listener._pass_on([("django_bgtasks", "mine 5")])
-    assert listener._pass_on([("django_bgtasks_stop", "w1")])
+    assert listener._pass_on([(CHANNEL, "mine 5")])
+    assert listener._pass_on([(STOP_CHANNEL, "w1")])
     assert (heard, stops) == ([5], ["w1"])
 
 

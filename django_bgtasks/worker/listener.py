@@ -91,8 +91,10 @@ class Listener(threading.Thread):
                     if self._wait(timeout=1.0):
                         heard_at = time.monotonic()
                     elif time.monotonic() - heard_at >= IDLE_CONNECTION_SECONDS:
-                        # The connection its claims and reads opened.
+                        # The connection its claims and reads opened; once
+                        # per quiet spell, not at every timeout.
                         close_idle_connections()
+                        heard_at = time.monotonic()
             except Exception as exc:
                 if self._stop_event.is_set():
                     break

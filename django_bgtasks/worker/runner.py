@@ -477,8 +477,8 @@ class Worker:
     def _close_claims(self, wait: float) -> None:
         """Claim nothing more, and let a claim under way land within
         ``wait`` seconds, or until the worker must exit at once (``_forced``:
-        a second stop request, a recycle, or the shutdown itself, which so
-        waits 0.1 s at most); one that has not landed by then (the
+        a second stop request, a recycle, or the shutdown itself), and for
+        one slice of 0.1 s at least; one that has not landed by then (the
         listener's, blocked in the database: the main loop's own is over)
         is cancelled in the server (PostgreSQL; best effort) and given 2 s
         more to land, as failed. Waited for in slices, so that ``_forced``
@@ -509,8 +509,9 @@ class Worker:
             if part is not None:
                 part.stop()
         # What a claim under way takes is given back too (by now only the
-        # listener's can be, blocked in the database: it is cancelled).
-        self._close_claims(wait=10)
+        # listener's can be, blocked in the database: it is cancelled). No
+        # wait of its own: ``_forced`` is set, so one slice at most.
+        self._close_claims(wait=0)
         heartbeat = self._parts.get("heartbeat")
         if isinstance(heartbeat, threading.Thread):
             # Before the row goes, or a last beat might register it again.
