@@ -3,17 +3,19 @@ ones the listener makes on its own thread, against the real database (made
 here on the test's thread, without a running worker)."""
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from django.db import connection
+from django.db import connection, connections
 
 from django_bgtasks.models import Job, JobStatus
+from django_bgtasks.worker import claims
 from django_bgtasks.worker.claims import Claimer
 from django_bgtasks.worker.hooks import RecordedHooks
 from django_bgtasks.worker.ledger import Ledger
 from django_bgtasks.worker.slots import Slots
 from tests import tasks
-from tests.conftest import requires_server_database
+from tests.conftest import requires_postgresql, requires_server_database
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -57,6 +59,33 @@ def starts_next(ledger: Ledger) -> int:
     return taken[0].job.pk
 
 
+class ListenerThread:
+    """A thread of its own, as the listener's: calls run on it one at a
+    time, each returning its result."""
+
+    def __init__(self):
+        self._executor = ThreadPoolExecutor(max_workers=1)
+
+    def call(self, function, *args):
+        return self._executor.submit(function, *args).result(timeout=30)
+
+    def connected(self) -> bool:
+        return self.call(lambda: connections["default"].connection is not None)
+
+    def close(self) -> None:
+        self.call(connections.close_all)
+        self._executor.shutdown()
+
+
+def finish_held(ledger: Ledger) -> None:
+    """Run and write every job ``ledger`` holds, as the job threads and the
+    completer would: the worker is idle again."""
+    while ledger.unfinished_ids():
+        attempt = ledger.next_attempt()
+        ledger.finished(attempt, 0.001)
+        ledger.written([attempt])
+
+
 def test_the_loop_claims_in_claim_order_and_says_when_to_wait():
     claimer = claimer_of(threads=2)
     low = int(tasks.add.enqueue(1, 1).id)
@@ -82,6 +111,139 @@ def test_an_urgent_job_is_claimed_on_the_listeners_thread_while_jobs_run():
     assert claimer.ledger.counts()["reserved"] == 0
     assert claimer.hooks["urgent_claims"] == 1
     assert starts_next(claimer.ledger) == urgent  # and the pause is over
+
+
+def test_a_full_claim_asks_the_listener_to_warm_its_connection(monkeypatch):
+    """A claim of the main loop that comes back full (a backlog: urgent
+    jobs may come while it lasts) asks the listener's thread to get its
+    connection ready, once every WARM_EVERY seconds at most; a short claim,
+    or a full one of one job (a slot freed under load), does not."""
+    monkeypatch.setattr(claims, "WARM_EVERY", 3600.0)
+    claimer = claimer_of(threads=2, prefetch=0)
+    asked = []
+    claimer.ask_listener_to_warm = lambda: asked.append(1)
+    for number in range(5):
+        tasks.add.enqueue(number, 1)
+    assert len(claimer.claim_for_loop()) == 2
+    assert asked == [1]
+    finish_held(claimer.ledger)
+    assert len(claimer.claim_for_loop()) == 2
+    assert asked == [1]  # within WARM_EVERY
+    monkeypatch.setattr(claims, "WARM_EVERY", 0.0)
+    finish_held(claimer.ledger)
+    assert len(claimer.claim_for_loop()) == 1  # short: the queue is drained
+    assert asked == [1]
+    finish_held(claimer.ledger)
+    tasks.add.enqueue(5, 1)
+    tasks.add.enqueue(6, 1)
+    assert len(claimer.claim_for_loop()) == 2
+    assert asked == [1, 1]
+
+    claimer = claimer_of(threads=1, prefetch=0)
+    claimer.ask_listener_to_warm = lambda: asked.append(2)
+    tasks.add.enqueue(7, 1)
+    tasks.add.enqueue(8, 1)
+    assert len(claimer.claim_for_loop()) == 1  # full, of one
+    assert asked == [1, 1]
+
+
+def prepared_claims() -> int:
+    """The claim statements prepared on this thread's connection
+    (PostgreSQL)."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_prepared_statements "
+            "WHERE name LIKE 'bgtasks_claim_%%'"
+        )
+        return cursor.fetchone()[0]
+
+
+def backend_pid() -> int:
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return cursor.fetchone()[0]
+
+
+def sorting() -> str:
+    """This thread's session's ``enable_sort`` (the claim turns it off for
+    its own transaction only)."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SHOW enable_sort")
+        return cursor.fetchone()[0]
+
+
+@requires_server_database
+def test_the_listeners_thread_warms_its_connection_for_urgent_claims():
+    """Asked, the listener's thread opens its connection and, on
+    PostgreSQL, prepares the claim on it, claiming nothing and leaving no
+    setting behind; its urgent claims then run on that connection."""
+    claimer, held, urgent = holding_a_job()
+    listener = ListenerThread()
+    try:
+        assert not listener.connected()
+        listener.call(claimer.warm_listeners_connection)
+        assert listener.connected()
+        assert status(urgent) == JobStatus.READY
+        if connection.vendor != "postgresql":
+            return
+        assert listener.call(prepared_claims) == 1
+        assert listener.call(sorting) == "on"
+        pid = listener.call(backend_pid)
+        listener.call(claimer.notified, 100)
+        assert status(urgent) == JobStatus.RUNNING
+        assert claimer.ledger.unfinished_ids() == {held, urgent}
+        assert listener.call(backend_pid) == pid  # the same connection
+    finally:
+        listener.close()
+
+
+@requires_postgresql
+def test_a_connection_opened_for_a_read_is_readied_too():
+    """The listener's thread may hold a connection it opened for a read (of
+    jobs' stop requests): asked, it prepares the claim on it all the
+    same."""
+    claimer = claimer_of(threads=2)
+    listener = ListenerThread()
+    try:
+        pid = listener.call(backend_pid)
+        assert listener.call(prepared_claims) == 0
+        listener.call(claimer.warm_listeners_connection)
+        assert listener.call(prepared_claims) == 1
+        assert listener.call(backend_pid) == pid
+    finally:
+        listener.close()
+
+
+@requires_server_database
+def test_a_listeners_thread_that_cannot_connect_tries_again_later(caplog):
+    """The listener's thread cannot connect (its connection's settings name
+    a port nothing listens on): logged, and not tried again at each
+    request for IDLE_CONNECTION_SECONDS."""
+    claimer = claimer_of(threads=2)
+    listener = ListenerThread()
+
+    def unreachable():
+        wrapper = connections["default"]  # this thread's alone
+        wrapper.settings_dict = {
+            **wrapper.settings_dict,
+            "HOST": "127.0.0.1",
+            "PORT": "9",
+        }
+
+    try:
+        listener.call(unreachable)
+        with caplog.at_level("INFO", logger="django_bgtasks.worker"):
+            listener.call(claimer.warm_listeners_connection)
+            listener.call(claimer.warm_listeners_connection)
+        assert not listener.connected()
+        failures = [
+            record
+            for record in caplog.records
+            if "could not get its connection ready" in record.getMessage()
+        ]
+        assert len(failures) == 1
+    finally:
+        listener.close()
 
 
 def test_a_job_that_outranks_nothing_held_is_left_to_the_main_loop():

@@ -190,3 +190,31 @@ def test_a_child_that_cannot_read_its_supervisor_fails_rather_than_stops(caplog)
     assert ended == ["failed"]
     [logged] = [r for r in caplog.records if "supervisor's messages" in r.getMessage()]
     assert logged.levelname == "ERROR" and logged.exc_info is not None
+
+
+def test_a_request_to_warm_is_acted_on_by_the_reader():
+    """Another thread (the main loop's, claiming a backlog) asks the reader
+    to get its connection ready: ``on_warm`` runs on the reader's thread,
+    between lines or without any."""
+    read_end, write_end = os.pipe()
+    warmed, wakes = [], []
+    messages = SupervisorMessages(
+        read_end,
+        worker_id="me",
+        on_stop=lambda count, source: None,
+        on_wake=wakes.append,
+        on_jobs_stop=lambda: None,
+        on_failure=lambda: None,
+        on_warm=lambda: warmed.append(threading.current_thread()),
+    )
+    messages.start()
+    messages.ask_to_warm()
+    wait_until(lambda: warmed, message="the request acted on")
+    assert warmed == [messages]
+    os.write(write_end, (wake(3) + "\n").encode())
+    messages.ask_to_warm()
+    wait_until(lambda: wakes and len(warmed) == 2, message="both acted on")
+    assert wakes == [3]
+    os.close(write_end)
+    messages.join(10)
+    os.close(read_end)

@@ -1,6 +1,7 @@
 """The worker, run in this process: results, order, retries, bad jobs."""
 
 import contextlib
+import os
 import sys
 import threading
 from datetime import timedelta
@@ -15,6 +16,7 @@ from django_bgtasks.models import Job, JobStatus, WorkerProcess
 from django_bgtasks.worker import Worker, runner
 from django_bgtasks.worker.completer import Completer
 from django_bgtasks.worker.hooks import RecordedHooks
+from django_bgtasks.worker.listener import Listener
 from tests import tasks
 from tests.conftest import ROOT, run_in_process, wait_until
 from tests.models import Execution
@@ -545,3 +547,32 @@ def override_database_setting(name, value):
         yield
     finally:
         settings_dict[name] = saved
+
+
+def test_the_thread_that_hears_wake_ups_is_asked_to_ready_the_claims_connection():
+    """The main loop asks the thread that hears the worker's wake-ups (a
+    standalone worker's listener, a supervised child's reader of its
+    supervisor's lines) to ready the urgent claims' connection, where
+    wake-ups come (PostgreSQL); elsewhere nothing is asked."""
+    listens = notify.notify_enabled(connection)
+    worker = Worker(concurrency=1, burst=True, poll_interval=0.05)
+    worker.run()
+    asked = worker.claimer.ask_listener_to_warm
+    assert (asked is not None) == listens
+    if listens:
+        assert isinstance(asked.__self__, Listener)
+
+    read_end, write_end = os.pipe()
+    child = Worker(concurrency=1)
+    child.hear_supervisor(read_end)
+    reader = next(t for t in threading.enumerate() if t.name == "bgtasks-supervisor")
+    try:
+        asked = child.claimer.ask_listener_to_warm
+        assert (asked is not None) == listens
+        if listens:
+            assert asked.__self__ is reader
+    finally:
+        os.close(write_end)  # the supervisor is gone: the reader ends
+        reader.join(10)
+        os.close(read_end)
+    assert not reader.is_alive()

@@ -169,6 +169,31 @@ def test_a_listener_whose_callback_raises_keeps_its_connection(caplog):
     assert not [m for _, m in messages if "LISTEN connection lost" in m]
 
 
+@requires_postgresql
+def test_a_listener_warms_when_asked():
+    """``on_warm`` runs on the listener's thread when another asks for it:
+    the request ends its wait for notifications (here a minute long)."""
+    heard, warmed = [], []
+    listener = Listener(
+        DEFAULT_DB_ALIAS,
+        None,
+        heard.append,
+        on_warm=lambda: warmed.append(threading.current_thread()),
+    )
+    listener.WAIT_SECONDS = 60.0
+    listener.start()
+    try:
+        wait_until(lambda: heard, message="the listener listens")
+        listener.ask_to_warm()
+        wait_until(lambda: warmed, timeout=10, message="the request acted on")
+        assert warmed == [listener]
+        tasks.add.using(priority=7).enqueue(1, 2)  # and it hears on
+        wait_until(lambda: 7 in heard, timeout=10, message="a notification")
+    finally:
+        listener.stop()
+        listener.join(timeout=10)
+
+
 def test_only_a_listeners_own_notifications_keep_its_connection_open():
     """Another queue's jobs, or another worker's stop requests, call nothing
     back: they do not count as work that keeps the listener's connection

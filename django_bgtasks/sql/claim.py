@@ -109,6 +109,16 @@ def claim_jobs(
     return jobs
 
 
+def prepare_claim(using: str, *, worker_id: str, queues: list[str] | None) -> None:
+    """Run the claim for no job on this thread's connection (PostgreSQL,
+    where no limit is declared): its statement is prepared and planned (for
+    one queue or all; several are claimed with its text), and the server's
+    catalog caches for it filled, before a job waits for them."""
+    connection = connections[using]
+    if connection.vendor == "postgresql" and not declared_limits():
+        _claim_postgresql(connection, worker_id=worker_id, queues=queues, limit=0)
+
+
 def _fail_unreadable(using: str, pk: int, worker_id: str, exc: Exception) -> None:
     """A job claimed with others whose row cannot be read (a time or JSON
     written around the API): it fails alone, the others run."""

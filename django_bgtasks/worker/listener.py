@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import select
 import threading
 import time
@@ -24,14 +25,20 @@ class Listener(threading.Thread):
     queues (``priority``: the highest notified, None if any came without),
     and ``on_stop_request(worker_id)`` when jobs of worker ``worker_id``
     were asked to stop (of any worker, if ``worker_id`` is None: a
-    supervisor's, for its children). The connections these open on this
-    thread (a claim's, a read's) are closed after IDLE_CONNECTION_SECONDS
-    without a notification.
+    supervisor's, for its children), and ``on_warm()`` when another thread
+    asks for it (``ask_to_warm``: the wait for notifications ends at
+    once). The connections these open on this thread (a claim's, a
+    read's) are closed after IDLE_CONNECTION_SECONDS without a notification
+    or a request to warm.
 
     Reconnects with a growing pause when the connection drops, and calls
     both after reconnecting (``on_stop_request(None)``), since
     notifications may have been missed meanwhile.
     """
+
+    # The longest wait for notifications, between looks at the stop event
+    # and at the connection's idleness.
+    WAIT_SECONDS = 1.0
 
     def __init__(
         self,
@@ -41,6 +48,7 @@ class Listener(threading.Thread):
         *,
         worker_id: str | None = None,
         on_stop_request=None,
+        on_warm=None,
     ):
         super().__init__(name="bgtasks-listener", daemon=True)
         # This thread's own but the stop event, set from any thread.
@@ -52,12 +60,27 @@ class Listener(threading.Thread):
         self.on_notify = on_notify
         self.worker_id = worker_id
         self.on_stop_request = on_stop_request
+        self.on_warm = on_warm
+        # ask_to_warm's flag, and a byte on a pipe that ends the wait for
+        # notifications (never blocking the asking thread; stop's too).
+        self._warm_asked = threading.Event()
+        self._warm_requests, self._warm_request = os.pipe()
+        os.set_blocking(self._warm_requests, False)
+        os.set_blocking(self._warm_request, False)
         self._stop_event = threading.Event()
         self._connection = None
         self._checked = False  # it heard a notification sent from elsewhere
 
     def stop(self) -> None:
         self._stop_event.set()
+        with contextlib.suppress(OSError):  # ends the wait for notifications
+            os.write(self._warm_request, b"s")
+
+    def ask_to_warm(self) -> None:
+        """Have ``on_warm()`` called on this thread (from any thread)."""
+        self._warm_asked.set()
+        with contextlib.suppress(OSError):  # full: a wake-up is pending
+            os.write(self._warm_request, b"w")
 
     def run(self) -> None:
         version = _psycopg_version()
@@ -88,7 +111,10 @@ class Listener(threading.Thread):
                     self._tell(self.on_stop_request, None)
                 heard_at = time.monotonic()
                 while not self._stop_event.is_set():
-                    if self._wait(timeout=1.0):
+                    if self._wait(timeout=self.WAIT_SECONDS):
+                        heard_at = time.monotonic()
+                    if self._warm_asked.is_set():
+                        self._warm()
                         heard_at = time.monotonic()
                     elif time.monotonic() - heard_at >= IDLE_CONNECTION_SECONDS:
                         # The connection its claims and reads opened; once
@@ -139,24 +165,50 @@ class Listener(threading.Thread):
         return heard
 
     def _wait(self, timeout: float) -> bool:
-        """Pass on what comes within ``timeout`` seconds; whether any of it
-        was for this listener (another queue's jobs are not)."""
-        return self._pass_on(self._receive(timeout))
+        """Pass on what comes within ``timeout`` seconds, or until another
+        thread asks to warm; whether any of it was for this listener
+        (another queue's jobs are not)."""
+        return self._pass_on(self._receive(timeout, or_warm=True))
 
-    def _receive(self, timeout: float) -> list[tuple[str, str]]:
+    def _warm(self) -> None:
+        self._warm_asked.clear()
+        with contextlib.suppress(OSError):  # BlockingIOError: drained
+            os.read(self._warm_requests, 4096)
+        if self.on_warm is not None:
+            try:
+                self.on_warm()
+            except Exception:
+                logger.exception("Readying the claims' connection failed")
+
+    def _receive(
+        self, timeout: float, *, or_warm: bool = False
+    ) -> list[tuple[str, str]]:
         """The notifications that come within ``timeout`` seconds (at least
-        one, or none at the timeout): (channel, text)."""
+        one, or none at the timeout, or once another thread asks to warm,
+        if ``or_warm``): (channel, text)."""
         conn = self._connection
+        wakes = [self._warm_requests] if or_warm else []
         if callable(getattr(conn, "notifies", None)):  # psycopg 3.2+
-            notifies = conn.notifies(timeout=timeout, stop_after=1)
-            return [(n.channel, n.payload) for n in notifies]
-        readable, _, _ = select.select([conn], [], [], timeout)  # psycopg2
-        if not readable:
+            # Those it has read already first (a select would not see
+            # them), then the socket and the requests at once.
+            notes = self._received(conn, 0.0 if wakes else timeout)
+            if notes or not wakes:
+                return notes
+            readable, _, _ = select.select([conn.fileno(), *wakes], [], [], timeout)
+            return self._received(conn, 0.0) if conn.fileno() in readable else []
+        readable, _, _ = select.select([conn, *wakes], [], [], timeout)  # psycopg2
+        if conn not in readable:
             return []
         conn.poll()
         notes = [(n.channel, n.payload) for n in conn.notifies]
         conn.notifies.clear()
         return notes
+
+    @staticmethod
+    def _received(conn, timeout: float) -> list[tuple[str, str]]:
+        """psycopg 3's notifications within ``timeout`` seconds."""
+        notifies = conn.notifies(timeout=timeout, stop_after=1)
+        return [(n.channel, n.payload) for n in notifies]
 
     def _pass_on(self, notes: list[tuple[str, str]]) -> bool:
         """Call back for what of ``notes`` is ours; whether any was."""

@@ -94,8 +94,10 @@ class SupervisorMessages(threading.Thread):
     if any came without one) and one ``on_jobs_stop()`` for this worker's
     (``worker_id``) jobs or any worker's, whatever piled up meanwhile. Its
     connection (an urgent claim's, a read's) is closed after
-    IDLE_CONNECTION_SECONDS without a line. If reading fails (not the end
-    of the stream: an error), ``on_failure()``, once it is logged."""
+    IDLE_CONNECTION_SECONDS without a line or a request to warm it
+    (``ask_to_warm``: ``on_warm()`` is then called on this thread). If
+    reading fails (not the end of the stream: an error), ``on_failure()``,
+    once it is logged."""
 
     def __init__(
         self,
@@ -106,6 +108,7 @@ class SupervisorMessages(threading.Thread):
         on_wake: Callable[[int | None], None],
         on_jobs_stop: Callable[[], None],
         on_failure: Callable[[], None],
+        on_warm: Callable[[], None] = lambda: None,
     ):
         super().__init__(name="bgtasks-supervisor", daemon=True)
         self.fd = fd
@@ -114,6 +117,16 @@ class SupervisorMessages(threading.Thread):
         self.on_wake = on_wake
         self.on_jobs_stop = on_jobs_stop
         self.on_failure = on_failure
+        self.on_warm = on_warm
+        # Another thread's requests to call on_warm: a byte each, never
+        # blocking it (a full pipe holds requests enough).
+        self._warm_requests, self._warm_request = os.pipe()
+        os.set_blocking(self._warm_request, False)
+
+    def ask_to_warm(self) -> None:
+        """Have ``on_warm()`` called on this thread (from any thread)."""
+        with contextlib.suppress(OSError):
+            os.write(self._warm_request, b"w")
 
     def run(self) -> None:
         try:
@@ -130,15 +143,24 @@ class SupervisorMessages(threading.Thread):
         """Act on the lines until the stream ends."""
         pending = b""
         while True:
-            ready, _, _ = select.select([self.fd], [], [], IDLE_CONNECTION_SECONDS)
+            ready, _, _ = select.select(
+                [self.fd, self._warm_requests], [], [], IDLE_CONNECTION_SECONDS
+            )
             if not ready:
                 close_idle_connections()
                 continue
-            chunk = os.read(self.fd, 65536)
-            if not chunk:
-                return
-            *lines, pending = (pending + chunk).split(b"\n")
-            self._act_on([line.decode(errors="replace").strip() for line in lines])
+            if self.fd in ready:  # first: an urgent claim must not wait
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    return
+                *lines, pending = (pending + chunk).split(b"\n")
+                self._act_on([line.decode(errors="replace").strip() for line in lines])
+            if self._warm_requests in ready:
+                os.read(self._warm_requests, 4096)
+                try:
+                    self.on_warm()
+                except Exception:
+                    logger.exception("Readying the claims' connection failed")
 
     def _act_on(self, messages: list[str]) -> None:
         """Act on the lines read at once: stops first, then the merged

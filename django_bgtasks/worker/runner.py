@@ -283,7 +283,9 @@ class Worker:
                 self.claimer.notified,
                 worker_id=self.worker_id,
                 on_stop_request=lambda worker_id: self._hear_stop_requests(),
+                on_warm=self.claimer.warm_listeners_connection,
             )
+            self.claimer.ask_listener_to_warm = parts["listener"].ask_to_warm
         for name, part in parts.items():
             part.start()
             # Each as it starts: a second stop request may cut this short,
@@ -372,14 +374,18 @@ class Worker:
     def hear_supervisor(self, fd: int) -> None:
         """Take stop requests, wake-ups and jobs' stop requests from the
         supervisor's messages on ``fd`` (``pipe.py``), on a thread."""
-        SupervisorMessages(
+        messages = SupervisorMessages(
             fd,
             worker_id=self.worker_id,
             on_stop=self.stop_requests.from_supervisor,
             on_wake=self.claimer.notified,
             on_jobs_stop=self._hear_stop_requests,
             on_failure=self._failed,
-        ).start()
+            on_warm=self.claimer.warm_listeners_connection,
+        )
+        if self.uses_notify:
+            self.claimer.ask_listener_to_warm = messages.ask_to_warm
+        messages.start()
 
     def _after_beat(self) -> None:
         """On the heartbeat's thread, after each beat: the stop requests of
