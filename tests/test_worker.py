@@ -464,8 +464,11 @@ def test_claims_wait_while_outcomes_wait_for_the_database(monkeypatch):
             ),
             message="a batch waiting, the jobs held run, no claim under way",
         )
+        # A round of the main loop, for its last claim's count (reported
+        # just after the ledger has its jobs); then five more: it claims
+        # nothing.
+        hooks.wait_for("loop_waits", hooks["loop_waits"] + 1)
         claims = hooks["claims"]
-        # Five rounds of the main loop more: it claims nothing.
         hooks.wait_for("loop_waits", hooks["loop_waits"] + 5)
         assert hooks["claims"] == claims
         # The stalled batch of one, a full batch waiting, and what the

@@ -243,6 +243,7 @@ class Claimer:
         if jobs:
             self.started_receivers = Receivers(task_started, DatabaseBackend)
         self.ledger.claimed(reservation, jobs, ended - started)
+        self.hooks.claimed(len(jobs), urgent=not reservation.by_loop)
         if (
             reservation.by_loop
             and 1 < len(jobs) == reservation.count  # a backlog
@@ -251,5 +252,4 @@ class Claimer:
         ):
             self._warm_asked_at = ended
             self.ask_listener_to_warm()
-        self.hooks.claimed(len(jobs), urgent=not reservation.by_loop)
         return jobs
