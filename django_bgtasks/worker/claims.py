@@ -172,8 +172,7 @@ class Claimer:
         connection = connections[self.using]
         now = time.monotonic()
         if (
-            connection.connection is not None
-            and connection.connection is self._ready_link
+            self._ready_link is not None and connection.connection is self._ready_link
         ) or now - self._warm_failed_at < IDLE_CONNECTION_SECONDS:
             return
         try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import select
 import threading
 import time
@@ -16,6 +15,7 @@ from django.utils.crypto import get_random_string
 from ..conf import bgtasks_settings
 from ..db import IDLE_CONNECTION_SECONDS, close_idle_connections
 from ..notify import CHANNEL, STOP_CHANNEL, parse
+from .pipe import Requests
 
 logger = logging.getLogger("django_bgtasks.worker")
 
@@ -61,26 +61,22 @@ class Listener(threading.Thread):
         self.worker_id = worker_id
         self.on_stop_request = on_stop_request
         self.on_warm = on_warm
-        # ask_to_warm's flag, and a byte on a pipe that ends the wait for
-        # notifications (never blocking the asking thread; stop's too).
+        # ask_to_warm's flag, and its byte (and stop's) that ends the wait
+        # for notifications.
         self._warm_asked = threading.Event()
-        self._warm_requests, self._warm_request = os.pipe()
-        os.set_blocking(self._warm_requests, False)
-        os.set_blocking(self._warm_request, False)
+        self._wakes = Requests()
         self._stop_event = threading.Event()
         self._connection = None
         self._checked = False  # it heard a notification sent from elsewhere
 
     def stop(self) -> None:
         self._stop_event.set()
-        with contextlib.suppress(OSError):  # ends the wait for notifications
-            os.write(self._warm_request, b"s")
+        self._wakes.send(b"s")
 
     def ask_to_warm(self) -> None:
         """Have ``on_warm()`` called on this thread (from any thread)."""
         self._warm_asked.set()
-        with contextlib.suppress(OSError):  # full: a wake-up is pending
-            os.write(self._warm_request, b"w")
+        self._wakes.send(b"w")
 
     def run(self) -> None:
         version = _psycopg_version()
@@ -172,8 +168,7 @@ class Listener(threading.Thread):
 
     def _warm(self) -> None:
         self._warm_asked.clear()
-        with contextlib.suppress(OSError):  # BlockingIOError: drained
-            os.read(self._warm_requests, 4096)
+        self._wakes.drain()
         if self.on_warm is not None:
             try:
                 self.on_warm()
@@ -187,7 +182,7 @@ class Listener(threading.Thread):
         one, or none at the timeout, or once another thread asks to warm,
         if ``or_warm``): (channel, text)."""
         conn = self._connection
-        wakes = [self._warm_requests] if or_warm else []
+        wakes = [self._wakes.fd] if or_warm else []
         if callable(getattr(conn, "notifies", None)):  # psycopg 3.2+
             # Those it has read already first (a select would not see
             # them), then the socket and the requests at once.

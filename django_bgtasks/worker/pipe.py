@@ -49,6 +49,26 @@ def jobs_stop(worker_id: str | None) -> str:
     return f"{JOBS_STOP} {worker_id}"
 
 
+class Requests:
+    """Requests from other threads to a thread that waits in ``select``
+    (on ``fd``): a byte each on a pipe, never blocking the asking thread (a
+    full pipe holds requests enough)."""
+
+    def __init__(self):
+        self.fd, self._write_end = os.pipe()
+        os.set_blocking(self.fd, False)
+        os.set_blocking(self._write_end, False)
+
+    def send(self, kind: bytes) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._write_end, kind)
+
+    def drain(self) -> None:
+        """Take what was sent (the waiting thread, once ``fd`` is ready)."""
+        with contextlib.suppress(BlockingIOError):
+            os.read(self.fd, 4096)
+
+
 class ChildPipe:
     """The supervisor's end of a child's standard input. A line is written
     whole or not at all (one ``write`` of at most ``PIPE_BUF`` bytes), and
@@ -118,15 +138,11 @@ class SupervisorMessages(threading.Thread):
         self.on_jobs_stop = on_jobs_stop
         self.on_failure = on_failure
         self.on_warm = on_warm
-        # Another thread's requests to call on_warm: a byte each, never
-        # blocking it (a full pipe holds requests enough).
-        self._warm_requests, self._warm_request = os.pipe()
-        os.set_blocking(self._warm_request, False)
+        self._warm_requests = Requests()
 
     def ask_to_warm(self) -> None:
         """Have ``on_warm()`` called on this thread (from any thread)."""
-        with contextlib.suppress(OSError):
-            os.write(self._warm_request, b"w")
+        self._warm_requests.send(b"w")
 
     def run(self) -> None:
         try:
@@ -144,7 +160,7 @@ class SupervisorMessages(threading.Thread):
         pending = b""
         while True:
             ready, _, _ = select.select(
-                [self.fd, self._warm_requests], [], [], IDLE_CONNECTION_SECONDS
+                [self.fd, self._warm_requests.fd], [], [], IDLE_CONNECTION_SECONDS
             )
             if not ready:
                 close_idle_connections()
@@ -155,8 +171,8 @@ class SupervisorMessages(threading.Thread):
                     return
                 *lines, pending = (pending + chunk).split(b"\n")
                 self._act_on([line.decode(errors="replace").strip() for line in lines])
-            if self._warm_requests in ready:
-                os.read(self._warm_requests, 4096)
+            if self._warm_requests.fd in ready:
+                self._warm_requests.drain()
                 try:
                     self.on_warm()
                 except Exception:
